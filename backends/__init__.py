@@ -1,0 +1,142 @@
+"""Backend adapters and their registry (entry-point group `harness.backends`).
+
+A backend only runs models: `load(model, device, precision) -> Session`, `Session.run(feeds) -> outputs`.
+It never compares, decodes boxes or computes metrics (harness/compare, harness/postprocess do, once for
+all backends). Heavy packages are imported inside the adapters, so `harness --help` and an install
+without a backend's package still work, and `available()` says what is missing.
+"""
+from __future__ import annotations
+
+import importlib.util
+from importlib.metadata import PackageNotFoundError, entry_points
+from importlib.metadata import version as package_version
+
+import numpy as np
+
+from harness.errors import BackendUnavailable, InputError, UnknownName
+
+GROUP = "harness.backends"
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+
+
+class Session:
+    """A model loaded on one backend/device/precision. Subclasses implement `_run`."""
+
+    def __init__(self, backend: str, device: str, precision: str, input_names, output_names,
+                 precision_effective: str | None = None):
+        self.backend, self.device, self.precision = backend, device, precision
+        self.precision_effective = precision_effective or precision
+        self.input_names, self.output_names = tuple(input_names), tuple(output_names)
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """feeds: {input name: float32[N, ...]} -> {output name: array[N, ...]}; checks once for all backends."""
+        missing = set(self.input_names) - set(feeds)
+        if missing:
+            raise InputError(f"{self.backend}: missing input(s) {', '.join(sorted(missing))}; "
+                             f"the model takes {', '.join(self.input_names)}")
+        for name in self.input_names:
+            array = feeds[name]
+            if array.dtype != np.float32:
+                raise InputError(f"{self.backend}: input {name!r} is {array.dtype}, expected float32")
+        outputs = self._run({name: feeds[name] for name in self.input_names})
+        return {name: np.asarray(outputs[name]) for name in self.output_names}
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise NotImplementedError  # abstract: each adapter implements it
+
+
+class Backend:
+    """One runtime. Subclasses set `name`, `aliases`, `package` and implement `_load`."""
+
+    name = ""
+    aliases: tuple[str, ...] = ()
+    package = ""          # the import name whose presence makes the backend available
+
+    def available(self) -> tuple[bool, str]:
+        if self.package and importlib.util.find_spec(self.package) is None:
+            return False, f"{self.package} is not installed (pip install {self.package})"
+        return True, ""
+
+    def version(self) -> str | None:
+        try:
+            return package_version(self.distribution())
+        except PackageNotFoundError:
+            return None
+
+    def distribution(self) -> str:
+        return self.package
+
+    def devices(self) -> list[str]:
+        return ["cpu"]
+
+    def precisions(self, device: str = "cpu") -> list[str]:
+        return ["fp32"]
+
+    def load(self, model, device: str = "cpu", precision: str = "fp32", threads: int | None = None,
+             **options) -> Session:
+        """model: harness.export.ExportedModel. Raises BackendUnavailable for what this backend lacks."""
+        ok, reason = self.available()
+        if not ok:
+            raise BackendUnavailable(f"{self.name}: {reason}")
+        if device not in self.devices():
+            raise BackendUnavailable(f"{self.name}: device {device!r} not found here "
+                                     f"(found: {', '.join(self.devices())})")
+        if precision not in self.precisions(device):
+            raise BackendUnavailable(f"{self.name}: precision {precision} is not offered on {device} "
+                                     f"(offered: {', '.join(self.precisions(device))})")
+        return self._load(model, device, precision, threads, **options)
+
+    def _load(self, model, device, precision, threads, **options) -> Session:
+        raise NotImplementedError  # abstract: each adapter implements it
+
+    def describe(self) -> dict:
+        ok, reason = self.available()
+        devices = self.devices() if ok else []
+        return {"name": self.name, "aliases": list(self.aliases), "available": ok, "reason": reason,
+                "version": self.version(), "devices": devices,
+                "precisions": {d: self.precisions(d) for d in devices}}
+
+
+class BrokenBackend(Backend):
+    """A plugin whose module failed to import: kept, so `harness backends` shows why."""
+
+    def __init__(self, name: str, reason: str):
+        self.name, self._reason = name, reason
+
+    def available(self) -> tuple[bool, str]:
+        return False, self._reason
+
+    def version(self) -> str | None:
+        return None
+
+
+_REGISTRY: dict[str, Backend] | None = None
+
+
+def registry() -> dict[str, Backend]:
+    global _REGISTRY
+    if _REGISTRY is None:
+        found: dict[str, Backend] = {}
+        for ep in sorted(entry_points(group=GROUP), key=lambda e: e.name):
+            try:
+                found[ep.name] = ep.load()()
+            except Exception as err:  # a broken plugin becomes a row that says why, never a crash
+                found[ep.name] = BrokenBackend(ep.name, f"plugin failed to load: {type(err).__name__}: {err}")
+        _REGISTRY = found
+    return _REGISTRY
+
+
+def get_backend(name: str) -> Backend:
+    """By full name or alias (`ort`, `ov`, `trt`)."""
+    backends = registry()
+    for backend in backends.values():
+        if name == backend.name or name in backend.aliases:
+            return backend
+    known = sorted(set(backends) | {a for b in backends.values() for a in b.aliases})
+    raise UnknownName("backend", name, known)
+
+
+def parse_target(text: str) -> tuple[Backend, str]:
+    """'ort', 'ort:cuda', 'openvino:gpu' -> (backend, device); the device defaults to cpu."""
+    name, _, device = text.strip().partition(":")
+    return get_backend(name.strip().lower()), (device.strip().lower() or "cpu")

@@ -1,0 +1,190 @@
+"""The `harness` command line. One error boundary (main): a HarnessError becomes one line on stderr and
+its exit code (2 for usage/input errors); --debug or HARNESS_DEBUG=1 shows the traceback instead."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from harness.errors import HarnessError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Cross-backend deployment harness: measure and explain what a model loses in deployment.")
+zoo_app = typer.Typer(add_completion=False, no_args_is_help=True, help="The model zoo: list and train.")
+app.add_typer(zoo_app, name="zoo")
+
+ModelArg = Annotated[Optional[str], typer.Argument(
+    help="Zoo name, torchvision:NAME (+ --checkpoint), package.module:factory, or a path to an .onnx file. "
+         "Default: the zoo's default classifier.", show_default=False)]
+CheckpointOpt = Annotated[Optional[Path], typer.Option("--checkpoint", help="state_dict for the model's weights.")]
+ProfileOpt = Annotated[Optional[Path], typer.Option(
+    "--profile", help="TOML with the model's training profile (decoder, resize, input_size, mean, std, ...).")]
+DatasetOpt = Annotated[Optional[Path], typer.Option(
+    "--dataset", help="Class folder, COCO json (or folder with instances.json), or a folder of unlabelled "
+                      "images. Default: the embedded benchmark.")]
+JsonOpt = Annotated[Optional[str], typer.Option("--json", help="Write the JSON report here ('-' for stdout).")]
+ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", min=1, help="Threads per backend.")]
+
+
+def _console(json_path: str | None) -> Console:
+    """The table goes to stderr when the JSON goes to stdout. Logs and CI are wider than 80 columns."""
+    stderr = json_path == "-"
+    probe = Console(stderr=stderr)
+    width = None if probe.is_terminal or os.environ.get("COLUMNS") else 160
+    return Console(stderr=stderr, width=width)
+
+
+def _resolve(model, checkpoint, profile):
+    from harness.model import resolve_model
+
+    return resolve_model(model, checkpoint=checkpoint, profile_path=profile)
+
+
+@app.command()
+def compare(
+    model: ModelArg = None,
+    backends: Annotated[Optional[str], typer.Option(
+        "--backends", help="Comma list of backend[:device], e.g. ort,torch or ort:cuda. Default: every installed.")] = None,
+    precision: Annotated[str, typer.Option("--precision", help="Comma list: fp32, fp16, bf16, int8.")] = "fp32",
+    dataset: DatasetOpt = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
+    threads: ThreadsOpt = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Use the first N samples.")] = None,
+    json_path: JsonOpt = None,
+    checkpoint: CheckpointOpt = None,
+    profile: ProfileOpt = None,
+) -> None:
+    """Reference (training profile on the training system) vs candidate backends: metric, output and timing."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from harness.compare import SCHEMA, compare as run_compare, parse_targets
+    from harness.data import embedded_benchmark, load_dataset
+    from harness.export import export
+    from harness.provenance import provenance
+    from harness.report import write_json
+    from harness.report.table import compare_table
+
+    console = _console(json_path)
+    spec = _resolve(model, checkpoint, profile)
+    targets = parse_targets(backends, precision)
+    data = (load_dataset(dataset) if dataset else embedded_benchmark(spec.task)).limit(limit)
+    exported = export(spec)
+    with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(f"compare {spec.name}", total=len(data))
+        core = run_compare(exported, data, targets, batch_size=batch_size, threads=threads,
+                           progress=lambda n: bar.advance(task, n))
+    report = {
+        "schema": SCHEMA,
+        "provenance": provenance(threads, {"data": None}, exported, data.fingerprint(),
+                                 sorted({t.backend.name for t in targets} | {core["reference"]["backend"]})),
+        "model": {"name": spec.name, "task": spec.task, "onnx_sha256": exported.sha256, "source": spec.source,
+                  "onnx": str(exported.onnx_path), "exporter": exported.exporter, "opset": exported.opset},
+        "dataset": {"name": data.name, "path": str(data.root), "task": core["task"], "samples": core["processed"],
+                    "failed_samples": len(core["failed"]), "failed": core["failed"]},
+        "reference": core["reference"],
+        "results": core["results"],
+    }
+    console.print(compare_table(report))
+    for failure in core["failed"]:
+        console.print(f"[yellow]skipped sample[/] {failure['path']}: {failure['reason']}")
+    if json_path:
+        write_json(report, json_path)
+    if any(row["status"] == "failed" for row in core["results"]):
+        raise typer.Exit(1)
+
+
+@app.command("backends")
+def backends_cmd(json_path: JsonOpt = None) -> None:
+    """Every known backend: version, devices, precisions, or why it is unavailable."""
+    from harness.backends import registry
+    from harness.report import write_json
+    from harness.report.table import backends_table
+
+    rows = [backend.describe() for backend in registry().values()]
+    _console(json_path).print(backends_table(rows))
+    if json_path:
+        write_json({"schema": "harness.backends/1", "backends": rows}, json_path)
+
+
+@app.command("export")
+def export_cmd(model: ModelArg = None, checkpoint: CheckpointOpt = None, profile: ProfileOpt = None,
+               json_path: JsonOpt = None) -> None:
+    """Export the model to ONNX once (cached by content hash) and print where it is."""
+    from harness.export import export
+    from harness.report import write_json
+
+    exported = export(_resolve(model, checkpoint, profile))
+    info = {"schema": "harness.export/1", "model": exported.spec.name, "onnx": str(exported.onnx_path),
+            "onnx_sha256": exported.sha256, "exporter": exported.exporter, "opset": exported.opset,
+            "cache_hit": exported.cache_hit, "mapped_tensors": len(exported.name_map.get("tensors", {}))}
+    console = _console(json_path)
+    state = "re-used from cache" if exported.cache_hit else "exported"
+    console.print(f"{info['model']}: {state} {info['onnx']} ({info['exporter']}, opset {info['opset']}, "
+                  f"{info['mapped_tensors']} tensors mapped to torch modules)")
+    if json_path:
+        write_json(info, json_path)
+
+
+@zoo_app.command("list")
+def zoo_list(json_path: JsonOpt = None) -> None:
+    """The zoo's models, their task, input and stated accuracy on the embedded benchmark."""
+    from rich.table import Table
+
+    from harness.models import DEFAULT_CLASSIFIER, DEFAULT_DETECTOR, ZOO
+    from harness.report import write_json
+
+    rows = []
+    for name, make in ZOO.items():
+        spec = make()
+        rows.append({"name": name, "task": spec.task, "input_size": spec.profile.input_size,
+                     "default": name in (DEFAULT_CLASSIFIER, DEFAULT_DETECTOR), "summary": spec.summary,
+                     "stated": spec.stated})
+    table = Table(title="zoo", title_justify="left")
+    for column in ("name", "task", "input", "default", "stated metric", "summary"):
+        table.add_column(column)
+    for row in rows:
+        stated = ", ".join(f"{k} {v:.3f}" for k, v in row["stated"].items())
+        table.add_row(row["name"], row["task"], str(row["input_size"]), "yes" if row["default"] else "",
+                      stated, row["summary"])
+    _console(json_path).print(table)
+    if json_path:
+        write_json({"schema": "harness.zoo/1", "models": rows}, json_path)
+
+
+@zoo_app.command("train")
+def zoo_train(name: Annotated[str, typer.Argument(help="Zoo model to train by its recipe.")],
+              out: Annotated[Optional[Path], typer.Option("--out", help="Where to write the weights. "
+                                                          "Default: the shipped weights file.")] = None) -> None:
+    """Reproduce a zoo model's weights by its deterministic recipe (minutes on 2 CPU cores)."""
+    from harness.model import resolve_model
+    from harness.models.train import reproduce
+
+    resolve_model(name)  # unknown names fail here, with the list of known ones
+    reproduce(name, out, log=lambda line: Console(stderr=True).print(line))
+
+
+def main() -> None:
+    debug = os.environ.get("HARNESS_DEBUG", "") not in ("", "0")
+    if "--debug" in sys.argv[1:]:
+        sys.argv.remove("--debug")
+        debug = True
+    try:
+        app()
+    except HarnessError as err:
+        if debug:
+            raise
+        message = " ".join(str(err).split())
+        print(f"harness: error: {message}", file=sys.stderr)
+        sys.exit(err.exit_code)
+    except KeyboardInterrupt:
+        print("harness: interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

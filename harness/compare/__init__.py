@@ -1,0 +1,167 @@
+"""`harness compare`: the reference (training profile on the training system) against candidates.
+
+Every candidate sees the reference's pre-processed tensors and the reference's post-processing; only
+the backend / device / precision differ. The report follows DESIGN.md's compare schema.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from harness.backends import Backend, get_backend, parse_target
+from harness.compare.outputs import OutputStats, agreement, mean_kl, prediction_label, softmax
+from harness.data import Dataset, Sample
+from harness.errors import BackendUnavailable, HarnessError, UsageError
+from harness.export import ExportedModel
+from harness.metrics import classification_metrics, coco_metrics
+from harness.run import SessionRun, run_sessions, timing_summary
+
+SCHEMA = "harness.compare/1"
+MAX_FLIPPED = 100
+
+
+@dataclass(frozen=True)
+class Target:
+    backend: Backend
+    device: str
+    precision: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.backend.name}:{self.device}:{self.precision}"
+
+
+def parse_targets(backends: str | None, precisions: str) -> list[Target]:
+    """'ort,openvino:gpu' x 'fp32,int8' -> targets; no backends means every installed one."""
+    from harness.backends import PRECISIONS, registry
+
+    wanted = [p.strip().lower() for p in precisions.split(",") if p.strip()]
+    for precision in wanted:
+        if precision not in PRECISIONS:
+            raise UsageError(f"unknown precision {precision!r}; known: {', '.join(PRECISIONS)}")
+    if backends:
+        pairs = [parse_target(text) for text in backends.split(",") if text.strip()]
+    else:
+        pairs = [(b, "cpu") for b in registry().values() if b.available()[0]]
+    if not pairs:
+        raise UsageError("no backend to compare: --backends named none and none is installed")
+    return [Target(backend, device, precision) for backend, device in pairs for precision in wanted]
+
+
+def reference_target(exported: ExportedModel) -> tuple[Target, dict, str]:
+    """The training system: torch FP32 on CPU; ORT FP32 without graph optimisation for an ONNX-only model."""
+    if exported.spec.has_torch:
+        return Target(get_backend("torch"), "cpu", "fp32"), {}, "the training system: PyTorch eager FP32 on CPU"
+    return (Target(get_backend("onnxruntime"), "cpu", "fp32"), {"optimize": False},
+            "no torch model was given: ONNX Runtime FP32 on CPU with graph optimisations disabled")
+
+
+def load_run(target: Target, exported: ExportedModel, threads: int | None, **options) -> SessionRun:
+    run = SessionRun(target.label, None)
+    ok, reason = target.backend.available()
+    if not ok:
+        run.status, run.reason = "unavailable", reason
+        return run
+    started = time.perf_counter()
+    try:
+        run.session = target.backend.load(exported, target.device, target.precision, threads, **options)
+    except BackendUnavailable as err:
+        run.status, run.reason = "unavailable", str(err)
+        return run
+    except Exception as err:  # noqa: BLE001 - the backend's own message becomes the failed row's reason
+        run.fail(err)
+        return run
+    run.load_s = time.perf_counter() - started
+    return run
+
+
+def task_metric(task: str, samples: list[Sample], predictions: list, reference: list | None,
+                num_classes: int) -> dict:
+    """The task's metric on the processed samples; for unlabelled data, agreement with the reference."""
+    if task == "detect":
+        truth = [(s.boxes, s.box_labels) for s in samples]
+        return coco_metrics(truth, predictions, num_classes)
+    logits = np.asarray(predictions)
+    if task == "classify":
+        return classification_metrics(logits, np.array([s.label for s in samples]))
+    reference_logits = np.asarray(reference)
+    agree = agreement(reference, predictions)
+    return {"top1_agreement": float(agree.mean()), "flip_rate": float(1 - agree.mean()),
+            "kl": mean_kl(reference_logits, logits)}
+
+
+def flipped_samples(samples: list[Sample], reference: list, candidate: list, agree: np.ndarray,
+                    classes: tuple[str, ...]) -> list[dict]:
+    def name(index):
+        return classes[index] if isinstance(index, int) and 0 <= index < len(classes) else index
+
+    rows = []
+    for k in np.where(~agree)[0][:MAX_FLIPPED]:
+        sample, ref, cand = samples[k], reference[k], candidate[k]
+        if hasattr(cand, "scores"):
+            confidence = float(cand.scores.max()) if len(cand.scores) else 0.0
+            label = int(len(sample.box_labels)) if sample.box_labels is not None else None
+        else:
+            confidence = float(softmax(np.asarray(cand, np.float64))[prediction_label(cand)])
+            label = name(sample.label) if sample.label is not None else None
+        rows.append({"sample": sample.id, "path": str(sample.path), "label": label,
+                     "reference_pred": name(prediction_label(ref)), "candidate_pred": name(prediction_label(cand)),
+                     "confidence": round(confidence, 6)})
+    return rows
+
+
+def _delta(metric: dict, reference: dict) -> dict:
+    return {k: metric[k] - reference[k] for k in metric if k in reference}
+
+
+def compare(exported: ExportedModel, dataset: Dataset, targets: list[Target], batch_size: int = 32,
+            threads: int | None = None, progress: Callable | None = None) -> dict:
+    """Runs the reference and every target in one pass over the data; returns the report's core blocks."""
+    spec = exported.spec
+    task = "unlabeled" if dataset.task == "unlabeled" else spec.task
+    if dataset.task not in ("unlabeled", spec.task):
+        raise UsageError(f"{dataset.root}: a {dataset.task} dataset cannot evaluate the {spec.task} model {spec.name}")
+    ref_target, ref_options, ref_note = reference_target(exported)
+    reference = load_run(ref_target, exported, threads, **ref_options)
+    if reference.status != "ok":
+        raise HarnessError(f"the reference {ref_target.label} cannot run: {reference.reason}")
+    runs = [load_run(target, exported, threads) for target in targets]
+    stats = {id(run): OutputStats() for run in runs}
+    for run in runs:
+        run.observers.append(lambda batch, ref, out, s=stats[id(run)]: s.update(ref, out))
+    processed, failures = run_sessions(dataset, spec.profile, spec.task, spec.head, runs, batch_size,
+                                       reference=reference, progress=progress)
+    if reference.status != "ok":
+        raise HarnessError(f"the reference {ref_target.label} failed: {reference.reason}")
+    num_classes = len(dataset.classes) or len(spec.labels)
+    classes = dataset.classes or spec.labels
+    ref_metric = task_metric(task, processed, reference.predictions, reference.predictions, num_classes)
+    results = []
+    for target, run in zip(targets, runs):
+        row = {"backend": target.backend.name, "device": target.device, "precision": target.precision,
+               "status": run.status, "reason": run.reason, "precision_effective": None, "metric": None,
+               "delta": None, "outputs": None, "flipped": [], "timing": None}
+        if run.status == "ok":
+            agree = agreement(reference.predictions, run.predictions)
+            metric = task_metric(task, processed, run.predictions, reference.predictions, num_classes)
+            outputs = stats[id(run)].to_json()
+            outputs.update({"top1_agreement": float(agree.mean()) if len(agree) else None,
+                            "flips": int((~agree).sum())})
+            if spec.task != "detect":
+                outputs["kl"] = mean_kl(np.asarray(reference.predictions), np.asarray(run.predictions))
+            row.update(precision_effective=run.session.precision_effective, metric=metric,
+                       delta=_delta(metric, ref_metric), outputs=outputs, timing=timing_summary(run),
+                       flipped=flipped_samples(processed, reference.predictions, run.predictions, agree, classes))
+        results.append(row)
+    return {
+        "reference": {"backend": ref_target.backend.name, "device": ref_target.device,
+                      "precision": ref_target.precision, "profile": spec.profile.to_json(), "metric": ref_metric,
+                      "note": ref_note, "timing": timing_summary(reference)},
+        "results": results,
+        "task": task,
+        "processed": len(processed),
+        "failed": [f.to_json() for f in failures],
+    }

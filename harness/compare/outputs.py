@@ -1,0 +1,114 @@
+"""Output comparison, computed once for every backend: streaming error statistics and agreement.
+
+OutputStats reduces each batch to running sums and drops it, so memory does not grow with the number
+of samples. Agreement is judged on post-processed predictions: top-1 class for classifiers; for
+detectors, a sample agrees when its confident detections match one-to-one (same class, IoU >= 0.5).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from harness.postprocess import Detections
+
+DETECTION_AGREEMENT = {"score_threshold": 0.3, "iou": 0.5}
+
+
+@dataclass
+class OutputStats:
+    """Running max/mean abs error and cosine similarity of candidate vs reference, over all outputs."""
+
+    max_abs: float = 0.0
+    sum_abs: float = 0.0
+    count: int = 0
+    dot: float = 0.0
+    ref_sq: float = 0.0
+    cand_sq: float = 0.0
+    nonfinite: int = 0
+    per_output: dict = field(default_factory=dict)
+
+    def update(self, reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray]) -> None:
+        for name, ref in reference.items():
+            ref = ref.astype(np.float64).ravel()
+            cand = candidate[name].astype(np.float64).ravel()
+            if ref.shape != cand.shape:
+                raise ValueError(f"output {name!r}: candidate shape {candidate[name].shape} "
+                                 f"!= reference {reference[name].shape}")
+            finite = np.isfinite(cand)
+            self.nonfinite += int((~finite).sum())
+            diff = np.abs(np.where(finite, cand, 0.0) - ref)
+            worst = float(diff.max()) if diff.size else 0.0
+            self.max_abs = max(self.max_abs, worst)
+            self.sum_abs += float(diff.sum())
+            self.count += diff.size
+            self.dot += float(ref @ np.where(finite, cand, 0.0))
+            self.ref_sq += float(ref @ ref)
+            self.cand_sq += float(np.where(finite, cand, 0.0) @ np.where(finite, cand, 0.0))
+            self.per_output[name] = max(self.per_output.get(name, 0.0), worst)
+
+    def to_json(self) -> dict:
+        denom = np.sqrt(self.ref_sq * self.cand_sq)
+        cosine = float(min(1.0, self.dot / denom)) if denom > 0 else (1.0 if self.ref_sq == self.cand_sq else 0.0)
+        return {"max_abs": self.max_abs, "mean_abs": self.sum_abs / max(self.count, 1), "cosine": cosine,
+                "nonfinite": self.nonfinite, "max_abs_per_output": dict(self.per_output)}
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def mean_kl(reference_logits: np.ndarray, candidate_logits: np.ndarray) -> float:
+    """Mean over samples of KL(softmax(reference) || softmax(candidate)), in nats."""
+    p = softmax(reference_logits.astype(np.float64))
+    log_p = np.log(np.clip(p, 1e-300, None))
+    log_q = np.log(np.clip(softmax(candidate_logits.astype(np.float64)), 1e-300, None))
+    return float(np.mean(np.sum(p * (log_p - log_q), axis=-1)))
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """float[K, 4] x float[M, 4] xyxy -> IoU float[K, M]."""
+    tl = np.maximum(a[:, None, :2], b[None, :, :2])
+    br = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(br - tl, 0, None), axis=2)
+    area_a = np.prod(a[:, 2:] - a[:, :2], axis=1)
+    area_b = np.prod(b[:, 2:] - b[:, :2], axis=1)
+    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
+
+
+def detections_agree(reference: Detections, candidate: Detections, score_threshold: float, iou: float) -> bool:
+    """True when the confident detections of both sides pair up one-to-one by class and IoU, in any order."""
+    keep_r = reference.scores >= score_threshold
+    keep_c = candidate.scores >= score_threshold
+    if keep_r.sum() != keep_c.sum():
+        return False
+    boxes_r, labels_r = reference.boxes[keep_r], reference.labels[keep_r]
+    boxes_c, labels_c = candidate.boxes[keep_c], candidate.labels[keep_c]
+    if len(boxes_r) == 0:
+        return True
+    overlap = _iou(boxes_r, boxes_c) * (labels_r[:, None] == labels_c[None, :])
+    used = np.zeros(len(boxes_c), bool)
+    for row in np.argsort(-reference.scores[keep_r]):
+        candidates = np.where(~used & (overlap[row] >= iou))[0]
+        if len(candidates) == 0:
+            return False
+        used[candidates[np.argmax(overlap[row, candidates])]] = True
+    return True
+
+
+def prediction_label(prediction) -> object:
+    """What a sample's prediction is, for the flipped-sample list: a class index or a detection count."""
+    if isinstance(prediction, Detections):
+        return int((prediction.scores >= DETECTION_AGREEMENT["score_threshold"]).sum())
+    return int(np.argmax(prediction))
+
+
+def agreement(reference: list, candidate: list) -> np.ndarray:
+    """bool[N]: does the candidate's prediction of each sample agree with the reference's?"""
+    if reference and isinstance(reference[0], Detections):
+        return np.array([detections_agree(r, c, **DETECTION_AGREEMENT) for r, c in zip(reference, candidate)])
+    ref = np.asarray(reference)
+    cand = np.asarray(candidate)
+    return ref.argmax(axis=1) == cand.argmax(axis=1)

@@ -1,0 +1,175 @@
+"""Export once: torch -> ONNX, cached by content hash, checked, with a name map to torch module paths.
+
+The cache key is a hash of (weights, architecture, opset, input spec, output names, torch version), so a
+second run of any command re-uses the file. The dynamo exporter is used first (its node metadata gives
+the module path of every node without parsing names); the legacy TorchScript exporter is the fallback
+(torchvision detectors need it). Which one ran is recorded, since it changes the graph.
+"""
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.errors import HarnessError, InputError
+from harness.model import ModelSpec
+
+DEFAULT_OPSET = 18
+MAX_BATCH = 4096
+
+
+class ExportError(HarnessError):
+    """Neither exporter could turn the torch model into ONNX."""
+
+
+@dataclass(frozen=True)
+class ExportedModel:
+    spec: ModelSpec
+    onnx_path: Path
+    exporter: str                         # "dynamo" | "legacy" | "user-onnx"
+    opset: int
+    sha256: str                           # of the .onnx bytes
+    cache_hit: bool = False
+    name_map: dict = field(default_factory=dict)   # {"tensors": {name: module}, "nodes": {name: module}}
+
+    @property
+    def input_name(self) -> str:
+        return self.spec.input_name
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return self.spec.output_names
+
+    def module_of(self, tensor: str) -> str | None:
+        return self.name_map.get("tensors", {}).get(tensor)
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("HARNESS_CACHE", Path.home() / ".cache" / "harness"))
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def export_key(spec: ModelSpec, module, opset: int) -> str:
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    architecture = f"{type(module).__module__}.{type(module).__qualname__}\n{module!r}"
+    io_spec = (spec.input_name, spec.profile.input_size, spec.output_names)
+    digest.update(json.dumps([architecture, opset, io_spec, torch.__version__]).encode())
+    return digest.hexdigest()
+
+
+def _module_from_scopes(node) -> str | None:
+    props = {p.key: p.value for p in node.metadata_props}
+    raw = props.get("pkg.torch.onnx.name_scopes")
+    if not raw:
+        return None
+    scopes = [s for s in ast.literal_eval(raw)[:-1] if s]  # the last scope is the aten op itself
+    return scopes[-1] if scopes else ""
+
+
+def _module_from_legacy_name(node_name: str) -> str | None:
+    # "/layer1/layer1.0/conv1/Conv" -> "layer1.0.conv1" (a folded BN's output carries the conv's name)
+    parts = [p for p in node_name.split("/") if p]
+    return parts[-2] if len(parts) >= 2 else None
+
+
+def build_name_map(proto, exporter: str) -> dict:
+    tensors, nodes = {}, {}
+    for node in proto.graph.node:
+        module = _module_from_scopes(node) if exporter == "dynamo" else _module_from_legacy_name(node.name)
+        if module is None:
+            continue
+        nodes[node.name] = module
+        for output in node.output:
+            if output:
+                tensors[output] = module
+    return {"tensors": tensors, "nodes": nodes}
+
+
+def _export_dynamo(module, example, path: Path, spec: ModelSpec, opset: int) -> None:
+    import torch
+
+    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    torch.onnx.export(module, (example,), str(path), dynamo=True, opset_version=opset,
+                      input_names=[spec.input_name], output_names=list(spec.output_names),
+                      dynamic_shapes=({0: batch},), optimize=True, verbose=False)
+
+
+def _export_legacy(module, example, path: Path, spec: ModelSpec, opset: int) -> None:
+    import torch
+
+    axes = {name: {0: "batch"} for name in (spec.input_name, *spec.output_names)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=min(opset, 17),
+                          input_names=[spec.input_name], output_names=list(spec.output_names),
+                          dynamic_axes=axes)
+
+
+def export(spec: ModelSpec, opset: int = DEFAULT_OPSET, cache_dir: Path | None = None) -> ExportedModel:
+    """The model's ONNX file, exported on first use and re-used afterwards."""
+    import onnx
+
+    if spec.onnx is not None:
+        proto = onnx.load(str(spec.onnx), load_external_data=False)
+        opset_used = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+        return ExportedModel(spec, Path(spec.onnx), "user-onnx", opset_used, file_sha256(spec.onnx),
+                             cache_hit=True, name_map={"tensors": {}, "nodes": {}})
+    import torch
+
+    module = spec.load_torch()
+    key = export_key(spec, module, opset)
+    folder = (cache_dir or cache_root() / "exports") / key[:24]
+    onnx_path, meta_path = folder / "model.onnx", folder / "export.json"
+    if onnx_path.is_file() and meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        names = json.loads((folder / "names.json").read_text())
+        return ExportedModel(spec, onnx_path, meta["exporter"], meta["opset"], meta["sha256"], True, names)
+
+    example = torch.zeros(2, 3, spec.profile.input_size, spec.profile.input_size)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=folder.parent))
+    staged = staging / "model.onnx"
+    errors = []
+    for exporter, fn in (("dynamo", _export_dynamo), ("legacy", _export_legacy)):
+        try:
+            fn(module, example, staged, spec, opset)
+            proto = onnx.load(str(staged))
+            onnx.checker.check_model(proto, full_check=True)
+            break
+        except Exception as err:  # each exporter fails in its own exception types; both are reported
+            errors.append(f"{exporter}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+    else:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise ExportError(f"cannot export {spec.name} to ONNX ({'; '.join(errors)})")
+    opset_used = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), opset)
+    names = build_name_map(proto, exporter)
+    (staging / "names.json").write_text(json.dumps(names, indent=1))
+    sha = file_sha256(staged)
+    meta = {"exporter": exporter, "opset": opset_used, "sha256": sha, "model": spec.name, "key": key,
+            "torch": torch.__version__, "fallback_reasons": errors}
+    (staging / "export.json").write_text(json.dumps(meta, indent=1))
+    try:
+        staging.rename(folder)  # atomic: a concurrent run either sees the whole export or none
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not onnx_path.is_file():
+            raise InputError(f"{folder}: cannot write the export cache") from None
+    return ExportedModel(spec, onnx_path, exporter, opset_used, sha, False, names)

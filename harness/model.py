@@ -1,0 +1,153 @@
+"""ModelSpec: where a model comes from, its task, its I/O and the training profile it was trained with.
+
+MODEL on the command line is one of (resolve_model):
+  a zoo name (`harness zoo list`), `torchvision:NAME` (+ --checkpoint; the profile is read from
+  `weights.transforms()`), `package.module:factory` (a callable returning an nn.Module or a ModelSpec),
+  or a path to an `.onnx` file (no torch model: the reference is ONNX Runtime FP32, no graph optimisation).
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+from harness.errors import InputError, UnknownName, UsageError
+from harness.profile import Profile, load_profile
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    task: str                                   # "classify" | "detect"
+    profile: Profile                            # the training profile: the reference side
+    labels: tuple[str, ...] = ()
+    build: Callable | None = None               # -> torch.nn.Module with random weights
+    weights: Path | None = None                 # state_dict for build()
+    onnx: Path | None = None                    # a ready ONNX file (then build is None)
+    input_name: str = "input"
+    output_names: tuple[str, ...] = ("logits",)
+    head: dict = field(default_factory=dict)    # post-processing facts (e.g. FCOS strides)
+    source: str = ""
+    summary: str = ""
+    stated: dict = field(default_factory=dict)  # metric on the embedded benchmark, as in models/README.md
+
+    @property
+    def has_torch(self) -> bool:
+        return self.build is not None
+
+    def load_torch(self):
+        """The eval-mode nn.Module with its weights loaded."""
+        import torch
+
+        if self.build is None:
+            raise UsageError(f"model {self.name!r} is an ONNX file: there is no torch model to load")
+        module = self.build()
+        if self.weights is not None:
+            if not Path(self.weights).is_file():
+                raise InputError(f"{self.weights}: weights file not found")
+            try:
+                state = torch.load(self.weights, map_location="cpu", weights_only=True)
+            except Exception as err:  # torch raises several unrelated types for a bad file
+                raise InputError(f"{self.weights}: not a loadable checkpoint ({type(err).__name__}: {err})") from None
+            state = state.get("state_dict", state) if isinstance(state, dict) else state
+            try:
+                module.load_state_dict(state)
+            except RuntimeError as err:
+                first = str(err).strip().splitlines()
+                raise InputError(f"{self.weights}: does not fit {self.name} ({first[0] if first else err})") from None
+        return module.eval()
+
+
+def _zoo_spec(name: str) -> ModelSpec:
+    from harness.models import ZOO
+
+    if name not in ZOO:
+        raise UnknownName("model", name, sorted(ZOO) + ["torchvision:NAME", "pkg.mod:factory", "PATH.onnx"])
+    return ZOO[name]()
+
+
+def _torchvision_spec(arch: str, checkpoint: Path | None) -> ModelSpec:
+    import torchvision
+    from torchvision.transforms import InterpolationMode
+
+    try:
+        builder = torchvision.models.get_model_builder(arch)
+    except ValueError:
+        raise UnknownName("torchvision model", arch, torchvision.models.list_models()) from None
+    profile = Profile(input_size=224)
+    labels: tuple[str, ...] = ()
+    try:  # the preprocessing of the default weights, read without downloading them
+        weights = torchvision.models.get_model_weights(arch).DEFAULT
+        transforms = weights.transforms()
+        interpolation = {InterpolationMode.BILINEAR: "pil-bilinear", InterpolationMode.BICUBIC: "pil-bicubic",
+                         InterpolationMode.NEAREST: "pil-nearest"}[transforms.interpolation]
+        profile = Profile(resize=interpolation, input_size=transforms.crop_size[0],
+                          resize_size=transforms.resize_size[0], mean=tuple(transforms.mean),
+                          std=tuple(transforms.std))
+        labels = tuple(weights.meta.get("categories") or ())
+    except (ValueError, AttributeError, KeyError, TypeError):
+        pass  # no published weights for this architecture: ImageNet defaults, overridable by --profile
+    task = "classify"
+    return ModelSpec(name=f"torchvision:{arch}", task=task, profile=profile, labels=labels,
+                     build=lambda: builder(weights=None), weights=checkpoint,
+                     source=f"torchvision:{arch}", summary=f"torchvision {arch}")
+
+
+def _factory_spec(target: str) -> ModelSpec:
+    module_name, _, attr = target.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise UsageError(f"cannot import model factory {target!r} ({type(err).__name__}: {err})") from None
+    made = factory()
+    if isinstance(made, ModelSpec):
+        return made
+    return ModelSpec(name=target, task="classify", profile=Profile(), build=factory, source=target,
+                     summary=f"factory {target}")
+
+
+def _onnx_spec(path: Path) -> ModelSpec:
+    import onnx
+
+    if not path.is_file():
+        raise InputError(f"{path}: ONNX file not found")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+        onnx.checker.check_model(proto)
+    except Exception as err:  # onnx raises DecodeError, ValidationError, OSError...
+        raise InputError(f"{path}: not a valid ONNX model ({type(err).__name__}: {str(err).splitlines()[0]})") \
+            from None
+    initializers = {i.name for i in proto.graph.initializer}
+    inputs = [i.name for i in proto.graph.input if i.name not in initializers]
+    if len(inputs) != 1:
+        raise InputError(f"{path}: expected one image input, found {len(inputs)}: {', '.join(inputs)}")
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    size = dims[-1].dim_value if len(dims) == 4 and dims[-1].dim_value else 224
+    return ModelSpec(name=path.stem, task="classify", profile=Profile(input_size=size), onnx=path,
+                     input_name=inputs[0], output_names=tuple(o.name for o in proto.graph.output),
+                     source=str(path), summary=f"ONNX file {path.name}")
+
+
+def resolve_model(name: str | None, checkpoint: Path | None = None, profile_path: Path | None = None,
+                  task: str | None = None) -> ModelSpec:
+    """MODEL string (+ options) -> ModelSpec. None means the zoo's default classifier."""
+    from harness.models import DEFAULT_CLASSIFIER
+
+    name = name or DEFAULT_CLASSIFIER
+    if name.endswith(".onnx"):
+        spec = _onnx_spec(Path(name))
+    elif name.startswith("torchvision:"):
+        spec = _torchvision_spec(name.split(":", 1)[1], checkpoint)
+    elif ":" in name:
+        spec = _factory_spec(name)
+    else:
+        spec = _zoo_spec(name)
+    if checkpoint is not None and not name.startswith("torchvision:"):
+        spec = replace(spec, weights=checkpoint)
+    if profile_path is not None:
+        profile = load_profile(profile_path, spec.profile)
+        spec = replace(spec, profile=profile, labels=profile.labels or spec.labels)
+    if task is not None:
+        spec = replace(spec, task=task)
+    return spec

@@ -1,0 +1,75 @@
+"""Rich terminal tables for reports."""
+from __future__ import annotations
+
+from rich.table import Table
+
+
+def _fmt(value, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}" if abs(value) >= 1e-3 or value == 0 else f"{value:.2e}"
+    return str(value)
+
+
+def _points(value) -> str:
+    return "-" if value is None else f"{value * 100:+.2f}"
+
+
+def _metric_cell(metric: dict | None, delta: dict | None, name: str) -> str:
+    if not metric or metric.get(name) is None:
+        return "-"
+    if delta is None:
+        return _fmt(metric[name])
+    return f"{_fmt(metric[name])} ({_points(delta.get(name))})"
+
+
+def compare_table(report: dict) -> Table:
+    """One row per candidate; metric cells read 'value (Δ in points)'."""
+    ref = report["reference"]
+    metric_names = list(ref["metric"])
+    title = (f"{report['model']['name']} on {report['dataset']['name']} "
+             f"({report['dataset']['samples']} samples, {report['dataset']['failed_samples']} failed); "
+             f"reference {ref['backend']}:{ref['device']}:{ref['precision']}")
+    table = Table(title=title, title_justify="left")
+    table.add_column("candidate")
+    table.add_column("precision")
+    table.add_column("status")
+    for name in metric_names:
+        table.add_column(f"{name} (Δpts)", justify="right")
+    for column in ("max abs", "cosine", "agree", "flips", "ms/batch p50/p90", "load s"):
+        table.add_column(column, justify="right")
+
+    def timing(t):
+        return f"{_fmt(t['batch_ms'], 1)}/{_fmt(t['batch_ms_p90'], 1)}", _fmt(t["load_s"], 2)
+
+    table.add_row(f"reference {ref['backend']}:{ref['device']}", ref["precision"], "ok",
+                  *[_metric_cell(ref["metric"], None, m) for m in metric_names], "", "", "", "",
+                  *timing(ref["timing"]), style="dim")
+    for row in report["results"]:
+        candidate = f"{row['backend']}:{row['device']}"
+        if row["status"] != "ok":
+            color = "red" if row["status"] == "failed" else "yellow"
+            table.add_row(candidate, row["precision"], f"[{color}]{row['status']}[/]",
+                          f"[{color}]{row['reason']}[/]", *["" for _ in range(len(metric_names) + 5)])
+            continue
+        out = row["outputs"]
+        precision = row["precision"]
+        if row["precision_effective"] and row["precision_effective"] != precision:
+            precision = f"{precision}→{row['precision_effective']}"
+        table.add_row(candidate, precision, "[green]ok[/]",
+                      *[_metric_cell(row["metric"], row["delta"], m) for m in metric_names],
+                      _fmt(out["max_abs"]), _fmt(out["cosine"], 6), _fmt(out["top1_agreement"]), str(out["flips"]),
+                      *timing(row["timing"]))
+    return table
+
+
+def backends_table(rows: list[dict]) -> Table:
+    table = Table(title="backends", title_justify="left")
+    for column in ("name", "aliases", "available", "version", "devices", "precisions", "reason"):
+        table.add_column(column)
+    for row in rows:
+        precisions = "; ".join(f"{d}: {','.join(p)}" for d, p in row["precisions"].items())
+        table.add_row(row["name"], ",".join(row["aliases"]), "[green]yes[/]" if row["available"] else "[red]no[/]",
+                      row["version"] or "-", ",".join(row["devices"]) or "-", precisions or "-", row["reason"] or "")
+    return table

@@ -1,0 +1,144 @@
+"""A run: a dataset pushed through pre-processing -> model on a backend -> post-processing.
+
+Several sessions can share one pass over the data (`run_sessions`): each batch is pre-processed once
+and the very same tensor is fed to every session, which is what "matched pre-processing" means and why
+a comparison never re-decodes an image per backend. Failures stay local: a sample that cannot be read
+is counted and skipped, a session that raises is marked failed with its error, and the others go on.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import numpy as np
+
+from harness.data import Dataset, Sample
+from harness.errors import HarnessError, SampleError
+from harness.postprocess import Detections, decode_fcos
+from harness.preprocess import Geometry, normalize, to_pixels
+from harness.profile import Profile
+
+
+@dataclass
+class Batch:
+    samples: list[Sample]
+    tensor: np.ndarray                 # float32[N, 3, S, S]
+    geometries: list[Geometry]
+    image_sizes: list[tuple[int, int]]
+
+
+@dataclass
+class FailedSample:
+    sample: str
+    path: str
+    reason: str
+
+    def to_json(self) -> dict:
+        return {"sample": self.sample, "path": self.path, "reason": self.reason}
+
+
+def iter_batches(dataset: Dataset, profile: Profile, batch_size: int,
+                 failures: list[FailedSample]) -> Iterator[Batch]:
+    """Pre-processed batches; unreadable samples go to `failures` and are left out."""
+    pending: list[tuple[Sample, np.ndarray, Geometry, tuple[int, int]]] = []
+    for sample in dataset.samples:
+        try:
+            data = dataset.read(sample)
+            pixels, geometry = to_pixels(data, profile)
+        except (OSError, SampleError) as err:
+            reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+            failures.append(FailedSample(sample.id, str(sample.path), reason))
+            continue
+        size = (round(profile.input_size / geometry.scale_x), round(profile.input_size / geometry.scale_y))
+        pending.append((sample, pixels, geometry, size))
+        if len(pending) == batch_size:
+            yield _collate(pending, profile)
+            pending = []
+    if pending:
+        yield _collate(pending, profile)
+
+
+def _collate(items, profile: Profile) -> Batch:
+    tensor = normalize(np.stack([item[1] for item in items]), profile)
+    return Batch([i[0] for i in items], tensor, [i[2] for i in items], [i[3] for i in items])
+
+
+def postprocess(task: str, outputs: dict[str, np.ndarray], batch: Batch, profile: Profile, head: dict) -> list:
+    """Raw outputs of one batch -> per-sample predictions: logits rows, or Detections in image pixels."""
+    if task != "detect":
+        (logits,) = outputs.values() if len(outputs) == 1 else (next(iter(outputs.values())),)
+        return list(logits.astype(np.float32))
+    if head.get("type") != "fcos":
+        raise HarnessError(f"detection post-processing for head {head.get('type')!r} is not available; "
+                           "models must declare head={'type': 'fcos', 'strides': [...]} ")
+    predictions = []
+    for k, geometry in enumerate(batch.geometries):
+        dets = decode_fcos(outputs["cls_logits"][k], outputs["box_reg"][k], outputs["centerness"][k],
+                           tuple(head["strides"]), profile)
+        predictions.append(Detections(geometry.to_image(dets.boxes), dets.scores, dets.labels))
+    return predictions
+
+
+@dataclass
+class SessionRun:
+    """One session's share of a pass: its predictions and raw outputs per sample, its timings, its fate."""
+
+    label: str
+    session: object | None
+    load_s: float = 0.0
+    status: str = "ok"                 # ok | failed | unavailable
+    reason: str = ""
+    batch_ms: list[float] = field(default_factory=list)
+    predictions: list = field(default_factory=list)
+    observers: list[Callable] = field(default_factory=list)
+
+    def fail(self, err: BaseException) -> None:
+        self.status, self.reason = "failed", f"{type(err).__name__}: {err}".strip()
+        self.session = None
+
+
+def run_sessions(dataset: Dataset, profile: Profile, task: str, head: dict, runs: list[SessionRun],
+                 batch_size: int, reference: SessionRun | None = None, progress: Callable | None = None,
+                 warmup: bool = True) -> tuple[list[Sample], list[FailedSample]]:
+    """Feeds every batch to each live session. `observers` of a run see (batch, ref_outputs, outputs).
+
+    Returns the samples that were processed (in order) and the samples that failed to load.
+    """
+    failures: list[FailedSample] = []
+    processed: list[Sample] = []
+    first = True
+    for batch in iter_batches(dataset, profile, batch_size, failures):
+        reference_outputs = None
+        for run in ([reference] if reference else []) + runs:
+            if run.session is None:
+                continue
+            feeds = {run.session.input_names[0]: batch.tensor}
+            try:
+                if first and warmup:
+                    run.session.run(feeds)  # warm-up: lazy initialisation is not inference time
+                started = time.perf_counter()
+                outputs = run.session.run(feeds)
+                run.batch_ms.append((time.perf_counter() - started) * 1000)
+                predictions = postprocess(task, outputs, batch, profile, head)
+            except Exception as err:  # noqa: BLE001 - a crashing backend becomes a failed row, not a dead sweep
+                run.fail(err)
+                continue
+            run.predictions.extend(predictions)
+            if run is reference:
+                reference_outputs = outputs
+            for observe in run.observers:
+                observe(batch, reference_outputs, outputs)
+        first = False
+        processed.extend(batch.samples)
+        if progress:
+            progress(len(batch.samples))
+    return processed, failures
+
+
+def timing_summary(run: SessionRun) -> dict:
+    times = np.asarray(run.batch_ms, np.float64)
+    return {"load_s": round(run.load_s, 4),
+            "batch_ms": round(float(np.median(times)), 3) if len(times) else None,
+            "batch_ms_p90": round(float(np.percentile(times, 90)), 3) if len(times) else None,
+            "batches": int(len(times))}

@@ -1,0 +1,66 @@
+"""The model zoo: small versions of the SysNoise paper's families, trained on the embedded benchmark.
+
+Each entry is a function returning a ModelSpec (the timm `@register_model` pattern): the architecture,
+the shipped weights and the training profile they were trained through travel together. Recipes that
+reproduce the weights are in harness/models/train.py (`harness zoo train NAME`).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from harness.data.synthetic import CLASSES
+from harness.profile import Profile
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+ZOO: dict[str, Callable] = {}
+DEFAULT_CLASSIFIER = "resnet_tiny"
+DEFAULT_DETECTOR = "fcos_tiny"
+
+# The training pipeline of every zoo model: JPEG -> Pillow decode -> Pillow bilinear from the larger
+# stored image -> RGB. Deviations from it are what SysNoise measures.
+CLASSIFIER_PROFILE = Profile(decoder="pil", resize="pil-bilinear", color="rgb", geometry="shorter-crop",
+                             input_size=64, resize_size=72, labels=CLASSES)
+DETECTOR_PROFILE = Profile(decoder="pil", resize="pil-bilinear", color="rgb", geometry="letterbox",
+                           input_size=128, labels=CLASSES)
+
+
+def register_model(fn: Callable) -> Callable:
+    if fn.__name__ in ZOO:
+        raise ValueError(f"zoo model {fn.__name__!r} registered twice")
+    ZOO[fn.__name__] = fn
+    return fn
+
+
+def _spec(name: str, task: str, build: Callable, profile: Profile, summary: str, **extra):
+    from harness.model import ModelSpec
+
+    outputs = ("cls_logits", "box_reg", "centerness") if task == "detect" else ("logits",)
+    return ModelSpec(name=name, task=task, build=build, weights=WEIGHTS_DIR / f"{name}.pt",
+                     profile=profile, labels=CLASSES, output_names=outputs, source=f"zoo:{name}",
+                     summary=summary, **extra)
+
+
+@register_model
+def resnet_tiny():
+    from harness.models.resnet import TinyResNet
+
+    return _spec("resnet_tiny", "classify", lambda: TinyResNet(len(CLASSES)), CLASSIFIER_PROFILE,
+                 "ResNet-style, 4 basic blocks 16-128 wide, stride-2 max-pool, 64x64 input")
+
+
+@register_model
+def mobilenetv2_tiny():
+    from harness.models.mobilenet import TinyMobileNetV2
+
+    return _spec("mobilenetv2_tiny", "classify", lambda: TinyMobileNetV2(len(CLASSES)), CLASSIFIER_PROFILE,
+                 "MobileNetV2-style inverted residuals, ReLU6, 64x64 input")
+
+
+@register_model
+def fcos_tiny():
+    from harness.models.fcos import STRIDES, TinyFCOS
+
+    return _spec("fcos_tiny", "detect", lambda: TinyFCOS(len(CLASSES)), DETECTOR_PROFILE,
+                 "FCOS-style detector, 3-level FPN with nearest upsampling, raw head outputs, 128x128 input",
+                 head={"type": "fcos", "strides": list(STRIDES)})

@@ -1,0 +1,62 @@
+"""A small FCOS-style detector for 128x128 inputs.
+
+Backbone with a padded stride-2 max-pool, a 3-level FPN whose top-down path upsamples with nearest
+neighbour (so the upsample mode is a real deployment choice), and a head shared across levels. The
+graph ends at the raw head outputs; points, box decoding and NMS are the harness's post-processing
+(harness/postprocess.py), so they can be varied and matched across backends.
+
+Outputs, with P = sum over levels of (128 / stride)^2 points, level-major, row-major inside a level:
+  cls_logits float32[N, P, C], box_reg float32[N, P, 4] (log of l, t, r, b distances / stride),
+  centerness float32[N, P] (logit).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from harness.models.resnet import BasicBlock
+
+STRIDES = (8, 16, 32)
+
+
+class TinyFCOS(nn.Module):
+    def __init__(self, num_classes: int = 10, fpn_channels: int = 64, widths=(32, 64, 96, 128)):
+        super().__init__()
+        self.num_classes = num_classes
+        self.stem = nn.Sequential(nn.Conv2d(3, 24, 3, 2, 1, bias=False), nn.BatchNorm2d(24), nn.ReLU(inplace=True))
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        self.layer1 = BasicBlock(24, widths[0], 1)          # stride 4
+        self.layer2 = BasicBlock(widths[0], widths[1], 2)   # stride 8  -> P3
+        self.layer3 = BasicBlock(widths[1], widths[2], 2)   # stride 16 -> P4
+        self.layer4 = BasicBlock(widths[2], widths[3], 2)   # stride 32 -> P5
+        self.lateral = nn.ModuleList(nn.Conv2d(w, fpn_channels, 1) for w in widths[1:])
+        self.smooth = nn.ModuleList(nn.Conv2d(fpn_channels, fpn_channels, 3, 1, 1) for _ in widths[1:])
+        self.head = nn.Sequential(
+            nn.Conv2d(fpn_channels, fpn_channels, 3, 1, 1), nn.ReLU(inplace=True),
+            nn.Conv2d(fpn_channels, fpn_channels, 3, 1, 1), nn.ReLU(inplace=True),
+        )
+        self.cls_out = nn.Conv2d(fpn_channels, num_classes, 3, 1, 1)
+        self.reg_out = nn.Conv2d(fpn_channels, 4, 3, 1, 1)
+        self.ctr_out = nn.Conv2d(fpn_channels, 1, 3, 1, 1)
+        self.level_scale = nn.Parameter(torch.ones(len(STRIDES)))
+        nn.init.constant_(self.cls_out.bias, -4.6)  # prior 0.01, as in RetinaNet/FCOS
+
+    def forward(self, x):
+        c2 = self.layer1(self.maxpool(self.stem(x)))
+        c3 = self.layer2(c2)
+        c4 = self.layer3(c3)
+        c5 = self.layer4(c4)
+        p5 = self.lateral[2](c5)
+        p4 = self.lateral[1](c4) + F.interpolate(p5, scale_factor=2.0, mode="nearest")
+        p3 = self.lateral[0](c3) + F.interpolate(p4, scale_factor=2.0, mode="nearest")
+        cls, reg, ctr = [], [], []
+        for level, feature in enumerate((self.smooth[0](p3), self.smooth[1](p4), self.smooth[2](p5))):
+            h = self.head(feature)
+            cls.append(self.cls_out(h).flatten(2))
+            reg.append((self.reg_out(h) * self.level_scale[level]).flatten(2))
+            ctr.append(self.ctr_out(h).flatten(2))
+        cls_logits = torch.cat(cls, dim=2).transpose(1, 2)
+        box_reg = torch.cat(reg, dim=2).transpose(1, 2)
+        centerness = torch.cat(ctr, dim=2)[:, 0, :]
+        return cls_logits, box_reg, centerness
