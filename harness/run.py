@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -98,17 +98,17 @@ class SessionRun:
         self.session = None
 
 
-def run_sessions(dataset: Dataset, profile: Profile, task: str, head: dict, runs: list[SessionRun],
-                 batch_size: int, reference: SessionRun | None = None, progress: Callable | None = None,
-                 warmup: bool = True) -> tuple[list[Sample], list[FailedSample]]:
-    """Feeds every batch to each live session. `observers` of a run see (batch, ref_outputs, outputs).
+def run_sessions(batches: Iterable[Batch], profile: Profile, task: str, head: dict, runs: list[SessionRun],
+                 reference: SessionRun | None = None, progress: Callable | None = None,
+                 warmup: bool = True) -> list[Sample]:
+    """Feeds every batch to each live session; returns the samples processed, in order.
 
-    Returns the samples that were processed (in order) and the samples that failed to load.
+    `observers` of a run see (batch, reference outputs, its outputs) for each batch, then the batch is
+    dropped: statistics stream, memory does not grow with the data beyond per-sample predictions.
     """
-    failures: list[FailedSample] = []
     processed: list[Sample] = []
     first = True
-    for batch in iter_batches(dataset, profile, batch_size, failures):
+    for batch in batches:
         reference_outputs = None
         for run in ([reference] if reference else []) + runs:
             if run.session is None:
@@ -121,19 +121,19 @@ def run_sessions(dataset: Dataset, profile: Profile, task: str, head: dict, runs
                 outputs = run.session.run(feeds)
                 run.batch_ms.append((time.perf_counter() - started) * 1000)
                 predictions = postprocess(task, outputs, batch, profile, head)
+                if run is reference:
+                    reference_outputs = outputs
+                for observe in run.observers:
+                    observe(batch, reference_outputs, outputs)
             except Exception as err:  # noqa: BLE001 - a crashing backend becomes a failed row, not a dead sweep
                 run.fail(err)
                 continue
             run.predictions.extend(predictions)
-            if run is reference:
-                reference_outputs = outputs
-            for observe in run.observers:
-                observe(batch, reference_outputs, outputs)
         first = False
         processed.extend(batch.samples)
         if progress:
             progress(len(batch.samples))
-    return processed, failures
+    return processed
 
 
 def timing_summary(run: SessionRun) -> dict:

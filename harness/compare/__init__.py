@@ -17,7 +17,7 @@ from harness.data import Dataset, Sample
 from harness.errors import BackendUnavailable, HarnessError, UsageError
 from harness.export import ExportedModel
 from harness.metrics import classification_metrics, coco_metrics
-from harness.run import SessionRun, run_sessions, timing_summary
+from harness.run import FailedSample, SessionRun, iter_batches, run_sessions, timing_summary
 
 SCHEMA = "harness.compare/1"
 MAX_FLIPPED = 100
@@ -124,6 +124,7 @@ def compare(exported: ExportedModel, dataset: Dataset, targets: list[Target], ba
     task = "unlabeled" if dataset.task == "unlabeled" else spec.task
     if dataset.task not in ("unlabeled", spec.task):
         raise UsageError(f"{dataset.root}: a {dataset.task} dataset cannot evaluate the {spec.task} model {spec.name}")
+    dataset = dataset.aligned_to(spec.labels)
     ref_target, ref_options, ref_note = reference_target(exported)
     reference = load_run(ref_target, exported, threads, **ref_options)
     if reference.status != "ok":
@@ -132,8 +133,10 @@ def compare(exported: ExportedModel, dataset: Dataset, targets: list[Target], ba
     stats = {id(run): OutputStats() for run in runs}
     for run in runs:
         run.observers.append(lambda batch, ref, out, s=stats[id(run)]: s.update(ref, out))
-    processed, failures = run_sessions(dataset, spec.profile, spec.task, spec.head, runs, batch_size,
-                                       reference=reference, progress=progress)
+    failures: list[FailedSample] = []
+    batches = iter_batches(dataset, spec.profile, batch_size, failures)
+    processed = run_sessions(batches, spec.profile, spec.task, spec.head, runs, reference=reference,
+                             progress=progress)
     if reference.status != "ok":
         raise HarnessError(f"the reference {ref_target.label} failed: {reference.reason}")
     num_classes = len(dataset.classes) or len(spec.labels)

@@ -47,6 +47,25 @@ class Dataset:
             return self
         return Dataset(self.name, self.task, self.root, self.classes, self.samples[:count])
 
+    def aligned_to(self, labels: tuple[str, ...]) -> "Dataset":
+        """The same samples with labels re-indexed into a model's label map, matched by class name.
+
+        A class folder is listed in sorted order and COCO by category id; neither need be the order the
+        model was trained with. A model without names keeps the dataset's indices.
+        """
+        if not labels or not self.classes or tuple(labels) == self.classes:
+            return self
+        index = {name: k for k, name in enumerate(labels)}
+        unknown = [name for name in self.classes if name not in index]
+        if unknown:
+            raise InputError(f"{self.root}: class(es) {', '.join(unknown[:5])} are not in the model's label map "
+                             f"({', '.join(labels[:10])}{', ...' if len(labels) > 10 else ''})")
+        remap = np.array([index[name] for name in self.classes], np.int64)
+        samples = [Sample(s.id, s.path, label=None if s.label is None else int(remap[s.label]), boxes=s.boxes,
+                          box_labels=None if s.box_labels is None else remap[s.box_labels])
+                   for s in self.samples]
+        return Dataset(self.name, self.task, self.root, tuple(labels), samples)
+
     def fingerprint(self) -> str:
         """sha256 over (id, bytes) of every sample: the provenance hash of the data actually used."""
         digest = hashlib.sha256()

@@ -1,0 +1,106 @@
+"""`make bench`: speed goals, measured as ratios within one run, written to benchmarks/results/*.json.
+
+overhead: the harness's compare inference loop (Session.run checks, timing, post-processing, streaming
+output statistics) over a bare `onnxruntime.InferenceSession.run` loop, on the same pre-processed
+tensors, for a full-size architecture (torchvision ResNet-18, 224x224, random init) so inference is not
+trivially small. Goal: ratio <= 1.05. The two loops alternate, repeat after repeat, so machine load
+drifts affect both alike; the ratio is taken of the per-loop medians.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+import torchvision
+
+from harness.backends import get_backend
+from harness.compare.outputs import OutputStats
+from harness.data import Sample
+from harness.export import export
+from harness.model import ModelSpec
+from harness.preprocess import Geometry
+from harness.profile import Profile
+from harness.provenance import provenance
+from harness.run import Batch, SessionRun, run_sessions
+
+RESULTS = Path(__file__).parent / "results"
+GOAL = 1.05
+
+
+def resnet18_spec(workdir: Path) -> ModelSpec:
+    torch.manual_seed(0)
+    weights = workdir / "resnet18.pt"
+    torch.save(torchvision.models.resnet18(num_classes=1000).state_dict(), weights)
+    return ModelSpec(name="torchvision:resnet18", task="classify", profile=Profile(input_size=224),
+                     build=lambda: torchvision.models.resnet18(num_classes=1000), weights=weights)
+
+
+def bench_overhead(batches: int = 12, batch_size: int = 8, repeats: int = 5, threads: int = 2) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        exported = export(resnet18_spec(Path(tmp)), cache_dir=Path(tmp) / "exports")
+        rng = np.random.default_rng(0)
+        tensors = [rng.standard_normal((batch_size, 3, 224, 224), dtype=np.float32) for _ in range(batches)]
+        samples = [[Sample(f"{b}-{k}", Path("none")) for k in range(batch_size)] for b in range(batches)]
+        prepared = [Batch(s, t, [Geometry(1, 1)] * batch_size, [(224, 224)] * batch_size)
+                    for s, t in zip(samples, tensors)]
+
+        backend = get_backend("onnxruntime")
+        harness_session = backend.load(exported, "cpu", "fp32", threads)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        raw = ort.InferenceSession(str(exported.onnx_path), options, providers=["CPUExecutionProvider"])
+        input_name = raw.get_inputs()[0].name
+        for tensor in tensors[:2]:  # warm both before timing
+            raw.run(None, {input_name: tensor})
+            harness_session.run({input_name: tensor})
+
+        def raw_loop() -> float:
+            started = time.perf_counter()
+            for tensor in tensors:
+                raw.run(None, {input_name: tensor})
+            return time.perf_counter() - started
+
+        def harness_loop() -> float:
+            run = SessionRun("onnxruntime:cpu:fp32", harness_session)
+            stats = OutputStats()
+            run.observers.append(lambda batch, ref, out: stats.update(out, out))
+            started = time.perf_counter()
+            run_sessions(prepared, Profile(input_size=224), "classify", {}, [run], warmup=False)
+            elapsed = time.perf_counter() - started
+            if run.status != "ok":
+                raise RuntimeError(run.reason)
+            return elapsed
+
+        raw_times, harness_times = [], []
+        for _ in range(repeats):
+            raw_times.append(raw_loop())
+            harness_times.append(harness_loop())
+    ratio = statistics.median(harness_times) / statistics.median(raw_times)
+    return {"name": "compare_inference_overhead", "model": "torchvision resnet18 (random init) 224x224",
+            "batches": batches, "batch_size": batch_size, "repeats": repeats, "threads": threads,
+            "raw_ort_s": raw_times, "harness_s": harness_times,
+            "raw_ort_ms_per_batch": statistics.median(raw_times) / batches * 1000,
+            "harness_ms_per_batch": statistics.median(harness_times) / batches * 1000,
+            "ratio": ratio, "goal": GOAL, "met": ratio <= GOAL}
+
+
+def main() -> int:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    result = bench_overhead()
+    result["provenance"] = provenance(2, {"tensors": 0, "weights": 0}, None, None, ["onnxruntime"])
+    path = RESULTS / "overhead.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"harness/raw ORT inference loop: {result['ratio']:.3f} (goal <= {GOAL}); "
+          f"{result['harness_ms_per_batch']:.1f} vs {result['raw_ort_ms_per_batch']:.1f} ms/batch -> {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""Shared fixtures. The export cache lives in one temporary folder per test session (subprocesses
+inherit it through HARNESS_CACHE), so tests never touch the user's cache and exports are re-used."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+_CACHE = tempfile.mkdtemp(prefix="harness-test-cache-")
+os.environ["HARNESS_CACHE"] = _CACHE
+os.environ.setdefault("COLUMNS", "200")
+
+
+def harness_cli(*args: str, cwd: Path | None = None, env: dict | None = None,
+                timeout: int = 600) -> subprocess.CompletedProcess:
+    """Runs the installed console script as a user would."""
+    exe = Path(sys.executable).with_name("harness")
+    return subprocess.run([str(exe), *args], cwd=cwd or ROOT, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+@pytest.fixture(scope="session")
+def cache_dir() -> Path:
+    return Path(_CACHE)
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    for item in items:
+        if item.get_closest_marker("needs_cuda") and not torch.cuda.is_available():
+            item.add_marker(pytest.mark.skip(reason="needs an NVIDIA GPU: torch.cuda.is_available() is False"))
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "needs_cuda: runs only where torch sees a CUDA device")
