@@ -16,12 +16,18 @@ os.environ["HARNESS_CACHE"] = _CACHE
 os.environ.setdefault("COLUMNS", "200")
 
 
-def harness_cli(*args: str, cwd: Path | None = None, env: dict | None = None,
+def run_harness(*args: str, cwd: Path | None = None, env: dict | None = None,
                 timeout: int = 600) -> subprocess.CompletedProcess:
     """Runs the installed console script as a user would."""
     exe = Path(sys.executable).with_name("harness")
     return subprocess.run([str(exe), *args], cwd=cwd or ROOT, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})
+
+
+@pytest.fixture(scope="session")
+def harness_cli():
+    """The `harness` console script as a subprocess: harness_cli("compare", "--json", "-")."""
+    return run_harness
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,129 @@
+"""The command line as a user meets it: subprocesses, exit codes, one-line errors, the JSON contract."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from harness.data import embedded_benchmark
+
+
+def _one_line_error(result, *fragments):
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("harness: error:"), result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_compare_with_no_arguments(harness_cli, tmp_path):
+    out = tmp_path / "report.json"
+    result = harness_cli("compare", "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    assert report["schema"] == "harness.compare/1"
+    assert report["model"]["name"] == "resnet_tiny" and len(report["model"]["onnx_sha256"]) == 64
+    assert report["dataset"] == {**report["dataset"], "name": "embedded-classify", "samples": 400, "failed_samples": 0}
+    ref = report["reference"]
+    assert (ref["backend"], ref["device"], ref["precision"]) == ("torch", "cpu", "fp32")
+    assert 0.9 <= ref["metric"]["top1"] <= 1.0 and ref["profile"]["resize"] == "pil-bilinear"
+    rows = {row["backend"]: row for row in report["results"]}
+    assert {"torch", "onnxruntime"} <= set(rows)
+    ort = rows["onnxruntime"]
+    assert ort["status"] == "ok" and ort["precision_effective"] == "fp32"
+    assert ort["delta"]["top1"] == pytest.approx(ort["metric"]["top1"] - ref["metric"]["top1"])
+    assert set(ort["outputs"]) >= {"max_abs", "mean_abs", "cosine", "top1_agreement", "flips"}
+    assert ort["outputs"]["cosine"] > 0.999999 and ort["timing"]["batch_ms"] > 0
+    assert rows["torch"]["outputs"]["max_abs"] == 0.0  # the reference against itself: bit-exact
+    prov = report["provenance"]
+    assert prov["exporter"] == "dynamo" and prov["opset"] == 18 and len(prov["dataset_sha256"]) == 64
+    assert prov["backends"]["onnxruntime"] and "candidate" in result.stdout
+
+
+def test_json_to_stdout_keeps_the_table_on_stderr(harness_cli):
+    result = harness_cli("compare", "--backends", "ort", "--limit", "20", "--json", "-")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["dataset"]["samples"] == 20 and "candidate" in result.stderr
+
+
+def test_unavailable_precision_is_a_row_not_a_failure(harness_cli):
+    result = harness_cli("compare", "--backends", "ort", "--precision", "fp32,int8", "--limit", "8", "--json", "-")
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)["results"]
+    assert [(r["precision"], r["status"]) for r in rows] == [("fp32", "ok"), ("int8", "unavailable")]
+    assert "int8" in rows[1]["reason"]
+
+
+def test_corrupt_and_missing_images_are_counted_not_fatal(harness_cli, tmp_path):
+    source = embedded_benchmark("classify")
+    for sample in source.samples[:12]:
+        target = tmp_path / sample.id
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(sample.path, target)
+    corrupt = tmp_path / source.samples[0].id
+    corrupt.write_bytes(corrupt.read_bytes()[:100])
+    result = harness_cli("compare", "--backends", "ort", "--dataset", str(tmp_path), "--json", "-")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["dataset"]["samples"] == 11 and report["dataset"]["failed_samples"] == 1
+    assert report["dataset"]["failed"][0]["sample"] == source.samples[0].id
+    assert str(corrupt) in result.stderr
+
+
+def test_unlabeled_folder_reports_agreement(harness_cli, tmp_path):
+    rng = np.random.default_rng(0)
+    for k in range(5):
+        Image.fromarray(rng.integers(0, 256, (90, 120, 3), dtype=np.uint8)).save(tmp_path / f"{k}.jpg")
+    result = harness_cli("compare", "--backends", "ort", "--dataset", str(tmp_path), "--json", "-")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["dataset"]["task"] == "unlabeled"
+    assert report["reference"]["metric"] == {"top1_agreement": 1.0, "flip_rate": 0.0, "kl": 0.0}
+    assert report["results"][0]["metric"]["top1_agreement"] == 1.0
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["compare", "--backends", "tensorflow"], ["unknown backend 'tensorflow'", "onnxruntime"]),
+    (["compare", "resnet_tiniest"], ["unknown model 'resnet_tiniest'", "resnet_tiny"]),
+    (["compare", "--precision", "fp64"], ["unknown precision 'fp64'"]),
+    (["compare", "--dataset", "/nonexistent/data"], ["/nonexistent/data", "not found"]),
+    (["compare", "missing.onnx"], ["missing.onnx", "not found"]),
+    (["zoo", "train", "nope"], ["unknown model 'nope'"]),
+])
+def test_bad_input_is_one_line_and_exit_2(harness_cli, args, fragments):
+    _one_line_error(harness_cli(*args), *fragments)
+
+
+def test_truncated_onnx_and_classless_folder(harness_cli, tmp_path, cache_dir):
+    exported = next(cache_dir.glob("exports/*/model.onnx"), None)
+    if exported is None:
+        harness_cli("export")
+        exported = next(cache_dir.glob("exports/*/model.onnx"))
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(exported.read_bytes()[:5000])
+    _one_line_error(harness_cli("compare", str(broken)), str(broken), "not a valid ONNX model")
+    empty = tmp_path / "empty"
+    (empty / "cls").mkdir(parents=True)
+    _one_line_error(harness_cli("compare", "--dataset", str(empty / "cls")), str(empty / "cls"))
+    _one_line_error(harness_cli("compare", "--dataset", str(empty)), str(empty), "hold no images")
+
+
+def test_debug_shows_the_traceback(harness_cli):
+    result = harness_cli("compare", "--backends", "tensorflow", "--debug")
+    assert result.returncode != 0 and "Traceback" in result.stderr
+    result = harness_cli("compare", "--backends", "tensorflow", env={"HARNESS_DEBUG": "1"})
+    assert "Traceback" in result.stderr
+
+
+def test_backends_json_contract(harness_cli):
+    result = harness_cli("backends", "--json", "-")
+    assert result.returncode == 0, result.stderr
+    rows = {row["name"]: row for row in json.loads(result.stdout)["backends"]}
+    assert {"torch", "onnxruntime"} <= set(rows)
+    for row in rows.values():
+        assert {"name", "available", "reason", "version", "devices", "precisions"} <= set(row)
+    assert rows["onnxruntime"]["available"] and "cpu" in rows["onnxruntime"]["devices"]
+    assert rows["onnxruntime"]["precisions"]["cpu"] == ["fp32"] and rows["onnxruntime"]["aliases"] == ["ort"]
