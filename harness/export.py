@@ -109,7 +109,8 @@ def _export_dynamo(module, example, path: Path, spec: ModelSpec, opset: int) -> 
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
     torch.onnx.export(module, (example,), str(path), dynamo=True, opset_version=opset,
                       input_names=[spec.input_name], output_names=list(spec.output_names),
-                      dynamic_shapes=({0: batch},), optimize=True, verbose=False)
+                      dynamic_shapes=({0: batch},), optimize=True, verbose=False,
+                      external_data=False)  # one self-contained file: hashable, copyable into a repro
 
 
 def _export_legacy(module, example, path: Path, spec: ModelSpec, opset: int) -> None:

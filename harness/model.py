@@ -113,8 +113,8 @@ def _onnx_spec(path: Path) -> ModelSpec:
     if not path.is_file():
         raise InputError(f"{path}: ONNX file not found")
     try:
+        onnx.checker.check_model(str(path))  # by path: external data is resolved next to the file
         proto = onnx.load(str(path), load_external_data=False)
-        onnx.checker.check_model(proto)
     except Exception as err:  # onnx raises DecodeError, ValidationError, OSError...
         raise InputError(f"{path}: not a valid ONNX model ({type(err).__name__}: {str(err).splitlines()[0]})") \
             from None

@@ -1,0 +1,50 @@
+"""Only one import name is claimed: backends/ and models/ install as harness.backends / harness.models,
+from a built wheel too, not only from the editable install (DESIGN.md, "Layout")."""
+import os
+import subprocess
+import sys
+import sysconfig
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CHECK = """
+import importlib, sys
+target = sys.argv[1]
+import harness, harness.backends, harness.models, harness.data
+for module in (harness, harness.backends, harness.models):
+    assert module.__file__.startswith(target), module.__file__
+from harness.models import ZOO
+spec = ZOO["resnet_tiny"]()
+assert spec.weights.is_file() and str(spec.weights).startswith(target), spec.weights
+from harness.data import embedded_benchmark
+assert len(embedded_benchmark("classify")) == 400 and len(embedded_benchmark("detect")) == 120
+for squatted in ("backends", "models"):
+    try:
+        importlib.import_module(squatted)
+    except ModuleNotFoundError:
+        continue
+    raise SystemExit(f"top-level {squatted!r} is importable")
+print("ok")
+"""
+
+
+def test_wheel_installs_under_the_harness_name_only(tmp_path):
+    wheels = tmp_path / "wheels"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(wheels), str(ROOT)], check=True, capture_output=True, timeout=300)
+    (wheel,) = wheels.glob("harness-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "harness/backends/ort.py" in names and "harness/models/weights/resnet_tiny.pt" in names
+    assert "harness/data/benchmark/detect/instances.json" in names
+    assert not any(n.startswith(("backends/", "models/")) for n in names)
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+                   check=True, capture_output=True, timeout=300)
+    # -S: no site processing, so the editable install's path hooks are not active; the venv's
+    # site-packages still supply numpy, torch, ...
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(target), sysconfig.get_paths()["purelib"]])}
+    result = subprocess.run([sys.executable, "-S", "-c", CHECK, str(target)], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
