@@ -36,12 +36,18 @@ def cache_dir() -> Path:
 
 
 def pytest_collection_modifyitems(config, items):
-    import torch
+    """`@pytest.mark.needs_device(backend, device)`: skip with the backend's own reason when it is absent."""
+    from harness.backends import get_backend
 
     for item in items:
-        if item.get_closest_marker("needs_cuda") and not torch.cuda.is_available():
-            item.add_marker(pytest.mark.skip(reason="needs an NVIDIA GPU: torch.cuda.is_available() is False"))
+        for mark in item.iter_markers("needs_device"):
+            backend = get_backend(mark.args[0])
+            ok, why = backend.available()
+            devices = backend.devices() if ok else []
+            if not ok or mark.args[1] not in devices:
+                reason = why or f"device {mark.args[1]!r} not found here (found: {', '.join(devices)})"
+                item.add_marker(pytest.mark.skip(reason=f"{backend.name}:{mark.args[1]}: {reason}"))
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "needs_cuda: runs only where torch sees a CUDA device")
+    config.addinivalue_line("markers", "needs_device(backend, device): runs only where that device exists")
