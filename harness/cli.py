@@ -63,6 +63,7 @@ def compare(
 
     from harness.compare import SCHEMA, compare as run_compare, parse_targets
     from harness.data import embedded_benchmark, load_dataset
+    from harness.data.benchmark import SEED as BENCHMARK_SEED
     from harness.export import export
     from harness.provenance import provenance
     from harness.report import write_json
@@ -80,7 +81,8 @@ def compare(
                            progress=lambda n: bar.advance(task, n))
     report = {
         "schema": SCHEMA,
-        "provenance": provenance(threads, {"data": None}, exported, data.fingerprint(),
+        "provenance": provenance(threads, {"benchmark": BENCHMARK_SEED} if dataset is None else {}, exported,
+                                 data.fingerprint(),
                                  sorted({t.backend.name for t in targets} | {core["reference"]["backend"]})),
         "model": {"name": spec.name, "task": spec.task, "onnx_sha256": exported.sha256, "source": spec.source,
                   "onnx": str(exported.onnx_path), "exporter": exported.exporter, "opset": exported.opset},

@@ -92,3 +92,18 @@ def test_generator_is_deterministic_and_varied():
     assert len({s.labels[0] for s in scenes}) == len(CLASSES)
     with Image.open(io.BytesIO(scenes[0].jpeg)) as image:
         assert image.format == "JPEG"
+
+
+def test_a_missing_image_is_counted_and_named(tmp_path):
+    from harness.profile import Profile
+    from harness.run import iter_batches
+
+    _write_jpeg(tmp_path / "images" / "here.jpg")
+    (tmp_path / "instances.json").write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "here.jpg"}, {"id": 2, "file_name": "gone.jpg"}],
+        "annotations": [], "categories": [{"id": 1, "name": "a"}]}))
+    failures = []
+    batches = list(iter_batches(load_dataset(tmp_path), Profile(input_size=32), 4, failures))
+    assert [s.id for b in batches for s in b.samples] == ["here.jpg"]
+    assert len(failures) == 1 and failures[0].sample == "gone.jpg"
+    assert failures[0].path.endswith("images/gone.jpg") and "No such file" in failures[0].reason
