@@ -67,7 +67,7 @@ def _collate(items, profile: Profile) -> Batch:
 def postprocess(task: str, outputs: dict[str, np.ndarray], batch: Batch, profile: Profile, head: dict) -> list:
     """Raw outputs of one batch -> per-sample predictions: logits rows, or Detections in image pixels."""
     if task != "detect":
-        (logits,) = outputs.values() if len(outputs) == 1 else (next(iter(outputs.values())),)
+        logits = next(iter(outputs.values()))  # a classifier's first output holds its logits
         return list(logits.astype(np.float32))
     if head.get("type") != "fcos":
         raise HarnessError(f"detection post-processing for head {head.get('type')!r} is not available; "

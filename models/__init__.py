@@ -46,7 +46,8 @@ def resnet_tiny():
     from harness.models.resnet import TinyResNet
 
     return _spec("resnet_tiny", "classify", lambda: TinyResNet(len(CLASSES)), CLASSIFIER_PROFILE,
-                 "ResNet-style, 4 basic blocks 16-128 wide, stride-2 max-pool, 64x64 input")
+                 "ResNet-style, 4 basic blocks 16-128 wide, stride-2 max-pool, 64x64 input",
+                 stated={"top1": 0.9375, "top5": 0.9975})
 
 
 @register_model
@@ -54,7 +55,8 @@ def mobilenetv2_tiny():
     from harness.models.mobilenet import TinyMobileNetV2
 
     return _spec("mobilenetv2_tiny", "classify", lambda: TinyMobileNetV2(len(CLASSES)), CLASSIFIER_PROFILE,
-                 "MobileNetV2-style inverted residuals, ReLU6, 64x64 input")
+                 "MobileNetV2-style inverted residuals, ReLU6, 64x64 input",
+                 stated={"top1": 0.9325, "top5": 0.9925})
 
 
 @register_model

@@ -127,3 +127,11 @@ def test_backends_json_contract(harness_cli):
         assert {"name", "available", "reason", "version", "devices", "precisions"} <= set(row)
     assert rows["onnxruntime"]["available"] and "cpu" in rows["onnxruntime"]["devices"]
     assert rows["onnxruntime"]["precisions"]["cpu"] == ["fp32"] and rows["onnxruntime"]["aliases"] == ["ort"]
+
+
+def test_zoo_list_names_the_default_and_stated_metrics(harness_cli):
+    result = harness_cli("zoo", "list", "--json", "-")
+    assert result.returncode == 0, result.stderr
+    models = {m["name"]: m for m in json.loads(result.stdout)["models"]}
+    assert models["resnet_tiny"]["default"] and models["fcos_tiny"]["task"] == "detect"
+    assert all(m["stated"] for m in models.values())
