@@ -10,14 +10,12 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.errors import HarnessError, InputError
+from harness.cache import cached_folder
+from harness.errors import HarnessError
 from harness.model import ModelSpec
 
 DEFAULT_OPSET = 18
@@ -48,10 +46,6 @@ class ExportedModel:
 
     def module_of(self, tensor: str) -> str | None:
         return self.name_map.get("tensors", {}).get(tensor)
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("HARNESS_CACHE", Path.home() / ".cache" / "harness"))
 
 
 def file_sha256(path: Path) -> str:
@@ -137,40 +131,28 @@ def export(spec: ModelSpec, opset: int = DEFAULT_OPSET, cache_dir: Path | None =
 
     module = spec.load_torch()
     key = export_key(spec, module, opset)
-    folder = (cache_dir or cache_root() / "exports") / key[:24]
-    onnx_path, meta_path = folder / "model.onnx", folder / "export.json"
-    if onnx_path.is_file() and meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
-        names = json.loads((folder / "names.json").read_text())
-        return ExportedModel(spec, onnx_path, meta["exporter"], meta["opset"], meta["sha256"], True, names)
 
-    example = torch.zeros(2, 3, spec.profile.input_size, spec.profile.input_size)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=folder.parent))
-    staged = staging / "model.onnx"
-    errors = []
-    for exporter, fn in (("dynamo", _export_dynamo), ("legacy", _export_legacy)):
-        try:
-            fn(module, example, staged, spec, opset)
-            proto = onnx.load(str(staged))
-            onnx.checker.check_model(proto, full_check=True)
-            break
-        except Exception as err:  # each exporter fails in its own exception types; both are reported
-            errors.append(f"{exporter}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
-    else:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise ExportError(f"cannot export {spec.name} to ONNX ({'; '.join(errors)})")
-    opset_used = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), opset)
-    names = build_name_map(proto, exporter)
-    (staging / "names.json").write_text(json.dumps(names, indent=1))
-    sha = file_sha256(staged)
-    meta = {"exporter": exporter, "opset": opset_used, "sha256": sha, "model": spec.name, "key": key,
-            "torch": torch.__version__, "fallback_reasons": errors}
-    (staging / "export.json").write_text(json.dumps(meta, indent=1))
-    try:
-        staging.rename(folder)  # atomic: a concurrent run either sees the whole export or none
-    except OSError:
-        shutil.rmtree(staging, ignore_errors=True)
-        if not onnx_path.is_file():
-            raise InputError(f"{folder}: cannot write the export cache") from None
-    return ExportedModel(spec, onnx_path, exporter, opset_used, sha, False, names)
+    def build(staging: Path) -> None:
+        example = torch.zeros(2, 3, spec.profile.input_size, spec.profile.input_size)
+        staged = staging / "model.onnx"
+        errors = []
+        for exporter, fn in (("dynamo", _export_dynamo), ("legacy", _export_legacy)):
+            try:
+                fn(module, example, staged, spec, opset)
+                proto = onnx.load(str(staged))
+                onnx.checker.check_model(proto, full_check=True)
+                break
+            except Exception as err:  # each exporter fails in its own exception types; both are reported
+                errors.append(f"{exporter}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+        else:
+            raise ExportError(f"cannot export {spec.name} to ONNX ({'; '.join(errors)})")
+        opset_used = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), opset)
+        (staging / "names.json").write_text(json.dumps(build_name_map(proto, exporter), indent=1))
+        meta = {"exporter": exporter, "opset": opset_used, "sha256": file_sha256(staged), "model": spec.name,
+                "key": key, "torch": torch.__version__, "fallback_reasons": errors}
+        (staging / "export.json").write_text(json.dumps(meta, indent=1))
+
+    folder, hit = cached_folder("exports", key, build, root=cache_dir)
+    meta = json.loads((folder / "export.json").read_text())
+    names = json.loads((folder / "names.json").read_text())
+    return ExportedModel(spec, folder / "model.onnx", meta["exporter"], meta["opset"], meta["sha256"], hit, names)
