@@ -1,5 +1,13 @@
-"""ONNX Runtime: CPU execution provider; CUDA and TensorRT execution providers as devices where present."""
+"""ONNX Runtime: CPU execution provider; CUDA and TensorRT execution providers as devices where present.
+
+FP16 is the graph converted by onnxconverter-common (inputs/outputs kept float32); on the CPU provider
+this measures FP16 weight/activation rounding, not FP16 arithmetic. INT8 is onnxruntime.quantization's
+static QDQ quantization (per-channel weights, MinMax activations) with the shared calibration set.
+Both converted graphs are cached by content hash.
+"""
 from __future__ import annotations
+
+from pathlib import Path
 
 from harness.backends import Backend, Session
 
@@ -15,6 +23,40 @@ class OrtSession(Session):
         return dict(zip(self.output_names, self.session.run(list(self.output_names), feeds)))
 
 
+def convert_fp16(onnx_path: Path, out: Path) -> None:
+    import onnx
+    from onnxconverter_common import float16
+
+    converted = float16.convert_float_to_float16(onnx.load(str(onnx_path)), keep_io_types=True)
+    onnx.save(converted, str(out))
+
+
+def quantize_qdq(onnx_path: Path, calibration, out: Path) -> None:
+    """onnxruntime.quantization static QDQ, after its own pre-processing (shape inference, folding)."""
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType
+    from onnxruntime.quantization import quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self, input_name):
+            self.batches = iter(calibration.samples())
+            self.input_name = input_name
+
+        def get_next(self):
+            batch = next(self.batches, None)
+            return None if batch is None else {self.input_name: batch}
+
+    import onnx
+
+    input_name = onnx.load(str(onnx_path), load_external_data=False).graph.input[0].name
+    prepared = out.with_name("prepared.onnx")
+    quant_pre_process(str(onnx_path), str(prepared))
+    quantize_static(str(prepared), str(out), Reader(input_name), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
+                    calibrate_method=CalibrationMethod.MinMax)
+    prepared.unlink()
+
+
 class OrtBackend(Backend):
     name = "onnxruntime"
     aliases = ("ort",)
@@ -26,9 +68,21 @@ class OrtBackend(Backend):
         have = set(ort.get_available_providers())
         return [device for device, provider in PROVIDERS.items() if provider in have]
 
-    def _load(self, model, device, precision, threads, optimize: bool = True, **options) -> Session:
+    def precisions(self, device: str = "cpu") -> list[str]:
+        return ["fp32", "fp16", "int8"]
+
+    def _load(self, model, device, precision, threads, optimize: bool = True, calibration=None,
+              artifact: Path | None = None, **options) -> Session:
         import onnxruntime as ort
 
+        from harness.artifacts import derived_file, quantized_onnx
+
+        source = Path(artifact) if artifact else model.onnx_path
+        if artifact is None and precision == "fp16":
+            source = derived_file(model, "fp16-onnxconverter", "model.onnx", {"keep_io_types": True},
+                                  lambda out: convert_fp16(model.onnx_path, out))
+        elif artifact is None and precision == "int8":
+            source = quantized_onnx(model, calibration, "ort-qdq", quantize_qdq)
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         if threads:
@@ -37,7 +91,12 @@ class OrtBackend(Backend):
         if not optimize:  # the tensor reference: every ONNX op runs as written
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         providers = [PROVIDERS[device]] + (["CPUExecutionProvider"] if device != "cpu" else [])
-        session = ort.InferenceSession(str(model.onnx_path), opts, providers=providers)
+        session = ort.InferenceSession(str(source), opts, providers=providers)
+        if device != "cpu" and PROVIDERS[device] not in session.get_providers():
+            from harness.errors import BackendUnavailable
+
+            raise BackendUnavailable(f"onnxruntime: {PROVIDERS[device]} did not initialise "
+                                     f"(session runs on {', '.join(session.get_providers())})")
         outputs = [o.name for o in session.get_outputs()]
         wanted = [name for name in model.output_names if name in outputs] or outputs
         return OrtSession(session, device, precision, [i.name for i in session.get_inputs()], wanted)

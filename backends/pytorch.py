@@ -1,8 +1,11 @@
 """PyTorch eager: the training system, hence the reference. CUDA FP32 runs with TF32 off, since TF32 is
-itself a deployment noise."""
+itself a deployment noise; CUDA FP16/BF16 are torch.autocast."""
 from __future__ import annotations
 
 from harness.backends import Backend, Session
+
+
+AUTOCAST = {"fp16": "float16", "bf16": "bfloat16"}
 
 
 class TorchSession(Session):
@@ -14,7 +17,9 @@ class TorchSession(Session):
         import torch
 
         (array,) = feeds.values()
-        with torch.inference_mode():
+        autocast = AUTOCAST.get(self.precision)
+        with torch.inference_mode(), torch.autocast(self.device, dtype=getattr(torch, autocast or "float32"),
+                                                    enabled=autocast is not None):
             result = self.module(torch.from_numpy(array).to(self.device))
         if not isinstance(result, (tuple, list)):
             result = (result,)
@@ -30,6 +35,9 @@ class TorchBackend(Backend):
         import torch
 
         return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+    def precisions(self, device: str = "cpu") -> list[str]:
+        return ["fp32", "fp16", "bf16"] if device == "cuda" else ["fp32"]
 
     def _load(self, model, device, precision, threads, **options) -> Session:
         import torch

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, InputError, UsageError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Cross-backend deployment harness: measure and explain what a model loses in deployment.")
@@ -57,28 +57,43 @@ def compare(
     json_path: JsonOpt = None,
     checkpoint: CheckpointOpt = None,
     profile: ProfileOpt = None,
+    calibration: Annotated[Optional[Path], typer.Option(
+        "--calibration", help="Training images for INT8 calibration (zoo models: the generated training split).")] = None,
+    artifact: Annotated[Optional[Path], typer.Option(
+        "--artifact", help="A deployed file to run as the candidate (QDQ .onnx, OpenVINO .xml, TensorRT .engine); "
+                           "needs exactly one --backends entry.")] = None,
 ) -> None:
     """Reference (training profile on the training system) vs candidate backends: metric, output and timing."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from harness.calibration import calibration_set
     from harness.compare import SCHEMA, compare as run_compare, parse_targets
     from harness.data import embedded_benchmark, load_dataset
     from harness.data.benchmark import SEED as BENCHMARK_SEED
     from harness.export import export
     from harness.provenance import provenance
     from harness.report import write_json
-    from harness.report.table import compare_table
+    from harness.report.table import compare_table, status_notes
 
     console = _console(json_path)
     spec = _resolve(model, checkpoint, profile)
     targets = parse_targets(backends, precision)
     data = (load_dataset(dataset) if dataset else embedded_benchmark(spec.task)).limit(limit)
     exported = export(spec)
+    if artifact is not None:
+        if not artifact.exists():
+            raise InputError(f"{artifact}: deployed artefact not found")
+        if len({(t.backend.name, t.device) for t in targets}) != 1 or not backends:
+            raise UsageError("--artifact runs one deployed file: name exactly one backend with --backends")
+    calibration_data = None
+    if any(t.precision == "int8" for t in targets) and artifact is None:
+        calibration_data = calibration_set(spec, calibration)
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task(f"compare {spec.name}", total=len(data))
         core = run_compare(exported, data, targets, batch_size=batch_size, threads=threads,
-                           progress=lambda n: bar.advance(task, n))
+                           progress=lambda n: bar.advance(task, n), calibration=calibration_data,
+                           artifact=artifact)
     report = {
         "schema": SCHEMA,
         "provenance": provenance(threads, {"benchmark": BENCHMARK_SEED} if dataset is None else {}, exported,
@@ -90,8 +105,12 @@ def compare(
                     "failed_samples": len(core["failed"]), "failed": core["failed"]},
         "reference": core["reference"],
         "results": core["results"],
+        "calibration": core["calibration"],
+        "artifact": str(artifact) if artifact else None,
     }
     console.print(compare_table(report))
+    for line in status_notes(report):
+        console.print(line, highlight=False)
     for failure in core["failed"]:
         console.print(f"[yellow]skipped sample[/] {failure['path']}: {failure['reason']}")
     if json_path:

@@ -31,12 +31,13 @@ class Recipe:
     lr: float
     weight_decay: float = 5e-4
     seed: int = 0
+    grad_clip: float | None = None  # max gradient norm
 
 
 RECIPES = {
     "resnet_tiny": Recipe(train_count=12000, epochs=14, batch_size=128, lr=3e-3),
     "mobilenetv2_tiny": Recipe(train_count=12000, epochs=14, batch_size=128, lr=4e-3),
-    "fcos_tiny": Recipe(train_count=6000, epochs=14, batch_size=32, lr=2e-3, weight_decay=1e-4),
+    "fcos_tiny": Recipe(train_count=6000, epochs=14, batch_size=32, lr=1e-3, weight_decay=1e-4, grad_clip=5.0),
 }
 # FCOS size ranges (max l/t/r/b distance, model-input pixels) of the levels at strides 8, 16, 32
 FCOS_RANGES = ((0.0, 16.0), (16.0, 32.0), (32.0, math.inf))
@@ -156,6 +157,8 @@ def train(spec: ModelSpec, recipe: Recipe, steps: int | None = None, log=print, 
                 loss = F.cross_entropy(model(batch), target, label_smoothing=0.1)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if recipe.grad_clip:  # one crowded batch must not derail the detector
+                torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
             optimizer.step()
             schedule.step()
             step += 1

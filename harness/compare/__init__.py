@@ -118,8 +118,13 @@ def _delta(metric: dict, reference: dict) -> dict:
 
 
 def compare(exported: ExportedModel, dataset: Dataset, targets: list[Target], batch_size: int = 32,
-            threads: int | None = None, progress: Callable | None = None) -> dict:
-    """Runs the reference and every target in one pass over the data; returns the report's core blocks."""
+            threads: int | None = None, progress: Callable | None = None, calibration=None,
+            artifact=None) -> dict:
+    """Runs the reference and every target in one pass over the data; returns the report's core blocks.
+
+    calibration: the shared CalibrationSet for INT8 targets; artifact: a deployed file (QDQ .onnx,
+    OpenVINO .xml, TensorRT .engine) to run instead of one the harness builds.
+    """
     spec = exported.spec
     task = "unlabeled" if dataset.task == "unlabeled" else spec.task
     if dataset.task not in ("unlabeled", spec.task):
@@ -129,7 +134,7 @@ def compare(exported: ExportedModel, dataset: Dataset, targets: list[Target], ba
     reference = load_run(ref_target, exported, threads, **ref_options)
     if reference.status != "ok":
         raise HarnessError(f"the reference {ref_target.label} cannot run: {reference.reason}")
-    runs = [load_run(target, exported, threads) for target in targets]
+    runs = [load_run(target, exported, threads, calibration=calibration, artifact=artifact) for target in targets]
     stats = {id(run): OutputStats() for run in runs}
     for run in runs:
         run.observers.append(lambda batch, ref, out, s=stats[id(run)]: s.update(ref, out))
@@ -167,4 +172,5 @@ def compare(exported: ExportedModel, dataset: Dataset, targets: list[Target], ba
         "task": task,
         "processed": len(processed),
         "failed": [f.to_json() for f in failures],
+        "calibration": calibration.describe() if calibration is not None else None,
     }

@@ -51,7 +51,7 @@ def compare_table(report: dict) -> Table:
         if row["status"] != "ok":
             color = "red" if row["status"] == "failed" else "yellow"
             table.add_row(candidate, row["precision"], f"[{color}]{row['status']}[/]",
-                          f"[{color}]{row['reason']}[/]", *["" for _ in range(len(metric_names) + 5)])
+                          *["" for _ in range(len(metric_names) + 6)])
             continue
         out = row["outputs"]
         precision = row["precision"]
@@ -62,6 +62,12 @@ def compare_table(report: dict) -> Table:
                       _fmt(out["max_abs"]), _fmt(out["cosine"], 6), _fmt(out["top1_agreement"]), str(out["flips"]),
                       *timing(row["timing"]))
     return table
+
+
+def status_notes(report: dict) -> list[str]:
+    """One line per row that did not run, with its reason: printed under the table."""
+    return [f"[{'red' if r['status'] == 'failed' else 'yellow'}]{r['status']}[/] {r['backend']}:{r['device']} "
+            f"{r['precision']}: {r['reason']}" for r in report["results"] if r["status"] != "ok"]
 
 
 def backends_table(rows: list[dict]) -> Table:

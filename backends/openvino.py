@@ -1,0 +1,86 @@
+"""OpenVINO: CPU (GPU/NPU where present). Precision always set through INFERENCE_PRECISION_HINT, since
+this CPU defaults to bf16 and silently turns an f16 hint into bf16; the session records what the
+compiled model really runs (`precision_effective`). INT8 is NNCF post-training quantization of the
+ONNX graph (QDQ ONNX, cached), which OpenVINO compiles; the quantized graph stays ONNX, so it can be
+cut into sub-graphs like any other."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from harness.backends import Backend, Session
+
+HINTS = {"fp32": "f32", "fp16": "f16", "bf16": "bf16", "int8": "f32"}  # int8: the rest of the graph in f32
+EFFECTIVE = {"f32": "fp32", "f16": "fp16", "bf16": "bf16"}
+
+
+class OvSession(Session):
+    def __init__(self, compiled, device, precision, input_names, output_names, effective):
+        super().__init__("openvino", device, precision, input_names, output_names, effective)
+        self.compiled = compiled
+        self.request = compiled.create_infer_request()
+        self.ports = {name: compiled.output(name) for name in output_names}
+
+    def _run(self, feeds):
+        result = self.request.infer(feeds)
+        return {name: np.array(result[port]) for name, port in self.ports.items()}
+
+
+def nncf_quantize_onnx(onnx_path: Path, calibration, out: Path) -> None:
+    """NNCF post-training quantization of an ONNX model into a QDQ ONNX model."""
+    import nncf
+    import onnx
+
+    model = onnx.load(str(onnx_path))
+    input_name = model.graph.input[0].name
+    samples = [{input_name: x} for x in calibration.samples()]
+    quantized = nncf.quantize(model, nncf.Dataset(samples), subset_size=len(samples))
+    onnx.save(quantized, str(out))
+
+
+class OpenVinoBackend(Backend):
+    name = "openvino"
+    aliases = ("ov",)
+    package = "openvino"
+
+    def devices(self) -> list[str]:
+        import openvino as ov
+
+        return [d.split(".")[0].lower() for d in ov.Core().available_devices]
+
+    def precisions(self, device: str = "cpu") -> list[str]:
+        import openvino as ov
+
+        capabilities = set(ov.Core().get_property(device.upper(), "OPTIMIZATION_CAPABILITIES"))
+        offered = ["fp32"]
+        if "FP16" in capabilities or "BF16" in capabilities:
+            offered.append("fp16")  # on a bf16-only CPU OpenVINO runs it as bf16: precision_effective says so
+        if "BF16" in capabilities:
+            offered.append("bf16")
+        if "INT8" in capabilities:
+            offered.append("int8")
+        return offered
+
+    def _load(self, model, device, precision, threads, calibration=None, artifact: Path | None = None,
+              **options) -> Session:
+        import openvino as ov
+
+        from harness.artifacts import quantized_onnx
+
+        source = Path(artifact) if artifact else model.onnx_path
+        if precision == "int8" and artifact is None:
+            source = quantized_onnx(model, calibration, "nncf", nncf_quantize_onnx)
+        config = {"INFERENCE_PRECISION_HINT": HINTS[precision]}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        core = ov.Core()
+        compiled = core.compile_model(core.read_model(str(source)), device.upper(), config)
+        hint = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        effective = EFFECTIVE.get(hint, hint)
+        if precision == "int8":  # quantized ops in int8, the rest at the f32 hint
+            effective = "int8" if effective == "fp32" else f"int8+{effective}"
+        inputs = [port.get_any_name() for port in compiled.inputs]
+        outputs = [name for name in model.output_names if name in {p.get_any_name() for p in compiled.outputs}]
+        return OvSession(compiled, device, precision, inputs, outputs or [p.get_any_name() for p in compiled.outputs],
+                         effective)

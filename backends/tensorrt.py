@@ -1,0 +1,137 @@
+"""NVIDIA TensorRT through its Python API: ONNX parser -> builder (FP32 / FP16 / INT8) -> serialized
+engine cached by content hash -> execution context. Device buffers are torch CUDA tensors.
+
+INT8 is explicit quantization: the QDQ graph built from the shared calibration set by
+onnxruntime.quantization with symmetric activations and weights (what TensorRT's Q/DQ support expects;
+implicit calibrator-based INT8 is deprecated in TensorRT 10). A user's ready `.engine` file can be the
+candidate instead (`artifact`).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from harness.backends import Backend, Session
+
+MAX_BATCH = 64
+OPT_BATCH = 32
+WORKSPACE_BYTES = 1 << 30
+
+
+class TrtSession(Session):
+    def __init__(self, engine, device, precision, input_names, output_names):
+        super().__init__("tensorrt", device, precision, input_names, output_names)
+        self.engine = engine
+        self.context = engine.create_execution_context()
+
+    def _run(self, feeds):
+        import torch
+
+        buffers = {}
+        for name, array in feeds.items():
+            buffers[name] = torch.from_numpy(array).cuda().contiguous()
+            self.context.set_input_shape(name, tuple(array.shape))
+        for name in self.output_names:
+            shape = tuple(self.context.get_tensor_shape(name))
+            buffers[name] = torch.empty(shape, dtype=torch.float32, device="cuda")
+        for name, tensor in buffers.items():
+            self.context.set_tensor_address(name, tensor.data_ptr())
+        stream = torch.cuda.current_stream()
+        if not self.context.execute_async_v3(stream.cuda_stream):
+            raise RuntimeError("TensorRT execute_async_v3 returned False")
+        stream.synchronize()
+        return {name: buffers[name].cpu().numpy() for name in self.output_names}
+
+
+def quantize_symmetric_qdq(onnx_path: Path, calibration, out: Path) -> None:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter(calibration.samples())
+
+        def get_next(self):
+            batch = next(self.batches, None)
+            return None if batch is None else {"input": batch}
+
+    quantize_static(str(onnx_path), str(out), Reader(), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
+                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+
+
+def build_engine(onnx_path: Path, precision: str, input_shape: tuple[int, ...], out: Path) -> None:
+    import tensorrt as trt
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(Path(onnx_path).read_bytes()):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise RuntimeError(f"TensorRT cannot parse {onnx_path}: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
+    if precision == "fp16":
+        config.set_flag(trt.BuilderFlag.FP16)
+    elif precision == "int8":
+        config.set_flag(trt.BuilderFlag.INT8)
+    profile = builder.create_optimization_profile()
+    name = network.get_input(0).name
+    profile.set_shape(name, (1, *input_shape), (OPT_BATCH, *input_shape), (MAX_BATCH, *input_shape))
+    config.add_optimization_profile(profile)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise RuntimeError("TensorRT failed to build the engine (see its log above)")
+    out.write_bytes(bytes(serialized))
+
+
+class TensorRtBackend(Backend):
+    name = "tensorrt"
+    aliases = ("trt",)
+    package = "tensorrt"
+
+    def available(self) -> tuple[bool, str]:
+        ok, reason = super().available()
+        if not ok:
+            return ok, reason
+        import importlib.util
+
+        if importlib.util.find_spec("torch") is None:
+            return False, "torch (CUDA build) is needed for TensorRT's device buffers"
+        import torch
+
+        if not torch.cuda.is_available():
+            return False, "no NVIDIA GPU found (torch.cuda.is_available() is False)"
+        return True, ""
+
+    def devices(self) -> list[str]:
+        return ["cuda"]
+
+    def precisions(self, device: str = "cuda") -> list[str]:
+        return ["fp32", "fp16", "int8"]
+
+    def _load(self, model, device, precision, threads, calibration=None, artifact: Path | None = None,
+              **options) -> Session:
+        import tensorrt as trt
+
+        from harness.artifacts import derived_file, quantized_onnx
+
+        if artifact is not None and Path(artifact).suffix in (".engine", ".plan"):
+            engine_path = Path(artifact)
+        else:
+            source = Path(artifact) if artifact else model.onnx_path
+            if artifact is None and precision == "int8":
+                source = quantized_onnx(model, calibration, "trt-symmetric-qdq", quantize_symmetric_qdq)
+            size = model.spec.profile.input_size
+            engine_path = derived_file(model, "tensorrt", "model.engine",
+                                       {"precision": precision, "source": str(source), "trt": self.version(),
+                                        "shape": [3, size, size]},
+                                       lambda out: build_engine(source, precision, (3, size, size), out))
+        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        engine = runtime.deserialize_cuda_engine(engine_path.read_bytes())
+        if engine is None:
+            raise RuntimeError(f"{engine_path}: TensorRT could not deserialize the engine")
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        wanted = [n for n in model.output_names if n in outputs] or outputs
+        return TrtSession(engine, device, precision, inputs, wanted)

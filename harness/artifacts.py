@@ -1,0 +1,26 @@
+"""Artefacts derived from the exported model by a backend's own toolchain (a QDQ graph, an FP16 graph,
+a compiled library, an engine), cached by content hash so a second run never rebuilds them."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from harness.cache import cached_folder, key_of
+from harness.calibration import NO_CALIBRATION
+from harness.errors import BackendUnavailable
+
+
+def derived_file(model, kind: str, filename: str, params: dict, build: Callable[[Path], None]) -> Path:
+    """cache/<kind>/<hash(onnx sha, params)>/<filename>, made by build(path) on first use."""
+    key = key_of(model.sha256, kind, params)
+    folder, _ = cached_folder(kind, key, lambda staging: build(staging / filename))
+    return folder / filename
+
+
+def quantized_onnx(model, calibration, quantizer: str, quantize: Callable[[Path, object, Path], None]) -> Path:
+    """The model quantized to INT8 QDQ ONNX by `quantize(fp32_onnx, calibration, out)`, cached by
+    (model, calibration data, quantizer)."""
+    if calibration is None:
+        raise BackendUnavailable(NO_CALIBRATION)
+    return derived_file(model, f"int8-{quantizer}", "model.onnx", {"calibration": calibration.sha256},
+                        lambda out: quantize(model.onnx_path, calibration, out))
