@@ -51,6 +51,8 @@ class Backend:
     name = ""
     aliases: tuple[str, ...] = ()
     package = ""          # the import name whose presence makes the backend available
+    # every device kind the adapter supports, with the precisions it offers there (where present)
+    declared: dict[str, tuple[str, ...]] = {"cpu": ("fp32",)}
 
     def available(self) -> tuple[bool, str]:
         if self.package and importlib.util.find_spec(self.package) is None:
@@ -70,7 +72,7 @@ class Backend:
         return ["cpu"]
 
     def precisions(self, device: str = "cpu") -> list[str]:
-        return ["fp32"]
+        return list(self.declared.get(device, ()))
 
     def load(self, model, device: str = "cpu", precision: str = "fp32", threads: int | None = None,
              **options) -> Session:
@@ -94,7 +96,8 @@ class Backend:
         devices = self.devices() if ok else []
         return {"name": self.name, "aliases": list(self.aliases), "available": ok, "reason": reason,
                 "version": self.version(), "devices": devices,
-                "precisions": {d: self.precisions(d) for d in devices}}
+                "precisions": {d: self.precisions(d) for d in devices},
+                "declared": {d: list(p) for d, p in self.declared.items()}}
 
 
 class BrokenBackend(Backend):

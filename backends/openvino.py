@@ -43,6 +43,7 @@ class OpenVinoBackend(Backend):
     name = "openvino"
     aliases = ("ov",)
     package = "openvino"
+    declared = {"cpu": ("fp32", "fp16", "bf16", "int8"), "gpu": ("fp32", "fp16", "int8")}
 
     def devices(self) -> list[str]:
         import openvino as ov
@@ -50,17 +51,13 @@ class OpenVinoBackend(Backend):
         return [d.split(".")[0].lower() for d in ov.Core().available_devices]
 
     def precisions(self, device: str = "cpu") -> list[str]:
+        """The declared precisions this device's OPTIMIZATION_CAPABILITIES can run. fp16 stays offered on a
+        bf16-only CPU: OpenVINO runs it as bf16 and precision_effective says so."""
         import openvino as ov
 
         capabilities = set(ov.Core().get_property(device.upper(), "OPTIMIZATION_CAPABILITIES"))
-        offered = ["fp32"]
-        if "FP16" in capabilities or "BF16" in capabilities:
-            offered.append("fp16")  # on a bf16-only CPU OpenVINO runs it as bf16: precision_effective says so
-        if "BF16" in capabilities:
-            offered.append("bf16")
-        if "INT8" in capabilities:
-            offered.append("int8")
-        return offered
+        needs = {"fp32": set(), "fp16": {"FP16", "BF16"}, "bf16": {"BF16"}, "int8": {"INT8"}}
+        return [p for p in self.declared.get(device, ()) if not needs[p] or needs[p] & capabilities]
 
     def _load(self, model, device, precision, threads, calibration=None, artifact: Path | None = None,
               **options) -> Session:

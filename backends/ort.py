@@ -23,14 +23,6 @@ class OrtSession(Session):
         return dict(zip(self.output_names, self.session.run(list(self.output_names), feeds)))
 
 
-def convert_fp16(onnx_path: Path, out: Path) -> None:
-    import onnx
-    from onnxconverter_common import float16
-
-    converted = float16.convert_float_to_float16(onnx.load(str(onnx_path)), keep_io_types=True)
-    onnx.save(converted, str(out))
-
-
 def quantize_qdq(onnx_path: Path, calibration, out: Path) -> None:
     """onnxruntime.quantization static QDQ, after its own pre-processing (shape inference, folding)."""
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType
@@ -61,6 +53,7 @@ class OrtBackend(Backend):
     name = "onnxruntime"
     aliases = ("ort",)
     package = "onnxruntime"
+    declared = {device: ("fp32", "fp16", "int8") for device in ("cpu", "cuda", "tensorrt")}
 
     def devices(self) -> list[str]:
         import onnxruntime as ort
@@ -68,19 +61,15 @@ class OrtBackend(Backend):
         have = set(ort.get_available_providers())
         return [device for device, provider in PROVIDERS.items() if provider in have]
 
-    def precisions(self, device: str = "cpu") -> list[str]:
-        return ["fp32", "fp16", "int8"]
-
     def _load(self, model, device, precision, threads, optimize: bool = True, calibration=None,
               artifact: Path | None = None, **options) -> Session:
         import onnxruntime as ort
 
-        from harness.artifacts import derived_file, quantized_onnx
+        from harness.artifacts import fp16_onnx, quantized_onnx
 
         source = Path(artifact) if artifact else model.onnx_path
         if artifact is None and precision == "fp16":
-            source = derived_file(model, "fp16-onnxconverter", "model.onnx", {"keep_io_types": True},
-                                  lambda out: convert_fp16(model.onnx_path, out))
+            source = fp16_onnx(model)
         elif artifact is None and precision == "int8":
             source = quantized_onnx(model, calibration, "ort-qdq", quantize_qdq)
         opts = ort.SessionOptions()

@@ -30,14 +30,12 @@ class TorchBackend(Backend):
     name = "torch"
     aliases = ("pytorch",)
     package = "torch"
+    declared = {"cpu": ("fp32",), "cuda": ("fp32", "fp16", "bf16")}
 
     def devices(self) -> list[str]:
         import torch
 
         return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-
-    def precisions(self, device: str = "cpu") -> list[str]:
-        return ["fp32", "fp16", "bf16"] if device == "cuda" else ["fp32"]
 
     def _load(self, model, device, precision, threads, **options) -> Session:
         import torch

@@ -88,26 +88,25 @@ class TensorRtBackend(Backend):
     name = "tensorrt"
     aliases = ("trt",)
     package = "tensorrt"
+    declared = {"cuda": ("fp32", "fp16", "int8")}
 
     def available(self) -> tuple[bool, str]:
-        ok, reason = super().available()
-        if not ok:
-            return ok, reason
         import importlib.util
 
-        if importlib.util.find_spec("torch") is None:
-            return False, "torch (CUDA build) is needed for TensorRT's device buffers"
-        import torch
+        missing = []
+        gpu = False
+        if importlib.util.find_spec("torch") is not None:
+            import torch
 
-        if not torch.cuda.is_available():
-            return False, "no NVIDIA GPU found (torch.cuda.is_available() is False)"
-        return True, ""
+            gpu = torch.cuda.is_available()
+        if not gpu:
+            missing.append("no NVIDIA GPU found (torch.cuda.is_available() is False)")
+        if importlib.util.find_spec("tensorrt") is None:
+            missing.append("the tensorrt package is not installed (pip install 'harness[tensorrt]')")
+        return (not missing), "; ".join(missing)
 
     def devices(self) -> list[str]:
         return ["cuda"]
-
-    def precisions(self, device: str = "cuda") -> list[str]:
-        return ["fp32", "fp16", "int8"]
 
     def _load(self, model, device, precision, threads, calibration=None, artifact: Path | None = None,
               **options) -> Session:

@@ -1,8 +1,10 @@
 """Apache TVM, the Relax flow: ONNX frontend -> tvm.compile for `llvm` (or `cuda`) -> Relax VM.
 
-FP16 is Relax's documented automatic mixed-precision pass (`relax.transform.ToMixedPrecision`, float16
-compute with float32 accumulation where the pass keeps it; inputs and outputs stay float32). The
-compiled library is cached by content hash (`export_library`), so a second run does not recompile.
+FP16 compiles the float16 ONNX graph (onnxconverter-common, inputs/outputs kept float32), the same
+converted graph ONNX Runtime runs. Relax's own mixed-precision pass (`relax.transform.ToMixedPrecision`)
+was tried first and rejected: on TVM 0.27 it fails on any graph whose ONNX Clip the frontend lowers to
+`call_tir` (ReLU6 in MobileNetV2: "Expected TensorType, but got R.Callable"). The compiled library is
+cached by content hash (`export_library`), so a second run does not recompile.
 The default CPU pipeline applies no tuned schedules: TVM is a correctness backend here, not a fast one
 (MetaSchedule tuning crashes on this version; shared/BACKEND-NOTES.md).
 """
@@ -31,16 +33,13 @@ class TvmSession(Session):
         return {name: value.numpy() for name, value in zip(self.output_names, values)}
 
 
-def compile_library(onnx_path: Path, device: str, precision: str, out: Path) -> None:
+def compile_library(onnx_path: Path, device: str, out: Path) -> None:
     """ONNX -> Relax (symbolic batch: one compile serves every batch size) -> shared library."""
     import onnx
     import tvm
-    from tvm import relax
     from tvm.relax.frontend.onnx import from_onnx
 
     module = from_onnx(onnx.load(str(onnx_path)), keep_params_in_input=False)
-    if precision == "fp16":
-        module = relax.transform.ToMixedPrecision(out_dtype="float16")(module)
     executable = tvm.compile(module, target=TARGETS[device])
     executable.export_library(str(out))
 
@@ -48,6 +47,7 @@ def compile_library(onnx_path: Path, device: str, precision: str, out: Path) -> 
 class TvmBackend(Backend):
     name = "tvm"
     package = "tvm"
+    declared = {"cpu": ("fp32", "fp16"), "cuda": ("fp32", "fp16")}
 
     def distribution(self) -> str:
         return "apache-tvm"
@@ -57,18 +57,16 @@ class TvmBackend(Backend):
 
         return ["cpu"] + (["cuda"] if tvm.cuda(0).exist else [])
 
-    def precisions(self, device: str = "cpu") -> list[str]:
-        return ["fp32", "fp16"]
-
     def _load(self, model, device, precision, threads, **options) -> Session:
         import tvm
         from tvm import relax
 
-        from harness.artifacts import derived_file
+        from harness.artifacts import derived_file, fp16_onnx
 
+        source = fp16_onnx(model) if precision == "fp16" else model.onnx_path
         library = derived_file(model, "tvm", "model.so", {"target": TARGETS[device], "precision": precision,
                                                           "tvm": self.version()},
-                               lambda out: compile_library(model.onnx_path, device, precision, out))
+                               lambda out: compile_library(source, device, out))
         handle = tvm.cpu() if device == "cpu" else tvm.cuda(0)
         vm = relax.VirtualMachine(tvm.runtime.load_module(str(library)), handle)
         return TvmSession(vm, handle, device, precision, [model.input_name], model.output_names)

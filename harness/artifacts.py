@@ -24,3 +24,17 @@ def quantized_onnx(model, calibration, quantizer: str, quantize: Callable[[Path,
         raise BackendUnavailable(NO_CALIBRATION)
     return derived_file(model, f"int8-{quantizer}", "model.onnx", {"calibration": calibration.sha256},
                         lambda out: quantize(model.onnx_path, calibration, out))
+
+
+def convert_fp16(onnx_path: Path, out: Path) -> None:
+    import onnx
+    from onnxconverter_common import float16
+
+    converted = float16.convert_float_to_float16(onnx.load(str(onnx_path)), keep_io_types=True)
+    onnx.save(converted, str(out))
+
+
+def fp16_onnx(model) -> Path:
+    """The graph with float16 weights and activations (onnxconverter-common; inputs/outputs stay float32)."""
+    return derived_file(model, "fp16-onnxconverter", "model.onnx", {"keep_io_types": True},
+                        lambda out: convert_fp16(model.onnx_path, out))
