@@ -120,12 +120,18 @@ def compare(
 
 
 @app.command("backends")
-def backends_cmd(json_path: JsonOpt = None) -> None:
+def backends_cmd(json_path: JsonOpt = None, markdown: Annotated[bool, typer.Option(
+        "--markdown", help="Print the declared backends x devices x precisions table (the README's).")] = False,
+        ) -> None:
     """Every known backend: version, devices, precisions, or why it is unavailable."""
     from harness.backends import registry
     from harness.report import write_json
+    from harness.report.markdown import backends_markdown
     from harness.report.table import backends_table
 
+    if markdown:
+        print(backends_markdown(registry().values()))
+        return
     rows = [backend.describe() for backend in registry().values()]
     _console(json_path).print(backends_table(rows))
     if json_path:
