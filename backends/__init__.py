@@ -20,7 +20,11 @@ PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
 
 class Session:
-    """A model loaded on one backend/device/precision. Subclasses implement `_run`."""
+    """A model loaded on one backend/device/precision. Subclasses implement `_run`; a session whose
+    outputs are looked up rather than computed (recorded on a target) sets uses_sample_ids and
+    implements `run_ids`."""
+
+    uses_sample_ids = False
 
     def __init__(self, backend: str, device: str, precision: str, input_names, output_names,
                  precision_effective: str | None = None):

@@ -59,6 +59,9 @@ def compare(
     profile: ProfileOpt = None,
     calibration: Annotated[Optional[Path], typer.Option(
         "--calibration", help="Training images for INT8 calibration (zoo models: the generated training split).")] = None,
+    candidate_outputs: Annotated[Optional[Path], typer.Option(
+        "--candidate-outputs", help="Outputs recorded on a target from `harness export-inputs` (.npz with "
+                                    "sample_ids): compared as a candidate row 'recorded'.")] = None,
     artifact: Annotated[Optional[Path], typer.Option(
         "--artifact", help="A deployed file to run as the candidate (QDQ .onnx, OpenVINO .xml, TensorRT .engine); "
                            "needs exactly one --backends entry.")] = None,
@@ -77,7 +80,9 @@ def compare(
 
     console = _console(json_path)
     spec = _resolve(model, checkpoint, profile)
-    targets = parse_targets(backends, precision)
+    if candidate_outputs is not None and not candidate_outputs.is_file():
+        raise InputError(f"{candidate_outputs}: recorded outputs file not found")
+    targets = [] if candidate_outputs is not None and not backends else parse_targets(backends, precision)
     data = (load_dataset(dataset) if dataset else embedded_benchmark(spec.task)).limit(limit)
     exported = export(spec)
     if artifact is not None:
@@ -93,7 +98,7 @@ def compare(
         task = bar.add_task(f"compare {spec.name}", total=len(data))
         core = run_compare(exported, data, targets, batch_size=batch_size, threads=threads,
                            progress=lambda n: bar.advance(task, n), calibration=calibration_data,
-                           artifact=artifact)
+                           artifact=artifact, recorded=candidate_outputs)
     report = {
         "schema": SCHEMA,
         "provenance": provenance(threads, {"benchmark": BENCHMARK_SEED} if dataset is None else {}, exported,
@@ -117,6 +122,30 @@ def compare(
         write_json(report, json_path)
     if any(row["status"] == "failed" for row in core["results"]):
         raise typer.Exit(1)
+
+
+@app.command("export-inputs")
+def export_inputs(
+    folder: Annotated[Path, typer.Argument(help="Folder to write inputs.npz, model.onnx and manifest.json into.")],
+    model: ModelArg = None,
+    dataset: DatasetOpt = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Use the first N samples.")] = None,
+    checkpoint: CheckpointOpt = None,
+    profile: ProfileOpt = None,
+) -> None:
+    """Write the exact pre-processed inputs (with sample ids) for a target that cannot host the harness."""
+    from harness.data import embedded_benchmark, load_dataset
+    from harness.export import export
+    from harness.recorded import write_inputs
+    from harness.run import iter_batches
+
+    spec = _resolve(model, checkpoint, profile)
+    data = (load_dataset(dataset) if dataset else embedded_benchmark(spec.task)).limit(limit)
+    exported = export(spec)
+    failures = []
+    manifest = write_inputs(folder, exported, data, iter_batches(data, spec.profile, 64, failures), failures)
+    Console(stderr=True).print(f"wrote {manifest['samples']} inputs ({len(failures)} failed) to {folder}; "
+                               f"{manifest['how']}", highlight=False)
 
 
 @app.command("backends")

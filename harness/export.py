@@ -19,6 +19,7 @@ from harness.errors import HarnessError
 from harness.model import ModelSpec
 
 DEFAULT_OPSET = 18
+EXPORT_FORMAT = 2  # bump when the export procedure changes, so stale cached files are not re-used
 MAX_BATCH = 4096
 
 
@@ -65,7 +66,7 @@ def export_key(spec: ModelSpec, module, opset: int) -> str:
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     architecture = f"{type(module).__module__}.{type(module).__qualname__}\n{module!r}"
     io_spec = (spec.input_name, spec.profile.input_size, spec.output_names)
-    digest.update(json.dumps([architecture, opset, io_spec, torch.__version__]).encode())
+    digest.update(json.dumps([architecture, opset, io_spec, torch.__version__, EXPORT_FORMAT]).encode())
     return digest.hexdigest()
 
 

@@ -113,12 +113,15 @@ def run_sessions(batches: Iterable[Batch], profile: Profile, task: str, head: di
         for run in ([reference] if reference else []) + runs:
             if run.session is None:
                 continue
-            feeds = {run.session.input_names[0]: batch.tensor}
+            session = run.session
+            feeds = {session.input_names[0]: batch.tensor}
+            infer = (lambda: session.run_ids([s.id for s in batch.samples])) if session.uses_sample_ids \
+                else (lambda: session.run(feeds))
             try:
                 if first and warmup:
-                    run.session.run(feeds)  # warm-up: lazy initialisation is not inference time
+                    infer()  # warm-up: lazy initialisation is not inference time
                 started = time.perf_counter()
-                outputs = run.session.run(feeds)
+                outputs = infer()
                 run.batch_ms.append((time.perf_counter() - started) * 1000)
                 predictions = postprocess(task, outputs, batch, profile, head)
                 if run is reference:

@@ -119,11 +119,12 @@ def _delta(metric: dict, reference: dict) -> dict:
 
 def compare(exported: ExportedModel, dataset: Dataset, targets: list[Target], batch_size: int = 32,
             threads: int | None = None, progress: Callable | None = None, calibration=None,
-            artifact=None) -> dict:
+            artifact=None, recorded=None) -> dict:
     """Runs the reference and every target in one pass over the data; returns the report's core blocks.
 
     calibration: the shared CalibrationSet for INT8 targets; artifact: a deployed file (QDQ .onnx,
-    OpenVINO .xml, TensorRT .engine) to run instead of one the harness builds.
+    OpenVINO .xml, TensorRT .engine) to run instead of one the harness builds; recorded: an .npz of
+    outputs recorded on a target from `harness export-inputs`, compared as one more candidate.
     """
     spec = exported.spec
     task = "unlabeled" if dataset.task == "unlabeled" else spec.task
@@ -134,7 +135,15 @@ def compare(exported: ExportedModel, dataset: Dataset, targets: list[Target], ba
     reference = load_run(ref_target, exported, threads, **ref_options)
     if reference.status != "ok":
         raise HarnessError(f"the reference {ref_target.label} cannot run: {reference.reason}")
-    runs = [load_run(target, exported, threads, calibration=calibration, artifact=artifact) for target in targets]
+    entries = [({"backend": t.backend.name, "device": t.device, "precision": t.precision},
+                load_run(t, exported, threads, calibration=calibration, artifact=artifact)) for t in targets]
+    if recorded is not None:
+        from harness.recorded import RecordedSession
+
+        session = RecordedSession(recorded, [exported.input_name], exported.output_names)
+        entries.append(({"backend": "recorded", "device": "target", "precision": "unknown",
+                         "source": str(recorded)}, SessionRun("recorded", session)))
+    runs = [run for _, run in entries]
     stats = {id(run): OutputStats() for run in runs}
     for run in runs:
         run.observers.append(lambda batch, ref, out, s=stats[id(run)]: s.update(ref, out))
@@ -148,9 +157,8 @@ def compare(exported: ExportedModel, dataset: Dataset, targets: list[Target], ba
     classes = dataset.classes or spec.labels
     ref_metric = task_metric(task, processed, reference.predictions, reference.predictions, num_classes)
     results = []
-    for target, run in zip(targets, runs):
-        row = {"backend": target.backend.name, "device": target.device, "precision": target.precision,
-               "status": run.status, "reason": run.reason, "precision_effective": None, "metric": None,
+    for identity, run in entries:
+        row = {**identity, "status": run.status, "reason": run.reason, "precision_effective": None, "metric": None,
                "delta": None, "outputs": None, "flipped": [], "timing": None}
         if run.status == "ok":
             agree = agreement(reference.predictions, run.predictions)
@@ -160,8 +168,9 @@ def compare(exported: ExportedModel, dataset: Dataset, targets: list[Target], ba
                             "flips": int((~agree).sum())})
             if spec.task != "detect":
                 outputs["kl"] = mean_kl(np.asarray(reference.predictions), np.asarray(run.predictions))
+            timing = None if run.session.uses_sample_ids else timing_summary(run)  # recorded: not timed here
             row.update(precision_effective=run.session.precision_effective, metric=metric,
-                       delta=_delta(metric, ref_metric), outputs=outputs, timing=timing_summary(run),
+                       delta=_delta(metric, ref_metric), outputs=outputs, timing=timing,
                        flipped=flipped_samples(processed, reference.predictions, run.predictions, agree, classes))
         results.append(row)
     return {

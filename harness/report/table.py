@@ -41,6 +41,8 @@ def compare_table(report: dict) -> Table:
         table.add_column(column, justify="right")
 
     def timing(t):
+        if not t:
+            return "-", "-"
         return f"{_fmt(t['batch_ms'], 1)}/{_fmt(t['batch_ms_p90'], 1)}", _fmt(t["load_s"], 2)
 
     table.add_row(f"reference {ref['backend']}:{ref['device']}", ref["precision"], "ok",
