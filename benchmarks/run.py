@@ -1,5 +1,8 @@
 """`make bench`: speed goals, measured as ratios within one run, written to benchmarks/results/*.json.
 
+throughput: each installed backend x precision on the zoo classifier at batch 1 and 8 (median of warm
+runs, samples/s), plus TVM's compile time (a cold cache, so the build is measured).
+
 overhead: the harness's compare inference loop (Session.run checks, timing, post-processing, streaming
 output statistics) over a bare `onnxruntime.InferenceSession.run` loop, on the same pre-processed
 tensors, for a full-size architecture (torchvision ResNet-18, 224x224, random init) so inference is not
@@ -91,8 +94,70 @@ def bench_overhead(batches: int = 12, batch_size: int = 8, repeats: int = 5, thr
             "ratio": ratio, "goal": GOAL, "met": ratio <= GOAL}
 
 
+def bench_throughput(model: str = "resnet_tiny", repeats: int = 15, threads: int = 2) -> dict:
+    from harness.backends import registry
+    from harness.calibration import calibration_set
+    from harness.model import resolve_model
+
+    rows = []
+    import os
+
+    previous = os.environ.get("HARNESS_CACHE")
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["HARNESS_CACHE"] = tmp  # cold: the TVM compile below is really measured
+        spec = resolve_model(model)
+        exported = export(spec)
+        calibration = calibration_set(spec, count=32)
+        rng = np.random.default_rng(0)
+        size = spec.profile.input_size
+        for backend in registry().values():
+            if not backend.available()[0]:
+                rows.append({"backend": backend.name, "status": "unavailable", "reason": backend.available()[1]})
+                continue
+            for precision in backend.precisions("cpu"):
+                started = time.perf_counter()
+                try:
+                    session = backend.load(exported, "cpu", precision, threads, calibration=calibration)
+                except Exception as err:  # noqa: BLE001 - a row that says why, the others still measured
+                    rows.append({"backend": backend.name, "precision": precision, "status": "failed",
+                                 "reason": f"{type(err).__name__}: {err}"})
+                    continue
+                row = {"backend": backend.name, "precision": precision, "status": "ok",
+                       "precision_effective": session.precision_effective,
+                       "load_s": time.perf_counter() - started}
+                for batch in (1, 8):
+                    x = rng.standard_normal((batch, 3, size, size), dtype=np.float32)
+                    session.run({"input": x})
+                    count = repeats if not (backend.name == "tvm" and precision == "fp16") else 3
+                    times = []
+                    for _ in range(count):
+                        t0 = time.perf_counter()
+                        session.run({"input": x})
+                        times.append(time.perf_counter() - t0)
+                    row[f"batch{batch}_ms"] = statistics.median(times) * 1000
+                    row[f"batch{batch}_samples_per_s"] = batch / statistics.median(times)
+                rows.append(row)
+    if previous is None:
+        os.environ.pop("HARNESS_CACHE", None)
+    else:
+        os.environ["HARNESS_CACHE"] = previous
+    tvm_compile = [r["load_s"] for r in rows if r.get("backend") == "tvm" and r.get("precision") == "fp32"]
+    return {"name": "backend_throughput", "model": model, "threads": threads, "rows": rows,
+            "tvm_compile_s": tvm_compile[0] if tvm_compile else None}
+
+
 def main() -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
+    throughput = bench_throughput()
+    throughput["provenance"] = provenance(2, {"tensors": 0}, None, None, [])
+    (RESULTS / "throughput.json").write_text(json.dumps(throughput, indent=2) + "\n")
+    for row in throughput["rows"]:
+        if row["status"] == "ok":
+            print(f"{row['backend']:12} {row['precision']:5} b1 {row['batch1_ms']:9.2f} ms  "
+                  f"b8 {row['batch8_ms']:9.2f} ms  ({row['batch8_samples_per_s']:8.1f} samples/s)")
+        else:
+            print(f"{row['backend']:12} {row.get('precision', ''):5} {row['status']}: {row['reason']}")
+    print(f"TVM compile (fp32, cold cache): {throughput['tvm_compile_s']:.2f} s")
     result = bench_overhead()
     result["provenance"] = provenance(2, {"tensors": 0, "weights": 0}, None, None, ["onnxruntime"])
     path = RESULTS / "overhead.json"

@@ -52,3 +52,31 @@ def test_a_deployed_qdq_onnx_is_the_candidate(tmp_path, harness_cli):
     (row,) = report["results"]
     assert report["artifact"] == str(deployed) and row["status"] == "ok"
     assert 0 < row["outputs"]["max_abs"] and row["outputs"]["top1_agreement"] >= 0.9
+
+
+def test_an_openvino_ir_is_the_candidate(tmp_path, harness_cli):
+    import openvino as ov
+
+    from harness.export import export
+    from harness.model import resolve_model
+
+    model = ov.Core().read_model(str(export(resolve_model("resnet_tiny")).onnx_path))
+    errors = {}
+    for compress in (False, True):  # ov.save_model compresses weights to FP16 unless told not to
+        xml = tmp_path / f"deployed-{compress}.xml"
+        ov.save_model(model, str(xml), compress_to_fp16=compress)
+        result = harness_cli("compare", "--backends", "ov", "--artifact", str(xml), "--limit", "20", "--json", "-")
+        assert result.returncode == 0, result.stderr
+        (row,) = json.loads(result.stdout)["results"]
+        assert row["status"] == "ok" and row["precision_effective"] == "fp32"
+        errors[compress] = row["outputs"]["max_abs"]
+    assert errors[False] < 1e-3 < errors[True]  # the harness sees the IR's silent FP16 weights
+
+
+def test_a_backend_that_cannot_load_is_a_failed_row_with_its_own_message(tmp_path, harness_cli):
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"\x08\x07garbage")
+    result = harness_cli("compare", "--backends", "ort", "--artifact", str(broken), "--limit", "4", "--json", "-")
+    assert result.returncode == 1  # a failed row fails the comparison
+    (row,) = json.loads(result.stdout)["results"]
+    assert row["status"] == "failed" and "ONNXRuntimeError" in row["reason"]
