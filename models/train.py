@@ -60,8 +60,11 @@ def _make_sample(args):
 def training_split(spec: ModelSpec, count: int, workers: int = 2):
     """Pre-processed uint8 pixels [N, S, S, 3] with labels (and boxes in model-input pixels)."""
     jobs = [(spec.task, index, spec.profile) for index in range(count)]
-    with get_context("fork").Pool(workers) as pool:
-        made = pool.map(_make_sample, jobs, chunksize=64)
+    if count < 512:  # a few samples: not worth forking a process that may hold runtime threads
+        made = [_make_sample(job) for job in jobs]
+    else:
+        with get_context("fork").Pool(workers) as pool:
+            made = pool.map(_make_sample, jobs, chunksize=64)
     pixels = np.stack([m[0] for m in made])
     return pixels, [m[1] for m in made], [m[2] for m in made]
 
@@ -114,11 +117,19 @@ def fcos_loss(outputs, targets, num_classes: int) -> torch.Tensor:
 
 def train(spec: ModelSpec, recipe: Recipe, steps: int | None = None, log=print, train_count: int | None = None):
     """Trains spec.build() by the recipe; `steps` stops early (the determinism test runs a few)."""
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        return _train(spec, recipe, steps, log, train_count)
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic)
+
+
+def _train(spec: ModelSpec, recipe: Recipe, steps: int | None, log, train_count: int | None):
     from harness.models.fcos import STRIDES
     from harness.postprocess import fcos_points
 
     torch.manual_seed(recipe.seed)
-    torch.use_deterministic_algorithms(True)
     generator = torch.Generator().manual_seed(recipe.seed)
     started = time.perf_counter()
     pixels, labels, boxes = training_split(spec, train_count or recipe.train_count)
@@ -126,7 +137,7 @@ def train(spec: ModelSpec, recipe: Recipe, steps: int | None = None, log=print, 
     # channels_last: depthwise and 3x3 conv backward run 2-8x faster on CPU; the weights are the same
     model = spec.build().to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-    per_epoch = len(pixels) // recipe.batch_size
+    per_epoch = max(1, len(pixels) // recipe.batch_size)
     total = recipe.epochs * per_epoch if steps is None else steps
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, recipe.lr, total_steps=max(total, 1), pct_start=0.15)
     size = spec.profile.input_size

@@ -84,8 +84,8 @@ def test_detector_graph_ends_at_raw_head_outputs(tmp_path):
 @pytest.mark.parametrize("name", sorted(RECIPES))
 def test_recipe_is_deterministic(name):
     spec = resolve_model(name)
-    first = train(spec, RECIPES[name], steps=3, train_count=96, log=lambda _: None)
-    second = train(spec, RECIPES[name], steps=3, train_count=96, log=lambda _: None)
+    first = train(spec, RECIPES[name], steps=3, train_count=160, log=lambda _: None)
+    second = train(spec, RECIPES[name], steps=3, train_count=160, log=lambda _: None)
     for (key, a), b in zip(first.state_dict().items(), second.state_dict().values()):
         assert torch.equal(a, b), key
     shipped = spec.load_torch().state_dict()
