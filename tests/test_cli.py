@@ -50,11 +50,14 @@ def test_json_to_stdout_keeps_the_table_on_stderr(harness_cli):
 
 
 def test_unavailable_precision_is_a_row_not_a_failure(harness_cli):
-    result = harness_cli("compare", "--backends", "ort", "--precision", "fp32,int8", "--limit", "8", "--json", "-")
+    result = harness_cli("compare", "--backends", "ort,tvm", "--precision", "fp32,bf16", "--limit", "8",
+                         "--json", "-")
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)["results"]
-    assert [(r["precision"], r["status"]) for r in rows] == [("fp32", "ok"), ("int8", "unavailable")]
-    assert "int8" in rows[1]["reason"]
+    assert [(r["backend"], r["precision"], r["status"]) for r in rows] == [
+        ("onnxruntime", "fp32", "ok"), ("onnxruntime", "bf16", "unavailable"),
+        ("tvm", "fp32", "ok"), ("tvm", "bf16", "unavailable")]
+    assert "precision bf16 is not offered on cpu (offered: fp32, fp16, int8)" in rows[1]["reason"]
 
 
 def test_corrupt_and_missing_images_are_counted_not_fatal(harness_cli, tmp_path):
@@ -126,7 +129,11 @@ def test_backends_json_contract(harness_cli):
     for row in rows.values():
         assert {"name", "available", "reason", "version", "devices", "precisions"} <= set(row)
     assert rows["onnxruntime"]["available"] and "cpu" in rows["onnxruntime"]["devices"]
-    assert rows["onnxruntime"]["precisions"]["cpu"] == ["fp32"] and rows["onnxruntime"]["aliases"] == ["ort"]
+    assert rows["onnxruntime"]["precisions"]["cpu"] == ["fp32", "fp16", "int8"]
+    assert rows["onnxruntime"]["aliases"] == ["ort"] and rows["openvino"]["aliases"] == ["ov"]
+    if not rows["tensorrt"]["available"]:  # says which of its two needs is missing
+        assert "no NVIDIA GPU found" in rows["tensorrt"]["reason"] or "tensorrt package" in rows["tensorrt"]["reason"]
+    assert rows["openvino"]["version"] and rows["tvm"]["version"]
 
 
 def test_zoo_list_names_the_default_and_stated_metrics(harness_cli):
