@@ -1,10 +1,12 @@
-"""NVIDIA TensorRT through its Python API: ONNX parser -> builder (FP32 / FP16 / INT8) -> serialized
-engine cached by content hash -> execution context. Device buffers are torch CUDA tensors.
+"""NVIDIA TensorRT through its Python API: ONNX parser -> strongly typed network -> serialized engine
+cached by content hash -> execution context. Device buffers are torch CUDA tensors.
 
-INT8 is explicit quantization: the QDQ graph built from the shared calibration set by
-onnxruntime.quantization with symmetric activations and weights (what TensorRT's Q/DQ support expects;
-implicit calibrator-based INT8 is deprecated in TensorRT 10). A user's ready `.engine` file can be the
-candidate instead (`artifact`).
+Precision lives in the graph, as TensorRT 11 requires (it removed BuilderFlag.FP16/INT8 and the INT8
+calibrator; strongly typed networks are opt-in from 10.12 and always on in 11): FP16 builds the float16
+ONNX graph (onnxconverter-common, I/O kept float32; NVIDIA suggests ModelOpt AutoCast for the same step,
+which is not a dependency here), INT8 builds the explicit Q/DQ graph made from the shared calibration
+set by onnxruntime.quantization with symmetric activations and weights (what TensorRT's Q/DQ support
+expects). A user's ready `.engine` file can be the candidate instead (`artifact`).
 """
 from __future__ import annotations
 
@@ -58,22 +60,19 @@ def quantize_symmetric_qdq(onnx_path: Path, calibration, out: Path) -> None:
                     extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
 
 
-def build_engine(onnx_path: Path, precision: str, input_shape: tuple[int, ...], out: Path) -> None:
+def build_engine(onnx_path: Path, input_shape: tuple[int, ...], out: Path) -> None:
     import tensorrt as trt
 
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)  # required in 11.x, honoured in 10.12+
+    network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(Path(onnx_path).read_bytes()):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise RuntimeError(f"TensorRT cannot parse {onnx_path}: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
-    if precision == "fp16":
-        config.set_flag(trt.BuilderFlag.FP16)
-    elif precision == "int8":
-        config.set_flag(trt.BuilderFlag.INT8)
     profile = builder.create_optimization_profile()
     name = network.get_input(0).name
     profile.set_shape(name, (1, *input_shape), (OPT_BATCH, *input_shape), (MAX_BATCH, *input_shape))
@@ -112,7 +111,8 @@ class TensorRtBackend(Backend):
               **options) -> Session:
         import tensorrt as trt
 
-        from harness.artifacts import derived_file, quantized_onnx
+        from harness.artifacts import derived_file, fp16_onnx, quantized_onnx
+        from harness.export import file_sha256
 
         if artifact is not None and Path(artifact).suffix in (".engine", ".plan"):
             engine_path = Path(artifact)
@@ -120,11 +120,13 @@ class TensorRtBackend(Backend):
             source = Path(artifact) if artifact else model.onnx_path
             if artifact is None and precision == "int8":
                 source = quantized_onnx(model, calibration, "trt-symmetric-qdq", quantize_symmetric_qdq)
+            elif artifact is None and precision == "fp16":
+                source = fp16_onnx(model)
             size = model.spec.profile.input_size
             engine_path = derived_file(model, "tensorrt", "model.engine",
-                                       {"precision": precision, "source": str(source), "trt": self.version(),
+                                       {"precision": precision, "graph": file_sha256(source), "trt": self.version(),
                                         "shape": [3, size, size]},
-                                       lambda out: build_engine(source, precision, (3, size, size), out))
+                                       lambda out: build_engine(source, (3, size, size), out))
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         engine = runtime.deserialize_cuda_engine(engine_path.read_bytes())
         if engine is None:
