@@ -23,29 +23,30 @@ class OrtSession(Session):
         return dict(zip(self.output_names, self.session.run(list(self.output_names), feeds)))
 
 
-def quantize_qdq(onnx_path: Path, calibration, out: Path) -> None:
-    """onnxruntime.quantization static QDQ, after its own pre-processing (shape inference, folding)."""
+def quantize_qdq(onnx_path: Path, calibration, out: Path, symmetric: bool = False) -> None:
+    """onnxruntime.quantization static QDQ (per-channel int8 weights, MinMax int8 activations), after its
+    own pre-processing (shape inference, folding). symmetric: zero-point 0 everywhere, as TensorRT wants."""
+    import onnx
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType
     from onnxruntime.quantization import quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    input_name = onnx.load(str(onnx_path), load_external_data=False).graph.input[0].name
+
     class Reader(CalibrationDataReader):
-        def __init__(self, input_name):
+        def __init__(self):
             self.batches = iter(calibration.samples())
-            self.input_name = input_name
 
         def get_next(self):
             batch = next(self.batches, None)
-            return None if batch is None else {self.input_name: batch}
+            return None if batch is None else {input_name: batch}
 
-    import onnx
-
-    input_name = onnx.load(str(onnx_path), load_external_data=False).graph.input[0].name
     prepared = out.with_name("prepared.onnx")
     quant_pre_process(str(onnx_path), str(prepared))
-    quantize_static(str(prepared), str(out), Reader(input_name), quant_format=QuantFormat.QDQ,
+    extra = {"ActivationSymmetric": True, "WeightSymmetric": True} if symmetric else {}
+    quantize_static(str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ,
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
-                    calibrate_method=CalibrationMethod.MinMax)
+                    calibrate_method=CalibrationMethod.MinMax, extra_options=extra)
     prepared.unlink()
 
 

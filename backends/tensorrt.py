@@ -45,19 +45,9 @@ class TrtSession(Session):
 
 
 def quantize_symmetric_qdq(onnx_path: Path, calibration, out: Path) -> None:
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from harness.backends.ort import quantize_qdq
 
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.batches = iter(calibration.samples())
-
-        def get_next(self):
-            batch = next(self.batches, None)
-            return None if batch is None else {"input": batch}
-
-    quantize_static(str(onnx_path), str(out), Reader(), quant_format=QuantFormat.QDQ,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
-                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+    quantize_qdq(onnx_path, calibration, out, symmetric=True)
 
 
 def build_engine(onnx_path: Path, input_shape: tuple[int, ...], out: Path) -> None:
