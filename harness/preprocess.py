@@ -29,7 +29,47 @@ def decode_opencv(data: bytes) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-DECODERS = {"pil": decode_pil, "opencv": decode_opencv}
+def decode_torchvision(data: bytes) -> np.ndarray:
+    import warnings
+
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torchvision 0.29 marks its decoders deprecated; they still work
+        tensor = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+    return tensor.permute(1, 2, 0).numpy()
+
+
+def decode_ffmpeg(data: bytes) -> np.ndarray:
+    """FFmpeg's MJPEG decoder and its swscale YUV->RGB conversion (PyAV), as the SysNoise paper used."""
+    import av
+
+    codec = av.CodecContext.create("mjpeg", "r")
+    frames = codec.decode(av.Packet(data))
+    if not frames:
+        raise ValueError("FFmpeg decoded no frame")
+    return frames[0].to_ndarray(format="rgb24")
+
+
+def decode_simplejpeg_fast(data: bytes) -> np.ndarray:
+    """libjpeg-turbo with the fast integer IDCT and plain (non-fancy) chroma upsampling, as hardware and
+    DALI-style decoders do."""
+    import simplejpeg
+
+    return simplejpeg.decode_jpeg(data, colorspace="rgb", fastdct=True, fastupsample=True)
+
+
+def decode_pil_draft(data: bytes) -> np.ndarray:
+    """DCT-domain reduced decoding at 1/2 scale (Pillow `draft`), as thumbnailing services do; the
+    geometry stage then resizes from the smaller image."""
+    with Image.open(io.BytesIO(data)) as image:
+        image.draft("RGB", (image.width // 2, image.height // 2))
+        return np.asarray(image.convert("RGB"))
+
+
+DECODERS = {"pil": decode_pil, "opencv": decode_opencv, "torchvision": decode_torchvision,
+            "ffmpeg": decode_ffmpeg, "simplejpeg-fast": decode_simplejpeg_fast, "pil-draft-2": decode_pil_draft}
 
 
 def _pil_resizer(method: int):
@@ -44,22 +84,98 @@ def _cv2_resizer(method: int):
     return resize
 
 
+def _torch_resizer(mode: str, antialias: bool):
+    def resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
+        import torch
+        import torch.nn.functional as F
+
+        tensor = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float()
+        out = F.interpolate(tensor, size=(height, width), mode=mode, align_corners=False, antialias=antialias)
+        return out[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+    return resize
+
+
 # Pillow antialiases when it shrinks (its filters widen with the scale); OpenCV's do not, except area.
 RESIZERS = {
     "pil-nearest": _pil_resizer(Image.NEAREST),
     "pil-bilinear": _pil_resizer(Image.BILINEAR),
     "pil-bicubic": _pil_resizer(Image.BICUBIC),
     "pil-lanczos": _pil_resizer(Image.LANCZOS),
+    "pil-box": _pil_resizer(Image.BOX),
+    "pil-hamming": _pil_resizer(Image.HAMMING),
     "cv2-nearest": _cv2_resizer(cv2.INTER_NEAREST),
+    "cv2-nearest-exact": _cv2_resizer(cv2.INTER_NEAREST_EXACT),
     "cv2-linear": _cv2_resizer(cv2.INTER_LINEAR),
     "cv2-cubic": _cv2_resizer(cv2.INTER_CUBIC),
     "cv2-area": _cv2_resizer(cv2.INTER_AREA),
+    "cv2-lanczos4": _cv2_resizer(cv2.INTER_LANCZOS4),
+    "torch-bilinear": _torch_resizer("bilinear", False),
+    "torch-bilinear-aa": _torch_resizer("bilinear", True),
+    "torch-bicubic": _torch_resizer("bicubic", False),
+    "torch-bicubic-aa": _torch_resizer("bicubic", True),
 }
+
+# (Kr, Kb) of the luma equation Y = Kr R + (1 - Kr - Kb) G + Kb B
+YUV_MATRICES = {"bt601": (0.299, 0.114), "bt709": (0.2126, 0.0722)}
+
+
+def _pack_420(y: np.ndarray, cb: np.ndarray, cr: np.ndarray, layout: str) -> bytes:
+    """I420: Y plane, Cb plane, Cr plane. NV12: Y plane, then Cb/Cr interleaved."""
+    chroma = np.concatenate([cb.ravel(), cr.ravel()]) if layout == "i420" else np.stack([cb, cr], -1).ravel()
+    return np.concatenate([y.ravel(), chroma]).astype(np.uint8).tobytes()
+
+
+def _unpack_420(buffer: bytes, height: int, width: int, layout: str):
+    data = np.frombuffer(buffer, np.uint8)
+    y = data[:height * width].reshape(height, width)
+    chroma = data[height * width:]
+    ch, cw = height // 2, width // 2
+    if layout == "i420":
+        cb, cr = chroma[:ch * cw].reshape(ch, cw), chroma[ch * cw:].reshape(ch, cw)
+    else:
+        cb, cr = chroma.reshape(ch, cw, 2)[..., 0], chroma.reshape(ch, cw, 2)[..., 1]
+    return y, cb, cr
+
+
+def yuv420_roundtrip(rgb: np.ndarray, matrix: str, full_range: bool, layout: str) -> np.ndarray:
+    """RGB -> 8-bit Y'CbCr 4:2:0 in an I420 or NV12 buffer -> RGB, as a camera ISP or a video decoder hands
+    frames over. Chroma is the mean of each 2x2 block and is repeated back (no interpolation filter)."""
+    kr, kb = YUV_MATRICES[matrix]
+    kg = 1.0 - kr - kb
+    height, width = rgb.shape[:2]
+    even = np.pad(rgb, ((0, height % 2), (0, width % 2), (0, 0)), mode="edge").astype(np.float64)
+    r, g, b = even[..., 0], even[..., 1], even[..., 2]
+    y = kr * r + kg * g + kb * b
+    cb, cr = (b - y) / (2 * (1 - kb)), (r - y) / (2 * (1 - kr))
+    if full_range:
+        y8, cb8, cr8 = y, cb + 128, cr + 128
+    else:  # limited (studio) range: Y in 16..235, chroma in 16..240
+        y8, cb8, cr8 = 16 + y * 219 / 255, 128 + cb * 224 / 255, 128 + cr * 224 / 255
+    h2, w2 = y8.shape
+    cb8, cr8 = (p.reshape(h2 // 2, 2, w2 // 2, 2).mean(axis=(1, 3)) for p in (cb8, cr8))
+    planes = [np.clip(np.round(p), 0, 255) for p in (y8, cb8, cr8)]
+    y8, cb8, cr8 = (p.astype(np.float64) for p in _unpack_420(_pack_420(*planes, layout), h2, w2, layout))
+    cb8, cr8 = (np.repeat(np.repeat(p, 2, axis=0), 2, axis=1) for p in (cb8, cr8))
+    if full_range:
+        y, cb, cr = y8, cb8 - 128, cr8 - 128
+    else:
+        y, cb, cr = (y8 - 16) * 255 / 219, (cb8 - 128) * 255 / 224, (cr8 - 128) * 255 / 224
+    r = y + 2 * (1 - kr) * cr
+    b = y + 2 * (1 - kb) * cb
+    g = (y - kr * r - kb * b) / kg
+    out = np.clip(np.round(np.stack([r, g, b], axis=-1)), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(out[:height, :width])
+
 
 COLORS = {
     "rgb": lambda rgb: rgb,
     "bgr": lambda rgb: np.ascontiguousarray(rgb[..., ::-1]),
 }
+for _matrix in YUV_MATRICES:
+    for _range in ("full", "limited"):
+        for _layout in ("i420", "nv12"):
+            COLORS[f"yuv420-{_matrix}-{_range}-{_layout}"] = (
+                lambda rgb, m=_matrix, f=_range == "full", l=_layout: yuv420_roundtrip(rgb, m, f, l))
 LETTERBOX_FILL = 114  # the grey YOLO-style letterboxing pads with
 
 

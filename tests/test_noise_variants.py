@@ -1,0 +1,72 @@
+"""Each pre-processing variant produces what it claims, checked against an independent computation."""
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from harness.data import embedded_benchmark
+from harness.preprocess import COLORS, DECODERS, RESIZERS, _pack_420, decode
+
+
+def test_yuv420_bt601_full_range_matches_the_formulas_on_a_known_pixel():
+    # BT.601 full range, R,G,B = 200,100,50:
+    #   Y  = 0.299*200 + 0.587*100 + 0.114*50      = 124.2 -> 124
+    #   Cb = 128 + (50 - 124.2) / (2 * (1 - 0.114)) =  86.13 -> 86
+    #   Cr = 128 + (200 - 124.2) / (2 * (1 - 0.299)) = 182.07 -> 182
+    # and back: R = 124 + 1.402*54 = 199.7, G = 124 - 0.344136*(-42) - 0.714136*54 = 99.9, B = 124 + 1.772*(-42) = 49.6
+    pixel = np.full((2, 2, 3), (200, 100, 50), np.uint8)
+    assert COLORS["yuv420-bt601-full-i420"](pixel)[0, 0].tolist() == [200, 100, 50]
+    y, cb, cr = np.full((2, 2), 124), np.full((1, 1), 86), np.full((1, 1), 182)
+    assert list(_pack_420(y, cb, cr, "i420")) == [124] * 4 + [86, 182]
+    assert list(_pack_420(y, np.array([[1, 2]]), np.array([[3, 4]]), "nv12"))[4:] == [1, 3, 2, 4]
+
+
+def test_limited_range_and_chroma_subsampling_change_pixels():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    full = COLORS["yuv420-bt601-full-i420"](image)
+    assert np.array_equal(full, COLORS["yuv420-bt601-full-nv12"](image))  # same samples, another layout
+    assert not np.array_equal(full, image)  # 4:2:0 loses chroma detail
+    assert not np.array_equal(full, COLORS["yuv420-bt709-full-i420"](image))
+    assert np.array_equal(COLORS["bgr"](image), image[..., ::-1])
+
+
+def test_decoders_differ_where_the_measurements_say():
+    dataset = embedded_benchmark("classify")
+    data = dataset.read(dataset.samples[0])
+    reference = decode(data, "pil")
+    assert np.array_equal(decode(data, "torchvision"), reference)
+    assert np.array_equal(decode(data, "opencv"), reference)
+    assert decode(data, "ffmpeg").shape == reference.shape
+    differing = [name for name in ("ffmpeg", "simplejpeg-fast")
+                 if not np.array_equal(decode(data, name), reference)]
+    assert differing == ["ffmpeg", "simplejpeg-fast"]
+    reduced = decode(data, "pil-draft-2")
+    assert reduced.shape[0] == (reference.shape[0] + 1) // 2 and reduced.shape[1] == (reference.shape[1] + 1) // 2
+
+
+@pytest.mark.parametrize("name", sorted(RESIZERS))
+def test_every_resizer_hits_the_requested_size(name):
+    image = np.random.default_rng(1).integers(0, 256, (90, 120, 3), dtype=np.uint8)
+    assert RESIZERS[name](image, 50, 40).shape == (40, 50, 3)
+
+
+def test_antialiasing_is_what_separates_pil_from_cv2_linear():
+    # a 1-pixel checkerboard shrunk 3.2x: antialiasing averages it to grey; a 2-tap filter that ignores
+    # the scale (cv2 linear, torch without antialias) lands between two pixels and aliases
+    board = (np.indices((64, 64)).sum(axis=0) % 2 * 255).astype(np.uint8)
+    image = np.repeat(board[..., None], 3, axis=2)
+    pil = RESIZERS["pil-bilinear"](image, 20, 20).astype(int)
+    torch_aa = RESIZERS["torch-bilinear-aa"](image, 20, 20).astype(int)
+    assert np.abs(pil - 127.5).max() < 1 and np.abs(torch_aa - pil).max() <= 1
+    for aliasing in ("cv2-linear", "torch-bilinear"):
+        assert np.abs(RESIZERS[aliasing](image, 20, 20).astype(int) - 127.5).max() > 60
+
+
+def test_every_decoder_rejects_garbage():
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, "PNG")
+    for name in DECODERS:
+        with pytest.raises(Exception):
+            decode(b"\xff\xd8\xff garbage", name)
