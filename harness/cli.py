@@ -124,6 +124,93 @@ def compare(
         raise typer.Exit(1)
 
 
+@app.command()
+def sysnoise(
+    model: ModelArg = None,
+    axes: Annotated[Optional[str], typer.Option("--axes", help="Comma list of noise axes (default: all).")] = None,
+    list_axes: Annotated[bool, typer.Option("--list-axes", help="Print the axes and their variants.")] = False,
+    combine: Annotated[bool, typer.Option("--combine", help="Add the axes cumulatively in the paper's order.")] = False,
+    backend: Annotated[str, typer.Option("--backend", help="Backend for graph-rewrite axes (ceil_mode, upsample).")]
+    = "onnxruntime",
+    dataset: DatasetOpt = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
+    threads: ThreadsOpt = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Use the first N samples.")] = None,
+    json_path: JsonOpt = None,
+    markdown: Annotated[Optional[Path], typer.Option("--markdown", help="Write the paper-layout table here.")] = None,
+    checkpoint: CheckpointOpt = None,
+    profile: ProfileOpt = None,
+    calibration: Annotated[Optional[Path], typer.Option("--calibration", help="Training images for INT8.")] = None,
+) -> None:
+    """SysNoise sweep: vary one part of the deployment system at a time against the training profile."""
+    from harness.backends import get_backend
+    from harness.calibration import calibration_set
+    from harness.data import embedded_benchmark, load_dataset
+    from harness.export import export
+    from harness.noise import AXES, get_axes
+    from harness.noise.report import summary_markdown, variants_table
+    from harness.noise.sweep import ModelConfig, StagedPipeline, combine as combine_axes, run_axis
+    from harness.provenance import provenance
+    from harness.report import write_json
+
+    spec = _resolve(model, checkpoint, profile)
+    console = _console(json_path)
+    graph_backend = get_backend(backend).name
+    if list_axes:
+        for axis in AXES.values():
+            names = ", ".join(v.name for v in axis.variants(spec, graph_backend))
+            console.print(f"[bold]{axis.name}[/] ({axis.stage}): {axis.description}\n  {names}", highlight=False)
+        return
+    chosen = get_axes(axes)
+    data = (load_dataset(dataset) if dataset else embedded_benchmark(spec.task)).limit(limit)
+    task = spec.task
+    if data.task != task:
+        raise UsageError(f"{data.root}: sysnoise needs a labelled {task} dataset, this one is {data.task}")
+    data = data.aligned_to(spec.labels)
+    exported = export(spec)
+    needs_int8 = any(a.name in ("precision",) for a in chosen)
+    pipeline = StagedPipeline(exported, data, batch_size, threads,
+                              calibration_set(spec, calibration) if needs_int8 else None)
+    reference_config = ModelConfig("torch" if spec.has_torch else "onnxruntime", "cpu", "fp32")
+    primary = "map" if task == "detect" else "top1"
+    classes = data.classes or spec.labels
+    reference_eval = pipeline.evaluate(spec.profile, reference_config)
+    from harness.compare import task_metric
+
+    reference_metric = task_metric(task, [pipeline.by_id[i] for i in reference_eval.ids], reference_eval.predictions,
+                                   reference_eval.predictions, len(classes))
+    results = []
+    stderr = Console(stderr=True)
+    for axis in chosen:
+        with stderr.status(f"sysnoise: axis {axis.name}") as status:
+            results.append(run_axis(pipeline, axis, spec.profile, reference_config, task, classes, primary,
+                                    graph_backend, progress=lambda name, a=axis: status.update(
+                                        f"sysnoise: axis {a.name}, variant {name}")))
+    curve = combine_axes(pipeline, results, spec.profile, reference_config, task, classes, primary,
+                         graph_backend) if combine else []
+    report = {
+        "schema": "harness.sysnoise/1",
+        "provenance": provenance(threads, {"bootstrap": 0}, exported, data.fingerprint(), []),
+        "model": {"name": spec.name, "task": task, "onnx_sha256": exported.sha256},
+        "dataset": {"name": data.name, "samples": len(reference_eval.ids), "failed_samples": len(pipeline.failures),
+                    "failed": [{"sample": k, "reason": v} for k, v in pipeline.failures.items()]},
+        "reference": {"backend": reference_config.backend, "device": "cpu", "precision": "fp32",
+                      "profile": spec.profile.to_json(), "metric": reference_metric},
+        "primary_metric": primary,
+        "axes": results,
+        "combined": curve,
+        "combined_note": "each axis at the variant that was worst on its own axis, chosen on this evaluated data "
+                         "(as the paper does), added in the paper's order" if combine else None,
+        "counters": pipeline.counters,
+    }
+    console.print(variants_table(report))
+    console.print(summary_markdown(report), highlight=False)
+    if markdown:
+        markdown.write_text(summary_markdown(report) + "\n")
+    if json_path:
+        write_json(report, json_path)
+
+
 @app.command("export-inputs")
 def export_inputs(
     folder: Annotated[Path, typer.Argument(help="Folder to write inputs.npz, model.onnx and manifest.json into.")],

@@ -37,7 +37,7 @@ class Recipe:
 RECIPES = {
     "resnet_tiny": Recipe(train_count=12000, epochs=14, batch_size=128, lr=3e-3),
     "mobilenetv2_tiny": Recipe(train_count=12000, epochs=14, batch_size=128, lr=4e-3),
-    "fcos_tiny": Recipe(train_count=6000, epochs=14, batch_size=32, lr=1e-3, weight_decay=1e-4, grad_clip=5.0),
+    "fcos_tiny": Recipe(train_count=6000, epochs=24, batch_size=32, lr=1e-3, weight_decay=1e-4, grad_clip=5.0),
 }
 # FCOS size ranges (max l/t/r/b distance, model-input pixels) of the levels at strides 8, 16, 32
 FCOS_RANGES = ((0.0, 16.0), (16.0, 32.0), (32.0, math.inf))

@@ -1,0 +1,113 @@
+"""Noise axes of the SysNoise paper (arXiv 2307.00280): named sets of alternatives for one part of the
+deployment system. A sweep varies one axis at a time against the training profile.
+
+Each variant says what it changes (profile fields, a backend/precision, or a graph rewrite) and what it
+is measured against (its baseline): pre- and post-processing variants against the training reference;
+`backend` against the reference; `precision` against the same backend at FP32, and graph rewrites
+against the same backend running the unrewritten graph, so those noises are not confounded with
+backend noise (DESIGN.md, "What reference means").
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from harness.errors import UnknownName
+
+# --combine adds axes cumulatively in the paper's order
+PAPER_ORDER = ("decoder", "resize", "color", "precision", "ceil_mode", "upsample")
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    profile: dict = field(default_factory=dict)     # Profile field changes (pre/post stages)
+    target: tuple | None = None                     # (backend, device, precision) for model-stage variants
+    graph: dict = field(default_factory=dict)       # ONNX rewrite (harness.noise.graph.rewrite kwargs)
+    baseline: str = "reference"                     # reference | same-backend-fp32 | unrewritten-graph
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Axis:
+    name: str
+    stage: str                                      # pre | model | post
+    description: str
+
+    def variants(self, spec, graph_backend: str) -> list[Variant]:
+        return VARIANT_BUILDERS[self.name](spec, graph_backend)
+
+
+def _profile_axis(field_name: str, registry_name: str):
+    def build(spec, graph_backend):
+        from harness import preprocess
+
+        registry = getattr(preprocess, registry_name)
+        reference = getattr(spec.profile, field_name)
+        return [Variant(name, {field_name: name}) for name in registry if name != reference]
+    return build
+
+
+def _backend_variants(spec, graph_backend):
+    from harness.backends import registry
+
+    return [Variant(b.name, target=(b.name, "cpu", "fp32")) for b in registry().values()
+            if b.available()[0] and "cpu" in b.devices() and b.name != "torch"]
+
+
+def _precision_variants(spec, graph_backend):
+    from harness.backends import registry
+
+    variants = []
+    for backend in registry().values():
+        if not backend.available()[0] or "cpu" not in backend.devices():
+            continue
+        for precision in backend.precisions("cpu"):
+            if precision != "fp32" and not (backend.name == "tvm" and precision == "fp16"):
+                variants.append(Variant(f"{backend.name}-{precision}", target=(backend.name, "cpu", precision),
+                                        baseline="same-backend-fp32"))
+    return variants
+
+
+def _ceil_variants(spec, graph_backend):
+    return [Variant("ceil", graph={"ceil_mode": True}, target=(graph_backend, "cpu", "fp32"),
+                    baseline="unrewritten-graph", note="every MaxPool/AveragePool with ceil_mode=1")]
+
+
+def _upsample_variants(spec, graph_backend):
+    from harness.noise.graph import COORDINATE_MODES
+
+    return [Variant(f"{mode}-{coordinate}", graph={"resize_mode": mode, "coordinate_mode": coordinate},
+                    target=(graph_backend, "cpu", "fp32"), baseline="unrewritten-graph")
+            for mode in ("nearest", "linear") for coordinate in COORDINATE_MODES]
+
+
+VARIANT_BUILDERS = {
+    "decoder": _profile_axis("decoder", "DECODERS"),
+    "resize": _profile_axis("resize", "RESIZERS"),
+    "color": _profile_axis("color", "COLORS"),
+    "backend": _backend_variants,
+    "precision": _precision_variants,
+    "ceil_mode": _ceil_variants,
+    "upsample": _upsample_variants,
+}
+AXES = {
+    "decoder": Axis("decoder", "pre", "JPEG decoder: Pillow, OpenCV, torchvision, FFmpeg, libjpeg-turbo fast "
+                                      "IDCT + plain upsampling, DCT-domain 1/2 reduced decoding"),
+    "resize": Axis("resize", "pre", "interpolation of the resize (geometry fixed: shorter side, centre crop)"),
+    "color": Axis("color", "pre", "channel order and YUV 4:2:0 round trips (BT.601/709, full/limited, I420/NV12)"),
+    "precision": Axis("precision", "model", "FP16/BF16/INT8 on each backend, against that backend at FP32"),
+    "backend": Axis("backend", "model", "every installed backend at FP32, against the reference"),
+    "ceil_mode": Axis("ceil_mode", "model", "pooling ceil mode flipped in the exported graph"),
+    "upsample": Axis("upsample", "model", "Resize mode and coordinate transformation rewritten in the graph"),
+}
+
+
+def get_axes(names: str | None) -> list[Axis]:
+    if not names:
+        return [AXES[name] for name in AXES]
+    axes = []
+    for name in (n.strip() for n in names.split(",") if n.strip()):
+        if name not in AXES:
+            raise UnknownName("noise axis", name, list(AXES))
+        axes.append(AXES[name])
+    return axes

@@ -1,0 +1,57 @@
+"""SysNoise report: the paper-layout table (terminal and Markdown)."""
+from __future__ import annotations
+
+from rich.table import Table
+
+
+def _points(value) -> str:
+    return "-" if value is None else f"{value * 100:+.2f}"
+
+
+def axis_cell(axis: dict) -> str:
+    ran = [v for v in axis["variants"] if v["status"] == "ok"]
+    if not ran:
+        return "n/a"
+    if all(v["identical_to_reference"] for v in ran):
+        return "identical"
+    return f"{axis['delta_mean'] * 100:+.2f} ± {axis['delta_std'] * 100:.2f} (max {_points(axis['delta_max'])})"
+
+
+def summary_markdown(report: dict) -> str:
+    """One row per model, one column per axis: Δ metric in points, mean ± std (max) over variants."""
+    axes = report["axes"]
+    metric = report["primary_metric"]
+    head = f"| model | reference {metric} | " + " | ".join(a["axis"] for a in axes) + " |"
+    lines = [head, "|---|---|" + "---|" * len(axes),
+             f"| {report['model']['name']} | {report['reference']['metric'][metric]:.4f} | "
+             + " | ".join(axis_cell(a) for a in axes) + " |"]
+    if report.get("combined"):
+        lines += ["", "Cumulative (paper order, each axis at its worst variant, chosen on this data):", "",
+                  "| + axis | variant | " + metric + " | Δ (pts) |", "|---|---|---|---|"]
+        for step in report["combined"]:
+            value = "-" if step["metric"] is None else f"{step['metric']:.4f}"
+            lines.append(f"| {step['axis']} | {step['variant']} | {value} | {_points(step['delta'])} |")
+    return "\n".join(lines)
+
+
+def variants_table(report: dict) -> Table:
+    metric = report["primary_metric"]
+    table = Table(title=f"sysnoise {report['model']['name']} on {report['dataset']['name']} "
+                        f"({report['dataset']['samples']} samples); reference {metric} "
+                        f"{report['reference']['metric'][metric]:.4f}", title_justify="left")
+    for column in ("axis", "variant", "status", metric, "Δ pts", "95% CI", "signif.", "flip rate", "KL"):
+        table.add_column(column, justify="right" if column not in ("axis", "variant", "status") else "left")
+    for axis in report["axes"]:
+        for v in axis["variants"]:
+            if v["status"] != "ok":
+                table.add_row(axis["axis"], v["name"], f"[yellow]{v['status']}[/]", v["reason"][:60], *[""] * 5)
+                continue
+            if v["identical_to_reference"]:
+                table.add_row(axis["axis"], v["name"], "[dim]identical[/]", f"{v['metric'][metric]:.4f}", *[""] * 5)
+                continue
+            ci = "-" if not v["ci95"] else f"[{v['ci95'][0] * 100:+.2f}, {v['ci95'][1] * 100:+.2f}]"
+            sig = "-" if v["significant"] is None else ("[red]yes[/]" if v["significant"] else "no")
+            table.add_row(axis["axis"], v["name"], "ok", f"{v['metric'][metric]:.4f}", _points(v["delta"]), ci, sig,
+                          f"{v['flip_rate']:.4f}" if v["flip_rate"] is not None else "-",
+                          f"{v['kl']:.2e}" if v["kl"] is not None else "-")
+    return table

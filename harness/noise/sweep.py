@@ -1,0 +1,251 @@
+"""The SysNoise sweep on a cached stage pipeline.
+
+Stages are cached by (input, stage parameters): each image is decoded once per decoder, resized once
+per (decoder, pre-processing profile); inference runs once per distinct input set (by content) per
+model configuration; post-processing never re-runs inference. `counters` records the work done.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from harness.compare.outputs import agreement, mean_kl
+from harness.errors import BackendUnavailable, SampleError
+from harness.noise import Axis, Variant
+from harness.noise.stats import mcnemar_exact, paired_bootstrap_ci, significant
+from harness.preprocess import COLORS, apply_geometry, decode, normalize
+from harness.profile import Profile
+from harness.run import Batch, postprocess
+
+
+@dataclass
+class Inputs:
+    """One pre-processing profile applied to the dataset: uint8 pixels of the samples that loaded."""
+
+    ids: list[str]
+    pixels: np.ndarray
+    geometries: list
+    digest: str
+
+
+GRAPH_BASELINE = (("baseline", True),)  # the model-stage baseline: unrewritten graph, same path as rewrites
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backend: str
+    device: str
+    precision: str
+    graph: tuple = ()          # sorted (name, value) pairs of a graph rewrite
+
+
+@dataclass
+class Evaluated:
+    ids: list[str]
+    predictions: list
+    outputs_digest: str
+
+
+class StagedPipeline:
+    def __init__(self, exported, dataset, batch_size: int = 64, threads: int | None = None, calibration=None):
+        self.exported, self.dataset = exported, dataset
+        self.batch_size, self.threads, self.calibration = batch_size, threads, calibration
+        self.by_id = {s.id: s for s in dataset.samples}
+        self.decoded: dict = {}
+        self.inputs_cache: dict = {}
+        self.outputs_cache: dict = {}
+        self.sessions: dict = {}
+        self.failures: dict[str, str] = {}
+        self.counters = {"decodes": 0, "resizes": 0, "inferences": 0, "distinct_inputs": 0}
+
+    # pre-processing --------------------------------------------------------------------------------
+    def _decoded(self, sample, decoder: str):
+        key = (sample.id, decoder)
+        if key not in self.decoded:
+            try:
+                self.decoded[key] = decode(self.dataset.read(sample), decoder)
+            except (OSError, SampleError) as err:
+                self.decoded[key] = None
+                self.failures.setdefault(sample.id, f"{decoder}: {err}")
+            self.counters["decodes"] += 1
+        return self.decoded[key]
+
+    def inputs(self, profile: Profile) -> Inputs:
+        key = profile.stage_key("pre")
+        if key not in self.inputs_cache:
+            ids, pixels, geometries = [], [], []
+            for sample in self.dataset.samples:
+                image = self._decoded(sample, profile.decoder)
+                if image is None:
+                    continue
+                resized, geometry = apply_geometry(image, profile)
+                self.counters["resizes"] += 1
+                ids.append(sample.id)
+                pixels.append(COLORS[profile.color](resized))
+                geometries.append(geometry)
+            stacked = np.stack(pixels)
+            digest = hashlib.sha256(stacked.tobytes() + "|".join(ids).encode()).hexdigest()
+            self.inputs_cache[key] = Inputs(ids, stacked, geometries, digest)
+        return self.inputs_cache[key]
+
+    # inference ---------------------------------------------------------------------------------------
+    def _session(self, config: ModelConfig):
+        if config not in self.sessions:
+            from harness.backends import get_backend
+            from harness.noise.graph import rewritten_model
+
+            model = self.exported
+            if config.graph:  # a rewrite, or the unrewritten graph through the same rewrite path
+                model = rewritten_model(self.exported, **({} if config.graph == GRAPH_BASELINE else dict(config.graph)))
+            self.sessions[config] = get_backend(config.backend).load(
+                model, config.device, config.precision, self.threads, calibration=self.calibration)
+        return self.sessions[config]
+
+    def outputs(self, profile: Profile, config: ModelConfig) -> tuple[Inputs, dict[str, np.ndarray]]:
+        inputs = self.inputs(profile)
+        key = (inputs.digest, config)
+        if key not in self.outputs_cache:
+            if not any(k[0] == inputs.digest for k in self.outputs_cache):
+                self.counters["distinct_inputs"] += 1
+            session = self._session(config)
+            chunks: dict[str, list] = {}
+            for start in range(0, len(inputs.ids), self.batch_size):
+                tensor = normalize(inputs.pixels[start:start + self.batch_size], profile)
+                for name, value in session.run({session.input_names[0]: tensor}).items():
+                    chunks.setdefault(name, []).append(value)
+                self.counters["inferences"] += len(tensor)
+            self.outputs_cache[key] = {name: np.concatenate(parts) for name, parts in chunks.items()}
+        return inputs, self.outputs_cache[key]
+
+    def evaluate(self, profile: Profile, config: ModelConfig) -> Evaluated:
+        inputs, outputs = self.outputs(profile, config)
+        spec = self.exported.spec
+        predictions = []
+        for start in range(0, len(inputs.ids), self.batch_size):
+            stop = start + self.batch_size
+            batch = Batch([self.by_id[i] for i in inputs.ids[start:stop]], None, inputs.geometries[start:stop], [])
+            predictions.extend(postprocess(spec.task, {k: v[start:stop] for k, v in outputs.items()}, batch,
+                                           profile, spec.head))
+        digest = hashlib.sha256(b"".join(np.ascontiguousarray(v).tobytes() for v in outputs.values())).hexdigest()
+        return Evaluated(inputs.ids, predictions, digest)
+
+
+def _config_for(variant: Variant, reference: ModelConfig) -> tuple[ModelConfig, ModelConfig]:
+    """(variant's model configuration, its baseline's)."""
+    if variant.target is None:
+        return reference, reference
+    backend, device, precision = variant.target
+    if variant.baseline == "same-backend-fp32":
+        return ModelConfig(backend, device, precision), ModelConfig(backend, device, "fp32")
+    if variant.baseline == "unrewritten-graph":
+        graph = tuple(sorted(variant.graph.items()))
+        return ModelConfig(backend, device, precision, graph), ModelConfig(backend, device, precision, GRAPH_BASELINE)
+    return ModelConfig(backend, device, precision), reference
+
+
+def compare_variant(pipeline: StagedPipeline, task: str, classes, profile: Profile, config: ModelConfig,
+                    base_profile: Profile, base_config: ModelConfig, primary: str) -> dict:
+    from harness.compare import task_metric
+
+    candidate = pipeline.evaluate(profile, config)
+    baseline = pipeline.evaluate(base_profile, base_config)
+    shared = sorted(set(candidate.ids) & set(baseline.ids), key=candidate.ids.index)
+    cand_index = {i: k for k, i in enumerate(candidate.ids)}
+    base_index = {i: k for k, i in enumerate(baseline.ids)}
+    cand = [candidate.predictions[cand_index[i]] for i in shared]
+    base = [baseline.predictions[base_index[i]] for i in shared]
+    samples = [pipeline.by_id[i] for i in shared]
+    metric = task_metric(task, samples, cand, base, len(classes))
+    base_metric = task_metric(task, samples, base, base, len(classes))
+    agree = agreement(base, cand)
+    row = {"metric": metric, "baseline_metric": base_metric,
+           "delta": metric[primary] - base_metric[primary],
+           "flip_rate": float(1 - agree.mean()) if len(agree) else None,
+           "identical_to_reference": candidate.outputs_digest == baseline.outputs_digest,
+           "outputs_sha256": candidate.outputs_digest,
+           "samples": len(shared), "ci95": None, "significant": None, "p_value": None, "kl": None}
+    if task != "detect":
+        row["kl"] = mean_kl(np.asarray(base), np.asarray(cand))
+    if task == "classify":
+        labels = np.array([s.label for s in samples])
+        base_ok = np.asarray(base).argmax(1) == labels
+        cand_ok = np.asarray(cand).argmax(1) == labels
+        row["ci95"] = list(paired_bootstrap_ci(base_ok, cand_ok))
+        row["significant"] = significant(tuple(row["ci95"]))
+        row["p_value"] = mcnemar_exact(base_ok, cand_ok)
+    return row
+
+
+def run_axis(pipeline: StagedPipeline, axis: Axis, reference_profile: Profile, reference_config: ModelConfig,
+             task: str, classes, primary: str, graph_backend: str, progress=None) -> dict:
+    variants_out = []
+    for variant in axis.variants(pipeline.exported.spec, graph_backend):
+        profile = reference_profile.replace(**variant.profile) if variant.profile else reference_profile
+        config, base_config = _config_for(variant, reference_config)
+        entry = {"name": variant.name, "status": "ok", "reason": "", "baseline": variant.baseline}
+        try:
+            entry.update(compare_variant(pipeline, task, classes, profile, config, reference_profile, base_config,
+                                         primary))
+        except BackendUnavailable as err:
+            entry.update(status="unavailable", reason=str(err))
+        except Exception as err:  # noqa: BLE001 - one crashing variant is a row, the sweep goes on
+            entry.update(status="failed", reason=f"{type(err).__name__}: {str(err).splitlines()[0][:300]}")
+        same = [v["name"] for v in variants_out if v.get("outputs_sha256") and
+                v.get("outputs_sha256") == entry.get("outputs_sha256")]
+        entry["identical_to"] = same[0] if same else None  # e.g. NV12 gives I420's very samples
+        variants_out.append(entry)
+        if progress:
+            progress(variant.name)
+    measured = [v["delta"] for v in variants_out if v["status"] == "ok" and not v["identical_to_reference"]]
+    worst = min(measured) if measured else None
+    return {"axis": axis.name, "stage": axis.stage, "description": axis.description,
+            "delta_mean": float(np.mean(measured)) if measured else 0.0,
+            "delta_std": float(np.std(measured)) if measured else 0.0,
+            "delta_max": worst, "variants": variants_out,
+            "note": "mean/std/max over the variants that ran and differ from the reference"}
+
+
+def worst_variant(axis_result: dict) -> str | None:
+    candidates = [v for v in axis_result["variants"] if v["status"] == "ok" and not v["identical_to_reference"]]
+    return min(candidates, key=lambda v: v["delta"])["name"] if candidates else None
+
+
+def combine(pipeline: StagedPipeline, axis_results: list[dict], reference_profile: Profile,
+            reference_config: ModelConfig, task: str, classes, primary: str, graph_backend: str) -> list[dict]:
+    """Cumulative curve: each axis, in the paper's order, at its worst variant (chosen on the evaluated
+    data, as the paper does) on top of the previous ones."""
+    from harness.noise import AXES, PAPER_ORDER
+
+    by_axis = {r["axis"]: r for r in axis_results}
+    profile, config, graph = reference_profile, reference_config, {}
+    curve = []
+    for name in PAPER_ORDER:
+        if name not in by_axis or worst_variant(by_axis[name]) is None:
+            continue
+        chosen = worst_variant(by_axis[name])
+        variant = next(v for v in AXES[name].variants(pipeline.exported.spec, graph_backend) if v.name == chosen)
+        profile = profile.replace(**variant.profile) if variant.profile else profile
+        if variant.target is not None:
+            backend, device, precision = variant.target
+            if variant.graph:
+                graph.update(variant.graph)
+                backend = config.backend if config.backend != "torch" else backend
+                precision = config.precision
+            config = ModelConfig(backend, device, precision, tuple(sorted(graph.items())))
+        try:
+            row = compare_variant(pipeline, task, classes, profile, config, reference_profile, reference_config,
+                                  primary)
+            curve.append({"axis": name, "variant": chosen, "metric": row["metric"][primary], "delta": row["delta"],
+                          "ci95": row["ci95"], "significant": row["significant"], "flip_rate": row["flip_rate"]})
+        except Exception as err:  # noqa: BLE001 - the curve stops where a combination cannot run
+            curve.append({"axis": name, "variant": chosen, "metric": None, "delta": None,
+                          "reason": f"{type(err).__name__}: {err}"})
+            break
+    return curve
+
+
+def as_json_config(config: ModelConfig) -> dict:
+    return dataclasses.asdict(config)
