@@ -1,0 +1,101 @@
+"""harness sysnoise: variants, statistics and the caching claim (checked by instrumentation)."""
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+import harness.noise.sweep as sweep_module
+from harness.backends import Session
+from harness.data import embedded_benchmark
+from harness.export import export
+from harness.model import resolve_model
+from harness.noise import AXES
+from harness.noise.graph import rewritten_model
+from harness.noise.stats import mcnemar_exact, paired_bootstrap_ci, significant
+from harness.noise.sweep import ModelConfig, StagedPipeline, run_axis
+
+
+def test_ceil_mode_rewrite_changes_the_pool_output_as_torch_does():
+    exported = export(resolve_model("resnet_tiny"))
+    rewritten = onnx.load(str(rewritten_model(exported, ceil_mode=True).onnx_path))
+    pool = next(n for n in rewritten.graph.node if n.op_type == "MaxPool")
+    rewritten.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
+    inferred = onnx.shape_inference.infer_shapes(rewritten)
+    shape = next([d.dim_value for d in v.type.tensor_type.shape.dim] for v in inferred.graph.value_info
+                 if v.name == pool.output[0])
+    expected = torch.nn.MaxPool2d(3, 2, 1, ceil_mode=True)(torch.zeros(1, 16, 64, 64)).shape
+    assert shape == list(expected) == [1, 16, 33, 33]
+
+
+def test_mcnemar_and_bootstrap_on_a_known_case():
+    # 100 paired samples: the candidate loses 10 the reference had and gains none
+    reference = np.ones(100, bool)
+    candidate = reference.copy()
+    candidate[:10] = False
+    assert mcnemar_exact(reference, candidate) == pytest.approx(2 * 0.5 ** 10)  # binomial(0; 10, 1/2), two-sided
+    low, high = paired_bootstrap_ci(reference, candidate)
+    assert -0.17 < low < -0.10 < high < -0.04 and significant((low, high))
+    assert mcnemar_exact(reference, reference) == 1.0 and not significant(paired_bootstrap_ci(reference, reference))
+
+
+def test_each_stage_runs_once_per_distinct_work(monkeypatch):
+    counts = {"decode": 0, "geometry": 0, "run": 0}
+
+    def counting(name, real):
+        def wrapped(*args, **kwargs):
+            counts[name] += 1
+            return real(*args, **kwargs)
+        return wrapped
+    monkeypatch.setattr(sweep_module, "decode", counting("decode", sweep_module.decode))
+    monkeypatch.setattr(sweep_module, "apply_geometry", counting("geometry", sweep_module.apply_geometry))
+    monkeypatch.setattr(Session, "run", counting("run", Session.run))
+
+    spec = resolve_model("resnet_tiny")
+    dataset = embedded_benchmark("classify").limit(20).aligned_to(spec.labels)
+    pipeline = StagedPipeline(export(spec), dataset, batch_size=64)
+    reference = ModelConfig("torch", "cpu", "fp32")
+    results = [run_axis(pipeline, AXES[name], spec.profile, reference, "classify", spec.labels, "top1", "onnxruntime")
+               for name in ("decoder", "ceil_mode")]
+    decoders = [v["name"] for v in results[0]["variants"]]
+    assert len(decoders) == 5  # opencv, torchvision, ffmpeg, simplejpeg-fast, pil-draft-2
+    # each image decoded once per decoder (the reference's pil included), and resized once per input set
+    assert counts["decode"] == 20 * 6 == pipeline.counters["decodes"]
+    assert counts["geometry"] == 20 * 6 == pipeline.counters["resizes"]
+    # inference once per distinct input set: opencv and torchvision give Pillow's very pixels, so torch
+    # runs 4 sets (pil, ffmpeg, simplejpeg-fast, pil-draft-2); ceil_mode runs ORT on the rewritten and
+    # the unrewritten graph: 6 single-batch runs in all
+    assert counts["run"] == 6 and pipeline.counters["inferences"] == 6 * 20
+    identical = {v["name"] for v in results[0]["variants"] if v["identical_to_reference"]}
+    assert identical == {"opencv", "torchvision"}
+
+
+def test_sysnoise_cli_report(harness_cli, tmp_path):
+    markdown = tmp_path / "table.md"
+    result = harness_cli("sysnoise", "--axes", "decoder,color,ceil_mode", "--limit", "60", "--combine",
+                         "--markdown", str(markdown), "--json", "-")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["schema"] == "harness.sysnoise/1" and report["reference"]["backend"] == "torch"
+    axes = {a["axis"]: a for a in report["axes"]}
+    assert [a["stage"] for a in report["axes"]] == ["pre", "pre", "model"]
+    for axis in axes.values():
+        assert {"delta_mean", "delta_std", "delta_max", "variants"} <= set(axis)
+        for variant in axis["variants"]:
+            assert {"name", "status", "metric", "delta", "ci95", "significant", "flip_rate", "kl",
+                    "identical_to_reference"} <= set(variant)
+    colors = {v["name"]: v for v in axes["color"]["variants"]}
+    assert colors["yuv420-bt601-full-nv12"]["identical_to"] == "yuv420-bt601-full-i420"
+    ceil = axes["ceil_mode"]["variants"][0]
+    assert ceil["significant"] and ceil["delta"] < -0.1 and ceil["p_value"] < 0.01
+    assert [step["axis"] for step in report["combined"]] == ["decoder", "color", "ceil_mode"]
+    assert set(report["counters"]) == {"decodes", "resizes", "inferences", "distinct_inputs"}
+    assert "| resnet_tiny |" in markdown.read_text()
+
+
+def test_list_axes_and_unknown_axis(harness_cli):
+    result = harness_cli("sysnoise", "--list-axes")
+    assert result.returncode == 0 and "yuv420-bt709-limited-nv12" in result.stdout and "ceil_mode" in result.stdout
+    result = harness_cli("sysnoise", "--axes", "decoder,jitter")
+    assert result.returncode == 2 and "unknown noise axis 'jitter'" in result.stderr
