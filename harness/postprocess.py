@@ -35,7 +35,84 @@ def nms_torchvision_batched(boxes: np.ndarray, scores: np.ndarray, labels: np.nd
     return keep.numpy()
 
 
-NMS = {"torchvision-batched": nms_torchvision_batched}
+def nms_torchvision_agnostic(boxes, scores, labels, iou: float) -> np.ndarray:
+    """Class-agnostic NMS (torchvision.ops.nms): overlapping boxes of different classes suppress each other."""
+    import torch
+    from torchvision.ops import nms
+
+    return nms(torch.from_numpy(boxes), torch.from_numpy(scores), iou).numpy()
+
+
+def nms_numpy(boxes, scores, labels, iou: float) -> np.ndarray:
+    """Plain greedy class-aware NMS, the textbook algorithm: the reference the others are checked against.
+    Suppresses a box when IoU > iou (strictly), like torchvision."""
+    order = np.argsort(-scores, kind="stable")
+    keep = []
+    suppressed = np.zeros(len(boxes), bool)
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    for position, index in enumerate(order):
+        if suppressed[index]:
+            continue
+        keep.append(index)
+        rest = order[position + 1:]
+        rest = rest[(labels[rest] == labels[index]) & ~suppressed[rest]]
+        tl = np.maximum(boxes[index, :2], boxes[rest, :2])
+        br = np.minimum(boxes[index, 2:], boxes[rest, 2:])
+        inter = np.prod(np.clip(br - tl, 0, None), axis=1)
+        overlap = inter / np.maximum(areas[index] + areas[rest] - inter, 1e-12)
+        suppressed[rest[overlap > iou]] = True
+    return np.array(keep, np.int64)
+
+
+def nms_opencv(boxes, scores, labels, iou: float) -> np.ndarray:
+    """OpenCV's class-aware cv2.dnn.NMSBoxesBatched (boxes as x, y, w, h)."""
+    import cv2
+
+    if len(boxes) == 0:
+        return np.zeros(0, np.int64)
+    xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
+    keep = cv2.dnn.NMSBoxesBatched(xywh.tolist(), scores.tolist(), labels.tolist(), 0.0, iou)
+    keep = np.asarray(keep, np.int64).ravel()
+    return keep[np.argsort(-scores[keep], kind="stable")]
+
+
+@lru_cache(maxsize=1)
+def _onnx_nms_session():
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("NonMaxSuppression", ["boxes", "scores", "max_out", "iou", "score"], ["selected"])],
+        "nms", [helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [1, None, 4]),
+                helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, None, None]),
+                helper.make_tensor_value_info("max_out", TensorProto.INT64, [1]),
+                helper.make_tensor_value_info("iou", TensorProto.FLOAT, [1]),
+                helper.make_tensor_value_info("score", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("selected", TensorProto.INT64, [None, 3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def nms_onnx(boxes, scores, labels, iou: float) -> np.ndarray:
+    """ONNX NonMaxSuppression run by ONNX Runtime, per class (scores laid out [1, classes, boxes]); the
+    op's own rule: suppress when IoU > iou_threshold."""
+    if len(boxes) == 0:
+        return np.zeros(0, np.int64)
+    classes = int(labels.max()) + 1
+    per_class = np.full((1, classes, len(boxes)), -1.0, np.float32)
+    per_class[0, labels, np.arange(len(boxes))] = scores
+    selected = _onnx_nms_session().run(None, {
+        "boxes": boxes[None].astype(np.float32), "scores": per_class,
+        "max_out": np.array([len(boxes)], np.int64), "iou": np.array([iou], np.float32),
+        "score": np.array([-0.5], np.float32)})[0]
+    keep = selected[:, 2]
+    return keep[np.argsort(-scores[keep], kind="stable")]
+
+
+NMS = {"torchvision-batched": nms_torchvision_batched, "torchvision-agnostic": nms_torchvision_agnostic,
+       "onnx": nms_onnx, "opencv": nms_opencv, "numpy": nms_numpy}
+BOX_DECODES = ("clip", "no-clip", "legacy-plus-one", "fp16")
 
 
 @lru_cache(maxsize=8)
@@ -55,6 +132,22 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
+def decode_boxes(box_reg: np.ndarray, centres: np.ndarray, strides: np.ndarray, profile: Profile) -> np.ndarray:
+    """float[K, 4] log(l, t, r, b / stride) at points float[K, 2] -> boxes float32[K, 4] xyxy, the way the
+    profile's `box_decode` says: clip to the input (reference), no clipping, the legacy "+1" pixel
+    convention (inclusive x2/y2: width = x2 - x1 + 1, so x2/y2 come out one pixel smaller), or the whole
+    decode in float16, as a half-precision deployment pipeline does."""
+    dtype = np.float16 if profile.box_decode == "fp16" else np.float32
+    distances = np.exp(box_reg.astype(dtype)) * strides[:, None].astype(dtype)
+    centres = centres.astype(dtype)
+    boxes = np.concatenate([centres - distances[:, :2], centres + distances[:, 2:]], axis=1)
+    if profile.box_decode == "legacy-plus-one":
+        boxes[:, 2:] -= 1
+    if profile.box_decode != "no-clip":
+        boxes = np.clip(boxes, 0, profile.input_size)
+    return boxes.astype(np.float32)
+
+
 def decode_fcos(cls_logits: np.ndarray, box_reg: np.ndarray, centerness: np.ndarray, strides: tuple[int, ...],
                 profile: Profile) -> Detections:
     """One image's raw FCOS outputs (float32[P, C], [P, 4], [P]) -> Detections in model-input pixels."""
@@ -65,10 +158,7 @@ def decode_fcos(cls_logits: np.ndarray, box_reg: np.ndarray, centerness: np.ndar
     if len(flat_scores) > PRE_NMS_TOP_K:
         top = np.argpartition(-flat_scores, PRE_NMS_TOP_K)[:PRE_NMS_TOP_K]
         point_index, labels, flat_scores = point_index[top], labels[top], flat_scores[top]
-    distances = np.exp(box_reg[point_index].astype(np.float32)) * point_strides[point_index, None]
-    centres = points[point_index]
-    boxes = np.concatenate([centres - distances[:, :2], centres + distances[:, 2:]], axis=1)
-    boxes = np.clip(boxes, 0, profile.input_size).astype(np.float32)
+    boxes = decode_boxes(box_reg[point_index], points[point_index], point_strides[point_index], profile)
     try:
         nms = NMS[profile.nms]
     except KeyError:

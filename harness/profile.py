@@ -35,6 +35,7 @@ class Profile:
     precision: str = "fp32"
     # post-processing (detection)
     nms: str = "torchvision-batched"
+    box_decode: str = "clip"
     score_threshold: float = 0.05
     iou_threshold: float = 0.6
     max_detections: int = 100
@@ -66,7 +67,7 @@ class Profile:
 STAGE_FIELDS = {
     "pre": ("decoder", "resize", "color", "geometry", "input_size", "resize_size", "mean", "std"),
     "model": ("backend", "device", "precision"),
-    "post": ("nms", "score_threshold", "iou_threshold", "max_detections"),
+    "post": ("nms", "box_decode", "score_threshold", "iou_threshold", "max_detections"),
 }
 FIELD_NAMES = tuple(f.name for f in dataclasses.fields(Profile))
 

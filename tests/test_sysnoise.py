@@ -99,3 +99,51 @@ def test_list_axes_and_unknown_axis(harness_cli):
     assert result.returncode == 0 and "yuv420-bt709-limited-nv12" in result.stdout and "ceil_mode" in result.stdout
     result = harness_cli("sysnoise", "--axes", "decoder,jitter")
     assert result.returncode == 2 and "unknown noise axis 'jitter'" in result.stderr
+
+
+def _boxes(*rows):
+    return np.array(rows, np.float32)
+
+
+def test_nms_variants_agree_on_an_easy_case_and_differ_where_documented():
+    from harness.postprocess import NMS
+
+    # easy: two clusters of one class far apart, and a lone box of another class
+    boxes = _boxes([0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60], [51, 50, 61, 60], [0, 0, 10, 10])
+    scores = np.array([0.9, 0.8, 0.7, 0.95, 0.6], np.float32)
+    labels = np.array([0, 0, 0, 0, 1])
+    aware = {name: sorted(NMS[name](boxes, scores, labels, 0.5).tolist())
+             for name in ("torchvision-batched", "onnx", "opencv", "numpy")}
+    assert all(kept == [0, 3, 4] for kept in aware.values()), aware
+    # class-agnostic NMS lets the class-0 box suppress the identical class-1 box (documented behaviour)
+    assert sorted(NMS["torchvision-agnostic"](boxes, scores, labels, 0.5).tolist()) == [0, 3]
+    # a tie: equal scores, heavy overlap. torchvision's docs: which box survives is implementation-defined,
+    # so implementations are compared on the kept scores, never on indices
+    tied = _boxes([0, 0, 10, 10], [0, 0, 10, 11])
+    tied_scores = np.array([0.5, 0.5], np.float32)
+    for name, nms in NMS.items():
+        kept = nms(tied, tied_scores, np.zeros(2, np.int64), 0.5)
+        assert len(kept) == 1 and tied_scores[kept[0]] == 0.5, name
+    # IoU exactly at the threshold is kept by every implementation: all suppress only when IoU > threshold
+    at_threshold = _boxes([0, 0, 10, 10], [0, 0, 10, 20])  # IoU = 100 / 200 = 0.5
+    for name in ("torchvision-batched", "onnx", "numpy"):
+        assert len(NMS[name](at_threshold, np.array([0.9, 0.8], np.float32), np.zeros(2, np.int64), 0.5)) == 2, name
+
+
+def test_box_decode_variants_do_what_they_say():
+    from harness.postprocess import decode_boxes
+    from harness.profile import Profile
+
+    reg = np.log(np.array([[2.0, 2.0, 20.0, 1.0]], np.float32))  # l, t, r, b in strides
+    centre = np.array([[120.0, 4.0]], np.float32)
+    stride = np.array([8.0], np.float32)
+    base = Profile(input_size=128)
+    np.testing.assert_allclose(decode_boxes(reg, centre, stride, base), [[104, 0, 128, 12]], rtol=1e-6)
+    np.testing.assert_allclose(decode_boxes(reg, centre, stride, base.replace(box_decode="no-clip")),
+                               [[104, -12, 280, 12]], rtol=1e-6)
+    np.testing.assert_allclose(decode_boxes(reg, centre, stride, base.replace(box_decode="legacy-plus-one")),
+                               [[104, 0, 128, 11]], rtol=1e-6)
+    half = decode_boxes(np.array([[0.1234, 0.1, 0.1, 0.1]], np.float32), centre, stride,
+                        base.replace(box_decode="fp16"))
+    full = decode_boxes(np.array([[0.1234, 0.1, 0.1, 0.1]], np.float32), centre, stride, base)
+    assert 0 < np.abs(half - full).max() < 0.1  # float16 rounding, visible but small

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from harness.errors import UnknownName
 
 # --combine adds axes cumulatively in the paper's order
-PAPER_ORDER = ("decoder", "resize", "color", "precision", "ceil_mode", "upsample")
+PAPER_ORDER = ("decoder", "resize", "color", "precision", "ceil_mode", "upsample", "nms", "box_decode")
 
 
 @dataclass(frozen=True)
@@ -111,3 +111,34 @@ def get_axes(names: str | None) -> list[Axis]:
             raise UnknownName("noise axis", name, list(AXES))
         axes.append(AXES[name])
     return axes
+
+
+def _nms_variants(spec, graph_backend):
+    from harness.postprocess import NMS
+
+    reference = spec.profile
+    variants = [Variant(name, {"nms": name}) for name in NMS if name != reference.nms]
+    variants += [Variant(f"iou-{iou}", {"iou_threshold": iou}) for iou in (0.5, 0.7) if iou != reference.iou_threshold]
+    variants += [Variant(f"score-{score}", {"score_threshold": score}) for score in (0.1, 0.3)]
+    variants += [Variant(f"max-{count}", {"max_detections": count}) for count in (10, 300)
+                 if count != reference.max_detections]
+    return variants
+
+
+def _box_decode_variants(spec, graph_backend):
+    from harness.postprocess import BOX_DECODES
+
+    return [Variant(name, {"box_decode": name}) for name in BOX_DECODES if name != spec.profile.box_decode]
+
+
+def _detection_only(build):
+    def variants(spec, graph_backend):
+        return build(spec, graph_backend) if spec.task == "detect" else []
+    return variants
+
+
+VARIANT_BUILDERS["nms"] = _detection_only(_nms_variants)
+VARIANT_BUILDERS["box_decode"] = _detection_only(_box_decode_variants)
+AXES["nms"] = Axis("nms", "post", "NMS implementation (torchvision, ONNX NonMaxSuppression on ORT, OpenCV, "
+                                  "NumPy), class-agnostic, IoU/score thresholds, max detections")
+AXES["box_decode"] = Axis("box_decode", "post", "box decoding: no clipping, legacy +1 pixel convention, float16")

@@ -46,7 +46,17 @@ class ModelConfig:
 class Evaluated:
     ids: list[str]
     predictions: list
-    outputs_digest: str
+    outputs_digest: str       # of the post-processed predictions: identity is judged where the metric looks
+
+
+def predictions_digest(predictions: list) -> str:
+    digest = hashlib.sha256()
+    for prediction in predictions:
+        parts = (prediction.boxes, prediction.scores, prediction.labels) if hasattr(prediction, "boxes") \
+            else (prediction,)
+        for part in parts:
+            digest.update(np.ascontiguousarray(part).tobytes())
+    return digest.hexdigest()
 
 
 class StagedPipeline:
@@ -129,8 +139,7 @@ class StagedPipeline:
             batch = Batch([self.by_id[i] for i in inputs.ids[start:stop]], None, inputs.geometries[start:stop], [])
             predictions.extend(postprocess(spec.task, {k: v[start:stop] for k, v in outputs.items()}, batch,
                                            profile, spec.head))
-        digest = hashlib.sha256(b"".join(np.ascontiguousarray(v).tobytes() for v in outputs.values())).hexdigest()
-        return Evaluated(inputs.ids, predictions, digest)
+        return Evaluated(inputs.ids, predictions, predictions_digest(predictions))
 
 
 def _config_for(variant: Variant, reference: ModelConfig) -> tuple[ModelConfig, ModelConfig]:
