@@ -22,30 +22,27 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, 
     return {"top1": topk_accuracy(logits, labels, 1), "top5": topk_accuracy(logits, labels, 5)}
 
 
-def coco_metrics(ground_truth: list[tuple[np.ndarray, np.ndarray]], detections: list[Detections],
-                 num_classes: int, image_sizes: list[tuple[int, int]] | None = None) -> dict[str, float]:
-    """COCO bbox AP through pycocotools.
+def coco_evaluate(ground_truth: list[tuple[np.ndarray, np.ndarray]], detections: list[Detections],
+                  num_classes: int):
+    """pycocotools COCOeval after evaluate() + accumulate(), or None when there is nothing to evaluate.
 
-    ground_truth: per image (boxes float[K, 4] xyxy pixels, labels int[K] 0-based);
-    detections: per image, same coordinates. Returns {"map", "ap50", "ap75"} (AP@[.5:.95], AP50, AP75).
+    ground_truth: per image (boxes float[K, 4] xyxy pixels, labels int[K] 0-based); detections: per image,
+    same coordinates.
     """
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
     images, annotations, results = [], [], []
     for image_id, ((boxes, labels), dets) in enumerate(zip(ground_truth, detections), start=1):
-        width, height = image_sizes[image_id - 1] if image_sizes else (0, 0)
-        images.append({"id": image_id, "width": width, "height": height})
+        images.append({"id": image_id})
         for (x0, y0, x1, y1), label in zip(np.asarray(boxes, float).reshape(-1, 4).tolist(), labels):
             annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": int(label) + 1,
                                 "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0), "iscrowd": 0})
         for (x0, y0, x1, y1), score, label in zip(dets.boxes.tolist(), dets.scores.tolist(), dets.labels.tolist()):
             results.append({"image_id": image_id, "category_id": int(label) + 1,
                             "bbox": [x0, y0, x1 - x0, y1 - y0], "score": float(score)})
-    if not annotations:
-        return {"map": float("nan"), "ap50": float("nan"), "ap75": float("nan")}
-    if not results:
-        return {"map": 0.0, "ap50": 0.0, "ap75": 0.0}
+    if not annotations or not results:
+        return None
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress and table
         gt = COCO()
         gt.dataset = {"images": images, "annotations": annotations,
@@ -54,6 +51,58 @@ def coco_metrics(ground_truth: list[tuple[np.ndarray, np.ndarray]], detections: 
         evaluator = COCOeval(gt, gt.loadRes(results), "bbox")
         evaluator.evaluate()
         evaluator.accumulate()
-        evaluator.summarize()
-    stats = evaluator.stats
-    return {"map": float(max(stats[0], 0.0)), "ap50": float(max(stats[1], 0.0)), "ap75": float(max(stats[2], 0.0))}
+    return evaluator
+
+
+def _map_of(evaluator, iou_index=None) -> float:
+    """AP from accumulated precision (area 'all', 100 detections), as COCOeval.summarize computes it."""
+    precision = evaluator.eval["precision"][:, :, :, 0, -1]
+    if iou_index is not None:
+        precision = precision[iou_index]
+    valid = precision[precision > -1]
+    return float(valid.mean()) if valid.size else 0.0
+
+
+def coco_metrics(ground_truth: list[tuple[np.ndarray, np.ndarray]], detections: list[Detections],
+                 num_classes: int) -> dict[str, float]:
+    """COCO bbox AP through pycocotools: {"map", "ap50", "ap75"} (AP@[.5:.95], AP@.5, AP@.75)."""
+    if not any(len(labels) for _, labels in ground_truth):
+        return {"map": float("nan"), "ap50": float("nan"), "ap75": float("nan")}
+    evaluator = coco_evaluate(ground_truth, detections, num_classes)
+    if evaluator is None:
+        return {"map": 0.0, "ap50": 0.0, "ap75": 0.0}
+    return {"map": _map_of(evaluator), "ap50": _map_of(evaluator, 0), "ap75": _map_of(evaluator, 5)}
+
+
+def resampled_map(evaluator, picks: np.ndarray) -> float:
+    """mAP of a multiset of the evaluated images (indices may repeat), re-using the per-image matches
+    of one evaluate(): the per-image records are re-indexed and pycocotools' own accumulate() runs."""
+    import copy
+
+    params, evaluated = evaluator.params, evaluator._paramsEval
+    categories, areas, images = len(evaluated.catIds), len(evaluated.areaRng), len(evaluated.imgIds)
+    clone = copy.copy(evaluator)
+    clone.evalImgs = [evaluator.evalImgs[k * areas * images + a * images + i]
+                      for k in range(categories) for a in range(areas) for i in picks]
+    clone.params, clone._paramsEval = copy.copy(params), copy.copy(evaluated)
+    clone.params.imgIds = clone._paramsEval.imgIds = list(range(len(picks)))
+    with contextlib.redirect_stdout(io.StringIO()):
+        clone.accumulate()
+    return _map_of(clone)
+
+
+def bootstrap_map_delta(reference_eval, candidate_eval, images: int, rounds: int = 200, seconds: float = 10.0,
+                        seed: int = 0) -> tuple[float, float] | None:
+    """Paired bootstrap 95 % interval of Δ mAP (candidate - reference) over images; stops after `rounds`
+    or `seconds`, whichever comes first (at least 20 rounds)."""
+    import time
+
+    if reference_eval is None or candidate_eval is None or images == 0:
+        return None
+    rng = np.random.default_rng(seed)
+    deltas, started = [], time.perf_counter()
+    while len(deltas) < rounds and (len(deltas) < 20 or time.perf_counter() - started < seconds):
+        picks = rng.integers(0, images, images)
+        deltas.append(resampled_map(candidate_eval, picks) - resampled_map(reference_eval, picks))
+    low, high = np.percentile(deltas, [2.5, 97.5])
+    return float(low), float(high)

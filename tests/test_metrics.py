@@ -43,3 +43,18 @@ def test_coco_map_known_answer():
     assert result["ap50"] == pytest.approx(1.0)
     assert result["ap75"] == pytest.approx(51 / 101)
     assert result["map"] == pytest.approx(np.mean(per_threshold))
+
+
+def test_resampled_map_reuses_the_matches_and_bootstraps_a_known_delta():
+    from harness.metrics import bootstrap_map_delta, coco_evaluate, resampled_map
+
+    truth = [(np.array([[0, 0, 40, 40]], np.float32), np.array([0])) for _ in range(10)]
+    hits = [_dets([[0, 0, 40, 40]], [0.9], [0]) for _ in range(10)]
+    half = [_dets([[0, 0, 40, 40]], [0.9], [0]) if k < 5 else _dets([[60, 60, 99, 99]], [0.9], [0]) for k in range(10)]
+    perfect, mixed = coco_evaluate(truth, hits, 1), coco_evaluate(truth, half, 1)
+    assert resampled_map(mixed, np.arange(10)) == pytest.approx(coco_metrics(truth, half, 1)["map"])
+    assert resampled_map(mixed, np.array([0, 0, 1, 2])) == pytest.approx(1.0)   # only hits, one repeated
+    assert resampled_map(mixed, np.array([5, 6, 6])) == pytest.approx(0.0)      # only misses
+    low, high = bootstrap_map_delta(perfect, mixed, 10, rounds=100)
+    assert -1.0 <= low < high < 0  # half the images lost: a clearly negative Δ
+    assert bootstrap_map_delta(perfect, perfect, 10, rounds=30) == (0.0, 0.0)

@@ -178,6 +178,14 @@ def compare_variant(pipeline: StagedPipeline, task: str, classes, profile: Profi
            "samples": len(shared), "ci95": None, "significant": None, "p_value": None, "kl": None}
     if task != "detect":
         row["kl"] = mean_kl(np.asarray(base), np.asarray(cand))
+    if task == "detect" and not row["identical_to_reference"]:
+        from harness.metrics import bootstrap_map_delta, coco_evaluate
+
+        truth = [(s.boxes, s.box_labels) for s in samples]
+        interval = bootstrap_map_delta(coco_evaluate(truth, base, len(classes)),
+                                       coco_evaluate(truth, cand, len(classes)), len(samples))
+        if interval is not None:
+            row["ci95"], row["significant"] = list(interval), significant(interval)
     if task == "classify":
         labels = np.array([s.label for s in samples])
         base_ok = np.asarray(base).argmax(1) == labels
