@@ -141,13 +141,16 @@ def sysnoise(
     checkpoint: CheckpointOpt = None,
     profile: ProfileOpt = None,
     calibration: Annotated[Optional[Path], typer.Option("--calibration", help="Training images for INT8.")] = None,
+    variant: Annotated[Optional[list[str]], typer.Option(
+        "--variant", help="Your own variant: AXIS=package.module:function (decoder, resize, color or nms); "
+                          "repeatable.")] = None,
 ) -> None:
     """SysNoise sweep: vary one part of the deployment system at a time against the training profile."""
     from harness.backends import get_backend
     from harness.calibration import calibration_set
     from harness.data import embedded_benchmark, load_dataset
     from harness.export import export
-    from harness.noise import AXES, get_axes
+    from harness.noise import AXES, add_user_variant, get_axes
     from harness.noise.report import summary_markdown, variants_table
     from harness.noise.sweep import ModelConfig, StagedPipeline, combine as combine_axes, run_axis
     from harness.provenance import provenance
@@ -156,6 +159,8 @@ def sysnoise(
     spec = _resolve(model, checkpoint, profile)
     console = _console(json_path)
     graph_backend = get_backend(backend).name
+    for text in variant or []:
+        add_user_variant(text)
     if list_axes:
         for axis in AXES.values():
             names = ", ".join(v.name for v in axis.variants(spec, graph_backend))

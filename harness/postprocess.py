@@ -10,8 +10,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from harness.errors import UnknownName
 from harness.profile import Profile
+from harness.variants import lookup
 
 PRE_NMS_TOP_K = 1000
 
@@ -159,10 +159,7 @@ def decode_fcos(cls_logits: np.ndarray, box_reg: np.ndarray, centerness: np.ndar
         top = np.argpartition(-flat_scores, PRE_NMS_TOP_K)[:PRE_NMS_TOP_K]
         point_index, labels, flat_scores = point_index[top], labels[top], flat_scores[top]
     boxes = decode_boxes(box_reg[point_index], points[point_index], point_strides[point_index], profile)
-    try:
-        nms = NMS[profile.nms]
-    except KeyError:
-        raise UnknownName("nms", profile.nms, sorted(NMS)) from None
+    nms = lookup(NMS, "nms", profile.nms)
     keep = nms(boxes, flat_scores.astype(np.float32), labels.astype(np.int64), profile.iou_threshold)
     keep = keep[: profile.max_detections]
     return Detections(boxes[keep], flat_scores[keep].astype(np.float32), labels[keep].astype(np.int64))

@@ -13,8 +13,9 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from harness.errors import SampleError, UnknownName
+from harness.errors import SampleError
 from harness.profile import Profile
+from harness.variants import lookup
 
 
 def decode_pil(data: bytes) -> np.ndarray:
@@ -196,16 +197,9 @@ class Geometry:
         return out
 
 
-def _lookup(registry: dict, kind: str, name: str):
-    try:
-        return registry[name]
-    except KeyError:
-        raise UnknownName(kind, name, sorted(registry)) from None
-
-
 def decode(data: bytes, decoder: str) -> np.ndarray:
     """JPEG/PNG bytes -> uint8[H, W, 3] RGB. Raises SampleError when the bytes are not an image."""
-    fn = _lookup(DECODERS, "decoder", decoder)
+    fn = lookup(DECODERS, "decoder", decoder)
     try:
         return fn(data)
     except (UnidentifiedImageError, OSError, ValueError, cv2.error) as err:
@@ -214,7 +208,7 @@ def decode(data: bytes, decoder: str) -> np.ndarray:
 
 def apply_geometry(image: np.ndarray, profile: Profile) -> tuple[np.ndarray, Geometry]:
     """uint8[H, W, 3] -> uint8[S, S, 3] with S = profile.input_size; only the interpolation varies."""
-    resize = _lookup(RESIZERS, "resize method", profile.resize)
+    resize = lookup(RESIZERS, "resize method", profile.resize)
     height, width = image.shape[:2]
     size = profile.input_size
     if profile.geometry == "squash":
@@ -237,7 +231,7 @@ def apply_geometry(image: np.ndarray, profile: Profile) -> tuple[np.ndarray, Geo
 def to_pixels(data: bytes, profile: Profile) -> tuple[np.ndarray, Geometry]:
     """Bytes -> uint8[S, S, 3] in the profile's colour order, plus its Geometry."""
     image, geometry = apply_geometry(decode(data, profile.decoder), profile)
-    return _lookup(COLORS, "color mode", profile.color)(image), geometry
+    return lookup(COLORS, "color mode", profile.color)(image), geometry
 
 
 def normalize(pixels: np.ndarray, profile: Profile) -> np.ndarray:

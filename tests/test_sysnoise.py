@@ -147,3 +147,19 @@ def test_box_decode_variants_do_what_they_say():
                         base.replace(box_decode="fp16"))
     full = decode_boxes(np.array([[0.1234, 0.1, 0.1, 0.1]], np.float32), centre, stride, base)
     assert 0 < np.abs(half - full).max() < 0.1  # float16 rounding, visible but small
+
+
+def test_user_variants_from_the_command_line(harness_cli, tmp_path):
+    import os
+    from pathlib import Path
+
+    plugins = str(Path(__file__).parent / "plugins")
+    env = {"PYTHONPATH": plugins + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    result = harness_cli("sysnoise", "--axes", "color", "--limit", "30", "--variant",
+                         "color=harness_test_variants:gray_world_color", "--json", "-", env=env)
+    assert result.returncode == 0, result.stderr
+    variants = {v["name"]: v for v in json.loads(result.stdout)["axes"][0]["variants"]}
+    user = variants["harness_test_variants:gray_world_color"]
+    assert user["status"] == "ok" and not user["identical_to_reference"] and user["kl"] > 0
+    bad = harness_cli("sysnoise", "--axes", "color", "--variant", "color=nowhere_module:fn", env=env)
+    assert bad.returncode == 2 and "cannot import color 'nowhere_module:fn'" in bad.stderr

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from harness.errors import UnknownName
+from harness.errors import UnknownName, UsageError
 
 # --combine adds axes cumulatively in the paper's order
 PAPER_ORDER = ("decoder", "resize", "color", "precision", "ceil_mode", "upsample", "nms", "box_decode")
@@ -34,7 +34,7 @@ class Axis:
     description: str
 
     def variants(self, spec, graph_backend: str) -> list[Variant]:
-        return VARIANT_BUILDERS[self.name](spec, graph_backend)
+        return VARIANT_BUILDERS[self.name](spec, graph_backend) + USER_VARIANTS.get(self.name, [])
 
 
 def _profile_axis(field_name: str, registry_name: str):
@@ -100,6 +100,28 @@ AXES = {
     "ceil_mode": Axis("ceil_mode", "model", "pooling ceil mode flipped in the exported graph"),
     "upsample": Axis("upsample", "model", "Resize mode and coordinate transformation rewritten in the graph"),
 }
+
+
+# the profile field a user's `package.module:function` replaces, per axis
+USER_FIELDS = {"decoder": "decoder", "resize": "resize", "color": "color", "nms": "nms"}
+USER_VARIANTS: dict[str, list[Variant]] = {}
+
+
+def add_user_variant(text: str) -> None:
+    """'AXIS=package.module:function' -> one more variant of that axis (validated by importing it)."""
+    from harness import postprocess, preprocess
+    from harness.variants import lookup
+
+    axis, _, target = text.partition("=")
+    axis = axis.strip()
+    if axis not in USER_FIELDS or ":" not in target:
+        raise UsageError(f"--variant {text!r}: expected AXIS=package.module:function with AXIS one of "
+                         f"{', '.join(USER_FIELDS)}")
+    registry = {"decoder": preprocess.DECODERS, "resize": preprocess.RESIZERS, "color": preprocess.COLORS,
+                "nms": postprocess.NMS}[axis]
+    lookup(registry, axis, target.strip())
+    USER_VARIANTS.setdefault(axis, []).append(Variant(target.strip(), {USER_FIELDS[axis]: target.strip()},
+                                                      note="user variant"))
 
 
 def get_axes(names: str | None) -> list[Axis]:

@@ -19,6 +19,7 @@ from harness.noise.stats import mcnemar_exact, paired_bootstrap_ci, significant
 from harness.preprocess import COLORS, apply_geometry, decode, normalize
 from harness.profile import Profile
 from harness.run import Batch, postprocess
+from harness.variants import lookup
 
 
 @dataclass
@@ -94,7 +95,7 @@ class StagedPipeline:
                 resized, geometry = apply_geometry(image, profile)
                 self.counters["resizes"] += 1
                 ids.append(sample.id)
-                pixels.append(COLORS[profile.color](resized))
+                pixels.append(lookup(COLORS, "color mode", profile.color)(resized))
                 geometries.append(geometry)
             stacked = np.stack(pixels)
             digest = hashlib.sha256(stacked.tobytes() + "|".join(ids).encode()).hexdigest()

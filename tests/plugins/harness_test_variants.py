@@ -1,0 +1,13 @@
+"""A user's own variants, as a deployment engineer would write them (imported by name in the tests)."""
+import numpy as np
+
+
+def gray_world_color(rgb: np.ndarray) -> np.ndarray:
+    """A camera ISP's auto white balance: scales each channel to the mean grey."""
+    means = rgb.reshape(-1, 3).mean(axis=0) + 1e-6
+    return np.clip(rgb * (means.mean() / means), 0, 255).astype(np.uint8)
+
+
+def keep_top_one(boxes, scores, labels, iou):
+    """A production NMS that keeps only the best box."""
+    return np.argsort(-scores)[:1]
