@@ -66,6 +66,7 @@ class StagedPipeline:
         self.batch_size, self.threads, self.calibration = batch_size, threads, calibration
         self.by_id = {s.id: s for s in dataset.samples}
         self.decoded: dict = {}
+        self.resized: dict = {}
         self.inputs_cache: dict = {}
         self.outputs_cache: dict = {}
         self.sessions: dict = {}
@@ -84,19 +85,28 @@ class StagedPipeline:
             self.counters["decodes"] += 1
         return self.decoded[key]
 
+    def _resized(self, sample, profile: Profile):
+        """(pixels, geometry) after decode and geometry, cached apart from colour: colour variants re-use it."""
+        key = (sample.id, profile.decoder, profile.resize, profile.geometry, profile.input_size, profile.resize_size)
+        if key not in self.resized:
+            image = self._decoded(sample, profile.decoder)
+            self.resized[key] = None if image is None else apply_geometry(image, profile)
+            if image is not None:
+                self.counters["resizes"] += 1
+        return self.resized[key]
+
     def inputs(self, profile: Profile) -> Inputs:
         key = profile.stage_key("pre")
         if key not in self.inputs_cache:
             ids, pixels, geometries = [], [], []
+            color = lookup(COLORS, "color mode", profile.color)
             for sample in self.dataset.samples:
-                image = self._decoded(sample, profile.decoder)
-                if image is None:
+                resized = self._resized(sample, profile)
+                if resized is None:
                     continue
-                resized, geometry = apply_geometry(image, profile)
-                self.counters["resizes"] += 1
                 ids.append(sample.id)
-                pixels.append(lookup(COLORS, "color mode", profile.color)(resized))
-                geometries.append(geometry)
+                pixels.append(color(resized[0]))
+                geometries.append(resized[1])
             stacked = np.stack(pixels)
             digest = hashlib.sha256(stacked.tobytes() + "|".join(ids).encode()).hexdigest()
             self.inputs_cache[key] = Inputs(ids, stacked, geometries, digest)
