@@ -8,6 +8,7 @@ without a backend's package still work, and `available()` says what is missing.
 from __future__ import annotations
 
 import importlib.util
+from abc import ABC, abstractmethod
 from importlib.metadata import PackageNotFoundError, entry_points
 from importlib.metadata import version as package_version
 
@@ -19,7 +20,7 @@ GROUP = "harness.backends"
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
 
-class Session:
+class Session(ABC):
     """A model loaded on one backend/device/precision. Subclasses implement `_run`; a session whose
     outputs are looked up rather than computed (recorded on a target) sets uses_sample_ids and
     implements `run_ids`."""
@@ -45,11 +46,12 @@ class Session:
         outputs = self._run({name: feeds[name] for name in self.input_names})
         return {name: np.asarray(outputs[name]) for name in self.output_names}
 
+    @abstractmethod
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        raise NotImplementedError  # abstract: each adapter implements it
+        """The adapter's inference: feeds already checked by run()."""
 
 
-class Backend:
+class Backend(ABC):
     """One runtime. Subclasses set `name`, `aliases`, `package` and implement `_load`."""
 
     name = ""
@@ -92,8 +94,9 @@ class Backend:
                                      f"(offered: {', '.join(self.precisions(device))})")
         return self._load(model, device, precision, threads, **options)
 
+    @abstractmethod
     def _load(self, model, device, precision, threads, **options) -> Session:
-        raise NotImplementedError  # abstract: each adapter implements it
+        """The adapter's loading: availability, device and precision already checked by load()."""
 
     def describe(self) -> dict:
         ok, reason = self.available()
@@ -115,6 +118,9 @@ class BrokenBackend(Backend):
 
     def version(self) -> str | None:
         return None
+
+    def _load(self, model, device, precision, threads, **options) -> Session:
+        raise BackendUnavailable(f"{self.name}: {self._reason}")
 
 
 _REGISTRY: dict[str, Backend] | None = None

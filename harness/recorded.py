@@ -41,6 +41,9 @@ class RecordedSession(Session):
         self.row = {str(sample): k for k, sample in enumerate(data[IDS_KEY])}
         self.arrays = {name: data[name] for name in output_names}
 
+    def _run(self, feeds):
+        raise InputError(f"{self.path}: recorded outputs are looked up by sample id, not computed from tensors")
+
     def run_ids(self, sample_ids: list[str]) -> dict[str, np.ndarray]:
         absent = [s for s in sample_ids if s not in self.row]
         if absent:
