@@ -82,10 +82,11 @@ def resampled_map(evaluator, picks: np.ndarray) -> float:
     params, evaluated = evaluator.params, evaluator._paramsEval
     categories, areas, images = len(evaluated.catIds), len(evaluated.areaRng), len(evaluated.imgIds)
     clone = copy.copy(evaluator)
-    clone.evalImgs = [evaluator.evalImgs[k * areas * images + a * images + i]
-                      for k in range(categories) for a in range(areas) for i in picks]
+    # only what mAP reads: area 'all' (index 0) at the largest detection count
+    clone.evalImgs = [evaluator.evalImgs[k * areas * images + i] for k in range(categories) for i in picks]
     clone.params, clone._paramsEval = copy.copy(params), copy.copy(evaluated)
-    clone.params.imgIds = clone._paramsEval.imgIds = list(range(len(picks)))
+    for p in (clone.params, clone._paramsEval):
+        p.imgIds, p.areaRng, p.areaRngLbl, p.maxDets = list(range(len(picks))), [p.areaRng[0]], ["all"], [p.maxDets[-1]]
     with contextlib.redirect_stdout(io.StringIO()):
         clone.accumulate()
     return _map_of(clone)

@@ -163,3 +163,20 @@ def test_user_variants_from_the_command_line(harness_cli, tmp_path):
     assert user["status"] == "ok" and not user["identical_to_reference"] and user["kl"] > 0
     bad = harness_cli("sysnoise", "--axes", "color", "--variant", "color=nowhere_module:fn", env=env)
     assert bad.returncode == 2 and "cannot import color 'nowhere_module:fn'" in bad.stderr
+
+
+def test_post_processing_variants_never_rerun_inference(monkeypatch):
+    calls = []
+    real_run = Session.run
+    monkeypatch.setattr(Session, "run", lambda self, feeds: calls.append(1) or real_run(self, feeds))
+    spec = resolve_model("fcos_tiny")
+    dataset = embedded_benchmark("detect").limit(16).aligned_to(spec.labels)
+    pipeline = StagedPipeline(export(spec), dataset, batch_size=64, bootstrap_seconds=0.5)
+    reference = ModelConfig("torch", "cpu", "fp32")
+    results = [run_axis(pipeline, AXES[name], spec.profile, reference, "detect", spec.labels, "map", "onnxruntime")
+               for name in ("nms", "box_decode")]
+    assert len(calls) == 1 and pipeline.counters["inferences"] == 16  # one pass, every variant re-uses it
+    by_name = {v["name"]: v for r in results for v in r["variants"]}
+    assert by_name["numpy"]["identical_to_reference"] and by_name["onnx"]["identical_to_reference"]
+    legacy = by_name["legacy-plus-one"]
+    assert legacy["status"] == "ok" and not legacy["identical_to_reference"] and legacy["ci95"] is not None

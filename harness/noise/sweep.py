@@ -61,9 +61,11 @@ def predictions_digest(predictions: list) -> str:
 
 
 class StagedPipeline:
-    def __init__(self, exported, dataset, batch_size: int = 64, threads: int | None = None, calibration=None):
+    def __init__(self, exported, dataset, batch_size: int = 64, threads: int | None = None, calibration=None,
+                 bootstrap_seconds: float = 10.0):
         self.exported, self.dataset = exported, dataset
         self.batch_size, self.threads, self.calibration = batch_size, threads, calibration
+        self.bootstrap_seconds = bootstrap_seconds  # bound on each mAP bootstrap
         self.by_id = {s.id: s for s in dataset.samples}
         self.decoded: dict = {}
         self.resized: dict = {}
@@ -196,7 +198,8 @@ def compare_variant(pipeline: StagedPipeline, task: str, classes, profile: Profi
 
         truth = [(s.boxes, s.box_labels) for s in samples]
         interval = bootstrap_map_delta(coco_evaluate(truth, base, len(classes)),
-                                       coco_evaluate(truth, cand, len(classes)), len(samples))
+                                       coco_evaluate(truth, cand, len(classes)), len(samples),
+                                       seconds=pipeline.bootstrap_seconds)
         if interval is not None:
             row["ci95"], row["significant"] = list(interval), significant(interval)
     if task == "classify":
