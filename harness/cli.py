@@ -151,7 +151,7 @@ def sysnoise(
     from harness.data import embedded_benchmark, load_dataset
     from harness.export import export
     from harness.noise import AXES, add_user_variant, get_axes
-    from harness.noise.report import summary_markdown, variants_table
+    from harness.report.sysnoise import summary_markdown, variants_table
     from harness.noise.sweep import ModelConfig, StagedPipeline, combine as combine_axes, run_axis
     from harness.provenance import provenance
     from harness.report import write_json
