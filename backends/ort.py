@@ -63,7 +63,7 @@ class OrtBackend(Backend):
         return [device for device, provider in PROVIDERS.items() if provider in have]
 
     def _load(self, model, device, precision, threads, optimize: bool = True, calibration=None,
-              artifact: Path | None = None, **options) -> Session:
+              artifact: Path | None = None, spinning: bool = True, **options) -> Session:
         import onnxruntime as ort
 
         from harness.artifacts import fp16_onnx, quantized_onnx
@@ -78,6 +78,8 @@ class OrtBackend(Backend):
         if threads:
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
+        if not spinning:  # idle intra-op threads stop busy-waiting: CPU work between runs is not starved
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if not optimize:  # the tensor reference: every ONNX op runs as written
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         providers = [PROVIDERS[device]] + (["CPUExecutionProvider"] if device != "cpu" else [])

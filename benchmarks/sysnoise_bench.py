@@ -49,6 +49,11 @@ def bench_sweep(count: int = 200, batch_size: int = 64, threads: int = 2) -> dic
     session.run({"input": np.zeros((batch_size, 3, 64, 64), np.float32)})
     profiles = _profiles(spec)
     blobs = {s.id: dataset.read(s) for s in dataset.samples}  # file reads are not what is measured
+    # warm-up, so no contender pays a first import: every decoder/resizer/colour once, the statistics
+    import scipy.stats  # noqa: F401
+    first = next(iter(blobs.values()))
+    for profile in profiles:
+        COLORS[profile.color](apply_geometry(decode(first, profile.decoder), profile)[0])
 
     started = time.perf_counter()
     pipeline = StagedPipeline(exported, dataset, batch_size, threads)
