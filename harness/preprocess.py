@@ -215,31 +215,45 @@ def decode(data: bytes, decoder: str) -> np.ndarray:
         raise SampleError(f"cannot decode image ({type(err).__name__}: {err})") from None
 
 
-def apply_geometry(image: np.ndarray, profile: Profile) -> tuple[np.ndarray, Geometry]:
-    """uint8[H, W, 3] -> uint8[S, S, 3] with S = profile.input_size; only the interpolation varies."""
+def stored_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) of the stored image from its header, whatever a decoder then makes of it."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.size
+    except (UnidentifiedImageError, OSError):
+        return None
+
+
+def apply_geometry(image: np.ndarray, profile: Profile, source_size: tuple[int, int] | None = None
+                   ) -> tuple[np.ndarray, Geometry]:
+    """uint8[H, W, 3] -> uint8[S, S, 3] with S = profile.input_size; only the interpolation varies.
+
+    The Geometry maps model-input pixels to the stored image's pixels: `source_size` (width, height) is
+    that image's size when the decoder returned a smaller one (DCT-domain reduced decoding)."""
     resize = lookup(RESIZERS, "resize method", profile.resize)
     height, width = image.shape[:2]
+    source_w, source_h = source_size or (width, height)
     size = profile.input_size
     if profile.geometry == "squash":
-        return resize(image, size, size), Geometry(size / width, size / height)
+        return resize(image, size, size), Geometry(size / source_w, size / source_h)
     if profile.geometry == "letterbox":
         scale = size / max(height, width)
         new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
         canvas = np.full((size, size, 3), LETTERBOX_FILL, np.uint8)
         canvas[:new_h, :new_w] = resize(image, new_w, new_h)
-        return canvas, Geometry(new_w / width, new_h / height)
+        return canvas, Geometry(new_w / source_w, new_h / source_h)
     short = profile.crop_resize_size
     scale = short / min(height, width)
     new_w, new_h = max(short, round(width * scale)), max(short, round(height * scale))
     resized = resize(image, new_w, new_h)
     top, left = (new_h - size) // 2, (new_w - size) // 2
     cropped = resized[top:top + size, left:left + size]
-    return np.ascontiguousarray(cropped), Geometry(new_w / width, new_h / height, -left, -top)
+    return np.ascontiguousarray(cropped), Geometry(new_w / source_w, new_h / source_h, -left, -top)
 
 
 def to_pixels(data: bytes, profile: Profile) -> tuple[np.ndarray, Geometry]:
     """Bytes -> uint8[S, S, 3] in the profile's colour order, plus its Geometry."""
-    image, geometry = apply_geometry(decode(data, profile.decoder), profile)
+    image, geometry = apply_geometry(decode(data, profile.decoder), profile, stored_size(data))
     return lookup(COLORS, "color mode", profile.color)(image), geometry
 
 

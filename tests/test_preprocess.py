@@ -66,3 +66,13 @@ def test_bad_bytes_and_unknown_names():
         decode(_jpeg(10, 10)[:40], "opencv")
     with pytest.raises(UnknownName, match="known: .*pil-bilinear"):
         to_pixels(_jpeg(10, 10), Profile(resize="pil-bilinar"))
+
+
+def test_reduced_decoding_still_maps_boxes_to_the_stored_image():
+    # pil-draft-2 decodes at half size; the Geometry must still point into the stored image
+    data = _jpeg(200, 100)
+    profile = Profile(input_size=64, geometry="letterbox")
+    _, full = to_pixels(data, profile)
+    _, reduced = to_pixels(data, profile.replace(decoder="pil-draft-2"))
+    box = np.array([[10, 5, 60, 30]], np.float32)
+    np.testing.assert_allclose(reduced.to_image(box), full.to_image(box), rtol=1e-6)

@@ -16,7 +16,7 @@ from harness.compare.outputs import agreement, mean_kl
 from harness.errors import BackendUnavailable, SampleError
 from harness.noise import Axis, Variant
 from harness.noise.stats import mcnemar_exact, paired_bootstrap_ci, significant
-from harness.preprocess import COLORS, apply_geometry, decode, normalize
+from harness.preprocess import COLORS, apply_geometry, decode, normalize, stored_size
 from harness.profile import Profile
 from harness.run import Batch, postprocess
 from harness.variants import lookup
@@ -83,7 +83,7 @@ class StagedPipeline:
         if key not in self.decoded:
             try:
                 data = self.read_bytes[sample.id] if sample.id in self.read_bytes else self.dataset.read(sample)
-                self.decoded[key] = decode(data, decoder)
+                self.decoded[key] = (decode(data, decoder), stored_size(data))
             except (OSError, SampleError) as err:
                 self.decoded[key] = None
                 self.failures.setdefault(sample.id, f"{decoder}: {err}")
@@ -94,9 +94,9 @@ class StagedPipeline:
         """(pixels, geometry) after decode and geometry, cached apart from colour: colour variants re-use it."""
         key = (sample.id, profile.decoder, profile.resize, profile.geometry, profile.input_size, profile.resize_size)
         if key not in self.resized:
-            image = self._decoded(sample, profile.decoder)
-            self.resized[key] = None if image is None else apply_geometry(image, profile)
-            if image is not None:
+            decoded = self._decoded(sample, profile.decoder)
+            self.resized[key] = None if decoded is None else apply_geometry(decoded[0], profile, decoded[1])
+            if decoded is not None:
                 self.counters["resizes"] += 1
         return self.resized[key]
 
