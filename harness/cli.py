@@ -184,13 +184,15 @@ def sysnoise(
 
     reference_metric = task_metric(task, [pipeline.by_id[i] for i in reference_eval.ids], reference_eval.predictions,
                                    reference_eval.predictions, len(classes))
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     results = []
-    stderr = Console(stderr=True)
-    for axis in chosen:
-        with stderr.status(f"sysnoise: axis {axis.name}") as status:
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=Console(stderr=True), transient=True) as bars:
+        for axis in chosen:
+            bar = bars.add_task(f"{axis.name} ({axis.stage})", total=len(axis.variants(spec, graph_backend)))
             results.append(run_axis(pipeline, axis, spec.profile, reference_config, task, classes, primary,
-                                    graph_backend, progress=lambda name, a=axis: status.update(
-                                        f"sysnoise: axis {a.name}, variant {name}")))
+                                    graph_backend, progress=lambda name, b=bar: bars.advance(b)))
     curve = combine_axes(pipeline, results, spec.profile, reference_config, task, classes, primary,
                          graph_backend) if combine else []
     report = {

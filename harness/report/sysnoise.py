@@ -14,11 +14,12 @@ def axis_cell(axis: dict) -> str:
         return "n/a"
     if all(v["identical_to_reference"] for v in ran):
         return "identical"
-    return f"{axis['delta_mean'] * 100:+.2f} ± {axis['delta_std'] * 100:.2f} (max {_points(axis['delta_max'])})"
+    return f"{axis['delta_mean'] * 100:+.2f} ± {axis['delta_std'] * 100:.2f} (worst {_points(axis['delta_max'])})"
 
 
 def summary_markdown(report: dict) -> str:
-    """One row per model, one column per axis: Δ metric in points, mean ± std (max) over variants."""
+    """One row per model, one column per axis: Δ metric in points, mean ± std over the variants that differ
+    from the reference, and the worst (most negative) one; `identical` when none differs."""
     axes = report["axes"]
     metric = report["primary_metric"]
     head = f"| model | reference {metric} | " + " | ".join(a["axis"] for a in axes) + " |"
