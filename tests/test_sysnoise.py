@@ -180,3 +180,25 @@ def test_post_processing_variants_never_rerun_inference(monkeypatch):
     assert by_name["numpy"]["identical_to_reference"] and by_name["onnx"]["identical_to_reference"]
     legacy = by_name["legacy-plus-one"]
     assert legacy["status"] == "ok" and not legacy["identical_to_reference"] and legacy["ci95"] is not None
+
+
+def test_the_papers_findings_on_the_zoo_classifier():
+    """On the full embedded split: decoders that change pixels flip predictions, pixel-identical ones are
+    reported identical, FP16 stays near zero, and the ceil-mode flip is a significant loss."""
+    spec = resolve_model("resnet_tiny")
+    dataset = embedded_benchmark("classify").aligned_to(spec.labels)
+    from harness.calibration import calibration_set
+
+    pipeline = StagedPipeline(export(spec), dataset, batch_size=100, calibration=calibration_set(spec))
+    reference = ModelConfig("torch", "cpu", "fp32")
+    axes = {name: run_axis(pipeline, AXES[name], spec.profile, reference, "classify", spec.labels, "top1",
+                           "onnxruntime") for name in ("decoder", "precision", "ceil_mode")}
+    decoders = {v["name"]: v for v in axes["decoder"]["variants"]}
+    assert decoders["opencv"]["identical_to_reference"] and decoders["torchvision"]["identical_to_reference"]
+    for name in ("ffmpeg", "simplejpeg-fast", "pil-draft-2"):
+        assert not decoders[name]["identical_to_reference"] and decoders[name]["flip_rate"] > 0, name
+    precisions = {v["name"]: v for v in axes["precision"]["variants"]}
+    for name in ("onnxruntime-fp16", "openvino-fp16", "openvino-bf16"):
+        assert abs(precisions[name]["delta"]) <= 0.005 and not precisions[name]["significant"], name
+    ceil = axes["ceil_mode"]["variants"][0]
+    assert ceil["significant"] and ceil["delta"] < -0.2
