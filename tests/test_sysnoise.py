@@ -202,3 +202,19 @@ def test_the_papers_findings_on_the_zoo_classifier():
         assert abs(precisions[name]["delta"]) <= 0.005 and not precisions[name]["significant"], name
     ceil = axes["ceil_mode"]["variants"][0]
     assert ceil["significant"] and ceil["delta"] < -0.2
+
+
+def test_the_papers_findings_on_the_zoo_detector():
+    """Upsample mode and box decoding move the detector's mAP significantly (bootstrap over images)."""
+    spec = resolve_model("fcos_tiny")
+    dataset = embedded_benchmark("detect").aligned_to(spec.labels)
+    pipeline = StagedPipeline(export(spec), dataset, batch_size=60, bootstrap_seconds=3.0)
+    reference = ModelConfig("torch", "cpu", "fp32")
+    axes = {name: run_axis(pipeline, AXES[name], spec.profile, reference, "detect", spec.labels, "map",
+                           "onnxruntime") for name in ("upsample", "box_decode")}
+    upsample = {v["name"]: v for v in axes["upsample"]["variants"]}
+    assert all(upsample[f"nearest-{mode}"]["identical_to_reference"]  # same picks at 2x
+               for mode in ("half_pixel", "align_corners", "asymmetric", "pytorch_half_pixel"))
+    assert upsample["linear-align_corners"]["significant"]
+    legacy = next(v for v in axes["box_decode"]["variants"] if v["name"] == "legacy-plus-one")
+    assert legacy["significant"] and legacy["delta"] < -0.01
