@@ -68,7 +68,11 @@ def coco_metrics(ground_truth: list[tuple[np.ndarray, np.ndarray]], detections: 
     """COCO bbox AP through pycocotools: {"map", "ap50", "ap75"} (AP@[.5:.95], AP@.5, AP@.75)."""
     if not any(len(labels) for _, labels in ground_truth):
         return {"map": float("nan"), "ap50": float("nan"), "ap75": float("nan")}
-    evaluator = coco_evaluate(ground_truth, detections, num_classes)
+    return metrics_of(coco_evaluate(ground_truth, detections, num_classes))
+
+
+def metrics_of(evaluator) -> dict[str, float]:
+    """{"map", "ap50", "ap75"} of an accumulated COCOeval (None: no detections at all -> zeros)."""
     if evaluator is None:
         return {"map": 0.0, "ap50": 0.0, "ap75": 0.0}
     return {"map": _map_of(evaluator), "ap50": _map_of(evaluator, 0), "ap75": _map_of(evaluator, 5)}

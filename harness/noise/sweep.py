@@ -6,7 +6,6 @@ model configuration; post-processing never re-runs inference. `counters` records
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 from dataclasses import dataclass
 
@@ -191,8 +190,16 @@ def compare_variant(pipeline: StagedPipeline, task: str, classes, profile: Profi
     cand = [candidate.predictions[cand_index[i]] for i in shared]
     base = [baseline.predictions[base_index[i]] for i in shared]
     samples = [pipeline.by_id[i] for i in shared]
-    metric = task_metric(task, samples, cand, base, len(classes))
-    base_metric = task_metric(task, samples, base, base, len(classes))
+    evaluators = None
+    if task == "detect":  # one COCO evaluate per side serves the metric and the bootstrap
+        from harness.metrics import coco_evaluate, metrics_of
+
+        truth = [(s.boxes, s.box_labels) for s in samples]
+        evaluators = (coco_evaluate(truth, base, len(classes)), coco_evaluate(truth, cand, len(classes)))
+        base_metric, metric = (metrics_of(e) for e in evaluators)
+    else:
+        metric = task_metric(task, samples, cand, base, len(classes))
+        base_metric = task_metric(task, samples, base, base, len(classes))
     agree = agreement(base, cand)
     row = {"metric": metric, "baseline_metric": base_metric,
            "delta": metric[primary] - base_metric[primary],
@@ -203,12 +210,9 @@ def compare_variant(pipeline: StagedPipeline, task: str, classes, profile: Profi
     if task != "detect":
         row["kl"] = mean_kl(np.asarray(base), np.asarray(cand))
     if task == "detect" and not row["identical_to_reference"]:
-        from harness.metrics import bootstrap_map_delta, coco_evaluate
+        from harness.metrics import bootstrap_map_delta
 
-        truth = [(s.boxes, s.box_labels) for s in samples]
-        interval = bootstrap_map_delta(coco_evaluate(truth, base, len(classes)),
-                                       coco_evaluate(truth, cand, len(classes)), len(samples),
-                                       seconds=pipeline.bootstrap_seconds)
+        interval = bootstrap_map_delta(*evaluators, len(samples), seconds=pipeline.bootstrap_seconds)
         if interval is not None:
             row["ci95"], row["significant"] = list(interval), significant(interval)
     if task == "classify":
@@ -287,7 +291,3 @@ def combine(pipeline: StagedPipeline, axis_results: list[dict], reference_profil
                           "reason": f"{type(err).__name__}: {err}"})
             break
     return curve
-
-
-def as_json_config(config: ModelConfig) -> dict:
-    return dataclasses.asdict(config)
