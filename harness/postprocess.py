@@ -116,15 +116,15 @@ BOX_DECODES = ("clip", "no-clip", "legacy-plus-one", "fp16")
 
 
 @lru_cache(maxsize=8)
-def fcos_points(input_size: int, strides: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """Point centres float32[P, 2] (x, y) and their stride float32[P], in the order the head emits them."""
+def fcos_points(levels: tuple[tuple[int, int, int], ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Point centres float32[P, 2] (x, y) and their stride float32[P] for feature maps (stride, height,
+    width), level-major and row-major inside a level, as the head's maps flatten."""
     points, point_strides = [], []
-    for stride in strides:
-        cells = input_size // stride
-        ys, xs = np.mgrid[0:cells, 0:cells]
+    for stride, height, width in levels:
+        ys, xs = np.mgrid[0:height, 0:width]
         centre = np.stack([xs.ravel(), ys.ravel()], axis=1) * stride + stride // 2
         points.append(centre.astype(np.float32))
-        point_strides.append(np.full(cells * cells, stride, np.float32))
+        point_strides.append(np.full(height * width, stride, np.float32))
     return np.concatenate(points), np.concatenate(point_strides)
 
 
@@ -148,10 +148,13 @@ def decode_boxes(box_reg: np.ndarray, centres: np.ndarray, strides: np.ndarray, 
     return boxes.astype(np.float32)
 
 
-def decode_fcos(cls_logits: np.ndarray, box_reg: np.ndarray, centerness: np.ndarray, strides: tuple[int, ...],
-                profile: Profile) -> Detections:
-    """One image's raw FCOS outputs (float32[P, C], [P, 4], [P]) -> Detections in model-input pixels."""
-    points, point_strides = fcos_points(profile.input_size, tuple(strides))
+def decode_fcos(levels: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]], profile: Profile) -> Detections:
+    """One image's raw FCOS maps, per level (stride, cls float32[C, H, W], box_reg [4, H, W], centerness
+    [1, H, W]) -> Detections in model-input pixels. Points come from each map's own size."""
+    points, point_strides = fcos_points(tuple((stride, *cls.shape[-2:]) for stride, cls, _, _ in levels))
+    cls_logits, box_reg, centerness = (np.concatenate([level[k].reshape(len(level[k]), -1) for level in levels],
+                                                      axis=1).T for k in (1, 2, 3))
+    centerness = centerness[:, 0]
     scores = np.sqrt(_sigmoid(cls_logits) * _sigmoid(centerness)[:, None])
     point_index, labels = np.nonzero(scores > profile.score_threshold)
     flat_scores = scores[point_index, labels]

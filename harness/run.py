@@ -71,11 +71,13 @@ def postprocess(task: str, outputs: dict[str, np.ndarray], batch: Batch, profile
         return list(logits.astype(np.float32))
     if head.get("type") != "fcos":
         raise HarnessError(f"detection post-processing for head {head.get('type')!r} is not available; "
-                           "models must declare head={'type': 'fcos', 'strides': [...]} ")
+                           "models must declare head={'type': 'fcos', 'levels': [{'stride': 8, 'cls_logits': "
+                           "OUTPUT, 'box_reg': OUTPUT, 'centerness': OUTPUT}, ...]}")
     predictions = []
     for k, geometry in enumerate(batch.geometries):
-        dets = decode_fcos(outputs["cls_logits"][k], outputs["box_reg"][k], outputs["centerness"][k],
-                           tuple(head["strides"]), profile)
+        levels = [(level["stride"], outputs[level["cls_logits"]][k], outputs[level["box_reg"]][k],
+                   outputs[level["centerness"]][k]) for level in head["levels"]]
+        dets = decode_fcos(levels, profile)
         predictions.append(Detections(geometry.to_image(dets.boxes), dets.scores, dets.labels))
     return predictions
 

@@ -32,10 +32,9 @@ def register_model(fn: Callable) -> Callable:
     return fn
 
 
-def _spec(name: str, task: str, build: Callable, profile: Profile, summary: str, **extra):
+def _spec(name: str, task: str, build: Callable, profile: Profile, summary: str, outputs=("logits",), **extra):
     from harness.model import ModelSpec
 
-    outputs = ("cls_logits", "box_reg", "centerness") if task == "detect" else ("logits",)
     return ModelSpec(name=name, task=task, build=build, weights=WEIGHTS_DIR / f"{name}.pt",
                      profile=profile, labels=CLASSES, output_names=outputs, source=f"zoo:{name}",
                      summary=summary, **extra)
@@ -61,9 +60,9 @@ def mobilenetv2_tiny():
 
 @register_model
 def fcos_tiny():
-    from harness.models.fcos import STRIDES, TinyFCOS
+    from harness.models.fcos import HEAD, OUTPUT_NAMES, TinyFCOS
 
     return _spec("fcos_tiny", "detect", lambda: TinyFCOS(len(CLASSES)), DETECTOR_PROFILE,
                  "FCOS-style detector, 3-level FPN with nearest upsampling, raw head outputs, 128x128 input",
                  stated={"map": 0.4383, "ap50": 0.6497, "ap75": 0.5125},
-                 head={"type": "fcos", "strides": list(STRIDES)})
+                 outputs=OUTPUT_NAMES, head=HEAD)

@@ -5,9 +5,14 @@ neighbour (so the upsample mode is a real deployment choice), and a head shared 
 graph ends at the raw head outputs; points, box decoding and NMS are the harness's post-processing
 (harness/postprocess.py), so they can be varied and matched across backends.
 
-Outputs, with P = sum over levels of (128 / stride)^2 points, level-major, row-major inside a level:
-  cls_logits float32[N, P, C], box_reg float32[N, P, 4] (log of l, t, r, b distances / stride),
-  centerness float32[N, P] (logit).
+Outputs, per level (stride s in STRIDES, a feature map of H x W points, 128 / s each way as trained):
+  cls_logits_s{s} float32[N, C, H, W], box_reg_s{s} float32[N, 4, H, W] (log of l, t, r, b distances / s),
+  centerness_s{s} float32[N, 1, H, W] (logit). Maps stay 2-D so post-processing places points from the
+map's own size: a deployment that changes the backbone's geometry (pooling ceil mode: 16 -> 17 points a
+side) still decodes, as mmdetection's prior generator does from the feature-map sizes.
+
+The top-down path resizes to the lateral's size (as torchvision's FeaturePyramidNetwork does) rather
+than by a fixed factor of 2, so the same network runs when a level comes out odd-sized.
 """
 from __future__ import annotations
 
@@ -18,6 +23,10 @@ from torch import nn
 from harness.models.resnet import BasicBlock
 
 STRIDES = (8, 16, 32)
+OUTPUT_KINDS = ("cls_logits", "box_reg", "centerness")
+OUTPUT_NAMES = tuple(f"{kind}_s{stride}" for stride in STRIDES for kind in OUTPUT_KINDS)
+HEAD = {"type": "fcos", "levels": [{"stride": stride, **{kind: f"{kind}_s{stride}" for kind in OUTPUT_KINDS}}
+                                   for stride in STRIDES]}
 
 
 class TinyFCOS(nn.Module):
@@ -48,15 +57,20 @@ class TinyFCOS(nn.Module):
         c4 = self.layer3(c3)
         c5 = self.layer4(c4)
         p5 = self.lateral[2](c5)
-        p4 = self.lateral[1](c4) + F.interpolate(p5, scale_factor=2.0, mode="nearest")
-        p3 = self.lateral[0](c3) + F.interpolate(p4, scale_factor=2.0, mode="nearest")
-        cls, reg, ctr = [], [], []
+        lateral4 = self.lateral[1](c4)
+        p4 = lateral4 + F.interpolate(p5, size=lateral4.shape[-2:], mode="nearest")
+        lateral3 = self.lateral[0](c3)
+        p3 = lateral3 + F.interpolate(p4, size=lateral3.shape[-2:], mode="nearest")
+        outputs = []
         for level, feature in enumerate((self.smooth[0](p3), self.smooth[1](p4), self.smooth[2](p5))):
             h = self.head(feature)
-            cls.append(self.cls_out(h).flatten(2))
-            reg.append((self.reg_out(h) * self.level_scale[level]).flatten(2))
-            ctr.append(self.ctr_out(h).flatten(2))
-        cls_logits = torch.cat(cls, dim=2).transpose(1, 2)
-        box_reg = torch.cat(reg, dim=2).transpose(1, 2)
-        centerness = torch.cat(ctr, dim=2)[:, 0, :]
-        return cls_logits, box_reg, centerness
+            outputs += [self.cls_out(h), self.reg_out(h) * self.level_scale[level], self.ctr_out(h)]
+        return tuple(outputs)
+
+
+def flatten_levels(outputs):
+    """The per-level maps -> (cls_logits [N, P, C], box_reg [N, P, 4], centerness [N, P]), level-major and
+    row-major inside a level: the order of harness.postprocess.fcos_points."""
+    kinds = len(OUTPUT_KINDS)
+    cls, reg, ctr = (torch.cat([o.flatten(2) for o in outputs[k::kinds]], dim=2) for k in range(kinds))
+    return cls.transpose(1, 2), reg.transpose(1, 2), ctr[:, 0, :]

@@ -126,7 +126,7 @@ def train(spec: ModelSpec, recipe: Recipe, steps: int | None = None, log=print, 
 
 
 def _train(spec: ModelSpec, recipe: Recipe, steps: int | None, log, train_count: int | None):
-    from harness.models.fcos import STRIDES
+    from harness.models.fcos import STRIDES, flatten_levels
     from harness.postprocess import fcos_points
 
     torch.manual_seed(recipe.seed)
@@ -142,7 +142,8 @@ def _train(spec: ModelSpec, recipe: Recipe, steps: int | None, log, train_count:
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, recipe.lr, total_steps=max(total, 1), pct_start=0.15)
     size = spec.profile.input_size
     if spec.task == "detect":
-        points, strides = (torch.from_numpy(a) for a in fcos_points(size, STRIDES))
+        points, strides = (torch.from_numpy(a) for a in fcos_points(tuple((s, size // s, size // s)
+                                                                              for s in STRIDES)))
     step = 0
     model.train()
     while step < total:
@@ -162,7 +163,7 @@ def _train(spec: ModelSpec, recipe: Recipe, steps: int | None, log, train_count:
                     if flip[k]:
                         b[:, [0, 2]] = size - b[:, [2, 0]]
                     targets.append(fcos_targets(points, strides, b, torch.from_numpy(labels[i])))
-                loss = fcos_loss(model(batch), targets, len(spec.labels))
+                loss = fcos_loss(flatten_levels(model(batch)), targets, len(spec.labels))
             else:
                 target = torch.from_numpy(np.array([labels[i][0] for i in index]))
                 loss = F.cross_entropy(model(batch), target, label_smoothing=0.1)

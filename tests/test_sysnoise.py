@@ -29,6 +29,25 @@ def test_ceil_mode_rewrite_changes_the_pool_output_as_torch_does():
     assert shape == list(expected) == [1, 16, 33, 33]
 
 
+def test_ceil_mode_rewrite_of_an_fpn_detector_computes_what_torch_computes_with_ceil_mode():
+    """The flip makes the detector's levels odd-sized (16 -> 17 points a side); the rewritten graph must
+    still run and equal the eager model with its pool's ceil_mode flipped (FPN resizing to the lateral)."""
+    import onnxruntime
+
+    spec = resolve_model("fcos_tiny")
+    exported = export(spec)
+    pixels = np.random.default_rng(0).standard_normal((2, 3, 128, 128)).astype(np.float32)
+    session = onnxruntime.InferenceSession(str(rewritten_model(exported, ceil_mode=True).onnx_path))
+    rewritten = session.run(None, {exported.input_name: pixels})
+    model = spec.load_torch().eval()
+    model.maxpool.ceil_mode = True
+    with torch.no_grad():
+        expected = [t.numpy() for t in model(torch.from_numpy(pixels))]
+    assert [o.shape[-1] for o in rewritten] == [17] * 3 + [9] * 3 + [5] * 3
+    for got, want in zip(rewritten, expected):
+        np.testing.assert_allclose(got, want, atol=1e-4)
+
+
 def test_mcnemar_and_bootstrap_on_a_known_case():
     # 100 paired samples: the candidate loses 10 the reference had and gains none
     reference = np.ones(100, bool)

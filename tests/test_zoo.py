@@ -75,7 +75,8 @@ def test_detector_graph_ends_at_raw_head_outputs(tmp_path):
 
     exported = export(resolve_model("fcos_tiny"), cache_dir=tmp_path)
     proto = onnx.load(str(exported.onnx_path))
-    assert [o.name for o in proto.graph.output] == ["cls_logits", "box_reg", "centerness"]
+    assert [o.name for o in proto.graph.output] == [f"{kind}_s{stride}" for stride in (8, 16, 32)
+                                                    for kind in ("cls_logits", "box_reg", "centerness")]
     ops = {n.op_type for n in proto.graph.node}
     assert "Resize" in ops                       # the FPN's upsampling, a real deployment choice
     assert not ops & {"NonMaxSuppression", "TopK", "Exp"}  # decoding and NMS are post-processing

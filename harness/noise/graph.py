@@ -24,10 +24,63 @@ def _set_attribute(node, name: str, value) -> None:
     node.attribute.append(onnx.helper.make_attribute(name, value))
 
 
+MERGE_OPS = ("Add", "Sub", "Mul", "Div", "Concat")
+
+
+def _resize_to_partner(proto) -> int:
+    """Re-links each Resize that feeds a merge (an FPN's `lateral + upsample(top)`) to the runtime size of
+    the tensor it merges with; returns how many. An exporter bakes the top-down size into the graph (a
+    constant, or arithmetic on the input's shape), so after a ceil-mode flip makes a level odd-sized
+    (16 -> 17) the baked 2x no longer matches the lateral. The eager model resizes to
+    `lateral.shape[-2:]` (torchvision's FPN), which is what this restores: the rewritten graph computes
+    what PyTorch computes with `ceil_mode` flipped. Needs Shape's start/end (opset 15)."""
+    import onnx
+    from onnx import helper
+
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < 15:
+        return 0
+    nodes = list(proto.graph.node)
+    constants = {init.name for init in proto.graph.initializer}
+    constants |= {out for n in nodes if n.op_type == "Constant" for out in n.output}
+    consumers: dict[str, list] = {}
+    for node in nodes:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    relinked = 0
+    for resize in [n for n in nodes if n.op_type == "Resize"]:
+        users = consumers.get(resize.output[0], [])
+        if len(users) != 1 or users[0].op_type not in MERGE_OPS:
+            continue
+        merge = users[0]
+        partners = [name for name in merge.input if name != resize.output[0] and name and name not in constants]
+        if len(partners) != 1:
+            continue
+        stem = f"{resize.name or resize.output[0]}_to_partner"
+        sizes = [helper.make_node("Shape", [resize.input[0]], [f"{stem}_nc"], name=f"{stem}_nc", start=0, end=2),
+                 helper.make_node("Shape", [partners[0]], [f"{stem}_hw"], name=f"{stem}_hw", start=2),
+                 helper.make_node("Concat", [f"{stem}_nc", f"{stem}_hw"], [f"{stem}_sizes"], name=f"{stem}_sizes",
+                                  axis=0)]
+        del resize.input[1:]
+        resize.input.extend(["", "", f"{stem}_sizes"])
+        # the partner may be computed after the Resize: move the Resize next to the merge, its one user
+        proto.graph.node.remove(resize)
+        position = list(proto.graph.node).index(merge)
+        for offset, node in enumerate([*sizes, resize]):
+            proto.graph.node.insert(position + offset, node)
+        relinked += 1
+    onnx.checker.check_model(proto)
+    return relinked
+
+
 def rewrite(proto, ceil_mode: bool | None = None, resize_mode: str | None = None,
             coordinate_mode: str | None = None) -> int:
     """Rewrites pooling / Resize attributes in place; returns the number of nodes changed."""
     changed = 0
+    if ceil_mode is not None and any(node.op_type in POOL_OPS for node in proto.graph.node):
+        changed += _resize_to_partner(proto)
+        for output in proto.graph.output:  # the declared output shapes were the floor-mode ones
+            output.type.tensor_type.ClearField("shape")
     for node in proto.graph.node:
         if ceil_mode is not None and node.op_type in POOL_OPS:
             _set_attribute(node, "ceil_mode", int(ceil_mode))
