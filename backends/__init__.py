@@ -23,18 +23,55 @@ PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 class Session(ABC):
     """A model loaded on one backend/device/precision. Subclasses implement `_run`; a session whose
     outputs are looked up rather than computed (recorded on a target) sets uses_sample_ids and
-    implements `run_ids`."""
+    implements `run_ids`.
+
+    Taps (intermediate tensors, by ONNX tensor name): `run(feeds, taps=[...], tap_method=...)` also returns
+    the tapped tensors the backend can show; `tappable(names, method)` says which those are and why the
+    others are not. Methods, in each adapter's `tap_methods` (first = default): `graph-outputs` (the
+    tensors marked as outputs of the graph it compiles; may change what fuses), `kernel-boundary` (only
+    tensors that are outputs of kernels in the untapped compile: does not perturb), `forward-hooks` (torch
+    module outputs, aligned through the export's name map)."""
 
     uses_sample_ids = False
+    tap_methods: tuple[str, ...] = ()
 
     def __init__(self, backend: str, device: str, precision: str, input_names, output_names,
-                 precision_effective: str | None = None):
+                 precision_effective: str | None = None, graph=None, load_precision: str | None = None):
         self.backend, self.device, self.precision = backend, device, precision
         self.precision_effective = precision_effective or precision
         self.input_names, self.output_names = tuple(input_names), tuple(output_names)
+        # the ONNX file this session compiled (an FP16 or QDQ graph for those precisions), and the precision
+        # that loads a cut of that file the same way (fp32 for a graph already converted; the hint for OV)
+        self.graph, self.load_precision = graph, load_precision or precision
+        self._tap_runners: dict = {}
 
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """feeds: {input name: float32[N, ...]} -> {output name: array[N, ...]}; checks once for all backends."""
+    def tappable(self, names, method: str | None = None) -> tuple[list[str], dict[str, str]]:
+        """(the names this session can show with `method`, in the given order; {name: why not} for the rest)."""
+        method = self._tap_method(method)
+        observable, reasons = self._tappable(list(names), method)
+        shown = set(observable)
+        return [n for n in names if n in shown], {n: reasons.get(n, "not observable") for n in names if n not in shown}
+
+    def _tap_method(self, method: str | None) -> str:
+        if not self.tap_methods:
+            raise BackendUnavailable(f"{self.backend}: this session cannot show intermediate tensors")
+        if method is None:
+            return self.tap_methods[0]
+        if method not in self.tap_methods:
+            raise UnknownName(f"{self.backend}: tap method {method!r} is not offered "
+                              f"(offered: {', '.join(self.tap_methods)})")
+        return method
+
+    def _tappable(self, names: list[str], method: str) -> tuple[list[str], dict[str, str]]:
+        raise BackendUnavailable(f"{self.backend}: this session cannot show intermediate tensors")
+
+    def _tap_runner(self, names: list[str], method: str):
+        """A callable feeds -> {output and tapped name: array} for names already known to be tappable."""
+        raise BackendUnavailable(f"{self.backend}: this session cannot show intermediate tensors")
+
+    def run(self, feeds: dict[str, np.ndarray], taps=None, tap_method: str | None = None) -> dict[str, np.ndarray]:
+        """feeds: {input name: float32[N, ...]} -> {output name: array[N, ...]} (plus each tap it can show);
+        checks once for all backends."""
         missing = set(self.input_names) - set(feeds)
         if missing:
             raise InputError(f"{self.backend}: missing input(s) {', '.join(sorted(missing))}; "
@@ -43,7 +80,16 @@ class Session(ABC):
             array = feeds[name]
             if array.dtype != np.float32:
                 raise InputError(f"{self.backend}: input {name!r} is {array.dtype}, expected float32")
-        outputs = self._run({name: feeds[name] for name in self.input_names})
+        checked = {name: feeds[name] for name in self.input_names}
+        if taps:
+            method = self._tap_method(tap_method)
+            observable, _ = self.tappable(list(taps), method)
+            key = (tuple(observable), method)
+            if key not in self._tap_runners:
+                self._tap_runners = {key: self._tap_runner(observable, method)}  # one tapped compile kept
+            outputs = self._tap_runners[key](checked)
+            return {name: np.asarray(outputs[name]) for name in (*self.output_names, *observable) if name in outputs}
+        outputs = self._run(checked)
         return {name: np.asarray(outputs[name]) for name in self.output_names}
 
     @abstractmethod

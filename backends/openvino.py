@@ -16,15 +16,66 @@ EFFECTIVE = {"f32": "fp32", "f16": "fp16", "bf16": "bf16"}
 
 
 class OvSession(Session):
-    def __init__(self, compiled, device, precision, input_names, output_names, effective):
-        super().__init__("openvino", device, precision, input_names, output_names, effective)
-        self.compiled = compiled
+    tap_methods = ("graph-outputs", "kernel-boundary")
+
+    def __init__(self, compiled, device, precision, input_names, output_names, effective, graph=None,
+                 config=None, load_precision=None):
+        super().__init__("openvino", device, precision, input_names, output_names, effective, graph=graph,
+                         load_precision=load_precision)
+        self.compiled, self.config = compiled, config
         self.request = compiled.create_infer_request()
         self.ports = {name: compiled.output(name) for name in output_names}
 
     def _run(self, feeds):
         result = self.request.infer(feeds)
         return {name: np.array(result[port]) for name, port in self.ports.items()}
+
+    def kernel_tensors(self) -> dict[str, str]:
+        """{ONNX tensor: OpenVINO kernel} for the kernels of this (untapped) compile. A kernel's runtime
+        info keeps the original ONNX node names it was fused from; its output is the output of the last
+        of them in the graph's order (Conv+Relu -> the Relu's tensor)."""
+        import onnx
+
+        proto = onnx.load(str(self.graph), load_external_data=False)
+        order = {node.name: index for index, node in enumerate(proto.graph.node)}
+        outputs = {node.name: node.output[0] for node in proto.graph.node if node.output}
+        tensors = {}
+        for op in self.compiled.get_runtime_model().get_ordered_ops():
+            info = op.get_rt_info()
+            if "originalLayersNames" not in info:
+                continue
+            names = [n for n in info["originalLayersNames"].astype(str).split(",") if n in order]
+            if names:
+                tensors[outputs[max(names, key=order.get)]] = op.get_friendly_name()
+        return tensors
+
+    def _tappable(self, names, method):
+        import openvino as ov
+
+        if method == "kernel-boundary":
+            present = set(self.kernel_tensors())
+            why = "fused inside an OpenVINO kernel (not the last original node of any kernel)"
+        else:
+            model = ov.Core().read_model(str(self.graph))
+            present = {name for op in model.get_ops() for port in op.outputs() for name in port.get_names()}
+            why = "not a tensor of the model OpenVINO read (folded or renamed by its ONNX frontend)"
+        return [n for n in names if n in present], {n: why for n in names if n not in present}
+
+    def _tap_runner(self, names, method):
+        import openvino as ov
+
+        core = ov.Core()
+        model = core.read_model(str(self.graph))
+        model.add_outputs(list(names))
+        compiled = core.compile_model(model, self.device.upper(), self.config)
+        request = compiled.create_infer_request()
+        ports = {name: compiled.output(name) for name in [*self.output_names, *names]}
+
+        def run(feeds):
+            result = request.infer(feeds)
+            return {name: np.array(result[port]) for name, port in ports.items()}
+
+        return run
 
 
 def nncf_quantize_onnx(onnx_path: Path, calibration, out: Path) -> None:
@@ -79,5 +130,6 @@ class OpenVinoBackend(Backend):
             effective = "int8" if effective == "fp32" else f"int8+{effective}"
         inputs = [port.get_any_name() for port in compiled.inputs]
         outputs = [name for name in model.output_names if name in {p.get_any_name() for p in compiled.outputs}]
+        # a cut of the NNCF graph loads at fp32 (the int8 hint is f32); otherwise the hint is the precision
         return OvSession(compiled, device, precision, inputs, outputs or [p.get_any_name() for p in compiled.outputs],
-                         effective)
+                         effective, Path(source), config, "fp32" if precision == "int8" else precision)

@@ -15,12 +15,53 @@ PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "te
 
 
 class OrtSession(Session):
-    def __init__(self, session, device, precision, input_names, output_names):
-        super().__init__("onnxruntime", device, precision, input_names, output_names)
+    tap_methods = ("graph-outputs", "kernel-boundary")
+
+    def __init__(self, session, device, precision, input_names, output_names, graph=None, make_options=None,
+                 providers=None):
+        # graph and precision conversions are baked into `graph` (FP16 / QDQ files): a cut of it loads at fp32
+        super().__init__("onnxruntime", device, precision, input_names, output_names, graph=graph,
+                         load_precision="fp32")
         self.session = session
+        self.make_options, self.providers = make_options, providers
 
     def _run(self, feeds):
         return dict(zip(self.output_names, self.session.run(list(self.output_names), feeds)))
+
+    def _tappable(self, names, method):
+        from harness.onnx_graph import float_tensors, load
+
+        if method == "graph-outputs":
+            present = {t.name for t in float_tensors(load(self.graph))}
+            why = "not a float tensor of the deployed graph (renamed, folded or removed by its conversion)"
+        else:
+            present = self._kernel_outputs()
+            why = "inside a fused ONNX Runtime kernel (not an output of any node of the optimised graph)"
+        return [n for n in names if n in present], {n: why for n in names if n not in present}
+
+    def _kernel_outputs(self) -> set[str]:
+        """Output names of the nodes in ONNX Runtime's own optimised graph of this session's file."""
+        import tempfile
+
+        import onnx
+        import onnxruntime as ort
+
+        with tempfile.TemporaryDirectory() as folder:
+            options = self.make_options()
+            options.optimized_model_filepath = str(Path(folder) / "optimized.onnx")
+            ort.InferenceSession(str(self.graph), options, providers=self.providers)
+            proto = onnx.load(options.optimized_model_filepath, load_external_data=False)
+        return {output for node in proto.graph.node for output in node.output}
+
+    def _tap_runner(self, names, method):
+        import onnxruntime as ort
+
+        from harness.onnx_graph import with_outputs
+
+        session = ort.InferenceSession(str(with_outputs(self.graph, names)), self.make_options(),
+                                       providers=self.providers)
+        wanted = [*self.output_names, *names]
+        return lambda feeds: dict(zip(wanted, session.run(wanted, feeds)))
 
 
 def quantize_qdq(onnx_path: Path, calibration, out: Path, symmetric: bool = False) -> None:
@@ -73,17 +114,21 @@ class OrtBackend(Backend):
             source = fp16_onnx(model)
         elif artifact is None and precision == "int8":
             source = quantized_onnx(model, calibration, "ort-qdq", quantize_qdq)
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        if threads:
-            opts.intra_op_num_threads = threads
-            opts.inter_op_num_threads = 1
-        if not spinning:  # idle intra-op threads stop busy-waiting: CPU work between runs is not starved
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        if not optimize:  # the tensor reference: every ONNX op runs as written
-            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+
+        def make_options():
+            opts = ort.SessionOptions()
+            opts.log_severity_level = 3
+            if threads:
+                opts.intra_op_num_threads = threads
+                opts.inter_op_num_threads = 1
+            if not spinning:  # idle intra-op threads stop busy-waiting: CPU work between runs is not starved
+                opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            if not optimize:  # the tensor reference: every ONNX op runs as written
+                opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            return opts
+
         providers = [PROVIDERS[device]] + (["CPUExecutionProvider"] if device != "cpu" else [])
-        session = ort.InferenceSession(str(source), opts, providers=providers)
+        session = ort.InferenceSession(str(source), make_options(), providers=providers)
         if device != "cpu" and PROVIDERS[device] not in session.get_providers():
             from harness.errors import BackendUnavailable
 
@@ -91,4 +136,5 @@ class OrtBackend(Backend):
                                      f"(session runs on {', '.join(session.get_providers())})")
         outputs = [o.name for o in session.get_outputs()]
         wanted = [name for name in model.output_names if name in outputs] or outputs
-        return OrtSession(session, device, precision, [i.name for i in session.get_inputs()], wanted)
+        return OrtSession(session, device, precision, [i.name for i in session.get_inputs()], wanted, Path(source),
+                          make_options, providers)

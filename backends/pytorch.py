@@ -9,9 +9,58 @@ AUTOCAST = {"fp16": "float16", "bf16": "bfloat16"}
 
 
 class TorchSession(Session):
-    def __init__(self, module, device, precision, input_names, output_names):
+    tap_methods = ("forward-hooks",)
+
+    def __init__(self, module, device, precision, input_names, output_names, exported=None):
         super().__init__("torch", device, precision, input_names, output_names)
-        self.module = module
+        self.module, self.exported = module, exported
+
+    def module_outputs(self) -> dict[str, str]:
+        """{ONNX tensor: torch module path} for the tensors a forward hook sees: a module's output is the
+        last tensor (graph order) the export's name map puts in that module or below it. A module called
+        more than once (a shared ReLU) shows its last call, which is also its last tensor."""
+        from harness.onnx_graph import float_tensors, load
+
+        if self.exported is None or not self.exported.name_map:
+            return {}
+        modules = {name for name, _ in self.module.named_modules() if name}
+        last = {}
+        for tensor in float_tensors(load(self.exported.onnx_path)):
+            path = self.exported.module_of(tensor.name)
+            while path:
+                if path in modules:
+                    last[path] = tensor.name
+                path = path.rpartition(".")[0]
+        return {tensor: path for path, tensor in last.items()}
+
+    def _tappable(self, names, method):
+        present = self.module_outputs()
+        why = "inside a torch module: forward hooks see module outputs only (aligned by the export's name map)"
+        return [n for n in names if n in present], {n: why for n in names if n not in present}
+
+    def _tap_runner(self, names, method):
+        wanted = set(names)
+        by_module = {path: tensor for tensor, path in self.module_outputs().items() if tensor in wanted}
+
+        def run(feeds):
+            captured = {}
+
+            def hook(path):
+                def keep(_module, _inputs, output):
+                    if hasattr(output, "detach"):  # cloned: a later in-place op must not change what we saw
+                        captured[by_module[path]] = output.detach().float().cpu().clone().numpy()
+                return keep
+
+            handles = [module.register_forward_hook(hook(path)) for path, module in self.module.named_modules()
+                       if path in by_module]
+            try:
+                outputs = self._run(feeds)
+            finally:
+                for handle in handles:
+                    handle.remove()
+            return {**outputs, **captured}
+
+        return run
 
     def _run(self, feeds):
         import torch
@@ -50,4 +99,4 @@ class TorchBackend(Backend):
             torch.backends.cuda.matmul.allow_tf32 = False
             torch.backends.cudnn.allow_tf32 = False
         module = model.spec.load_torch().to(device)
-        return TorchSession(module, device, precision, [model.input_name], model.output_names)
+        return TorchSession(module, device, precision, [model.input_name], model.output_names, model)

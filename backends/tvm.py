@@ -19,18 +19,101 @@ from harness.backends import Backend, Session
 TARGETS = {"cpu": "llvm", "cuda": "cuda"}
 
 
-class TvmSession(Session):
-    def __init__(self, vm, device_handle, device, precision, input_names, output_names):
-        super().__init__("tvm", device, precision, input_names, output_names)
-        self.vm, self.device_handle = vm, device_handle
+def graph_io(graph: Path) -> tuple[list[str], list[str]]:
+    """(graph inputs that are not initializers, graph outputs), in order: the Relax main's signature."""
+    import onnx
 
-    def _run(self, feeds):
+    proto = onnx.load(str(graph), load_external_data=False)
+    initializers = {init.name for init in proto.graph.initializer}
+    return [i.name for i in proto.graph.input if i.name not in initializers], [o.name for o in proto.graph.output]
+
+
+def compiled_library(graph: Path, device: str, version: str | None) -> Path:
+    """The graph compiled for `device`, cached by the graph's content, target and TVM version."""
+    from harness.cache import cached_folder, key_of
+    from harness.export import file_sha256
+
+    params = {"target": TARGETS[device], "tvm": version}
+    folder, _ = cached_folder("tvm", key_of(file_sha256(graph), "tvm", params),
+                              lambda staging: compile_library(graph, device, staging / "model.so"))
+    return folder / "model.so"
+
+
+class TvmSession(Session):
+    tap_methods = ("graph-outputs",)
+
+    def __init__(self, library: Path, device, precision, graph: Path, wanted_outputs, version):
+        inputs, self.graph_outputs = graph_io(graph)
+        wanted = [name for name in wanted_outputs if name in self.graph_outputs] or self.graph_outputs
+        # an FP16 session compiled the converted graph: a cut of that file loads at fp32
+        super().__init__("tvm", device, precision, inputs, wanted, graph=graph, load_precision="fp32")
+        self.version = version
+        self.vm, self.device_handle = self._vm(library)
+
+    def _vm(self, library: Path):
+        import tvm
+        from tvm import relax
+
+        handle = tvm.cpu() if self.device == "cpu" else tvm.cuda(0)
+        return relax.VirtualMachine(tvm.runtime.load_module(str(library)), handle), handle
+
+    def _call(self, vm, outputs, feeds):
         import tvm
 
-        (array,) = feeds.values()
-        result = self.vm["main"](tvm.runtime.tensor(np.ascontiguousarray(array), self.device_handle))
+        args = [tvm.runtime.tensor(np.ascontiguousarray(feeds[name]), self.device_handle) for name in self.input_names]
+        result = vm["main"](*args)
         values = [result] if hasattr(result, "numpy") else list(result)
-        return {name: value.numpy() for name, value in zip(self.output_names, values)}
+        return {name: value.numpy() for name, value in zip(outputs, values)}
+
+    def _run(self, feeds):
+        return self._call(self.vm, self.graph_outputs, feeds)
+
+    def _tappable(self, names, method):
+        from harness.onnx_graph import float_tensors, load
+
+        present = {t.name for t in float_tensors(load(self.graph))}
+        why = "not a float tensor of the compiled graph (renamed or removed by its conversion)"
+        return [n for n in names if n in present], {n: why for n in names if n not in present}
+
+    def _tap_runner(self, names, method):
+        from harness.onnx_graph import with_outputs
+
+        tapped = with_outputs(self.graph, names)
+        vm, _ = self._vm(compiled_library(tapped, self.device, self.version))
+        _, outputs = graph_io(tapped)
+        return lambda feeds: self._call(vm, outputs, feeds)
+
+
+def resize_sizes_to_scales(proto) -> int:
+    """Rewrites Resize `sizes` (computed from the runtime shape, as an FPN's `size=lateral.shape[-2:]`
+    exports) into constant `scales` where the spatial sizes are static and whole multiples of the input's,
+    so the result is exactly the same. Why: TVM 0.27's ONNX Resize converter turns every entry of a
+    `sizes` shape into an int and fails on the symbolic batch ("Error converting operator Resize").
+    Non-integer ratios are left alone (a float scale would round differently) and TVM reports them."""
+    import numpy as np
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(proto, data_prop=True)
+    shapes = {v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
+              for v in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]}
+    rewritten = 0
+    for node in proto.graph.node:
+        if node.op_type != "Resize" or len(node.input) < 4 or not node.input[3]:
+            continue
+        before, after = shapes.get(node.input[0]), shapes.get(node.output[0])
+        if not before or not after or len(before) != len(after):
+            continue
+        spatial = list(zip(before[2:], after[2:]))
+        if not spatial or any(a is None or b is None or b % a for a, b in spatial):
+            continue
+        name = f"{node.output[0]}_static_scales"
+        scales = np.array([1.0, 1.0] + [b / a for a, b in spatial], np.float32)
+        proto.graph.initializer.append(onnx.numpy_helper.from_array(scales, name))
+        source, roi = node.input[0], node.input[1]
+        del node.input[:]
+        node.input.extend([source, roi, name])
+        rewritten += 1
+    return rewritten
 
 
 def compile_library(onnx_path: Path, device: str, out: Path) -> None:
@@ -39,7 +122,9 @@ def compile_library(onnx_path: Path, device: str, out: Path) -> None:
     import tvm
     from tvm.relax.frontend.onnx import from_onnx
 
-    module = from_onnx(onnx.load(str(onnx_path)), keep_params_in_input=False)
+    proto = onnx.load(str(onnx_path))
+    resize_sizes_to_scales(proto)
+    module = from_onnx(proto, keep_params_in_input=False)
     executable = tvm.compile(module, target=TARGETS[device])
     executable.export_library(str(out))
 
@@ -57,16 +142,9 @@ class TvmBackend(Backend):
 
         return ["cpu"] + (["cuda"] if tvm.cuda(0).exist else [])
 
-    def _load(self, model, device, precision, threads, **options) -> Session:
-        import tvm
-        from tvm import relax
+    def _load(self, model, device, precision, threads, artifact: Path | None = None, **options) -> Session:
+        from harness.artifacts import fp16_onnx
 
-        from harness.artifacts import derived_file, fp16_onnx
-
-        source = fp16_onnx(model) if precision == "fp16" else model.onnx_path
-        library = derived_file(model, "tvm", "model.so", {"target": TARGETS[device], "precision": precision,
-                                                          "tvm": self.version()},
-                               lambda out: compile_library(source, device, out))
-        handle = tvm.cpu() if device == "cpu" else tvm.cuda(0)
-        vm = relax.VirtualMachine(tvm.runtime.load_module(str(library)), handle)
-        return TvmSession(vm, handle, device, precision, [model.input_name], model.output_names)
+        source = Path(artifact) if artifact else fp16_onnx(model) if precision == "fp16" else model.onnx_path
+        return TvmSession(compiled_library(source, device, self.version()), device, precision, source,
+                          model.output_names, self.version())

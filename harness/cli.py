@@ -144,17 +144,15 @@ def sysnoise(
     variant: Annotated[Optional[list[str]], typer.Option(
         "--variant", help="Your own variant: AXIS=package.module:function (decoder, resize, color or nms); "
                           "repeatable.")] = None,
+    bootstrap_seconds: Annotated[float, typer.Option(
+        "--bootstrap-seconds", min=0, help="Time bound of each mAP bootstrap; 0 skips it (no CI for mAP).")] = 10.0,
 ) -> None:
     """SysNoise sweep: vary one part of the deployment system at a time against the training profile."""
     from harness.backends import get_backend
-    from harness.calibration import calibration_set
-    from harness.data import embedded_benchmark, load_dataset
-    from harness.export import export
-    from harness.noise import AXES, add_user_variant, get_axes
-    from harness.report.sysnoise import summary_markdown, variants_table
-    from harness.noise.sweep import ModelConfig, StagedPipeline, combine as combine_axes, run_axis
-    from harness.provenance import provenance
+    from harness.noise import AXES, add_user_variant
+    from harness.noise.report import sysnoise_report
     from harness.report import write_json
+    from harness.report.sysnoise import summary_markdown, variants_table
 
     spec = _resolve(model, checkpoint, profile)
     console = _console(json_path)
@@ -166,56 +164,90 @@ def sysnoise(
             names = ", ".join(v.name for v in axis.variants(spec, graph_backend))
             console.print(f"[bold]{axis.name}[/] ({axis.stage}): {axis.description}\n  {names}", highlight=False)
         return
-    chosen = get_axes(axes)
-    data = (load_dataset(dataset) if dataset else embedded_benchmark(spec.task)).limit(limit)
-    task = spec.task
-    if data.task != task:
-        raise UsageError(f"{data.root}: sysnoise needs a labelled {task} dataset, this one is {data.task}")
-    data = data.aligned_to(spec.labels)
-    exported = export(spec)
-    needs_int8 = any(a.name in ("precision",) for a in chosen)
-    pipeline = StagedPipeline(exported, data, batch_size, threads,
-                              calibration_set(spec, calibration) if needs_int8 else None)
-    reference_config = ModelConfig("torch" if spec.has_torch else "onnxruntime", "cpu", "fp32")
-    primary = "map" if task == "detect" else "top1"
-    classes = data.classes or spec.labels
-    reference_eval = pipeline.evaluate(spec.profile, reference_config)
-    from harness.compare import task_metric
-
-    reference_metric = task_metric(task, [pipeline.by_id[i] for i in reference_eval.ids], reference_eval.predictions,
-                                   reference_eval.predictions, len(classes))
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    results = []
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=Console(stderr=True), transient=True) as bars:
-        for axis in chosen:
-            bar = bars.add_task(f"{axis.name} ({axis.stage})", total=len(axis.variants(spec, graph_backend)))
-            results.append(run_axis(pipeline, axis, spec.profile, reference_config, task, classes, primary,
-                                    graph_backend, progress=lambda name, b=bar: bars.advance(b)))
-    curve = combine_axes(pipeline, results, spec.profile, reference_config, task, classes, primary,
-                         graph_backend) if combine else []
-    report = {
-        "schema": "harness.sysnoise/1",
-        "provenance": provenance(threads, {"bootstrap": 0}, exported, data.fingerprint(), []),
-        "model": {"name": spec.name, "task": task, "onnx_sha256": exported.sha256},
-        "dataset": {"name": data.name, "samples": len(reference_eval.ids), "failed_samples": len(pipeline.failures),
-                    "failed": [{"sample": k, "reason": v} for k, v in pipeline.failures.items()]},
-        "reference": {"backend": reference_config.backend, "device": "cpu", "precision": "fp32",
-                      "profile": spec.profile.to_json(), "metric": reference_metric},
-        "primary_metric": primary,
-        "axes": results,
-        "combined": curve,
-        "combined_note": "each axis at the variant that was worst on its own axis, chosen on this evaluated data "
-                         "(as the paper does), added in the paper's order" if combine else None,
-        "counters": pipeline.counters,
-    }
+    report = sysnoise_report(spec, axes, dataset, limit, batch_size, threads, calibration, graph_backend, combine,
+                             bootstrap_seconds)
     console.print(variants_table(report))
     console.print(summary_markdown(report), highlight=False)
     if markdown:
         markdown.write_text(summary_markdown(report) + "\n")
     if json_path:
         write_json(report, json_path)
+
+
+@app.command()
+def drift(
+    model: ModelArg = None,
+    backend: Annotated[str, typer.Option("--backend", help="Candidate backend[:device], e.g. openvino or ort:cuda.")]
+    = "onnxruntime",
+    precision: Annotated[str, typer.Option("--precision", help="fp32, fp16, bf16 or int8.")] = "fp32",
+    dataset: DatasetOpt = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Use the first N samples.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
+    threads: ThreadsOpt = None,
+    taps: Annotated[Optional[str], typer.Option(
+        "--taps", help="Tap method: graph-outputs (every tensor), kernel-boundary (non-perturbing) or "
+                       "forward-hooks (torch). Default: the backend's first, with a fall-back to kernel-boundary "
+                       "when tapping changes the outputs.")] = None,
+    snr_floor: Annotated[float, typer.Option("--snr-floor", help="A tensor diverges below this SNR (dB).")] = 40.0,
+    atol: Annotated[Optional[float], typer.Option("--atol", help="Diverges when max abs > atol + rtol*max|ref| "
+                                                                 "(replaces the SNR rule).")] = None,
+    rtol: Annotated[Optional[float], typer.Option("--rtol")] = None,
+    unit_samples: Annotated[Optional[int], typer.Option(
+        "--unit-samples", min=1, help="Run the isolated ops on the first N samples only (default: all).")] = None,
+    repro: Annotated[Optional[Path], typer.Option("--repro", help="Write the minimal repro folder here.")] = None,
+    json_path: JsonOpt = None,
+    html: Annotated[Optional[Path], typer.Option("--html", help="Write a page with the error-growth plot here.")]
+    = None,
+    checkpoint: CheckpointOpt = None,
+    profile: ProfileOpt = None,
+    calibration: Annotated[Optional[Path], typer.Option("--calibration", help="Training images for INT8.")] = None,
+    artifact: Annotated[Optional[Path], typer.Option(
+        "--artifact", help="The deployed file the candidate runs (e.g. a QDQ .onnx made elsewhere).")] = None,
+) -> None:
+    """Layer-wise drift: every tensor on the candidate vs the tensor reference, the first divergence, the
+    error each op introduces vs inherits, and a minimal repro."""
+    from harness.backends import parse_target
+    from harness.calibration import calibration_set
+    from harness.compare.drift import Thresholds, drift_report
+    from harness.data import embedded_benchmark, load_dataset
+    from harness.report import write_json
+    from harness.report.drift import drift_html, drift_summary, drift_table
+
+    spec = _resolve(model, checkpoint, profile)
+    console = _console(json_path)
+    target, device = parse_target(backend)
+    if artifact is not None and not artifact.is_file():
+        raise InputError(f"{artifact}: deployed artefact not found")
+    data = (load_dataset(dataset) if dataset else embedded_benchmark(spec.task)).limit(limit)
+    report = drift_report(spec, target.name, device, precision, data, batch_size, threads,
+                          Thresholds(snr_floor, atol, rtol), taps, unit_samples,
+                          calibration_set(spec, calibration) if precision == "int8" and not artifact else None, repro,
+                          artifact)
+    console.print(drift_table(report))
+    console.print(drift_summary(report), highlight=False)
+    if html:
+        html.parent.mkdir(parents=True, exist_ok=True)
+        html.write_text(drift_html(report))
+    if json_path:
+        write_json(report, json_path)
+
+
+@app.command("repro")
+def repro_cmd(
+    folder: Annotated[Path, typer.Argument(help="A folder written by `harness drift --repro`.")],
+    reference: Annotated[bool, typer.Option("--reference", help="Run the reference form on the tensor reference "
+                                                                "(ONNX Runtime FP32, no optimisation).")] = False,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Re-run a drift repro: exit 1 when the sub-graph still diverges, 0 when it matches."""
+    from harness.compare.repro import check_repro
+
+    diverged, stats, meta = check_repro(folder, reference, threads)
+    side = "reference (onnxruntime fp32, no optimisation)" if reference else \
+        f"{meta['candidate']['backend']}:{meta['candidate']['device']} {meta['candidate']['precision']}"
+    print(f"{meta['tensor']} ({meta['op_type']}, {meta['nodes']} nodes) on {side}: SNR {stats.snr_db:.1f} dB, "
+          f"max abs {stats.max_abs:.3g} -> {'DIVERGES' if diverged else 'matches'}")
+    raise typer.Exit(1 if diverged else 0)
 
 
 @app.command("export-inputs")
@@ -316,6 +348,22 @@ def zoo_train(name: Annotated[str, typer.Argument(help="Zoo model to train by it
 
     resolve_model(name)  # unknown names fail here, with the list of known ones
     reproduce(name, out, log=lambda line: Console(stderr=True).print(line))
+
+
+@zoo_app.command("sysnoise-table")
+def zoo_sysnoise_table(readme: Annotated[Optional[Path], typer.Option(
+        "--readme", help="Rewrite the table between this file's sysnoise-table markers.")] = None) -> None:
+    """The SysNoise summary of every zoo model on the embedded benchmark (the README's table)."""
+    from harness.report.markdown import SYSNOISE_MARKERS, replace_between_markers, zoo_sysnoise_markdown
+
+    body = zoo_sysnoise_markdown(progress=True)
+    if readme is None:
+        print(body)
+        return
+    text = readme.read_text()
+    if not all(marker in text for marker in SYSNOISE_MARKERS):
+        raise InputError(f"{readme}: no sysnoise-table markers ({SYSNOISE_MARKERS[0]} ... {SYSNOISE_MARKERS[1]})")
+    readme.write_text(replace_between_markers(text, body, SYSNOISE_MARKERS))
 
 
 def main() -> None:

@@ -49,6 +49,26 @@ class ExportedModel:
         return self.name_map.get("tensors", {}).get(tensor)
 
 
+def graph_model(path: Path, spec: ModelSpec | None = None) -> ExportedModel:
+    """Any ONNX file (a cut of a deployed graph, a repro) as an ExportedModel that backends can load: its
+    inputs and outputs come from the file; `spec` lends the rest (profile, labels) when given."""
+    import dataclasses
+
+    import onnx
+
+    from harness.profile import Profile
+
+    proto = onnx.load(str(path), load_external_data=False)
+    initializers = {init.name for init in proto.graph.initializer}
+    inputs = [i.name for i in proto.graph.input if i.name not in initializers]
+    outputs = tuple(o.name for o in proto.graph.output)
+    base = spec or ModelSpec(name=path.stem, task="classify", profile=Profile())
+    graph_spec = dataclasses.replace(base, name=path.stem, build=None, weights=None, onnx=path,
+                                     input_name=inputs[0] if inputs else "", output_names=outputs)
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+    return ExportedModel(graph_spec, path, "derived", opset, file_sha256(path), True)
+
+
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

@@ -2,7 +2,8 @@
 from pathlib import Path
 
 from harness.backends import registry
-from harness.report.markdown import README_MARKERS, backends_markdown, replace_between_markers
+from harness.report.markdown import README_MARKERS, SYSNOISE_MARKERS, backends_markdown, replace_between_markers
+from harness.report.markdown import zoo_sysnoise_markdown
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -18,3 +19,11 @@ def test_readme_backend_table_is_current():
 def test_readme_starts_with_the_two_commands():
     head = README.read_text().splitlines()[:6]
     assert any(line.startswith("make demo") for line in head) and any(line.startswith("make test") for line in head)
+
+
+def test_readme_sysnoise_table_is_current():
+    """Re-runs the zoo sweep (every axis, whole embedded benchmark: ~3.5 min on 2 cores) and diffs it."""
+    text = README.read_text()
+    assert all(marker in text for marker in SYSNOISE_MARKERS)
+    regenerated = replace_between_markers(text, zoo_sysnoise_markdown(), SYSNOISE_MARKERS)
+    assert regenerated == text, "README.md's sysnoise table is stale; regenerate it with `make readme`"

@@ -25,6 +25,8 @@ class OutputStats:
     dot: float = 0.0
     ref_sq: float = 0.0
     cand_sq: float = 0.0
+    err_sq: float = 0.0
+    ref_max_abs: float = 0.0
     nonfinite: int = 0
     per_output: dict = field(default_factory=dict)
 
@@ -45,13 +47,30 @@ class OutputStats:
             self.dot += float(ref @ np.where(finite, cand, 0.0))
             self.ref_sq += float(ref @ ref)
             self.cand_sq += float(np.where(finite, cand, 0.0) @ np.where(finite, cand, 0.0))
+            self.err_sq += float(diff @ diff)
+            self.ref_max_abs = max(self.ref_max_abs, float(np.abs(ref).max()) if ref.size else 0.0)
             self.per_output[name] = max(self.per_output.get(name, 0.0), worst)
 
     def to_json(self) -> dict:
         denom = np.sqrt(self.ref_sq * self.cand_sq)
         cosine = float(min(1.0, self.dot / denom)) if denom > 0 else (1.0 if self.ref_sq == self.cand_sq else 0.0)
         return {"max_abs": self.max_abs, "mean_abs": self.sum_abs / max(self.count, 1), "cosine": cosine,
-                "nonfinite": self.nonfinite, "max_abs_per_output": dict(self.per_output)}
+                "rel_l2": self.rel_l2, "snr_db": self.snr_db, "nonfinite": self.nonfinite,
+                "max_abs_per_output": dict(self.per_output)}
+
+    @property
+    def rel_l2(self) -> float:
+        """||candidate - reference|| / ||reference|| (0 when both are zero)."""
+        if self.ref_sq == 0:
+            return 0.0 if self.err_sq == 0 else float("inf")
+        return float(np.sqrt(self.err_sq / self.ref_sq))
+
+    @property
+    def snr_db(self) -> float:
+        """10 log10(||reference||^2 / ||error||^2): 40 dB is a 1 % relative error; inf when exact."""
+        if self.err_sq == 0:
+            return float("inf")
+        return float(10 * np.log10(self.ref_sq / self.err_sq)) if self.ref_sq > 0 else float("-inf")
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

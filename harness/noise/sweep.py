@@ -209,7 +209,7 @@ def compare_variant(pipeline: StagedPipeline, task: str, classes, profile: Profi
            "samples": len(shared), "ci95": None, "significant": None, "p_value": None, "kl": None}
     if task != "detect":
         row["kl"] = mean_kl(np.asarray(base), np.asarray(cand))
-    if task == "detect" and not row["identical_to_reference"]:
+    if task == "detect" and not row["identical_to_reference"] and pipeline.bootstrap_seconds > 0:
         from harness.metrics import bootstrap_map_delta
 
         interval = bootstrap_map_delta(*evaluators, len(samples), seconds=pipeline.bootstrap_seconds)

@@ -17,16 +17,22 @@ def axis_cell(axis: dict) -> str:
     return f"{axis['delta_mean'] * 100:+.2f} ± {axis['delta_std'] * 100:.2f} (worst {_points(axis['delta_max'])})"
 
 
-def summary_markdown(report: dict) -> str:
-    """One row per model, one column per axis: Δ metric in points, mean ± std over the variants that differ
-    from the reference, and the worst (most negative) one; `identical` when none differs."""
-    axes = report["axes"]
+def summary_markdown(report: dict | list[dict]) -> str:
+    """One row per model (one report, or several with the same axes, e.g. the zoo's), one column per axis:
+    Δ metric in points, mean ± std over the variants that differ from the reference, and the worst (most
+    negative) one; `identical` when none differs."""
+    reports = report if isinstance(report, list) else [report]
+    axes = [a["axis"] for a in reports[0]["axes"]]
+    if any([a["axis"] for a in r["axes"]] != axes for r in reports):
+        raise ValueError("summary rows need the same axes in every report")
+    lines = ["| model | reference | " + " | ".join(axes) + " |", "|---|---|" + "---|" * len(axes)]
+    for one in reports:
+        metric = one["primary_metric"]
+        lines.append(f"| {one['model']['name']} | {metric} {one['reference']['metric'][metric]:.4f} | "
+                     + " | ".join(axis_cell(a) for a in one["axes"]) + " |")
+    report = reports[0]
     metric = report["primary_metric"]
-    head = f"| model | reference {metric} | " + " | ".join(a["axis"] for a in axes) + " |"
-    lines = [head, "|---|---|" + "---|" * len(axes),
-             f"| {report['model']['name']} | {report['reference']['metric'][metric]:.4f} | "
-             + " | ".join(axis_cell(a) for a in axes) + " |"]
-    if report.get("combined"):
+    if len(reports) == 1 and report.get("combined"):
         lines += ["", "Cumulative (paper order, each axis at its worst variant, chosen on this data):", "",
                   "| + axis | variant | " + metric + " | Δ (pts) |", "|---|---|---|---|"]
         for step in report["combined"]:

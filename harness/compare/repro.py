@@ -1,0 +1,140 @@
+"""Minimal repro of a drift: the smallest window of the graph ending at the first divergent tensor that,
+fed the reference's values at its inputs, still diverges on the candidate; saved as a folder that a
+fresh process checks with `harness repro DIR` (exit 1: it reproduces; `--reference`: exit 0).
+
+The window start is found by bisection over the topological order (as `polygraphy debug reduce` bisects):
+a start at the tensor itself is the op alone; a start at 0 is the whole prefix of the model. The largest
+start that still diverges gives the smallest sub-graph; only nodes on paths into the target are kept.
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from harness.compare.drift import Thresholds
+from harness.compare.outputs import OutputStats
+
+REPRO_FILES = ("candidate.onnx", "reference.onnx", "inputs.npz", "expected.npz", "repro.json")
+
+
+def _cut_model(proto, target: str, stops: set[str]):
+    from harness.onnx_graph import subgraph_model
+
+    model, inputs, outputs = subgraph_model(proto, [(target, stops - {target})], set(), prefix_units=False)
+    return model, inputs, outputs[0]
+
+
+def _run_graph(model, backend_name: str, device: str, precision: str, feeds: dict, optimize: bool = True,
+               threads: int | None = None) -> np.ndarray:
+    import onnx
+
+    from harness.backends import get_backend
+    from harness.export import graph_model
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "graph.onnx"
+        onnx.save(model, str(path))
+        options = {"optimize": optimize} if backend_name == "onnxruntime" else {}
+        session = get_backend(backend_name).load(graph_model(path), device, precision, threads, artifact=path,
+                                                 **options)
+        outputs = session.run({name: feeds[name] for name in session.input_names})
+    (value,) = outputs.values()
+    return np.asarray(value)
+
+
+def _feeds_for(inputs: list[str], probe: dict) -> dict:
+    return {f"ref/{name}": np.ascontiguousarray(np.asarray(probe[name], np.float32)) for name in inputs}
+
+
+def minimal_repro(exported, candidate, run, target: str, thresholds: Thresholds, threads: int | None = None):
+    """(stops, start tensor, probe stats) of the smallest diverging window ending at `target`."""
+    from harness.onnx_graph import load
+
+    reference_proto, candidate_proto = load(exported.onnx_path), load(candidate.graph)
+    order = [row.tensor for row in run.rows]
+    end = order.index(target)
+    deployed = run.deployed.get(target, target)
+
+    def probe(start: int) -> OutputStats:
+        stops = set(order[:start]) | {exported.input_name}
+        model, inputs, _ = _cut_model(candidate_proto, deployed, stops)
+        got = _run_graph(model, candidate.backend, candidate.device, candidate.load_precision,
+                         _feeds_for(inputs, run.probe_feeds), threads=threads)
+        stats = OutputStats()
+        stats.update({target: run.probe_feeds[target]}, {target: got})
+        return stats
+
+    low, high = 0, end
+    results = {}
+    while low < high:
+        middle = (low + high + 1) // 2
+        results[middle] = probe(middle)
+        if thresholds.diverged(results[middle]):
+            low = middle
+        else:
+            high = middle - 1
+    stats = results.get(low) or probe(low)
+    stops = set(order[:low]) | {exported.input_name}
+    del reference_proto
+    return stops, order[low], stats
+
+
+def write_repro(folder: Path, exported, candidate, run, target_row, thresholds: Thresholds,
+                threads: int | None = None) -> dict:
+    import onnx
+
+    from harness.onnx_graph import load
+
+    stops, start, stats = minimal_repro(exported, candidate, run, target_row.tensor, thresholds, threads)
+    folder.mkdir(parents=True, exist_ok=True)
+    target = target_row.tensor
+    candidate_model, inputs, _ = _cut_model(load(candidate.graph), run.deployed.get(target, target), stops)
+    reference_model, reference_inputs, _ = _cut_model(load(exported.onnx_path), target, stops)
+    feeds = _feeds_for(sorted(set(inputs) | set(reference_inputs)), run.probe_feeds)
+    onnx.save(candidate_model, str(folder / "candidate.onnx"))
+    onnx.save(reference_model, str(folder / "reference.onnx"))
+    np.savez_compressed(folder / "inputs.npz", **feeds)
+    np.savez_compressed(folder / "expected.npz", output=np.asarray(run.probe_feeds[target], np.float32))
+    meta = {
+        "schema": "harness.repro/1",
+        "tensor": target, "op": target_row.op, "op_type": target_row.op_type, "module": target_row.module,
+        "window_start": start, "nodes": len(candidate_model.graph.node), "reference_nodes": len(reference_model.graph.node),
+        "samples": int(len(run.probe_feeds[target])),
+        "candidate": {"backend": candidate.backend, "device": candidate.device, "precision": candidate.precision,
+                      "load_precision": candidate.load_precision},
+        "thresholds": thresholds.to_json(),
+        "probe": {"snr_db": stats.snr_db, "max_abs": stats.max_abs, "rel_l2": stats.rel_l2},
+        "command": f"harness repro {folder}",
+        "reference_command": f"harness repro {folder} --reference",
+    }
+    (folder / "repro.json").write_text(json.dumps(meta, indent=2, default=str))
+    return meta
+
+
+def check_repro(folder: Path, reference: bool = False, threads: int | None = None) -> tuple[bool, OutputStats, dict]:
+    """Runs the saved sub-graph (on the candidate, or the reference form on the tensor reference) and
+    returns (diverged, stats vs the saved reference output, repro.json)."""
+    import onnx
+
+    from harness.errors import InputError
+
+    missing = [name for name in REPRO_FILES if not (folder / name).is_file()]
+    if missing:
+        raise InputError(f"{folder}: not a repro folder (missing {', '.join(missing)})")
+    meta = json.loads((folder / "repro.json").read_text())
+    feeds = dict(np.load(folder / "inputs.npz"))
+    expected = np.load(folder / "expected.npz")["output"]
+    if reference:
+        got = _run_graph(onnx.load(str(folder / "reference.onnx")), "onnxruntime", "cpu", "fp32", feeds,
+                         optimize=False, threads=threads)
+    else:
+        target = meta["candidate"]
+        got = _run_graph(onnx.load(str(folder / "candidate.onnx")), target["backend"], target["device"],
+                         target["load_precision"], feeds, threads=threads)
+    stats = OutputStats()
+    stats.update({"output": expected}, {"output": got})
+    thresholds = Thresholds(**meta["thresholds"])
+    return thresholds.diverged(stats), stats, meta

@@ -1,0 +1,66 @@
+"""One SysNoise sweep of one model, as the JSON report (`harness.sysnoise/1`): the CLI's and the README
+table's single source."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from harness.errors import UsageError
+
+
+def sysnoise_report(spec, axes: str | None = None, dataset: Path | None = None, limit: int | None = None,
+                    batch_size: int = 64, threads: int | None = None, calibration: Path | None = None,
+                    graph_backend: str = "onnxruntime", combine: bool = False, bootstrap_seconds: float = 10.0,
+                    progress: bool = True) -> dict:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from harness.calibration import calibration_set
+    from harness.compare import task_metric
+    from harness.data import embedded_benchmark, load_dataset
+    from harness.export import export
+    from harness.noise import get_axes
+    from harness.noise.sweep import ModelConfig, StagedPipeline, combine as combine_axes, run_axis
+    from harness.provenance import provenance
+
+    chosen = get_axes(axes)
+    data = (load_dataset(dataset) if dataset else embedded_benchmark(spec.task)).limit(limit)
+    task = spec.task
+    if data.task != task:
+        raise UsageError(f"{data.root}: sysnoise needs a labelled {task} dataset, this one is {data.task}")
+    data = data.aligned_to(spec.labels)
+    exported = export(spec)
+    needs_int8 = any(a.name == "precision" for a in chosen)
+    pipeline = StagedPipeline(exported, data, batch_size, threads,
+                              calibration_set(spec, calibration) if needs_int8 else None,
+                              bootstrap_seconds=bootstrap_seconds)
+    reference_config = ModelConfig("torch" if spec.has_torch else "onnxruntime", "cpu", "fp32")
+    primary = "map" if task == "detect" else "top1"
+    classes = data.classes or spec.labels
+    reference_eval = pipeline.evaluate(spec.profile, reference_config)
+    reference_metric = task_metric(task, [pipeline.by_id[i] for i in reference_eval.ids], reference_eval.predictions,
+                                   reference_eval.predictions, len(classes))
+    results = []
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=Console(stderr=True), transient=True, disable=not progress) as bars:
+        for axis in chosen:
+            bar = bars.add_task(f"{axis.name} ({axis.stage})", total=len(axis.variants(spec, graph_backend)))
+            results.append(run_axis(pipeline, axis, spec.profile, reference_config, task, classes, primary,
+                                    graph_backend, progress=lambda name, b=bar: bars.advance(b)))
+    curve = combine_axes(pipeline, results, spec.profile, reference_config, task, classes, primary,
+                         graph_backend) if combine else []
+    return {
+        "schema": "harness.sysnoise/1",
+        "provenance": provenance(threads, {"bootstrap": 0}, exported, data.fingerprint(), []),
+        "model": {"name": spec.name, "task": task, "onnx_sha256": exported.sha256},
+        "dataset": {"name": data.name, "samples": len(reference_eval.ids), "failed_samples": len(pipeline.failures),
+                    "failed": [{"sample": k, "reason": v} for k, v in pipeline.failures.items()]},
+        "reference": {"backend": reference_config.backend, "device": "cpu", "precision": "fp32",
+                      "profile": spec.profile.to_json(), "metric": reference_metric},
+        "primary_metric": primary,
+        "axes": results,
+        "combined": curve,
+        "combined_note": "each axis at the variant that was worst on its own axis, chosen on this evaluated data "
+                         "(as the paper does), added in the paper's order" if combine else None,
+        "bootstrap_seconds": bootstrap_seconds,
+        "counters": pipeline.counters,
+    }

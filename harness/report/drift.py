@@ -1,0 +1,119 @@
+"""Drift report renderings: the terminal table, the error-growth plot (matplotlib PNG) and a minimal
+self-contained HTML page around it (the reports work builds the full page)."""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+
+from rich.table import Table
+
+
+def _db(value) -> str:
+    if value is None:
+        return "-"
+    return "exact" if math.isinf(value) and value > 0 else f"{value:.1f}"
+
+
+def _err(value) -> str:
+    return "-" if value is None else f"{value:.2e}"
+
+
+def drift_table(report: dict, limit: int = 60) -> Table:
+    """Ops in topological order: total SNR, the error the op introduces alone, the error it inherits."""
+    first = (report.get("first_divergence") or {}).get("tensor")
+    candidate = report["candidate"]
+    table = Table(title=f"drift {report['model']['name']}: {candidate['backend']}:{candidate['device']} "
+                        f"{candidate['precision']} (effective {candidate['precision_effective']}) vs "
+                        f"{report['reference']['note']}; taps: {report['tap_method']}", title_justify="left")
+    for column, justify in (("op", "left"), ("type", "left"), ("torch module", "left"), ("SNR dB", "right"),
+                            ("max abs", "right"), ("introduced (rel L2)", "right"), ("introduced SNR", "right"),
+                            ("inherited (rel L2)", "right"), ("", "left")):
+        table.add_column(column, justify=justify)
+    for row in report["ops"][:limit]:
+        mark = "first divergence" if row["tensor"] == first else ("diverged" if row["diverged"] else "")
+        if not row["observable"]:
+            mark = "not observable"
+        table.add_row(row["tensor"], row["op_type"], row["module"] or "", _db(row["snr_db"]), _err(row["max_abs"]),
+                      _err(row["introduced"]), _db(row["introduced_snr_db"]), _err(row["inherited"]), mark,
+                      style="bold red" if row["tensor"] == first else None)
+    if len(report["ops"]) > limit:
+        table.caption = f"first {limit} of {len(report['ops'])} tensors; all are in the JSON report"
+    return table
+
+
+def drift_summary(report: dict) -> str:
+    lines = []
+    perturb = report["taps_perturb"]
+    if perturb.get("fallback_from"):
+        was = perturb["fallback_from"]
+        lines.append(f"[bold yellow]TAPS PERTURB: marking every tensor changed the candidate's outputs by "
+                     f"{was['max_abs']:.3g} ({was['method']}); fell back to {report['tap_method']} taps[/]")
+    if perturb.get("ok") is False:
+        lines.append(f"[bold yellow]TAPS PERTURB: the tapped candidate's outputs differ from the untapped ones by "
+                     f"{perturb['max_abs']:.3g} (its error vs the reference: {perturb['candidate_error_max_abs']:.3g})[/]")
+    first = report.get("first_divergence")
+    threshold = report["thresholds"]
+    rule = (f"SNR < {threshold['snr_floor']} dB" if threshold["atol"] is None and threshold["rtol"] is None
+            else f"max abs > {threshold['atol'] or 0} + {threshold['rtol'] or 0} x max|ref|")
+    lines.append(f"first divergence ({rule}): " + (f"{first['tensor']} ({first['op_type']}, "
+                                                   f"{first['module'] or 'no module'}), SNR {_db(first['snr_db'])} dB"
+                                                   if first else "none"))
+    if report["top_introducers"]:
+        top = report["top_introducers"][0]
+        lines.append(f"top introducer: {top['tensor']} ({top['op_type']}, {top['module'] or 'no module'}), "
+                     f"alone it introduces rel L2 {top['introduced']:.3g} (SNR {_db(top['introduced_snr_db'])} dB)")
+    unobservable = len(report["unobservable"])
+    if unobservable:
+        lines.append(f"{unobservable} of {len(report['ops'])} tensors not observable on the candidate "
+                     "(reasons in the JSON's `unobservable`)")
+    if report.get("repro"):
+        lines.append(f"repro: {report['repro_info']['command']}  (exit 1 = reproduces; "
+                     f"{report['repro_info']['reference_command']} exits 0)")
+    return "\n".join(lines)
+
+
+def error_growth_png(report: dict) -> bytes:
+    """SNR along the graph (total and introduced alone), the threshold, the first divergence marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["ops"]
+    cap = 150.0  # exact tensors (infinite SNR) are drawn at the top
+    total = [min(r["snr_db"], cap) if r["snr_db"] is not None else math.nan for r in rows]
+    alone = [min(r["introduced_snr_db"], cap) if r["introduced_snr_db"] is not None else math.nan for r in rows]
+    figure, axes = plt.subplots(figsize=(10, 4))
+    axes.plot(range(len(rows)), total, marker=".", label="candidate vs reference (total)")
+    axes.plot(range(len(rows)), alone, marker="x", linestyle="none", label="op alone (introduced)")
+    if report["thresholds"]["snr_floor"] is not None:
+        axes.axhline(report["thresholds"]["snr_floor"], color="grey", linestyle="--", label="SNR floor")
+    first = report.get("first_divergence")
+    if first:
+        index = next(i for i, r in enumerate(rows) if r["tensor"] == first["tensor"])
+        axes.axvline(index, color="red", label=f"first divergence: {first['tensor']}")
+    axes.set_xlabel("tensor (topological order)")
+    axes.set_ylabel("SNR (dB)")
+    axes.set_title(f"{report['model']['name']} on {report['candidate']['backend']} {report['candidate']['precision']}")
+    axes.legend(loc="best", fontsize="small")
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def drift_html(report: dict) -> str:
+    image = base64.b64encode(error_growth_png(report)).decode()
+    summary = html.escape(drift_summary(report).replace("[bold yellow]", "").replace("[/]", ""))
+    head = ["op", "type", "module", "SNR dB", "introduced rel L2", "inherited rel L2"]
+    body = "".join(
+        f"<tr><td>{html.escape(r['tensor'])}</td><td>{r['op_type']}</td><td>{html.escape(r['module'] or '')}</td>"
+        f"<td>{_db(r['snr_db'])}</td><td>{_err(r['introduced'])}</td><td>{_err(r['inherited'])}</td></tr>"
+        for r in report["ops"])
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>drift {html.escape(report['model']['name'])}"
+            f"</title></head><body><h1>drift: {html.escape(report['model']['name'])}</h1><pre>{summary}</pre>"
+            f"<img alt='error growth' src='data:image/png;base64,{image}'>"
+            f"<table><tr>{''.join(f'<th>{h}</th>' for h in head)}</tr>{body}</table></body></html>")
