@@ -39,6 +39,9 @@ class OvSession(Session):
         proto = onnx.load(str(self.graph), load_external_data=False)
         order = {node.name: index for index, node in enumerate(proto.graph.node)}
         outputs = {node.name: node.output[0] for node in proto.graph.node if node.output}
+        # a kernel that ends in a QuantizeLinear (a QDQ graph) carries the value its DequantizeLinear gives
+        dequantized = {dq.input[0]: dq.output[0] for dq in proto.graph.node if dq.op_type == "DequantizeLinear"}
+        outputs = {name: dequantized.get(tensor, tensor) for name, tensor in outputs.items()}
         tensors = {}
         for op in self.compiled.get_runtime_model().get_ordered_ops():
             info = op.get_rt_info()

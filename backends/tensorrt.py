@@ -20,12 +20,33 @@ WORKSPACE_BYTES = 1 << 30
 
 
 class TrtSession(Session):
-    def __init__(self, engine, device, precision, input_names, output_names):
-        super().__init__("tensorrt", device, precision, input_names, output_names)
-        self.engine = engine
+    tap_methods = ("graph-outputs",)
+
+    def __init__(self, engine, device, precision, input_names, output_names, graph=None, build=None):
+        # FP16/INT8 live in the graph TensorRT parsed (strongly typed): a cut of it builds at fp32
+        super().__init__("tensorrt", device, precision, input_names, output_names, graph=graph, load_precision="fp32")
+        self.engine, self.build = engine, build
         self.context = engine.create_execution_context()
 
+    def _tappable(self, names, method):
+        from harness.onnx_graph import float_tensors, load
+
+        if self.graph is None:
+            return [], {n: "the candidate is a ready .engine file: no graph to mark outputs in" for n in names}
+        present = {t.name for t in float_tensors(load(self.graph))}
+        why = "not a float tensor of the graph TensorRT parsed"
+        return [n for n in names if n in present], {n: why for n in names if n not in present}
+
+    def _tap_runner(self, names, method):
+        from harness.onnx_graph import with_outputs
+
+        engine = self.build(with_outputs(self.graph, names))
+        tapped = TrtSession(engine, self.device, self.precision, self.input_names, [*self.output_names, *names])
+        return tapped._run
+
     def _run(self, feeds):
+        import numpy as np
+        import tensorrt as trt
         import torch
 
         buffers = {}
@@ -34,7 +55,8 @@ class TrtSession(Session):
             self.context.set_input_shape(name, tuple(array.shape))
         for name in self.output_names:
             shape = tuple(self.context.get_tensor_shape(name))
-            buffers[name] = torch.empty(shape, dtype=torch.float32, device="cuda")
+            dtype = torch.from_numpy(np.empty(0, trt.nptype(self.engine.get_tensor_dtype(name)))).dtype
+            buffers[name] = torch.empty(shape, dtype=dtype, device="cuda")
         for name, tensor in buffers.items():
             self.context.set_tensor_address(name, tensor.data_ptr())
         stream = torch.cuda.current_stream()
@@ -50,7 +72,9 @@ def quantize_symmetric_qdq(onnx_path: Path, calibration, out: Path) -> None:
     quantize_qdq(onnx_path, calibration, out, symmetric=True)
 
 
-def build_engine(onnx_path: Path, input_shape: tuple[int, ...], out: Path) -> None:
+def build_engine(onnx_path: Path, out: Path) -> None:
+    """Every network input gets a batch range 1..MAX_BATCH (optimised for OPT_BATCH); the other dims are
+    the graph's own, which must be static."""
     import tensorrt as trt
 
     logger = trt.Logger(trt.Logger.WARNING)
@@ -64,8 +88,12 @@ def build_engine(onnx_path: Path, input_shape: tuple[int, ...], out: Path) -> No
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
     profile = builder.create_optimization_profile()
-    name = network.get_input(0).name
-    profile.set_shape(name, (1, *input_shape), (OPT_BATCH, *input_shape), (MAX_BATCH, *input_shape))
+    for index in range(network.num_inputs):
+        tensor = network.get_input(index)
+        rest = tuple(tensor.shape)[1:]
+        if any(d < 0 for d in rest):
+            raise RuntimeError(f"{onnx_path}: input {tensor.name} has a dynamic non-batch dim {tuple(tensor.shape)}")
+        profile.set_shape(tensor.name, (1, *rest), (OPT_BATCH, *rest), (MAX_BATCH, *rest))
     config.add_optimization_profile(profile)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
@@ -104,25 +132,29 @@ class TensorRtBackend(Backend):
         from harness.artifacts import derived_file, fp16_onnx, quantized_onnx
         from harness.export import file_sha256
 
+        def engine_of(graph: Path):
+            path = derived_file(model, "tensorrt", "model.engine", {"graph": file_sha256(graph), "trt": self.version()},
+                                lambda out: build_engine(graph, out))
+            return deserialize(path)
+
+        def deserialize(path: Path):
+            engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(path.read_bytes())
+            if engine is None:
+                raise RuntimeError(f"{path}: TensorRT could not deserialize the engine")
+            return engine
+
+        source = None
         if artifact is not None and Path(artifact).suffix in (".engine", ".plan"):
-            engine_path = Path(artifact)
+            engine = deserialize(Path(artifact))
         else:
             source = Path(artifact) if artifact else model.onnx_path
             if artifact is None and precision == "int8":
                 source = quantized_onnx(model, calibration, "trt-symmetric-qdq", quantize_symmetric_qdq)
             elif artifact is None and precision == "fp16":
                 source = fp16_onnx(model)
-            size = model.spec.profile.input_size
-            engine_path = derived_file(model, "tensorrt", "model.engine",
-                                       {"precision": precision, "graph": file_sha256(source), "trt": self.version(),
-                                        "shape": [3, size, size]},
-                                       lambda out: build_engine(source, (3, size, size), out))
-        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        engine = runtime.deserialize_cuda_engine(engine_path.read_bytes())
-        if engine is None:
-            raise RuntimeError(f"{engine_path}: TensorRT could not deserialize the engine")
+            engine = engine_of(source)
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
         wanted = [n for n in model.output_names if n in outputs] or outputs
-        return TrtSession(engine, device, precision, inputs, wanted)
+        return TrtSession(engine, device, precision, inputs, wanted, source, engine_of)

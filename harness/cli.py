@@ -38,6 +38,24 @@ def _console(json_path: str | None) -> Console:
     return Console(stderr=stderr, width=width)
 
 
+HtmlOpt = Annotated[Optional[Path], typer.Option(
+    "--html", help="Write a self-contained HTML report (plots embedded, opens offline) here.")]
+
+
+def _write_reports(report: dict, json_path: str | None, html_path: Path | None) -> None:
+    """The JSON (with its sidecars) and the HTML page, both from the same report."""
+    from harness.report import write_json
+    from harness.report.html import flipped_thumbnails, write_html, write_sidecars
+
+    thumbnails = flipped_thumbnails(report) if html_path else None
+    if json_path and json_path != "-":
+        write_sidecars(report, Path(json_path))
+    if json_path:
+        write_json(report, json_path)
+    if html_path:
+        write_html(report, html_path, thumbnails=thumbnails)
+
+
 def _resolve(model, checkpoint, profile):
     from harness.model import resolve_model
 
@@ -55,6 +73,7 @@ def compare(
     threads: ThreadsOpt = None,
     limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Use the first N samples.")] = None,
     json_path: JsonOpt = None,
+    html: HtmlOpt = None,
     checkpoint: CheckpointOpt = None,
     profile: ProfileOpt = None,
     calibration: Annotated[Optional[Path], typer.Option(
@@ -118,8 +137,7 @@ def compare(
         console.print(line, highlight=False)
     for failure in core["failed"]:
         console.print(f"[yellow]skipped sample[/] {failure['path']}: {failure['reason']}")
-    if json_path:
-        write_json(report, json_path)
+    _write_reports(report, json_path, html)
     if any(row["status"] == "failed" for row in core["results"]):
         raise typer.Exit(1)
 
@@ -137,6 +155,7 @@ def sysnoise(
     threads: ThreadsOpt = None,
     limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Use the first N samples.")] = None,
     json_path: JsonOpt = None,
+    html: HtmlOpt = None,
     markdown: Annotated[Optional[Path], typer.Option("--markdown", help="Write the paper-layout table here.")] = None,
     checkpoint: CheckpointOpt = None,
     profile: ProfileOpt = None,
@@ -170,8 +189,7 @@ def sysnoise(
     console.print(summary_markdown(report), highlight=False)
     if markdown:
         markdown.write_text(summary_markdown(report) + "\n")
-    if json_path:
-        write_json(report, json_path)
+    _write_reports(report, json_path, html)
 
 
 @app.command()
@@ -196,8 +214,7 @@ def drift(
         "--unit-samples", min=1, help="Run the isolated ops on the first N samples only (default: all).")] = None,
     repro: Annotated[Optional[Path], typer.Option("--repro", help="Write the minimal repro folder here.")] = None,
     json_path: JsonOpt = None,
-    html: Annotated[Optional[Path], typer.Option("--html", help="Write a page with the error-growth plot here.")]
-    = None,
+    html: HtmlOpt = None,
     checkpoint: CheckpointOpt = None,
     profile: ProfileOpt = None,
     calibration: Annotated[Optional[Path], typer.Option("--calibration", help="Training images for INT8.")] = None,
@@ -211,7 +228,7 @@ def drift(
     from harness.compare.drift import Thresholds, drift_report
     from harness.data import embedded_benchmark, load_dataset
     from harness.report import write_json
-    from harness.report.drift import drift_html, drift_summary, drift_table
+    from harness.report.drift import drift_summary, drift_table
 
     spec = _resolve(model, checkpoint, profile)
     console = _console(json_path)
@@ -225,11 +242,7 @@ def drift(
                           artifact)
     console.print(drift_table(report))
     console.print(drift_summary(report), highlight=False)
-    if html:
-        html.parent.mkdir(parents=True, exist_ok=True)
-        html.write_text(drift_html(report))
-    if json_path:
-        write_json(report, json_path)
+    _write_reports(report, json_path, html)
 
 
 @app.command("repro")
@@ -248,6 +261,130 @@ def repro_cmd(
     print(f"{meta['tensor']} ({meta['op_type']}, {meta['nodes']} nodes) on {side}: SNR {stats.snr_db:.1f} dB, "
           f"max abs {stats.max_abs:.3g} -> {'DIVERGES' if diverged else 'matches'}")
     raise typer.Exit(1 if diverged else 0)
+
+
+@app.command()
+def validate(
+    config: Annotated[Optional[Path], typer.Option("--config", help="The gate file (TOML).")] = None,
+    init: Annotated[bool, typer.Option("--init", help="Write a commented starter gate.toml in the current folder.")]
+    = False,
+    model: Annotated[Optional[str], typer.Option("--model", help="With --init: the model the gate names "
+                                                                 "(default: the zoo's default classifier).")] = None,
+    junit: Annotated[Optional[Path], typer.Option("--junit", help="Write JUnit XML here (one test per threshold "
+                                                                  "per profile).")] = None,
+    markdown: Annotated[Optional[Path], typer.Option("--markdown", help="Write a Markdown summary here (for a "
+                                                                        "pull-request comment).")] = None,
+    json_path: JsonOpt = None,
+    html: HtmlOpt = None,
+) -> None:
+    """The pre-deployment gate: exit 0 when every threshold holds, 1 when one fails, 2 on a config error."""
+    from harness.validate import junit_xml, load_gate, markdown_summary, run_gate, starter_gate
+
+    if init:
+        from harness.model import resolve_model
+        from harness.models import DEFAULT_CLASSIFIER
+
+        target = Path.cwd() / "gate.toml"
+        if target.exists():
+            raise UsageError(f"{target}: already exists; remove it or edit it")
+        resolve_model(model or DEFAULT_CLASSIFIER)  # an unknown model fails here, with the known ones
+        target.write_text(starter_gate(model or DEFAULT_CLASSIFIER))
+        print(target)
+        return
+    if config is None:
+        raise UsageError("validate needs --config gate.toml (or --init to write a starter)")
+    gate = load_gate(config)
+    report = run_gate(gate)
+    console = _console(json_path)
+    from rich.table import Table
+
+    table = Table(title=f"gate {config}: {'passed' if report['passed'] else 'FAILED'}", title_justify="left")
+    for column in ("profile", "threshold", "limit", "value", "result", "detail"):
+        table.add_column(column)
+    for check in report["checks"]:
+        value = "-" if check["value"] is None else f"{check['value']:.4g}"
+        table.add_row(check["profile"], check["threshold"], f"{check['limit']:.4g}", value,
+                      "[green]pass[/]" if check["passed"] else "[bold red]FAIL[/]", check["message"])
+    console.print(table)
+    if junit:
+        junit.parent.mkdir(parents=True, exist_ok=True)
+        junit.write_text(junit_xml(report))
+    if markdown:
+        markdown.parent.mkdir(parents=True, exist_ok=True)
+        markdown.write_text(markdown_summary(report))
+    _write_reports(report, json_path, html)
+    if not report["passed"]:
+        for check in report["checks"]:
+            if not check["passed"]:
+                console.print(f"[bold red]gate failed[/]: {check['profile']} {check['threshold']}: {check['message']}",
+                              highlight=False)
+        raise typer.Exit(1)
+
+
+@app.command("diff")
+def diff_cmd(
+    old: Annotated[Path, typer.Argument(help="The earlier JSON report.")],
+    new: Annotated[Path, typer.Argument(help="The later JSON report of the same kind.")],
+    max_regression: Annotated[float, typer.Option(
+        "--max-regression", min=0, help="Largest allowed metric drop per row, as a fraction (0.01 = 1 point).")]
+    = 0.0,
+    json_path: JsonOpt = None,
+) -> None:
+    """What changed between two runs: per-row metric and error changes; exit 1 on a regression."""
+    from rich.table import Table
+
+    from harness.report import write_json
+    from harness.report.diff import diff_reports
+
+    result = diff_reports(_read_report(old), _read_report(new), max_regression)
+    console = _console(json_path)
+    table = Table(title=f"diff {old} -> {new} ({result['kind']})", title_justify="left")
+    for column in ("row", "metric", "Δ metric", "error", "Δ error", "status"):
+        table.add_column(column)
+
+    def fmt(value, signed=False):
+        return "-" if value is None else (f"{value:+.4g}" if signed else f"{value:.4g}")
+
+    for row in result["rows"]:
+        status = "[bold red]REGRESSED[/]" if row.get("regressed") else row["status"]
+        table.add_row(" / ".join(map(str, row["row"])), fmt(row.get("new_metric")), fmt(row.get("metric_change"), True),
+                      fmt(row.get("new_error")), fmt(row.get("error_change"), True), status)
+    console.print(table)
+    if result["old_model_sha256"] != result["new_model_sha256"]:
+        console.print("the two runs used different ONNX exports (onnx_sha256 differs)", highlight=False)
+    console.print(f"{result['regressions']} regression(s) beyond {max_regression}", highlight=False)
+    if json_path:
+        write_json(result, json_path)
+    if result["regressions"]:
+        raise typer.Exit(1)
+
+
+def _read_report(path: Path) -> dict:
+    import json
+
+    if not path.is_file():
+        raise InputError(f"{path}: report not found")
+    try:
+        report = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise InputError(f"{path}: not a JSON report ({err})") from None
+    if not isinstance(report, dict) or "schema" not in report:
+        raise InputError(f"{path}: no `schema` key: not a harness report")
+    return report
+
+
+@app.command("report")
+def report_cmd(
+    result: Annotated[Path, typer.Argument(help="A JSON report written by compare, sysnoise, drift or validate.")],
+    html: HtmlOpt = None,
+) -> None:
+    """Render a JSON report (and its sidecar files) as a self-contained HTML page."""
+    from harness.report.html import write_html
+
+    report = _read_report(result)
+    out = html or result.with_suffix(".html")
+    write_html(report, out, json_path=result)
+    print(out)
 
 
 @app.command("export-inputs")

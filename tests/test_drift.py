@@ -95,24 +95,25 @@ def test_an_early_small_error_amplified_downstream_is_told_apart_from_where_it_c
 
 def _declared_cpu_runs():
     runs = []
-    for name in CPU_BACKENDS:
-        for precision in get_backend(name).declared.get("cpu", ()):
-            runs.append((name, precision))
+    for model in ("resnet_tiny", "mobilenetv2_tiny", "fcos_tiny"):
+        for name in CPU_BACKENDS:
+            for precision in get_backend(name).declared.get("cpu", ()):
+                runs.append((model, name, precision))
     return runs
 
 
-@pytest.mark.parametrize("backend,precision", _declared_cpu_runs())
-def test_zoo_classifier_report_is_complete_on_every_cpu_backend_and_precision(backend, precision):
-    spec = resolve_model("resnet_tiny")
-    data = embedded_benchmark("classify").limit(8)
-    report = drift_report(spec, backend, "cpu", precision, data, batch_size=8,
+@pytest.mark.parametrize("model,backend,precision", _declared_cpu_runs())
+def test_zoo_report_is_complete_on_every_cpu_backend_and_precision(model, backend, precision):
+    spec = resolve_model(model)
+    data = embedded_benchmark(spec.task).limit(4)
+    report = drift_report(spec, backend, "cpu", precision, data, batch_size=4,
                           calibration=calibration_set(spec) if precision == "int8" else None, progress=False)
     assert report["candidate"]["backend"] == backend and report["tap_method"] in get_backend(backend).load(
         export(spec), "cpu", "fp32").tap_methods
     assert isinstance(report["taps_perturb"]["ok"], bool) and report["taps_perturb"]["max_abs"] >= 0
     assert report["reference"]["torch_check"]["max_abs"] < 1e-4  # torch vs the tensor reference at the outputs
     observable = [row for row in report["ops"] if row["observable"]]
-    assert observable and report["ops"][-1]["tensor"] == "logits"
+    assert observable and report["ops"][-1]["tensor"] in spec.output_names
     for row in report["ops"]:
         assert row["observable"] or row["reason"], row          # shown, or why not
         assert row["introduced"] is not None or row["unit_reason"], row
@@ -169,3 +170,13 @@ def test_int8_error_ranking_agrees_with_onnxruntime_qdq_loss_debug():
     assert len(common) >= 8, common
     rho = spearmanr([ours[n] for n in common], [float(errors[n]["xmodel_err"]) for n in common]).statistic
     assert rho >= 0.8, (rho, common)
+
+
+@pytest.mark.needs_device("tensorrt", "cuda")
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_drift_on_tensorrt_marks_outputs_and_runs_ops_alone(precision):
+    spec = resolve_model("resnet_tiny")
+    report = drift_report(spec, "tensorrt", "cuda", precision, embedded_benchmark("classify").limit(8), batch_size=8,
+                          calibration=calibration_set(spec) if precision == "int8" else None, progress=False)
+    assert report["tap_method"] in ("graph-outputs", "kernel-boundary")
+    assert any(row["observable"] for row in report["ops"]) and any(row["introduced"] is not None for row in report["ops"])

@@ -144,13 +144,13 @@ def run_drift(exported, backend, candidate, batches, thresholds: Thresholds, tap
         feeds = {input_name: batch.tensor}
         ref = reference.run(feeds, taps=names)
         if perturb is None:  # does tapping change what the candidate computes? checked on the first batch
-            perturb = _perturbation(candidate, feeds, [deployed[n] for n in observable], method, ref)
+            perturb = _perturbation(candidate, feeds, [deployed[n] for n in observable], method, ref, thresholds)
             if (not perturb["ok"] and tap_method is None and method != "kernel-boundary"
                     and "kernel-boundary" in candidate.tap_methods):  # an explicitly chosen method is kept
                 fallback = {"method": method, **perturb}
                 method = "kernel-boundary"
                 observable, why = _tappable(candidate, names, deployed, method)
-                perturb = _perturbation(candidate, feeds, [deployed[n] for n in observable], method, ref)
+                perturb = _perturbation(candidate, feeds, [deployed[n] for n in observable], method, ref, thresholds)
             probe = {input_name: batch.tensor[:probe_samples],
                      **{name: np.asarray(ref[name])[:probe_samples] for name in names}}
         cand = candidate.run(feeds, taps=[deployed[n] for n in observable], tap_method=method)
@@ -189,16 +189,25 @@ def _tappable(candidate, names, deployed, method):
             {n: why[deployed[n]] for n in names if deployed[n] not in shown})
 
 
-def _perturbation(candidate, feeds, observable, method, reference) -> dict:
-    """Max abs change of the candidate's final outputs when tapped vs untapped, and whether it is small
-    next to the candidate's own error at those outputs (at most 1 % of it, or exactly zero)."""
+def _perturbation(candidate, feeds, observable, method, reference, thresholds: Thresholds) -> dict:
+    """Max abs change of the candidate's final outputs when tapped vs untapped. It is negligible when it is
+    at most 1 % of the larger of the candidate's own error there and the error the divergence rule
+    tolerates (atol + rtol * max|output|, or max|output| at the SNR floor): then tapping cannot move a
+    verdict."""
     plain = candidate.run(feeds)
     tapped = candidate.run(feeds, taps=observable, tap_method=method)
+    names = [n for n in candidate.output_names if n in reference]
     change = max(float(np.max(np.abs(np.asarray(plain[n], np.float64) - np.asarray(tapped[n], np.float64))))
                  for n in candidate.output_names)
     error = max(float(np.max(np.abs(np.asarray(plain[n], np.float64) - np.asarray(reference[n], np.float64))))
-                for n in candidate.output_names if n in reference)
-    return {"max_abs": change, "candidate_error_max_abs": error, "ok": change == 0.0 or change <= 0.01 * error}
+                for n in names)
+    scale = max(float(np.max(np.abs(np.asarray(reference[n], np.float64)))) for n in names)
+    if thresholds.atol is not None or thresholds.rtol is not None:
+        tolerated = (thresholds.atol or 0.0) + (thresholds.rtol or 0.0) * scale
+    else:
+        tolerated = scale * 10 ** (-thresholds.snr_floor / 20)
+    return {"max_abs": change, "candidate_error_max_abs": error, "tolerated_max_abs": tolerated,
+            "ok": change == 0.0 or change <= 0.01 * max(error, tolerated)}
 
 
 def first_divergence(rows: list[TensorRow], thresholds: Thresholds) -> TensorRow | None:

@@ -1,9 +1,7 @@
-"""Drift report renderings: the terminal table, the error-growth plot (matplotlib PNG) and a minimal
-self-contained HTML page around it (the reports work builds the full page)."""
+"""Drift report renderings: the terminal table, its summary lines and the error-growth plot (matplotlib
+PNG; harness/report/html.py puts it in the HTML page)."""
 from __future__ import annotations
 
-import base64
-import html
 import io
 import math
 
@@ -103,17 +101,3 @@ def error_growth_png(report: dict) -> bytes:
     figure.savefig(buffer, format="png", dpi=100)
     plt.close(figure)
     return buffer.getvalue()
-
-
-def drift_html(report: dict) -> str:
-    image = base64.b64encode(error_growth_png(report)).decode()
-    summary = html.escape(drift_summary(report).replace("[bold yellow]", "").replace("[/]", ""))
-    head = ["op", "type", "module", "SNR dB", "introduced rel L2", "inherited rel L2"]
-    body = "".join(
-        f"<tr><td>{html.escape(r['tensor'])}</td><td>{r['op_type']}</td><td>{html.escape(r['module'] or '')}</td>"
-        f"<td>{_db(r['snr_db'])}</td><td>{_err(r['introduced'])}</td><td>{_err(r['inherited'])}</td></tr>"
-        for r in report["ops"])
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>drift {html.escape(report['model']['name'])}"
-            f"</title></head><body><h1>drift: {html.escape(report['model']['name'])}</h1><pre>{summary}</pre>"
-            f"<img alt='error growth' src='data:image/png;base64,{image}'>"
-            f"<table><tr>{''.join(f'<th>{h}</th>' for h in head)}</tr>{body}</table></body></html>")

@@ -1,0 +1,60 @@
+"""`harness diff OLD.json NEW.json`: what changed between two runs of the same kind (a new backend version,
+a new export, a new checkpoint), row by row. A metric that drops by more than `max_regression` (fraction:
+0.01 = one point), or a gate check that passed and now fails, is a regression."""
+from __future__ import annotations
+
+from harness.errors import InputError
+
+
+def _primary(report: dict) -> str:
+    return "map" if report.get("model", {}).get("task") == "detect" else "top1"
+
+
+def _rows(report: dict) -> dict[tuple, dict]:
+    """{row key: {"metric": primary metric or None, "error": an error measure or None, "passed": bool or None}}"""
+    kind = str(report.get("schema", "")).split("/")[0]
+    primary = _primary(report)
+    if kind == "harness.compare":
+        return {(r["backend"], r["device"], r["precision"]): {
+            "metric": (r.get("metric") or {}).get(primary), "error": (r.get("outputs") or {}).get("max_abs"),
+            "passed": None} for r in report["results"]}
+    if kind == "harness.sysnoise":
+        primary = report["primary_metric"]
+        return {(a["axis"], v["name"]): {"metric": (v.get("metric") or {}).get(primary), "error": v.get("flip_rate"),
+                                          "passed": None} for a in report["axes"] for v in a["variants"]}
+    if kind == "harness.drift":
+        return {(o["tensor"],): {"metric": None, "error": o.get("rel_l2"), "passed": o.get("diverged") is False
+                                 if o.get("diverged") is not None else None} for o in report["ops"]}
+    if kind == "harness.validate":
+        return {(c["profile"], c["threshold"]): {"metric": None, "error": c["value"], "passed": c["passed"]}
+                for c in report["checks"]}
+    raise InputError(f"report schema {report.get('schema')!r} cannot be diffed "
+                     "(known: harness.compare, harness.sysnoise, harness.drift, harness.validate)")
+
+
+def diff_reports(old: dict, new: dict, max_regression: float) -> dict:
+    if str(old.get("schema")).split("/")[0] != str(new.get("schema")).split("/")[0]:
+        raise InputError(f"cannot diff a {old.get('schema')} report against a {new.get('schema')} report")
+    before, after = _rows(old), _rows(new)
+    rows = []
+    for key in [*before, *(k for k in after if k not in before)]:
+        a, b = before.get(key), after.get(key)
+        row = {"row": list(key), "status": "changed"}
+        if a is None or b is None:
+            row["status"] = "added" if a is None else "removed"
+            rows.append(row)
+            continue
+        metric_change = None if a["metric"] is None or b["metric"] is None else b["metric"] - a["metric"]
+        error_change = None if a["error"] is None or b["error"] is None else b["error"] - a["error"]
+        regressed = (metric_change is not None and metric_change < -max_regression) or \
+            (a["passed"] is True and b["passed"] is False)
+        row.update({"old_metric": a["metric"], "new_metric": b["metric"], "metric_change": metric_change,
+                    "old_error": a["error"], "new_error": b["error"], "error_change": error_change,
+                    "old_passed": a["passed"], "new_passed": b["passed"], "regressed": regressed})
+        if not regressed and not metric_change and not error_change and a["passed"] == b["passed"]:
+            row["status"] = "same"
+        rows.append(row)
+    return {"schema": "harness.diff/1", "kind": str(new.get("schema")), "max_regression": max_regression,
+            "old_model_sha256": old.get("model", {}).get("onnx_sha256"),
+            "new_model_sha256": new.get("model", {}).get("onnx_sha256"),
+            "rows": rows, "regressions": sum(bool(r.get("regressed")) for r in rows)}

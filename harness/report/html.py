@@ -1,0 +1,252 @@
+"""Self-contained offline HTML reports, rendered from a JSON report and its sidecar files alone.
+
+Plots are matplotlib PNGs embedded as data: URIs; a Content-Security-Policy forbids every fetch, so the page
+opens the same on a machine without network or without the dataset. Thumbnails of flipped samples are
+taken when the run happens and stored in a sidecar `.npz` next to the JSON (named in `sidecars`).
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+
+CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+THUMBNAIL = 96
+STYLE = """body{font-family:system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse;margin:1em 0}
+td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}td:first-child,th:first-child{text-align:left}
+.fail{color:#b00;font-weight:bold}.ok{color:#070}.gallery figure{display:inline-block;margin:6px;font-size:12px}
+.warn{background:#fff3cd;padding:6px}"""
+
+
+# --- sidecars --------------------------------------------------------------------------------------------
+
+def flipped_thumbnails(report: dict) -> dict[str, np.ndarray]:
+    """uint8 RGB thumbnails (longest side THUMBNAIL) of every flipped sample a compare report lists."""
+    from PIL import Image
+
+    thumbs = {}
+    for row in report.get("results", []):
+        for flip in row.get("flipped", []):
+            key = flip["sample"]
+            if key in thumbs or not flip.get("path") or not Path(flip["path"]).is_file():
+                continue
+            with Image.open(flip["path"]) as image:
+                image = image.convert("RGB")
+                image.thumbnail((THUMBNAIL, THUMBNAIL))
+                thumbs[key] = np.asarray(image)
+    return thumbs
+
+
+def write_sidecars(report: dict, json_path: Path) -> None:
+    """Stores what the HTML needs beyond the JSON next to it, and names it in report['sidecars']."""
+    thumbs = flipped_thumbnails(report)
+    if thumbs:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        name = f"{json_path.stem}.thumbnails.npz"
+        np.savez_compressed(json_path.with_name(name), **{f"s{k}": v for k, v in enumerate(thumbs.values())},
+                            ids=np.array(list(thumbs), dtype=object).astype(str))
+        report.setdefault("sidecars", {})["thumbnails"] = name
+
+
+def read_thumbnails(report: dict, json_path: Path | None) -> dict[str, np.ndarray]:
+    name = (report.get("sidecars") or {}).get("thumbnails")
+    if not name or json_path is None or not (json_path.parent / name).is_file():
+        return {}
+    with np.load(json_path.parent / name) as data:
+        return {str(key): data[f"s{k}"] for k, key in enumerate(data["ids"])}
+
+
+# --- pieces ----------------------------------------------------------------------------------------------
+
+def _png(figure) -> str:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90)
+    plt.close(figure)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _plot(figure, alt: str) -> str:
+    return f"<img data-plot='1' alt='{html.escape(alt)}' src='data:image/png;base64,{_png(figure)}'>"
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _table(head: list[str], rows: list[list], classes: list[str | None] | None = None) -> str:
+    def cell(value):
+        if isinstance(value, float):
+            return "-" if math.isnan(value) else f"{value:.4g}"
+        return html.escape("-" if value is None else str(value))
+
+    body = "".join(f"<tr class='{(classes or [None] * len(rows))[k] or ''}'>"
+                   + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>" for k, row in enumerate(rows))
+    return "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + f"</tr>{body}</table>"
+
+
+def _thumbnail(array: np.ndarray) -> str:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _points(value) -> float:
+    return float("nan") if value is None else value * 100
+
+
+# --- per report kind -------------------------------------------------------------------------------------
+
+def _compare_body(report: dict, thumbs: dict) -> str:
+    plt = _pyplot()
+    primary = "map" if report["model"]["task"] == "detect" else "top1"
+    rows, labels, deltas = [], [], []
+    for r in report["results"]:
+        label = f"{r['backend']}:{r['device']} {r['precision']}"
+        outputs = r.get("outputs") or {}
+        delta = (r.get("delta") or {}).get(primary)
+        rows.append([label, r["status"], (r.get("metric") or {}).get(primary), _points(delta),
+                     outputs.get("max_abs"), outputs.get("top1_agreement"), outputs.get("flips")])
+        if delta is not None:
+            labels.append(label)
+            deltas.append(delta * 100)
+    parts = [f"<h2>Reference: {report['reference']['backend']} {report['reference']['precision']}, "
+             f"{primary} {report['reference']['metric'][primary]:.4f}</h2>",
+             _table(["candidate", "status", primary, f"Δ {primary} (pts)", "max abs", "agreement", "flips"], rows,
+                    ["fail" if r["status"] == "failed" else None for r in report["results"]])]
+    if deltas:
+        figure, axes = plt.subplots(figsize=(8, 0.5 + 0.4 * len(deltas)))
+        axes.barh(labels, deltas, color=["#b00" if d < 0 else "#070" for d in deltas])
+        axes.axvline(0, color="black", linewidth=0.8)
+        axes.set_xlabel(f"Δ {primary} (points)")
+        figure.tight_layout()
+        parts.append(_plot(figure, "delta per candidate"))
+    gallery = []
+    for r in report["results"]:
+        for flip in r.get("flipped", []):
+            if flip["sample"] in thumbs:
+                gallery.append(f"<figure><img alt='{html.escape(flip['sample'])}' "
+                               f"src='data:image/png;base64,{_thumbnail(thumbs[flip['sample']])}'><figcaption>"
+                               f"{html.escape(r['backend'])} {r['precision']}: {html.escape(str(flip['reference_pred']))}"
+                               f" → {html.escape(str(flip['candidate_pred']))}<br>label "
+                               f"{html.escape(str(flip['label']))}</figcaption></figure>")
+    if gallery:
+        parts.append("<h2>Flipped samples (reference → deployed)</h2><div class='gallery'>" + "".join(gallery)
+                     + "</div>")
+    return "".join(parts)
+
+
+def sysnoise_axes_figure(report: dict):
+    """Δ per variant with its 95 % interval as error bars, one panel per axis."""
+    plt = _pyplot()
+    axes_with_data = [a for a in report["axes"] if any(v["delta"] is not None for v in a["variants"])]
+    if not axes_with_data:
+        return None
+    sizes = [len(a["variants"]) + 1 for a in axes_with_data]
+    figure, panels = plt.subplots(len(axes_with_data), 1, figsize=(9, 1.0 + 0.3 * sum(sizes)), squeeze=False,
+                                  gridspec_kw={"height_ratios": sizes})
+    for panel, axis in zip(panels[:, 0], axes_with_data):
+        variants = [v for v in axis["variants"] if v["delta"] is not None]
+        deltas = np.array([v["delta"] * 100 for v in variants])
+        low = np.array([(v["delta"] - v["ci95"][0]) * 100 if v.get("ci95") else 0 for v in variants])
+        high = np.array([(v["ci95"][1] - v["delta"]) * 100 if v.get("ci95") else 0 for v in variants])
+        colors = ["#b00" if v.get("significant") else "#999" for v in variants]
+        panel.barh([v["name"] for v in variants], deltas, xerr=[low, high], color=colors, capsize=2)
+        panel.axvline(0, color="black", linewidth=0.8)
+        panel.set_title(f"{axis['axis']} ({axis['stage']})", fontsize=10, loc="left")
+        panel.tick_params(labelsize=7)
+    panels[-1, 0].set_xlabel(f"Δ {report['primary_metric']} (points); red = significant, bars = 95 % interval")
+    figure.tight_layout()
+    return figure
+
+
+def _sysnoise_body(report: dict) -> str:
+    from harness.report.sysnoise import axis_cell
+
+    primary = report["primary_metric"]
+    parts = [f"<h2>Reference {primary} {report['reference']['metric'][primary]:.4f} "
+             f"({report['dataset']['samples']} samples)</h2>",
+             _table(["axis", "stage", "Δ mean ± std (worst)"], [[a["axis"], a["stage"], axis_cell(a)]
+                                                                 for a in report["axes"]])]
+    figure = sysnoise_axes_figure(report)
+    if figure is not None:
+        parts.append(_plot(figure, "delta per noise axis"))
+    if report.get("combined"):
+        plt = _pyplot()
+        steps = report["combined"]
+        figure, axes = plt.subplots(figsize=(8, 3))
+        axes.plot([s["axis"] for s in steps], [_points(s["delta"]) for s in steps], marker="o")
+        axes.set_ylabel("cumulative Δ (points)")
+        figure.tight_layout()
+        parts.append(_plot(figure, "cumulative noise curve"))
+    return parts and "".join(parts)
+
+
+def _drift_body(report: dict) -> str:
+    from harness.report.drift import drift_summary, error_growth_png
+
+    summary = drift_summary(report)
+    for tag in ("[bold yellow]", "[/]"):
+        summary = summary.replace(tag, "")
+    warn = "warn" if "TAPS PERTURB" in summary else ""
+    rows = [[r["tensor"], r["op_type"], r["module"], r["snr_db"], r["introduced"], r["inherited"]]
+            for r in report["ops"]]
+    first = (report.get("first_divergence") or {}).get("tensor")
+    image = base64.b64encode(error_growth_png(report)).decode()
+    return (f"<pre class='{warn}'>{html.escape(summary)}</pre>"
+            f"<img data-plot='1' alt='error growth' src='data:image/png;base64,{image}'>"
+            + _table(["tensor", "op", "module", "SNR dB", "introduced rel L2", "inherited rel L2"], rows,
+                     ["fail" if r["tensor"] == first else None for r in report["ops"]]))
+
+
+def _validate_body(report: dict) -> str:
+    rows = [[c["profile"], c["threshold"], c["limit"], c["value"], "pass" if c["passed"] else "FAIL", c["message"]]
+            for c in report["checks"]]
+    parts = [f"<h2 class='{'ok' if report['passed'] else 'fail'}'>gate {'passed' if report['passed'] else 'FAILED'}"
+             "</h2>", _table(["profile", "threshold", "limit", "value", "result", "detail"], rows,
+                             ["ok" if c["passed"] else "fail" for c in report["checks"]])]
+    for sub in report.get("sysnoise", []):
+        parts.append(f"<h2>SysNoise: {html.escape(sub['model']['name'])}</h2>" + _sysnoise_body(sub))
+    for sub in report.get("drift", []):
+        parts.append(f"<h2>Drift: {html.escape(sub['candidate']['backend'])} {sub['candidate']['precision']}</h2>"
+                     + _drift_body(sub))
+    return "".join(parts)
+
+
+BODIES = {"harness.compare": _compare_body, "harness.sysnoise": lambda r, t: _sysnoise_body(r),
+          "harness.drift": lambda r, t: _drift_body(r), "harness.validate": lambda r, t: _validate_body(r)}
+
+
+def render_html(report: dict, thumbnails: dict | None = None) -> str:
+    from harness.errors import InputError
+
+    kind = str(report.get("schema", "")).split("/")[0]
+    if kind not in BODIES:
+        raise InputError(f"report schema {report.get('schema')!r} has no HTML rendering "
+                         f"(known: {', '.join(sorted(BODIES))})")
+    title = f"{kind.removeprefix('harness.')}: {report.get('model', {}).get('name', '')}"
+    provenance = report.get("provenance", {})
+    footer = html.escape(f"harness {provenance.get('harness', '?')}, python {provenance.get('python', '?')}")
+    return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+            f"<meta http-equiv='Content-Security-Policy' content=\"{CSP}\"><title>{html.escape(title)}</title>"
+            f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
+            f"{BODIES[kind](report, thumbnails or {})}<hr><small>{footer}</small></body></html>")
+
+
+def write_html(report: dict, path: Path, json_path: Path | None = None, thumbnails: dict | None = None) -> None:
+    if thumbnails is None:
+        thumbnails = read_thumbnails(report, json_path) if json_path else flipped_thumbnails(report)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_html(report, thumbnails))

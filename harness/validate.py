@@ -1,0 +1,344 @@
+"""`harness validate`: the pre-deployment gate. A TOML file names the model, the data, the deployment
+profile(s) and the thresholds; every threshold of every profile becomes one check that passes or fails.
+
+Each deployment profile is evaluated like a SysNoise variant (harness/noise/sweep.py): the training
+profile on the reference against the deployment profile on its backend, on the same samples, through the
+same stage caches. Per-axis SysNoise limits run the named axes once for the model; an op SNR floor runs
+`harness drift` for each profile.
+"""
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.errors import UsageError
+
+SCHEMA = "harness.validate/1"
+TOP_KEYS = {"model": str, "dataset": str, "limit": int, "batch_size": int, "threads": int, "profiles": list,
+            "thresholds": dict}
+THRESHOLDS = {
+    "max_metric_drop": "largest allowed drop of the primary metric (top1 or mAP), as a fraction: 0.01 = 1 point",
+    "min_top1_agreement": "smallest allowed share of samples whose prediction matches the reference",
+    "max_output_error": "largest allowed max abs difference of the raw model outputs",
+    "max_sysnoise_delta": "per noise axis, the largest allowed drop at its worst variant: {resize = 0.02, ...}",
+    "min_op_snr_db": "every observable tensor's SNR vs the tensor reference must stay at or above this (dB)",
+}
+
+
+class GateError(UsageError):
+    """A gate file problem: names the file, the line or key, and what is allowed."""
+
+
+@dataclass
+class Gate:
+    path: Path
+    model: str | None
+    dataset: Path | None
+    limit: int | None
+    batch_size: int
+    threads: int | None
+    profiles: list[dict]
+    thresholds: dict
+    text: str = field(repr=False, default="")
+
+
+def _line_of(text: str, key: str) -> str:
+    for number, line in enumerate(text.splitlines(), 1):
+        if re.match(rf"\s*{re.escape(key)}\s*=", line) or line.strip() in (f"[{key}]", f"[[{key}]]"):
+            return f"line {number}"
+    return "key"
+
+
+def _fail(gate_path: Path, text: str, key: str, problem: str) -> GateError:
+    return GateError(f"{gate_path}: {_line_of(text, key.split('.')[-1])} ({key}): {problem}")
+
+
+def _check_type(path, text, key, value, kind) -> None:
+    ok = isinstance(value, kind) and not (kind in (int, float) and isinstance(value, bool))
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        ok = True
+    if not ok:
+        raise _fail(path, text, key, f"expected {kind.__name__}, got {type(value).__name__} {value!r}")
+
+
+def _allowed_profile_values() -> dict[str, tuple]:
+    from harness.backends import PRECISIONS, registry
+    from harness.postprocess import BOX_DECODES, NMS
+    from harness.preprocess import COLORS, DECODERS, RESIZERS
+
+    return {"decoder": tuple(DECODERS), "resize": tuple(RESIZERS), "color": tuple(COLORS),
+            "precision": PRECISIONS, "nms": tuple(NMS), "box_decode": BOX_DECODES,
+            "backend": tuple(registry())}
+
+
+def load_gate(path: Path) -> Gate:
+    from harness.profile import FIELD_NAMES
+
+    if not path.is_file():
+        raise GateError(f"{path}: gate file not found (write a starter with `harness validate --init`)")
+    text = path.read_text()
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise GateError(f"{path}: not valid TOML ({err})") from None
+    for key, value in data.items():
+        if key not in TOP_KEYS:
+            raise _fail(path, text, key, f"unknown key; allowed: {', '.join(TOP_KEYS)}")
+        _check_type(path, text, key, value, TOP_KEYS[key])
+    thresholds = data.get("thresholds", {})
+    for key, value in thresholds.items():
+        if key not in THRESHOLDS:
+            raise _fail(path, text, f"thresholds.{key}", f"unknown threshold; allowed: {', '.join(THRESHOLDS)}")
+        if key == "max_sysnoise_delta":
+            _check_type(path, text, f"thresholds.{key}", value, dict)
+            from harness.noise import AXES
+
+            for axis, limit in value.items():
+                if axis not in AXES:
+                    raise _fail(path, text, f"thresholds.{key}.{axis}", f"unknown noise axis; allowed: {', '.join(AXES)}")
+                _check_type(path, text, f"thresholds.{key}.{axis}", limit, float)
+        else:
+            _check_type(path, text, f"thresholds.{key}", value, float)
+    if not thresholds:
+        raise _fail(path, text, "thresholds", f"no thresholds: a gate needs at least one of {', '.join(THRESHOLDS)}")
+    profiles = data.get("profiles", [{"name": "onnxruntime-fp32", "backend": "onnxruntime"}])
+    allowed = _allowed_profile_values()
+    names = set()
+    for index, profile in enumerate(profiles):
+        where = f"profiles[{index}]"
+        if not isinstance(profile, dict):
+            raise _fail(path, text, "profiles", f"{where} must be a table ([[profiles]])")
+        name = profile.get("name", f"profile-{index}")
+        if name in names:
+            raise _fail(path, text, "name", f"{where}: profile name {name!r} used twice")
+        names.add(name)
+        for key, value in profile.items():
+            if key == "name":
+                continue
+            if key not in FIELD_NAMES or key == "labels":
+                raise _fail(path, text, f"{where}.{key}", f"unknown profile key; allowed: name, "
+                            + ", ".join(n for n in FIELD_NAMES if n != "labels"))
+            if key in allowed:
+                from harness.backends import get_backend
+
+                resolved = get_backend(value).name if key == "backend" and isinstance(value, str) and value in \
+                    {alias for b in allowed["backend"] for alias in (b, *get_backend(b).aliases)} else value
+                if resolved not in allowed[key]:
+                    raise _fail(path, text, f"{where}.{key}", f"{value!r} is not one of {', '.join(allowed[key])}")
+                profile[key] = resolved
+    return Gate(path, data.get("model"), Path(data["dataset"]) if data.get("dataset") else None, data.get("limit"),
+                data.get("batch_size", 64), data.get("threads"), profiles, thresholds, text)
+
+
+@dataclass
+class Check:
+    profile: str
+    threshold: str
+    limit: float
+    value: float | None
+    passed: bool
+    message: str
+
+    def to_json(self) -> dict:
+        return {"profile": self.profile, "threshold": self.threshold, "limit": self.limit, "value": self.value,
+                "passed": self.passed, "message": self.message}
+
+
+def _output_error(pipeline, reference_profile, reference_config, profile, config) -> float:
+    import numpy as np
+
+    base_inputs, base = pipeline.outputs(reference_profile, reference_config)
+    cand_inputs, cand = pipeline.outputs(profile, config)
+    shared = sorted(set(base_inputs.ids) & set(cand_inputs.ids))
+    b_index = [base_inputs.ids.index(i) for i in shared]
+    c_index = [cand_inputs.ids.index(i) for i in shared]
+    return max(float(np.max(np.abs(np.asarray(base[n][b_index], np.float64) - np.asarray(cand[n][c_index], np.float64))))
+               for n in base if n in cand)
+
+
+def run_gate(gate: Gate, progress: bool = True) -> dict:
+    from harness.calibration import calibration_set
+    from harness.data import embedded_benchmark, load_dataset
+    from harness.export import export
+    from harness.model import resolve_model
+    from harness.noise import get_axes
+    from harness.noise.sweep import ModelConfig, StagedPipeline, compare_variant, run_axis
+    from harness.profile import profile_from_mapping
+    from harness.provenance import provenance
+
+    spec = resolve_model(gate.model)
+    data = (load_dataset(gate.dataset) if gate.dataset else embedded_benchmark(spec.task)).limit(gate.limit)
+    data = data.aligned_to(spec.labels)
+    exported = export(spec)
+    needs_int8 = any(p.get("precision") == "int8" for p in gate.profiles) or "precision" in gate.thresholds.get(
+        "max_sysnoise_delta", {})
+    pipeline = StagedPipeline(exported, data, gate.batch_size, gate.threads,
+                              calibration_set(spec) if needs_int8 else None, bootstrap_seconds=0.0)
+    reference_config = ModelConfig("torch" if spec.has_torch else "onnxruntime", "cpu", "fp32")
+    primary = "map" if spec.task == "detect" else "top1"
+    classes = data.classes or spec.labels
+    limits = gate.thresholds
+    checks, rows, drift_reports = [], [], []
+    for entry in gate.profiles:
+        name = entry.get("name", "profile")
+        profile = profile_from_mapping({k: v for k, v in entry.items() if k != "name"}, spec.profile, str(gate.path))
+        config = ModelConfig(profile.backend, profile.device, profile.precision)
+        if config.backend == "torch" and reference_config.backend == "torch" and profile.precision == "fp32":
+            config = reference_config
+        try:
+            row = compare_variant(pipeline, spec.task, classes, profile, config, spec.profile, reference_config,
+                                  primary)
+            error = _output_error(pipeline, spec.profile, reference_config, profile, config)
+        except Exception as err:  # noqa: BLE001 - a profile that cannot run fails its checks, the gate goes on
+            message = f"{type(err).__name__}: {' '.join(str(err).split())[:300]}"
+            checks += [Check(name, key, limit, None, False, f"did not run: {message}")
+                       for key, limit in limits.items() if key != "max_sysnoise_delta"]
+            rows.append({"profile": name, "status": "failed", "reason": message})
+            continue
+        rows.append({"profile": name, "status": "ok", "settings": profile.to_json(), "metric": row["metric"],
+                     "delta": row["delta"], "top1_agreement": 1 - row["flip_rate"], "max_output_error": error})
+        if "max_metric_drop" in limits:
+            drop = -row["delta"] + 0.0  # no "-0" for an unchanged metric
+            checks.append(Check(name, "max_metric_drop", limits["max_metric_drop"], drop,
+                                drop <= limits["max_metric_drop"],
+                                f"{primary} {row['metric'][primary]:.4f} vs reference {row['baseline_metric'][primary]:.4f}"
+                                f": drop {drop * 100:.2f} pts (limit {limits['max_metric_drop'] * 100:.2f})"))
+        if "min_top1_agreement" in limits:
+            agreement = 1 - row["flip_rate"]
+            checks.append(Check(name, "min_top1_agreement", limits["min_top1_agreement"], agreement,
+                                agreement >= limits["min_top1_agreement"],
+                                f"agreement {agreement:.4f} over {row['samples']} samples "
+                                f"(limit {limits['min_top1_agreement']})"))
+        if "max_output_error" in limits:
+            checks.append(Check(name, "max_output_error", limits["max_output_error"], error,
+                                error <= limits["max_output_error"],
+                                f"max abs output difference {error:.3g} (limit {limits['max_output_error']:.3g})"))
+        if "min_op_snr_db" in limits:
+            from harness.compare.drift import Thresholds, drift_report
+
+            drift = drift_report(spec, profile.backend, profile.device, profile.precision, data.limit(16),
+                                 thresholds=Thresholds(snr_floor=limits["min_op_snr_db"]),
+                                 calibration=pipeline.calibration, progress=False)
+            drift_reports.append(drift)
+            first = drift["first_divergence"]
+            worst = min((r["snr_db"] for r in drift["ops"] if r["snr_db"] is not None), default=None)
+            checks.append(Check(name, "min_op_snr_db", limits["min_op_snr_db"], worst, first is None,
+                                "every observable tensor above the floor" if first is None else
+                                f"{first['tensor']} ({first['op_type']}, {first['module']}) at {first['snr_db']:.1f} dB"))
+    sysnoise_reports = []
+    if "max_sysnoise_delta" in limits:
+        axis_limits = limits["max_sysnoise_delta"]
+        axes = get_axes(",".join(axis_limits))
+        results = [run_axis(pipeline, axis, spec.profile, reference_config, spec.task, classes, primary,
+                            "onnxruntime") for axis in axes]
+        for result in results:
+            limit = axis_limits[result["axis"]]
+            worst = result["delta_max"]
+            drop = -worst if worst is not None else None
+            checks.append(Check("sysnoise", f"max_sysnoise_delta.{result['axis']}", limit, drop,
+                                drop is not None and drop <= limit,
+                                "no variant ran" if drop is None else
+                                f"worst variant drops {drop * 100:.2f} pts (limit {limit * 100:.2f})"))
+        sysnoise_reports.append({"schema": "harness.sysnoise/1", "model": {"name": spec.name, "task": spec.task},
+                                 "dataset": {"name": data.name, "samples": len(data.samples)},
+                                 "reference": {"metric": task_reference_metric(pipeline, spec, reference_config,
+                                                                               classes)},
+                                 "primary_metric": primary, "axes": results, "combined": []})
+    passed = all(c.passed for c in checks)
+    return {
+        "schema": SCHEMA,
+        "provenance": provenance(gate.threads, {}, exported, data.fingerprint(),
+                                 sorted({row["settings"]["backend"] for row in rows if "settings" in row})),
+        "gate": str(gate.path),
+        "model": {"name": spec.name, "task": spec.task, "onnx_sha256": exported.sha256},
+        "dataset": {"name": data.name, "samples": len(data.samples), "failed_samples": len(pipeline.failures)},
+        "reference": {"backend": reference_config.backend, "device": "cpu", "precision": "fp32",
+                      "profile": spec.profile.to_json()},
+        "passed": passed,
+        "checks": [c.to_json() for c in checks],
+        "profiles": rows,
+        "sysnoise": sysnoise_reports,
+        "drift": drift_reports,
+    }
+
+
+def task_reference_metric(pipeline, spec, reference_config, classes) -> dict:
+    from harness.compare import task_metric
+
+    evaluated = pipeline.evaluate(spec.profile, reference_config)
+    samples = [pipeline.by_id[i] for i in evaluated.ids]
+    return task_metric(spec.task, samples, evaluated.predictions, evaluated.predictions, len(classes))
+
+
+def junit_xml(report: dict) -> str:
+    """One <testsuite> per profile, one <testcase> per threshold (JUnit XML as GitLab/GitHub/Jenkins read it)."""
+    from xml.etree import ElementTree as ET
+
+    suites = ET.Element("testsuites", name=f"harness validate {report['model']['name']}",
+                        tests=str(len(report["checks"])), failures=str(sum(not c["passed"] for c in report["checks"])))
+    by_profile: dict[str, list] = {}
+    for check in report["checks"]:
+        by_profile.setdefault(check["profile"], []).append(check)
+    for profile, checks in by_profile.items():
+        suite = ET.SubElement(suites, "testsuite", name=profile, tests=str(len(checks)),
+                              failures=str(sum(not c["passed"] for c in checks)), errors="0", skipped="0", time="0")
+        for check in checks:
+            case = ET.SubElement(suite, "testcase", name=check["threshold"],
+                                 classname=f"harness.gate.{report['model']['name']}.{profile}", time="0")
+            if not check["passed"]:
+                failure = ET.SubElement(case, "failure", message=check["message"], type="threshold")
+                failure.text = f"{check['threshold']} = {check['limit']}: {check['message']}"
+            else:
+                ET.SubElement(case, "system-out").text = check["message"]
+    ET.indent(suites)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"
+
+
+def markdown_summary(report: dict) -> str:
+    verdict = "passed" if report["passed"] else "FAILED"
+    lines = [f"### harness gate {verdict}: {report['model']['name']} on {report['dataset']['name']} "
+             f"({report['dataset']['samples']} samples)", "",
+             "| profile | threshold | limit | value | result |", "|---|---|---|---|---|"]
+    for check in report["checks"]:
+        value = "-" if check["value"] is None else f"{check['value']:.4g}"
+        lines.append(f"| {check['profile']} | `{check['threshold']}` | {check['limit']:.4g} | {value} | "
+                     f"{'✅ pass' if check['passed'] else '❌ **fail**'} |")
+    failed = [c for c in report["checks"] if not c["passed"]]
+    if failed:
+        lines += ["", "Failed:"] + [f"- {c['profile']} `{c['threshold']}`: {c['message']}" for c in failed]
+    return "\n".join(lines) + "\n"
+
+
+def starter_gate(model: str) -> str:
+    """A commented gate.toml that passes on `model` as shipped; the block at the end, uncommented, is a
+    known-bad deployment that fails it."""
+    return f'''# harness gate: `harness validate --config gate.toml` exits 0 when every threshold holds, 1 when one
+# fails, 2 when this file has a problem. Metric units are fractions: 0.01 = 1 point.
+model = "{model}"          # zoo name, torchvision:NAME, package.module:factory or a path to an .onnx
+# dataset = "path/to/val"     # ImageNet-style folder or COCO json; default: the embedded benchmark
+# limit = 200                 # use the first N samples
+batch_size = 64
+
+# Each deployment profile: backend, device and precision, plus any pre/post-processing field that
+# differs from the model's training profile (decoder, resize, color, nms, box_decode, ...).
+[[profiles]]
+name = "onnxruntime-fp32"
+backend = "onnxruntime"
+device = "cpu"
+precision = "fp32"
+
+[thresholds]
+max_metric_drop = 0.01        # the primary metric (top1 or mAP) may drop by at most 1 point
+min_top1_agreement = 0.98     # at least 98 % of samples keep the reference's prediction
+max_output_error = 0.001      # max abs difference of the raw outputs
+# min_op_snr_db = 30          # every intermediate tensor at least 30 dB SNR (runs harness drift)
+# max_sysnoise_delta = {{ resize = 0.02, decoder = 0.01 }}   # per noise axis, the worst variant's drop
+
+# A known-bad deployment: the camera delivers BGR. Uncomment to watch the gate fail.
+# [[profiles]]
+# name = "camera-bgr"
+# backend = "onnxruntime"
+# color = "bgr"
+'''
