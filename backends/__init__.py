@@ -44,13 +44,20 @@ class Session(ABC):
         # that loads a cut of that file the same way (fp32 for a graph already converted; the hint for OV)
         self.graph, self.load_precision = graph, load_precision or precision
         self._tap_runners: dict = {}
+        self._tappable_cache: dict = {}
 
     def tappable(self, names, method: str | None = None) -> tuple[list[str], dict[str, str]]:
-        """(the names this session can show with `method`, in the given order; {name: why not} for the rest)."""
+        """(the names this session can show with `method`, in the given order; {name: why not} for the rest).
+        Answered once per (names, method): adapters read the graph to know."""
         method = self._tap_method(method)
-        observable, reasons = self._tappable(list(names), method)
-        shown = set(observable)
-        return [n for n in names if n in shown], {n: reasons.get(n, "not observable") for n in names if n not in shown}
+        key = (tuple(names), method)
+        if key not in self._tappable_cache:
+            observable, reasons = self._tappable(list(names), method)
+            shown = set(observable)
+            self._tappable_cache[key] = ([n for n in names if n in shown],
+                                         {n: reasons.get(n, "not observable") for n in names if n not in shown})
+        observable, reasons = self._tappable_cache[key]
+        return list(observable), dict(reasons)
 
     def _tap_method(self, method: str | None) -> str:
         if not self.tap_methods:

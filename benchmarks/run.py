@@ -1,5 +1,7 @@
 """`make bench`: speed goals, measured as ratios within one run, written to benchmarks/results/*.json.
 
+drift: `harness drift` vs Polygraphy's mark-all compare (benchmarks/drift_bench.py).
+
 throughput: each installed backend x precision on the zoo classifier at batch 1 and 8 (median of warm
 runs, samples/s), plus TVM's compile time (a cold cache, so the build is measured).
 
@@ -167,6 +169,16 @@ def main() -> int:
           f"hand-written same work {sweep['hand_written_s']:.1f} s (ratio {sweep['sweep_over_hand_written']:.2f}, "
           f"goal <= 1.3); naive per-variant pipeline {sweep['naive_s']:.1f} s "
           f"({sweep['naive_over_sweep']:.1f}x slower, goal >= 5)")
+    from drift_bench import bench_drift
+
+    drift = bench_drift()
+    drift["provenance"] = provenance(2, {"inputs": 0, "weights": 0}, None, None, ["onnxruntime"])
+    (RESULTS / "drift.json").write_text(json.dumps(drift, indent=2) + "\n")
+    print(f"drift vs polygraphy (ResNet-18 224, FP32 vs FP16, {drift['samples']} samples, batch 1): "
+          f"{drift['harness_drift']['per_sample_s']:.3f} vs {drift['polygraphy']['per_sample_s']:.3f} s/sample "
+          f"({drift['speedup_per_sample']:.1f}x, goal >= 20); peak RSS {drift['harness_drift']['peak_rss_mb']:.0f} vs "
+          f"{drift['polygraphy']['peak_rss_mb']:.0f} MB; drift RSS growth 100 -> 1000 samples "
+          f"{drift['rss_growth'] * 100:+.1f} % (goal <= 10 %)")
     result = bench_overhead()
     result["provenance"] = provenance(2, {"tensors": 0, "weights": 0}, None, None, ["onnxruntime"])
     path = RESULTS / "overhead.json"
