@@ -111,7 +111,7 @@ def _units_session(backend, candidate, exported, rows: list[TensorRow], referenc
                                                     {"stops": sorted(stops), "aliases": aliases}), build)
     path = folder / "model.onnx"
     session = backend.load(graph_model(path, exported.spec), candidate.device, candidate.load_precision, threads,
-                           artifact=path)
+                           artifact=path, spinning=False)
     return session, units
 
 
@@ -122,7 +122,8 @@ def run_drift(exported, backend, candidate, batches, thresholds: Thresholds, tap
     from harness.backends import get_backend
     from harness.onnx_graph import dequantized_aliases, float_tensors, load
 
-    reference = get_backend("onnxruntime").load(exported, "cpu", "fp32", threads, optimize=False)
+    # no busy-waiting ORT threads: the statistics run on the same cores between inferences
+    reference = get_backend("onnxruntime").load(exported, "cpu", "fp32", threads, optimize=False, spinning=False)
     graph_tensors = float_tensors(load(exported.onnx_path))
     names = [t.name for t in graph_tensors]
     rows = [TensorRow(t.name, t.node, t.op_type, exported.module_of(t.name), t.index) for t in graph_tensors]
@@ -281,7 +282,7 @@ def drift_report(spec, backend_name: str, device: str, precision: str, data, bat
     backend = get_backend(backend_name)
     started = time.perf_counter()
     options = {"artifact": Path(artifact)} if artifact else {}
-    candidate = backend.load(exported, device, precision, threads, calibration=calibration, **options)
+    candidate = backend.load(exported, device, precision, threads, calibration=calibration, spinning=False, **options)
     torch_session = get_backend("torch").load(exported, "cpu", "fp32", threads) if spec.has_torch else None
     failures = []
     with Progress(TextColumn("drift {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
