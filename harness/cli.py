@@ -228,7 +228,7 @@ def drift(
     from harness.compare.drift import Thresholds, drift_report
     from harness.data import embedded_benchmark, load_dataset
     from harness.report import write_json
-    from harness.report.drift import drift_summary, drift_table
+    from harness.report.drift import drift_summary, drift_table, introducers_table
 
     spec = _resolve(model, checkpoint, profile)
     console = _console(json_path)
@@ -241,6 +241,7 @@ def drift(
                           calibration_set(spec, calibration) if precision == "int8" and not artifact else None, repro,
                           artifact)
     console.print(drift_table(report))
+    console.print(introducers_table(report))
     console.print(drift_summary(report), highlight=False)
     _write_reports(report, json_path, html)
 

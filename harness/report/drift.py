@@ -41,6 +41,22 @@ def drift_table(report: dict, limit: int = 60) -> Table:
     return table
 
 
+def introducers_table(report: dict, limit: int = 10) -> Table:
+    """Ops ranked by the error they introduce when run alone on the candidate with the reference's inputs."""
+    rows = {row["tensor"]: row for row in report["ops"]}
+    table = Table(title=f"top {limit} introducers (op run alone on the candidate, reference inputs)",
+                  title_justify="left")
+    for column, justify in (("rank", "right"), ("op", "left"), ("type", "left"), ("torch module", "left"),
+                            ("introduced (rel L2)", "right"), ("introduced SNR", "right"),
+                            ("inherited (rel L2)", "right"), ("total SNR", "right")):
+        table.add_column(column, justify=justify)
+    for rank, top in enumerate(report["top_introducers"][:limit], 1):
+        row = rows[top["tensor"]]
+        table.add_row(str(rank), row["tensor"], row["op_type"], row["module"] or "", _err(row["introduced"]),
+                      _db(row["introduced_snr_db"]), _err(row["inherited"]), _db(row["snr_db"]))
+    return table
+
+
 def drift_summary(report: dict) -> str:
     lines = []
     perturb = report["taps_perturb"]

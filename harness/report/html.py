@@ -205,8 +205,13 @@ def _drift_body(report: dict) -> str:
             for r in report["ops"]]
     first = (report.get("first_divergence") or {}).get("tensor")
     image = base64.b64encode(error_growth_png(report)).decode()
+    ranked = [[k, t["tensor"], t["op_type"], t["module"], t["introduced"], t["introduced_snr_db"]]
+              for k, t in enumerate(report["top_introducers"], 1)]
     return (f"<pre class='{warn}'>{html.escape(summary)}</pre>"
             f"<img data-plot='1' alt='error growth' src='data:image/png;base64,{image}'>"
+            "<h3>Ops ranked by the error they introduce (run alone, reference inputs)</h3>"
+            + _table(["rank", "tensor", "op", "module", "introduced rel L2", "introduced SNR dB"], ranked)
+            + "<h3>Every tensor, in topological order</h3>"
             + _table(["tensor", "op", "module", "SNR dB", "introduced rel L2", "inherited rel L2"], rows,
                      ["fail" if r["tensor"] == first else None for r in report["ops"]]))
 
