@@ -165,6 +165,12 @@ def sysnoise(
                           "repeatable.")] = None,
     bootstrap_seconds: Annotated[float, typer.Option(
         "--bootstrap-seconds", min=0, help="Time bound of each mAP bootstrap; 0 skips it (no CI for mAP).")] = 10.0,
+    store: Annotated[Optional[Path], typer.Option(
+        "--store", help="SQLite file that keeps every finished variant as it finishes "
+                        "(default: $HARNESS_CACHE/cells.sqlite).")] = None,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Take variants already finished in the store (same model, data, settings) back "
+                         "instead of running them again.")] = False,
 ) -> None:
     """SysNoise sweep: vary one part of the deployment system at a time against the training profile."""
     from harness.backends import get_backend
@@ -183,8 +189,14 @@ def sysnoise(
             names = ", ".join(v.name for v in axis.variants(spec, graph_backend))
             console.print(f"[bold]{axis.name}[/] ({axis.stage}): {axis.description}\n  {names}", highlight=False)
         return
-    report = sysnoise_report(spec, axes, dataset, limit, batch_size, threads, calibration, graph_backend, combine,
-                             bootstrap_seconds)
+    from harness.store import CellStore
+
+    cells = CellStore(store)
+    try:
+        report = sysnoise_report(spec, axes, dataset, limit, batch_size, threads, calibration, graph_backend,
+                                 combine, bootstrap_seconds, store=cells, resume=resume)
+    finally:
+        cells.close()
     console.print(variants_table(report))
     console.print(summary_markdown(report), highlight=False)
     if markdown:

@@ -184,6 +184,29 @@ def test_user_variants_from_the_command_line(harness_cli, tmp_path):
     assert bad.returncode == 2 and "cannot import color 'nowhere_module:fn'" in bad.stderr
 
 
+def test_a_sweep_killed_by_a_crashing_decoder_loses_nothing_it_finished(harness_cli, tmp_path):
+    """Each finished variant is in the SQLite store the moment it finishes; --resume takes them back."""
+    import os
+    from pathlib import Path
+
+    plugins = str(Path(__file__).parent / "plugins")
+    env = {"PYTHONPATH": plugins + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    store = tmp_path / "cells.sqlite"
+    killed = harness_cli("sysnoise", "--axes", "decoder", "--limit", "20", "--store", str(store), "--variant",
+                         "decoder=harness_test_variants:decoder_that_kills_the_process", env=env)
+    assert killed.returncode == 139  # the process died on the user's decoder, after the built-in ones
+    first = harness_cli("sysnoise", "--axes", "decoder", "--limit", "20", "--store", str(store), "--resume",
+                        "--json", "-")
+    assert first.returncode == 0, first.stderr
+    report = json.loads(first.stdout)
+    variants = report["axes"][0]["variants"]
+    assert len(variants) == 5 and all(v.get("resumed") for v in variants)
+    assert report["counters"]["resumed"] == 5 and report["counters"]["inferences"] == 20  # the reference only
+    fresh = harness_cli("sysnoise", "--axes", "decoder", "--limit", "20", "--json", "-")
+    recomputed = {v["name"]: v["delta"] for v in json.loads(fresh.stdout)["axes"][0]["variants"]}
+    assert {v["name"]: v["delta"] for v in variants} == recomputed
+
+
 def test_post_processing_variants_never_rerun_inference(monkeypatch):
     calls = []
     real_run = Session.run

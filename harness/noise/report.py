@@ -10,7 +10,7 @@ from harness.errors import UsageError
 def sysnoise_report(spec, axes: str | None = None, dataset: Path | None = None, limit: int | None = None,
                     batch_size: int = 64, threads: int | None = None, calibration: Path | None = None,
                     graph_backend: str = "onnxruntime", combine: bool = False, bootstrap_seconds: float = 10.0,
-                    progress: bool = True) -> dict:
+                    progress: bool = True, store=None, resume: bool = False) -> dict:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -45,7 +45,8 @@ def sysnoise_report(spec, axes: str | None = None, dataset: Path | None = None, 
         for axis in chosen:
             bar = bars.add_task(f"{axis.name} ({axis.stage})", total=len(axis.variants(spec, graph_backend)))
             results.append(run_axis(pipeline, axis, spec.profile, reference_config, task, classes, primary,
-                                    graph_backend, progress=lambda name, b=bar: bars.advance(b)))
+                                    graph_backend, progress=lambda name, b=bar: bars.advance(b), store=store,
+                                    resume=resume))
     curve = combine_axes(pipeline, results, spec.profile, reference_config, task, classes, primary,
                          graph_backend) if combine else []
     return {
@@ -62,5 +63,6 @@ def sysnoise_report(spec, axes: str | None = None, dataset: Path | None = None, 
         "combined_note": "each axis at the variant that was worst on its own axis, chosen on this evaluated data "
                          "(as the paper does), added in the paper's order" if combine else None,
         "bootstrap_seconds": bootstrap_seconds,
+        "store": str(store.path) if store is not None else None,
         "counters": pipeline.counters,
     }

@@ -225,10 +225,43 @@ def compare_variant(pipeline: StagedPipeline, task: str, classes, profile: Profi
     return row
 
 
+def _versions() -> dict:
+    """The packages a cell's numbers depend on: a stored cell from other versions is not taken back."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in ("harness", "torch", "onnxruntime", "openvino", "apache-tvm", "nncf", "pillow",
+                 "opencv-python-headless", "numpy"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = None
+    return found
+
+
 def run_axis(pipeline: StagedPipeline, axis: Axis, reference_profile: Profile, reference_config: ModelConfig,
-             task: str, classes, primary: str, graph_backend: str, progress=None) -> dict:
+             task: str, classes, primary: str, graph_backend: str, progress=None, store=None,
+             resume: bool = False) -> dict:
+    """Every variant of `axis`. With a CellStore, each finished variant row is written to it at once;
+    with `resume`, rows already there (same model, data and settings) are taken back, marked `resumed`."""
+    from harness.store import cell_key
+
     variants_out = []
+    context = {"model": pipeline.exported.sha256, "data": pipeline.dataset.fingerprint(),
+               "samples": [s.id for s in pipeline.dataset.samples], "reference": reference_profile.to_json(),
+               "reference_config": reference_config, "batch": pipeline.batch_size, "threads": pipeline.threads,
+               "calibration": getattr(pipeline.calibration, "sha256", None),
+               "bootstrap_seconds": pipeline.bootstrap_seconds, "task": task, "primary": primary,
+               "versions": _versions()}
     for variant in axis.variants(pipeline.exported.spec, graph_backend):
+        key = cell_key(context, axis.name, variant) if store is not None else None
+        stored = store.get(key) if store is not None and resume else None
+        if stored is not None and stored.get("status") == "ok":
+            variants_out.append({**stored, "resumed": True})
+            pipeline.counters["resumed"] = pipeline.counters.get("resumed", 0) + 1
+            if progress:
+                progress(variant.name)
+            continue
         profile = reference_profile.replace(**variant.profile) if variant.profile else reference_profile
         config, base_config = _config_for(variant, reference_config)
         entry = {"name": variant.name, "status": "ok", "reason": "", "baseline": variant.baseline}
@@ -239,6 +272,8 @@ def run_axis(pipeline: StagedPipeline, axis: Axis, reference_profile: Profile, r
             entry.update(status="unavailable", reason=str(err))
         except Exception as err:  # noqa: BLE001 - one crashing variant is a row, the sweep goes on
             entry.update(status="failed", reason=f"{type(err).__name__}: {str(err).splitlines()[0][:300]}")
+        if store is not None:
+            store.put(key, axis.name, variant.name, entry)
         same = [v["name"] for v in variants_out if v.get("outputs_sha256") and
                 v.get("outputs_sha256") == entry.get("outputs_sha256")]
         entry["identical_to"] = same[0] if same else None  # e.g. NV12 gives I420's very samples

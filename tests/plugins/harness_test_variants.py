@@ -11,3 +11,11 @@ def gray_world_color(rgb: np.ndarray) -> np.ndarray:
 def keep_top_one(boxes, scores, labels, iou):
     """A production NMS that keeps only the best box."""
     return np.argsort(-scores)[:1]
+
+
+def decoder_that_kills_the_process(data: bytes):
+    """A native decoder that segfaults: the whole process dies on its first image, as a crashing C
+    extension takes Python down with it."""
+    import os
+
+    os._exit(139)
