@@ -240,7 +240,9 @@ def rows_json(rows: list[TensorRow], thresholds: Thresholds) -> list[dict]:
         out.append({
             "tensor": row.tensor, "op": row.op, "op_type": row.op_type, "module": row.module,
             "observable": total is not None,
-            "max_abs": total.max_abs if total else None, "cosine": total.to_json()["cosine"] if total else None,
+            "max_abs": total.max_abs if total else None,
+            "mean_abs": total.sum_abs / max(total.count, 1) if total else None,
+            "cosine": total.to_json()["cosine"] if total else None,
             "snr_db": total.snr_db if total else None, "rel_l2": total.rel_l2 if total else None,
             "exact": (total.err_sq == 0) if total else None,
             "diverged": thresholds.diverged(total) if total else None,

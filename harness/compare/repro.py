@@ -111,6 +111,8 @@ def write_repro(folder: Path, exported, candidate, run, target_row, thresholds: 
         "reference_command": f"harness repro {folder} --reference",
     }
     (folder / "repro.json").write_text(json.dumps(meta, indent=2, default=str))
+    (folder / "COMMAND").write_text(f"{meta['command']}    # exit 1: the candidate still diverges\n"
+                                    f"{meta['reference_command']}    # exit 0: the reference matches\n")
     return meta
 
 
