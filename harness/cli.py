@@ -10,56 +10,14 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
+from harness.cli_common import (CheckpointOpt, DatasetOpt, HtmlOpt, JsonOpt, ModelArg, ProfileOpt, ThreadsOpt,
+                                console_for, resolve, write_reports)
+from harness.cli_zoo import zoo_app
 from harness.errors import HarnessError, InputError, UsageError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Cross-backend deployment harness: measure and explain what a model loses in deployment.")
-zoo_app = typer.Typer(add_completion=False, no_args_is_help=True, help="The model zoo: list and train.")
 app.add_typer(zoo_app, name="zoo")
-
-ModelArg = Annotated[Optional[str], typer.Argument(
-    help="Zoo name, torchvision:NAME (+ --checkpoint), package.module:factory, or a path to an .onnx file. "
-         "Default: the zoo's default classifier.", show_default=False)]
-CheckpointOpt = Annotated[Optional[Path], typer.Option("--checkpoint", help="state_dict for the model's weights.")]
-ProfileOpt = Annotated[Optional[Path], typer.Option(
-    "--profile", help="TOML with the model's training profile (decoder, resize, input_size, mean, std, ...).")]
-DatasetOpt = Annotated[Optional[Path], typer.Option(
-    "--dataset", help="Class folder, COCO json (or folder with instances.json), or a folder of unlabelled "
-                      "images. Default: the embedded benchmark.")]
-JsonOpt = Annotated[Optional[str], typer.Option("--json", help="Write the JSON report here ('-' for stdout).")]
-ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", min=1, help="Threads per backend.")]
-
-
-def _console(json_path: str | None) -> Console:
-    """The table goes to stderr when the JSON goes to stdout. Logs and CI are wider than 80 columns."""
-    stderr = json_path == "-"
-    probe = Console(stderr=stderr)
-    width = None if probe.is_terminal or os.environ.get("COLUMNS") else 160
-    return Console(stderr=stderr, width=width)
-
-
-HtmlOpt = Annotated[Optional[Path], typer.Option(
-    "--html", help="Write a self-contained HTML report (plots embedded, opens offline) here.")]
-
-
-def _write_reports(report: dict, json_path: str | None, html_path: Path | None) -> None:
-    """The JSON (with its sidecars) and the HTML page, both from the same report."""
-    from harness.report import write_json
-    from harness.report.html import flipped_thumbnails, write_html, write_sidecars
-
-    thumbnails = flipped_thumbnails(report) if html_path else None
-    if json_path and json_path != "-":
-        write_sidecars(report, Path(json_path))
-    if json_path:
-        write_json(report, json_path)
-    if html_path:
-        write_html(report, html_path, thumbnails=thumbnails)
-
-
-def _resolve(model, checkpoint, profile):
-    from harness.model import resolve_model
-
-    return resolve_model(model, checkpoint=checkpoint, profile_path=profile)
 
 
 @app.command()
@@ -97,8 +55,8 @@ def compare(
     from harness.report import write_json
     from harness.report.table import compare_table, status_notes
 
-    console = _console(json_path)
-    spec = _resolve(model, checkpoint, profile)
+    console = console_for(json_path)
+    spec = resolve(model, checkpoint, profile)
     if candidate_outputs is not None and not candidate_outputs.is_file():
         raise InputError(f"{candidate_outputs}: recorded outputs file not found")
     targets = [] if candidate_outputs is not None and not backends else parse_targets(backends, precision)
@@ -137,7 +95,7 @@ def compare(
         console.print(line, highlight=False)
     for failure in core["failed"]:
         console.print(f"[yellow]skipped sample[/] {failure['path']}: {failure['reason']}")
-    _write_reports(report, json_path, html)
+    write_reports(report, json_path, html)
     if any(row["status"] == "failed" for row in core["results"]):
         raise typer.Exit(1)
 
@@ -179,8 +137,8 @@ def sysnoise(
     from harness.report import write_json
     from harness.report.sysnoise import summary_markdown, variants_table
 
-    spec = _resolve(model, checkpoint, profile)
-    console = _console(json_path)
+    spec = resolve(model, checkpoint, profile)
+    console = console_for(json_path)
     graph_backend = get_backend(backend).name
     for text in variant or []:
         add_user_variant(text)
@@ -201,7 +159,7 @@ def sysnoise(
     console.print(summary_markdown(report), highlight=False)
     if markdown:
         markdown.write_text(summary_markdown(report) + "\n")
-    _write_reports(report, json_path, html)
+    write_reports(report, json_path, html)
 
 
 @app.command()
@@ -242,8 +200,8 @@ def drift(
     from harness.report import write_json
     from harness.report.drift import drift_summary, drift_table, introducers_table
 
-    spec = _resolve(model, checkpoint, profile)
-    console = _console(json_path)
+    spec = resolve(model, checkpoint, profile)
+    console = console_for(json_path)
     target, device = parse_target(backend)
     if artifact is not None and not artifact.is_file():
         raise InputError(f"{artifact}: deployed artefact not found")
@@ -255,7 +213,7 @@ def drift(
     console.print(drift_table(report))
     console.print(introducers_table(report))
     console.print(drift_summary(report), highlight=False)
-    _write_reports(report, json_path, html)
+    write_reports(report, json_path, html)
 
 
 @app.command("repro")
@@ -291,7 +249,7 @@ def validate(
     html: HtmlOpt = None,
 ) -> None:
     """The pre-deployment gate: exit 0 when every threshold holds, 1 when one fails, 2 on a config error."""
-    from harness.validate import junit_xml, load_gate, markdown_summary, run_gate, starter_gate
+    from harness.validate import gate_table, junit_xml, load_gate, markdown_summary, run_gate, starter_gate
 
     if init:
         from harness.model import resolve_model
@@ -308,24 +266,15 @@ def validate(
         raise UsageError("validate needs --config gate.toml (or --init to write a starter)")
     gate = load_gate(config)
     report = run_gate(gate)
-    console = _console(json_path)
-    from rich.table import Table
-
-    table = Table(title=f"gate {config}: {'passed' if report['passed'] else 'FAILED'}", title_justify="left")
-    for column in ("profile", "threshold", "limit", "value", "result", "detail"):
-        table.add_column(column)
-    for check in report["checks"]:
-        value = "-" if check["value"] is None else f"{check['value']:.4g}"
-        table.add_row(check["profile"], check["threshold"], f"{check['limit']:.4g}", value,
-                      "[green]pass[/]" if check["passed"] else "[bold red]FAIL[/]", check["message"])
-    console.print(table)
+    console = console_for(json_path)
+    console.print(gate_table(report, config))
     if junit:
         junit.parent.mkdir(parents=True, exist_ok=True)
         junit.write_text(junit_xml(report))
     if markdown:
         markdown.parent.mkdir(parents=True, exist_ok=True)
         markdown.write_text(markdown_summary(report))
-    _write_reports(report, json_path, html)
+    write_reports(report, json_path, html)
     if not report["passed"]:
         for check in report["checks"]:
             if not check["passed"]:
@@ -344,25 +293,12 @@ def diff_cmd(
     json_path: JsonOpt = None,
 ) -> None:
     """What changed between two runs: per-row metric and error changes; exit 1 on a regression."""
-    from rich.table import Table
+    from harness.report import read_report, write_json
+    from harness.report.diff import diff_reports, diff_table
 
-    from harness.report import write_json
-    from harness.report.diff import diff_reports
-
-    result = diff_reports(_read_report(old), _read_report(new), max_regression)
-    console = _console(json_path)
-    table = Table(title=f"diff {old} -> {new} ({result['kind']})", title_justify="left")
-    for column in ("row", "metric", "Δ metric", "error", "Δ error", "status"):
-        table.add_column(column)
-
-    def fmt(value, signed=False):
-        return "-" if value is None else (f"{value:+.4g}" if signed else f"{value:.4g}")
-
-    for row in result["rows"]:
-        status = "[bold red]REGRESSED[/]" if row.get("regressed") else row["status"]
-        table.add_row(" / ".join(map(str, row["row"])), fmt(row.get("new_metric")), fmt(row.get("metric_change"), True),
-                      fmt(row.get("new_error")), fmt(row.get("error_change"), True), status)
-    console.print(table)
+    result = diff_reports(read_report(old), read_report(new), max_regression)
+    console = console_for(json_path)
+    console.print(diff_table(result, old, new))
     if result["old_model_sha256"] != result["new_model_sha256"]:
         console.print("the two runs used different ONNX exports (onnx_sha256 differs)", highlight=False)
     console.print(f"{result['regressions']} regression(s) beyond {max_regression}", highlight=False)
@@ -372,29 +308,16 @@ def diff_cmd(
         raise typer.Exit(1)
 
 
-def _read_report(path: Path) -> dict:
-    import json
-
-    if not path.is_file():
-        raise InputError(f"{path}: report not found")
-    try:
-        report = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as err:
-        raise InputError(f"{path}: not a JSON report ({err})") from None
-    if not isinstance(report, dict) or "schema" not in report:
-        raise InputError(f"{path}: no `schema` key: not a harness report")
-    return report
-
-
 @app.command("report")
 def report_cmd(
     result: Annotated[Path, typer.Argument(help="A JSON report written by compare, sysnoise, drift or validate.")],
     html: HtmlOpt = None,
 ) -> None:
     """Render a JSON report (and its sidecar files) as a self-contained HTML page."""
+    from harness.report import read_report
     from harness.report.html import write_html
 
-    report = _read_report(result)
+    report = read_report(result)
     out = html or result.with_suffix(".html")
     write_html(report, out, json_path=result)
     print(out)
@@ -415,7 +338,7 @@ def export_inputs(
     from harness.recorded import write_inputs
     from harness.run import iter_batches
 
-    spec = _resolve(model, checkpoint, profile)
+    spec = resolve(model, checkpoint, profile)
     data = (load_dataset(dataset) if dataset else embedded_benchmark(spec.task)).limit(limit)
     exported = export(spec)
     failures = []
@@ -438,7 +361,7 @@ def backends_cmd(json_path: JsonOpt = None, markdown: Annotated[bool, typer.Opti
         print(backends_markdown(registry().values()))
         return
     rows = [backend.describe() for backend in registry().values()]
-    _console(json_path).print(backends_table(rows))
+    console_for(json_path).print(backends_table(rows))
     if json_path:
         write_json({"schema": "harness.backends/1", "backends": rows}, json_path)
 
@@ -450,70 +373,16 @@ def export_cmd(model: ModelArg = None, checkpoint: CheckpointOpt = None, profile
     from harness.export import export
     from harness.report import write_json
 
-    exported = export(_resolve(model, checkpoint, profile))
+    exported = export(resolve(model, checkpoint, profile))
     info = {"schema": "harness.export/1", "model": exported.spec.name, "onnx": str(exported.onnx_path),
             "onnx_sha256": exported.sha256, "exporter": exported.exporter, "opset": exported.opset,
             "cache_hit": exported.cache_hit, "mapped_tensors": len(exported.name_map.get("tensors", {}))}
-    console = _console(json_path)
+    console = console_for(json_path)
     state = "re-used from cache" if exported.cache_hit else "exported"
     console.print(f"{info['model']}: {state} {info['onnx']} ({info['exporter']}, opset {info['opset']}, "
                   f"{info['mapped_tensors']} tensors mapped to torch modules)")
     if json_path:
         write_json(info, json_path)
-
-
-@zoo_app.command("list")
-def zoo_list(json_path: JsonOpt = None) -> None:
-    """The zoo's models, their task, input and stated accuracy on the embedded benchmark."""
-    from rich.table import Table
-
-    from harness.models import DEFAULT_CLASSIFIER, DEFAULT_DETECTOR, ZOO
-    from harness.report import write_json
-
-    rows = []
-    for name, make in ZOO.items():
-        spec = make()
-        rows.append({"name": name, "task": spec.task, "input_size": spec.profile.input_size,
-                     "default": name in (DEFAULT_CLASSIFIER, DEFAULT_DETECTOR), "summary": spec.summary,
-                     "stated": spec.stated})
-    table = Table(title="zoo", title_justify="left")
-    for column in ("name", "task", "input", "default", "stated metric", "summary"):
-        table.add_column(column)
-    for row in rows:
-        stated = ", ".join(f"{k} {v:.3f}" for k, v in row["stated"].items())
-        table.add_row(row["name"], row["task"], str(row["input_size"]), "yes" if row["default"] else "",
-                      stated, row["summary"])
-    _console(json_path).print(table)
-    if json_path:
-        write_json({"schema": "harness.zoo/1", "models": rows}, json_path)
-
-
-@zoo_app.command("train")
-def zoo_train(name: Annotated[str, typer.Argument(help="Zoo model to train by its recipe.")],
-              out: Annotated[Optional[Path], typer.Option("--out", help="Where to write the weights. "
-                                                          "Default: the shipped weights file.")] = None) -> None:
-    """Reproduce a zoo model's weights by its deterministic recipe (minutes on 2 CPU cores)."""
-    from harness.model import resolve_model
-    from harness.models.train import reproduce
-
-    resolve_model(name)  # unknown names fail here, with the list of known ones
-    reproduce(name, out, log=lambda line: Console(stderr=True).print(line))
-
-
-@zoo_app.command("sysnoise-table")
-def zoo_sysnoise_table(readme: Annotated[Optional[Path], typer.Option(
-        "--readme", help="Rewrite the table between this file's sysnoise-table markers.")] = None) -> None:
-    """The SysNoise summary of every zoo model on the embedded benchmark (the README's table)."""
-    from harness.report.markdown import SYSNOISE_MARKERS, replace_between_markers, zoo_sysnoise_markdown
-
-    body = zoo_sysnoise_markdown(progress=True)
-    if readme is None:
-        print(body)
-        return
-    text = readme.read_text()
-    if not all(marker in text for marker in SYSNOISE_MARKERS):
-        raise InputError(f"{readme}: no sysnoise-table markers ({SYSNOISE_MARKERS[0]} ... {SYSNOISE_MARKERS[1]})")
-    readme.write_text(replace_between_markers(text, body, SYSNOISE_MARKERS))
 
 
 def main() -> None:

@@ -149,7 +149,8 @@ def cut(proto, targets: list[str], stops: set[str]) -> tuple[list, list[str]]:
                 if attribute.g.node:
                     pending.extend(i for sub in attribute.g.node for i in sub.input)
     nodes = [node for node in proto.graph.node if id(node) in chosen]
-    return nodes, sorted(set(inputs), key=lambda name: list(producers).index(name) if name in producers else -1)
+    order = {name: index for index, name in enumerate(producers)}
+    return nodes, sorted(set(inputs), key=lambda name: order.get(name, -1))
 
 
 def subgraph_model(proto, units: list[tuple[str, list[str]]], stops: set[str], prefix_units: bool = True):

@@ -121,10 +121,15 @@ def load_gate(path: Path) -> Gate:
                 raise _fail(path, text, f"{where}.{key}", f"unknown profile key; allowed: name, "
                             + ", ".join(n for n in FIELD_NAMES if n != "labels"))
             if key in allowed:
-                from harness.backends import get_backend
+                resolved = value
+                if key == "backend":  # an alias (ort, ov, trt) names its backend
+                    from harness.backends import get_backend
+                    from harness.errors import UnknownName
 
-                resolved = get_backend(value).name if key == "backend" and isinstance(value, str) and value in \
-                    {alias for b in allowed["backend"] for alias in (b, *get_backend(b).aliases)} else value
+                    try:
+                        resolved = get_backend(str(value)).name
+                    except UnknownName:
+                        pass
                 if resolved not in allowed[key]:
                     raise _fail(path, text, f"{where}.{key}", f"{value!r} is not one of {', '.join(allowed[key])}")
                 profile[key] = resolved
@@ -151,9 +156,11 @@ def _output_error(pipeline, reference_profile, reference_config, profile, config
 
     base_inputs, base = pipeline.outputs(reference_profile, reference_config)
     cand_inputs, cand = pipeline.outputs(profile, config)
-    shared = sorted(set(base_inputs.ids) & set(cand_inputs.ids))
-    b_index = [base_inputs.ids.index(i) for i in shared]
-    c_index = [cand_inputs.ids.index(i) for i in shared]
+    base_at = {sample: k for k, sample in enumerate(base_inputs.ids)}
+    cand_at = {sample: k for k, sample in enumerate(cand_inputs.ids)}
+    shared = [sample for sample in base_inputs.ids if sample in cand_at]
+    b_index = [base_at[i] for i in shared]
+    c_index = [cand_at[i] for i in shared]
     return max(float(np.max(np.abs(np.asarray(base[n][b_index], np.float64) - np.asarray(cand[n][c_index], np.float64))))
                for n in base if n in cand)
 
@@ -164,7 +171,7 @@ def run_gate(gate: Gate, progress: bool = True) -> dict:
     from harness.export import export
     from harness.model import resolve_model
     from harness.noise import get_axes
-    from harness.noise.sweep import ModelConfig, StagedPipeline, compare_variant, run_axis
+    from harness.noise.sweep import ModelConfig, StagedPipeline, compare_variant, reference_metric, run_axis
     from harness.profile import profile_from_mapping
     from harness.provenance import provenance
 
@@ -243,8 +250,8 @@ def run_gate(gate: Gate, progress: bool = True) -> dict:
                                 f"worst variant drops {drop * 100:.2f} pts (limit {limit * 100:.2f})"))
         sysnoise_reports.append({"schema": "harness.sysnoise/1", "model": {"name": spec.name, "task": spec.task},
                                  "dataset": {"name": data.name, "samples": len(data.samples)},
-                                 "reference": {"metric": task_reference_metric(pipeline, spec, reference_config,
-                                                                               classes)},
+                                 "reference": {"metric": reference_metric(pipeline, spec.profile, reference_config,
+                                                                          spec.task, classes)},
                                  "primary_metric": primary, "axes": results, "combined": []})
     passed = all(c.passed for c in checks)
     return {
@@ -264,12 +271,17 @@ def run_gate(gate: Gate, progress: bool = True) -> dict:
     }
 
 
-def task_reference_metric(pipeline, spec, reference_config, classes) -> dict:
-    from harness.compare import task_metric
+def gate_table(report: dict, config):
+    from rich.table import Table
 
-    evaluated = pipeline.evaluate(spec.profile, reference_config)
-    samples = [pipeline.by_id[i] for i in evaluated.ids]
-    return task_metric(spec.task, samples, evaluated.predictions, evaluated.predictions, len(classes))
+    table = Table(title=f"gate {config}: {'passed' if report['passed'] else 'FAILED'}", title_justify="left")
+    for column in ("profile", "threshold", "limit", "value", "result", "detail"):
+        table.add_column(column)
+    for check in report["checks"]:
+        value = "-" if check["value"] is None else f"{check['value']:.4g}"
+        table.add_row(check["profile"], check["threshold"], f"{check['limit']:.4g}", value,
+                      "[green]pass[/]" if check["passed"] else "[bold red]FAIL[/]", check["message"])
+    return table
 
 
 def junit_xml(report: dict) -> str:

@@ -55,14 +55,6 @@ class TensorRow:
     unit_reason: str | None = None
 
 
-def _stats() -> OutputStats:
-    return OutputStats()
-
-
-def _update(stats: OutputStats, name: str, reference: np.ndarray, candidate: np.ndarray) -> None:
-    stats.update({name: reference}, {name: candidate})
-
-
 @dataclass
 class DriftRun:
     """What one pass over the data leaves: a row per tensor, the tap check, the first batch kept for repro."""
@@ -144,21 +136,25 @@ def run_drift(exported, backend, candidate, batches, thresholds: Thresholds, tap
     for batch in batches:
         feeds = {input_name: batch.tensor}
         ref = reference.run(feeds, taps=names)
+        cand = None
         if perturb is None:  # does tapping change what the candidate computes? checked on the first batch
-            perturb = _perturbation(candidate, feeds, [deployed[n] for n in observable], method, ref, thresholds)
+            perturb, cand = _perturbation(candidate, feeds, [deployed[n] for n in observable], method, ref,
+                                          thresholds)
             if (not perturb["ok"] and tap_method is None and method != "kernel-boundary"
                     and "kernel-boundary" in candidate.tap_methods):  # an explicitly chosen method is kept
                 fallback = {"method": method, **perturb}
                 method = "kernel-boundary"
                 observable, why = _tappable(candidate, names, deployed, method)
-                perturb = _perturbation(candidate, feeds, [deployed[n] for n in observable], method, ref, thresholds)
+                perturb, cand = _perturbation(candidate, feeds, [deployed[n] for n in observable], method, ref,
+                                              thresholds)
             probe = {input_name: batch.tensor[:probe_samples],
                      **{name: np.asarray(ref[name])[:probe_samples] for name in names}}
-        cand = candidate.run(feeds, taps=[deployed[n] for n in observable], tap_method=method)
+        if cand is None:  # the first batch's tapped run is the perturbation check's own
+            cand = candidate.run(feeds, taps=[deployed[n] for n in observable], tap_method=method)
         for name in observable:
             row = by_name[name]
-            row.total = row.total or _stats()
-            _update(row.total, name, ref[name], cand[deployed[name]])
+            row.total = row.total or OutputStats()
+            row.total.update({name: ref[name]}, {name: cand[deployed[name]]})
         if units_session is not None and (unit_samples is None or unit_seen < unit_samples):
             take = len(batch.tensor) if unit_samples is None else min(len(batch.tensor), unit_samples - unit_seen)
             values = {input_name: batch.tensor, **ref}
@@ -166,9 +162,9 @@ def run_drift(exported, backend, candidate, batches, thresholds: Thresholds, tap
                           for name in units_session.input_names}
             outputs = units_session.run(unit_feeds)
             for k, row in enumerate(units):
-                row.introduced = row.introduced or _stats()
-                _update(row.introduced, row.tensor, np.asarray(ref[row.tensor])[:take],
-                        outputs[f"u{k}/{deployed[row.tensor]}"])
+                row.introduced = row.introduced or OutputStats()
+                row.introduced.update({row.tensor: np.asarray(ref[row.tensor])[:take]},
+                                      {row.tensor: outputs[f"u{k}/{deployed[row.tensor]}"]})
             unit_seen += take
         if torch_stats is not None:
             torch_stats.update({n: ref[n] for n in torch_session.output_names},
@@ -190,8 +186,8 @@ def _tappable(candidate, names, deployed, method):
             {n: why[deployed[n]] for n in names if deployed[n] not in shown})
 
 
-def _perturbation(candidate, feeds, observable, method, reference, thresholds: Thresholds) -> dict:
-    """Max abs change of the candidate's final outputs when tapped vs untapped. It is negligible when it is
+def _perturbation(candidate, feeds, observable, method, reference, thresholds: Thresholds) -> tuple[dict, dict]:
+    """(the check, the tapped run's outputs, which the caller keeps for this batch). Max abs change of the candidate's final outputs when tapped vs untapped. It is negligible when it is
     at most 1 % of the larger of the candidate's own error there and the error the divergence rule
     tolerates (atol + rtol * max|output|, or max|output| at the SNR floor): then tapping cannot move a
     verdict."""
@@ -207,8 +203,8 @@ def _perturbation(candidate, feeds, observable, method, reference, thresholds: T
         tolerated = (thresholds.atol or 0.0) + (thresholds.rtol or 0.0) * scale
     else:
         tolerated = scale * 10 ** (-thresholds.snr_floor / 20)
-    return {"max_abs": change, "candidate_error_max_abs": error, "tolerated_max_abs": tolerated,
-            "ok": change == 0.0 or change <= 0.01 * max(error, tolerated)}
+    return ({"max_abs": change, "candidate_error_max_abs": error, "tolerated_max_abs": tolerated,
+             "ok": change == 0.0 or change <= 0.01 * max(error, tolerated)}, tapped)
 
 
 def first_divergence(rows: list[TensorRow], thresholds: Thresholds) -> TensorRow | None:

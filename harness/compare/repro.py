@@ -53,7 +53,7 @@ def minimal_repro(exported, candidate, run, target: str, thresholds: Thresholds,
     """(stops, start tensor, probe stats) of the smallest diverging window ending at `target`."""
     from harness.onnx_graph import load
 
-    reference_proto, candidate_proto = load(exported.onnx_path), load(candidate.graph)
+    candidate_proto = load(candidate.graph)
     order = [row.tensor for row in run.rows]
     end = order.index(target)
     deployed = run.deployed.get(target, target)
@@ -78,7 +78,6 @@ def minimal_repro(exported, candidate, run, target: str, thresholds: Thresholds,
             high = middle - 1
     stats = results.get(low) or probe(low)
     stops = set(order[:low]) | {exported.input_name}
-    del reference_proto
     return stops, order[low], stats
 
 

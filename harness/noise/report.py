@@ -15,11 +15,10 @@ def sysnoise_report(spec, axes: str | None = None, dataset: Path | None = None, 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from harness.calibration import calibration_set
-    from harness.compare import task_metric
     from harness.data import embedded_benchmark, load_dataset
     from harness.export import export
     from harness.noise import get_axes
-    from harness.noise.sweep import ModelConfig, StagedPipeline, combine as combine_axes, run_axis
+    from harness.noise.sweep import ModelConfig, StagedPipeline, combine as combine_axes, reference_metric, run_axis
     from harness.provenance import provenance
 
     chosen = get_axes(axes)
@@ -37,8 +36,7 @@ def sysnoise_report(spec, axes: str | None = None, dataset: Path | None = None, 
     primary = "map" if task == "detect" else "top1"
     classes = data.classes or spec.labels
     reference_eval = pipeline.evaluate(spec.profile, reference_config)
-    reference_metric = task_metric(task, [pipeline.by_id[i] for i in reference_eval.ids], reference_eval.predictions,
-                                   reference_eval.predictions, len(classes))
+    metric = reference_metric(pipeline, spec.profile, reference_config, task, classes)
     results = []
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=Console(stderr=True), transient=True, disable=not progress) as bars:
@@ -56,7 +54,7 @@ def sysnoise_report(spec, axes: str | None = None, dataset: Path | None = None, 
         "dataset": {"name": data.name, "samples": len(reference_eval.ids), "failed_samples": len(pipeline.failures),
                     "failed": [{"sample": k, "reason": v} for k, v in pipeline.failures.items()]},
         "reference": {"backend": reference_config.backend, "device": "cpu", "precision": "fp32",
-                      "profile": spec.profile.to_json(), "metric": reference_metric},
+                      "profile": spec.profile.to_json(), "metric": metric},
         "primary_metric": primary,
         "axes": results,
         "combined": curve,

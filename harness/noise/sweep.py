@@ -165,6 +165,15 @@ class StagedPipeline:
         return Evaluated(inputs.ids, predictions, predictions_digest(predictions))
 
 
+def reference_metric(pipeline: StagedPipeline, profile: Profile, config: ModelConfig, task: str, classes) -> dict:
+    """The task metric of one (profile, model config) on the pipeline's data (evaluated once, cached)."""
+    from harness.compare import task_metric
+
+    evaluated = pipeline.evaluate(profile, config)
+    samples = [pipeline.by_id[i] for i in evaluated.ids]
+    return task_metric(task, samples, evaluated.predictions, evaluated.predictions, len(classes))
+
+
 def _config_for(variant: Variant, reference: ModelConfig) -> tuple[ModelConfig, ModelConfig]:
     """(variant's model configuration, its baseline's)."""
     if variant.target is None:
@@ -239,6 +248,18 @@ def _versions() -> dict:
     return found
 
 
+def _cell_context(pipeline: StagedPipeline, reference_profile: Profile, reference_config: ModelConfig, task: str,
+                  primary: str) -> dict:
+    """Everything a stored cell's result depends on besides its variant (hashes the data files: only
+    computed when there is a store)."""
+    return {"model": pipeline.exported.sha256, "data": pipeline.dataset.fingerprint(),
+            "samples": [s.id for s in pipeline.dataset.samples], "reference": reference_profile.to_json(),
+            "reference_config": reference_config, "batch": pipeline.batch_size, "threads": pipeline.threads,
+            "calibration": getattr(pipeline.calibration, "sha256", None),
+            "bootstrap_seconds": pipeline.bootstrap_seconds, "task": task, "primary": primary,
+            "versions": _versions()}
+
+
 def run_axis(pipeline: StagedPipeline, axis: Axis, reference_profile: Profile, reference_config: ModelConfig,
              task: str, classes, primary: str, graph_backend: str, progress=None, store=None,
              resume: bool = False) -> dict:
@@ -247,12 +268,8 @@ def run_axis(pipeline: StagedPipeline, axis: Axis, reference_profile: Profile, r
     from harness.store import cell_key
 
     variants_out = []
-    context = {"model": pipeline.exported.sha256, "data": pipeline.dataset.fingerprint(),
-               "samples": [s.id for s in pipeline.dataset.samples], "reference": reference_profile.to_json(),
-               "reference_config": reference_config, "batch": pipeline.batch_size, "threads": pipeline.threads,
-               "calibration": getattr(pipeline.calibration, "sha256", None),
-               "bootstrap_seconds": pipeline.bootstrap_seconds, "task": task, "primary": primary,
-               "versions": _versions()}
+    context = _cell_context(pipeline, reference_profile, reference_config, task, primary) \
+        if store is not None else None
     for variant in axis.variants(pipeline.exported.spec, graph_backend):
         key = cell_key(context, axis.name, variant) if store is not None else None
         stored = store.get(key) if store is not None and resume else None

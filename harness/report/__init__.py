@@ -34,3 +34,17 @@ def write_json(report: dict, path: str | Path) -> None:
         path.write_text(text + "\n")
     except OSError as err:
         raise InputError(f"{path}: cannot write the report ({err.strerror})") from None
+
+
+def read_report(path: Path) -> dict:
+    """A harness JSON report from `path`; a missing, unreadable or foreign file is an InputError."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: report not found")
+    try:
+        report = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise InputError(f"{path}: not a JSON report ({err})") from None
+    if not isinstance(report, dict) or "schema" not in report:
+        raise InputError(f"{path}: no `schema` key: not a harness report")
+    return report

@@ -41,9 +41,9 @@ def flipped_thumbnails(report: dict) -> dict[str, np.ndarray]:
     return thumbs
 
 
-def write_sidecars(report: dict, json_path: Path) -> None:
-    """Stores what the HTML needs beyond the JSON next to it, and names it in report['sidecars']."""
-    thumbs = flipped_thumbnails(report)
+def write_sidecars(report: dict, json_path: Path, thumbs: dict[str, np.ndarray]) -> None:
+    """Stores what the HTML needs beyond the JSON (thumbnails from flipped_thumbnails) next to it, and names
+    it in report['sidecars']."""
     if thumbs:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         name = f"{json_path.stem}.thumbnails.npz"
@@ -191,7 +191,7 @@ def _sysnoise_body(report: dict) -> str:
         axes.set_ylabel("cumulative Δ (points)")
         figure.tight_layout()
         parts.append(_plot(figure, "cumulative noise curve"))
-    return parts and "".join(parts)
+    return "".join(parts)
 
 
 def _drift_body(report: dict) -> str:
