@@ -73,6 +73,8 @@ class StagedPipeline:
         self.outputs_cache: dict = {}
         self.evaluated: dict = {}
         self.sessions: dict = {}
+        self.coco_cache: dict = {}           # see coco()
+        self.last_candidate_coco = None
         self.failures: dict[str, str] = {}
         self.counters = {"decodes": 0, "resizes": 0, "inferences": 0, "distinct_inputs": 0}
 
@@ -164,6 +166,25 @@ class StagedPipeline:
                                            profile, spec.head))
         return Evaluated(inputs.ids, predictions, predictions_digest(predictions))
 
+    def coco(self, evaluated: Evaluated, ids: list[str], num_classes: int, baseline: bool = False):
+        """pycocotools' accumulated COCOeval of `evaluated` on the samples `ids`, evaluated once per
+        (predictions, samples) for a baseline (shared by every variant of an axis) and for the last
+        candidate (variants that post-process alike sit next to each other: decoders that decode alike, I420
+        and NV12); other candidates are not kept, as an evaluation of a large set is large."""
+        from harness.metrics import coco_evaluate
+
+        key = (evaluated.outputs_digest, hashlib.sha256("|".join(ids).encode()).hexdigest())
+        if key in self.coco_cache:
+            return self.coco_cache[key]
+        index = {i: k for k, i in enumerate(evaluated.ids)}
+        truth = [(self.by_id[i].boxes, self.by_id[i].box_labels) for i in ids]
+        result = coco_evaluate(truth, [evaluated.predictions[index[i]] for i in ids], num_classes)
+        if not baseline:
+            self.coco_cache.pop(self.last_candidate_coco, None)
+            self.last_candidate_coco = key
+        self.coco_cache[key] = result
+        return result
+
 
 def reference_metric(pipeline: StagedPipeline, profile: Profile, config: ModelConfig, task: str, classes) -> dict:
     """The task metric of one (profile, model config) on the pipeline's data (evaluated once, cached)."""
@@ -174,7 +195,7 @@ def reference_metric(pipeline: StagedPipeline, profile: Profile, config: ModelCo
     return task_metric(task, samples, evaluated.predictions, evaluated.predictions, len(classes))
 
 
-def _config_for(variant: Variant, reference: ModelConfig) -> tuple[ModelConfig, ModelConfig]:
+def variant_configs(variant: Variant, reference: ModelConfig) -> tuple[ModelConfig, ModelConfig]:
     """(variant's model configuration, its baseline's)."""
     if variant.target is None:
         return reference, reference
@@ -201,10 +222,10 @@ def compare_variant(pipeline: StagedPipeline, task: str, classes, profile: Profi
     samples = [pipeline.by_id[i] for i in shared]
     evaluators = None
     if task == "detect":  # one COCO evaluate per side serves the metric and the bootstrap
-        from harness.metrics import coco_evaluate, metrics_of
+        from harness.metrics import metrics_of
 
-        truth = [(s.boxes, s.box_labels) for s in samples]
-        evaluators = (coco_evaluate(truth, base, len(classes)), coco_evaluate(truth, cand, len(classes)))
+        evaluators = (pipeline.coco(baseline, shared, len(classes), baseline=True),
+                      pipeline.coco(candidate, shared, len(classes)))
         base_metric, metric = (metrics_of(e) for e in evaluators)
     else:
         metric = task_metric(task, samples, cand, base, len(classes))
@@ -280,7 +301,7 @@ def run_axis(pipeline: StagedPipeline, axis: Axis, reference_profile: Profile, r
                 progress(variant.name)
             continue
         profile = reference_profile.replace(**variant.profile) if variant.profile else reference_profile
-        config, base_config = _config_for(variant, reference_config)
+        config, base_config = variant_configs(variant, reference_config)
         entry = {"name": variant.name, "status": "ok", "reason": "", "baseline": variant.baseline}
         try:
             entry.update(compare_variant(pipeline, task, classes, profile, config, reference_profile, base_config,

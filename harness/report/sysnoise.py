@@ -14,13 +14,20 @@ def axis_cell(axis: dict) -> str:
         return "n/a"
     if all(v["identical_to_reference"] for v in ran):
         return "identical"
-    return f"{axis['delta_mean'] * 100:+.2f} ± {axis['delta_std'] * 100:.2f} (worst {_points(axis['delta_max'])})"
+    measured = [v for v in ran if not v["identical_to_reference"]]
+    worst = min(measured, key=lambda v: v["delta"])
+    marker = "*" if worst.get("significant") else ""
+    tested = [v for v in measured if v.get("significant") is not None]
+    count = f", {sum(v['significant'] for v in tested)}/{len(tested)} significant" if tested else ""
+    return (f"{axis['delta_mean'] * 100:+.2f} ± {axis['delta_std'] * 100:.2f} "
+            f"(worst {_points(worst['delta'])}{marker}{count})")
 
 
 def summary_markdown(report: dict | list[dict]) -> str:
     """One row per model (one report, or several with the same axes, e.g. the zoo's), one column per axis:
     Δ metric in points, mean ± std over the variants that differ from the reference, and the worst (most
-    negative) one; `identical` when none differs."""
+    negative) one, starred when its 95 % interval excludes 0, with how many variants are significant (when
+    intervals were computed); `identical` when none differs."""
     reports = report if isinstance(report, list) else [report]
     axes = [a["axis"] for a in reports[0]["axes"]]
     if any([a["axis"] for a in r["axes"]] != axes for r in reports):
