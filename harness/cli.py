@@ -123,6 +123,8 @@ def sysnoise(
                           "repeatable.")] = None,
     bootstrap_seconds: Annotated[float, typer.Option(
         "--bootstrap-seconds", min=0, help="Time bound of each mAP bootstrap; 0 skips it (no CI for mAP).")] = 10.0,
+    bootstrap_scope: Annotated[str, typer.Option(
+        "--bootstrap-scope", help="mAP intervals for every detection variant, or per axis only for the largest |Δ| (faster).")] = "all",
     store: Annotated[Optional[Path], typer.Option(
         "--store", help="SQLite file that keeps every finished variant as it finishes "
                         "(default: $HARNESS_CACHE/cells.sqlite).")] = None,
@@ -149,10 +151,13 @@ def sysnoise(
         return
     from harness.store import CellStore
 
+    if bootstrap_scope not in ("all", "largest"):
+        raise UsageError(f"--bootstrap-scope {bootstrap_scope!r}: expected all or largest")
     cells = CellStore(store)
     try:
         report = sysnoise_report(spec, axes, dataset, limit, batch_size, threads, calibration, graph_backend,
-                                 combine, bootstrap_seconds, store=cells, resume=resume)
+                                 combine, bootstrap_seconds, bootstrap_scope, store=cells,
+                                 resume=resume)
     finally:
         cells.close()
     console.print(variants_table(report))

@@ -260,3 +260,33 @@ def test_the_papers_findings_on_the_zoo_detector():
     assert upsample["linear-align_corners"]["significant"]
     legacy = next(v for v in axes["box_decode"]["variants"] if v["name"] == "legacy-plus-one")
     assert legacy["significant"] and legacy["delta"] < -0.01
+
+
+def test_bootstrap_scope_largest_gives_only_the_largest_change_an_interval(tmp_path):
+    """The README's setting: per axis, only the variant with the largest |Δ mAP| is bootstrapped; the
+    interval equals the one a full-scope sweep gives it (same seeded rounds), and the store keeps it."""
+    from harness.store import CellStore
+
+    spec = resolve_model("fcos_tiny")
+    dataset = embedded_benchmark("detect").limit(40).aligned_to(spec.labels)
+    reference = ModelConfig("onnxruntime", "cpu", "fp32")
+    rows = {}
+    for scope in ("all", "largest"):
+        store = CellStore(tmp_path / f"{scope}.sqlite")
+        pipeline = StagedPipeline(export(spec), dataset, batch_size=40, bootstrap_seconds=600.0, bootstrap_scope=scope)
+        rows[scope] = run_axis(pipeline, AXES["box_decode"], spec.profile, reference, "detect", spec.labels, "map",
+                               "onnxruntime", store=store)["variants"]
+        store.close()
+    measured = [v for v in rows["all"] if not v["identical_to_reference"]]
+    assert len(measured) >= 2 and all(v["ci95"] is not None for v in measured)
+    largest = max(measured, key=lambda v: abs(v["delta"]))["name"]
+    by_name = {v["name"]: v for v in rows["largest"]}
+    assert by_name[largest]["ci95"] == next(v["ci95"] for v in measured if v["name"] == largest)
+    assert all(v["ci95"] is None for v in rows["largest"] if v["name"] != largest)
+    store = CellStore(tmp_path / "largest.sqlite")
+    pipeline = StagedPipeline(export(spec), dataset, batch_size=40, bootstrap_seconds=600.0, bootstrap_scope="largest")
+    resumed = run_axis(pipeline, AXES["box_decode"], spec.profile, reference, "detect", spec.labels, "map",
+                       "onnxruntime", store=store, resume=True)["variants"]
+    store.close()
+    assert all(v.get("resumed") for v in resumed)
+    assert next(v for v in resumed if v["name"] == largest)["ci95"] == by_name[largest]["ci95"]

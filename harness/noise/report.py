@@ -10,7 +10,7 @@ from harness.errors import UsageError
 def sysnoise_report(spec, axes: str | None = None, dataset: Path | None = None, limit: int | None = None,
                     batch_size: int = 64, threads: int | None = None, calibration: Path | None = None,
                     graph_backend: str = "onnxruntime", combine: bool = False, bootstrap_seconds: float = 10.0,
-                    progress: bool = True, store=None, resume: bool = False) -> dict:
+                    bootstrap_scope: str = "all", progress: bool = True, store=None, resume: bool = False) -> dict:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -31,7 +31,7 @@ def sysnoise_report(spec, axes: str | None = None, dataset: Path | None = None, 
     needs_int8 = any(a.name == "precision" for a in chosen)
     pipeline = StagedPipeline(exported, data, batch_size, threads,
                               calibration_set(spec, calibration) if needs_int8 else None,
-                              bootstrap_seconds=bootstrap_seconds)
+                              bootstrap_seconds=bootstrap_seconds, bootstrap_scope=bootstrap_scope)
     reference_config = ModelConfig("torch" if spec.has_torch else "onnxruntime", "cpu", "fp32")
     primary = "map" if task == "detect" else "top1"
     classes = data.classes or spec.labels
@@ -61,6 +61,7 @@ def sysnoise_report(spec, axes: str | None = None, dataset: Path | None = None, 
         "combined_note": "each axis at the variant that was worst on its own axis, chosen on this evaluated data "
                          "(as the paper does), added in the paper's order" if combine else None,
         "bootstrap_seconds": bootstrap_seconds,
+        "bootstrap_scope": bootstrap_scope,
         "store": str(store.path) if store is not None else None,
         "counters": pipeline.counters,
     }

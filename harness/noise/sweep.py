@@ -61,10 +61,13 @@ def predictions_digest(predictions: list) -> str:
 
 class StagedPipeline:
     def __init__(self, exported, dataset, batch_size: int = 64, threads: int | None = None, calibration=None,
-                 bootstrap_seconds: float = 10.0):
+                 bootstrap_seconds: float = 10.0, bootstrap_scope: str = "all"):
         self.exported, self.dataset = exported, dataset
         self.batch_size, self.threads, self.calibration = batch_size, threads, calibration
         self.bootstrap_seconds = bootstrap_seconds  # bound on each mAP bootstrap
+        # "all": every detection variant gets its mAP interval; "largest": per axis only the variant with the
+        # largest |Δ| (an interval costs ~200 COCO accumulations: seconds per variant)
+        self.bootstrap_scope = bootstrap_scope
         self.by_id = {s.id: s for s in dataset.samples}
         self.decoded: dict = {}
         self.resized: dict = {}
@@ -208,13 +211,32 @@ def variant_configs(variant: Variant, reference: ModelConfig) -> tuple[ModelConf
     return ModelConfig(backend, device, precision), reference
 
 
+def _paired(pipeline: StagedPipeline, profile: Profile, config: ModelConfig, base_profile: Profile,
+            base_config: ModelConfig) -> tuple[Evaluated, Evaluated, list[str]]:
+    """(candidate, baseline, the sample ids both evaluated, in the candidate's order)."""
+    candidate = pipeline.evaluate(profile, config)
+    baseline = pipeline.evaluate(base_profile, base_config)
+    in_baseline = set(baseline.ids)
+    return candidate, baseline, [i for i in candidate.ids if i in in_baseline]
+
+
+def _coco_pair(pipeline: StagedPipeline, candidate: Evaluated, baseline: Evaluated, shared: list[str], classes):
+    return (pipeline.coco(baseline, shared, len(classes), baseline=True),
+            pipeline.coco(candidate, shared, len(classes)))
+
+
+def _map_interval(pipeline: StagedPipeline, evaluators, images: int) -> dict:
+    from harness.metrics import bootstrap_map_delta
+
+    interval = bootstrap_map_delta(*evaluators, images, seconds=pipeline.bootstrap_seconds)
+    return {} if interval is None else {"ci95": list(interval), "significant": significant(interval)}
+
+
 def compare_variant(pipeline: StagedPipeline, task: str, classes, profile: Profile, config: ModelConfig,
                     base_profile: Profile, base_config: ModelConfig, primary: str) -> dict:
     from harness.compare import task_metric
 
-    candidate = pipeline.evaluate(profile, config)
-    baseline = pipeline.evaluate(base_profile, base_config)
-    shared = sorted(set(candidate.ids) & set(baseline.ids), key=candidate.ids.index)
+    candidate, baseline, shared = _paired(pipeline, profile, config, base_profile, base_config)
     cand_index = {i: k for k, i in enumerate(candidate.ids)}
     base_index = {i: k for k, i in enumerate(baseline.ids)}
     cand = [candidate.predictions[cand_index[i]] for i in shared]
@@ -224,8 +246,7 @@ def compare_variant(pipeline: StagedPipeline, task: str, classes, profile: Profi
     if task == "detect":  # one COCO evaluate per side serves the metric and the bootstrap
         from harness.metrics import metrics_of
 
-        evaluators = (pipeline.coco(baseline, shared, len(classes), baseline=True),
-                      pipeline.coco(candidate, shared, len(classes)))
+        evaluators = _coco_pair(pipeline, candidate, baseline, shared, classes)
         base_metric, metric = (metrics_of(e) for e in evaluators)
     else:
         metric = task_metric(task, samples, cand, base, len(classes))
@@ -239,12 +260,9 @@ def compare_variant(pipeline: StagedPipeline, task: str, classes, profile: Profi
            "samples": len(shared), "ci95": None, "significant": None, "p_value": None, "kl": None}
     if task != "detect":
         row["kl"] = mean_kl(np.asarray(base), np.asarray(cand))
-    if task == "detect" and not row["identical_to_reference"] and pipeline.bootstrap_seconds > 0:
-        from harness.metrics import bootstrap_map_delta
-
-        interval = bootstrap_map_delta(*evaluators, len(samples), seconds=pipeline.bootstrap_seconds)
-        if interval is not None:
-            row["ci95"], row["significant"] = list(interval), significant(interval)
+    if task == "detect" and not row["identical_to_reference"] and pipeline.bootstrap_seconds > 0 \
+            and pipeline.bootstrap_scope == "all":
+        row.update(_map_interval(pipeline, evaluators, len(samples)))
     if task == "classify":
         labels = np.array([s.label for s in samples])
         base_ok = np.asarray(base).argmax(1) == labels
@@ -277,7 +295,8 @@ def _cell_context(pipeline: StagedPipeline, reference_profile: Profile, referenc
             "samples": [s.id for s in pipeline.dataset.samples], "reference": reference_profile.to_json(),
             "reference_config": reference_config, "batch": pipeline.batch_size, "threads": pipeline.threads,
             "calibration": getattr(pipeline.calibration, "sha256", None),
-            "bootstrap_seconds": pipeline.bootstrap_seconds, "task": task, "primary": primary,
+            "bootstrap_seconds": pipeline.bootstrap_seconds, "bootstrap_scope": pipeline.bootstrap_scope,
+            "task": task, "primary": primary,
             "versions": _versions()}
 
 
@@ -288,7 +307,7 @@ def run_axis(pipeline: StagedPipeline, axis: Axis, reference_profile: Profile, r
     with `resume`, rows already there (same model, data and settings) are taken back, marked `resumed`."""
     from harness.store import cell_key
 
-    variants_out = []
+    variants_out, planned = [], {}
     context = _cell_context(pipeline, reference_profile, reference_config, task, primary) \
         if store is not None else None
     for variant in axis.variants(pipeline.exported.spec, graph_backend):
@@ -302,6 +321,7 @@ def run_axis(pipeline: StagedPipeline, axis: Axis, reference_profile: Profile, r
             continue
         profile = reference_profile.replace(**variant.profile) if variant.profile else reference_profile
         config, base_config = variant_configs(variant, reference_config)
+        planned[variant.name] = (profile, config, base_config, key)
         entry = {"name": variant.name, "status": "ok", "reason": "", "baseline": variant.baseline}
         try:
             entry.update(compare_variant(pipeline, task, classes, profile, config, reference_profile, base_config,
@@ -318,6 +338,8 @@ def run_axis(pipeline: StagedPipeline, axis: Axis, reference_profile: Profile, r
         variants_out.append(entry)
         if progress:
             progress(variant.name)
+    if task == "detect" and pipeline.bootstrap_scope == "largest" and pipeline.bootstrap_seconds > 0:
+        _interval_of_largest(pipeline, axis.name, variants_out, planned, reference_profile, classes, store)
     measured = [v["delta"] for v in variants_out if v["status"] == "ok" and not v["identical_to_reference"]]
     worst = min(measured) if measured else None
     return {"axis": axis.name, "stage": axis.stage, "description": axis.description,
@@ -325,6 +347,21 @@ def run_axis(pipeline: StagedPipeline, axis: Axis, reference_profile: Profile, r
             "delta_std": float(np.std(measured)) if measured else 0.0,
             "delta_max": worst, "variants": variants_out,
             "note": "mean/std/max over the variants that ran and differ from the reference"}
+
+
+def _interval_of_largest(pipeline: StagedPipeline, axis_name: str, variants_out: list[dict], planned: dict,
+                         reference_profile: Profile, classes, store) -> None:
+    """The mAP interval of the axis's variant with the largest |Δ| (bootstrap_scope "largest")."""
+    measured = [v for v in variants_out if v["status"] == "ok" and not v["identical_to_reference"]]
+    largest = max(measured, key=lambda v: abs(v["delta"])) if measured else None
+    if largest is None or largest.get("ci95") is not None or largest["name"] not in planned:
+        return  # nothing measured, or an interval already there (taken back from the store)
+    profile, config, base_config, key = planned[largest["name"]]
+    candidate, baseline, shared = _paired(pipeline, profile, config, reference_profile, base_config)
+    largest.update(_map_interval(pipeline, _coco_pair(pipeline, candidate, baseline, shared, classes), len(shared)))
+    if store is not None:
+        store.put(key, axis_name, largest["name"], {k: v for k, v in largest.items()
+                                                                  if k not in ("identical_to", "resumed")})
 
 
 def worst_variant(axis_result: dict) -> str | None:

@@ -16,18 +16,26 @@ def axis_cell(axis: dict) -> str:
         return "identical"
     measured = [v for v in ran if not v["identical_to_reference"]]
     worst = min(measured, key=lambda v: v["delta"])
-    marker = "*" if worst.get("significant") else ""
-    tested = [v for v in measured if v.get("significant") is not None]
-    count = f", {sum(v['significant'] for v in tested)}/{len(tested)} significant" if tested else ""
-    return (f"{axis['delta_mean'] * 100:+.2f} ± {axis['delta_std'] * 100:.2f} "
-            f"(worst {_points(worst['delta'])}{marker}{count})")
+    largest = max(measured, key=lambda v: abs(v["delta"]))
+    notes = [f"worst {_signed(worst)}"]
+    if largest is not worst and largest.get("significant") is not None:
+        notes.append(f"largest {_signed(largest)}")
+    if all(v.get("significant") is not None for v in measured):
+        notes.append(f"{sum(v['significant'] for v in measured)}/{len(measured)} significant")
+    return f"{axis['delta_mean'] * 100:+.2f} ± {axis['delta_std'] * 100:.2f} ({'; '.join(notes)})"
+
+
+def _signed(variant: dict) -> str:
+    """Δ in points, starred when its 95 % interval excludes 0."""
+    return _points(variant["delta"]) + ("*" if variant.get("significant") else "")
 
 
 def summary_markdown(report: dict | list[dict]) -> str:
     """One row per model (one report, or several with the same axes, e.g. the zoo's), one column per axis:
     Δ metric in points, mean ± std over the variants that differ from the reference, and the worst (most
-    negative) one, starred when its 95 % interval excludes 0, with how many variants are significant (when
-    intervals were computed); `identical` when none differs."""
+    negative) one and, when it has an interval and is another, the one with the largest |Δ|; starred when its 95 %
+    interval excludes 0; how many variants are significant when all have intervals; `identical` when none
+    differs."""
     reports = report if isinstance(report, list) else [report]
     axes = [a["axis"] for a in reports[0]["axes"]]
     if any([a["axis"] for a in r["axes"]] != axes for r in reports):
