@@ -124,7 +124,14 @@ def sysnoise(
     bootstrap_seconds: Annotated[float, typer.Option(
         "--bootstrap-seconds", min=0, help="Time bound of each mAP bootstrap; 0 skips it (no CI for mAP).")] = 10.0,
     bootstrap_scope: Annotated[str, typer.Option(
-        "--bootstrap-scope", help="mAP intervals for every detection variant, or per axis only for the largest |Δ| (faster).")] = "all",
+        "--bootstrap-scope", help="mAP intervals for every detection variant, or per axis only for the largest "
+                                  "|Δ| (faster).")] = "all",
+    executor: Annotated[str, typer.Option(
+        "--executor", help="Where cells run: local (a worker process; a crashing cell costs only itself) or "
+                           "ray (a Ray task; $RAY_ADDRESS, else a local cluster).")] = "local",
+    cell_timeout: Annotated[Optional[float], typer.Option(
+        "--cell-timeout", min=1, help="Seconds one cell (a variant) may run before its worker is killed and "
+                                      "the cell reported as timed out.")] = None,
     store: Annotated[Optional[Path], typer.Option(
         "--store", help="SQLite file that keeps every finished variant as it finishes "
                         "(default: $HARNESS_CACHE/cells.sqlite).")] = None,
@@ -135,7 +142,6 @@ def sysnoise(
     """SysNoise sweep: vary one part of the deployment system at a time against the training profile."""
     from harness.backends import get_backend
     from harness.noise import AXES, add_user_variant
-    from harness.noise.report import sysnoise_report
     from harness.report import write_json
     from harness.report.sysnoise import summary_markdown, variants_table
 
@@ -149,17 +155,25 @@ def sysnoise(
             names = ", ".join(v.name for v in axis.variants(spec, graph_backend))
             console.print(f"[bold]{axis.name}[/] ({axis.stage}): {axis.description}\n  {names}", highlight=False)
         return
+    from harness.noise import get_axes
+    from harness.noise.executor import EXECUTORS, SweepJob, run_sweep
     from harness.store import CellStore
 
     if bootstrap_scope not in ("all", "largest"):
         raise UsageError(f"--bootstrap-scope {bootstrap_scope!r}: expected all or largest")
+    if executor not in EXECUTORS:
+        raise UsageError(f"--executor {executor!r}: expected one of {', '.join(EXECUTORS)}")
+    get_axes(axes)  # a misspelt axis fails here, before a worker starts
     cells = CellStore(store)
+    options = {"axes": axes, "dataset": dataset, "limit": limit, "batch_size": batch_size, "threads": threads,
+               "calibration": calibration, "graph_backend": graph_backend, "combine": combine,
+               "bootstrap_seconds": bootstrap_seconds, "bootstrap_scope": bootstrap_scope}
+    job = SweepJob(model, checkpoint, profile, list(variant or []), options, cells.path if resume else None)
     try:
-        report = sysnoise_report(spec, axes, dataset, limit, batch_size, threads, calibration, graph_backend,
-                                 combine, bootstrap_seconds, bootstrap_scope, store=cells,
-                                 resume=resume)
+        report = run_sweep(job, executor, cell_timeout, cells)
     finally:
         cells.close()
+    report["store"] = str(cells.path)
     console.print(variants_table(report))
     console.print(summary_markdown(report), highlight=False)
     if markdown:

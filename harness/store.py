@@ -42,5 +42,8 @@ class CellStore:
         self.connection.execute("INSERT OR REPLACE INTO cells VALUES (?, ?, ?, ?, ?)",
                                 (key, axis, variant, json.dumps(row, default=float), time.time()))
 
+    def started(self, key: str, axis: str, variant: str, baseline: str) -> None:
+        """A cell begins (an executor's relay store reports it; nothing to keep here)."""
+
     def close(self) -> None:
         self.connection.close()

@@ -169,11 +169,7 @@ def test_box_decode_variants_do_what_they_say():
 
 
 def test_user_variants_from_the_command_line(harness_cli, tmp_path):
-    import os
-    from pathlib import Path
-
-    plugins = str(Path(__file__).parent / "plugins")
-    env = {"PYTHONPATH": plugins + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = _plugin_env()
     result = harness_cli("sysnoise", "--axes", "color", "--limit", "30", "--variant",
                          "color=harness_test_variants:gray_world_color", "--json", "-", env=env)
     assert result.returncode == 0, result.stderr
@@ -184,27 +180,57 @@ def test_user_variants_from_the_command_line(harness_cli, tmp_path):
     assert bad.returncode == 2 and "cannot import color 'nowhere_module:fn'" in bad.stderr
 
 
-def test_a_sweep_killed_by_a_crashing_decoder_loses_nothing_it_finished(harness_cli, tmp_path):
-    """Each finished variant is in the SQLite store the moment it finishes; --resume takes them back."""
+def _plugin_env():
     import os
     from pathlib import Path
 
     plugins = str(Path(__file__).parent / "plugins")
-    env = {"PYTHONPATH": plugins + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return {"PYTHONPATH": plugins + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
+def test_a_crashing_decoder_costs_only_its_own_cell(harness_cli, tmp_path):
+    """The local executor: a decoder that kills its process (as a segfaulting C extension does) becomes one
+    failed row; the worker is restarted and the rows finished before are taken back, not recomputed.
+    --resume later takes the five finished rows from the store and tries the failed one again."""
     store = tmp_path / "cells.sqlite"
-    killed = harness_cli("sysnoise", "--axes", "decoder", "--limit", "20", "--store", str(store), "--variant",
-                         "decoder=harness_test_variants:decoder_that_kills_the_process", env=env)
-    assert killed.returncode == 139  # the process died on the user's decoder, after the built-in ones
-    first = harness_cli("sysnoise", "--axes", "decoder", "--limit", "20", "--store", str(store), "--resume",
-                        "--json", "-")
+    crash = "decoder=harness_test_variants:decoder_that_kills_the_process"
+    first = harness_cli("sysnoise", "--axes", "decoder", "--limit", "20", "--store", str(store), "--variant", crash,
+                        "--json", "-", env=_plugin_env())
     assert first.returncode == 0, first.stderr
     report = json.loads(first.stdout)
-    variants = report["axes"][0]["variants"]
-    assert len(variants) == 5 and all(v.get("resumed") for v in variants)
-    assert report["counters"]["resumed"] == 5 and report["counters"]["inferences"] == 20  # the reference only
+    variants = {v["name"]: v for v in report["axes"][0]["variants"]}
+    assert len(variants) == 6 and len(report["axes"][0]["variants"]) == 6
+    crashed = variants[crash.split("=")[1]]
+    assert crashed["status"] == "failed" and crashed["reason"] == "its worker process died (exit code 139) while running it"
+    assert all(v["status"] == "ok" for name, v in variants.items() if v is not crashed)
+    assert report["executor"]["worker_starts"] == 2
+    assert report["executor"]["isolated_failures"] == [{"axis": "decoder", "variant": crashed["name"],
+                                                         "reason": crashed["reason"]}]
+    again = harness_cli("sysnoise", "--axes", "decoder", "--limit", "20", "--store", str(store), "--resume",
+                        "--variant", crash, "--json", "-", env=_plugin_env())
+    resumed = json.loads(again.stdout)
+    assert resumed["counters"]["resumed"] == 5 and resumed["executor"]["worker_starts"] == 2  # failed: tried again
     fresh = harness_cli("sysnoise", "--axes", "decoder", "--limit", "20", "--json", "-")
     recomputed = {v["name"]: v["delta"] for v in json.loads(fresh.stdout)["axes"][0]["variants"]}
-    assert {v["name"]: v["delta"] for v in variants} == recomputed
+    assert {n: v["delta"] for n, v in variants.items() if v is not crashed} == recomputed
+
+
+def test_a_hanging_cell_times_out_alone(harness_cli):
+    hang = "color=harness_test_variants:stage_that_hangs"
+    result = harness_cli("sysnoise", "--axes", "color", "--limit", "10", "--variant", hang, "--cell-timeout", "3",
+                         "--json", "-", env=_plugin_env())
+    assert result.returncode == 0, result.stderr
+    variants = {v["name"]: v for v in json.loads(result.stdout)["axes"][0]["variants"]}
+    hung = variants["harness_test_variants:stage_that_hangs"]
+    assert hung["status"] == "failed" and hung["reason"].startswith("timed out: still running after 3 s")
+    assert sum(v["status"] == "ok" for v in variants.values()) == len(variants) - 1 >= 8
+
+
+def test_executor_and_timeout_errors_are_one_line(harness_cli):
+    bad = harness_cli("sysnoise", "--axes", "color", "--executor", "slurm")
+    assert bad.returncode == 2 and "--executor 'slurm': expected one of local, ray" in bad.stderr
+    missing = harness_cli("sysnoise", "--axes", "color", "--dataset", "/nonexistent/folder")
+    assert missing.returncode == 2 and "/nonexistent/folder" in missing.stderr and "Traceback" not in missing.stderr
 
 
 def test_post_processing_variants_never_rerun_inference(monkeypatch):

@@ -43,7 +43,8 @@ def _profile_axis(field_name: str, registry_name: str):
 
         registry = getattr(preprocess, registry_name)
         reference = getattr(spec.profile, field_name)
-        return [Variant(name, {field_name: name}) for name in registry if name != reference]
+        # a user's `package.module:function` sits in the registry once imported; it is a user variant
+        return [Variant(name, {field_name: name}) for name in registry if name != reference and ":" not in name]
     return build
 
 
@@ -139,7 +140,7 @@ def _nms_variants(spec, graph_backend):
     from harness.postprocess import NMS
 
     reference = spec.profile
-    variants = [Variant(name, {"nms": name}) for name in NMS if name != reference.nms]
+    variants = [Variant(name, {"nms": name}) for name in NMS if name != reference.nms and ":" not in name]
     variants += [Variant(f"iou-{iou}", {"iou_threshold": iou}) for iou in (0.5, 0.7) if iou != reference.iou_threshold]
     variants += [Variant(f"score-{score}", {"score_threshold": score}) for score in (0.1, 0.3)]
     variants += [Variant(f"max-{count}", {"max_detections": count}) for count in (10, 300)

@@ -313,15 +313,21 @@ def run_axis(pipeline: StagedPipeline, axis: Axis, reference_profile: Profile, r
     for variant in axis.variants(pipeline.exported.spec, graph_backend):
         key = cell_key(context, axis.name, variant) if store is not None else None
         stored = store.get(key) if store is not None and resume else None
-        if stored is not None and stored.get("status") == "ok":
-            variants_out.append({**stored, "resumed": True})
-            pipeline.counters["resumed"] = pipeline.counters.get("resumed", 0) + 1
+        if stored is not None and (stored.get("status") == "ok" or stored.get("isolated")):
+            # ok, or a cell that crashed or timed out in an earlier worker of this run (harness.noise.executor)
+            if stored.get("isolated"):
+                variants_out.append(stored)
+            else:
+                variants_out.append({**stored, "resumed": True})
+                pipeline.counters["resumed"] = pipeline.counters.get("resumed", 0) + 1
             if progress:
                 progress(variant.name)
             continue
         profile = reference_profile.replace(**variant.profile) if variant.profile else reference_profile
         config, base_config = variant_configs(variant, reference_config)
         planned[variant.name] = (profile, config, base_config, key)
+        if store is not None:
+            store.started(key, axis.name, variant.name, variant.baseline)
         entry = {"name": variant.name, "status": "ok", "reason": "", "baseline": variant.baseline}
         try:
             entry.update(compare_variant(pipeline, task, classes, profile, config, reference_profile, base_config,

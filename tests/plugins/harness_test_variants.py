@@ -19,3 +19,10 @@ def decoder_that_kills_the_process(data: bytes):
     import os
 
     os._exit(139)
+
+
+def stage_that_hangs(pixels_or_bytes):
+    """A decoder or colour converter stuck on a lock or a device: never returns."""
+    import time
+
+    time.sleep(3600)

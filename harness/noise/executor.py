@@ -1,0 +1,224 @@
+"""Where a sweep's cells run (DESIGN.md, "Scale"): `--executor local` (default) or `ray`, with
+`--cell-timeout SECONDS`.
+
+A cell is one variant of one axis. One worker runs the sweep with its stage caches (a decode, a resize, a
+session is shared by the cells that need it, as in a single process); the driver, this process, only
+watches: the worker says which cell it starts and sends every finished row, which the driver writes to the
+cell store at once. When a native crash takes the worker down, or a cell runs past the timeout and the
+driver kills it, that cell alone becomes a `failed` row saying so, and a new worker carries on: the rows
+already finished are taken back, not computed again. So a crashing backend or decoder costs its own cell
+and one worker start-up, never the sweep.
+
+- local: the worker is a process of this machine (multiprocessing, spawn: no inherited threads or state).
+- ray: the worker is a Ray task (`ray.init(address=$RAY_ADDRESS)`, a local cluster when unset) asking for
+  `--threads` CPUs; messages come back through a Ray queue, so the store stays on the driver's machine.
+  Taking rows back from the store with `--resume` needs the store's path to be readable by the worker
+  (one machine, or a shared file system).
+"""
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.errors import HarnessError, UsageError
+
+EXECUTORS = ("local", "ray")
+POLL_S = 0.2
+
+
+class WorkerError(HarnessError):
+    """The sweep's worker stopped on an error of the user's (shown as the worker saw it)."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass
+class SweepJob:
+    """What a worker needs to run one sweep: names and paths (picklable), resolved again in the worker."""
+
+    model: str | None
+    checkpoint: Path | None
+    profile: Path | None
+    user_variants: list[str]
+    options: dict                              # harness.noise.report.sysnoise_report keyword arguments
+    store_path: Path | None = None             # read by the worker to take rows back (--resume)
+    taken: dict = field(default_factory=dict)  # rows finished by earlier workers of this run, by cell key
+
+
+class RelayStore:
+    """The worker's side of the cell store: rows of this run first, then (with --resume) the store's
+    finished rows; every row it is given goes to the driver."""
+
+    def __init__(self, job: SweepJob, send):
+        from harness.store import CellStore
+
+        self.taken, self.send = dict(job.taken), send
+        self.stored = CellStore(job.store_path) if job.store_path else None
+        self.path = job.store_path
+
+    def get(self, key: str) -> dict | None:
+        if key in self.taken:
+            return self.taken[key]
+        row = self.stored.get(key) if self.stored is not None else None
+        return row if row is not None and row.get("status") == "ok" else None  # failures are tried again
+
+    def started(self, key: str, axis: str, variant: str, baseline: str) -> None:
+        self.send(("start", key, axis, variant, baseline))
+
+    def put(self, key: str, axis: str, variant: str, row: dict) -> None:
+        self.taken[key] = row
+        self.send(("row", key, axis, variant, row))
+
+
+def run_job(job: SweepJob, send) -> None:
+    """The worker: runs the sweep and sends ("start" ...), ("row" ...) and finally ("done", report) or
+    ("error", exit_code, message)."""
+    try:
+        from harness.model import resolve_model
+        from harness.noise import add_user_variant
+        from harness.noise.report import sysnoise_report
+
+        for text in job.user_variants:
+            add_user_variant(text)
+        spec = resolve_model(job.model, checkpoint=job.checkpoint, profile_path=job.profile)
+        store = RelayStore(job, send)
+        send(("done", sysnoise_report(spec, store=store, resume=True, **job.options)))
+    except HarnessError as err:
+        send(("error", err.exit_code, str(err)))
+    except Exception as err:  # noqa: BLE001 - the driver shows it; a bug's traceback must not be lost
+        send(("error", 1, f"{type(err).__name__}: {err}\n{traceback.format_exc()}"))
+
+
+def _local_main(job: SweepJob, messages) -> None:
+    run_job(job, messages.put)
+
+
+class LocalWorker:
+    def __init__(self, job: SweepJob):
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")
+        self.messages = context.Queue()
+        self.process = context.Process(target=_local_main, args=(job, self.messages), daemon=True)
+        self.process.start()
+
+    def receive(self, timeout: float):
+        import queue
+
+        try:
+            return self.messages.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def ended(self) -> str | None:
+        """Why the worker is gone, or None while it runs."""
+        if self.process.is_alive():
+            return None
+        code = self.process.exitcode
+        if code is not None and code < 0:
+            import signal
+
+            return f"signal {signal.Signals(-code).name}"
+        return f"exit code {code}"
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.join(5)
+
+
+class RayWorker:
+    def __init__(self, job: SweepJob):
+        import os
+
+        import ray
+        from ray.util.queue import Queue
+
+        if not ray.is_initialized():
+            ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=True,
+                     configure_logging=False)
+        self.ray = ray
+        self.messages = Queue()
+        cpus = job.options.get("threads") or 1
+        self.ref = ray.remote(num_cpus=cpus, max_retries=0)(_ray_main).remote(job, self.messages)
+
+    def receive(self, timeout: float):
+        from ray.util.queue import Empty
+
+        try:
+            return self.messages.get(timeout=timeout)
+        except Empty:
+            return None
+
+    def ended(self) -> str | None:
+        ready, _ = self.ray.wait([self.ref], timeout=0)
+        if not ready:
+            return None
+        try:
+            self.ray.get(self.ref)
+            return "the task ended"
+        except Exception as err:  # noqa: BLE001 - Ray's own words on why the task died
+            return f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
+
+    def kill(self) -> None:
+        self.ray.cancel(self.ref, force=True)
+
+
+def _ray_main(job: SweepJob, messages) -> None:
+    run_job(job, messages.put)
+
+
+def run_sweep(job: SweepJob, executor: str = "local", cell_timeout: float | None = None, store=None,
+              max_restarts: int = 50) -> dict:
+    """Runs `job` on a worker, restarting it past a crashed or timed-out cell; returns the report."""
+    if executor not in EXECUTORS:
+        raise UsageError(f"--executor {executor!r}: expected one of {', '.join(EXECUTORS)}")
+    if executor == "ray":
+        try:
+            import ray  # noqa: F401
+        except ImportError as err:
+            raise UsageError(f"--executor ray needs Ray ({err}); pip install 'harness[ray]'") from err
+    isolated = []
+    for _ in range(max_restarts + 1):
+        worker = LocalWorker(job) if executor == "local" else RayWorker(job)
+        current, reason = None, None
+        while reason is None:
+            message = worker.receive(POLL_S)
+            if message is None:
+                if cell_timeout and current and time.monotonic() - current[-1] > cell_timeout:
+                    worker.kill()
+                    reason = f"timed out: still running after {cell_timeout:g} s (--cell-timeout); its worker was killed"
+                elif (ended := worker.ended()) is not None:
+                    message = worker.receive(1.0)  # a last message may still be in flight
+                    if message is None:
+                        reason = f"its worker process died ({ended}) while running it"
+            if message is None:
+                continue
+            kind = message[0]
+            if kind == "start":
+                current = (*message[1:], time.monotonic())
+            elif kind == "row":
+                _, key, axis, variant, row = message
+                job.taken[key] = row
+                if store is not None:
+                    store.put(key, axis, variant, row)
+                current = None
+            elif kind == "done":
+                report = message[1]
+                report["executor"] = {"name": executor, "cell_timeout": cell_timeout, "worker_starts": len(isolated) + 1,
+                                      "isolated_failures": isolated}
+                return report
+            elif kind == "error":
+                raise WorkerError(message[2], message[1])
+        if current is None:
+            raise WorkerError(f"the sweep's worker stopped outside any cell: {reason}", 1)
+        key, axis, variant, baseline, _ = current
+        row = {"name": variant, "status": "failed", "reason": reason, "baseline": baseline, "isolated": True}
+        job.taken[key] = row
+        if store is not None:
+            store.put(key, axis, variant, row)
+        isolated.append({"axis": axis, "variant": variant, "reason": reason})
+    raise WorkerError(f"the sweep's worker was restarted {max_restarts} times; giving up", 1)
