@@ -39,6 +39,8 @@ def test_wheel_installs_under_the_harness_name_only(tmp_path):
     assert "harness/backends/ort.py" in names and "harness/models/weights/resnet_tiny.pt" in names
     assert "harness/data/benchmark/detect/instances.json" in names
     assert not any(n.startswith(("backends/", "models/")) for n in names)
+    for package in ROOT.joinpath("harness").glob("*/__init__.py"):  # every sub-package is shipped
+        assert f"harness/{package.parent.name}/__init__.py" in names, package.parent.name
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
                    check=True, capture_output=True, timeout=300)

@@ -226,6 +226,31 @@ def test_a_hanging_cell_times_out_alone(harness_cli):
     assert sum(v["status"] == "ok" for v in variants.values()) == len(variants) - 1 >= 8
 
 
+def test_ray_executor_isolates_a_crash_and_a_hang(harness_cli, tmp_path):
+    """The same worker as a Ray task on a local Ray cluster (started and stopped by the run): the crashing
+    decoder and the hanging colour converter each cost their own cell, the store still gets every row."""
+    from harness.store import CellStore
+
+    store = tmp_path / "cells.sqlite"
+    result = harness_cli("sysnoise", "--axes", "decoder,color", "--limit", "10", "--executor", "ray", "--cell-timeout",
+                         "5", "--store", str(store), "--json", "-",
+                         "--variant", "decoder=harness_test_variants:decoder_that_kills_the_process",
+                         "--variant", "color=harness_test_variants:stage_that_hangs", env=_plugin_env())
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    assert report["executor"]["name"] == "ray" and report["executor"]["worker_starts"] == 3
+    rows = {(a["axis"], v["name"]): v for a in report["axes"] for v in a["variants"]}
+    crashed = rows["decoder", "harness_test_variants:decoder_that_kills_the_process"]
+    hung = rows["color", "harness_test_variants:stage_that_hangs"]
+    assert crashed["status"] == "failed" and "WorkerCrashedError" in crashed["reason"]
+    assert hung["status"] == "failed" and hung["reason"].startswith("timed out: still running after 5 s")
+    assert sum(v["status"] == "ok" for v in rows.values()) == len(rows) - 2
+    cells = CellStore(store)
+    stored = cells.connection.execute("SELECT count(*) FROM cells").fetchone()[0]
+    cells.close()
+    assert stored == len(rows)
+
+
 def test_executor_and_timeout_errors_are_one_line(harness_cli):
     bad = harness_cli("sysnoise", "--axes", "color", "--executor", "slurm")
     assert bad.returncode == 2 and "--executor 'slurm': expected one of local, ray" in bad.stderr

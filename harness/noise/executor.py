@@ -138,7 +138,7 @@ class RayWorker:
         from ray.util.queue import Queue
 
         if not ray.is_initialized():
-            ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=True,
+            ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=False,
                      configure_logging=False)
         self.ray = ray
         self.messages = Queue()
@@ -177,10 +177,25 @@ def run_sweep(job: SweepJob, executor: str = "local", cell_timeout: float | None
     if executor not in EXECUTORS:
         raise UsageError(f"--executor {executor!r}: expected one of {', '.join(EXECUTORS)}")
     if executor == "ray":
+        import contextlib
+        import sys
+
         try:
-            import ray  # noqa: F401
+            import ray
         except ImportError as err:
             raise UsageError(f"--executor ray needs Ray ({err}); pip install 'harness[ray]'") from err
+        started_here = not ray.is_initialized()
+        # Ray prints its cluster's events (a dead worker, ...) on stdout, where `--json -` writes the report
+        with contextlib.redirect_stdout(sys.stderr):
+            try:
+                return _drive(job, executor, cell_timeout, store, max_restarts)
+            finally:
+                if started_here:
+                    ray.shutdown()
+    return _drive(job, executor, cell_timeout, store, max_restarts)
+
+
+def _drive(job: SweepJob, executor: str, cell_timeout: float | None, store, max_restarts: int) -> dict:
     isolated = []
     for _ in range(max_restarts + 1):
         worker = LocalWorker(job) if executor == "local" else RayWorker(job)
