@@ -93,8 +93,8 @@ def run_job(job: SweepJob, send) -> None:
         send(("error", 1, f"{type(err).__name__}: {err}\n{traceback.format_exc()}"))
 
 
-def _local_main(job: SweepJob, messages) -> None:
-    run_job(job, messages.put)
+def _local_main(job: SweepJob, connection) -> None:
+    run_job(job, connection.send)
 
 
 class LocalWorker:
@@ -102,16 +102,18 @@ class LocalWorker:
         import multiprocessing
 
         context = multiprocessing.get_context("spawn")
-        self.messages = context.Queue()
-        self.process = context.Process(target=_local_main, args=(job, self.messages), daemon=True)
+        # a Pipe, not a Queue: Connection.send writes before it returns, where a Queue's feeder thread may
+        # still hold the "start" of a cell whose native code kills the process the next instant
+        self.messages, sending = context.Pipe(duplex=False)
+        # not a daemon: a backend may start processes of its own (a daemon may not)
+        self.process = context.Process(target=_local_main, args=(job, sending))
         self.process.start()
+        sending.close()
 
     def receive(self, timeout: float):
-        import queue
-
         try:
-            return self.messages.get(timeout=timeout)
-        except queue.Empty:
+            return self.messages.recv() if self.messages.poll(timeout) else None
+        except EOFError:  # the worker is gone; ended() says how
             return None
 
     def ended(self) -> str | None:
@@ -126,7 +128,8 @@ class LocalWorker:
         return f"exit code {code}"
 
     def kill(self) -> None:
-        self.process.kill()
+        if self.process.is_alive():
+            self.process.kill()
         self.process.join(5)
 
 
@@ -199,35 +202,14 @@ def _drive(job: SweepJob, executor: str, cell_timeout: float | None, store, max_
     isolated = []
     for _ in range(max_restarts + 1):
         worker = LocalWorker(job) if executor == "local" else RayWorker(job)
-        current, reason = None, None
-        while reason is None:
-            message = worker.receive(POLL_S)
-            if message is None:
-                if cell_timeout and current and time.monotonic() - current[-1] > cell_timeout:
-                    worker.kill()
-                    reason = f"timed out: still running after {cell_timeout:g} s (--cell-timeout); its worker was killed"
-                elif (ended := worker.ended()) is not None:
-                    message = worker.receive(1.0)  # a last message may still be in flight
-                    if message is None:
-                        reason = f"its worker process died ({ended}) while running it"
-            if message is None:
-                continue
-            kind = message[0]
-            if kind == "start":
-                current = (*message[1:], time.monotonic())
-            elif kind == "row":
-                _, key, axis, variant, row = message
-                job.taken[key] = row
-                if store is not None:
-                    store.put(key, axis, variant, row)
-                current = None
-            elif kind == "done":
-                report = message[1]
-                report["executor"] = {"name": executor, "cell_timeout": cell_timeout, "worker_starts": len(isolated) + 1,
-                                      "isolated_failures": isolated}
-                return report
-            elif kind == "error":
-                raise WorkerError(message[2], message[1])
+        try:
+            current, reason, report = _watch(worker, job, cell_timeout, store)
+        finally:  # done, failed, or interrupted (Ctrl-C): no worker outlives the driver
+            worker.kill()
+        if report is not None:
+            report["executor"] = {"name": executor, "cell_timeout": cell_timeout, "worker_starts": len(isolated) + 1,
+                                  "isolated_failures": isolated}
+            return report
         if current is None:
             raise WorkerError(f"the sweep's worker stopped outside any cell: {reason}", 1)
         key, axis, variant, baseline, _ = current
@@ -237,3 +219,35 @@ def _drive(job: SweepJob, executor: str, cell_timeout: float | None, store, max_
             store.put(key, axis, variant, row)
         isolated.append({"axis": axis, "variant": variant, "reason": reason})
     raise WorkerError(f"the sweep's worker was restarted {max_restarts} times; giving up", 1)
+
+
+def _watch(worker, job: SweepJob, cell_timeout: float | None, store):
+    """Relays one worker's rows to the store until it is done (-> report) or gone (-> the cell it was in
+    and why)."""
+    current, reason = None, None
+    while reason is None:
+        message = worker.receive(POLL_S)
+        if message is None:
+            if cell_timeout and current and time.monotonic() - current[-1] > cell_timeout:
+                worker.kill()
+                reason = f"timed out: still running after {cell_timeout:g} s (--cell-timeout); its worker was killed"
+            elif (ended := worker.ended()) is not None:
+                message = worker.receive(1.0)  # a last message may still be in flight
+                if message is None:
+                    reason = f"its worker process died ({ended}) while running it"
+        if message is None:
+            continue
+        kind = message[0]
+        if kind == "start":
+            current = (*message[1:], time.monotonic())
+        elif kind == "row":
+            _, key, axis, variant, row = message
+            job.taken[key] = row
+            if store is not None:
+                store.put(key, axis, variant, row)
+            current = None
+        elif kind == "done":
+            return None, None, message[1]
+        elif kind == "error":
+            raise WorkerError(message[2], message[1])
+    return current, reason, None
