@@ -7,6 +7,8 @@ Both converted graphs are cached by content hash.
 """
 from __future__ import annotations
 
+import contextlib
+import tempfile
 from pathlib import Path
 
 from harness.backends import Backend, Session
@@ -82,8 +84,12 @@ def quantize_qdq(onnx_path: Path, calibration, out: Path, symmetric: bool = Fals
             batch = next(self.batches, None)
             return None if batch is None else {input_name: batch}
 
-    prepared = out.with_name("prepared.onnx")
-    quant_pre_process(str(onnx_path), str(prepared))
+    prepared = out.with_name("prepared.onnx").resolve()
+    # ORT's symbolic shape inference, when it cannot infer every shape, saves `sym_shape_infer_temp.onnx`
+    # and its data into the current folder before it gives up (onnxruntime/tools/symbolic_shape_infer.py;
+    # an earlier zoo detector did, and the two files got committed); run it in a scratch folder instead
+    with tempfile.TemporaryDirectory() as scratch, contextlib.chdir(scratch):
+        quant_pre_process(str(Path(onnx_path).resolve()), str(prepared))
     extra = {"ActivationSymmetric": True, "WeightSymmetric": True} if symmetric else {}
     quantize_static(str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ,
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
