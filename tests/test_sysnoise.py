@@ -215,15 +215,17 @@ def test_a_crashing_decoder_costs_only_its_own_cell(harness_cli, tmp_path):
     assert {n: v["delta"] for n, v in variants.items() if v is not crashed} == recomputed
 
 
-def test_a_hanging_cell_times_out_alone(harness_cli):
+def test_a_hanging_cell_times_out_alone(harness_cli, tmp_path):
     hang = "color=harness_test_variants:stage_that_hangs"
+    page = tmp_path / "sweep.html"
     result = harness_cli("sysnoise", "--axes", "color", "--limit", "10", "--variant", hang, "--cell-timeout", "3",
-                         "--json", "-", env=_plugin_env())
+                         "--json", "-", "--html", str(page), env=_plugin_env())
     assert result.returncode == 0, result.stderr
     variants = {v["name"]: v for v in json.loads(result.stdout)["axes"][0]["variants"]}
     hung = variants["harness_test_variants:stage_that_hangs"]
     assert hung["status"] == "failed" and hung["reason"].startswith("timed out: still running after 3 s")
     assert sum(v["status"] == "ok" for v in variants.values()) == len(variants) - 1 >= 8
+    assert hung["delta"] is None and "delta per noise axis" in page.read_text()  # the page renders past it
 
 
 def test_ray_executor_isolates_a_crash_and_a_hang(harness_cli, tmp_path):

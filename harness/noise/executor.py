@@ -199,6 +199,8 @@ def run_sweep(job: SweepJob, executor: str = "local", cell_timeout: float | None
 
 
 def _drive(job: SweepJob, executor: str, cell_timeout: float | None, store, max_restarts: int) -> dict:
+    from harness.noise.sweep import variant_row
+
     isolated = []
     for _ in range(max_restarts + 1):
         worker = LocalWorker(job) if executor == "local" else RayWorker(job)
@@ -213,7 +215,7 @@ def _drive(job: SweepJob, executor: str, cell_timeout: float | None, store, max_
         if current is None:
             raise WorkerError(f"the sweep's worker stopped outside any cell: {reason}", 1)
         key, axis, variant, baseline, _ = current
-        row = {"name": variant, "status": "failed", "reason": reason, "baseline": baseline, "isolated": True}
+        row = {**variant_row(variant, "failed", reason, baseline), "isolated": True}
         job.taken[key] = row
         if store is not None:
             store.put(key, axis, variant, row)

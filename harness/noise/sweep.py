@@ -300,6 +300,13 @@ def _cell_context(pipeline: StagedPipeline, reference_profile: Profile, referenc
             "versions": _versions()}
 
 
+def variant_row(name: str, status: str, reason: str, baseline: str) -> dict:
+    """A variant's row before (or without) its numbers: every key a report reads, numbers None."""
+    return {"name": name, "status": status, "reason": reason, "baseline": baseline, "metric": None,
+            "baseline_metric": None, "delta": None, "flip_rate": None, "identical_to_reference": False,
+            "outputs_sha256": None, "samples": 0, "ci95": None, "significant": None, "p_value": None, "kl": None}
+
+
 def run_axis(pipeline: StagedPipeline, axis: Axis, reference_profile: Profile, reference_config: ModelConfig,
              task: str, classes, primary: str, graph_backend: str, progress=None, store=None,
              resume: bool = False) -> dict:
@@ -328,7 +335,7 @@ def run_axis(pipeline: StagedPipeline, axis: Axis, reference_profile: Profile, r
         planned[variant.name] = (profile, config, base_config, key)
         if store is not None:
             store.started(key, axis.name, variant.name, variant.baseline)
-        entry = {"name": variant.name, "status": "ok", "reason": "", "baseline": variant.baseline}
+        entry = variant_row(variant.name, "ok", "", variant.baseline)
         try:
             entry.update(compare_variant(pipeline, task, classes, profile, config, reference_profile, base_config,
                                          primary))

@@ -151,14 +151,14 @@ def _compare_body(report: dict, thumbs: dict) -> str:
 def sysnoise_axes_figure(report: dict):
     """Δ per variant with its 95 % interval as error bars, one panel per axis."""
     plt = _pyplot()
-    axes_with_data = [a for a in report["axes"] if any(v["delta"] is not None for v in a["variants"])]
+    axes_with_data = [a for a in report["axes"] if any(v.get("delta") is not None for v in a["variants"])]
     if not axes_with_data:
         return None
     sizes = [len(a["variants"]) + 1 for a in axes_with_data]
     figure, panels = plt.subplots(len(axes_with_data), 1, figsize=(9, 1.0 + 0.3 * sum(sizes)), squeeze=False,
                                   gridspec_kw={"height_ratios": sizes})
     for panel, axis in zip(panels[:, 0], axes_with_data):
-        variants = [v for v in axis["variants"] if v["delta"] is not None]
+        variants = [v for v in axis["variants"] if v.get("delta") is not None]  # failed rows have none
         deltas = np.array([v["delta"] * 100 for v in variants])
         low = np.array([(v["delta"] - v["ci95"][0]) * 100 if v.get("ci95") else 0 for v in variants])
         high = np.array([(v["ci95"][1] - v["delta"]) * 100 if v.get("ci95") else 0 for v in variants])
