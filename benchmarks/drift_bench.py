@@ -23,19 +23,33 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
+# A child's ru_maxrss starts at its parent's RSS (Linux records the forked address space's high-water mark at
+# exec), so a child of this process, grown by the benchmarks before, would report at least this process's
+# size (measured: 3308 MB for every run after the detector sweep bench). A small launcher in between keeps
+# that floor at its own ~10 MB: it runs the command and reports the command's own peak.
+LAUNCHER = """import os, subprocess, sys
+child = subprocess.Popen(sys.argv[1:])
+_, status, usage = os.wait4(child.pid, 0)
+sys.stderr.write(f"\\n__peak_rss_kb__ {usage.ru_maxrss}\\n")
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def _measure(command: list[str], env: dict | None = None) -> dict:
-    """Wall time and peak RSS of one child process (its output goes to files: a full pipe would block it)."""
+    """Wall time and peak RSS of one command (its output goes to files: a full pipe would block it)."""
     with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
         started = time.perf_counter()
-        process = subprocess.Popen(command, stdout=stdout, stderr=stderr, env={**os.environ, **(env or {})})
-        _, status, usage = os.wait4(process.pid, 0)
+        process = subprocess.Popen([sys.executable, "-S", "-c", LAUNCHER, *command], stdout=stdout, stderr=stderr,
+                                   env={**os.environ, **(env or {})})
+        process.wait()
         wall = time.perf_counter() - started
         stdout.seek(0)
         stderr.seek(0)
         out, err = stdout.read().decode(errors="replace"), stderr.read().decode(errors="replace")
-    if os.waitstatus_to_exitcode(status) != 0:
+    if process.returncode != 0:
         raise RuntimeError(f"{' '.join(command[:4])} failed: {err[-2000:]}")
-    return {"wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024, "stdout": out}
+    peak_kb = int(err.rsplit("__peak_rss_kb__ ", 1)[1].split()[0])
+    return {"wall_s": wall, "peak_rss_mb": peak_kb / 1024, "stdout": out}
 
 
 def _models(folder: Path) -> tuple[Path, Path]:
