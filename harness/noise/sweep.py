@@ -322,11 +322,9 @@ def run_axis(pipeline: StagedPipeline, axis: Axis, reference_profile: Profile, r
         stored = store.get(key) if store is not None and resume else None
         if stored is not None and (stored.get("status") == "ok" or stored.get("isolated")):
             # ok, or a cell that crashed or timed out in an earlier worker of this run (harness.noise.executor)
-            if stored.get("isolated"):
-                variants_out.append(stored)
-            else:
-                variants_out.append({**stored, "resumed": True})
-                pipeline.counters["resumed"] = pipeline.counters.get("resumed", 0) + 1
+            resumed = not stored.get("isolated")
+            variants_out.append({**stored, "resumed": True} if resumed else stored)
+            pipeline.counters["resumed"] = pipeline.counters.get("resumed", 0) + resumed
             if progress:
                 progress(variant.name)
             continue
