@@ -115,17 +115,39 @@ NMS = {"torchvision-batched": nms_torchvision_batched, "torchvision-agnostic": n
 BOX_DECODES = ("clip", "no-clip", "legacy-plus-one", "fp16")
 
 
+POINT_PLACEMENTS = ("stride", "spread")
+
+
 @lru_cache(maxsize=8)
-def fcos_points(levels: tuple[tuple[int, int, int], ...]) -> tuple[np.ndarray, np.ndarray]:
-    """Point centres float32[P, 2] (x, y) and their stride float32[P] for feature maps (stride, height,
-    width), level-major and row-major inside a level, as the head's maps flatten."""
-    points, point_strides = [], []
+def fcos_points(levels: tuple[tuple[int, int, int], ...], input_size: int,
+                placement: str = "stride") -> tuple[np.ndarray, np.ndarray]:
+    """Point centres float32[P, 2] (x, y) and their scale float32[P] (the unit of the box distances) for
+    feature maps (stride, height, width), level-major and row-major inside a level, as the head's maps
+    flatten.
+
+    `placement` is where a map's points sit on the input, the two conventions detectors ship with:
+    - "stride": point (i, j) at (j * stride + stride // 2, i * stride + stride // 2), scale = stride
+      (mmdetection's point/anchor generators, FCOS, YOLOv5's grid);
+    - "spread": the map's points spread evenly over the input, step = input_size / map size, point at
+      ((j + 0.5) * step_x, (i + 0.5) * step_y), scale = step (Caffe's PriorBox when no step is given,
+      torchvision's DefaultBoxGenerator with steps=None, as SSDlite uses).
+    They agree exactly when every map is input_size / stride points a side (the trained geometry) and
+    part when the backbone's geometry changes: a pooling ceil-mode flip (16 -> 17 points a side) adds a
+    border row and column under "stride" and moves every point (and box scale) under "spread".
+    """
+    points, point_scales = [], []
     for stride, height, width in levels:
         ys, xs = np.mgrid[0:height, 0:width]
-        centre = np.stack([xs.ravel(), ys.ravel()], axis=1) * stride + stride // 2
+        if placement == "stride":
+            step_x = step_y = stride
+            centre = np.stack([xs.ravel(), ys.ravel()], axis=1) * stride + stride // 2
+        else:
+            step_x, step_y = input_size / width, input_size / height
+            centre = (np.stack([xs.ravel(), ys.ravel()], axis=1) + 0.5) * np.array([step_x, step_y])
         points.append(centre.astype(np.float32))
-        point_strides.append(np.full(height * width, stride, np.float32))
-    return np.concatenate(points), np.concatenate(point_strides)
+        # boxes are regressed in one unit per point; a non-square step (odd map on one side) takes the mean
+        point_scales.append(np.full(height * width, (step_x + step_y) / 2, np.float32))
+    return np.concatenate(points), np.concatenate(point_scales)
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -148,10 +170,13 @@ def decode_boxes(box_reg: np.ndarray, centres: np.ndarray, strides: np.ndarray, 
     return boxes.astype(np.float32)
 
 
-def decode_fcos(levels: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]], profile: Profile) -> Detections:
+def decode_fcos(levels: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]], profile: Profile,
+                placement: str = "stride") -> Detections:
     """One image's raw FCOS maps, per level (stride, cls float32[C, H, W], box_reg [4, H, W], centerness
-    [1, H, W]) -> Detections in model-input pixels. Points come from each map's own size."""
-    points, point_strides = fcos_points(tuple((stride, *cls.shape[-2:]) for stride, cls, _, _ in levels))
+    [1, H, W]) -> Detections in model-input pixels. Points come from each map's own size, placed as the
+    head declares (fcos_points)."""
+    points, point_strides = fcos_points(tuple((stride, *cls.shape[-2:]) for stride, cls, _, _ in levels),
+                                        profile.input_size, placement)
     cls_logits, box_reg, centerness = (np.concatenate([level[k].reshape(len(level[k]), -1) for level in levels],
                                                       axis=1).T for k in (1, 2, 3))
     centerness = centerness[:, 0]

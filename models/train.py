@@ -142,8 +142,8 @@ def _train(spec: ModelSpec, recipe: Recipe, steps: int | None, log, train_count:
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, recipe.lr, total_steps=max(total, 1), pct_start=0.15)
     size = spec.profile.input_size
     if spec.task == "detect":
-        points, strides = (torch.from_numpy(a) for a in fcos_points(tuple((s, size // s, size // s)
-                                                                              for s in STRIDES)))
+        levels = tuple((s, size // s, size // s) for s in STRIDES)
+        points, strides = (torch.from_numpy(a) for a in fcos_points(levels, size, spec.head.get("points", "stride")))
     step = 0
     model.train()
     while step < total:

@@ -168,6 +168,23 @@ def test_box_decode_variants_do_what_they_say():
     assert 0 < np.abs(half - full).max() < 0.1  # float16 rounding, visible but small
 
 
+def test_point_placements_agree_at_the_trained_geometry_and_part_under_ceil_mode():
+    from harness.postprocess import fcos_points
+
+    trained = ((8, 16, 16), (16, 8, 8), (32, 4, 4))
+    by_stride, by_spread = (fcos_points(trained, 128, placement) for placement in ("stride", "spread"))
+    for a, b in zip(by_stride, by_spread):
+        np.testing.assert_array_equal(a, b)
+    assert by_stride[0][:2].tolist() == [[4, 4], [12, 4]] and by_stride[0][-1].tolist() == [112, 112]
+    ceil = ((8, 17, 17), (16, 9, 9), (32, 5, 5))
+    (stride_points, stride_scale), (spread_points, spread_scale) = (fcos_points(ceil, 128, p)
+                                                                    for p in ("stride", "spread"))
+    # stride placement keeps the 16 x 16 grid and adds a 17th row/column at 132; spread fits 17 into 128
+    assert stride_points[16].tolist() == [132, 4] and stride_scale[0] == 8
+    np.testing.assert_allclose(spread_points[16], [16.5 * 128 / 17, 0.5 * 128 / 17], rtol=1e-6)
+    np.testing.assert_allclose(spread_scale[:289], 128 / 17, rtol=1e-6)
+
+
 def test_user_variants_from_the_command_line(harness_cli, tmp_path):
     env = _plugin_env()
     result = harness_cli("sysnoise", "--axes", "color", "--limit", "30", "--variant",
@@ -300,13 +317,16 @@ def test_the_papers_findings_on_the_zoo_classifier():
 
 
 def test_the_papers_findings_on_the_zoo_detector():
-    """Upsample mode and box decoding move the detector's mAP significantly (bootstrap over images)."""
+    """Ceil mode, upsample mode and box decoding move the detector's mAP significantly (bootstrap over
+    images). Ceil mode through the head's spread point placement: 17 points a side over 128 pixels."""
     spec = resolve_model("fcos_tiny")
     dataset = embedded_benchmark("detect").aligned_to(spec.labels)
     pipeline = StagedPipeline(export(spec), dataset, batch_size=60, bootstrap_seconds=3.0)
     reference = ModelConfig("torch", "cpu", "fp32")
     axes = {name: run_axis(pipeline, AXES[name], spec.profile, reference, "detect", spec.labels, "map",
-                           "onnxruntime") for name in ("upsample", "box_decode")}
+                           "onnxruntime") for name in ("ceil_mode", "upsample", "box_decode")}
+    ceil = axes["ceil_mode"]["variants"][0]
+    assert ceil["significant"] and ceil["delta"] < -0.2
     upsample = {v["name"]: v for v in axes["upsample"]["variants"]}
     assert all(upsample[f"nearest-{mode}"]["identical_to_reference"]  # same picks at 2x
                for mode in ("half_pixel", "align_corners", "asymmetric", "pytorch_half_pixel"))
