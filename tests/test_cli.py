@@ -25,7 +25,7 @@ def test_compare_with_no_arguments(harness_cli, tmp_path):
     report = json.loads(out.read_text())
     assert report["schema"] == "harness.compare/1"
     assert report["model"]["name"] == "resnet_tiny" and len(report["model"]["onnx_sha256"]) == 64
-    assert report["dataset"] == {**report["dataset"], "name": "embedded-classify", "samples": 400, "failed_samples": 0}
+    assert report["dataset"] == {**report["dataset"], "name": "embedded-classify", "samples": 1000, "failed_samples": 0}
     ref = report["reference"]
     assert (ref["backend"], ref["device"], ref["precision"]) == ("torch", "cpu", "fp32")
     assert 0.9 <= ref["metric"]["top1"] <= 1.0 and ref["profile"]["resize"] == "pil-bilinear"

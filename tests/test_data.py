@@ -66,7 +66,7 @@ def test_bad_datasets_are_named(tmp_path, make, message):
 
 def test_embedded_benchmark_is_what_the_generator_makes():
     classify, detect = embedded_benchmark("classify"), embedded_benchmark("detect")
-    assert len(classify) == 400 and classify.classes == tuple(sorted(CLASSES))
+    assert len(classify) == 1000 and classify.classes == tuple(sorted(CLASSES))
     assert len(detect) == 120 and detect.classes == CLASSES
     # class folders are sorted names; the generator's label index is CLASSES order
     sample = classify.samples[0]

@@ -22,7 +22,7 @@ SEED = 2026
 ROOT = Path(__file__).parent / "benchmark"
 CLASSIFY_DIR = ROOT / "classify"
 DETECT_DIR = ROOT / "detect"
-EVAL_COUNTS = {"classify": 400, "detect": 120}
+EVAL_COUNTS = {"classify": 1000, "detect": 120}
 INPUT_SIZES = {"classify": 64, "detect": 128}
 
 
