@@ -232,6 +232,19 @@ def _map_interval(pipeline: StagedPipeline, evaluators, images: int) -> dict:
     return {} if interval is None else {"ci95": list(interval), "significant": significant(interval)}
 
 
+def output_shape_changes(pipeline: StagedPipeline, profile: Profile, config: ModelConfig, base_profile: Profile,
+                         base_config: ModelConfig) -> dict[str, list[list[int]]]:
+    """{output: [baseline per-sample shape, candidate per-sample shape]} for the outputs a model variant
+    reshapes, e.g. a pooling ceil-mode flip growing a detector's maps from 16 to 17 points a side: the
+    first thing to know about a large Δ (both sides' outputs are cached already)."""
+    if config == base_config:
+        return {}
+    _, candidate = pipeline.outputs(profile, config)
+    _, baseline = pipeline.outputs(base_profile, base_config)
+    return {name: [list(baseline[name].shape[1:]), list(value.shape[1:])] for name, value in candidate.items()
+            if name in baseline and value.shape[1:] != baseline[name].shape[1:]}
+
+
 def compare_variant(pipeline: StagedPipeline, task: str, classes, profile: Profile, config: ModelConfig,
                     base_profile: Profile, base_config: ModelConfig, primary: str) -> dict:
     from harness.compare import task_metric
@@ -257,7 +270,8 @@ def compare_variant(pipeline: StagedPipeline, task: str, classes, profile: Profi
            "flip_rate": float(1 - agree.mean()) if len(agree) else None,
            "identical_to_reference": candidate.outputs_digest == baseline.outputs_digest,
            "outputs_sha256": candidate.outputs_digest,
-           "samples": len(shared), "ci95": None, "significant": None, "p_value": None, "kl": None}
+           "samples": len(shared), "ci95": None, "significant": None, "p_value": None, "kl": None,
+           "output_shapes_changed": output_shape_changes(pipeline, profile, config, base_profile, base_config)}
     if task != "detect":
         row["kl"] = mean_kl(np.asarray(base), np.asarray(cand))
     if task == "detect" and not row["identical_to_reference"] and pipeline.bootstrap_seconds > 0 \
@@ -304,7 +318,8 @@ def variant_row(name: str, status: str, reason: str, baseline: str) -> dict:
     """A variant's row before (or without) its numbers: every key a report reads, numbers None."""
     return {"name": name, "status": status, "reason": reason, "baseline": baseline, "metric": None,
             "baseline_metric": None, "delta": None, "flip_rate": None, "identical_to_reference": False,
-            "outputs_sha256": None, "samples": 0, "ci95": None, "significant": None, "p_value": None, "kl": None}
+            "outputs_sha256": None, "samples": 0, "ci95": None, "significant": None, "p_value": None, "kl": None,
+            "output_shapes_changed": {}}
 
 
 def run_axis(pipeline: StagedPipeline, axis: Axis, reference_profile: Profile, reference_config: ModelConfig,

@@ -30,6 +30,22 @@ def _signed(variant: dict) -> str:
     return _points(variant["delta"]) + ("*" if variant.get("significant") else "")
 
 
+def shape_notes(report: dict) -> list[str]:
+    """One line per variant that reshapes the model's outputs (harness.noise.sweep.output_shape_changes)."""
+    notes = []
+    for axis in report["axes"]:
+        for v in axis["variants"]:
+            changed = v.get("output_shapes_changed") or {}
+            if not changed:
+                continue
+            shown = [f"{name} {'x'.join(map(str, old))} -> {'x'.join(map(str, new))}"
+                     for name, (old, new) in list(changed.items())[:3]]
+            more = f", and {len(changed) - 3} more" if len(changed) > 3 else ""
+            notes.append(f"{report['model']['name']} {axis['axis']} `{v['name']}` reshapes the outputs: "
+                         + ", ".join(shown) + more)
+    return notes
+
+
 def summary_markdown(report: dict | list[dict]) -> str:
     """One row per model (one report, or several with the same axes, e.g. the zoo's), one column per axis:
     Δ metric in points, mean ± std over the variants that differ from the reference, and the worst (most
@@ -45,6 +61,9 @@ def summary_markdown(report: dict | list[dict]) -> str:
         metric = one["primary_metric"]
         lines.append(f"| {one['model']['name']} | {metric} {one['reference']['metric'][metric]:.4f} | "
                      + " | ".join(axis_cell(a) for a in one["axes"]) + " |")
+    reshaped = [note for one in reports for note in shape_notes(one)]
+    if reshaped:
+        lines += [""] + [f"- {note}" for note in reshaped]
     report = reports[0]
     metric = report["primary_metric"]
     if len(reports) == 1 and report.get("combined"):
@@ -60,7 +79,8 @@ def variants_table(report: dict) -> Table:
     metric = report["primary_metric"]
     table = Table(title=f"sysnoise {report['model']['name']} on {report['dataset']['name']} "
                         f"({report['dataset']['samples']} samples); reference {metric} "
-                        f"{report['reference']['metric'][metric]:.4f}", title_justify="left")
+                        f"{report['reference']['metric'][metric]:.4f}", title_justify="left",
+                  caption="\n".join(shape_notes(report)) or None, caption_justify="left")
     for column in ("axis", "variant", "status", metric, "Δ pts", "95% CI", "signif.", "flip rate", "KL"):
         table.add_column(column, justify="right" if column not in ("axis", "variant", "status") else "left")
     for axis in report["axes"]:
