@@ -332,6 +332,11 @@ def test_the_papers_findings_on_the_zoo_detector():
     changed = ceil["output_shapes_changed"]
     assert len(changed) == 9 and changed["cls_logits_s8"] == [[10, 16, 16], [10, 17, 17]]
     assert changed["centerness_s32"] == [[1, 4, 4], [1, 5, 5]]
+    from harness.report.sysnoise import shape_notes
+
+    assert shape_notes({"model": {"name": "fcos_tiny"}, "axes": [axes["ceil_mode"], axes["upsample"]]}) == [
+        "fcos_tiny ceil_mode `ceil` reshapes the outputs: cls_logits_s8 10x16x16 -> 10x17x17, "
+        "box_reg_s8 4x16x16 -> 4x17x17, centerness_s8 1x16x16 -> 1x17x17, and 6 more"]
     upsample = {v["name"]: v for v in axes["upsample"]["variants"]}
     assert all(v["output_shapes_changed"] == {} for v in axes["upsample"]["variants"])
     assert all(upsample[f"nearest-{mode}"]["identical_to_reference"]  # same picks at 2x

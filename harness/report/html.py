@@ -173,13 +173,16 @@ def sysnoise_axes_figure(report: dict):
 
 
 def _sysnoise_body(report: dict) -> str:
-    from harness.report.sysnoise import axis_cell
+    from harness.report.sysnoise import axis_cell, shape_notes
 
     primary = report["primary_metric"]
     parts = [f"<h2>Reference {primary} {report['reference']['metric'][primary]:.4f} "
              f"({report['dataset']['samples']} samples)</h2>",
              _table(["axis", "stage", "Δ mean ± std (worst)"], [[a["axis"], a["stage"], axis_cell(a)]
                                                                  for a in report["axes"]])]
+    notes = shape_notes(report)
+    if notes:
+        parts.append("<ul>" + "".join(f"<li>{html.escape(note)}</li>" for note in notes) + "</ul>")
     figure = sysnoise_axes_figure(report)
     if figure is not None:
         parts.append(_plot(figure, "delta per noise axis"))
