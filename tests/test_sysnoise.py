@@ -183,6 +183,13 @@ def test_point_placements_agree_at_the_trained_geometry_and_part_under_ceil_mode
     assert stride_points[16].tolist() == [132, 4] and stride_scale[0] == 8
     np.testing.assert_allclose(spread_points[16], [16.5 * 128 / 17, 0.5 * 128 / 17], rtol=1e-6)
     np.testing.assert_allclose(spread_scale[:289], 128 / 17, rtol=1e-6)
+    from harness.errors import HarnessError
+    from harness.profile import Profile
+    from harness.run import Batch, postprocess
+
+    with pytest.raises(HarnessError, match="head points 'grid' is not a point placement; known: stride, spread"):
+        postprocess("detect", {}, Batch([], None, [], []), Profile(input_size=128),
+                    {"type": "fcos", "points": "grid", "levels": []})
 
 
 def test_user_variants_from_the_command_line(harness_cli, tmp_path):
