@@ -175,8 +175,8 @@ def decode_fcos(levels: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]], pr
     """One image's raw FCOS maps, per level (stride, cls float32[C, H, W], box_reg [4, H, W], centerness
     [1, H, W]) -> Detections in model-input pixels. Points come from each map's own size, placed as the
     head declares (fcos_points)."""
-    points, point_strides = fcos_points(tuple((stride, *cls.shape[-2:]) for stride, cls, _, _ in levels),
-                                        profile.input_size, placement)
+    points, point_scales = fcos_points(tuple((stride, *cls.shape[-2:]) for stride, cls, _, _ in levels),
+                                       profile.input_size, placement)
     cls_logits, box_reg, centerness = (np.concatenate([level[k].reshape(len(level[k]), -1) for level in levels],
                                                       axis=1).T for k in (1, 2, 3))
     centerness = centerness[:, 0]
@@ -186,7 +186,7 @@ def decode_fcos(levels: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]], pr
     if len(flat_scores) > PRE_NMS_TOP_K:
         top = np.argpartition(-flat_scores, PRE_NMS_TOP_K)[:PRE_NMS_TOP_K]
         point_index, labels, flat_scores = point_index[top], labels[top], flat_scores[top]
-    boxes = decode_boxes(box_reg[point_index], points[point_index], point_strides[point_index], profile)
+    boxes = decode_boxes(box_reg[point_index], points[point_index], point_scales[point_index], profile)
     nms = lookup(NMS, "nms", profile.nms)
     keep = nms(boxes, flat_scores.astype(np.float32), labels.astype(np.int64), profile.iou_threshold)
     keep = keep[: profile.max_detections]
