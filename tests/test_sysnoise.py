@@ -321,7 +321,13 @@ def test_the_papers_findings_on_the_zoo_classifier():
         assert abs(precisions[name]["delta"]) <= 0.005 and not precisions[name]["significant"], name
     ceil = axes["ceil_mode"]["variants"][0]
     assert ceil["significant"] and ceil["delta"] < -0.2
-    assert ceil["output_shapes_changed"] == {}  # 33x33 maps inside, global pooling: the logits keep their shape
+    # the pool after the 64x64 stem gives 33x33 maps under ceil mode (as torch's does); global pooling keeps
+    # the logits' shape, so the report points at the pool, where the geometry starts to differ
+    assert ceil["output_shapes_changed"] == {}
+    expected = torch.nn.MaxPool2d(3, 2, 1, ceil_mode=True)(torch.zeros(1, 16, 64, 64)).shape[1:]
+    assert ceil["first_reshaped_tensor"] == {"tensor": "max_pool2d", "op_type": "MaxPool",
+                                             "shapes": [[16, 32, 32], list(expected)]}
+    assert all(v["first_reshaped_tensor"] is None for v in axes["precision"]["variants"])
 
 
 def test_the_papers_findings_on_the_zoo_detector():
@@ -342,8 +348,9 @@ def test_the_papers_findings_on_the_zoo_detector():
     from harness.report.sysnoise import shape_notes
 
     assert shape_notes({"model": {"name": "fcos_tiny"}, "axes": [axes["ceil_mode"], axes["upsample"]]}) == [
-        "fcos_tiny ceil_mode `ceil` reshapes the outputs: cls_logits_s8 10x16x16 -> 10x17x17, "
-        "box_reg_s8 4x16x16 -> 4x17x17, centerness_s8 1x16x16 -> 1x17x17, and 6 more"]
+        "fcos_tiny ceil_mode `ceil` reshapes the model from max_pool2d (MaxPool) 24x32x32 -> 24x33x33 on; outputs "
+        "cls_logits_s8 10x16x16 -> 10x17x17, box_reg_s8 4x16x16 -> 4x17x17, centerness_s8 1x16x16 -> 1x17x17, "
+        "and 6 more"]
     upsample = {v["name"]: v for v in axes["upsample"]["variants"]}
     assert all(v["output_shapes_changed"] == {} for v in axes["upsample"]["variants"])
     assert all(upsample[f"nearest-{mode}"]["identical_to_reference"]  # same picks at 2x

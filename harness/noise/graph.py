@@ -98,6 +98,38 @@ def rewrite(proto, ceil_mode: bool | None = None, resize_mode: str | None = None
     return changed
 
 
+def _static_shapes(onnx_path: Path):
+    """(nodes, {tensor: shape}) of a graph at batch 1, for every tensor ONNX shape inference resolves."""
+    import onnx
+
+    proto = onnx.load(str(onnx_path))
+    for graph_input in proto.graph.input:
+        dims = graph_input.type.tensor_type.shape.dim
+        if dims and not dims[0].HasField("dim_value"):
+            dims[0].dim_value = 1  # a symbolic batch would leave every shape unresolved
+    inferred = onnx.shape_inference.infer_shapes(proto, data_prop=True)
+    known = {}
+    for value in [*inferred.graph.value_info, *inferred.graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        if dims and all(d.HasField("dim_value") for d in dims):
+            known[value.name] = [d.dim_value for d in dims]
+    return list(inferred.graph.node), known
+
+
+def first_reshaped_tensor(baseline_path: Path, candidate_path: Path) -> dict | None:
+    """The first tensor, in graph order, whose shape differs between two graphs of one model (a rewrite and
+    its baseline): {"tensor", "op_type", "shapes": [baseline, candidate] per sample}; None when every shape
+    that inference resolves agrees. Where a ceil-mode flip starts to change the network's geometry, even
+    when the outputs keep their shape (a classifier's global pooling)."""
+    _, baseline = _static_shapes(baseline_path)
+    nodes, candidate = _static_shapes(candidate_path)
+    for node in nodes:
+        for name in node.output:
+            if name in baseline and name in candidate and baseline[name] != candidate[name]:
+                return {"tensor": name, "op_type": node.op_type, "shapes": [baseline[name][1:], candidate[name][1:]]}
+    return None
+
+
 def count_ops(onnx_path: Path, op_types) -> int:
     import onnx
 

@@ -122,14 +122,20 @@ class StagedPipeline:
         return self.inputs_cache[key]
 
     # inference ---------------------------------------------------------------------------------------
+    def model(self, config: ModelConfig):
+        """The exported model a configuration runs: a graph rewrite's file, or the export itself."""
+        from harness.noise.graph import rewritten_model
+
+        if not config.graph:
+            return self.exported
+        # a rewrite, or the unrewritten graph through the same rewrite path
+        return rewritten_model(self.exported, **({} if config.graph == GRAPH_BASELINE else dict(config.graph)))
+
     def _session(self, config: ModelConfig):
         if config not in self.sessions:
             from harness.backends import get_backend
-            from harness.noise.graph import rewritten_model
 
-            model = self.exported
-            if config.graph:  # a rewrite, or the unrewritten graph through the same rewrite path
-                model = rewritten_model(self.exported, **({} if config.graph == GRAPH_BASELINE else dict(config.graph)))
+            model = self.model(config)
             # spinning=False: a sweep interleaves decoding/resizing with inference, and ONNX Runtime's
             # busy-waiting threads would starve it (measured: torchvision decode 0.13 -> 12 ms per image)
             self.sessions[config] = get_backend(config.backend).load(
@@ -245,6 +251,15 @@ def output_shape_changes(pipeline: StagedPipeline, profile: Profile, config: Mod
             if name in baseline and value.shape[1:] != baseline[name].shape[1:]}
 
 
+def first_reshaped(pipeline: StagedPipeline, config: ModelConfig, base_config: ModelConfig) -> dict | None:
+    """For a graph rewrite: the first tensor inside the model whose shape it changes (noise.graph)."""
+    if not config.graph or config.graph == base_config.graph:
+        return None
+    from harness.noise.graph import first_reshaped_tensor
+
+    return first_reshaped_tensor(pipeline.model(base_config).onnx_path, pipeline.model(config).onnx_path)
+
+
 def compare_variant(pipeline: StagedPipeline, task: str, classes, profile: Profile, config: ModelConfig,
                     base_profile: Profile, base_config: ModelConfig, primary: str) -> dict:
     from harness.compare import task_metric
@@ -271,7 +286,8 @@ def compare_variant(pipeline: StagedPipeline, task: str, classes, profile: Profi
            "identical_to_reference": candidate.outputs_digest == baseline.outputs_digest,
            "outputs_sha256": candidate.outputs_digest,
            "samples": len(shared), "ci95": None, "significant": None, "p_value": None, "kl": None,
-           "output_shapes_changed": output_shape_changes(pipeline, profile, config, base_profile, base_config)}
+           "output_shapes_changed": output_shape_changes(pipeline, profile, config, base_profile, base_config),
+           "first_reshaped_tensor": first_reshaped(pipeline, config, base_config)}
     if task != "detect":
         row["kl"] = mean_kl(np.asarray(base), np.asarray(cand))
     if task == "detect" and not row["identical_to_reference"] and pipeline.bootstrap_seconds > 0 \
@@ -319,7 +335,7 @@ def variant_row(name: str, status: str, reason: str, baseline: str) -> dict:
     return {"name": name, "status": status, "reason": reason, "baseline": baseline, "metric": None,
             "baseline_metric": None, "delta": None, "flip_rate": None, "identical_to_reference": False,
             "outputs_sha256": None, "samples": 0, "ci95": None, "significant": None, "p_value": None, "kl": None,
-            "output_shapes_changed": {}}
+            "output_shapes_changed": {}, "first_reshaped_tensor": None}
 
 
 def run_axis(pipeline: StagedPipeline, axis: Axis, reference_profile: Profile, reference_config: ModelConfig,

@@ -30,19 +30,32 @@ def _signed(variant: dict) -> str:
     return _points(variant["delta"]) + ("*" if variant.get("significant") else "")
 
 
+def _shape(dims) -> str:
+    return "x".join(map(str, dims))
+
+
 def shape_notes(report: dict) -> list[str]:
-    """One line per variant that reshapes the model's outputs (harness.noise.sweep.output_shape_changes)."""
+    """One line per variant that reshapes the model: where inside it the shapes start to differ (a graph
+    rewrite's first reshaped tensor) and which outputs change shape (harness.noise.sweep)."""
     notes = []
     for axis in report["axes"]:
         for v in axis["variants"]:
             changed = v.get("output_shapes_changed") or {}
-            if not changed:
+            first = v.get("first_reshaped_tensor")
+            if not changed and not first:
                 continue
-            shown = [f"{name} {'x'.join(map(str, old))} -> {'x'.join(map(str, new))}"
-                     for name, (old, new) in list(changed.items())[:3]]
-            more = f", and {len(changed) - 3} more" if len(changed) > 3 else ""
-            notes.append(f"{report['model']['name']} {axis['axis']} `{v['name']}` reshapes the outputs: "
-                         + ", ".join(shown) + more)
+            parts = []
+            if first:
+                old, new = first["shapes"]
+                parts.append(f"from {first['tensor']} ({first['op_type']}) {_shape(old)} -> {_shape(new)} on")
+            if changed:
+                shown = [f"{name} {_shape(old)} -> {_shape(new)}" for name, (old, new) in list(changed.items())[:3]]
+                more = f", and {len(changed) - 3} more" if len(changed) > 3 else ""
+                parts.append("outputs " + ", ".join(shown) + more)
+            else:
+                parts.append("the outputs keep their shape")
+            notes.append(f"{report['model']['name']} {axis['axis']} `{v['name']}` reshapes the model "
+                         + "; ".join(parts))
     return notes
 
 
