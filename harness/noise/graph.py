@@ -102,7 +102,7 @@ def _static_shapes(onnx_path: Path):
     """(nodes, {tensor: shape}) of a graph at batch 1, for every tensor ONNX shape inference resolves."""
     import onnx
 
-    proto = onnx.load(str(onnx_path))
+    proto = onnx.load(str(onnx_path), load_external_data=False)  # shapes need no weights
     for graph_input in proto.graph.input:
         dims = graph_input.type.tensor_type.shape.dim
         if dims and not dims[0].HasField("dim_value"):
