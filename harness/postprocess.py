@@ -10,6 +10,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from harness.errors import HarnessError
 from harness.profile import Profile
 from harness.variants import lookup
 
@@ -116,6 +117,14 @@ BOX_DECODES = ("clip", "no-clip", "legacy-plus-one", "fp16")
 
 
 POINT_PLACEMENTS = ("stride", "spread")
+
+
+def point_placement(head: dict) -> str:
+    """The head's declared point placement (fcos_points), "stride" when it declares none."""
+    placement = head.get("points", "stride")
+    if placement not in POINT_PLACEMENTS:
+        raise HarnessError(f"head points {placement!r} is not a point placement; known: {', '.join(POINT_PLACEMENTS)}")
+    return placement
 
 
 @lru_cache(maxsize=8)

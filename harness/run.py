@@ -15,7 +15,7 @@ import numpy as np
 
 from harness.data import Dataset, Sample
 from harness.errors import HarnessError, SampleError
-from harness.postprocess import POINT_PLACEMENTS, Detections, decode_fcos
+from harness.postprocess import Detections, decode_fcos, point_placement
 from harness.preprocess import Geometry, normalize, to_pixels
 from harness.profile import Profile
 
@@ -74,9 +74,7 @@ def postprocess(task: str, outputs: dict[str, np.ndarray], batch: Batch, profile
                            "models must declare head={'type': 'fcos', 'levels': [{'stride': 8, 'cls_logits': "
                            "OUTPUT, 'box_reg': OUTPUT, 'centerness': OUTPUT}, ...]} (optional 'points': 'stride' "
                            "or 'spread', harness.postprocess.fcos_points)")
-    placement = head.get("points", "stride")
-    if placement not in POINT_PLACEMENTS:
-        raise HarnessError(f"head points {placement!r} is not a point placement; known: {', '.join(POINT_PLACEMENTS)}")
+    placement = point_placement(head)
     predictions = []
     for k, geometry in enumerate(batch.geometries):
         levels = [(level["stride"], outputs[level["cls_logits"]][k], outputs[level["box_reg"]][k],

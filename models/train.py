@@ -127,7 +127,7 @@ def train(spec: ModelSpec, recipe: Recipe, steps: int | None = None, log=print, 
 
 def _train(spec: ModelSpec, recipe: Recipe, steps: int | None, log, train_count: int | None):
     from harness.models.fcos import STRIDES, flatten_levels
-    from harness.postprocess import fcos_points
+    from harness.postprocess import fcos_points, point_placement
 
     torch.manual_seed(recipe.seed)
     generator = torch.Generator().manual_seed(recipe.seed)
@@ -143,7 +143,7 @@ def _train(spec: ModelSpec, recipe: Recipe, steps: int | None, log, train_count:
     size = spec.profile.input_size
     if spec.task == "detect":
         levels = tuple((s, size // s, size // s) for s in STRIDES)
-        points, strides = (torch.from_numpy(a) for a in fcos_points(levels, size, spec.head.get("points", "stride")))
+        points, strides = (torch.from_numpy(a) for a in fcos_points(levels, size, point_placement(spec.head)))
     step = 0
     model.train()
     while step < total:

@@ -6,6 +6,7 @@ shape annotations are dropped, since a ceil-mode change alters every shape downs
 from __future__ import annotations
 
 import dataclasses
+from functools import lru_cache
 from pathlib import Path
 
 from harness.artifacts import derived_file
@@ -98,11 +99,13 @@ def rewrite(proto, ceil_mode: bool | None = None, resize_mode: str | None = None
     return changed
 
 
-def _static_shapes(onnx_path: Path):
-    """(nodes, {tensor: shape}) of a graph at batch 1, for every tensor ONNX shape inference resolves."""
+@lru_cache(maxsize=8)
+def _static_shapes(onnx_path: str):
+    """(nodes, {tensor: shape}) of a graph at batch 1, for every tensor ONNX shape inference resolves. Cached:
+    every rewrite of an axis is compared with the same baseline file (rewrites are content-addressed)."""
     import onnx
 
-    proto = onnx.load(str(onnx_path), load_external_data=False)  # shapes need no weights
+    proto = onnx.load(onnx_path, load_external_data=False)  # shapes need no weights
     for graph_input in proto.graph.input:
         dims = graph_input.type.tensor_type.shape.dim
         if dims and not dims[0].HasField("dim_value"):
@@ -121,8 +124,8 @@ def first_reshaped_tensor(baseline_path: Path, candidate_path: Path) -> dict | N
     its baseline): {"tensor", "op_type", "shapes": [baseline, candidate] per sample}; None when every shape
     that inference resolves agrees. Where a ceil-mode flip starts to change the network's geometry, even
     when the outputs keep their shape (a classifier's global pooling)."""
-    _, baseline = _static_shapes(baseline_path)
-    nodes, candidate = _static_shapes(candidate_path)
+    _, baseline = _static_shapes(str(baseline_path))
+    nodes, candidate = _static_shapes(str(candidate_path))
     for node in nodes:
         for name in node.output:
             if name in baseline and name in candidate and baseline[name] != candidate[name]:
