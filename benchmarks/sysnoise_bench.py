@@ -31,7 +31,7 @@ from harness.export import export
 from harness.metrics import coco_evaluate, metrics_of
 from harness.model import resolve_model
 from harness.noise import AXES, Axis
-from harness.noise.sweep import ModelConfig, StagedPipeline, run_axis, variant_configs
+from harness.noise.sweep import ModelConfig, StagedPipeline, run_axes, variant_configs
 from harness.preprocess import COLORS, apply_geometry, decode, normalize, stored_size
 from harness.run import Batch, postprocess
 
@@ -105,9 +105,7 @@ def bench_sweep(count: int | None = None, batch_size: int = 32, threads: int = 2
     started = time.perf_counter()
     pipeline = StagedPipeline(exported, dataset, batch_size, threads, None, 0.0)
     pipeline.read_bytes, pipeline.sessions = blobs, dict(sessions)
-    pipeline.evaluate(spec.profile, reference)
-    axis_results = [run_axis(pipeline, axis, spec.profile, reference, spec.task, spec.labels, "map", BACKEND)
-                    for axis in _axes()]
+    axis_results = run_axes(pipeline, _axes(), spec.profile, reference, spec.task, spec.labels, "map", BACKEND)
     sweep_s = time.perf_counter() - started
     failed = [f"{a['axis']}/{v['name']}: {v['reason']}" for a in axis_results for v in a["variants"]
               if v["status"] != "ok"]

@@ -138,6 +138,10 @@ def sysnoise(
     resume: Annotated[bool, typer.Option(
         "--resume", help="Take variants already finished in the store (same model, data, settings) back "
                          "instead of running them again.")] = False,
+    chunk_size: Annotated[Optional[int], typer.Option(
+        "--chunk-size", min=1, help="Images whose decodes, resizes and input tensors are held at once (default "
+                                    "256, rounded up to whole batches); memory grows with it, not with the "
+                                    "dataset.")] = None,
 ) -> None:
     """SysNoise sweep: vary one part of the deployment system at a time against the training profile."""
     from harness.backends import get_backend
@@ -165,7 +169,7 @@ def sysnoise(
     cells = CellStore(store)
     options = {"axes": axes, "dataset": dataset, "limit": limit, "batch_size": batch_size, "threads": threads,
                "calibration": calibration, "graph_backend": graph_backend, "combine": combine,
-               "bootstrap_seconds": bootstrap_seconds, "bootstrap_scope": bootstrap_scope}
+               "bootstrap_seconds": bootstrap_seconds, "bootstrap_scope": bootstrap_scope, "chunk_size": chunk_size}
     job = SweepJob(model, checkpoint, profile, list(variant or []), options, cells.path if resume else None)
     try:
         report = run_sweep(job, executor, cell_timeout, cells)

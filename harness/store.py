@@ -43,7 +43,10 @@ class CellStore:
                                 (key, axis, variant, json.dumps(row, default=float), time.time()))
 
     def started(self, key: str, axis: str, variant: str, baseline: str) -> None:
-        """A cell begins (an executor's relay store reports it; nothing to keep here)."""
+        """Work for a cell begins (an executor's relay store reports it; nothing to keep here)."""
+
+    def paused(self) -> None:
+        """Work for no cell in particular runs (the reference, or between cells)."""
 
     def close(self) -> None:
         self.connection.close()

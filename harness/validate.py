@@ -151,27 +151,14 @@ class Check:
                 "passed": self.passed, "message": self.message}
 
 
-def _output_error(pipeline, reference_profile, reference_config, profile, config) -> float:
-    import numpy as np
-
-    base_inputs, base = pipeline.outputs(reference_profile, reference_config)
-    cand_inputs, cand = pipeline.outputs(profile, config)
-    base_at = {sample: k for k, sample in enumerate(base_inputs.ids)}
-    cand_at = {sample: k for k, sample in enumerate(cand_inputs.ids)}
-    shared = [sample for sample in base_inputs.ids if sample in cand_at]
-    b_index = [base_at[i] for i in shared]
-    c_index = [cand_at[i] for i in shared]
-    return max(float(np.max(np.abs(np.asarray(base[n][b_index], np.float64) - np.asarray(cand[n][c_index], np.float64))))
-               for n in base if n in cand)
-
-
 def run_gate(gate: Gate, progress: bool = True) -> dict:
     from harness.calibration import calibration_set
     from harness.data import embedded_benchmark, load_dataset
     from harness.export import export
     from harness.model import resolve_model
     from harness.noise import get_axes
-    from harness.noise.sweep import ModelConfig, StagedPipeline, compare_variant, reference_metric, run_axis
+    from harness.noise.sweep import (ModelConfig, Request, StagedPipeline, compare_variant, reference_metric,
+                                     run_axes)
     from harness.profile import profile_from_mapping
     from harness.provenance import provenance
 
@@ -188,16 +175,21 @@ def run_gate(gate: Gate, progress: bool = True) -> dict:
     classes = data.classes or spec.labels
     limits = gate.thresholds
     checks, rows, drift_reports = [], [], []
+    planned = []
     for entry in gate.profiles:
-        name = entry.get("name", "profile")
         profile = profile_from_mapping({k: v for k, v in entry.items() if k != "name"}, spec.profile, str(gate.path))
         config = ModelConfig(profile.backend, profile.device, profile.precision)
         if config.backend == "torch" and reference_config.backend == "torch" and profile.precision == "fp32":
             config = reference_config
+        planned.append((entry.get("name", "profile"), profile, config))
+    reference = Request(spec.profile, reference_config)
+    pipeline.prepare([reference] + [Request(p, c) for _, p, c in planned],  # one pass over the data for all
+                     output_pairs=[(Request(p, c), reference) for _, p, c in planned])
+    for name, profile, config in planned:
         try:
             row = compare_variant(pipeline, spec.task, classes, profile, config, spec.profile, reference_config,
                                   primary)
-            error = _output_error(pipeline, spec.profile, reference_config, profile, config)
+            error = pipeline.output_error(profile, config, spec.profile, reference_config)
         except Exception as err:  # noqa: BLE001 - a profile that cannot run fails its checks, the gate goes on
             message = f"{type(err).__name__}: {' '.join(str(err).split())[:300]}"
             checks += [Check(name, key, limit, None, False, f"did not run: {message}")
@@ -238,8 +230,7 @@ def run_gate(gate: Gate, progress: bool = True) -> dict:
     if "max_sysnoise_delta" in limits:
         axis_limits = limits["max_sysnoise_delta"]
         axes = get_axes(",".join(axis_limits))
-        results = [run_axis(pipeline, axis, spec.profile, reference_config, spec.task, classes, primary,
-                            "onnxruntime") for axis in axes]
+        results = run_axes(pipeline, axes, spec.profile, reference_config, spec.task, classes, primary, "onnxruntime")
         for result in results:
             limit = axis_limits[result["axis"]]
             worst = result["delta_max"]

@@ -14,7 +14,7 @@ from harness.model import resolve_model
 from harness.noise import AXES
 from harness.noise.graph import rewritten_model
 from harness.noise.stats import mcnemar_exact, paired_bootstrap_ci, significant
-from harness.noise.sweep import ModelConfig, StagedPipeline, run_axis
+from harness.noise.sweep import ModelConfig, StagedPipeline, run_axes, run_axis
 
 
 def test_ceil_mode_rewrite_changes_the_pool_output_as_torch_does():
@@ -60,12 +60,25 @@ def test_mcnemar_and_bootstrap_on_a_known_case():
 
 
 def test_each_stage_runs_once_per_distinct_work(monkeypatch):
+    """Streamed in chunks of 8 images (20 images: 8, 8, 4), the counts are still the distinct work, and no
+    more than one chunk's decodes are ever alive at once."""
+    import weakref
+
     counts = {"decode": 0, "geometry": 0, "run": 0}
+    alive = {"now": 0, "most": 0}
+
+    def released():
+        alive["now"] -= 1
 
     def counting(name, real):
         def wrapped(*args, **kwargs):
             counts[name] += 1
-            return real(*args, **kwargs)
+            result = real(*args, **kwargs)
+            if name == "decode":
+                alive["now"] += 1
+                alive["most"] = max(alive["most"], alive["now"])
+                weakref.finalize(result, released)
+            return result
         return wrapped
     monkeypatch.setattr(sweep_module, "decode", counting("decode", sweep_module.decode))
     monkeypatch.setattr(sweep_module, "apply_geometry", counting("geometry", sweep_module.apply_geometry))
@@ -73,21 +86,28 @@ def test_each_stage_runs_once_per_distinct_work(monkeypatch):
 
     spec = resolve_model("resnet_tiny")
     dataset = embedded_benchmark("classify").limit(20).aligned_to(spec.labels)
-    pipeline = StagedPipeline(export(spec), dataset, batch_size=64)
+    pipeline = StagedPipeline(export(spec), dataset, batch_size=8, chunk_size=8)
     reference = ModelConfig("torch", "cpu", "fp32")
-    results = [run_axis(pipeline, AXES[name], spec.profile, reference, "classify", spec.labels, "top1", "onnxruntime")
-               for name in ("decoder", "ceil_mode")]
+    axes = [AXES[name] for name in ("decoder", "ceil_mode")]
+    results = run_axes(pipeline, axes, spec.profile, reference, "classify", spec.labels, "top1", "onnxruntime")
     decoders = [v["name"] for v in results[0]["variants"]]
     assert len(decoders) == 5  # opencv, torchvision, ffmpeg, simplejpeg-fast, pil-draft-2
     # each image decoded once per decoder (the reference's pil included), and resized once per input set
     assert counts["decode"] == 20 * 6 == pipeline.counters["decodes"]
     assert counts["geometry"] == 20 * 6 == pipeline.counters["resizes"]
+    assert alive["most"] <= 8  # one chunk of one decoder: memory does not grow with the dataset
     # inference once per distinct input set: opencv and torchvision give Pillow's very pixels, so torch
     # runs 4 sets (pil, ffmpeg, simplejpeg-fast, pil-draft-2); ceil_mode runs ORT on the rewritten and
-    # the unrewritten graph: 6 single-batch runs in all
-    assert counts["run"] == 6 and pipeline.counters["inferences"] == 6 * 20
+    # the unrewritten graph: 6 input sets, each one batch per chunk
+    assert counts["run"] == 6 * 3 and pipeline.counters["inferences"] == 6 * 20
     identical = {v["name"] for v in results[0]["variants"] if v["identical_to_reference"]}
     assert identical == {"opencv", "torchvision"}
+    # the same sweep unchunked gives the same rows
+    whole = StagedPipeline(export(spec), dataset, batch_size=8, chunk_size=20)
+    unchunked = [run_axis(whole, axis, spec.profile, reference, "classify", spec.labels, "top1", "onnxruntime")
+                 for axis in axes]
+    assert [[(v["name"], v["delta"], v["flip_rate"], v["outputs_sha256"]) for v in r["variants"]] for r in results] \
+        == [[(v["name"], v["delta"], v["flip_rate"], v["outputs_sha256"]) for v in r["variants"]] for r in unchunked]
 
 
 def test_sysnoise_cli_report(harness_cli, tmp_path):
@@ -214,8 +234,8 @@ def _plugin_env():
 
 def test_a_crashing_decoder_costs_only_its_own_cell(harness_cli, tmp_path):
     """The local executor: a decoder that kills its process (as a segfaulting C extension does) becomes one
-    failed row; the worker is restarted and the rows finished before are taken back, not recomputed.
-    --resume later takes the five finished rows from the store and tries the failed one again."""
+    failed row; the worker is restarted and runs the other cells' pass without it. --resume later takes
+    the five finished rows from the store and tries the failed one again."""
     store = tmp_path / "cells.sqlite"
     crash = "decoder=harness_test_variants:decoder_that_kills_the_process"
     first = harness_cli("sysnoise", "--axes", "decoder", "--limit", "20", "--store", str(store), "--variant", crash,
@@ -292,8 +312,8 @@ def test_post_processing_variants_never_rerun_inference(monkeypatch):
     dataset = embedded_benchmark("detect").limit(16).aligned_to(spec.labels)
     pipeline = StagedPipeline(export(spec), dataset, batch_size=64, bootstrap_seconds=0.5)
     reference = ModelConfig("torch", "cpu", "fp32")
-    results = [run_axis(pipeline, AXES[name], spec.profile, reference, "detect", spec.labels, "map", "onnxruntime")
-               for name in ("nms", "box_decode")]
+    results = run_axes(pipeline, [AXES["nms"], AXES["box_decode"]], spec.profile, reference, "detect", spec.labels,
+                       "map", "onnxruntime")
     assert len(calls) == 1 and pipeline.counters["inferences"] == 16  # one pass, every variant re-uses it
     by_name = {v["name"]: v for r in results for v in r["variants"]}
     assert by_name["numpy"]["identical_to_reference"] and by_name["onnx"]["identical_to_reference"]
@@ -310,8 +330,9 @@ def test_the_papers_findings_on_the_zoo_classifier():
 
     pipeline = StagedPipeline(export(spec), dataset, batch_size=100, calibration=calibration_set(spec))
     reference = ModelConfig("torch", "cpu", "fp32")
-    axes = {name: run_axis(pipeline, AXES[name], spec.profile, reference, "classify", spec.labels, "top1",
-                           "onnxruntime") for name in ("decoder", "precision", "ceil_mode")}
+    names = ("decoder", "precision", "ceil_mode")
+    axes = dict(zip(names, run_axes(pipeline, [AXES[name] for name in names], spec.profile, reference, "classify",
+                                    spec.labels, "top1", "onnxruntime")))
     decoders = {v["name"]: v for v in axes["decoder"]["variants"]}
     assert decoders["opencv"]["identical_to_reference"] and decoders["torchvision"]["identical_to_reference"]
     for name in ("ffmpeg", "simplejpeg-fast", "pil-draft-2"):
@@ -337,8 +358,9 @@ def test_the_papers_findings_on_the_zoo_detector():
     dataset = embedded_benchmark("detect").aligned_to(spec.labels)
     pipeline = StagedPipeline(export(spec), dataset, batch_size=60, bootstrap_seconds=3.0)
     reference = ModelConfig("torch", "cpu", "fp32")
-    axes = {name: run_axis(pipeline, AXES[name], spec.profile, reference, "detect", spec.labels, "map",
-                           "onnxruntime") for name in ("ceil_mode", "upsample", "box_decode")}
+    names = ("ceil_mode", "upsample", "box_decode")
+    axes = dict(zip(names, run_axes(pipeline, [AXES[name] for name in names], spec.profile, reference, "detect",
+                                    spec.labels, "map", "onnxruntime")))
     ceil = axes["ceil_mode"]["variants"][0]
     assert ceil["significant"] and ceil["delta"] < -0.2
     # the report says why: every map grows by one point a side (torch's ceil_mode arithmetic, 16 -> 17)

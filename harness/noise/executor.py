@@ -3,11 +3,14 @@
 
 A cell is one variant of one axis. One worker runs the sweep with its stage caches (a decode, a resize, a
 session is shared by the cells that need it, as in a single process); the driver, this process, only
-watches: the worker says which cell it starts and sends every finished row, which the driver writes to the
-cell store at once. When a native crash takes the worker down, or a cell runs past the timeout and the
-driver kills it, that cell alone becomes a `failed` row saying so, and a new worker carries on: the rows
-already finished are taken back, not computed again. So a crashing backend or decoder costs its own cell
-and one worker start-up, never the sweep.
+watches: the worker says which cell its current work is for and sends every finished row, which the driver
+writes to the cell store at once. The worker streams the data in chunks, doing a piece of every cell per
+chunk (harness.noise.sweep.StagedPipeline), so a cell's time is the sum of its pieces; work shared by
+several cells is the first one's. When a native crash takes the worker down, or a cell runs past the
+timeout and the driver kills it, that cell alone becomes a `failed` row saying so, and a new worker carries
+on without it: the rows already finished are taken back, not computed again; the pass over the data of the
+cells not yet finished starts again. So a crashing backend or decoder costs its own cell and one worker
+start-up, never the sweep.
 
 - local: the worker is a process of this machine (multiprocessing, spawn: no inherited threads or state).
 - ray: the worker is a Ray task (`ray.init(address=$RAY_ADDRESS)`, a local cluster when unset) asking for
@@ -68,6 +71,9 @@ class RelayStore:
 
     def started(self, key: str, axis: str, variant: str, baseline: str) -> None:
         self.send(("start", key, axis, variant, baseline))
+
+    def paused(self) -> None:
+        self.send(("pause",))
 
     def put(self, key: str, axis: str, variant: str, row: dict) -> None:
         self.taken[key] = row
@@ -225,12 +231,14 @@ def _drive(job: SweepJob, executor: str, cell_timeout: float | None, store, max_
 
 def _watch(worker, job: SweepJob, cell_timeout: float | None, store):
     """Relays one worker's rows to the store until it is done (-> report) or gone (-> the cell it was in
-    and why)."""
-    current, reason = None, None
+    and why). A cell's work comes in pieces (the sweep streams the data in chunks, each chunk doing a piece
+    of every cell), so its time is the sum of its pieces."""
+    current, reason, spent = None, None, {}
     while reason is None:
         message = worker.receive(POLL_S)
         if message is None:
-            if cell_timeout and current and time.monotonic() - current[-1] > cell_timeout:
+            if cell_timeout and current and \
+                    spent.get(current[0], 0.0) + time.monotonic() - current[-1] > cell_timeout:
                 worker.kill()
                 reason = f"timed out: still running after {cell_timeout:g} s (--cell-timeout); its worker was killed"
             elif (ended := worker.ended()) is not None:
@@ -240,6 +248,9 @@ def _watch(worker, job: SweepJob, cell_timeout: float | None, store):
         if message is None:
             continue
         kind = message[0]
+        if kind in ("start", "pause", "row") and current is not None:  # the running piece of work ends
+            spent[current[0]] = spent.get(current[0], 0.0) + time.monotonic() - current[-1]
+            current = None
         if kind == "start":
             current = (*message[1:], time.monotonic())
         elif kind == "row":
@@ -247,7 +258,6 @@ def _watch(worker, job: SweepJob, cell_timeout: float | None, store):
             job.taken[key] = row
             if store is not None:
                 store.put(key, axis, variant, row)
-            current = None
         elif kind == "done":
             return None, None, message[1]
         elif kind == "error":

@@ -10,7 +10,8 @@ from harness.errors import UsageError
 def sysnoise_report(spec, axes: str | None = None, dataset: Path | None = None, limit: int | None = None,
                     batch_size: int = 64, threads: int | None = None, calibration: Path | None = None,
                     graph_backend: str = "onnxruntime", combine: bool = False, bootstrap_seconds: float = 10.0,
-                    bootstrap_scope: str = "all", progress: bool = True, store=None, resume: bool = False) -> dict:
+                    bootstrap_scope: str = "all", progress: bool = True, store=None, resume: bool = False,
+                    chunk_size: int | None = None) -> dict:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -18,7 +19,8 @@ def sysnoise_report(spec, axes: str | None = None, dataset: Path | None = None, 
     from harness.data import embedded_benchmark, load_dataset
     from harness.export import export
     from harness.noise import get_axes
-    from harness.noise.sweep import ModelConfig, StagedPipeline, combine as combine_axes, reference_metric, run_axis
+    from harness.noise.sweep import (DEFAULT_CHUNK, ModelConfig, StagedPipeline, combine as combine_axes,
+                                     reference_metric, run_axes)
     from harness.provenance import provenance
 
     chosen = get_axes(axes)
@@ -31,20 +33,22 @@ def sysnoise_report(spec, axes: str | None = None, dataset: Path | None = None, 
     needs_int8 = any(a.name == "precision" for a in chosen)
     pipeline = StagedPipeline(exported, data, batch_size, threads,
                               calibration_set(spec, calibration) if needs_int8 else None,
-                              bootstrap_seconds=bootstrap_seconds, bootstrap_scope=bootstrap_scope)
+                              bootstrap_seconds=bootstrap_seconds, bootstrap_scope=bootstrap_scope,
+                              chunk_size=chunk_size or DEFAULT_CHUNK)
     reference_config = ModelConfig("torch" if spec.has_torch else "onnxruntime", "cpu", "fp32")
     primary = "map" if task == "detect" else "top1"
     classes = data.classes or spec.labels
-    reference_eval = pipeline.evaluate(spec.profile, reference_config)
-    metric = reference_metric(pipeline, spec.profile, reference_config, task, classes)
-    results = []
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=Console(stderr=True), transient=True, disable=not progress) as bars:
-        for axis in chosen:
-            bar = bars.add_task(f"{axis.name} ({axis.stage})", total=len(axis.variants(spec, graph_backend)))
-            results.append(run_axis(pipeline, axis, spec.profile, reference_config, task, classes, primary,
-                                    graph_backend, progress=lambda name, b=bar: bars.advance(b), store=store,
-                                    resume=resume))
+        pass_bar = bars.add_task("decode, resize, infer, post-process (images)", total=len(data.samples))
+
+        def axis_bar(axis, cells):
+            bar = bars.add_task(f"{axis.name} ({axis.stage})", total=len(cells))
+            return lambda name: bars.advance(bar)
+        results = run_axes(pipeline, chosen, spec.profile, reference_config, task, classes, primary, graph_backend,
+                           store, resume, on_pass=lambda n: bars.advance(pass_bar, n), on_axis=axis_bar)
+    reference_eval = pipeline.evaluate(spec.profile, reference_config)
+    metric = reference_metric(pipeline, spec.profile, reference_config, task, classes)
     curve = combine_axes(pipeline, results, spec.profile, reference_config, task, classes, primary,
                          graph_backend) if combine else []
     return {
@@ -64,4 +68,5 @@ def sysnoise_report(spec, axes: str | None = None, dataset: Path | None = None, 
         "bootstrap_scope": bootstrap_scope,
         "store": str(store.path) if store is not None else None,
         "counters": pipeline.counters,
+        "chunk_size": pipeline.chunk_size,  # images whose intermediates were held at once
     }

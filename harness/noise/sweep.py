@@ -23,7 +23,7 @@ from harness.variants import lookup
 
 @dataclass
 class Inputs:
-    """One pre-processing profile applied to the dataset: uint8 pixels of the samples that loaded."""
+    """One pre-processing profile applied to one chunk of the dataset: uint8 pixels of the samples that loaded."""
 
     ids: list[str]
     pixels: np.ndarray
@@ -40,6 +40,30 @@ class ModelConfig:
     device: str
     precision: str
     graph: tuple = ()          # sorted (name, value) pairs of a graph rewrite
+
+
+@dataclass(frozen=True)
+class Request:
+    """One evaluation a sweep needs: a profile's pre- and post-processing around one model configuration."""
+
+    profile: Profile
+    config: ModelConfig
+
+    @property
+    def key(self) -> tuple:
+        return self.profile.stage_key("pre"), self.config, self.profile.stage_key("post")
+
+    @property
+    def stage_order(self) -> tuple:
+        """Requests sorted by this share a decoder, then a resize, then an input set, back to back: a chunk
+        keeps only the current one of each."""
+        profile = self.profile
+        return (profile.decoder, repr(_resize_key(profile)), repr(profile.stage_key("pre")), repr(self.config),
+                repr(profile.stage_key("post")))
+
+
+def _resize_key(profile: Profile) -> tuple:
+    return profile.decoder, profile.resize, profile.geometry, profile.input_size, profile.resize_size
 
 
 @dataclass
@@ -59,67 +83,108 @@ def predictions_digest(predictions: list) -> str:
     return digest.hexdigest()
 
 
+DEFAULT_CHUNK = 256  # images whose intermediates are held at once (~10 MB each at ImageNet geometry)
+
+
 class StagedPipeline:
+    """Evaluates requests (profile, model configuration) on a dataset in one streaming pass.
+
+    The data is walked in chunks of images. In a chunk, every pending request is run with the stage caches
+    of that chunk: each image is decoded once per decoder and resized once per (decoder, geometry); inference
+    runs once per distinct input set (by content) per model configuration; post-processing once per distinct
+    (inputs, model, post-processing), never re-running inference. Only per-sample predictions outlive the
+    chunk, so memory is bounded by the chunk, not the dataset (holding every decode of every decoder of a
+    50,000-image ImageNet val would take ~500 GB). A request that raises is recorded as broken and skipped
+    for the rest of the pass; `evaluate` raises its error to whichever cell needs it.
+    """
+
     def __init__(self, exported, dataset, batch_size: int = 64, threads: int | None = None, calibration=None,
-                 bootstrap_seconds: float = 10.0, bootstrap_scope: str = "all"):
+                 bootstrap_seconds: float = 10.0, bootstrap_scope: str = "all", chunk_size: int = DEFAULT_CHUNK):
         self.exported, self.dataset = exported, dataset
         self.batch_size, self.threads, self.calibration = batch_size, threads, calibration
+        # whole batches per chunk: every sample meets the same batch boundaries as in one unchunked pass
+        self.chunk_size = -(-max(chunk_size, 1) // batch_size) * batch_size
         self.bootstrap_seconds = bootstrap_seconds  # bound on each mAP bootstrap
         # "all": every detection variant gets its mAP interval; "largest": per axis only the variant with the
         # largest |Δ| (an interval costs ~200 COCO accumulations: seconds per variant)
         self.bootstrap_scope = bootstrap_scope
         self.by_id = {s.id: s for s in dataset.samples}
-        self.decoded: dict = {}
-        self.resized: dict = {}
         self.read_bytes: dict[str, bytes] = {}  # optional pre-read file contents (benchmarks)
-        self.inputs_cache: dict = {}
-        self.outputs_cache: dict = {}
-        self.evaluated: dict = {}
+        self.evaluated: dict[tuple, Evaluated] = {}
+        self.broken: dict[tuple, Exception] = {}
+        self.output_shapes: dict[tuple, dict[str, list[int]]] = {}  # (pre key, config) -> per-sample shapes
+        self.output_errors: dict[tuple, float] = {}  # (request key, baseline key) -> max abs output difference
+        self.input_sets: dict[tuple, str] = {}       # pre key -> digest of its whole input set
         self.sessions: dict = {}
         self.coco_cache: dict = {}           # see coco()
         self.last_candidate_coco = None
         self.failures: dict[str, str] = {}
         self.counters = {"decodes": 0, "resizes": 0, "inferences": 0, "distinct_inputs": 0}
+        # called with the cell a request's work is for (its first owner), then None: an executor times cells
+        # and blames a crash on the cell whose work was running
+        self.on_work = None
+        self._owner = None
+        self._compared_outputs: set = set()  # (pre key, config) whose raw outputs a pass compares
+        self._drop_chunk()
+
+    def _drop_chunk(self) -> None:
+        self._decoded: dict = {}
+        self._decoder = None
+        self._resized: dict = {}
+        self._resize_current = None
+        self._inputs: tuple | None = None   # (pre key, Inputs) of the current input set
+        self._chunk_inputs: dict = {}        # pre key -> (digest, ids) of this chunk
+        self._outputs: dict = {}             # (inputs digest, config) -> raw outputs (see _chunk_outputs)
+        self._kept_outputs: set = set()      # of them, those an output comparison needs at the chunk's end
+        self._shapes: dict = {}              # (inputs digest, config) -> per-sample output shapes
+        self._predictions: dict = {}         # (inputs digest, config, post key) -> predictions of this chunk
 
     # pre-processing --------------------------------------------------------------------------------
-    def _decoded(self, sample, decoder: str):
+    def _decode(self, sample, decoder: str):
         key = (sample.id, decoder)
-        if key not in self.decoded:
+        if key not in self._decoded:
+            if decoder != self._decoder:  # requests come sorted by decoder: the previous one is done
+                self._decoded, self._decoder = {}, decoder
             try:
                 data = self.read_bytes[sample.id] if sample.id in self.read_bytes else self.dataset.read(sample)
-                self.decoded[key] = (decode(data, decoder), stored_size(data))
+                self._decoded[key] = (decode(data, decoder), stored_size(data))
             except (OSError, SampleError) as err:
-                self.decoded[key] = None
+                self._decoded[key] = None
                 self.failures.setdefault(sample.id, f"{decoder}: {err}")
             self.counters["decodes"] += 1
-        return self.decoded[key]
+        return self._decoded[key]
 
-    def _resized(self, sample, profile: Profile):
-        """(pixels, geometry) after decode and geometry, cached apart from colour: colour variants re-use it."""
-        key = (sample.id, profile.decoder, profile.resize, profile.geometry, profile.input_size, profile.resize_size)
-        if key not in self.resized:
-            decoded = self._decoded(sample, profile.decoder)
-            self.resized[key] = None if decoded is None else apply_geometry(decoded[0], profile, decoded[1])
+    def _resize(self, sample, profile: Profile):
+        """(pixels, geometry) after decode and geometry, kept apart from colour: colour variants re-use it."""
+        key = (sample.id, *_resize_key(profile))
+        if key not in self._resized:
+            if key[1:] != self._resize_current:  # likewise sorted by resize within a decoder
+                self._resized, self._resize_current = {}, key[1:]
+            decoded = self._decode(sample, profile.decoder)
+            self._resized[key] = None if decoded is None else apply_geometry(decoded[0], profile, decoded[1])
             if decoded is not None:
                 self.counters["resizes"] += 1
-        return self.resized[key]
+        return self._resized[key]
 
-    def inputs(self, profile: Profile) -> Inputs:
+    def _chunk_stack(self, samples, profile: Profile) -> Inputs | None:
         key = profile.stage_key("pre")
-        if key not in self.inputs_cache:
+        if self._inputs is None or self._inputs[0] != key:
             ids, pixels, geometries = [], [], []
             color = lookup(COLORS, "color mode", profile.color)
-            for sample in self.dataset.samples:
-                resized = self._resized(sample, profile)
+            for sample in samples:
+                resized = self._resize(sample, profile)
                 if resized is None:
                     continue
                 ids.append(sample.id)
                 pixels.append(color(resized[0]))
                 geometries.append(resized[1])
+            if not ids:
+                return None
             stacked = np.stack(pixels)
             digest = hashlib.sha256(stacked.tobytes() + "|".join(ids).encode()).hexdigest()
-            self.inputs_cache[key] = Inputs(ids, stacked, geometries, digest)
-        return self.inputs_cache[key]
+            self._inputs = key, Inputs(ids, stacked, geometries, digest)
+            self._chunk_inputs[key] = digest, ids
+        return self._inputs[1]
 
     # inference ---------------------------------------------------------------------------------------
     def model(self, config: ModelConfig):
@@ -142,30 +207,41 @@ class StagedPipeline:
                 model, config.device, config.precision, self.threads, calibration=self.calibration, spinning=False)
         return self.sessions[config]
 
-    def outputs(self, profile: Profile, config: ModelConfig) -> tuple[Inputs, dict[str, np.ndarray]]:
-        inputs = self.inputs(profile)
+    def _chunk_outputs(self, inputs: Inputs, profile: Profile, config: ModelConfig) -> dict[str, np.ndarray]:
         key = (inputs.digest, config)
-        if key not in self.outputs_cache:
-            if not any(k[0] == inputs.digest for k in self.outputs_cache):
-                self.counters["distinct_inputs"] += 1
+        if key not in self._outputs:
+            # raw outputs can be large (a detector's maps): kept while the requests needing them follow each
+            # other (post-processing variants come sorted together), and to the chunk's end for an output
+            # comparison; predictions are what identical input sets share
+            self._outputs = {k: v for k, v in self._outputs.items() if k in self._kept_outputs}
             session = self._session(config)
-            chunks: dict[str, list] = {}
+            parts: dict[str, list] = {}
             for start in range(0, len(inputs.ids), self.batch_size):
                 tensor = normalize(inputs.pixels[start:start + self.batch_size], profile)
                 for name, value in session.run({session.input_names[0]: tensor}).items():
-                    chunks.setdefault(name, []).append(value)
+                    parts.setdefault(name, []).append(value)
                 self.counters["inferences"] += len(tensor)
-            self.outputs_cache[key] = {name: np.concatenate(parts) for name, parts in chunks.items()}
-        return inputs, self.outputs_cache[key]
+            self._outputs[key] = {name: np.concatenate(values) for name, values in parts.items()}
+            self._shapes[key] = {name: list(value.shape[1:]) for name, value in self._outputs[key].items()}
+        return self._outputs[key]
 
-    def evaluate(self, profile: Profile, config: ModelConfig) -> Evaluated:
-        inputs, outputs = self.outputs(profile, config)
+    def _chunk_predictions(self, samples, request: Request) -> tuple[list[str], list]:
+        profile, config = request.profile, request.config
+        inputs = self._chunk_stack(samples, profile)
+        if inputs is None:
+            return [], []
+        pre = profile.stage_key("pre")
+        if (pre, config) in self._compared_outputs:
+            self._kept_outputs.add((inputs.digest, config))
         key = (inputs.digest, config, profile.stage_key("post"))
-        if key not in self.evaluated:  # a baseline is evaluated once, not once per variant
-            self.evaluated[key] = self._postprocess(inputs, outputs, profile)
-        return self.evaluated[key]
+        if key not in self._predictions or (pre, config) in self._compared_outputs:
+            outputs = self._chunk_outputs(inputs, profile, config)
+            if key not in self._predictions:
+                self._predictions[key] = self._postprocess(inputs, outputs, profile)
+        self.output_shapes.setdefault((pre, config), self._shapes[inputs.digest, config])
+        return inputs.ids, self._predictions[key]
 
-    def _postprocess(self, inputs: Inputs, outputs: dict, profile: Profile) -> Evaluated:
+    def _postprocess(self, inputs: Inputs, outputs: dict, profile: Profile) -> list:
         spec = self.exported.spec
         predictions = []
         for start in range(0, len(inputs.ids), self.batch_size):
@@ -173,7 +249,97 @@ class StagedPipeline:
             batch = Batch([self.by_id[i] for i in inputs.ids[start:stop]], None, inputs.geometries[start:stop], [])
             predictions.extend(postprocess(spec.task, {k: v[start:stop] for k, v in outputs.items()}, batch,
                                            profile, spec.head))
-        return Evaluated(inputs.ids, predictions, predictions_digest(predictions))
+        return predictions
+
+    def _track_output_errors(self, pairs: list[tuple[Request, Request]]) -> None:
+        """Max abs difference of raw outputs, per (candidate, baseline) pair, over this chunk's shared samples."""
+        for request, base in pairs:
+            if request.key in self.broken or base.key in self.broken:
+                continue
+            found = [self._chunk_inputs.get(r.profile.stage_key("pre")) for r in (request, base)]
+            if None in found:
+                continue
+            (cand_digest, cand_ids), (base_digest, base_ids) = found
+            cand = self._outputs[cand_digest, request.config]
+            baseline = self._outputs[base_digest, base.config]
+            base_at = {sample: k for k, sample in enumerate(base_ids)}
+            cand_index = [k for k, sample in enumerate(cand_ids) if sample in base_at]
+            base_index = [base_at[cand_ids[k]] for k in cand_index]
+            errors = [float(np.max(np.abs(np.asarray(baseline[name][base_index], np.float64)
+                                          - np.asarray(cand[name][cand_index], np.float64))))
+                      for name in baseline if name in cand and cand_index]
+            key = (request.key, base.key)
+            self.output_errors[key] = max([self.output_errors.get(key, 0.0), *errors])
+
+    # the pass ----------------------------------------------------------------------------------------
+    def prepare(self, requests: list[Request], owners: dict | None = None, output_pairs=(), progress=None) -> None:
+        """Evaluates every request not evaluated yet, in one pass over the data (see the class). `owners`:
+        request key -> the cell its work is for (reported through `on_work`); `output_pairs`: (candidate,
+        baseline) requests whose max abs output difference to keep (`output_error`)."""
+        output_pairs = [(r, b) for r, b in output_pairs if (r.key, b.key) not in self.output_errors]
+        again = {r.key for pair in output_pairs for r in pair}  # raw outputs are not kept: a pair is re-run
+        pending: dict[tuple, Request] = {}
+        for request in [*requests, *(r for pair in output_pairs for r in pair)]:
+            if (request.key not in self.evaluated or request.key in again) and request.key not in self.broken:
+                pending.setdefault(request.key, request)
+        if not pending:
+            return
+        order = sorted(pending.values(), key=lambda r: r.stage_order)
+        self._compared_outputs = {(r.profile.stage_key("pre"), r.config) for pair in output_pairs for r in pair}
+        collected = {request.key: ([], []) for request in order}
+        running = {request.key: hashlib.sha256() for request in order}
+        samples = self.dataset.samples
+        owners = owners or {}
+        for start in range(0, len(samples), self.chunk_size):
+            chunk = samples[start:start + self.chunk_size]
+            for request in order:
+                if request.key in self.broken:
+                    continue
+                self._working(owners.get(request.key))
+                try:
+                    ids, predictions = self._chunk_predictions(chunk, request)
+                except Exception as err:  # noqa: BLE001 - one request failing fails only the cells needing it
+                    self.broken[request.key] = err
+                    collected.pop(request.key)
+                    continue
+                collected[request.key][0].extend(ids)
+                collected[request.key][1].extend(predictions)
+                if ids:
+                    running[request.key].update(self._chunk_inputs[request.profile.stage_key("pre")][0].encode())
+            self._working(None)
+            self._track_output_errors(output_pairs)
+            self._drop_chunk()
+            if progress:
+                progress(len(chunk))
+        for request in order:
+            if request.key in collected:
+                ids, predictions = collected[request.key]
+                self.evaluated[request.key] = Evaluated(ids, predictions, predictions_digest(predictions))
+                self.input_sets.setdefault(request.profile.stage_key("pre"), running[request.key].hexdigest())
+        self.counters["distinct_inputs"] = len(set(self.input_sets.values()))
+
+    def _working(self, owner) -> None:
+        if self.on_work is not None and owner != self._owner:
+            self.on_work(owner)
+        self._owner = owner
+
+    def _result(self, request: Request) -> Evaluated:
+        if request.key in self.broken:
+            raise self.broken[request.key]
+        return self.evaluated[request.key]
+
+    def evaluate(self, profile: Profile, config: ModelConfig) -> Evaluated:
+        request = Request(profile, config)
+        self.prepare([request])
+        return self._result(request)
+
+    def output_error(self, profile: Profile, config: ModelConfig, base_profile: Profile,
+                     base_config: ModelConfig) -> float:
+        """Max abs difference of the raw outputs on the samples both evaluated (tracked during the pass)."""
+        request, base = Request(profile, config), Request(base_profile, base_config)
+        self.prepare([request, base], output_pairs=[(request, base)])
+        self._result(request), self._result(base)
+        return self.output_errors.get((request.key, base.key), float("nan"))  # nan: no sample in common
 
     def coco(self, evaluated: Evaluated, ids: list[str], num_classes: int, baseline: bool = False):
         """pycocotools' accumulated COCOeval of `evaluated` on the samples `ids`, evaluated once per
@@ -242,13 +408,13 @@ def output_shape_changes(pipeline: StagedPipeline, profile: Profile, config: Mod
                          base_config: ModelConfig) -> dict[str, list[list[int]]]:
     """{output: [baseline per-sample shape, candidate per-sample shape]} for the outputs a model variant
     reshapes, e.g. a pooling ceil-mode flip growing a detector's maps from 16 to 17 points a side: the
-    first thing to know about a large Δ (both sides' outputs are cached already)."""
+    first thing to know about a large Δ (shapes are recorded during the pass)."""
     if config == base_config:
         return {}
-    _, candidate = pipeline.outputs(profile, config)
-    _, baseline = pipeline.outputs(base_profile, base_config)
-    return {name: [list(baseline[name].shape[1:]), list(value.shape[1:])] for name, value in candidate.items()
-            if name in baseline and value.shape[1:] != baseline[name].shape[1:]}
+    candidate = pipeline.output_shapes.get((profile.stage_key("pre"), config), {})
+    baseline = pipeline.output_shapes.get((base_profile.stage_key("pre"), base_config), {})
+    return {name: [baseline[name], shape] for name, shape in candidate.items()
+            if name in baseline and shape != baseline[name]}
 
 
 def first_reshaped(pipeline: StagedPipeline, config: ModelConfig, base_config: ModelConfig) -> dict | None:
@@ -338,42 +504,93 @@ def variant_row(name: str, status: str, reason: str, baseline: str) -> dict:
             "output_shapes_changed": {}, "first_reshaped_tensor": None}
 
 
-def run_axis(pipeline: StagedPipeline, axis: Axis, reference_profile: Profile, reference_config: ModelConfig,
-             task: str, classes, primary: str, graph_backend: str, progress=None, store=None,
-             resume: bool = False) -> dict:
-    """Every variant of `axis`. With a CellStore, each finished variant row is written to it at once;
-    with `resume`, rows already there (same model, data and settings) are taken back, marked `resumed`."""
+@dataclass
+class Cell:
+    """One variant of one axis, planned: what it runs, what it is measured against, its store key, and its
+    row when one was taken back from the store."""
+
+    axis: str
+    variant: Variant
+    profile: Profile
+    config: ModelConfig
+    base_config: ModelConfig
+    key: str | None
+    stored: dict | None
+
+    @property
+    def owner(self) -> tuple:
+        return self.key, self.axis, self.variant.name, self.variant.baseline
+
+
+def plan_axis(pipeline: StagedPipeline, axis: Axis, reference_profile: Profile, reference_config: ModelConfig,
+              task: str, primary: str, graph_backend: str, store=None, resume: bool = False) -> list[Cell]:
     from harness.store import cell_key
 
-    variants_out, planned = [], {}
     context = _cell_context(pipeline, reference_profile, reference_config, task, primary) \
         if store is not None else None
+    cells = []
     for variant in axis.variants(pipeline.exported.spec, graph_backend):
         key = cell_key(context, axis.name, variant) if store is not None else None
         stored = store.get(key) if store is not None and resume else None
-        if stored is not None and (stored.get("status") == "ok" or stored.get("isolated")):
-            # ok, or a cell that crashed or timed out in an earlier worker of this run (harness.noise.executor)
-            resumed = not stored.get("isolated")
-            variants_out.append({**stored, "resumed": True} if resumed else stored)
+        if stored is not None and not (stored.get("status") == "ok" or stored.get("isolated")):
+            stored = None  # ok, or a cell that crashed or timed out in an earlier worker of this run (executor)
+        profile = reference_profile.replace(**variant.profile) if variant.profile else reference_profile
+        cells.append(Cell(axis.name, variant, profile, *variant_configs(variant, reference_config), key, stored))
+    return cells
+
+
+def prepare_cells(pipeline: StagedPipeline, cells: list[Cell], reference_profile: Profile, store=None,
+                  first: tuple[Request, ...] = (), progress=None) -> None:
+    """One pass over the data for every cell still to compute (its candidate and its baseline). `first`:
+    requests no cell owns (the reference: a crash there is the sweep's, not a cell's)."""
+    requests, owners = list(first), {request.key: None for request in first}
+    for cell in cells:
+        if cell.stored is not None:
+            continue
+        for request in (Request(cell.profile, cell.config), Request(reference_profile, cell.base_config)):
+            requests.append(request)
+            owners.setdefault(request.key, cell.owner if store is not None else None)
+    if store is not None:
+        pipeline.on_work = lambda owner: store.started(*owner) if owner else store.paused()
+    try:
+        pipeline.prepare(requests, owners, progress=progress)
+    finally:
+        pipeline.on_work = None
+
+
+def run_axis(pipeline: StagedPipeline, axis: Axis, reference_profile: Profile, reference_config: ModelConfig,
+             task: str, classes, primary: str, graph_backend: str, progress=None, store=None,
+             resume: bool = False, cells: list[Cell] | None = None) -> dict:
+    """Every variant of `axis` (`cells`: planned with plan_axis, and prepared with the other axes' in one
+    pass). With a CellStore, each finished variant row is written to it at once; with `resume`, rows
+    already there (same model, data and settings) are taken back, marked `resumed`."""
+    if cells is None:
+        cells = plan_axis(pipeline, axis, reference_profile, reference_config, task, primary, graph_backend, store,
+                          resume)
+        prepare_cells(pipeline, cells, reference_profile, store)
+    variants_out, planned = [], {}
+    for cell in cells:
+        variant = cell.variant
+        if cell.stored is not None:
+            resumed = not cell.stored.get("isolated")
+            variants_out.append({**cell.stored, "resumed": True} if resumed else cell.stored)
             pipeline.counters["resumed"] = pipeline.counters.get("resumed", 0) + resumed
             if progress:
                 progress(variant.name)
             continue
-        profile = reference_profile.replace(**variant.profile) if variant.profile else reference_profile
-        config, base_config = variant_configs(variant, reference_config)
-        planned[variant.name] = (profile, config, base_config, key)
+        planned[variant.name] = cell
         if store is not None:
-            store.started(key, axis.name, variant.name, variant.baseline)
+            store.started(*cell.owner)
         entry = variant_row(variant.name, "ok", "", variant.baseline)
         try:
-            entry.update(compare_variant(pipeline, task, classes, profile, config, reference_profile, base_config,
-                                         primary))
+            entry.update(compare_variant(pipeline, task, classes, cell.profile, cell.config, reference_profile,
+                                         cell.base_config, primary))
         except BackendUnavailable as err:
             entry.update(status="unavailable", reason=str(err))
         except Exception as err:  # noqa: BLE001 - one crashing variant is a row, the sweep goes on
             entry.update(status="failed", reason=f"{type(err).__name__}: {str(err).splitlines()[0][:300]}")
         if store is not None:
-            store.put(key, axis.name, variant.name, entry)
+            store.put(cell.key, axis.name, variant.name, entry)
         same = [v["name"] for v in variants_out if v.get("outputs_sha256") and
                 v.get("outputs_sha256") == entry.get("outputs_sha256")]
         entry["identical_to"] = same[0] if same else None  # e.g. NV12 gives I420's very samples
@@ -391,6 +608,21 @@ def run_axis(pipeline: StagedPipeline, axis: Axis, reference_profile: Profile, r
             "note": "mean/std/max over the variants that ran and differ from the reference"}
 
 
+def run_axes(pipeline: StagedPipeline, axes: list[Axis], reference_profile: Profile, reference_config: ModelConfig,
+             task: str, classes, primary: str, graph_backend: str, store=None, resume: bool = False,
+             on_pass=None, on_axis=None) -> list[dict]:
+    """Every variant of every axis: one pass over the data computes all their predictions (the reference's
+    first, owned by no cell), then each axis compares its variants. `on_pass(images)` follows the pass;
+    `on_axis(axis, cells)` gives an axis's per-variant progress callback."""
+    plans = [plan_axis(pipeline, axis, reference_profile, reference_config, task, primary, graph_backend, store,
+                       resume) for axis in axes]
+    prepare_cells(pipeline, [cell for cells in plans for cell in cells], reference_profile, store,
+                  first=(Request(reference_profile, reference_config),), progress=on_pass)
+    return [run_axis(pipeline, axis, reference_profile, reference_config, task, classes, primary, graph_backend,
+                     progress=on_axis(axis, cells) if on_axis else None, store=store, cells=cells)
+            for axis, cells in zip(axes, plans)]
+
+
 def _interval_of_largest(pipeline: StagedPipeline, axis_name: str, variants_out: list[dict], planned: dict,
                          reference_profile: Profile, classes, store) -> None:
     """The mAP interval of the axis's variant with the largest |Δ| (bootstrap_scope "largest")."""
@@ -398,11 +630,11 @@ def _interval_of_largest(pipeline: StagedPipeline, axis_name: str, variants_out:
     largest = max(measured, key=lambda v: abs(v["delta"])) if measured else None
     if largest is None or largest.get("ci95") is not None or largest["name"] not in planned:
         return  # nothing measured, or an interval already there (taken back from the store)
-    profile, config, base_config, key = planned[largest["name"]]
-    candidate, baseline, shared = _paired(pipeline, profile, config, reference_profile, base_config)
+    cell = planned[largest["name"]]
+    candidate, baseline, shared = _paired(pipeline, cell.profile, cell.config, reference_profile, cell.base_config)
     largest.update(_map_interval(pipeline, _coco_pair(pipeline, candidate, baseline, shared, classes), len(shared)))
     if store is not None:
-        store.put(key, axis_name, largest["name"], {k: v for k, v in largest.items()
+        store.put(cell.key, axis_name, largest["name"], {k: v for k, v in largest.items()
                                                                   if k not in ("identical_to", "resumed")})
 
 
@@ -419,7 +651,7 @@ def combine(pipeline: StagedPipeline, axis_results: list[dict], reference_profil
 
     by_axis = {r["axis"]: r for r in axis_results}
     profile, config, graph = reference_profile, reference_config, {}
-    curve = []
+    steps = []
     for name in PAPER_ORDER:
         if name not in by_axis or worst_variant(by_axis[name]) is None:
             continue
@@ -433,6 +665,11 @@ def combine(pipeline: StagedPipeline, axis_results: list[dict], reference_profil
                 backend = config.backend if config.backend != "torch" else backend
                 precision = config.precision
             config = ModelConfig(backend, device, precision, tuple(sorted(graph.items())))
+        steps.append((name, chosen, profile, config))
+    # one more pass over the data for every step at once (the worst variants are known only now)
+    pipeline.prepare([Request(reference_profile, reference_config)] + [Request(p, c) for _, _, p, c in steps])
+    curve = []
+    for name, chosen, profile, config in steps:
         try:
             row = compare_variant(pipeline, task, classes, profile, config, reference_profile, reference_config,
                                   primary)
