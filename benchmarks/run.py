@@ -5,6 +5,9 @@ drift: `harness drift` vs Polygraphy's mark-all compare (benchmarks/drift_bench.
 throughput: each installed backend x precision on the zoo classifier at batch 1 and 8 (median of warm
 runs, samples/s), plus TVM's compile time (a cold cache, so the build is measured).
 
+sysnoise: sweep vs hand-written vs naive time (benchmarks/sysnoise_bench.py); sweep peak memory vs dataset
+size (benchmarks/sysnoise_memory_bench.py).
+
 overhead: the harness's compare inference loop (Session.run checks, timing, post-processing, streaming
 output statistics) over a bare `onnxruntime.InferenceSession.run` loop, on the same pre-processed
 tensors, for a full-size architecture (torchvision ResNet-18, 224x224, random init) so inference is not
@@ -170,6 +173,15 @@ def main() -> int:
           f"goal <= 1.3); naive per-variant pipeline {sweep['naive_s']:.1f} s "
           f"({sweep['naive_over_sweep']:.1f}x slower, goal >= 5; the distinct work alone gives at most "
           f"{sweep['naive_over_hand_written']:.1f}x); deltas of all three agree: {sweep['deltas_agree']}")
+    from sysnoise_memory_bench import bench_memory
+
+    memory = bench_memory()
+    memory["provenance"] = provenance(2, {"photos": 0}, None, None, ["onnxruntime", "torch"])
+    (RESULTS / "sysnoise_memory.json").write_text(json.dumps(memory, indent=2) + "\n")
+    small, large = memory["runs"]
+    print(f"sysnoise peak RSS at ImageNet geometry ({memory['axes']}, chunks of {memory['chunk_size']}): "
+          f"{small['images']} images {small['peak_rss_mb']:.0f} MB, {large['images']} images "
+          f"{large['peak_rss_mb']:.0f} MB (x{memory['peak_rss_growth']:.2f}, goal <= {memory['goal']})")
     from drift_bench import bench_drift
 
     drift = bench_drift()

@@ -113,7 +113,7 @@ def test_each_stage_runs_once_per_distinct_work(monkeypatch):
 def test_sysnoise_cli_report(harness_cli, tmp_path):
     markdown = tmp_path / "table.md"
     result = harness_cli("sysnoise", "--axes", "decoder,color,ceil_mode", "--limit", "60", "--combine",
-                         "--markdown", str(markdown), "--json", "-")
+                         "--batch-size", "16", "--chunk-size", "20", "--markdown", str(markdown), "--json", "-")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["schema"] == "harness.sysnoise/1" and report["reference"]["backend"] == "torch"
@@ -130,6 +130,7 @@ def test_sysnoise_cli_report(harness_cli, tmp_path):
     assert ceil["significant"] and ceil["delta"] < -0.1 and ceil["p_value"] < 0.01
     assert [step["axis"] for step in report["combined"]] == ["decoder", "color", "ceil_mode"]
     assert set(report["counters"]) == {"decodes", "resizes", "inferences", "distinct_inputs"}
+    assert report["chunk_size"] == 32  # 20 images rounded up to whole batches of 16: 60 images in 2 chunks
     assert "| resnet_tiny |" in markdown.read_text()
 
 
