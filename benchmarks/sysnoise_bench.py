@@ -176,6 +176,10 @@ def bench_sweep(count: int | None = None, batch_size: int = 32, threads: int = 2
             "goals": {"sweep_over_hand_written_max": 1.3, "naive_over_sweep_min": 5.0},
             "counters": pipeline.counters, "hand_written_work": work, "naive_runs": len(naive_runs),
             "failed_variants": failed,
+            # the sweep did exactly the hand-written script's distinct work, stage by stage
+            "same_work": pipeline.counters["decodes"] == work["decodes"]
+            and pipeline.counters["resizes"] == work["resizes"]
+            and pipeline.counters["inferences"] == work["inference_passes"] * len(samples),
             "deltas_agree": bool(np.allclose(sweep_deltas, hand_deltas, atol=1e-9)
                                  and np.allclose(sweep_deltas, naive_deltas, atol=1e-9))}
 

@@ -84,6 +84,7 @@ def predictions_digest(predictions: list) -> str:
 
 
 DEFAULT_CHUNK = 256  # images whose intermediates are held at once (~10 MB each at ImageNet geometry)
+OUTPUTS_BUDGET = 512 * 2**20  # bytes of raw outputs a chunk keeps for re-use (StagedPipeline._evict_outputs)
 
 
 class StagedPipeline:
@@ -134,7 +135,7 @@ class StagedPipeline:
         self._resize_current = None
         self._inputs: tuple | None = None   # (pre key, Inputs) of the current input set
         self._chunk_inputs: dict = {}        # pre key -> (digest, ids) of this chunk
-        self._outputs: dict = {}             # (inputs digest, config) -> raw outputs (see _chunk_outputs)
+        self._outputs: dict = {}             # (inputs digest, config) -> raw outputs (see _evict_outputs)
         self._kept_outputs: set = set()      # of them, those an output comparison needs at the chunk's end
         self._shapes: dict = {}              # (inputs digest, config) -> per-sample output shapes
         self._predictions: dict = {}         # (inputs digest, config, post key) -> predictions of this chunk
@@ -210,10 +211,6 @@ class StagedPipeline:
     def _chunk_outputs(self, inputs: Inputs, profile: Profile, config: ModelConfig) -> dict[str, np.ndarray]:
         key = (inputs.digest, config)
         if key not in self._outputs:
-            # raw outputs can be large (a detector's maps): kept while the requests needing them follow each
-            # other (post-processing variants come sorted together), and to the chunk's end for an output
-            # comparison; predictions are what identical input sets share
-            self._outputs = {k: v for k, v in self._outputs.items() if k in self._kept_outputs}
             session = self._session(config)
             parts: dict[str, list] = {}
             for start in range(0, len(inputs.ids), self.batch_size):
@@ -223,7 +220,20 @@ class StagedPipeline:
                 self.counters["inferences"] += len(tensor)
             self._outputs[key] = {name: np.concatenate(values) for name, values in parts.items()}
             self._shapes[key] = {name: list(value.shape[1:]) for name, value in self._outputs[key].items()}
+            self._evict_outputs(keep=key)
         return self._outputs[key]
+
+    def _evict_outputs(self, keep: tuple) -> None:
+        """Raw outputs can be large (a detector's maps at 800 px are MBs per image): beyond OUTPUTS_BUDGET
+        bytes in a chunk, the oldest are dropped, except those an output comparison needs at the chunk's
+        end. Dropping one costs at most an inference again; what identical input sets share is mostly
+        their predictions, which are kept."""
+        total = sum(v.nbytes for outputs in self._outputs.values() for v in outputs.values())
+        for key in list(self._outputs):
+            if total <= OUTPUTS_BUDGET:
+                break
+            if key != keep and key not in self._kept_outputs:
+                total -= sum(v.nbytes for v in self._outputs.pop(key).values())
 
     def _chunk_predictions(self, samples, request: Request) -> tuple[list[str], list]:
         profile, config = request.profile, request.config
