@@ -170,7 +170,7 @@ def sysnoise(
     options = {"axes": axes, "dataset": dataset, "limit": limit, "batch_size": batch_size, "threads": threads,
                "calibration": calibration, "graph_backend": graph_backend, "combine": combine,
                "bootstrap_seconds": bootstrap_seconds, "bootstrap_scope": bootstrap_scope, "chunk_size": chunk_size}
-    job = SweepJob(model, checkpoint, profile, list(variant or []), options, cells.path if resume else None)
+    job = SweepJob(model, checkpoint, profile, list(variant or []), options, cells.path, resume)
     try:
         report = run_sweep(job, executor, cell_timeout, cells)
     finally:

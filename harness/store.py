@@ -33,6 +33,12 @@ class CellStore:
         self.connection.execute("PRAGMA journal_mode=WAL")
         self.connection.execute("CREATE TABLE IF NOT EXISTS cells (key TEXT PRIMARY KEY, axis TEXT, variant TEXT, "
                                 "row TEXT NOT NULL, finished REAL NOT NULL)")
+        # a sweep streams its data in chunks and finishes its cells only at the end of the pass: each
+        # (request, chunk)'s predictions are kept here meanwhile, so a restarted worker or --resume carries
+        # on from the last chunk done; dropped once the sweep is done
+        self.connection.execute("CREATE TABLE IF NOT EXISTS pieces (key TEXT NOT NULL, run TEXT NOT NULL, "
+                                "context TEXT NOT NULL, data BLOB NOT NULL, finished REAL NOT NULL, "
+                                "PRIMARY KEY (key, run))")
 
     def get(self, key: str) -> dict | None:
         found = self.connection.execute("SELECT row FROM cells WHERE key = ?", (key,)).fetchone()
@@ -41,6 +47,22 @@ class CellStore:
     def put(self, key: str, axis: str, variant: str, row: dict) -> None:
         self.connection.execute("INSERT OR REPLACE INTO cells VALUES (?, ?, ?, ?, ?)",
                                 (key, axis, variant, json.dumps(row, default=float), time.time()))
+
+    def get_piece(self, key: str, run: str | None) -> bytes | None:
+        """A stored piece of a pass: of run `run` only, or of any run (None: --resume)."""
+        query, args = "SELECT data FROM pieces WHERE key = ?", (key,)
+        if run is not None:
+            query, args = query + " AND run = ?", (key, run)
+        found = self.connection.execute(query, args).fetchone()
+        return found[0] if found else None
+
+    def put_piece(self, key: str, run: str, context: str, data: bytes) -> None:
+        self.connection.execute("INSERT OR REPLACE INTO pieces VALUES (?, ?, ?, ?, ?)",
+                                (key, run, context, data, time.time()))
+
+    def drop_pieces(self, contexts) -> None:
+        """A finished sweep's pieces (its rows hold the results now), of this run and of the runs it resumed."""
+        self.connection.executemany("DELETE FROM pieces WHERE context = ?", [(c,) for c in contexts])
 
     def started(self, key: str, axis: str, variant: str, baseline: str) -> None:
         """Work for a cell begins (an executor's relay store reports it; nothing to keep here)."""

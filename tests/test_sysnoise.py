@@ -239,8 +239,10 @@ def _plugin_env():
 
 def test_a_crashing_decoder_costs_only_its_own_cell(harness_cli, tmp_path):
     """The local executor: a decoder that kills its process (as a segfaulting C extension does) becomes one
-    failed row; the worker is restarted and runs the other cells' pass without it. --resume later takes
-    the five finished rows from the store and tries the failed one again."""
+    failed row; the worker is restarted and carries the pass on without it, from the pieces already done.
+    --resume later takes the five finished rows from the store and tries the failed one again."""
+    from harness.store import CellStore
+
     store = tmp_path / "cells.sqlite"
     crash = "decoder=harness_test_variants:decoder_that_kills_the_process"
     first = harness_cli("sysnoise", "--axes", "decoder", "--limit", "20", "--store", str(store), "--variant", crash,
@@ -255,6 +257,12 @@ def test_a_crashing_decoder_costs_only_its_own_cell(harness_cli, tmp_path):
     assert report["executor"]["worker_starts"] == 2
     assert report["executor"]["isolated_failures"] == [{"axis": "decoder", "variant": crashed["name"],
                                                          "reason": crashed["reason"]}]
+    # the pass had done ffmpeg's piece (decoders run in name order) before the crash: the new worker takes
+    # it back from the store and decodes only with the other five decoders
+    assert report["counters"]["pieces_taken"] == 1 and report["counters"]["decodes"] == 20 * 5
+    cells = CellStore(store)
+    assert cells.connection.execute("SELECT count(*) FROM pieces").fetchone()[0] == 0  # done: rows hold it all
+    cells.close()
     again = harness_cli("sysnoise", "--axes", "decoder", "--limit", "20", "--store", str(store), "--resume",
                         "--variant", crash, "--json", "-", env=_plugin_env())
     resumed = json.loads(again.stdout)
@@ -275,6 +283,46 @@ def test_a_hanging_cell_times_out_alone(harness_cli, tmp_path):
     assert hung["status"] == "failed" and hung["reason"].startswith("timed out: still running after 3 s")
     assert sum(v["status"] == "ok" for v in variants.values()) == len(variants) - 1 >= 8
     assert hung["delta"] is None and "delta per noise axis" in page.read_text()  # the page renders past it
+
+
+def test_an_interrupted_sweep_resumes_from_the_chunks_it_finished(tmp_path):
+    """Ctrl-C in the middle of the pass: the chunks already done stay in the store, and --resume takes them
+    back instead of recomputing them; the rows equal an uninterrupted sweep's."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from harness.store import CellStore
+
+    store = tmp_path / "cells.sqlite"
+    harness = str(Path(sys.executable).with_name("harness"))
+    common = ["sysnoise", "--axes", "color", "--limit", "12", "--batch-size", "4", "--chunk-size", "4", "--store",
+              str(store), "--json", "-"]
+    # colours run in name order: bgr's first chunk is done, then the hanging converter blocks the pass
+    running = subprocess.Popen([harness, *common, "--variant", "color=harness_test_variants:stage_that_hangs"],
+                               env={**os.environ, **_plugin_env()}, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    done = 0
+    while done == 0 and time.monotonic() < deadline and running.poll() is None:
+        time.sleep(0.5)
+        if store.exists():
+            cells = CellStore(store)
+            done = cells.connection.execute("SELECT count(*) FROM pieces").fetchone()[0]
+            cells.close()
+    running.send_signal(signal.SIGINT)
+    running.wait(60)
+    assert done >= 1
+    resumed = subprocess.run([harness, *common, "--resume"], capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    report = json.loads(resumed.stdout)
+    assert report["counters"]["pieces_taken"] >= 1
+    fresh = subprocess.run([harness, *common[:-4], "--json", "-"], capture_output=True, text=True, timeout=600)
+    expected = {v["name"]: v["delta"] for v in json.loads(fresh.stdout)["axes"][0]["variants"]}
+    assert {v["name"]: v["delta"] for v in report["axes"][0]["variants"]} == expected
 
 
 def test_ray_executor_isolates_a_crash_and_a_hang(harness_cli, tmp_path):

@@ -20,8 +20,10 @@ start-up, never the sweep.
 """
 from __future__ import annotations
 
+import pickle
 import time
 import traceback
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,8 +50,11 @@ class SweepJob:
     profile: Path | None
     user_variants: list[str]
     options: dict                              # harness.noise.report.sysnoise_report keyword arguments
-    store_path: Path | None = None             # read by the worker to take rows back (--resume)
+    store_path: Path | None = None             # read by the worker: pieces of this run, and with --resume rows
+    resume: bool = False                       # and pieces of earlier runs
     taken: dict = field(default_factory=dict)  # rows finished by earlier workers of this run, by cell key
+    run: str = field(default_factory=lambda: uuid.uuid4().hex)  # names this run's pieces in the store
+    piece_contexts: set = field(default_factory=set)  # the sweeps whose pieces the store got (driver side)
 
 
 class RelayStore:
@@ -61,13 +66,22 @@ class RelayStore:
 
         self.taken, self.send = dict(job.taken), send
         self.stored = CellStore(job.store_path) if job.store_path else None
-        self.path = job.store_path
+        self.path, self.resume, self.run = job.store_path, job.resume, job.run
 
     def get(self, key: str) -> dict | None:
         if key in self.taken:
             return self.taken[key]
-        row = self.stored.get(key) if self.stored is not None else None
+        row = self.stored.get(key) if self.stored is not None and self.resume else None
         return row if row is not None and row.get("status") == "ok" else None  # failures are tried again
+
+    def get_piece(self, key: str):
+        """A piece of the pass done by an earlier worker of this run (or with --resume, of any run)."""
+        data = self.stored.get_piece(key, None if self.resume else self.run) if self.stored is not None else None
+        return pickle.loads(data) if data is not None else None  # our own cache file, written by put_piece
+
+    def put_piece(self, key: str, context: str, piece) -> None:
+        if self.stored is not None:
+            self.send(("piece", key, context, pickle.dumps(piece, protocol=pickle.HIGHEST_PROTOCOL)))
 
     def started(self, key: str, axis: str, variant: str, baseline: str) -> None:
         self.send(("start", key, axis, variant, baseline))
@@ -258,7 +272,13 @@ def _watch(worker, job: SweepJob, cell_timeout: float | None, store):
             job.taken[key] = row
             if store is not None:
                 store.put(key, axis, variant, row)
+        elif kind == "piece" and store is not None:
+            _, key, context, data = message
+            store.put_piece(key, job.run, context, data)
+            job.piece_contexts.add(context)
         elif kind == "done":
+            if store is not None:
+                store.drop_pieces(job.piece_contexts)
             return None, None, message[1]
         elif kind == "error":
             raise WorkerError(message[2], message[1])

@@ -7,6 +7,7 @@ model configuration; post-processing never re-runs inference. `counters` records
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -125,6 +126,9 @@ class StagedPipeline:
         # and blames a crash on the cell whose work was running
         self.on_work = None
         self._owner = None
+        # (store, sweep context): each (request, chunk)'s predictions are written to the store as they are
+        # done, and taken back instead of recomputed (a restarted worker, --resume)
+        self.journal = None
         self._compared_outputs: set = set()  # (pre key, config) whose raw outputs a pass compares
         self._drop_chunk()
 
@@ -307,15 +311,15 @@ class StagedPipeline:
                     continue
                 self._working(owners.get(request.key))
                 try:
-                    ids, predictions = self._chunk_predictions(chunk, request)
+                    ids, predictions, input_digest = self._piece(chunk, request)
                 except Exception as err:  # noqa: BLE001 - one request failing fails only the cells needing it
                     self.broken[request.key] = err
                     collected.pop(request.key)
                     continue
                 collected[request.key][0].extend(ids)
                 collected[request.key][1].extend(predictions)
-                if ids:
-                    running[request.key].update(self._chunk_inputs[request.profile.stage_key("pre")][0].encode())
+                if input_digest:
+                    running[request.key].update(input_digest.encode())
             self._working(None)
             self._track_output_errors(output_pairs)
             self._drop_chunk()
@@ -327,6 +331,28 @@ class StagedPipeline:
                 self.evaluated[request.key] = Evaluated(ids, predictions, predictions_digest(predictions))
                 self.input_sets.setdefault(request.profile.stage_key("pre"), running[request.key].hexdigest())
         self.counters["distinct_inputs"] = len(set(self.input_sets.values()))
+
+    def _piece(self, chunk, request: Request) -> tuple[list[str], list, str | None]:
+        """(ids, predictions, input set digest) of one request on one chunk: computed, or taken back from the
+        journal."""
+        pre = request.profile.stage_key("pre")
+        journal = self.journal if (pre, request.config) not in self._compared_outputs else None
+        if journal is not None:
+            store, context = journal
+            key = hashlib.sha256(f"{context}|{request.key!r}|{'|'.join(s.id for s in chunk)}".encode()).hexdigest()
+            taken = store.get_piece(key)
+            if taken is not None:
+                ids, predictions, shapes, input_digest = taken
+                if shapes is not None:
+                    self.output_shapes.setdefault((pre, request.config), shapes)
+                self.counters["pieces_taken"] = self.counters.get("pieces_taken", 0) + 1
+                return ids, predictions, input_digest
+        ids, predictions = self._chunk_predictions(chunk, request)
+        input_digest = self._chunk_inputs[pre][0] if ids else None
+        if journal is not None:
+            store.put_piece(key, context, (ids, predictions, self.output_shapes.get((pre, request.config)),
+                                           input_digest))
+        return ids, predictions, input_digest
 
     def _working(self, owner) -> None:
         if self.on_work is not None and owner != self._owner:
@@ -526,6 +552,7 @@ class Cell:
     base_config: ModelConfig
     key: str | None
     stored: dict | None
+    context: str | None = None  # hash of what every cell of the sweep depends on (with a store)
 
     @property
     def owner(self) -> tuple:
@@ -538,6 +565,8 @@ def plan_axis(pipeline: StagedPipeline, axis: Axis, reference_profile: Profile, 
 
     context = _cell_context(pipeline, reference_profile, reference_config, task, primary) \
         if store is not None else None
+    context_hash = hashlib.sha256(json.dumps(context, sort_keys=True, default=str).encode()).hexdigest() \
+        if context is not None else None
     cells = []
     for variant in axis.variants(pipeline.exported.spec, graph_backend):
         key = cell_key(context, axis.name, variant) if store is not None else None
@@ -545,7 +574,8 @@ def plan_axis(pipeline: StagedPipeline, axis: Axis, reference_profile: Profile, 
         if stored is not None and not (stored.get("status") == "ok" or stored.get("isolated")):
             stored = None  # ok, or a cell that crashed or timed out in an earlier worker of this run (executor)
         profile = reference_profile.replace(**variant.profile) if variant.profile else reference_profile
-        cells.append(Cell(axis.name, variant, profile, *variant_configs(variant, reference_config), key, stored))
+        cells.append(Cell(axis.name, variant, profile, *variant_configs(variant, reference_config), key, stored,
+                          context_hash))
     return cells
 
 
@@ -562,10 +592,13 @@ def prepare_cells(pipeline: StagedPipeline, cells: list[Cell], reference_profile
             owners.setdefault(request.key, cell.owner if store is not None else None)
     if store is not None:
         pipeline.on_work = lambda owner: store.started(*owner) if owner else store.paused()
+    contexts = {cell.context for cell in cells if cell.context is not None}
+    if hasattr(store, "put_piece") and len(contexts) == 1:  # an executor's relay store keeps the pass's pieces
+        pipeline.journal = (store, contexts.pop())
     try:
         pipeline.prepare(requests, owners, progress=progress)
     finally:
-        pipeline.on_work = None
+        pipeline.on_work, pipeline.journal = None, None
 
 
 def run_axis(pipeline: StagedPipeline, axis: Axis, reference_profile: Profile, reference_config: ModelConfig,
