@@ -74,12 +74,12 @@ class RelayStore:
         row = self.stored.get(key) if self.stored is not None and self.resume else None
         return row if row is not None and row.get("status") == "ok" else None  # failures are tried again
 
-    def get_piece(self, key: str):
+    def take_piece(self, key: str):
         """A piece of the pass done by an earlier worker of this run (or with --resume, of any run)."""
         data = self.stored.get_piece(key, None if self.resume else self.run) if self.stored is not None else None
-        return pickle.loads(data) if data is not None else None  # our own cache file, written by put_piece
+        return pickle.loads(data) if data is not None else None  # our own cache file, written by keep_piece
 
-    def put_piece(self, key: str, context: str, piece) -> None:
+    def keep_piece(self, key: str, context: str, piece) -> None:
         if self.stored is not None:
             self.send(("piece", key, context, pickle.dumps(piece, protocol=pickle.HIGHEST_PROTOCOL)))
 

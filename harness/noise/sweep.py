@@ -1,8 +1,11 @@
-"""The SysNoise sweep on a cached stage pipeline.
+"""The SysNoise sweep on a cached, streaming stage pipeline.
 
-Stages are cached by (input, stage parameters): each image is decoded once per decoder, resized once
-per (decoder, pre-processing profile); inference runs once per distinct input set (by content) per
-model configuration; post-processing never re-runs inference. `counters` records the work done.
+A sweep plans every cell (variant) first, then makes one pass over the data in chunks. Within a chunk,
+stages are cached by (input, stage parameters): each image is decoded once per decoder, resized once per
+(decoder, geometry); inference runs once per distinct input set (by content) per model configuration;
+post-processing never re-runs inference. Only per-sample predictions outlive a chunk, so memory does not
+grow with the dataset. Then each cell compares its predictions with its baseline's. `counters` records
+the work done.
 """
 from __future__ import annotations
 
@@ -340,7 +343,7 @@ class StagedPipeline:
         if journal is not None:
             store, context = journal
             key = hashlib.sha256(f"{context}|{request.key!r}|{'|'.join(s.id for s in chunk)}".encode()).hexdigest()
-            taken = store.get_piece(key)
+            taken = store.take_piece(key)
             if taken is not None:
                 ids, predictions, shapes, input_digest = taken
                 if shapes is not None:
@@ -350,7 +353,7 @@ class StagedPipeline:
         ids, predictions = self._chunk_predictions(chunk, request)
         input_digest = self._chunk_inputs[pre][0] if ids else None
         if journal is not None:
-            store.put_piece(key, context, (ids, predictions, self.output_shapes.get((pre, request.config)),
+            store.keep_piece(key, context, (ids, predictions, self.output_shapes.get((pre, request.config)),
                                            input_digest))
         return ids, predictions, input_digest
 
@@ -593,7 +596,7 @@ def prepare_cells(pipeline: StagedPipeline, cells: list[Cell], reference_profile
     if store is not None:
         pipeline.on_work = lambda owner: store.started(*owner) if owner else store.paused()
     contexts = {cell.context for cell in cells if cell.context is not None}
-    if hasattr(store, "put_piece") and len(contexts) == 1:  # an executor's relay store keeps the pass's pieces
+    if hasattr(store, "keep_piece") and len(contexts) == 1:  # an executor's relay store keeps the pass's pieces
         pipeline.journal = (store, contexts.pop())
     try:
         pipeline.prepare(requests, owners, progress=progress)
