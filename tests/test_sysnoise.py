@@ -285,6 +285,57 @@ def test_a_hanging_cell_times_out_alone(harness_cli, tmp_path):
     assert hung["delta"] is None and "delta per noise axis" in page.read_text()  # the page renders past it
 
 
+class PieceShelf:
+    """What the executor's relay store does with pieces, minus the pipe: kept pickled, as the store keeps them."""
+
+    def __init__(self):
+        self.pieces = {}
+
+    def take_piece(self, key):
+        import pickle
+
+        return pickle.loads(self.pieces[key]) if key in self.pieces else None
+
+    def keep_piece(self, key, context, piece):
+        import pickle
+
+        self.pieces[key] = pickle.dumps(piece)
+
+
+def test_pieces_taken_back_replace_the_whole_pass(tmp_path):
+    """A second pipeline given the first one's pieces decodes and infers nothing, and ends with the same
+    predictions, output shapes and unreadable samples (a truncated JPEG) as the first."""
+    import shutil
+
+    from harness.data import load_dataset
+    from harness.noise.sweep import Request
+
+    source = embedded_benchmark("classify")
+    for sample in source.samples[:12]:
+        (tmp_path / sample.id).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(sample.path, tmp_path / sample.id)
+    corrupt = tmp_path / source.samples[3].id
+    corrupt.write_bytes(corrupt.read_bytes()[:100])
+    spec = resolve_model("resnet_tiny")
+    dataset = load_dataset(tmp_path).aligned_to(spec.labels)
+    requests = [Request(spec.profile, ModelConfig("torch", "cpu", "fp32")),
+                Request(spec.profile.replace(color="bgr"), ModelConfig("onnxruntime", "cpu", "fp32"))]
+    shelf, runs = PieceShelf(), []
+    for _ in range(2):
+        pipeline = StagedPipeline(export(spec), dataset, batch_size=4, chunk_size=4)
+        pipeline.journal = (shelf, "sweep")
+        pipeline.prepare(requests)
+        runs.append(pipeline)
+    first, second = runs
+    assert len(shelf.pieces) == 2 * 3 and second.counters["pieces_taken"] == 6
+    assert second.counters["decodes"] == second.counters["inferences"] == 0 < first.counters["decodes"]
+    assert second.failures == first.failures and list(first.failures) == [source.samples[3].id]
+    assert second.output_shapes == first.output_shapes
+    for request in requests:
+        one, two = first.evaluate(request.profile, request.config), second.evaluate(request.profile, request.config)
+        assert one.ids == two.ids and len(one.ids) == 11 and one.outputs_digest == two.outputs_digest
+
+
 def test_an_interrupted_sweep_resumes_from_the_chunks_it_finished(tmp_path):
     """Ctrl-C in the middle of the pass: the chunks already done stay in the store, and --resume takes them
     back instead of recomputing them; the rows equal an uninterrupted sweep's."""

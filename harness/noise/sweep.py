@@ -345,16 +345,19 @@ class StagedPipeline:
             key = hashlib.sha256(f"{context}|{request.key!r}|{'|'.join(s.id for s in chunk)}".encode()).hexdigest()
             taken = store.take_piece(key)
             if taken is not None:
-                ids, predictions, shapes, input_digest = taken
+                ids, predictions, shapes, input_digest, failures = taken
                 if shapes is not None:
                     self.output_shapes.setdefault((pre, request.config), shapes)
+                for sample, reason in failures.items():
+                    self.failures.setdefault(sample, reason)
                 self.counters["pieces_taken"] = self.counters.get("pieces_taken", 0) + 1
                 return ids, predictions, input_digest
         ids, predictions = self._chunk_predictions(chunk, request)
         input_digest = self._chunk_inputs[pre][0] if ids else None
         if journal is not None:
+            failures = {s.id: self.failures[s.id] for s in chunk if s.id in self.failures}
             store.keep_piece(key, context, (ids, predictions, self.output_shapes.get((pre, request.config)),
-                                           input_digest))
+                                           input_digest, failures))
         return ids, predictions, input_digest
 
     def _working(self, owner) -> None:
