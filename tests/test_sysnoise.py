@@ -105,13 +105,18 @@ def test_each_stage_runs_once_per_distinct_work(monkeypatch):
     assert counts["run"] == 6 * 3 and pipeline.counters["inferences"] == 6 * 20
     identical = {v["name"] for v in results[0]["variants"] if v["identical_to_reference"]}
     assert identical == {"opencv", "torchvision"}
-    # the same sweep unchunked, keeping no raw outputs for re-use (more inference), gives the same rows
+    # the same sweep unchunked, keeping no raw outputs for re-use (more inference) and its logits in
+    # memory-mapped files, gives the same rows
     monkeypatch.setattr(sweep_module, "OUTPUTS_BUDGET", 0)
+    monkeypatch.setattr(sweep_module, "SPILL_BYTES", 0)
     whole = StagedPipeline(export(spec), dataset, batch_size=8, chunk_size=20)
     unchunked = [run_axis(whole, axis, spec.profile, reference, "classify", spec.labels, "top1", "onnxruntime")
                  for axis in axes]
-    assert [[(v["name"], v["delta"], v["flip_rate"], v["outputs_sha256"]) for v in r["variants"]] for r in results] \
-        == [[(v["name"], v["delta"], v["flip_rate"], v["outputs_sha256"]) for v in r["variants"]] for r in unchunked]
+    assert [[(v["name"], v["delta"], v["flip_rate"], v["kl"], v["outputs_sha256"]) for v in r["variants"]]
+            for r in results] == \
+        [[(v["name"], v["delta"], v["flip_rate"], v["kl"], v["outputs_sha256"]) for v in r["variants"]]
+         for r in unchunked]
+    assert all(isinstance(e.predictions[0].base, np.memmap) for e in whole.evaluated.values())
 
 
 def test_sysnoise_cli_report(harness_cli, tmp_path):

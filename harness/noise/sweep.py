@@ -89,6 +89,36 @@ def predictions_digest(predictions: list) -> str:
 
 DEFAULT_CHUNK = 256  # images whose intermediates are held at once (~10 MB each at ImageNet geometry)
 OUTPUTS_BUDGET = 512 * 2**20  # bytes of raw outputs a chunk keeps for re-use (StagedPipeline._evict_outputs)
+SPILL_BYTES = 64 * 2**20     # a request's logits beyond this live in a memory-mapped file (Collected)
+
+
+class Collected:
+    """One request's per-sample predictions over a pass. Classification logits of a large set go to an
+    unlinked memory-mapped file in the harness cache: the page cache holds them, not the heap (a
+    1000-class model on 50,000 images is 200 MB per request, ~40 requests in a sweep)."""
+
+    def __init__(self, capacity: int):
+        self.capacity, self.ids, self.predictions, self.rows = capacity, [], [], None
+
+    def add(self, ids: list[str], predictions: list) -> None:
+        start = len(self.ids)
+        self.ids.extend(ids)
+        if not predictions or not isinstance(predictions[0], np.ndarray):
+            self.predictions.extend(predictions)
+            return
+        if self.rows is None and predictions[0].nbytes * self.capacity > SPILL_BYTES:
+            import tempfile
+
+            from harness.cache import cache_root
+
+            cache_root().mkdir(parents=True, exist_ok=True)
+            self.rows = np.memmap(tempfile.TemporaryFile(dir=cache_root()), dtype=predictions[0].dtype, mode="w+",
+                                  shape=(self.capacity, *predictions[0].shape))
+        if self.rows is None:
+            self.predictions.extend(predictions)
+        else:
+            self.rows[start:start + len(predictions)] = np.stack(predictions)
+            self.predictions.extend(self.rows[start:start + len(predictions)])  # views: no copy on the heap
 
 
 class StagedPipeline:
@@ -303,7 +333,7 @@ class StagedPipeline:
             return
         order = sorted(pending.values(), key=lambda r: r.stage_order)
         self._compared_outputs = {(r.profile.stage_key("pre"), r.config) for pair in output_pairs for r in pair}
-        collected = {request.key: ([], []) for request in order}
+        collected = {request.key: Collected(len(self.dataset.samples)) for request in order}
         running = {request.key: hashlib.sha256() for request in order}
         samples = self.dataset.samples
         owners = owners or {}
@@ -319,8 +349,7 @@ class StagedPipeline:
                     self.broken[request.key] = err
                     collected.pop(request.key)
                     continue
-                collected[request.key][0].extend(ids)
-                collected[request.key][1].extend(predictions)
+                collected[request.key].add(ids, predictions)
                 if input_digest:
                     running[request.key].update(input_digest.encode())
             self._working(None)
@@ -330,8 +359,8 @@ class StagedPipeline:
                 progress(len(chunk))
         for request in order:
             if request.key in collected:
-                ids, predictions = collected[request.key]
-                self.evaluated[request.key] = Evaluated(ids, predictions, predictions_digest(predictions))
+                done = collected[request.key]
+                self.evaluated[request.key] = Evaluated(done.ids, done.predictions, predictions_digest(done.predictions))
                 self.input_sets.setdefault(request.profile.stage_key("pre"), running[request.key].hexdigest())
         self.counters["distinct_inputs"] = len(set(self.input_sets.values()))
 
