@@ -45,10 +45,12 @@ def visit(page: Path, screenshot: Path, timeout: float = 30.0) -> PageVisit:
 
     with tempfile.TemporaryDirectory() as folder:
         profile = Path(folder)
+        # a session of its own: chromium's helper processes (renderer, crashpad) are stopped with it, and
+        # none is left writing into the profile while it is removed
         process = subprocess.Popen([chromium_path(), "--headless", "--no-sandbox", "--disable-gpu",
                                     "--no-first-run", "--disable-extensions", "--remote-debugging-port=0",
                                     f"--user-data-dir={profile}", "--window-size=1280,2000", "about:blank"],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         try:
             port = _devtools_port(process, profile, timeout)
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=timeout) as answer:
@@ -96,8 +98,27 @@ def visit(page: Path, screenshot: Path, timeout: float = 30.0) -> PageVisit:
                 screenshot.write_bytes(base64.b64decode(shot))
             return result
         finally:
-            process.terminate()
+            _stop_group(process)
+
+
+def _stop_group(process: subprocess.Popen) -> None:
+    """Chromium and every helper it started: SIGTERM, then SIGKILL to whatever is left after 10 s."""
+    import os
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return  # the whole group is gone
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            continue
+        deadline = time.time() + 10
+        while time.time() < deadline:  # helpers may outlive the main process by a moment
             try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+                os.killpg(process.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.1)
