@@ -157,8 +157,8 @@ def run_gate(gate: Gate, progress: bool = True) -> dict:
     from harness.export import export
     from harness.model import resolve_model
     from harness.noise import get_axes
-    from harness.noise.sweep import (ModelConfig, Request, StagedPipeline, compare_variant, reference_metric,
-                                     run_axes)
+    from harness.noise.pipeline import ModelConfig, Request, StagedPipeline
+    from harness.noise.sweep import compare_variant, reference_metric, run_axes
     from harness.profile import profile_from_mapping
     from harness.provenance import provenance
 
@@ -247,7 +247,7 @@ def run_gate(gate: Gate, progress: bool = True) -> dict:
     passed = all(c.passed for c in checks)
     return {
         "schema": SCHEMA,
-        "provenance": provenance(gate.threads, {}, exported, data.fingerprint(),
+        "provenance": provenance(gate.threads, {}, exported, pipeline.fingerprint,
                                  sorted({row["settings"]["backend"] for row in rows if "settings" in row})),
         "gate": str(gate.path),
         "model": {"name": spec.name, "task": spec.task, "onnx_sha256": exported.sha256},

@@ -6,7 +6,7 @@ import onnx
 import pytest
 import torch
 
-import harness.noise.sweep as sweep_module
+import harness.noise.pipeline as pipeline_module
 from harness.backends import Session
 from harness.data import embedded_benchmark
 from harness.export import export
@@ -14,7 +14,8 @@ from harness.model import resolve_model
 from harness.noise import AXES
 from harness.noise.graph import rewritten_model
 from harness.noise.stats import mcnemar_exact, paired_bootstrap_ci, significant
-from harness.noise.sweep import ModelConfig, StagedPipeline, run_axes, run_axis
+from harness.noise.pipeline import ModelConfig, Request, StagedPipeline
+from harness.noise.sweep import run_axes, run_axis
 
 
 def test_ceil_mode_rewrite_changes_the_pool_output_as_torch_does():
@@ -83,8 +84,8 @@ def test_each_stage_runs_once_per_distinct_work(monkeypatch):
                 weakref.finalize(result, released)
             return result
         return wrapped
-    monkeypatch.setattr(sweep_module, "decode", counting("decode", sweep_module.decode))
-    monkeypatch.setattr(sweep_module, "apply_geometry", counting("geometry", sweep_module.apply_geometry))
+    monkeypatch.setattr(pipeline_module, "decode", counting("decode", pipeline_module.decode))
+    monkeypatch.setattr(pipeline_module, "apply_geometry", counting("geometry", pipeline_module.apply_geometry))
     monkeypatch.setattr(Session, "run", counting("run", Session.run))
 
     spec = resolve_model("resnet_tiny")
@@ -107,8 +108,8 @@ def test_each_stage_runs_once_per_distinct_work(monkeypatch):
     assert identical == {"opencv", "torchvision"}
     # the same sweep unchunked, keeping no raw outputs for re-use (more inference) and its logits in
     # memory-mapped files, gives the same rows
-    monkeypatch.setattr(sweep_module, "OUTPUTS_BUDGET", 0)
-    monkeypatch.setattr(sweep_module, "SPILL_BYTES", 0)
+    monkeypatch.setattr(pipeline_module, "OUTPUTS_BUDGET", 0)
+    monkeypatch.setattr(pipeline_module, "SPILL_BYTES", 0)
     whole = StagedPipeline(export(spec), dataset, batch_size=8, chunk_size=20)
     unchunked = [run_axis(whole, axis, spec.profile, reference, "classify", spec.labels, "top1", "onnxruntime")
                  for axis in axes]
@@ -313,7 +314,6 @@ def test_pieces_taken_back_replace_the_whole_pass(tmp_path):
     import shutil
 
     from harness.data import load_dataset
-    from harness.noise.sweep import Request
 
     source = embedded_benchmark("classify")
     for sample in source.samples[:12]:

@@ -19,8 +19,8 @@ def sysnoise_report(spec, axes: str | None = None, dataset: Path | None = None, 
     from harness.data import embedded_benchmark, load_dataset
     from harness.export import export
     from harness.noise import get_axes
-    from harness.noise.sweep import (DEFAULT_CHUNK, ModelConfig, StagedPipeline, combine as combine_axes,
-                                     reference_metric, run_axes)
+    from harness.noise.pipeline import DEFAULT_CHUNK, ModelConfig, StagedPipeline
+    from harness.noise.sweep import combine as combine_axes, reference_metric, run_axes
     from harness.provenance import provenance
 
     chosen = get_axes(axes)
@@ -53,7 +53,7 @@ def sysnoise_report(spec, axes: str | None = None, dataset: Path | None = None, 
                          graph_backend) if combine else []
     return {
         "schema": "harness.sysnoise/1",
-        "provenance": provenance(threads, {"bootstrap": 0}, exported, data.fingerprint(), []),
+        "provenance": provenance(threads, {"bootstrap": 0}, exported, pipeline.fingerprint, []),
         "model": {"name": spec.name, "task": task, "onnx_sha256": exported.sha256},
         "dataset": {"name": data.name, "samples": len(reference_eval.ids), "failed_samples": len(pipeline.failures),
                     "failed": [{"sample": k, "reason": v} for k, v in pipeline.failures.items()]},
