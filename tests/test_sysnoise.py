@@ -5,6 +5,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from rich.console import Console
 
 import harness.noise.pipeline as pipeline_module
 from harness.backends import Session
@@ -16,6 +17,7 @@ from harness.noise.graph import rewritten_model
 from harness.noise.stats import mcnemar_exact, paired_bootstrap_ci, significant
 from harness.noise.pipeline import ModelConfig, Request, StagedPipeline
 from harness.noise.sweep import run_axes, run_axis
+from harness.report.sysnoise import variants_table
 
 
 def test_ceil_mode_rewrite_changes_the_pool_output_as_torch_does():
@@ -142,6 +144,11 @@ def test_sysnoise_cli_report(harness_cli, tmp_path):
     assert set(report["counters"]) == {"decodes", "resizes", "inferences", "distinct_inputs"}
     assert report["chunk_size"] == 32  # 20 images rounded up to whole batches of 16: 60 images in 2 chunks
     assert "| resnet_tiny |" in markdown.read_text()
+    console = Console(width=250, record=True)
+    console.print(variants_table(report))
+    rows = {line.split("│")[2].strip(): line for line in console.export_text().splitlines() if line.count("│") > 3}
+    assert "= yuv420-bt601-full-i420" in rows["yuv420-bt601-full-nv12"]
+    assert "= " not in rows["yuv420-bt601-full-i420"] and "identical" in rows["opencv"]
 
 
 def test_list_axes_and_unknown_axis(harness_cli):

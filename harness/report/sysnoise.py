@@ -106,7 +106,10 @@ def variants_table(report: dict) -> Table:
                 continue
             ci = "-" if not v["ci95"] else f"[{v['ci95'][0] * 100:+.2f}, {v['ci95'][1] * 100:+.2f}]"
             sig = "-" if v["significant"] is None else ("[red]yes[/]" if v["significant"] else "no")
-            table.add_row(axis["axis"], v["name"], "ok", f"{v['metric'][metric]:.4f}", _points(v["delta"]), ci, sig,
+            # a variant that fed the model its sibling's very inputs (NV12 and I420 give the same samples)
+            # repeats that sibling's measurement; saying so keeps it from reading as a second finding
+            status = f"[dim]= {v['identical_to']}[/]" if v.get("identical_to") else "ok"
+            table.add_row(axis["axis"], v["name"], status, f"{v['metric'][metric]:.4f}", _points(v["delta"]), ci, sig,
                           f"{v['flip_rate']:.4f}" if v["flip_rate"] is not None else "-",
                           f"{v['kl']:.2e}" if v["kl"] is not None else "-")
     return table
