@@ -138,6 +138,8 @@ def test_sysnoise_cli_report(harness_cli, tmp_path):
                     "identical_to_reference"} <= set(variant)
     colors = {v["name"]: v for v in axes["color"]["variants"]}
     assert colors["yuv420-bt601-full-nv12"]["identical_to"] == "yuv420-bt601-full-i420"
+    findings = [v["delta"] for v in colors.values() if v["identical_to"] is None]  # an NV12 repeats its I420
+    assert len(findings) == 5 and axes["color"]["delta_mean"] == pytest.approx(np.mean(findings))
     ceil = axes["ceil_mode"]["variants"][0]
     assert ceil["significant"] and ceil["delta"] < -0.1 and ceil["p_value"] < 0.01
     assert [step["axis"] for step in report["combined"]] == ["decoder", "color", "ceil_mode"]
@@ -465,6 +467,18 @@ def test_the_papers_findings_on_the_zoo_classifier():
     assert ceil["first_reshaped_tensor"] == {"tensor": "max_pool2d", "op_type": "MaxPool",
                                              "shapes": [[16, 32, 32], list(expected)]}
     assert all(v["first_reshaped_tensor"] is None for v in axes["precision"]["variants"])
+    # the precision each variant really ran, as OpenVINO itself reports it for that hint on this CPU
+    import openvino as ov
+
+    core = ov.Core()
+    hinted = core.compile_model(core.read_model(str(export(spec).onnx_path)), "CPU",
+                                {"INFERENCE_PRECISION_HINT": "f16"}).get_property("INFERENCE_PRECISION_HINT")
+    runs = {"f32": "fp32", "f16": "fp16", "bf16": "bf16"}[hinted.get_type_name()]
+    assert precisions["openvino-fp16"]["precision_effective"] == runs
+    assert precisions["openvino-bf16"]["precision_effective"] == "bf16"
+    assert precisions["onnxruntime-fp16"]["precision_effective"] == "fp16"
+    if runs == "bf16":  # f16 not honoured: the 'fp16' row is the bf16 row, and the summary counts it once
+        assert precisions["openvino-bf16"]["identical_to"] == "openvino-fp16"
 
 
 def test_the_papers_findings_on_the_zoo_detector():

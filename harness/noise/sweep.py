@@ -82,6 +82,14 @@ def first_reshaped(pipeline: StagedPipeline, config: ModelConfig, base_config: M
     return first_reshaped_tensor(pipeline.model(base_config).onnx_path, pipeline.model(config).onnx_path)
 
 
+def effective_precision(pipeline: StagedPipeline, config: ModelConfig, base_config: ModelConfig) -> str | None:
+    """For a precision variant: the precision its backend really runs, which need not be the one asked for
+    (OpenVINO on a bf16-only CPU accepts an f16 hint and runs bf16: its 'fp16' row is a bf16 measurement)."""
+    if config.precision == base_config.precision:
+        return None
+    return pipeline._session(config).precision_effective
+
+
 def compare_variant(pipeline: StagedPipeline, task: str, classes, profile: Profile, config: ModelConfig,
                     base_profile: Profile, base_config: ModelConfig, primary: str) -> dict:
     from harness.compare import task_metric
@@ -109,7 +117,8 @@ def compare_variant(pipeline: StagedPipeline, task: str, classes, profile: Profi
            "outputs_sha256": candidate.outputs_digest,
            "samples": len(shared), "ci95": None, "significant": None, "p_value": None, "kl": None,
            "output_shapes_changed": output_shape_changes(pipeline, profile, config, base_profile, base_config),
-           "first_reshaped_tensor": first_reshaped(pipeline, config, base_config)}
+           "first_reshaped_tensor": first_reshaped(pipeline, config, base_config),
+           "precision_effective": effective_precision(pipeline, config, base_config)}
     if task != "detect":
         row["kl"] = mean_kl(np.asarray(base), np.asarray(cand))
     if task == "detect" and not row["identical_to_reference"] and pipeline.bootstrap_seconds > 0 \
@@ -254,21 +263,39 @@ def run_axis(pipeline: StagedPipeline, axis: Axis, reference_profile: Profile, r
             entry.update(status="failed", reason=f"{type(err).__name__}: {str(err).splitlines()[0][:300]}")
         if store is not None:
             store.put(cell.key, axis.name, variant.name, entry)
-        same = [v["name"] for v in variants_out if v.get("outputs_sha256") and
-                v.get("outputs_sha256") == entry.get("outputs_sha256")]
-        entry["identical_to"] = same[0] if same else None  # e.g. NV12 gives I420's very samples
         variants_out.append(entry)
         if progress:
             progress(variant.name)
+    _mark_repeats(variants_out)
     if task == "detect" and pipeline.bootstrap_scope == "largest" and pipeline.bootstrap_seconds > 0:
         _interval_of_largest(pipeline, axis.name, variants_out, planned, reference_profile, classes, store)
-    measured = [v["delta"] for v in variants_out if v["status"] == "ok" and not v["identical_to_reference"]]
+    measured = [v["delta"] for v in distinct_findings(variants_out)]
     worst = min(measured) if measured else None
     return {"axis": axis.name, "stage": axis.stage, "description": axis.description,
             "delta_mean": float(np.mean(measured)) if measured else 0.0,
             "delta_std": float(np.std(measured)) if measured else 0.0,
             "delta_max": worst, "variants": variants_out,
-            "note": "mean/std/max over the variants that ran and differ from the reference"}
+            "note": "mean/std/max over the variants that ran and differ from the reference, each distinct output "
+                    "once (a variant identical_to an earlier one repeats its measurement)"}
+
+
+def _mark_repeats(variants_out: list[dict]) -> None:
+    """`identical_to`: the first earlier variant with the very same outputs (NV12 gives I420's samples;
+    pytorch_half_pixel picks half_pixel's at 2x), also for rows taken back from the store."""
+    first_with: dict[tuple, str] = {}
+    for row in variants_out:
+        # against another baseline the same outputs are another Δ, so another finding
+        key = (row.get("baseline"), row.get("outputs_sha256"))
+        row["identical_to"] = first_with.get(key) if key[1] else None
+        if key[1]:
+            first_with.setdefault(key, row["name"])
+
+
+def distinct_findings(variants_out: list[dict]) -> list[dict]:
+    """The variants an axis's summary counts: ran, differ from the reference, and repeat no earlier variant
+    (two variants with one output are one finding, not two)."""
+    return [v for v in variants_out if v["status"] == "ok" and not v["identical_to_reference"]
+            and not v.get("identical_to")]
 
 
 def run_axes(pipeline: StagedPipeline, axes: list[Axis], reference_profile: Profile, reference_config: ModelConfig,
@@ -289,7 +316,7 @@ def run_axes(pipeline: StagedPipeline, axes: list[Axis], reference_profile: Prof
 def _interval_of_largest(pipeline: StagedPipeline, axis_name: str, variants_out: list[dict], planned: dict,
                          reference_profile: Profile, classes, store) -> None:
     """The mAP interval of the axis's variant with the largest |Δ| (bootstrap_scope "largest")."""
-    measured = [v for v in variants_out if v["status"] == "ok" and not v["identical_to_reference"]]
+    measured = distinct_findings(variants_out)
     largest = max(measured, key=lambda v: abs(v["delta"])) if measured else None
     if largest is None or largest.get("ci95") is not None or largest["name"] not in planned:
         return  # nothing measured, or an interval already there (taken back from the store)
@@ -302,7 +329,7 @@ def _interval_of_largest(pipeline: StagedPipeline, axis_name: str, variants_out:
 
 
 def worst_variant(axis_result: dict) -> str | None:
-    candidates = [v for v in axis_result["variants"] if v["status"] == "ok" and not v["identical_to_reference"]]
+    candidates = distinct_findings(axis_result["variants"])
     return min(candidates, key=lambda v: v["delta"])["name"] if candidates else None
 
 

@@ -3,18 +3,19 @@ from __future__ import annotations
 
 from rich.table import Table
 
+from harness.noise.sweep import distinct_findings
+
 
 def _points(value) -> str:
     return "-" if value is None else f"{value * 100:+.2f}"
 
 
 def axis_cell(axis: dict) -> str:
-    ran = [v for v in axis["variants"] if v["status"] == "ok"]
-    if not ran:
+    if not any(v["status"] == "ok" for v in axis["variants"]):
         return "n/a"
-    if all(v["identical_to_reference"] for v in ran):
+    measured = distinct_findings(axis["variants"])
+    if not measured:
         return "identical"
-    measured = [v for v in ran if not v["identical_to_reference"]]
     worst = min(measured, key=lambda v: v["delta"])
     largest = max(measured, key=lambda v: abs(v["delta"]))
     notes = [f"worst {_signed(worst)}"]
@@ -61,7 +62,8 @@ def shape_notes(report: dict) -> list[str]:
 
 def summary_markdown(report: dict | list[dict]) -> str:
     """One row per model (one report, or several with the same axes, e.g. the zoo's), one column per axis:
-    Δ metric in points, mean ± std over the variants that differ from the reference, and the worst (most
+    Δ metric in points, mean ± std over the variants that differ from the reference (a variant with an
+    earlier one's very outputs counted once), and the worst (most
     negative) one and, when it has an interval and is another, the one with the largest |Δ|; starred when its 95 %
     interval excludes 0; how many variants are significant when all have intervals; `identical` when none
     differs."""
@@ -109,6 +111,8 @@ def variants_table(report: dict) -> Table:
             # a variant that fed the model its sibling's very inputs (NV12 and I420 give the same samples)
             # repeats that sibling's measurement; saying so keeps it from reading as a second finding
             status = f"[dim]= {v['identical_to']}[/]" if v.get("identical_to") else "ok"
+            if v.get("precision_effective") and not v["name"].endswith(v["precision_effective"]):
+                status += f" [yellow](runs {v['precision_effective']})[/]"
             table.add_row(axis["axis"], v["name"], status, f"{v['metric'][metric]:.4f}", _points(v["delta"]), ci, sig,
                           f"{v['flip_rate']:.4f}" if v["flip_rate"] is not None else "-",
                           f"{v['kl']:.2e}" if v["kl"] is not None else "-")
