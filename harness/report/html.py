@@ -150,6 +150,8 @@ def _compare_body(report: dict, thumbs: dict) -> str:
 
 def sysnoise_axes_figure(report: dict):
     """Δ per variant with its 95 % interval as error bars, one panel per axis."""
+    from harness.report.sysnoise import variant_notes
+
     plt = _pyplot()
     axes_with_data = [a for a in report["axes"] if any(v.get("delta") is not None for v in a["variants"])]
     if not axes_with_data:
@@ -163,7 +165,8 @@ def sysnoise_axes_figure(report: dict):
         low = np.array([(v["delta"] - v["ci95"][0]) * 100 if v.get("ci95") else 0 for v in variants])
         high = np.array([(v["ci95"][1] - v["delta"]) * 100 if v.get("ci95") else 0 for v in variants])
         colors = ["#b00" if v.get("significant") else "#999" for v in variants]
-        panel.barh([v["name"] for v in variants], deltas, xerr=[low, high], color=colors, capsize=2)
+        labels = [" ".join([v["name"], *(f"({note})" for note in variant_notes(v))]) for v in variants]
+        panel.barh(labels, deltas, xerr=[low, high], color=colors, capsize=2)
         panel.axvline(0, color="black", linewidth=0.8)
         panel.set_title(f"{axis['axis']} ({axis['stage']})", fontsize=10, loc="left")
         panel.tick_params(labelsize=7)

@@ -26,6 +26,17 @@ def axis_cell(axis: dict) -> str:
     return f"{axis['delta_mean'] * 100:+.2f} ± {axis['delta_std'] * 100:.2f} ({'; '.join(notes)})"
 
 
+def variant_notes(variant: dict) -> list[str]:
+    """What a reader must know before taking a variant's row as a finding of its own: it repeats an earlier
+    variant's very outputs (NV12 gives I420's samples), or its backend ran another precision than its name
+    says (OpenVINO's f16 hint on a bf16-only CPU)."""
+    notes = [f"= {variant['identical_to']}"] if variant.get("identical_to") else []
+    effective = variant.get("precision_effective")
+    if effective and not variant["name"].endswith(effective):
+        notes.append(f"runs {effective}")
+    return notes
+
+
 def _signed(variant: dict) -> str:
     """Δ in points, starred when its 95 % interval excludes 0."""
     return _points(variant["delta"]) + ("*" if variant.get("significant") else "")
@@ -108,11 +119,7 @@ def variants_table(report: dict) -> Table:
                 continue
             ci = "-" if not v["ci95"] else f"[{v['ci95'][0] * 100:+.2f}, {v['ci95'][1] * 100:+.2f}]"
             sig = "-" if v["significant"] is None else ("[red]yes[/]" if v["significant"] else "no")
-            # a variant that fed the model its sibling's very inputs (NV12 and I420 give the same samples)
-            # repeats that sibling's measurement; saying so keeps it from reading as a second finding
-            status = f"[dim]= {v['identical_to']}[/]" if v.get("identical_to") else "ok"
-            if v.get("precision_effective") and not v["name"].endswith(v["precision_effective"]):
-                status += f" [yellow](runs {v['precision_effective']})[/]"
+            status = "; ".join(variant_notes(v)) or "ok"
             table.add_row(axis["axis"], v["name"], status, f"{v['metric'][metric]:.4f}", _points(v["delta"]), ci, sig,
                           f"{v['flip_rate']:.4f}" if v["flip_rate"] is not None else "-",
                           f"{v['kl']:.2e}" if v["kl"] is not None else "-")
