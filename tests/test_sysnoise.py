@@ -275,6 +275,7 @@ def test_a_crashing_decoder_costs_only_its_own_cell(harness_cli, tmp_path):
     # the pass had done ffmpeg's piece (decoders run in name order) before the crash: the new worker takes
     # it back from the store and decodes only with the other five decoders
     assert report["counters"]["pieces_taken"] == 1 and report["counters"]["decodes"] == 20 * 5
+    assert "resumed" not in report["counters"]  # the crashed row was isolated, nothing taken back
     cells = CellStore(store)
     assert cells.connection.execute("SELECT count(*) FROM pieces").fetchone()[0] == 0  # done: rows hold it all
     cells.close()

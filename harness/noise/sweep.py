@@ -246,7 +246,8 @@ def run_axis(pipeline: StagedPipeline, axis: Axis, reference_profile: Profile, r
         if cell.stored is not None:
             resumed = not cell.stored.get("isolated")
             variants_out.append({**cell.stored, "resumed": True} if resumed else cell.stored)
-            pipeline.counters["resumed"] = pipeline.counters.get("resumed", 0) + resumed
+            if resumed:
+                pipeline.counters["resumed"] = pipeline.counters.get("resumed", 0) + 1
             if progress:
                 progress(variant.name)
             continue
