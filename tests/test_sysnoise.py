@@ -351,9 +351,25 @@ def test_pieces_taken_back_replace_the_whole_pass(tmp_path):
         assert one.ids == two.ids and len(one.ids) == 11 and one.outputs_digest == two.outputs_digest
 
 
-def test_an_interrupted_sweep_resumes_from_the_chunks_it_finished(tmp_path):
-    """Ctrl-C in the middle of the pass: the chunks already done stay in the store, and --resume takes them
-    back instead of recomputing them; the rows equal an uninterrupted sweep's."""
+def _popen_as_a_terminal_would(args, **kwargs):
+    """Popen with SIGINT at its default, as a shell in a terminal starts a command. A suite started in the
+    background (`nohup make test &`) has SIGINT ignored, every child inherits that, and the Ctrl-C the test
+    sends would be lost. A Python handler in this process becomes the default in the exec'd child."""
+    import signal
+    import subprocess
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return subprocess.Popen(args, **kwargs)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM"])
+def test_a_stopped_sweep_takes_its_worker_along_and_resumes_from_the_chunks_it_finished(tmp_path, stop):
+    """Ctrl-C (SIGINT) or a cancelled job (SIGTERM) in the middle of the pass: the worker does not outlive
+    the driver, the chunks already done stay in the store, and --resume takes them back instead of
+    recomputing them; the rows equal an uninterrupted sweep's."""
     import os
     import signal
     import subprocess
@@ -368,9 +384,9 @@ def test_an_interrupted_sweep_resumes_from_the_chunks_it_finished(tmp_path):
     common = ["sysnoise", "--axes", "color", "--limit", "12", "--batch-size", "4", "--chunk-size", "4", "--store",
               str(store), "--json", "-"]
     # colours run in name order: bgr's first chunk is done, then the hanging converter blocks the pass
-    running = subprocess.Popen([harness, *common, "--variant", "color=harness_test_variants:stage_that_hangs"],
-                               env={**os.environ, **_plugin_env()}, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    running = _popen_as_a_terminal_would([harness, *common, "--variant", "color=harness_test_variants:stage_that_hangs"],
+                                         env={**os.environ, **_plugin_env()}, stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     done = 0
     while done == 0 and time.monotonic() < deadline and running.poll() is None:
@@ -379,9 +395,11 @@ def test_an_interrupted_sweep_resumes_from_the_chunks_it_finished(tmp_path):
             cells = CellStore(store)
             done = cells.connection.execute("SELECT count(*) FROM pieces").fetchone()[0]
             cells.close()
-    running.send_signal(signal.SIGINT)
-    running.wait(60)
-    assert done >= 1
+    children = Path(f"/proc/{running.pid}/task/{running.pid}/children").read_text().split()
+    workers = [pid for pid in children if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text()]
+    running.send_signal(getattr(signal, stop))
+    assert running.wait(60) == 128 + getattr(signal, stop) and done >= 1 and len(workers) == 1
+    assert not Path(f"/proc/{workers[0]}").exists()  # killed and reaped by the driver on its way out
     resumed = subprocess.run([harness, *common, "--resume"], capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     report = json.loads(resumed.stdout)

@@ -20,7 +20,10 @@ start-up, never the sweep.
 """
 from __future__ import annotations
 
+import contextlib
 import pickle
+import signal
+import threading
 import time
 import traceback
 import uuid
@@ -200,7 +203,6 @@ def run_sweep(job: SweepJob, executor: str = "local", cell_timeout: float | None
     if executor not in EXECUTORS:
         raise UsageError(f"--executor {executor!r}: expected one of {', '.join(EXECUTORS)}")
     if executor == "ray":
-        import contextlib
         import sys
 
         try:
@@ -218,7 +220,32 @@ def run_sweep(job: SweepJob, executor: str = "local", cell_timeout: float | None
     return _drive(job, executor, cell_timeout, store, max_restarts)
 
 
+@contextlib.contextmanager
+def _terminate_like_interrupt():
+    """SIGTERM (a cancelled CI job, `kill`, `timeout`) ends the driver the way Ctrl-C does: through the
+    `finally` that kills its worker. By default SIGTERM ends the process at once, and the worker, a spawned
+    process, would outlive it, still computing (or hanging) with no one to report to."""
+    if threading.current_thread() is not threading.main_thread() \
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield  # a handler of the caller's own, or no way to install one: left alone
+        return
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _drive(job: SweepJob, executor: str, cell_timeout: float | None, store, max_restarts: int) -> dict:
+    with _terminate_like_interrupt():
+        return _drive_workers(job, executor, cell_timeout, store, max_restarts)
+
+
+def _drive_workers(job: SweepJob, executor: str, cell_timeout: float | None, store, max_restarts: int) -> dict:
     from harness.noise.sweep import variant_row
 
     isolated = []
