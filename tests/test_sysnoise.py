@@ -365,11 +365,11 @@ def _popen_as_a_terminal_would(args, **kwargs):
         signal.signal(signal.SIGINT, previous)
 
 
-@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM", "SIGKILL"])
 def test_a_stopped_sweep_takes_its_worker_along_and_resumes_from_the_chunks_it_finished(tmp_path, stop):
-    """Ctrl-C (SIGINT) or a cancelled job (SIGTERM) in the middle of the pass: the worker does not outlive
-    the driver, the chunks already done stay in the store, and --resume takes them back instead of
-    recomputing them; the rows equal an uninterrupted sweep's."""
+    """Ctrl-C (SIGINT), a cancelled job (SIGTERM) or a hard kill (SIGKILL, no handler runs) in the middle
+    of the pass: the worker does not outlive the driver, the chunks already done stay in the store, and
+    --resume takes them back instead of recomputing them; the rows equal an uninterrupted sweep's."""
     import os
     import signal
     import subprocess
@@ -397,9 +397,15 @@ def test_a_stopped_sweep_takes_its_worker_along_and_resumes_from_the_chunks_it_f
             cells.close()
     children = Path(f"/proc/{running.pid}/task/{running.pid}/children").read_text().split()
     workers = [pid for pid in children if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text()]
-    running.send_signal(getattr(signal, stop))
-    assert running.wait(60) == 128 + getattr(signal, stop) and done >= 1 and len(workers) == 1
-    assert not Path(f"/proc/{workers[0]}").exists()  # killed and reaped by the driver on its way out
+    number = getattr(signal, stop)
+    running.send_signal(number)
+    assert running.wait(60) == (-number if stop == "SIGKILL" else 128 + number) and done >= 1 and len(workers) == 1
+    worker = Path(f"/proc/{workers[0]}/stat")
+    for _ in range(50):  # SIGKILL: the kernel stops the orphan (PR_SET_PDEATHSIG); others: the driver did
+        if not worker.exists() or worker.read_text().split(")")[-1].split()[0] == "Z":
+            break
+        time.sleep(0.1)
+    assert not worker.exists() or worker.read_text().split(")")[-1].split()[0] == "Z"  # gone, or a zombie
     resumed = subprocess.run([harness, *common, "--resume"], capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     report = json.loads(resumed.stdout)

@@ -117,7 +117,27 @@ def run_job(job: SweepJob, send) -> None:
 
 
 def _local_main(job: SweepJob, connection) -> None:
+    _die_with_parent()
     run_job(job, connection.send)
+
+
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this worker when the driver dies, even by SIGKILL (an OOM kill, a CI runner's
+    hard stop), where no `finally` of the driver runs. Elsewhere, an orphaned worker ends at its next message
+    (a broken pipe) unless it hangs."""
+    import ctypes
+    import os
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    pr_set_pdeathsig = 1
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    except (OSError, AttributeError):  # no prctl in this libc: the fallback above
+        return
+    if os.getppid() == 1:  # the driver died before the request took effect
+        os._exit(1)
 
 
 class LocalWorker:
