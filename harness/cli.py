@@ -173,6 +173,10 @@ def sysnoise(
     job = SweepJob(model, checkpoint, profile, list(variant or []), options, cells.path, resume)
     try:
         report = run_sweep(job, executor, cell_timeout, cells)
+    except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or SIGTERM (harness.noise.executor)
+        print(f"harness: sweep stopped; the variants and data chunks it finished are kept in {cells.path}: "
+              "run the same command with --resume to carry on from there", file=sys.stderr)
+        raise
     finally:
         cells.close()
     report["store"] = str(cells.path)

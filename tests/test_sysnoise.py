@@ -386,7 +386,7 @@ def test_a_stopped_sweep_takes_its_worker_along_and_resumes_from_the_chunks_it_f
     # colours run in name order: bgr's first chunk is done, then the hanging converter blocks the pass
     running = _popen_as_a_terminal_would([harness, *common, "--variant", "color=harness_test_variants:stage_that_hangs"],
                                          env={**os.environ, **_plugin_env()}, stdout=subprocess.DEVNULL,
-                                         stderr=subprocess.DEVNULL)
+                                         stderr=(tmp_path / "stderr.txt").open("w"))
     deadline = time.monotonic() + 120
     done = 0
     while done == 0 and time.monotonic() < deadline and running.poll() is None:
@@ -406,6 +406,8 @@ def test_a_stopped_sweep_takes_its_worker_along_and_resumes_from_the_chunks_it_f
             break
         time.sleep(0.1)
     assert not worker.exists() or worker.read_text().split(")")[-1].split()[0] == "Z"  # gone, or a zombie
+    if stop != "SIGKILL":  # the user learns that the work done is not lost
+        assert f"kept in {store}: run the same command with --resume" in (tmp_path / "stderr.txt").read_text()
     resumed = subprocess.run([harness, *common, "--resume"], capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     report = json.loads(resumed.stdout)
