@@ -52,7 +52,6 @@ def compare(
     from harness.data.benchmark import SEED as BENCHMARK_SEED
     from harness.export import export
     from harness.provenance import provenance
-    from harness.report import write_json
     from harness.report.table import compare_table, status_notes
 
     console = console_for(json_path)
@@ -146,7 +145,6 @@ def sysnoise(
     """SysNoise sweep: vary one part of the deployment system at a time against the training profile."""
     from harness.backends import get_backend
     from harness.noise import AXES, add_user_variant
-    from harness.report import write_json
     from harness.report.sysnoise import summary_markdown, variants_table
 
     spec = resolve(model, checkpoint, profile)
@@ -222,7 +220,6 @@ def drift(
     from harness.calibration import calibration_set
     from harness.compare.drift import Thresholds, drift_report
     from harness.data import embedded_benchmark, load_dataset
-    from harness.report import write_json
     from harness.report.drift import drift_summary, drift_table, introducers_table
 
     spec = resolve(model, checkpoint, profile)

@@ -79,7 +79,6 @@ def nms_opencv(boxes, scores, labels, iou: float) -> np.ndarray:
 
 @lru_cache(maxsize=1)
 def _onnx_nms_session():
-    import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper
 

@@ -118,7 +118,7 @@ def load_gate(path: Path) -> Gate:
             if key == "name":
                 continue
             if key not in FIELD_NAMES or key == "labels":
-                raise _fail(path, text, f"{where}.{key}", f"unknown profile key; allowed: name, "
+                raise _fail(path, text, f"{where}.{key}", "unknown profile key; allowed: name, "
                             + ", ".join(n for n in FIELD_NAMES if n != "labels"))
             if key in allowed:
                 resolved = value
