@@ -105,7 +105,7 @@ def bench_sweep(count: int | None = None, batch_size: int = 32, threads: int = 2
     first = blobs[samples[0].id]
     for profile, config, base_config in plan:  # sessions built, every decoder/resizer/colour imported once
         for model_config in (config, base_config):
-            warm._session(model_config).run({"input": np.zeros((1, 3, 128, 128), np.float32)})
+            warm.session(model_config).run({"input": np.zeros((1, 3, 128, 128), np.float32)})
         COLORS[profile.color](apply_geometry(decode(first, profile.decoder), profile, stored_size(first))[0])
     import scipy.stats  # noqa: F401
     sessions = warm.sessions

@@ -401,11 +401,15 @@ def test_a_stopped_sweep_takes_its_worker_along_and_resumes_from_the_chunks_it_f
     running.send_signal(number)
     assert running.wait(60) == (-number if stop == "SIGKILL" else 128 + number) and done >= 1 and len(workers) == 1
     worker = Path(f"/proc/{workers[0]}/stat")
+
+    def stopped() -> bool:  # gone, or a zombie its (dead) parent can no longer reap
+        return not worker.exists() or worker.read_text().split(")")[-1].split()[0] == "Z"
+
     for _ in range(50):  # SIGKILL: the kernel stops the orphan (PR_SET_PDEATHSIG); others: the driver did
-        if not worker.exists() or worker.read_text().split(")")[-1].split()[0] == "Z":
+        if stopped():
             break
         time.sleep(0.1)
-    assert not worker.exists() or worker.read_text().split(")")[-1].split()[0] == "Z"  # gone, or a zombie
+    assert stopped()
     if stop != "SIGKILL":  # the user learns that the work done is not lost
         assert f"kept in {store}: run the same command with --resume" in (tmp_path / "stderr.txt").read_text()
     resumed = subprocess.run([harness, *common, "--resume"], capture_output=True, text=True, timeout=600)

@@ -234,7 +234,8 @@ class StagedPipeline:
         # a rewrite, or the unrewritten graph through the same rewrite path
         return rewritten_model(self.exported, **({} if config.graph == GRAPH_BASELINE else dict(config.graph)))
 
-    def _session(self, config: ModelConfig):
+    def session(self, config: ModelConfig):
+        """The backend session of a model configuration, loaded once."""
         if config not in self.sessions:
             from harness.backends import get_backend
 
@@ -248,7 +249,7 @@ class StagedPipeline:
     def _chunk_outputs(self, inputs: Inputs, profile: Profile, config: ModelConfig) -> dict[str, np.ndarray]:
         key = (inputs.digest, config)
         if key not in self._outputs:
-            session = self._session(config)
+            session = self.session(config)
             parts: dict[str, list] = {}
             for start in range(0, len(inputs.ids), self.batch_size):
                 tensor = normalize(inputs.pixels[start:start + self.batch_size], profile)

@@ -87,7 +87,7 @@ def effective_precision(pipeline: StagedPipeline, config: ModelConfig, base_conf
     (OpenVINO on a bf16-only CPU accepts an f16 hint and runs bf16: its 'fp16' row is a bf16 measurement)."""
     if config.precision == base_config.precision:
         return None
-    return pipeline._session(config).precision_effective
+    return pipeline.session(config).precision_effective
 
 
 def compare_variant(pipeline: StagedPipeline, task: str, classes, profile: Profile, config: ModelConfig,
@@ -166,7 +166,7 @@ def variant_row(name: str, status: str, reason: str, baseline: str) -> dict:
     return {"name": name, "status": status, "reason": reason, "baseline": baseline, "metric": None,
             "baseline_metric": None, "delta": None, "flip_rate": None, "identical_to_reference": False,
             "outputs_sha256": None, "samples": 0, "ci95": None, "significant": None, "p_value": None, "kl": None,
-            "output_shapes_changed": {}, "first_reshaped_tensor": None}
+            "output_shapes_changed": {}, "first_reshaped_tensor": None, "precision_effective": None}
 
 
 @dataclass
