@@ -9,8 +9,9 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
-from harness.cli_common import (CheckpointOpt, DatasetOpt, HtmlOpt, JsonOpt, ModelArg, ProfileOpt, ThreadsOpt,
+from harness.cli_common import (AllowCodeOpt, CheckpointOpt, DatasetOpt, HtmlOpt, JsonOpt, ModelArg, ProfileOpt, ThreadsOpt,
                                 console_for, resolve, write_reports)
 from harness.cli_zoo import zoo_app
 from harness.errors import HarnessError, InputError, UsageError
@@ -34,6 +35,7 @@ def compare(
     html: HtmlOpt = None,
     checkpoint: CheckpointOpt = None,
     profile: ProfileOpt = None,
+    allow_code: AllowCodeOpt = False,
     calibration: Annotated[Optional[Path], typer.Option(
         "--calibration", help="Training images for INT8 calibration (zoo models: the generated training split).")] = None,
     candidate_outputs: Annotated[Optional[Path], typer.Option(
@@ -55,7 +57,7 @@ def compare(
     from harness.report.table import compare_table, status_notes
 
     console = console_for(json_path)
-    spec = resolve(model, checkpoint, profile)
+    spec = resolve(model, checkpoint, profile, allow_code)
     if candidate_outputs is not None and not candidate_outputs.is_file():
         raise InputError(f"{candidate_outputs}: recorded outputs file not found")
     targets = [] if candidate_outputs is not None and not backends else parse_targets(backends, precision)
@@ -93,7 +95,7 @@ def compare(
     for line in status_notes(report):
         console.print(line, highlight=False)
     for failure in core["failed"]:
-        console.print(f"[yellow]skipped sample[/] {failure['path']}: {failure['reason']}")
+        console.print(f"[yellow]skipped sample[/] {escape(failure['path'])}: {escape(failure['reason'])}", highlight=False)
     write_reports(report, json_path, html)
     if any(row["status"] == "failed" for row in core["results"]):
         raise typer.Exit(1)
@@ -116,6 +118,7 @@ def sysnoise(
     markdown: Annotated[Optional[Path], typer.Option("--markdown", help="Write the paper-layout table here.")] = None,
     checkpoint: CheckpointOpt = None,
     profile: ProfileOpt = None,
+    allow_code: AllowCodeOpt = False,
     calibration: Annotated[Optional[Path], typer.Option("--calibration", help="Training images for INT8.")] = None,
     variant: Annotated[Optional[list[str]], typer.Option(
         "--variant", help="Your own variant: AXIS=package.module:function (decoder, resize, color or nms); "
@@ -147,7 +150,7 @@ def sysnoise(
     from harness.noise import AXES, add_user_variant
     from harness.report.sysnoise import summary_markdown, variants_table
 
-    spec = resolve(model, checkpoint, profile)
+    spec = resolve(model, checkpoint, profile, allow_code)
     console = console_for(json_path)
     graph_backend = get_backend(backend).name
     for text in variant or []:
@@ -155,7 +158,7 @@ def sysnoise(
     if list_axes:
         for axis in AXES.values():
             names = ", ".join(v.name for v in axis.variants(spec, graph_backend))
-            console.print(f"[bold]{axis.name}[/] ({axis.stage}): {axis.description}\n  {names}", highlight=False)
+            console.print(f"[bold]{axis.name}[/] ({axis.stage}): {axis.description}\n  {escape(names)}", highlight=False)
         return
     from harness.noise import get_axes
     from harness.noise.executor import SweepJob, run_sweep
@@ -168,7 +171,8 @@ def sysnoise(
     options = {"axes": axes, "dataset": dataset, "limit": limit, "batch_size": batch_size, "threads": threads,
                "calibration": calibration, "graph_backend": graph_backend, "combine": combine,
                "bootstrap_seconds": bootstrap_seconds, "bootstrap_scope": bootstrap_scope, "chunk_size": chunk_size}
-    job = SweepJob(model, checkpoint, profile, list(variant or []), options, cells.path, resume)
+    job = SweepJob(model, checkpoint, profile, list(variant or []), options, cells.path, resume,
+                   allow_code=allow_code)
     try:
         report = run_sweep(job, executor, cell_timeout, cells)
     except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or SIGTERM (harness.noise.executor)
@@ -179,7 +183,7 @@ def sysnoise(
         cells.close()
     report["store"] = str(cells.path)
     console.print(variants_table(report))
-    console.print(summary_markdown(report), highlight=False)
+    console.print(summary_markdown(report), highlight=False, markup=False)
     if markdown:
         markdown.write_text(summary_markdown(report) + "\n")
     write_reports(report, json_path, html)
@@ -210,6 +214,7 @@ def drift(
     html: HtmlOpt = None,
     checkpoint: CheckpointOpt = None,
     profile: ProfileOpt = None,
+    allow_code: AllowCodeOpt = False,
     calibration: Annotated[Optional[Path], typer.Option("--calibration", help="Training images for INT8.")] = None,
     artifact: Annotated[Optional[Path], typer.Option(
         "--artifact", help="The deployed file the candidate runs (e.g. a QDQ .onnx made elsewhere).")] = None,
@@ -222,7 +227,7 @@ def drift(
     from harness.data import embedded_benchmark, load_dataset
     from harness.report.drift import drift_summary, drift_table, introducers_table
 
-    spec = resolve(model, checkpoint, profile)
+    spec = resolve(model, checkpoint, profile, allow_code)
     console = console_for(json_path)
     target, device = parse_target(backend)
     if artifact is not None and not artifact.is_file():
@@ -269,6 +274,9 @@ def validate(
                                                                         "pull-request comment).")] = None,
     json_path: JsonOpt = None,
     html: HtmlOpt = None,
+    allow_code: Annotated[bool, typer.Option(
+        "--allow-code", help="Trust the gate file: let it name code (model = package.module:factory, "
+                             "package.module:function variants). Without it such a gate is refused.")] = False,
 ) -> None:
     """The pre-deployment gate: exit 0 when every threshold holds, 1 when one fails, 2 on a config error."""
     from harness.validate import gate_table, junit_xml, load_gate, markdown_summary, run_gate, starter_gate
@@ -286,7 +294,7 @@ def validate(
         return
     if config is None:
         raise UsageError("validate needs --config gate.toml (or --init to write a starter)")
-    gate = load_gate(config)
+    gate = load_gate(config, allow_code)
     report = run_gate(gate)
     console = console_for(json_path)
     console.print(gate_table(report, config))
@@ -300,7 +308,8 @@ def validate(
     if not report["passed"]:
         for check in report["checks"]:
             if not check["passed"]:
-                console.print(f"[bold red]gate failed[/]: {check['profile']} {check['threshold']}: {check['message']}",
+                console.print("[bold red]gate failed[/]: "
+                              + escape(f"{check['profile']} {check['threshold']}: {check['message']}"),
                               highlight=False)
         raise typer.Exit(1)
 
@@ -353,6 +362,7 @@ def export_inputs(
     limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Use the first N samples.")] = None,
     checkpoint: CheckpointOpt = None,
     profile: ProfileOpt = None,
+    allow_code: AllowCodeOpt = False,
 ) -> None:
     """Write the exact pre-processed inputs (with sample ids) for a target that cannot host the harness."""
     from harness.data import embedded_benchmark, load_dataset
@@ -360,13 +370,13 @@ def export_inputs(
     from harness.recorded import write_inputs
     from harness.run import iter_batches
 
-    spec = resolve(model, checkpoint, profile)
+    spec = resolve(model, checkpoint, profile, allow_code)
     data = (load_dataset(dataset) if dataset else embedded_benchmark(spec.task)).limit(limit)
     exported = export(spec)
     failures = []
     manifest = write_inputs(folder, exported, data, iter_batches(data, spec.profile, 64, failures), failures)
     Console(stderr=True).print(f"wrote {manifest['samples']} inputs ({len(failures)} failed) to {folder}; "
-                               f"{manifest['how']}", highlight=False)
+                               f"{manifest['how']}", highlight=False, markup=False)
 
 
 @app.command("backends")
@@ -390,19 +400,19 @@ def backends_cmd(json_path: JsonOpt = None, markdown: Annotated[bool, typer.Opti
 
 @app.command("export")
 def export_cmd(model: ModelArg = None, checkpoint: CheckpointOpt = None, profile: ProfileOpt = None,
-               json_path: JsonOpt = None) -> None:
+               json_path: JsonOpt = None, allow_code: AllowCodeOpt = False) -> None:
     """Export the model to ONNX once (cached by content hash) and print where it is."""
     from harness.export import export
     from harness.report import write_json
 
-    exported = export(resolve(model, checkpoint, profile))
+    exported = export(resolve(model, checkpoint, profile, allow_code))
     info = {"schema": "harness.export/1", "model": exported.spec.name, "onnx": str(exported.onnx_path),
             "onnx_sha256": exported.sha256, "exporter": exported.exporter, "opset": exported.opset,
             "cache_hit": exported.cache_hit, "mapped_tensors": len(exported.name_map.get("tensors", {}))}
     console = console_for(json_path)
     state = "re-used from cache" if exported.cache_hit else "exported"
     console.print(f"{info['model']}: {state} {info['onnx']} ({info['exporter']}, opset {info['opset']}, "
-                  f"{info['mapped_tensors']} tensors mapped to torch modules)")
+                  f"{info['mapped_tensors']} tensors mapped to torch modules)", markup=False, highlight=False)
     if json_path:
         write_json(info, json_path)
 

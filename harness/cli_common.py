@@ -19,6 +19,9 @@ DatasetOpt = Annotated[Optional[Path], typer.Option(
                       "images. Default: the embedded benchmark.")]
 JsonOpt = Annotated[Optional[str], typer.Option("--json", help="Write the JSON report here ('-' for stdout).")]
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", min=1, help="Threads per backend.")]
+AllowCodeOpt = Annotated[bool, typer.Option(
+    "--allow-code", help="Trust the --profile file: let it name package.module:function variants (imported and "
+                         "run). Without it a file that names code is refused.")]
 HtmlOpt = Annotated[Optional[Path], typer.Option(
     "--html", help="Write a self-contained HTML report (plots embedded, opens offline) here.")]
 
@@ -46,7 +49,7 @@ def write_reports(report: dict, json_path: str | None, html_path: Path | None) -
         write_html(report, html_path, thumbnails=thumbnails)
 
 
-def resolve(model, checkpoint, profile):
+def resolve(model, checkpoint, profile, allow_code: bool = False):
     from harness.model import resolve_model
 
-    return resolve_model(model, checkpoint=checkpoint, profile_path=profile)
+    return resolve_model(model, checkpoint=checkpoint, profile_path=profile, allow_code=allow_code)

@@ -51,12 +51,35 @@ class ModelSpec:
             except Exception as err:  # torch raises several unrelated types for a bad file
                 raise InputError(f"{self.weights}: not a loadable checkpoint ({type(err).__name__}: {err})") from None
             state = state.get("state_dict", state) if isinstance(state, dict) else state
-            try:
-                module.load_state_dict(state)
-            except RuntimeError as err:
-                first = str(err).strip().splitlines()
-                raise InputError(f"{self.weights}: does not fit {self.name} ({first[0] if first else err})") from None
+            if not isinstance(state, dict):
+                raise InputError(f"{self.weights}: not a state_dict (a mapping of parameter names to tensors), "
+                                 f"got {type(state).__name__}")
+            _check_fits(module, state, self.weights, self.name)
+            module.load_state_dict(state)
         return module.eval()
+
+
+def _check_fits(module, state: dict, path: Path, name: str) -> None:
+    """A checkpoint for another architecture names its missing and unexpected keys (a few of each) and the
+    first shapes that differ, instead of torch's page-long message."""
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    reshaped = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+                if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(v.shape)]
+
+    def few(keys: list[str]) -> str:
+        return ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+
+    problems = [f"{len(keys)} {what} ({few(keys)})" for what, keys in
+                (("missing keys", missing), ("unexpected keys", unexpected), ("shapes differ", reshaped)) if keys]
+    if problems:
+        raise InputError(f"{path}: does not fit {name}: {'; '.join(problems)}")
+
+
+def names_code(model: str | None) -> bool:
+    """MODEL as `package.module:factory`: a name that imports and calls code."""
+    return bool(model) and ":" in model and not model.startswith("torchvision:") and not model.endswith(".onnx")
 
 
 def _zoo_spec(name: str) -> ModelSpec:
@@ -130,8 +153,9 @@ def _onnx_spec(path: Path) -> ModelSpec:
 
 
 def resolve_model(name: str | None, checkpoint: Path | None = None, profile_path: Path | None = None,
-                  task: str | None = None) -> ModelSpec:
-    """MODEL string (+ options) -> ModelSpec. None means the zoo's default classifier."""
+                  task: str | None = None, allow_code: bool = False) -> ModelSpec:
+    """MODEL string (+ options) -> ModelSpec. None means the zoo's default classifier. `name` comes from the
+    command line (a factory there is the user's own choice); `allow_code` lets the profile file name code."""
     from harness.models import DEFAULT_CLASSIFIER
 
     name = name or DEFAULT_CLASSIFIER
@@ -146,7 +170,7 @@ def resolve_model(name: str | None, checkpoint: Path | None = None, profile_path
     if checkpoint is not None and not name.startswith("torchvision:"):
         spec = replace(spec, weights=checkpoint)
     if profile_path is not None:
-        profile = load_profile(profile_path, spec.profile)
+        profile = load_profile(profile_path, spec.profile, allow_code)
         spec = replace(spec, profile=profile, labels=profile.labels or spec.labels)
     if task is not None:
         spec = replace(spec, task=task)

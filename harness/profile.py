@@ -7,11 +7,10 @@ Profiles are parsed here, at the edge (TOML or flags), and are frozen dataclasse
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.errors import InputError, UsageError
+from harness.errors import UsageError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -70,34 +69,124 @@ STAGE_FIELDS = {
     "post": ("nms", "box_decode", "score_threshold", "iou_threshold", "max_detections"),
 }
 FIELD_NAMES = tuple(f.name for f in dataclasses.fields(Profile))
+FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(Profile)}
 
 
-def profile_from_mapping(data: dict, base: Profile, source: str) -> Profile:
-    """Overlays `data` (flat or in [pre]/[model]/[post] tables) on `base`; `source` names it in errors."""
+class FieldError(UsageError):
+    """One profile field's value is wrong: `key` and the problem, placed in a file by the caller."""
+
+    def __init__(self, key: str, problem: str):
+        super().__init__(f"{key}: {problem}")
+        self.key, self.problem = key, problem
+
+
+# the stage registries a field's value is a name in (package.module:function: user code, see variants.py)
+REGISTRY_FIELDS = {"decoder": ("preprocess", "DECODERS"), "resize": ("preprocess", "RESIZERS"),
+                   "color": ("preprocess", "COLORS"), "nms": ("postprocess", "NMS")}
+MAX_INPUT_SIZE = 8192
+
+
+def _registry(key: str) -> dict:
+    import importlib
+
+    module, name = REGISTRY_FIELDS[key]
+    return getattr(importlib.import_module(f"harness.{module}"), name)
+
+
+def _number(key: str, value, kind: type, low: float | None = None, high: float | None = None,
+            low_open: bool = False):
+    import math
+
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
+        raise FieldError(key, f"expected {'an integer' if kind is int else 'a number'}, got "
+                              f"{type(value).__name__} {value!r}")
+    if not math.isfinite(value):
+        raise FieldError(key, f"must be a finite number, got {value!r}")
+    if low is not None and (value <= low if low_open else value < low):
+        raise FieldError(key, f"must be {'>' if low_open else '>='} {low}, got {value!r}")
+    if high is not None and value > high:
+        raise FieldError(key, f"must be <= {high}, got {value!r}")
+    return value
+
+
+def checked_field(key: str, value, allow_code: bool = False):
+    """A profile field's value from a file or a flag, type- and range-checked (FieldError otherwise).
+
+    A registry field naming `package.module:function` is imported only with `allow_code` (the user passed
+    --allow-code for this file); without it the file is refused, so a file never runs code by itself."""
+    from harness.variants import is_code_reference, load_user_function
+
+    if key not in FIELD_TYPES:
+        raise FieldError(key, f"unknown profile key; known: {', '.join(FIELD_NAMES)}")
+    if key in ("mean", "std"):
+        if not isinstance(value, (list, tuple)) or len(value) != 3:
+            raise FieldError(key, f"must be three numbers, got {value!r}")
+        low = 0.0 if key == "std" else None  # a zero std divides by zero
+        return tuple(float(_number(key, v, float, low, low_open=True)) for v in value)
+    if key == "labels":
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise FieldError(key, f"must be a list of class names (strings), got {type(value).__name__} {value!r}")
+        return tuple(value)
+    if key in ("input_size", "max_detections"):
+        return _number(key, value, int, 1, MAX_INPUT_SIZE if key == "input_size" else 100000)
+    if key == "resize_size":
+        return None if value is None else _number(key, value, int, 1, MAX_INPUT_SIZE)
+    if key in ("score_threshold", "iou_threshold"):
+        return float(_number(key, value, float, 0.0, 1.0))
+    if not isinstance(value, str) or not value:
+        raise FieldError(key, f"expected a name (string), got {type(value).__name__} {value!r}")
+    if key in REGISTRY_FIELDS:
+        registry = _registry(key)
+        if is_code_reference(value):
+            if not allow_code:
+                raise FieldError(key, f"{value!r} names code to import; a file runs no code unless you pass "
+                                      "--allow-code (README, Trust)")
+            load_user_function(registry, key, value)
+        elif value not in registry:
+            known = [k for k in registry if not is_code_reference(k)]
+            raise FieldError(key, f"{value!r} is not one of {', '.join(known)} (or package.module:function)")
+    elif key == "geometry" and value not in GEOMETRIES:
+        raise FieldError(key, f"{value!r} is not one of {', '.join(GEOMETRIES)}")
+    elif key == "precision":
+        from harness.backends import PRECISIONS
+
+        if value not in PRECISIONS:
+            raise FieldError(key, f"{value!r} is not one of {', '.join(PRECISIONS)}")
+    elif key == "box_decode":
+        from harness.postprocess import BOX_DECODES
+
+        if value not in BOX_DECODES:
+            raise FieldError(key, f"{value!r} is not one of {', '.join(BOX_DECODES)}")
+    return value
+
+
+def flatten_profile(data: dict) -> dict:
+    """Profile keys from a flat table or from its [pre]/[model]/[post] tables."""
     flat: dict = {}
     for key, value in data.items():
         if isinstance(value, dict) and key in STAGE_FIELDS:
             flat.update(value)
         else:
             flat[key] = value
+    return flat
+
+
+def profile_from_mapping(data: dict, base: Profile, source: str, allow_code: bool = False) -> Profile:
+    """Overlays `data` (flat or in [pre]/[model]/[post] tables) on `base`; `source` names it in errors."""
     changes = {}
-    types = {f.name: f.type for f in dataclasses.fields(Profile)}
-    for key, value in flat.items():
-        if key not in types:
-            raise UsageError(f"{source}: unknown profile key {key!r}; known: {', '.join(FIELD_NAMES)}")
-        if key in ("mean", "std", "labels"):
-            value = tuple(value)
-        if key in ("mean", "std") and (len(value) != 3 or not all(isinstance(v, (int, float)) for v in value)):
-            raise UsageError(f"{source}: {key} must be three numbers, got {list(value)}")
-        changes[key] = value
+    for key, value in flatten_profile(data).items():
+        try:
+            changes[key] = checked_field(key, value, allow_code)
+        except FieldError as err:
+            raise UsageError(f"{source}: {err.key}: {err.problem}") from None
     return base.replace(**changes)
 
 
-def load_profile(path: Path, base: Profile) -> Profile:
-    try:
-        data = tomllib.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise InputError(f"{path}: profile file not found") from None
-    except tomllib.TOMLDecodeError as err:
-        raise InputError(f"{path}: not valid TOML ({err})") from None
-    return profile_from_mapping(data.get("profile", data), base, str(path))
+def load_profile(path: Path, base: Profile, allow_code: bool = False) -> Profile:
+    from harness.files import read_toml
+
+    data, _ = read_toml(path, "profile file")
+    table = data.get("profile", data)
+    if not isinstance(table, dict):
+        raise UsageError(f"{path}: profile must be a table, got {type(table).__name__}")
+    return profile_from_mapping(table, base, str(path), allow_code)

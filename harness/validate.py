@@ -9,7 +9,6 @@ same stage caches. Per-axis SysNoise limits run the named axes once for the mode
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +41,7 @@ class Gate:
     profiles: list[dict]
     thresholds: dict
     text: str = field(repr=False, default="")
+    allow_code: bool = False                   # --allow-code: the file's code names are honoured
 
 
 def _line_of(text: str, key: str) -> str:
@@ -63,78 +63,118 @@ def _check_type(path, text, key, value, kind) -> None:
         raise _fail(path, text, key, f"expected {kind.__name__}, got {type(value).__name__} {value!r}")
 
 
-def _allowed_profile_values() -> dict[str, tuple]:
-    from harness.backends import PRECISIONS, registry
-    from harness.postprocess import BOX_DECODES, NMS
-    from harness.preprocess import COLORS, DECODERS, RESIZERS
+def _check_range(path, text, key, value, low=None, high=None) -> None:
+    import math
 
-    return {"decoder": tuple(DECODERS), "resize": tuple(RESIZERS), "color": tuple(COLORS),
-            "precision": PRECISIONS, "nms": tuple(NMS), "box_decode": BOX_DECODES,
-            "backend": tuple(registry())}
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _fail(path, text, key, f"must be a finite number, got {value!r}")
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f"between {low} and {high}" if low is not None and high is not None else \
+            f">= {low}" if low is not None else f"<= {high}"
+        raise _fail(path, text, key, f"must be {bounds}, got {value!r}")
 
 
-def load_gate(path: Path) -> Gate:
-    from harness.profile import FIELD_NAMES
+# (low, high) of every number a gate holds; fractions are metric units (DESIGN.md)
+TOP_RANGES = {"limit": (1, None), "batch_size": (1, 4096), "threads": (1, 1024)}
+THRESHOLD_RANGES = {"max_metric_drop": (0.0, 1.0), "min_top1_agreement": (0.0, 1.0), "max_output_error": (0.0, None),
+                    "max_sysnoise_delta": (0.0, 1.0), "min_op_snr_db": (-200.0, 400.0)}
 
-    if not path.is_file():
+
+def _check_threshold(path, text, key, value) -> None:
+    from harness.noise import AXES
+
+    name = key.split(".")[1]
+    if name == "max_sysnoise_delta" and key.count(".") == 1:
+        _check_type(path, text, key, value, dict)
+        if not value:
+            raise _fail(path, text, key, f"no axis: name at least one of {', '.join(AXES)}, e.g. {{ resize = 0.02 }}")
+        for axis, limit in value.items():
+            if axis not in AXES:
+                raise _fail(path, text, f"{key}.{axis}", f"unknown noise axis; allowed: {', '.join(AXES)}")
+            _check_threshold(path, text, f"{key}.{axis}", limit)
+        return
+    _check_type(path, text, key, value, float)
+    _check_range(path, text, key, value, *THRESHOLD_RANGES[name])
+
+
+def _check_profile(path, text, where: str, profile, allow_code: bool) -> dict:
+    from harness.backends import get_backend
+    from harness.errors import UnknownName
+    from harness.profile import FIELD_NAMES, FieldError, checked_field
+
+    if not isinstance(profile, dict):
+        raise _fail(path, text, "profiles", f"{where} must be a table ([[profiles]])")
+    checked = {}
+    for key, value in profile.items():
+        if key == "name":
+            _check_type(path, text, f"{where}.name", value, str)
+            checked[key] = value
+            continue
+        if key not in FIELD_NAMES or key == "labels":
+            raise _fail(path, text, f"{where}.{key}", "unknown profile key; allowed: name, "
+                        + ", ".join(n for n in FIELD_NAMES if n != "labels"))
+        if key == "backend":  # an alias (ort, ov, trt) names its backend
+            try:
+                checked[key] = get_backend(str(value)).name if isinstance(value, str) else value
+            except UnknownName:
+                raise _fail(path, text, f"{where}.{key}", f"{value!r} is not one of "
+                            f"{', '.join(_allowed_backends())}") from None
+            _check_type(path, text, f"{where}.{key}", checked[key], str)
+            continue
+        try:
+            checked[key] = checked_field(key, value, allow_code)
+        except FieldError as err:
+            raise _fail(path, text, f"{where}.{key}", err.problem) from None
+    return checked
+
+
+def _allowed_backends() -> tuple:
+    from harness.backends import registry
+
+    return tuple(registry())
+
+
+def load_gate(path: Path, allow_code: bool = False) -> Gate:
+    """Reads and checks every field of a gate (types, ranges, names) before any work starts: a gate that
+    cannot check anything, or only vacuously, is a config error (exit 2)."""
+    from harness.files import read_toml
+    from harness.model import names_code
+
+    if not path.exists():
         raise GateError(f"{path}: gate file not found (write a starter with `harness validate --init`)")
-    text = path.read_text()
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
-        raise GateError(f"{path}: not valid TOML ({err})") from None
+    data, text = read_toml(path, "gate file")
     for key, value in data.items():
         if key not in TOP_KEYS:
             raise _fail(path, text, key, f"unknown key; allowed: {', '.join(TOP_KEYS)}")
         _check_type(path, text, key, value, TOP_KEYS[key])
+        if key in TOP_RANGES:
+            _check_range(path, text, key, value, *TOP_RANGES[key])
+    if names_code(data.get("model")) and not allow_code:
+        raise _fail(path, text, "model", f"{data['model']!r} names a factory to import and call; a gate file runs "
+                    "no code unless you pass --allow-code (README, Trust)")
     thresholds = data.get("thresholds", {})
     for key, value in thresholds.items():
         if key not in THRESHOLDS:
             raise _fail(path, text, f"thresholds.{key}", f"unknown threshold; allowed: {', '.join(THRESHOLDS)}")
-        if key == "max_sysnoise_delta":
-            _check_type(path, text, f"thresholds.{key}", value, dict)
-            from harness.noise import AXES
-
-            for axis, limit in value.items():
-                if axis not in AXES:
-                    raise _fail(path, text, f"thresholds.{key}.{axis}", f"unknown noise axis; allowed: {', '.join(AXES)}")
-                _check_type(path, text, f"thresholds.{key}.{axis}", limit, float)
-        else:
-            _check_type(path, text, f"thresholds.{key}", value, float)
+        _check_threshold(path, text, f"thresholds.{key}", value)
     if not thresholds:
         raise _fail(path, text, "thresholds", f"no thresholds: a gate needs at least one of {', '.join(THRESHOLDS)}")
     profiles = data.get("profiles", [{"name": "onnxruntime-fp32", "backend": "onnxruntime"}])
-    allowed = _allowed_profile_values()
+    if not profiles and set(thresholds) != {"max_sysnoise_delta"}:
+        raise _fail(path, text, "profiles", "an empty list checks nothing: add a [[profiles]] table (backend, "
+                    "precision, ...) or leave `profiles` out for ONNX Runtime FP32")
     names = set()
+    checked = []
     for index, profile in enumerate(profiles):
         where = f"profiles[{index}]"
-        if not isinstance(profile, dict):
-            raise _fail(path, text, "profiles", f"{where} must be a table ([[profiles]])")
-        name = profile.get("name", f"profile-{index}")
+        entry = _check_profile(path, text, where, profile, allow_code)
+        name = entry.get("name", f"profile-{index}")
         if name in names:
             raise _fail(path, text, "name", f"{where}: profile name {name!r} used twice")
         names.add(name)
-        for key, value in profile.items():
-            if key == "name":
-                continue
-            if key not in FIELD_NAMES or key == "labels":
-                raise _fail(path, text, f"{where}.{key}", "unknown profile key; allowed: name, "
-                            + ", ".join(n for n in FIELD_NAMES if n != "labels"))
-            if key in allowed:
-                resolved = value
-                if key == "backend":  # an alias (ort, ov, trt) names its backend
-                    from harness.backends import get_backend
-                    from harness.errors import UnknownName
-
-                    try:
-                        resolved = get_backend(str(value)).name
-                    except UnknownName:
-                        pass
-                if resolved not in allowed[key]:
-                    raise _fail(path, text, f"{where}.{key}", f"{value!r} is not one of {', '.join(allowed[key])}")
-                profile[key] = resolved
+        checked.append(entry)
     return Gate(path, data.get("model"), Path(data["dataset"]) if data.get("dataset") else None, data.get("limit"),
-                data.get("batch_size", 64), data.get("threads"), profiles, thresholds, text)
+                data.get("batch_size", 64), data.get("threads"), checked, thresholds, text, allow_code)
 
 
 @dataclass
@@ -177,7 +217,8 @@ def run_gate(gate: Gate, progress: bool = True) -> dict:
     checks, rows, drift_reports = [], [], []
     planned = []
     for entry in gate.profiles:
-        profile = profile_from_mapping({k: v for k, v in entry.items() if k != "name"}, spec.profile, str(gate.path))
+        profile = profile_from_mapping({k: v for k, v in entry.items() if k != "name"}, spec.profile, str(gate.path),
+                                       gate.allow_code)
         config = ModelConfig(profile.backend, profile.device, profile.precision)
         if config.backend == "torch" and reference_config.backend == "torch" and profile.precision == "fp32":
             config = reference_config
@@ -263,38 +304,49 @@ def run_gate(gate: Gate, progress: bool = True) -> dict:
 
 
 def gate_table(report: dict, config):
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=f"gate {config}: {'passed' if report['passed'] else 'FAILED'}", title_justify="left")
+    table = Table(title=escape(f"gate {config}: {'passed' if report['passed'] else 'FAILED'}"), title_justify="left")
     for column in ("profile", "threshold", "limit", "value", "result", "detail"):
         table.add_column(column)
     for check in report["checks"]:
         value = "-" if check["value"] is None else f"{check['value']:.4g}"
-        table.add_row(check["profile"], check["threshold"], f"{check['limit']:.4g}", value,
-                      "[green]pass[/]" if check["passed"] else "[bold red]FAIL[/]", check["message"])
+        table.add_row(escape(check["profile"]), check["threshold"], f"{check['limit']:.4g}", value,
+                      "[green]pass[/]" if check["passed"] else "[bold red]FAIL[/]", escape(check["message"]))
     return table
+
+
+_NOT_XML = re.compile("[^\u0009\u000a\u000d\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def xml_text(value) -> str:
+    """Text XML 1.0 can hold: control characters (a profile name may carry one) are dropped, never left to
+    make the file ill-formed; ElementTree escapes the rest."""
+    return _NOT_XML.sub("", str(value))
 
 
 def junit_xml(report: dict) -> str:
     """One <testsuite> per profile, one <testcase> per threshold (JUnit XML as GitLab/GitHub/Jenkins read it)."""
     from xml.etree import ElementTree as ET
 
-    suites = ET.Element("testsuites", name=f"harness validate {report['model']['name']}",
+    model = xml_text(report["model"]["name"])
+    suites = ET.Element("testsuites", name=f"harness validate {model}",
                         tests=str(len(report["checks"])), failures=str(sum(not c["passed"] for c in report["checks"])))
     by_profile: dict[str, list] = {}
     for check in report["checks"]:
         by_profile.setdefault(check["profile"], []).append(check)
     for profile, checks in by_profile.items():
-        suite = ET.SubElement(suites, "testsuite", name=profile, tests=str(len(checks)),
+        suite = ET.SubElement(suites, "testsuite", name=xml_text(profile), tests=str(len(checks)),
                               failures=str(sum(not c["passed"] for c in checks)), errors="0", skipped="0", time="0")
         for check in checks:
-            case = ET.SubElement(suite, "testcase", name=check["threshold"],
-                                 classname=f"harness.gate.{report['model']['name']}.{profile}", time="0")
+            case = ET.SubElement(suite, "testcase", name=xml_text(check["threshold"]),
+                                 classname=xml_text(f"harness.gate.{model}.{profile}"), time="0")
             if not check["passed"]:
-                failure = ET.SubElement(case, "failure", message=check["message"], type="threshold")
-                failure.text = f"{check['threshold']} = {check['limit']}: {check['message']}"
+                failure = ET.SubElement(case, "failure", message=xml_text(check["message"]), type="threshold")
+                failure.text = xml_text(f"{check['threshold']} = {check['limit']}: {check['message']}")
             else:
-                ET.SubElement(case, "system-out").text = check["message"]
+                ET.SubElement(case, "system-out").text = xml_text(check["message"])
     ET.indent(suites)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"
 

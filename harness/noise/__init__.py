@@ -111,7 +111,7 @@ USER_VARIANTS: dict[str, list[Variant]] = {}
 def add_user_variant(text: str) -> None:
     """'AXIS=package.module:function' -> one more variant of that axis (validated by importing it)."""
     from harness import postprocess, preprocess
-    from harness.variants import lookup
+    from harness.variants import load_user_function
 
     axis, _, target = text.partition("=")
     axis = axis.strip()
@@ -120,7 +120,7 @@ def add_user_variant(text: str) -> None:
                          f"{', '.join(USER_FIELDS)}")
     registry = {"decoder": preprocess.DECODERS, "resize": preprocess.RESIZERS, "color": preprocess.COLORS,
                 "nms": postprocess.NMS}[axis]
-    lookup(registry, axis, target.strip())
+    load_user_function(registry, axis, target.strip())
     USER_VARIANTS.setdefault(axis, []).append(Variant(target.strip(), {USER_FIELDS[axis]: target.strip()},
                                                       note="user variant"))
 

@@ -21,7 +21,6 @@ start-up, never the sweep.
 from __future__ import annotations
 
 import contextlib
-import pickle
 import signal
 import threading
 import time
@@ -55,6 +54,7 @@ class SweepJob:
     options: dict                              # harness.noise.report.sysnoise_report keyword arguments
     store_path: Path | None = None             # read by the worker: pieces of this run, and with --resume rows
     resume: bool = False                       # and pieces of earlier runs
+    allow_code: bool = False                   # --allow-code: the profile file may name code
     taken: dict = field(default_factory=dict)  # rows finished by earlier workers of this run, by cell key
     run: str = field(default_factory=lambda: uuid.uuid4().hex)  # names this run's pieces in the store
     piece_contexts: set = field(default_factory=set)  # the sweeps whose pieces the store got (driver side)
@@ -79,12 +79,21 @@ class RelayStore:
 
     def take_piece(self, key: str):
         """A piece of the pass done by an earlier worker of this run (or with --resume, of any run)."""
+        from harness.store import BadPiece, decode_piece
+
         data = self.stored.get_piece(key, None if self.resume else self.run) if self.stored is not None else None
-        return pickle.loads(data) if data is not None else None  # our own cache file, written by keep_piece
+        if data is None:
+            return None
+        try:
+            return decode_piece(data)
+        except BadPiece:  # not what keep_piece wrote: computed again, never trusted
+            return None
 
     def keep_piece(self, key: str, context: str, piece) -> None:
+        from harness.store import encode_piece
+
         if self.stored is not None:
-            self.send(("piece", key, context, pickle.dumps(piece, protocol=pickle.HIGHEST_PROTOCOL)))
+            self.send(("piece", key, context, encode_piece(*piece)))
 
     def started(self, key: str, axis: str, variant: str, baseline: str) -> None:
         self.send(("start", key, axis, variant, baseline))
@@ -107,7 +116,8 @@ def run_job(job: SweepJob, send) -> None:
 
         for text in job.user_variants:
             add_user_variant(text)
-        spec = resolve_model(job.model, checkpoint=job.checkpoint, profile_path=job.profile)
+        spec = resolve_model(job.model, checkpoint=job.checkpoint, profile_path=job.profile,
+                             allow_code=job.allow_code)
         store = RelayStore(job, send)
         send(("done", sysnoise_report(spec, store=store, resume=True, **job.options)))
     except HarnessError as err:

@@ -63,7 +63,9 @@ def diff_reports(old: dict, new: dict, max_regression: float) -> dict:
 def diff_table(result: dict, old, new):
     from rich.table import Table
 
-    table = Table(title=f"diff {old} -> {new} ({result['kind']})", title_justify="left")
+    from rich.markup import escape
+
+    table = Table(title=escape(f"diff {old} -> {new} ({result['kind']})"), title_justify="left")
     for column in ("row", "metric", "Δ metric", "error", "Δ error", "status"):
         table.add_column(column)
 
@@ -71,7 +73,7 @@ def diff_table(result: dict, old, new):
         return "-" if value is None else (f"{value:+.4g}" if signed else f"{value:.4g}")
 
     for row in result["rows"]:
-        status = "[bold red]REGRESSED[/]" if row.get("regressed") else row["status"]
-        table.add_row(" / ".join(map(str, row["row"])), fmt(row.get("new_metric")), fmt(row.get("metric_change"), True),
+        status = "[bold red]REGRESSED[/]" if row.get("regressed") else escape(str(row["status"]))
+        table.add_row(escape(" / ".join(map(str, row["row"]))), fmt(row.get("new_metric")), fmt(row.get("metric_change"), True),
                       fmt(row.get("new_error")), fmt(row.get("error_change"), True), status)
     return table

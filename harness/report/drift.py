@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import math
 
+from rich.markup import escape
 from rich.table import Table
 
 
@@ -22,9 +23,9 @@ def drift_table(report: dict, limit: int = 60) -> Table:
     """Ops in topological order: total SNR, the error the op introduces alone, the error it inherits."""
     first = (report.get("first_divergence") or {}).get("tensor")
     candidate = report["candidate"]
-    table = Table(title=f"drift {report['model']['name']}: {candidate['backend']}:{candidate['device']} "
-                        f"{candidate['precision']} (effective {candidate['precision_effective']}) vs "
-                        f"{report['reference']['note']}; taps: {report['tap_method']}", title_justify="left")
+    table = Table(title=escape(f"drift {report['model']['name']}: {candidate['backend']}:{candidate['device']} "
+                               f"{candidate['precision']} (effective {candidate['precision_effective']}) vs "
+                               f"{report['reference']['note']}; taps: {report['tap_method']}"), title_justify="left")
     for column, justify in (("op", "left"), ("type", "left"), ("torch module", "left"), ("SNR dB", "right"),
                             ("max abs", "right"), ("introduced (rel L2)", "right"), ("introduced SNR", "right"),
                             ("inherited (rel L2)", "right"), ("", "left")):
@@ -33,7 +34,8 @@ def drift_table(report: dict, limit: int = 60) -> Table:
         mark = "first divergence" if row["tensor"] == first else ("diverged" if row["diverged"] else "")
         if not row["observable"]:
             mark = "not observable"
-        table.add_row(row["tensor"], row["op_type"], row["module"] or "", _db(row["snr_db"]), _err(row["max_abs"]),
+        table.add_row(escape(row["tensor"]), escape(row["op_type"]), escape(row["module"] or ""), _db(row["snr_db"]),
+                      _err(row["max_abs"]),
                       _err(row["introduced"]), _db(row["introduced_snr_db"]), _err(row["inherited"]), mark,
                       style="bold red" if row["tensor"] == first else None)
     if len(report["ops"]) > limit:
@@ -52,39 +54,48 @@ def introducers_table(report: dict, limit: int = 10) -> Table:
         table.add_column(column, justify=justify)
     for rank, top in enumerate(report["top_introducers"][:limit], 1):
         row = rows[top["tensor"]]
-        table.add_row(str(rank), row["tensor"], row["op_type"], row["module"] or "", _err(row["introduced"]),
+        table.add_row(str(rank), escape(row["tensor"]), escape(row["op_type"]), escape(row["module"] or ""),
+                      _err(row["introduced"]),
                       _db(row["introduced_snr_db"]), _err(row["inherited"]), _db(row["snr_db"]))
     return table
 
 
-def drift_summary(report: dict) -> str:
+def drift_summary(report: dict, markup: bool = True) -> str:
+    """The summary lines: rich markup for the terminal (names escaped), or plain text (markup=False)."""
     lines = []
+    esc = escape if markup else str
+    warn, end = ("[bold yellow]", "[/]") if markup else ("", "")
+
+    def op(row: dict) -> str:
+        return esc(f"{row['tensor']} ({row['op_type']}, {row['module'] or 'no module'})")
+
     perturb = report["taps_perturb"]
     if perturb.get("fallback_from"):
         was = perturb["fallback_from"]
-        lines.append(f"[bold yellow]TAPS PERTURB: marking every tensor changed the candidate's outputs by "
-                     f"{was['max_abs']:.3g} ({was['method']}); fell back to {report['tap_method']} taps[/]")
+        lines.append(f"{warn}TAPS PERTURB: marking every tensor changed the candidate's outputs by "
+                     f"{was['max_abs']:.3g} ({esc(str(was['method']))}); fell back to "
+                     f"{esc(str(report['tap_method']))} taps{end}")
     if perturb.get("ok") is False:
-        lines.append(f"[bold yellow]TAPS PERTURB: the tapped candidate's outputs differ from the untapped ones by "
-                     f"{perturb['max_abs']:.3g} (its error vs the reference: {perturb['candidate_error_max_abs']:.3g})[/]")
+        lines.append(f"{warn}TAPS PERTURB: the tapped candidate's outputs differ from the untapped ones by "
+                     f"{perturb['max_abs']:.3g} (its error vs the reference: {perturb['candidate_error_max_abs']:.3g})"
+                     f"{end}")
     first = report.get("first_divergence")
     threshold = report["thresholds"]
     rule = (f"SNR < {threshold['snr_floor']} dB" if threshold["atol"] is None and threshold["rtol"] is None
             else f"max abs > {threshold['atol'] or 0} + {threshold['rtol'] or 0} x max|ref|")
-    lines.append(f"first divergence ({rule}): " + (f"{first['tensor']} ({first['op_type']}, "
-                                                   f"{first['module'] or 'no module'}), SNR {_db(first['snr_db'])} dB"
-                                                   if first else "none"))
+    lines.append(f"first divergence ({rule}): "
+                 + (f"{op(first)}, SNR {_db(first['snr_db'])} dB" if first else "none"))
     if report["top_introducers"]:
         top = report["top_introducers"][0]
-        lines.append(f"top introducer: {top['tensor']} ({top['op_type']}, {top['module'] or 'no module'}), "
-                     f"alone it introduces rel L2 {top['introduced']:.3g} (SNR {_db(top['introduced_snr_db'])} dB)")
+        lines.append(f"top introducer: {op(top)}, alone it introduces rel L2 {top['introduced']:.3g} "
+                     f"(SNR {_db(top['introduced_snr_db'])} dB)")
     unobservable = len(report["unobservable"])
     if unobservable:
         lines.append(f"{unobservable} of {len(report['ops'])} tensors not observable on the candidate "
                      "(reasons in the JSON's `unobservable`)")
     if report.get("repro"):
-        lines.append(f"repro: {report['repro_info']['command']}  (exit 1 = reproduces; "
-                     f"{report['repro_info']['reference_command']} exits 0)")
+        lines.append(esc(f"repro: {report['repro_info']['command']}  (exit 1 = reproduces; "
+                         f"{report['repro_info']['reference_command']} exits 0)"))
     return "\n".join(lines)
 
 

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+# no fetch, no form submission, no <base> redirection: a crafted report can neither phone home nor post
+CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; form-action 'none'; base-uri 'none'"
 THUMBNAIL = 96
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse;margin:1em 0}
 td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}td:first-child,th:first-child{text-align:left}
@@ -103,6 +104,15 @@ def _thumbnail(array: np.ndarray) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
+def _e(value) -> str:
+    """Every value that comes from a report is data: escaped, quotes included (it may sit in an attribute)."""
+    return html.escape("-" if value is None else str(value), quote=True)
+
+
+def _number(value, digits: int = 4) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else _e(value)
+
+
 def _points(value) -> float:
     return float("nan") if value is None else value * 100
 
@@ -122,8 +132,9 @@ def _compare_body(report: dict, thumbs: dict) -> str:
         if delta is not None:
             labels.append(label)
             deltas.append(delta * 100)
-    parts = [f"<h2>Reference: {report['reference']['backend']} {report['reference']['precision']}, "
-             f"{primary} {report['reference']['metric'][primary]:.4f}</h2>",
+    reference = report["reference"]
+    parts = [f"<h2>Reference: {_e(reference.get('backend'))} {_e(reference.get('precision'))}, "
+             f"{primary} {_number((reference.get('metric') or {}).get(primary))}</h2>",
              _table(["candidate", "status", primary, f"Δ {primary} (pts)", "max abs", "agreement", "flips"], rows,
                     ["fail" if r["status"] == "failed" else None for r in report["results"]])]
     if deltas:
@@ -137,11 +148,10 @@ def _compare_body(report: dict, thumbs: dict) -> str:
     for r in report["results"]:
         for flip in r.get("flipped", []):
             if flip["sample"] in thumbs:
-                gallery.append(f"<figure><img alt='{html.escape(flip['sample'])}' "
+                gallery.append(f"<figure><img alt='{_e(flip['sample'])}' "
                                f"src='data:image/png;base64,{_thumbnail(thumbs[flip['sample']])}'><figcaption>"
-                               f"{html.escape(r['backend'])} {r['precision']}: {html.escape(str(flip['reference_pred']))}"
-                               f" → {html.escape(str(flip['candidate_pred']))}<br>label "
-                               f"{html.escape(str(flip['label']))}</figcaption></figure>")
+                               f"{_e(r['backend'])} {_e(r['precision'])}: {_e(flip['reference_pred'])}"
+                               f" → {_e(flip['candidate_pred'])}<br>label {_e(flip['label'])}</figcaption></figure>")
     if gallery:
         parts.append("<h2>Flipped samples (reference → deployed)</h2><div class='gallery'>" + "".join(gallery)
                      + "</div>")
@@ -179,8 +189,8 @@ def _sysnoise_body(report: dict) -> str:
     from harness.report.sysnoise import axis_cell, shape_notes
 
     primary = report["primary_metric"]
-    parts = [f"<h2>Reference {primary} {report['reference']['metric'][primary]:.4f} "
-             f"({report['dataset']['samples']} samples)</h2>",
+    parts = [f"<h2>Reference {_e(primary)} {_number((report['reference'].get('metric') or {}).get(primary))} "
+             f"({_e(report['dataset'].get('samples'))} samples)</h2>",
              _table(["axis", "stage", "Δ mean ± std (worst)"], [[a["axis"], a["stage"], axis_cell(a)]
                                                                  for a in report["axes"]])]
     notes = shape_notes(report)
@@ -203,9 +213,7 @@ def _sysnoise_body(report: dict) -> str:
 def _drift_body(report: dict) -> str:
     from harness.report.drift import drift_summary, error_growth_png
 
-    summary = drift_summary(report)
-    for tag in ("[bold yellow]", "[/]"):
-        summary = summary.replace(tag, "")
+    summary = drift_summary(report, markup=False)
     warn = "warn" if "TAPS PERTURB" in summary else ""
     rows = [[r["tensor"], r["op_type"], r["module"], r["snr_db"], r["introduced"], r["inherited"]]
             for r in report["ops"]]
@@ -229,9 +237,9 @@ def _validate_body(report: dict) -> str:
              "</h2>", _table(["profile", "threshold", "limit", "value", "result", "detail"], rows,
                              ["ok" if c["passed"] else "fail" for c in report["checks"]])]
     for sub in report.get("sysnoise", []):
-        parts.append(f"<h2>SysNoise: {html.escape(sub['model']['name'])}</h2>" + _sysnoise_body(sub))
+        parts.append(f"<h2>SysNoise: {_e(sub['model']['name'])}</h2>" + _sysnoise_body(sub))
     for sub in report.get("drift", []):
-        parts.append(f"<h2>Drift: {html.escape(sub['candidate']['backend'])} {sub['candidate']['precision']}</h2>"
+        parts.append(f"<h2>Drift: {_e(sub['candidate']['backend'])} {_e(sub['candidate']['precision'])}</h2>"
                      + _drift_body(sub))
     return "".join(parts)
 
@@ -247,17 +255,23 @@ def render_html(report: dict, thumbnails: dict | None = None) -> str:
     if kind not in BODIES:
         raise InputError(f"report schema {report.get('schema')!r} has no HTML rendering "
                          f"(known: {', '.join(sorted(BODIES))})")
-    title = f"{kind.removeprefix('harness.')}: {report.get('model', {}).get('name', '')}"
-    provenance = report.get("provenance", {})
+    model = report.get("model") if isinstance(report.get("model"), dict) else {}
+    title = f"{kind.removeprefix('harness.')}: {model.get('name', '')}"
+    provenance = report.get("provenance") if isinstance(report.get("provenance"), dict) else {}
     footer = html.escape(f"harness {provenance.get('harness', '?')}, python {provenance.get('python', '?')}")
+    try:
+        body = BODIES[kind](report, thumbnails or {})
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
+        raise InputError(f"report is not a valid {kind} report: {type(err).__name__}: {err}") from None
     return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
-            f"<meta http-equiv='Content-Security-Policy' content=\"{CSP}\"><title>{html.escape(title)}</title>"
-            f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
-            f"{BODIES[kind](report, thumbnails or {})}<hr><small>{footer}</small></body></html>")
+            f"<meta http-equiv='Content-Security-Policy' content=\"{CSP}\"><title>{_e(title)}</title>"
+            f"<style>{STYLE}</style></head><body><h1>{_e(title)}</h1>"
+            f"{body}<hr><small>{footer}</small></body></html>")
 
 
 def write_html(report: dict, path: Path, json_path: Path | None = None, thumbnails: dict | None = None) -> None:
     if thumbnails is None:
         thumbnails = read_thumbnails(report, json_path) if json_path else flipped_thumbnails(report)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_html(report, thumbnails))
+    from harness.files import write_atomic
+
+    write_atomic(path, render_html(report, thumbnails))

@@ -103,24 +103,29 @@ def summary_markdown(report: dict | list[dict]) -> str:
 
 def variants_table(report: dict) -> Table:
     metric = report["primary_metric"]
-    table = Table(title=f"sysnoise {report['model']['name']} on {report['dataset']['name']} "
-                        f"({report['dataset']['samples']} samples); reference {metric} "
-                        f"{report['reference']['metric'][metric]:.4f}", title_justify="left",
-                  caption="\n".join(shape_notes(report)) or None, caption_justify="left")
+    from rich.markup import escape
+
+    reference = report["reference"]["metric"].get(metric)
+    table = Table(title=escape(f"sysnoise {report['model']['name']} on {report['dataset']['name']} "
+                               f"({report['dataset']['samples']} samples); reference {metric} "
+                               + ("-" if reference is None else f"{reference:.4f}")), title_justify="left",
+                  caption=escape("\n".join(shape_notes(report))) or None, caption_justify="left")
     for column in ("axis", "variant", "status", metric, "Δ pts", "95% CI", "signif.", "flip rate", "KL"):
         table.add_column(column, justify="right" if column not in ("axis", "variant", "status") else "left")
     for axis in report["axes"]:
         for v in axis["variants"]:
             if v["status"] != "ok":
-                table.add_row(axis["axis"], v["name"], f"[yellow]{v['status']}[/]", v["reason"][:60], *[""] * 5)
+                table.add_row(axis["axis"], escape(v["name"]), f"[yellow]{v['status']}[/]", escape(v["reason"][:60]),
+                              *[""] * 5)
                 continue
             if v["identical_to_reference"]:
-                table.add_row(axis["axis"], v["name"], "[dim]identical[/]", f"{v['metric'][metric]:.4f}", *[""] * 5)
+                table.add_row(axis["axis"], escape(v["name"]), "[dim]identical[/]", f"{v['metric'][metric]:.4f}",
+                              *[""] * 5)
                 continue
-            ci = "-" if not v["ci95"] else f"[{v['ci95'][0] * 100:+.2f}, {v['ci95'][1] * 100:+.2f}]"
+            ci = "-" if not v["ci95"] else escape(f"[{v['ci95'][0] * 100:+.2f}, {v['ci95'][1] * 100:+.2f}]")
             sig = "-" if v["significant"] is None else ("[red]yes[/]" if v["significant"] else "no")
-            status = "; ".join(variant_notes(v)) or "ok"
-            table.add_row(axis["axis"], v["name"], status, f"{v['metric'][metric]:.4f}", _points(v["delta"]), ci, sig,
+            status = escape("; ".join(variant_notes(v))) or "ok"
+            table.add_row(axis["axis"], escape(v["name"]), status, f"{v['metric'][metric]:.4f}", _points(v["delta"]), ci, sig,
                           f"{v['flip_rate']:.4f}" if v["flip_rate"] is not None else "-",
                           f"{v['kl']:.2e}" if v["kl"] is not None else "-")
     return table

@@ -1,6 +1,7 @@
 """Rich terminal tables for reports."""
 from __future__ import annotations
 
+from rich.markup import escape
 from rich.table import Table
 
 
@@ -9,7 +10,7 @@ def _fmt(value, digits: int = 4) -> str:
         return "-"
     if isinstance(value, float):
         return f"{value:.{digits}f}" if abs(value) >= 1e-3 or value == 0 else f"{value:.2e}"
-    return str(value)
+    return escape(str(value))  # data, never markup: a path or name may hold [ and ]
 
 
 def _points(value) -> str:
@@ -28,9 +29,9 @@ def compare_table(report: dict) -> Table:
     """One row per candidate; metric cells read 'value (Δ in points)'."""
     ref = report["reference"]
     metric_names = list(ref["metric"])
-    title = (f"{report['model']['name']} on {report['dataset']['name']} "
-             f"({report['dataset']['samples']} samples, {report['dataset']['failed_samples']} failed); "
-             f"reference {ref['backend']}:{ref['device']}:{ref['precision']}")
+    title = escape(f"{report['model']['name']} on {report['dataset']['name']} "
+                   f"({report['dataset']['samples']} samples, {report['dataset']['failed_samples']} failed); "
+                   f"reference {ref['backend']}:{ref['device']}:{ref['precision']}")
     table = Table(title=title, title_justify="left")
     table.add_column("candidate")
     table.add_column("precision")
@@ -45,21 +46,21 @@ def compare_table(report: dict) -> Table:
             return "-", "-"
         return f"{_fmt(t['batch_ms'], 1)}/{_fmt(t['batch_ms_p90'], 1)}", _fmt(t["load_s"], 2)
 
-    table.add_row(f"reference {ref['backend']}:{ref['device']}", ref["precision"], "ok",
+    table.add_row(escape(f"reference {ref['backend']}:{ref['device']}"), escape(str(ref["precision"])), "ok",
                   *[_metric_cell(ref["metric"], None, m) for m in metric_names], "", "", "", "",
                   *timing(ref["timing"]), style="dim")
     for row in report["results"]:
-        candidate = f"{row['backend']}:{row['device']}"
+        candidate = escape(f"{row['backend']}:{row['device']}")
         if row["status"] != "ok":
             color = "red" if row["status"] == "failed" else "yellow"
-            table.add_row(candidate, row["precision"], f"[{color}]{row['status']}[/]",
+            table.add_row(candidate, escape(str(row["precision"])), f"[{color}]{escape(str(row['status']))}[/]",
                           *["" for _ in range(len(metric_names) + 6)])
             continue
         out = row["outputs"]
         precision = row["precision"]
         if row["precision_effective"] and row["precision_effective"] != precision:
             precision = f"{precision}→{row['precision_effective']}"
-        table.add_row(candidate, precision, "[green]ok[/]",
+        table.add_row(candidate, escape(str(precision)), "[green]ok[/]",
                       *[_metric_cell(row["metric"], row["delta"], m) for m in metric_names],
                       _fmt(out["max_abs"]), _fmt(out["cosine"], 6), _fmt(out["top1_agreement"]), str(out["flips"]),
                       *timing(row["timing"]))
@@ -68,8 +69,9 @@ def compare_table(report: dict) -> Table:
 
 def status_notes(report: dict) -> list[str]:
     """One line per row that did not run, with its reason: printed under the table."""
-    return [f"[{'red' if r['status'] == 'failed' else 'yellow'}]{r['status']}[/] {r['backend']}:{r['device']} "
-            f"{r['precision']}: {r['reason']}" for r in report["results"] if r["status"] != "ok"]
+    return [f"[{'red' if r['status'] == 'failed' else 'yellow'}]{escape(str(r['status']))}[/] "
+            + escape(f"{r['backend']}:{r['device']} {r['precision']}: {r['reason']}")
+            for r in report["results"] if r["status"] != "ok"]
 
 
 def backends_table(rows: list[dict]) -> Table:
@@ -79,5 +81,6 @@ def backends_table(rows: list[dict]) -> Table:
     for row in rows:
         precisions = "; ".join(f"{d}: {','.join(p)}" for d, p in row["precisions"].items())
         table.add_row(row["name"], ",".join(row["aliases"]), "[green]yes[/]" if row["available"] else "[red]no[/]",
-                      row["version"] or "-", ",".join(row["devices"]) or "-", precisions or "-", row["reason"] or "")
+                      escape(row["version"] or "-"), ",".join(row["devices"]) or "-", precisions or "-",
+                      escape(row["reason"] or ""))
     return table
