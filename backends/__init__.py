@@ -14,7 +14,7 @@ from importlib.metadata import version as package_version
 
 import numpy as np
 
-from harness.errors import BackendUnavailable, InputError, UnknownName
+from harness.errors import BackendUnavailable, InputError, UnknownName, UsageError
 
 GROUP = "harness.backends"
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
@@ -65,8 +65,8 @@ class Session(ABC):
         if method is None:
             return self.tap_methods[0]
         if method not in self.tap_methods:
-            raise UnknownName(f"{self.backend}: tap method {method!r} is not offered "
-                              f"(offered: {', '.join(self.tap_methods)})")
+            raise UsageError(f"{self.backend}: tap method {method!r} is not offered "
+                             f"(offered: {', '.join(self.tap_methods)})")
         return method
 
     def _tappable(self, names: list[str], method: str) -> tuple[list[str], dict[str, str]]:

@@ -85,13 +85,14 @@ def quantize_qdq(onnx_path: Path, calibration, out: Path, symmetric: bool = Fals
             return None if batch is None else {input_name: batch}
 
     prepared = out.with_name("prepared.onnx").resolve()
+    source = Path(onnx_path).resolve()  # before the chdir below: a relative path would name the scratch folder
     # ORT's symbolic shape inference, when it cannot infer every shape, saves `sym_shape_infer_temp.onnx`
     # and its data into the current folder before it gives up (onnxruntime/tools/symbolic_shape_infer.py;
     # an earlier zoo detector did, and the two files got committed); run it in a scratch folder instead
     with tempfile.TemporaryDirectory() as scratch, contextlib.chdir(scratch):
-        quant_pre_process(str(Path(onnx_path).resolve()), str(prepared))
+        quant_pre_process(str(source), str(prepared))
     extra = {"ActivationSymmetric": True, "WeightSymmetric": True} if symmetric else {}
-    quantize_static(str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ,
+    quantize_static(str(prepared), str(Path(out).resolve()), Reader(), quant_format=QuantFormat.QDQ,
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
                     calibrate_method=CalibrationMethod.MinMax, extra_options=extra)
     prepared.unlink()

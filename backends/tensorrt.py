@@ -119,7 +119,8 @@ class TensorRtBackend(Backend):
         if not gpu:
             missing.append("no NVIDIA GPU found (torch.cuda.is_available() is False)")
         if importlib.util.find_spec("tensorrt") is None:
-            missing.append("the tensorrt package is not installed (pip install 'harness[tensorrt]')")
+            missing.append("the tensorrt package is not installed (pip install tensorrt; in the harness checkout: "
+                           "pip install -e '.[tensorrt]')")
         return (not missing), "; ".join(missing)
 
     def devices(self) -> list[str]:

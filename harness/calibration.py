@@ -57,7 +57,10 @@ def _from_generator(spec: ModelSpec, count: int, seed: int) -> CalibrationSet:
 
 def _from_dataset(spec: ModelSpec, path: Path, count: int, seed: int) -> CalibrationSet:
     from harness.data import load_dataset
+    from harness.errors import InputError
 
+    if not path.exists():
+        raise InputError(f"{path}: calibration folder not found (--calibration names the model's training images)")
     dataset = load_dataset(path)
     order = np.random.default_rng(seed).permutation(len(dataset.samples))[:count]
     subset = type(dataset)(dataset.name, dataset.task, dataset.root, dataset.classes,
@@ -65,8 +68,6 @@ def _from_dataset(spec: ModelSpec, path: Path, count: int, seed: int) -> Calibra
     failures: list[FailedSample] = []
     tensors = [batch.tensor for batch in iter_batches(subset, spec.profile, 64, failures)]
     if not tensors:
-        from harness.errors import InputError
-
         raise InputError(f"{path}: none of the calibration images could be read")
     return CalibrationSet(np.concatenate(tensors), f"{path} ({len(order)} of {len(dataset)} samples)", seed)
 

@@ -3,6 +3,7 @@ its exit code (2 for usage/input errors); --debug or HARNESS_DEBUG=1 shows the t
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -11,14 +12,29 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from harness.cli_common import (AllowCodeOpt, CheckpointOpt, DatasetOpt, HtmlOpt, JsonOpt, ModelArg, ProfileOpt, ThreadsOpt,
-                                console_for, resolve, write_reports)
+from harness.cli_common import (AllowCodeOpt, CheckpointOpt, DatasetOpt, HtmlOpt, JsonOpt, ModelArg, ProfileOpt,
+                                InputShapeOpt, ThreadsOpt, console_for, print_data_notes, resolve, write_reports)
 from harness.cli_zoo import zoo_app
 from harness.errors import HarnessError, InputError, UsageError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Cross-backend deployment harness: measure and explain what a model loses in deployment.")
 app.add_typer(zoo_app, name="zoo")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        print(f"harness {version('harness')}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _options(version: Annotated[bool, typer.Option(
+        "--version", callback=_print_version, is_eager=True, help="Print the harness version and exit.")] = False,
+             ) -> None:
+    """Cross-backend deployment harness: measure and explain what a model loses in deployment."""
 
 
 @app.command()
@@ -36,6 +52,7 @@ def compare(
     checkpoint: CheckpointOpt = None,
     profile: ProfileOpt = None,
     allow_code: AllowCodeOpt = False,
+    input_shape: InputShapeOpt = None,
     calibration: Annotated[Optional[Path], typer.Option(
         "--calibration", help="Training images for INT8 calibration (zoo models: the generated training split).")] = None,
     candidate_outputs: Annotated[Optional[Path], typer.Option(
@@ -57,7 +74,7 @@ def compare(
     from harness.report.table import compare_table, status_notes
 
     console = console_for(json_path)
-    spec = resolve(model, checkpoint, profile, allow_code)
+    spec = resolve(model, checkpoint, profile, allow_code, input_shape)
     if candidate_outputs is not None and not candidate_outputs.is_file():
         raise InputError(f"{candidate_outputs}: recorded outputs file not found")
     targets = [] if candidate_outputs is not None and not backends else parse_targets(backends, precision)
@@ -85,18 +102,20 @@ def compare(
         "model": {"name": spec.name, "task": spec.task, "onnx_sha256": exported.sha256, "source": spec.source,
                   "onnx": str(exported.onnx_path), "exporter": exported.exporter, "opset": exported.opset},
         "dataset": {"name": data.name, "path": str(data.root), "task": core["task"], "samples": core["processed"],
+                    "skipped_files": len(data.skipped), "skipped": data.skipped,
                     "failed_samples": len(core["failed"]), "failed": core["failed"]},
         "reference": core["reference"],
         "results": core["results"],
         "calibration": core["calibration"],
         "artifact": str(artifact) if artifact else None,
     }
-    console.print(compare_table(report))
-    for line in status_notes(report):
-        console.print(line, highlight=False)
-    for failure in core["failed"]:
-        console.print(f"[yellow]skipped sample[/] {escape(failure['path'])}: {escape(failure['reason'])}", highlight=False)
-    write_reports(report, json_path, html)
+    try:  # the reports are written even when rendering the table fails
+        console.print(compare_table(report))
+        for line in status_notes(report):
+            console.print(line, highlight=False)
+        print_data_notes(console, report)
+    finally:
+        write_reports(report, json_path, html)
     if any(row["status"] == "failed" for row in core["results"]):
         raise typer.Exit(1)
 
@@ -119,6 +138,7 @@ def sysnoise(
     checkpoint: CheckpointOpt = None,
     profile: ProfileOpt = None,
     allow_code: AllowCodeOpt = False,
+    input_shape: InputShapeOpt = None,
     calibration: Annotated[Optional[Path], typer.Option("--calibration", help="Training images for INT8.")] = None,
     variant: Annotated[Optional[list[str]], typer.Option(
         "--variant", help="Your own variant: AXIS=package.module:function (decoder, resize, color or nms); "
@@ -150,7 +170,7 @@ def sysnoise(
     from harness.noise import AXES, add_user_variant
     from harness.report.sysnoise import summary_markdown, variants_table
 
-    spec = resolve(model, checkpoint, profile, allow_code)
+    spec = resolve(model, checkpoint, profile, allow_code, input_shape)
     console = console_for(json_path)
     graph_backend = get_backend(backend).name
     for text in variant or []:
@@ -172,7 +192,7 @@ def sysnoise(
                "calibration": calibration, "graph_backend": graph_backend, "combine": combine,
                "bootstrap_seconds": bootstrap_seconds, "bootstrap_scope": bootstrap_scope, "chunk_size": chunk_size}
     job = SweepJob(model, checkpoint, profile, list(variant or []), options, cells.path, resume,
-                   allow_code=allow_code)
+                   allow_code=allow_code, input_shape=input_shape)
     try:
         report = run_sweep(job, executor, cell_timeout, cells)
     except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or SIGTERM (harness.noise.executor)
@@ -182,11 +202,14 @@ def sysnoise(
     finally:
         cells.close()
     report["store"] = str(cells.path)
-    console.print(variants_table(report))
-    console.print(summary_markdown(report), highlight=False, markup=False)
-    if markdown:
-        markdown.write_text(summary_markdown(report) + "\n")
-    write_reports(report, json_path, html)
+    try:
+        console.print(variants_table(report))
+        console.print(summary_markdown(report), highlight=False, markup=False)
+        print_data_notes(console, report)
+    finally:
+        write_reports(report, json_path, html, {markdown: lambda: summary_markdown(report) + "\n"} if markdown else None)
+    if any(v["status"] == "failed" for axis in report["axes"] for v in axis["variants"]):
+        raise typer.Exit(1)  # README: a row that failed (a crash, a timeout) makes the exit code 1
 
 
 @app.command()
@@ -215,6 +238,7 @@ def drift(
     checkpoint: CheckpointOpt = None,
     profile: ProfileOpt = None,
     allow_code: AllowCodeOpt = False,
+    input_shape: InputShapeOpt = None,
     calibration: Annotated[Optional[Path], typer.Option("--calibration", help="Training images for INT8.")] = None,
     artifact: Annotated[Optional[Path], typer.Option(
         "--artifact", help="The deployed file the candidate runs (e.g. a QDQ .onnx made elsewhere).")] = None,
@@ -227,7 +251,7 @@ def drift(
     from harness.data import embedded_benchmark, load_dataset
     from harness.report.drift import drift_summary, drift_table, introducers_table
 
-    spec = resolve(model, checkpoint, profile, allow_code)
+    spec = resolve(model, checkpoint, profile, allow_code, input_shape)
     console = console_for(json_path)
     target, device = parse_target(backend)
     if artifact is not None and not artifact.is_file():
@@ -237,10 +261,13 @@ def drift(
                           Thresholds(snr_floor, atol, rtol), taps, unit_samples,
                           calibration_set(spec, calibration) if precision == "int8" and not artifact else None, repro,
                           artifact)
-    console.print(drift_table(report))
-    console.print(introducers_table(report))
-    console.print(drift_summary(report), highlight=False)
-    write_reports(report, json_path, html)
+    try:
+        console.print(drift_table(report))
+        console.print(introducers_table(report))
+        console.print(drift_summary(report), highlight=False)
+        print_data_notes(console, report)
+    finally:
+        write_reports(report, json_path, html)
 
 
 @app.command("repro")
@@ -297,14 +324,16 @@ def validate(
     gate = load_gate(config, allow_code)
     report = run_gate(gate)
     console = console_for(json_path)
-    console.print(gate_table(report, config))
+    others = {}
     if junit:
-        junit.parent.mkdir(parents=True, exist_ok=True)
-        junit.write_text(junit_xml(report))
+        others[junit] = lambda: junit_xml(report)
     if markdown:
-        markdown.parent.mkdir(parents=True, exist_ok=True)
-        markdown.write_text(markdown_summary(report))
-    write_reports(report, json_path, html)
+        others[markdown] = lambda: markdown_summary(report)
+    try:
+        console.print(gate_table(report, config))
+        print_data_notes(console, report)
+    finally:
+        write_reports(report, json_path, html, others)
     if not report["passed"]:
         for check in report["checks"]:
             if not check["passed"]:
@@ -327,12 +356,13 @@ def diff_cmd(
     from harness.report import read_report, write_json
     from harness.report.diff import diff_reports, diff_table
 
-    result = diff_reports(read_report(old), read_report(new), max_regression)
+    result = diff_reports(read_report(old), read_report(new), max_regression, names=(old, new))
     console = console_for(json_path)
     console.print(diff_table(result, old, new))
     if result["old_model_sha256"] != result["new_model_sha256"]:
         console.print("the two runs used different ONNX exports (onnx_sha256 differs)", highlight=False)
-    console.print(f"{result['regressions']} regression(s) beyond {max_regression}", highlight=False)
+    console.print(f"{result['regressions']} regression(s) (a metric drop beyond {max_regression * 100:.2f} pts, or a "
+                  "gate check that fails)", highlight=False)
     if json_path:
         write_json(result, json_path)
     if result["regressions"]:
@@ -363,15 +393,17 @@ def export_inputs(
     checkpoint: CheckpointOpt = None,
     profile: ProfileOpt = None,
     allow_code: AllowCodeOpt = False,
+    input_shape: InputShapeOpt = None,
 ) -> None:
     """Write the exact pre-processed inputs (with sample ids) for a target that cannot host the harness."""
     from harness.data import embedded_benchmark, load_dataset
     from harness.export import export
     from harness.recorded import write_inputs
-    from harness.run import iter_batches
+    from harness.run import iter_batches, require_readable
 
-    spec = resolve(model, checkpoint, profile, allow_code)
+    spec = resolve(model, checkpoint, profile, allow_code, input_shape)
     data = (load_dataset(dataset) if dataset else embedded_benchmark(spec.task)).limit(limit)
+    require_readable(data, spec.profile)
     exported = export(spec)
     failures = []
     manifest = write_inputs(folder, exported, data, iter_batches(data, spec.profile, 64, failures), failures)
@@ -400,12 +432,13 @@ def backends_cmd(json_path: JsonOpt = None, markdown: Annotated[bool, typer.Opti
 
 @app.command("export")
 def export_cmd(model: ModelArg = None, checkpoint: CheckpointOpt = None, profile: ProfileOpt = None,
-               json_path: JsonOpt = None, allow_code: AllowCodeOpt = False) -> None:
+               json_path: JsonOpt = None, allow_code: AllowCodeOpt = False,
+               input_shape: InputShapeOpt = None) -> None:
     """Export the model to ONNX once (cached by content hash) and print where it is."""
     from harness.export import export
     from harness.report import write_json
 
-    exported = export(resolve(model, checkpoint, profile, allow_code))
+    exported = export(resolve(model, checkpoint, profile, allow_code, input_shape))
     info = {"schema": "harness.export/1", "model": exported.spec.name, "onnx": str(exported.onnx_path),
             "onnx_sha256": exported.sha256, "exporter": exported.exporter, "opset": exported.opset,
             "cache_hit": exported.cache_hit, "mapped_tensors": len(exported.name_map.get("tensors", {}))}
@@ -417,17 +450,33 @@ def export_cmd(model: ModelArg = None, checkpoint: CheckpointOpt = None, profile
         write_json(info, json_path)
 
 
+def _json_to_stdout(args: list[str]) -> bool:
+    return any(a == "--json=-" or (a == "--json" and k + 1 < len(args) and args[k + 1] == "-")
+               for k, a in enumerate(args))
+
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
 def main() -> None:
     debug = os.environ.get("HARNESS_DEBUG", "") not in ("", "0")
     if "--debug" in sys.argv[1:]:
         sys.argv.remove("--debug")
         debug = True
+        os.environ["HARNESS_DEBUG"] = "1"  # the sweep's worker process shows its traceback too
+    for stream in (sys.stdout, sys.stderr):  # a non-UTF-8 file name is printed escaped, never a crash
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+    if _json_to_stdout(sys.argv[1:]):
+        from harness.report import reserve_stdout_for_report
+
+        reserve_stdout_for_report()
     try:
         app()
     except HarnessError as err:
         if debug:
             raise
-        message = " ".join(str(err).split())
+        message = " ".join(ANSI.sub("", str(err)).split())  # one plain line: no library's colour codes
         print(f"harness: error: {message}", file=sys.stderr)
         sys.exit(err.exit_code)
     except KeyboardInterrupt:

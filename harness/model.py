@@ -8,6 +8,7 @@ MODEL on the command line is one of (resolve_model):
 from __future__ import annotations
 
 import importlib
+import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -130,7 +131,23 @@ def _factory_spec(target: str) -> ModelSpec:
                      summary=f"factory {target}")
 
 
-def _onnx_spec(path: Path) -> ModelSpec:
+def parse_input_shape(text: str) -> int:
+    """--input-shape: 'S', 'HxW', 'CxHxW' or 'NxCxHxW' -> the square side S the pre-processing produces."""
+    parts = [p.strip() for p in str(text).lower().replace("*", "x").split("x")]
+    if not all(p.isdigit() and int(p) > 0 for p in parts) or len(parts) not in (1, 2, 3, 4):
+        raise UsageError(f"--input-shape {text!r}: expected S, HxW, CxHxW or NxCxHxW with positive integers")
+    dims = [int(p) for p in parts]
+    if len(dims) >= 3 and dims[-3] != 3:
+        raise UsageError(f"--input-shape {text!r}: {dims[-3]} channels; image models here take 3 (RGB/BGR)")
+    height, width = dims[-2:] if len(dims) > 1 else (dims[0], dims[0])
+    if height != width:
+        raise UsageError(f"--input-shape {text!r}: {height}x{width} is not square; the pre-processing makes "
+                         "square inputs (shorter-crop, letterbox, squash)")
+    return height
+
+
+def _onnx_spec(path: Path, input_size: int | None = None) -> tuple[ModelSpec, bool]:
+    """The spec of an .onnx file, and whether its input size is dynamic (and was not given)."""
     import onnx
 
     if not path.is_file():
@@ -145,22 +162,30 @@ def _onnx_spec(path: Path) -> ModelSpec:
     inputs = [i.name for i in proto.graph.input if i.name not in initializers]
     if len(inputs) != 1:
         raise InputError(f"{path}: expected one image input, found {len(inputs)}: {', '.join(inputs)}")
-    dims = proto.graph.input[0].type.tensor_type.shape.dim
-    size = dims[-1].dim_value if len(dims) == 4 and dims[-1].dim_value else 224
-    return ModelSpec(name=path.stem, task="classify", profile=Profile(input_size=size), onnx=path,
+    image_input = next(i for i in proto.graph.input if i.name == inputs[0])
+    dims = image_input.type.tensor_type.shape.dim
+    if len(dims) != 4:
+        raise InputError(f"{path}: input {inputs[0]!r} has {len(dims)} dimensions; an image model takes N x 3 x H x W")
+    fixed = dims[-1].dim_value if dims[-1].dim_value and dims[-2].dim_value else None
+    if fixed and input_size and input_size != fixed:
+        raise UsageError(f"--input-shape {input_size}: {path} has a fixed input of {dims[-2].dim_value}x{fixed}")
+    size = input_size or fixed or Profile().input_size
+    return ModelSpec(name=path.stem, task="classify", profile=Profile(input_size=size), onnx=path.resolve(),
                      input_name=inputs[0], output_names=tuple(o.name for o in proto.graph.output),
-                     source=str(path), summary=f"ONNX file {path.name}")
+                     source=str(path), summary=f"ONNX file {path.name}"), not (input_size or fixed)
 
 
 def resolve_model(name: str | None, checkpoint: Path | None = None, profile_path: Path | None = None,
-                  task: str | None = None, allow_code: bool = False) -> ModelSpec:
+                  task: str | None = None, allow_code: bool = False, input_shape: str | None = None) -> ModelSpec:
     """MODEL string (+ options) -> ModelSpec. None means the zoo's default classifier. `name` comes from the
     command line (a factory there is the user's own choice); `allow_code` lets the profile file name code."""
     from harness.models import DEFAULT_CLASSIFIER
 
     name = name or DEFAULT_CLASSIFIER
+    input_size = parse_input_shape(input_shape) if input_shape else None
+    dynamic = False
     if name.endswith(".onnx"):
-        spec = _onnx_spec(Path(name))
+        spec, dynamic = _onnx_spec(Path(name), input_size)
     elif name.startswith("torchvision:"):
         spec = _torchvision_spec(name.split(":", 1)[1], checkpoint)
     elif ":" in name:
@@ -171,7 +196,14 @@ def resolve_model(name: str | None, checkpoint: Path | None = None, profile_path
         spec = replace(spec, weights=checkpoint)
     if profile_path is not None:
         profile = load_profile(profile_path, spec.profile, allow_code)
+        dynamic = dynamic and profile.input_size == spec.profile.input_size
         spec = replace(spec, profile=profile, labels=profile.labels or spec.labels)
     if task is not None:
         spec = replace(spec, task=task)
+    if input_size and spec.profile.input_size != input_size:
+        spec = replace(spec, profile=spec.profile.replace(input_size=input_size))
+    if dynamic:
+        size = spec.profile.input_size
+        print(f"harness: note: {name}: the input's height and width are dynamic; evaluating at {size}x{size} px "
+              "(set the size with --input-shape or a profile's input_size)", file=sys.stderr)
     return spec

@@ -7,6 +7,7 @@ the registries below, which is what the noise axes of `harness sysnoise` enumera
 from __future__ import annotations
 
 import io
+import os
 from functools import lru_cache
 from dataclasses import dataclass
 
@@ -18,10 +19,29 @@ from harness.errors import SampleError
 from harness.profile import Profile
 from harness.variants import lookup
 
+# An explicit pixel budget, checked on the header before any decoder allocates: a 167-byte PNG can claim
+# 30000x30000. 100 MP is above any camera's still; HARNESS_MAX_PIXELS raises it for a dataset that needs it.
+MAX_PIXELS = int(os.environ.get("HARNESS_MAX_PIXELS", 100_000_000))
+# A 60000x1 strip is within the budget but resizing its shorter side to 256 px makes 15 G pixels.
+MAX_ASPECT = 50
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # Pillow's own bomb check, at our budget
+
+
+def _to_rgb(image: Image.Image) -> np.ndarray:
+    """Pillow's `convert("RGB")` saturates 16-bit grey to white; 16-bit samples are scaled to 8 bits as
+    OpenCV does (the high byte), and modes with no faithful 8-bit form are refused."""
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N"):
+        grey = (np.asarray(image).astype(np.uint16) >> 8).astype(np.uint8)
+        return np.ascontiguousarray(np.repeat(grey[..., None], 3, axis=2))
+    if image.mode in ("I", "F"):
+        raise ValueError(f"{'32-bit integer' if image.mode == 'I' else 'floating-point'} pixels (mode "
+                         f"{image.mode}) have no faithful 8-bit RGB form")
+    return np.asarray(image.convert("RGB"))
+
 
 def decode_pil(data: bytes) -> np.ndarray:
     with Image.open(io.BytesIO(data)) as image:
-        return np.asarray(image.convert("RGB"))
+        return _to_rgb(image)
 
 
 def decode_opencv(data: bytes) -> np.ndarray:
@@ -32,14 +52,17 @@ def decode_opencv(data: bytes) -> np.ndarray:
 
 
 def decode_torchvision(data: bytes) -> np.ndarray:
+    """torchvision.io's decoder (libjpeg-turbo / libpng / libwebp, by the bytes' format)."""
     import warnings
 
     import torch
-    from torchvision.io import ImageReadMode, decode_jpeg
+    from torchvision.io import ImageReadMode, decode_image
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torchvision 0.29 marks its decoders deprecated; they still work
-        tensor = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+        tensor = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+    if tensor.dtype != torch.uint8:  # 16-bit PNG: scaled as the other decoders do
+        tensor = (tensor.to(torch.int32) >> 8).to(torch.uint8)
     return tensor.permute(1, 2, 0).numpy()
 
 
@@ -56,8 +79,13 @@ def decode_ffmpeg(data: bytes) -> np.ndarray:
     """FFmpeg's MJPEG decoder and its swscale YUV->RGB conversion (PyAV), as the SysNoise paper used."""
     import av
 
-    frames = _mjpeg_codec().decode(av.Packet(data))
+    try:
+        frames = _mjpeg_codec().decode(av.Packet(data))
+    except BaseException:
+        _mjpeg_codec.cache_clear()  # a failed packet can leave the shared context broken for every later one
+        raise
     if not frames:
+        _mjpeg_codec.cache_clear()
         raise ValueError("FFmpeg decoded no frame")
     return frames[0].to_ndarray(format="rgb24")
 
@@ -75,7 +103,7 @@ def decode_pil_draft(data: bytes) -> np.ndarray:
     geometry stage then resizes from the smaller image."""
     with Image.open(io.BytesIO(data)) as image:
         image.draft("RGB", (image.width // 2, image.height // 2))
-        return np.asarray(image.convert("RGB"))
+        return _to_rgb(image)
 
 
 DECODERS = {"pil": decode_pil, "opencv": decode_opencv, "torchvision": decode_torchvision,
@@ -206,21 +234,54 @@ class Geometry:
         return out
 
 
+def check_header(data: bytes) -> None:
+    """Refuses, from the header alone, what no decoder should be handed: no bytes, an unknown format, more
+    pixels than MAX_PIXELS, or an aspect beyond MAX_ASPECT (SampleError: this sample fails, no other)."""
+    if not data:
+        raise SampleError("cannot decode: empty file (0 bytes)")
+    size = stored_size(data)
+    if size is None:
+        raise SampleError("cannot decode: not an image Pillow can identify (unknown format or corrupt header)")
+    width, height = size
+    if width <= 0 or height <= 0:
+        raise SampleError(f"header gives an empty image ({width}x{height})")
+    if width * height > MAX_PIXELS:
+        raise SampleError(f"header claims {width}x{height} = {width * height / 1e6:.0f} MP, above the "
+                          f"{MAX_PIXELS / 1e6:.0f} MP budget (HARNESS_MAX_PIXELS)")
+    if max(width, height) > MAX_ASPECT * min(width, height):
+        raise SampleError(f"{width}x{height}: aspect above {MAX_ASPECT}:1, no photo a model is fed")
+
+
 def decode(data: bytes, decoder: str) -> np.ndarray:
-    """JPEG/PNG bytes -> uint8[H, W, 3] RGB. Raises SampleError when the bytes are not an image."""
+    """Image bytes -> uint8[H, W, 3] RGB. Whatever the decoder (built-in or the user's), a sample it cannot
+    decode raises SampleError and fails alone: decoders are native code with their own error types
+    (RuntimeError from torchvision, EOFError and av errors from FFmpeg, cv2.error, ...)."""
     fn = lookup(DECODERS, "decoder", decoder)
+    check_header(data)
     try:
-        return fn(data)
-    except (UnidentifiedImageError, OSError, ValueError, cv2.error) as err:
-        raise SampleError(f"cannot decode image ({type(err).__name__}: {err})") from None
+        image = fn(data)
+    except Exception as err:  # noqa: BLE001 - see above: one sample's failure, with the decoder's own words
+        message = " ".join(str(err).split())[:200]
+        raise SampleError(f"{decoder} cannot decode it ({type(err).__name__}: {message})") from None
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        shape = getattr(image, "shape", None)
+        raise SampleError(f"{decoder} returned {type(image).__name__} {getattr(image, 'dtype', '')}{shape}, "
+                          "expected uint8[H, W, 3]")
+    return image
 
 
 def stored_size(data: bytes) -> tuple[int, int] | None:
     """(width, height) of the stored image from its header, whatever a decoder then makes of it."""
+    import warnings
+
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            return image.size
-    except (UnidentifiedImageError, OSError):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # check_header says it in words
+            with Image.open(io.BytesIO(data)) as image:
+                return image.size
+    except Image.DecompressionBombError as err:
+        raise SampleError(f"above the {MAX_PIXELS / 1e6:.0f} MP budget (HARNESS_MAX_PIXELS): {err}") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
         return None
 
 

@@ -75,9 +75,12 @@ FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(Profile)}
 class FieldError(UsageError):
     """One profile field's value is wrong: `key` and the problem, placed in a file by the caller."""
 
-    def __init__(self, key: str, problem: str):
-        super().__init__(f"{key}: {problem}")
+    def __init__(self, key: str, problem: str, names_key: bool = False):
+        super().__init__(problem if names_key else f"{key}: {problem}")
         self.key, self.problem = key, problem
+
+    def located(self, source: str) -> str:
+        return f"{source}: {self}"
 
 
 # the stage registries a field's value is a name in (package.module:function: user code, see variants.py)
@@ -117,7 +120,7 @@ def checked_field(key: str, value, allow_code: bool = False):
     from harness.variants import is_code_reference, load_user_function
 
     if key not in FIELD_TYPES:
-        raise FieldError(key, f"unknown profile key; known: {', '.join(FIELD_NAMES)}")
+        raise FieldError(key, f"unknown profile key {key!r}; known: {', '.join(FIELD_NAMES)}", names_key=True)
     if key in ("mean", "std"):
         if not isinstance(value, (list, tuple)) or len(value) != 3:
             raise FieldError(key, f"must be three numbers, got {value!r}")
@@ -178,7 +181,7 @@ def profile_from_mapping(data: dict, base: Profile, source: str, allow_code: boo
         try:
             changes[key] = checked_field(key, value, allow_code)
         except FieldError as err:
-            raise UsageError(f"{source}: {err.key}: {err.problem}") from None
+            raise UsageError(err.located(source)) from None
     return base.replace(**changes)
 
 

@@ -14,7 +14,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from harness.data import Dataset, Sample
-from harness.errors import HarnessError, SampleError
+from harness.errors import HarnessError, InputError, SampleError
 from harness.postprocess import Detections, decode_fcos, point_placement
 from harness.preprocess import Geometry, normalize, to_pixels
 from harness.profile import Profile
@@ -36,6 +36,25 @@ class FailedSample:
 
     def to_json(self) -> dict:
         return {"sample": self.sample, "path": self.path, "reason": self.reason}
+
+
+def require_readable(dataset: Dataset, profile: Profile) -> None:
+    """One line and exit 2 when not one sample can be read and decoded by the reference's decoder, before
+    any work: a run over nothing would report an empty or NaN metric (or "no divergence") as a result.
+    Costs one decode when the first sample is fine."""
+    from harness.preprocess import decode
+
+    if not dataset.samples:
+        raise InputError(f"{dataset.root}: the dataset holds no samples")
+    first = None
+    for sample in dataset.samples:
+        try:
+            decode(dataset.read(sample), profile.decoder)
+            return
+        except (OSError, SampleError) as err:
+            first = first or f"{sample.id}: {err.strerror if isinstance(err, OSError) and err.strerror else err}"
+    raise InputError(f"{dataset.root}: none of its {len(dataset.samples)} samples can be read with the "
+                     f"{profile.decoder} decoder (first: {first})")
 
 
 def iter_batches(dataset: Dataset, profile: Profile, batch_size: int,

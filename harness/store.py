@@ -142,6 +142,9 @@ class CellStore:
     def started(self, key: str, axis: str, variant: str, baseline: str) -> None:
         """Work for a cell begins (an executor's relay store reports it; nothing to keep here)."""
 
+    def reference_work(self) -> None:
+        """Work for the reference (no cell) runs (an executor's relay store reports it)."""
+
     def paused(self) -> None:
         """Work for no cell in particular runs (the reference, or between cells)."""
 

@@ -201,10 +201,12 @@ def run_gate(gate: Gate, progress: bool = True) -> dict:
     from harness.noise.sweep import compare_variant, reference_metric, run_axes
     from harness.profile import profile_from_mapping
     from harness.provenance import provenance
+    from harness.run import require_readable
 
     spec = resolve_model(gate.model)
     data = (load_dataset(gate.dataset) if gate.dataset else embedded_benchmark(spec.task)).limit(gate.limit)
     data = data.aligned_to(spec.labels)
+    require_readable(data, spec.profile)
     exported = export(spec)
     needs_int8 = any(p.get("precision") == "int8" for p in gate.profiles) or "precision" in gate.thresholds.get(
         "max_sysnoise_delta", {})
@@ -292,7 +294,9 @@ def run_gate(gate: Gate, progress: bool = True) -> dict:
                                  sorted({row["settings"]["backend"] for row in rows if "settings" in row})),
         "gate": str(gate.path),
         "model": {"name": spec.name, "task": spec.task, "onnx_sha256": exported.sha256},
-        "dataset": {"name": data.name, "samples": len(data.samples), "failed_samples": len(pipeline.failures)},
+        "dataset": {"name": data.name, "samples": len(data.samples), "failed_samples": len(pipeline.failures),
+                    "failed": [{"sample": k, "reason": v} for k, v in pipeline.failures.items()],
+                    "skipped_files": len(data.skipped), "skipped": data.skipped},
         "reference": {"backend": reference_config.backend, "device": "cpu", "precision": "fp32",
                       "profile": spec.profile.to_json()},
         "passed": passed,

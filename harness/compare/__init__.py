@@ -17,7 +17,7 @@ from harness.data import Dataset, Sample
 from harness.errors import BackendUnavailable, HarnessError, UsageError
 from harness.export import ExportedModel
 from harness.metrics import classification_metrics, coco_metrics
-from harness.run import FailedSample, SessionRun, iter_batches, run_sessions, timing_summary
+from harness.run import FailedSample, SessionRun, iter_batches, require_readable, run_sessions, timing_summary
 
 SCHEMA = "harness.compare/1"
 MAX_FLIPPED = 100
@@ -39,11 +39,15 @@ def parse_targets(backends: str | None, precisions: str) -> list[Target]:
     from harness.backends import PRECISIONS, registry
 
     wanted = [p.strip().lower() for p in precisions.split(",") if p.strip()]
+    if not wanted:
+        raise UsageError(f"--precision {precisions!r} names no precision; known: {', '.join(PRECISIONS)}")
     for precision in wanted:
         if precision not in PRECISIONS:
             raise UsageError(f"unknown precision {precision!r}; known: {', '.join(PRECISIONS)}")
     if backends:
         pairs = [parse_target(text) for text in backends.split(",") if text.strip()]
+        if not pairs:
+            raise UsageError(f"--backends {backends!r} names no backend")
     else:
         pairs = [(b, "cpu") for b in registry().values() if b.available()[0]]
     if not pairs:
@@ -131,6 +135,7 @@ def compare(exported: ExportedModel, dataset: Dataset, targets: list[Target], ba
     if dataset.task not in ("unlabeled", spec.task):
         raise UsageError(f"{dataset.root}: a {dataset.task} dataset cannot evaluate the {spec.task} model {spec.name}")
     dataset = dataset.aligned_to(spec.labels)
+    require_readable(dataset, spec.profile)
     ref_target, ref_options, ref_note = reference_target(exported)
     reference = load_run(ref_target, exported, threads, **ref_options)
     if reference.status != "ok":

@@ -274,8 +274,9 @@ def drift_report(spec, backend_name: str, device: str, precision: str, data, bat
     from harness.backends import get_backend
     from harness.export import export
     from harness.provenance import provenance
-    from harness.run import iter_batches
+    from harness.run import iter_batches, require_readable
 
+    require_readable(data, spec.profile)
     exported = export(spec)
     backend = get_backend(backend_name)
     started = time.perf_counter()
@@ -305,6 +306,7 @@ def drift_report(spec, backend_name: str, device: str, precision: str, data, bat
         "provenance": provenance(threads, {}, exported, data.fingerprint(), [backend.name]),
         "model": {"name": spec.name, "task": spec.task, "onnx_sha256": exported.sha256},
         "dataset": {"name": data.name, "samples": run.samples, "failed_samples": len(failures),
+                    "skipped_files": len(data.skipped), "skipped": data.skipped,
                     "failed": [f.to_json() for f in failures]},
         "reference": {"backend": "onnxruntime", "device": "cpu", "precision": "fp32", "note": REFERENCE_NOTE,
                       "profile": spec.profile.to_json(), "torch_check": run.torch_check},

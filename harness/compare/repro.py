@@ -115,6 +115,30 @@ def write_repro(folder: Path, exported, candidate, run, target_row, thresholds: 
     return meta
 
 
+def _checked_repro_meta(path: Path, meta) -> tuple[Thresholds, dict]:
+    """repro.json's fields the re-run uses, checked: one line naming the file and the field otherwise."""
+    from harness.backends import PRECISIONS, registry
+    from harness.errors import InputError
+
+    def bad(problem: str) -> InputError:
+        return InputError(f"{path}: {problem}")
+
+    if not isinstance(meta, dict) or meta.get("schema") != "harness.repro/1":
+        raise bad("not a harness repro file (schema harness.repro/1)")
+    target, limits = meta.get("candidate"), meta.get("thresholds")
+    if not isinstance(target, dict) or not all(isinstance(target.get(k), str) for k in
+                                                  ("backend", "device", "load_precision")):
+        raise bad("candidate must hold backend, device and load_precision names")
+    if target["backend"] not in registry():
+        raise bad(f"candidate.backend {target['backend']!r} is not one of {', '.join(registry())}")
+    if target["load_precision"] not in PRECISIONS:
+        raise bad(f"candidate.load_precision {target['load_precision']!r} is not one of {', '.join(PRECISIONS)}")
+    if not isinstance(limits, dict) or set(limits) - {"snr_floor", "atol", "rtol"} or not all(
+            v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in limits.values()):
+        raise bad("thresholds must hold numbers snr_floor, atol, rtol")
+    return Thresholds(**limits), target
+
+
 def check_repro(folder: Path, reference: bool = False, threads: int | None = None) -> tuple[bool, OutputStats, dict]:
     """Runs the saved sub-graph (on the candidate, or the reference form on the tensor reference) and
     returns (diverged, stats vs the saved reference output, repro.json)."""
@@ -125,17 +149,23 @@ def check_repro(folder: Path, reference: bool = False, threads: int | None = Non
     missing = [name for name in REPRO_FILES if not (folder / name).is_file()]
     if missing:
         raise InputError(f"{folder}: not a repro folder (missing {', '.join(missing)})")
-    meta = json.loads((folder / "repro.json").read_text())
-    feeds = dict(np.load(folder / "inputs.npz"))
-    expected = np.load(folder / "expected.npz")["output"]
+    from harness.files import read_json
+
+    meta = read_json(folder / "repro.json", "repro file")
+    thresholds, target = _checked_repro_meta(folder / "repro.json", meta)
+    try:
+        with np.load(folder / "inputs.npz", allow_pickle=False) as stored:
+            feeds = {name: stored[name] for name in stored.files}
+        with np.load(folder / "expected.npz", allow_pickle=False) as stored:
+            expected = stored["output"]
+        graph = onnx.load(str(folder / ("reference.onnx" if reference else "candidate.onnx")))
+    except (OSError, ValueError, KeyError) as err:
+        raise InputError(f"{folder}: a repro file cannot be read ({type(err).__name__}: "
+                         f"{' '.join(str(err).split())[:200]})") from None
     if reference:
-        got = _run_graph(onnx.load(str(folder / "reference.onnx")), "onnxruntime", "cpu", "fp32", feeds,
-                         optimize=False, threads=threads)
+        got = _run_graph(graph, "onnxruntime", "cpu", "fp32", feeds, optimize=False, threads=threads)
     else:
-        target = meta["candidate"]
-        got = _run_graph(onnx.load(str(folder / "candidate.onnx")), target["backend"], target["device"],
-                         target["load_precision"], feeds, threads=threads)
+        got = _run_graph(graph, target["backend"], target["device"], target["load_precision"], feeds, threads=threads)
     stats = OutputStats()
     stats.update({"output": expected}, {"output": got})
-    thresholds = Thresholds(**meta["thresholds"])
     return thresholds.diverged(stats), stats, meta

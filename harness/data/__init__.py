@@ -7,7 +7,8 @@ field), so decoders can be varied. A sample that cannot be read is counted by th
 from __future__ import annotations
 
 import hashlib
-import json
+import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +36,7 @@ class Dataset:
     root: Path
     classes: tuple[str, ...]
     samples: list[Sample] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)  # files seen and not used: {"path", "reason"}
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -45,7 +47,7 @@ class Dataset:
     def limit(self, count: int | None) -> "Dataset":
         if count is None:
             return self
-        return Dataset(self.name, self.task, self.root, self.classes, self.samples[:count])
+        return Dataset(self.name, self.task, self.root, self.classes, self.samples[:count], self.skipped)
 
     def aligned_to(self, labels: tuple[str, ...]) -> "Dataset":
         """The same samples with labels re-indexed into a model's label map, matched by class name.
@@ -64,13 +66,13 @@ class Dataset:
         samples = [Sample(s.id, s.path, label=None if s.label is None else int(remap[s.label]), boxes=s.boxes,
                           box_labels=None if s.box_labels is None else remap[s.box_labels])
                    for s in self.samples]
-        return Dataset(self.name, self.task, self.root, tuple(labels), samples)
+        return Dataset(self.name, self.task, self.root, tuple(labels), samples, self.skipped)
 
     def fingerprint(self) -> str:
         """sha256 over (id, bytes) of every sample: the provenance hash of the data actually used."""
         digest = hashlib.sha256()
         for sample in self.samples:
-            digest.update(sample.id.encode())
+            digest.update(sample.id.encode("utf-8", "surrogateescape"))  # a non-UTF-8 file name is bytes
             try:
                 digest.update(hashlib.sha256(sample.path.read_bytes()).digest())
             except OSError:
@@ -78,8 +80,27 @@ class Dataset:
         return digest.hexdigest()
 
 
-def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+def _images_in(folder: Path, skipped: list[dict]) -> list[Path]:
+    """The image files of `folder`, sorted; every other entry that is not a folder goes to `skipped` with
+    its reason (an unknown suffix, a broken or looping link), so no file is passed over without a word."""
+    images = []
+    for path in sorted(folder.iterdir()):
+        try:
+            is_dir, is_file = path.is_dir(), path.is_file()
+        except OSError as err:  # a symlink loop: ELOOP
+            skipped.append({"path": str(path), "reason": f"cannot be followed ({err.strerror or err})"})
+            continue
+        if is_dir:
+            continue
+        if not is_file:
+            reason = "a broken or looping link" if path.is_symlink() else "not a regular file"
+            skipped.append({"path": str(path), "reason": reason})
+        elif path.suffix.lower() not in IMAGE_SUFFIXES:
+            skipped.append({"path": str(path), "reason": f"suffix {path.suffix or '(none)'!r} is not an image "
+                                                         f"suffix ({', '.join(sorted(IMAGE_SUFFIXES))})"})
+        else:
+            images.append(path)
+    return images
 
 
 def load_image_folder(root: Path, name: str | None = None) -> Dataset:
@@ -88,33 +109,128 @@ def load_image_folder(root: Path, name: str | None = None) -> Dataset:
     if not class_dirs:
         raise InputError(f"{root}: no class sub-folders (expected root/<class>/<image>)")
     classes = tuple(p.name for p in class_dirs)
+    skipped: list[dict] = []
     samples = [Sample(str(path.relative_to(root)), path, label=index)
-               for index, folder in enumerate(class_dirs) for path in _images_in(folder)]
+               for index, folder in enumerate(class_dirs) for path in _images_in(folder, skipped)]
+    _images_in(root, skipped)  # files beside the class folders are not samples either
     if not samples:
         raise InputError(f"{root}: class folders {', '.join(classes[:5])} hold no images")
-    return Dataset(name or root.name, "classify", root, classes, samples)
+    return Dataset(name or root.name, "classify", root, classes, samples, skipped)
+
+
+class _CocoError(InputError):
+    pass
+
+
+def _coco_list(data: dict, key: str, path: Path, required: bool = True) -> list:
+    value = data.get(key, None if required else [])
+    if value is None:
+        raise _CocoError(f"{path}: no {key!r} list (a COCO instances file has images, annotations, categories)")
+    if not isinstance(value, list):
+        raise _CocoError(f"{path}: {key!r} must be a list, got {type(value).__name__}")
+    return value
+
+
+def _coco_field(entry, key: str, kind, path: Path, where: str):
+    if not isinstance(entry, dict):
+        raise _CocoError(f"{path}: {where} must be an object, got {type(entry).__name__}")
+    if key not in entry:
+        raise _CocoError(f"{path}: {where} has no {key!r}")
+    value = entry[key]
+    if isinstance(value, bool) or not isinstance(value, kind):
+        names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+        raise _CocoError(f"{path}: {where}.{key} must be {names}, got {type(value).__name__} {value!r}"[:300])
+    return value
+
+
+def _coco_box(ann: dict, image: dict, path: Path, where: str) -> list[float]:
+    box = _coco_field(ann, "bbox", list, path, where)
+    if len(box) != 4 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box):
+        raise _CocoError(f"{path}: {where}.bbox must be four numbers [x, y, width, height], got {box!r}"[:300])
+    x, y, w, h = (float(v) for v in box)
+    if not all(math.isfinite(v) for v in (x, y, w, h)):
+        raise _CocoError(f"{path}: {where}.bbox {box!r} holds a value that is not finite")
+    if w < 0 or h < 0:
+        raise _CocoError(f"{path}: {where}.bbox {box!r} has a negative width or height")
+    width, height = image.get("width"), image.get("height")
+    limit_x = 2 * width if isinstance(width, (int, float)) and width > 0 else MAX_COCO_COORDINATE
+    limit_y = 2 * height if isinstance(height, (int, float)) and height > 0 else MAX_COCO_COORDINATE
+    if not (-limit_x <= x and x + w <= limit_x and -limit_y <= y and y + h <= limit_y):
+        raise _CocoError(f"{path}: {where}.bbox {box!r} lies far outside its image "
+                         f"({width if width else '?'}x{height if height else '?'})")
+    return [x, y, x + w, y + h]
+
+
+MAX_COCO_COORDINATE = 100_000  # pixels, for images whose size the file does not state
 
 
 def load_coco(annotation_file: Path, image_root: Path | None = None, name: str | None = None) -> Dataset:
-    """COCO instances json; images in image_root (default: 'images' next to the json, else its folder)."""
+    """COCO instances json; images in image_root (default: 'images' next to the json, else its folder).
+
+    Every field the harness uses is checked before any work (one line naming the file, the entry and the
+    problem): ids, names, boxes (finite, non-negative size, near their image), references between
+    them, and file names that stay inside the image folder."""
+    import json
+
+    from harness.files import read_text
+
     try:
-        data = json.loads(annotation_file.read_text())
-        categories = sorted(data["categories"], key=lambda c: c["id"])
-        images = data["images"]
-        annotations = data.get("annotations", [])
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
-        raise InputError(f"{annotation_file}: not a COCO instances file ({type(err).__name__}: {err})") from None
+        data = json.loads(read_text(annotation_file, "COCO instances file"))
+    except ValueError as err:
+        raise InputError(f"{annotation_file}: not a COCO instances file (invalid JSON: {err})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{annotation_file}: not a COCO instances file (a JSON object with images, "
+                         f"annotations, categories), got {type(data).__name__}")
+    images, categories = _coco_list(data, "images", annotation_file), _coco_list(data, "categories", annotation_file)
+    annotations = _coco_list(data, "annotations", annotation_file, required=False)
+    if not images:
+        raise InputError(f"{annotation_file}: the 'images' list is empty")
+    if not categories:
+        raise InputError(f"{annotation_file}: the 'categories' list is empty")
     if image_root is None:
         image_root = annotation_file.parent / "images"
         if not image_root.is_dir():
             image_root = annotation_file.parent
-    category_index = {c["id"]: k for k, c in enumerate(categories)}
-    per_image: dict[int, list] = {image["id"]: [] for image in images}
-    for ann in annotations:
-        if ann.get("iscrowd", 0) or ann["image_id"] not in per_image:
+    category_index: dict[int, int] = {}
+    for k, category in enumerate(sorted(categories, key=lambda c: c.get("id", 0) if isinstance(c, dict) else 0)):
+        where = f"categories[{k}]"
+        category_id = _coco_field(category, "id", int, annotation_file, where)
+        _coco_field(category, "name", str, annotation_file, where)
+        if category_id in category_index:
+            raise InputError(f"{annotation_file}: category id {category_id} appears twice")
+        category_index[category_id] = k
+    categories = sorted(categories, key=lambda c: c["id"])
+    by_id: dict[int, dict] = {}
+    names: set[str] = set()
+    root = image_root.resolve()
+    for k, image in enumerate(images):
+        where = f"images[{k}]"
+        image_id = _coco_field(image, "id", int, annotation_file, where)
+        file_name = _coco_field(image, "file_name", str, annotation_file, where)
+        if image_id in by_id:
+            raise InputError(f"{annotation_file}: {where}: image id {image_id} appears twice")
+        if file_name in names:
+            raise InputError(f"{annotation_file}: {where}: file_name {file_name!r} appears twice")
+        if not file_name or os.path.isabs(file_name) or \
+                not (root / file_name).resolve().is_relative_to(root):
+            raise InputError(f"{annotation_file}: {where}: file_name {file_name!r} points outside the image folder "
+                             f"{image_root}")
+        by_id[image_id] = image
+        names.add(file_name)
+    per_image: dict[int, list] = {image_id: [] for image_id in by_id}
+    for k, ann in enumerate(annotations):
+        where = f"annotations[{k}]"
+        _coco_field(ann, "id", int, annotation_file, where)
+        image_id = _coco_field(ann, "image_id", int, annotation_file, where)
+        category_id = _coco_field(ann, "category_id", int, annotation_file, where)
+        if image_id not in by_id:
+            raise InputError(f"{annotation_file}: {where}: image_id {image_id} is not in 'images'")
+        if category_id not in category_index:
+            raise InputError(f"{annotation_file}: {where}: category_id {category_id} is not in 'categories'")
+        box = _coco_box(ann, by_id[image_id], annotation_file, where)
+        if ann.get("iscrowd", 0):
             continue
-        x, y, w, h = ann["bbox"]
-        per_image[ann["image_id"]].append(([x, y, x + w, y + h], category_index[ann["category_id"]]))
+        per_image[image_id].append((box, category_index[category_id]))
     samples = []
     for image in images:
         anns = per_image[image["id"]]
@@ -127,10 +243,11 @@ def load_coco(annotation_file: Path, image_root: Path | None = None, name: str |
 
 def load_unlabeled(root: Path, name: str | None = None) -> Dataset:
     """A flat folder of images without labels (production traffic): metrics become agreement only."""
-    samples = [Sample(path.name, path) for path in _images_in(root)]
+    skipped: list[dict] = []
+    samples = [Sample(path.name, path) for path in _images_in(root, skipped)]
     if not samples:
         raise InputError(f"{root}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in this folder")
-    return Dataset(name or root.name, "unlabeled", root, (), samples)
+    return Dataset(name or root.name, "unlabeled", root, (), samples, skipped)
 
 
 def load_dataset(path: Path) -> Dataset:
@@ -139,16 +256,16 @@ def load_dataset(path: Path) -> Dataset:
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: dataset not found")
-    if path.is_file():
-        if path.suffix == ".json":
-            return load_coco(path)
+    if path.is_file() and path.suffix == ".json":
+        return load_coco(path)
+    if not path.is_dir():
         raise InputError(f"{path}: a dataset is a folder or a COCO .json file")
     for candidate in ("instances.json", "annotations.json"):
         if (path / candidate).is_file():
             return load_coco(path / candidate)
     if any(p.is_dir() and not p.name.startswith(".") for p in path.iterdir()):
         return load_image_folder(path)
-    if _images_in(path):
+    if _images_in(path, []):
         return load_unlabeled(path)
     raise InputError(f"{path}: neither class sub-folders, a COCO instances.json, nor images")
 

@@ -126,13 +126,15 @@ def add_user_variant(text: str) -> None:
 
 
 def get_axes(names: str | None) -> list[Axis]:
-    if not names:
+    if names is None:
         return [AXES[name] for name in AXES]
     axes = []
     for name in (n.strip() for n in names.split(",") if n.strip()):
         if name not in AXES:
             raise UnknownName("noise axis", name, list(AXES))
         axes.append(AXES[name])
+    if not axes:
+        raise UsageError(f"--axes {names!r} names no axis; known: {', '.join(AXES)}")
     return axes
 
 

@@ -55,6 +55,7 @@ class SweepJob:
     store_path: Path | None = None             # read by the worker: pieces of this run, and with --resume rows
     resume: bool = False                       # and pieces of earlier runs
     allow_code: bool = False                   # --allow-code: the profile file may name code
+    input_shape: str | None = None             # --input-shape
     taken: dict = field(default_factory=dict)  # rows finished by earlier workers of this run, by cell key
     run: str = field(default_factory=lambda: uuid.uuid4().hex)  # names this run's pieces in the store
     piece_contexts: set = field(default_factory=set)  # the sweeps whose pieces the store got (driver side)
@@ -101,6 +102,9 @@ class RelayStore:
     def paused(self) -> None:
         self.send(("pause",))
 
+    def reference_work(self) -> None:
+        self.send(("reference",))
+
     def put(self, key: str, axis: str, variant: str, row: dict) -> None:
         self.taken[key] = row
         self.send(("row", key, axis, variant, row))
@@ -117,13 +121,13 @@ def run_job(job: SweepJob, send) -> None:
         for text in job.user_variants:
             add_user_variant(text)
         spec = resolve_model(job.model, checkpoint=job.checkpoint, profile_path=job.profile,
-                             allow_code=job.allow_code)
+                             allow_code=job.allow_code, input_shape=job.input_shape)
         store = RelayStore(job, send)
         send(("done", sysnoise_report(spec, store=store, resume=True, **job.options)))
     except HarnessError as err:
         send(("error", err.exit_code, str(err)))
-    except Exception as err:  # noqa: BLE001 - the driver shows it; a bug's traceback must not be lost
-        send(("error", 1, f"{type(err).__name__}: {err}\n{traceback.format_exc()}"))
+    except Exception as err:  # noqa: BLE001 - one line for the user; the traceback with --debug
+        send(("error", 1, f"{type(err).__name__}: {' '.join(str(err).split())}", traceback.format_exc()))
 
 
 def _local_main(job: SweepJob, connection) -> None:
@@ -238,7 +242,8 @@ def run_sweep(job: SweepJob, executor: str = "local", cell_timeout: float | None
         try:
             import ray
         except ImportError as err:
-            raise UsageError(f"--executor ray needs Ray ({err}); pip install 'harness[ray]'") from err
+            raise UsageError(f"--executor ray needs Ray ({err}): pip install ray (in the harness checkout: "
+                             "pip install -e '.[ray]')") from err
         started_here = not ray.is_initialized()
         # Ray prints its cluster's events (a dead worker, ...) on stdout, where `--json -` writes the report
         with contextlib.redirect_stdout(sys.stderr):
@@ -305,6 +310,7 @@ def _watch(worker, job: SweepJob, cell_timeout: float | None, store):
     and why). A cell's work comes in pieces (the sweep streams the data in chunks, each chunk doing a piece
     of every cell), so its time is the sum of its pieces."""
     current, reason, spent = None, None, {}
+    reference_since = None  # the reference's work (no cell's) runs since then
     while reason is None:
         message = worker.receive(POLL_S)
         if message is None:
@@ -312,6 +318,12 @@ def _watch(worker, job: SweepJob, cell_timeout: float | None, store):
                     spent.get(current[0], 0.0) + time.monotonic() - current[-1] > cell_timeout:
                 worker.kill()
                 reason = f"timed out: still running after {cell_timeout:g} s (--cell-timeout); its worker was killed"
+            elif cell_timeout and reference_since is not None and time.monotonic() - reference_since > cell_timeout:
+                # the reference's own work is bounded too: nothing can be measured against a reference that
+                # never finishes, and a sweep that hangs there must not run until killed from outside
+                worker.kill()
+                raise WorkerError(f"the reference pass ran past --cell-timeout ({cell_timeout:g} s on one chunk of "
+                                  "data); its worker was killed and no variant can be measured", 1)
             elif (ended := worker.ended()) is not None:
                 message = worker.receive(1.0)  # a last message may still be in flight
                 if message is None:
@@ -319,7 +331,11 @@ def _watch(worker, job: SweepJob, cell_timeout: float | None, store):
         if message is None:
             continue
         kind = message[0]
-        if kind in ("start", "pause", "row") and current is not None:  # the running piece of work ends
+        if kind == "reference" or (kind == "piece" and reference_since is not None):  # begun, or progressed
+            reference_since = time.monotonic()
+        elif kind in ("start", "pause"):
+            reference_since = None
+        if kind in ("start", "pause", "row", "reference") and current is not None:  # the running piece of work ends
             spent[current[0]] = spent.get(current[0], 0.0) + time.monotonic() - current[-1]
             current = None
         if kind == "start":
@@ -338,5 +354,15 @@ def _watch(worker, job: SweepJob, cell_timeout: float | None, store):
                 store.drop_pieces(job.piece_contexts)
             return None, None, message[1]
         elif kind == "error":
+            if len(message) > 3 and _debugging():
+                import sys
+
+                print(message[3], file=sys.stderr)
             raise WorkerError(message[2], message[1])
     return current, reason, None
+
+
+def _debugging() -> bool:
+    import os
+
+    return os.environ.get("HARNESS_DEBUG", "") not in ("", "0")

@@ -22,6 +22,7 @@ def sysnoise_report(spec, axes: str | None = None, dataset: Path | None = None, 
     from harness.noise.pipeline import DEFAULT_CHUNK, ModelConfig, StagedPipeline
     from harness.noise.sweep import combine as combine_axes, reference_metric, run_axes
     from harness.provenance import provenance
+    from harness.run import require_readable
 
     chosen = get_axes(axes)
     data = (load_dataset(dataset) if dataset else embedded_benchmark(spec.task)).limit(limit)
@@ -29,6 +30,7 @@ def sysnoise_report(spec, axes: str | None = None, dataset: Path | None = None, 
     if data.task != task:
         raise UsageError(f"{data.root}: sysnoise needs a labelled {task} dataset, this one is {data.task}")
     data = data.aligned_to(spec.labels)
+    require_readable(data, spec.profile)
     exported = export(spec)
     needs_int8 = any(a.name == "precision" for a in chosen)
     pipeline = StagedPipeline(exported, data, batch_size, threads,
@@ -56,6 +58,7 @@ def sysnoise_report(spec, axes: str | None = None, dataset: Path | None = None, 
         "provenance": provenance(threads, {"bootstrap": 0}, exported, pipeline.fingerprint, []),
         "model": {"name": spec.name, "task": task, "onnx_sha256": exported.sha256},
         "dataset": {"name": data.name, "samples": len(reference_eval.ids), "failed_samples": len(pipeline.failures),
+                    "skipped_files": len(data.skipped), "skipped": data.skipped,
                     "failed": [{"sample": k, "reason": v} for k, v in pipeline.failures.items()]},
         "reference": {"backend": reference_config.backend, "device": "cpu", "precision": "fp32",
                       "profile": spec.profile.to_json(), "metric": metric},

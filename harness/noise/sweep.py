@@ -208,11 +208,14 @@ def plan_axis(pipeline: StagedPipeline, axis: Axis, reference_profile: Profile, 
     return cells
 
 
+REFERENCE_WORK = ("reference",)  # the owner of work no cell owns: the executor bounds it by --cell-timeout too
+
+
 def prepare_cells(pipeline: StagedPipeline, cells: list[Cell], reference_profile: Profile, store=None,
                   first: tuple[Request, ...] = (), progress=None) -> None:
     """One pass over the data for every cell still to compute (its candidate and its baseline). `first`:
     requests no cell owns (the reference: a crash there is the sweep's, not a cell's)."""
-    requests, owners = list(first), {request.key: None for request in first}
+    requests, owners = list(first), {request.key: REFERENCE_WORK for request in first}
     for cell in cells:
         if cell.stored is not None:
             continue
@@ -220,7 +223,8 @@ def prepare_cells(pipeline: StagedPipeline, cells: list[Cell], reference_profile
             requests.append(request)
             owners.setdefault(request.key, cell.owner if store is not None else None)
     if store is not None:
-        pipeline.on_work = lambda owner: store.started(*owner) if owner else store.paused()
+        pipeline.on_work = lambda owner: (store.reference_work() if owner == REFERENCE_WORK else
+                                          store.started(*owner) if owner else store.paused())
     contexts = {cell.context for cell in cells if cell.context is not None}
     if hasattr(store, "keep_piece") and len(contexts) == 1:  # an executor's relay store keeps the pass's pieces
         pipeline.journal = (store, contexts.pop())

@@ -22,29 +22,43 @@ def _clean(value):
     return value
 
 
+_REPORT_STDOUT = None  # with `--json -`: the real standard output, kept for the report alone
+
+
+def reserve_stdout_for_report() -> None:
+    """`--json -`: nothing but the report may reach standard output. Libraries print there (NNCF's progress
+    bars, native code's logs), so file descriptor 1 is pointed at standard error for the whole run, native
+    code and worker processes included, and the report is written to a duplicate of the original."""
+    import os
+
+    global _REPORT_STDOUT
+    if _REPORT_STDOUT is not None:
+        return
+    sys.stdout.flush()
+    _REPORT_STDOUT = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+
+
 def write_json(report: dict, path: str | Path) -> None:
-    """Writes the report to `path`, or to stdout for '-'."""
+    """Writes the report to `path` atomically, or to stdout for '-'."""
+    from harness.files import write_atomic
+
     text = json.dumps(_clean(report), indent=2)
     if str(path) == "-":
-        sys.stdout.write(text + "\n")
+        out = _REPORT_STDOUT or sys.stdout
+        out.write(text + "\n")
+        out.flush()
         return
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text + "\n")
-    except OSError as err:
-        raise InputError(f"{path}: cannot write the report ({err.strerror})") from None
+    write_atomic(Path(path), text + "\n")
 
 
 def read_report(path: Path) -> dict:
     """A harness JSON report from `path`; a missing, unreadable or foreign file is an InputError."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: report not found")
-    try:
-        report = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as err:
-        raise InputError(f"{path}: not a JSON report ({err})") from None
-    if not isinstance(report, dict) or "schema" not in report:
-        raise InputError(f"{path}: no `schema` key: not a harness report")
+    from harness.files import read_json
+
+    report = read_json(Path(path), "report")
+    if not isinstance(report, dict) or not isinstance(report.get("schema"), str) \
+            or not report["schema"].startswith("harness."):
+        raise InputError(f"{path}: no harness `schema` key: not a harness report")
     return report

@@ -32,16 +32,31 @@ def _rows(report: dict) -> dict[tuple, dict]:
                      "(known: harness.compare, harness.sysnoise, harness.drift, harness.validate)")
 
 
-def diff_reports(old: dict, new: dict, max_regression: float) -> dict:
+def _checked_rows(report: dict, name) -> dict[tuple, dict]:
+    """_rows, with a report that is not what its schema says (a hand-edited or foreign JSON) as one line."""
+    try:
+        rows = _rows(report)
+        for row in rows.values():
+            for key in ("metric", "error"):
+                if row[key] is not None and (isinstance(row[key], bool) or not isinstance(row[key], (int, float))):
+                    raise TypeError(f"{key} {row[key]!r} is not a number")
+        return rows
+    except (KeyError, TypeError, AttributeError, IndexError) as err:
+        raise InputError(f"{name}: not a valid {report.get('schema')} report ({type(err).__name__}: {err})") from None
+
+
+def diff_reports(old: dict, new: dict, max_regression: float, names=("OLD", "NEW")) -> dict:
     if str(old.get("schema")).split("/")[0] != str(new.get("schema")).split("/")[0]:
         raise InputError(f"cannot diff a {old.get('schema')} report against a {new.get('schema')} report")
-    before, after = _rows(old), _rows(new)
+    before, after = _checked_rows(old, names[0]), _checked_rows(new, names[1])
     rows = []
     for key in [*before, *(k for k in after if k not in before)]:
         a, b = before.get(key), after.get(key)
         row = {"row": list(key), "status": "changed"}
         if a is None or b is None:
             row["status"] = "added" if a is None else "removed"
+            if a is None and b["passed"] is False:  # a gate check added failing: a regression like any other
+                row.update({"new_metric": b["metric"], "new_error": b["error"], "new_passed": False, "regressed": True})
             rows.append(row)
             continue
         metric_change = None if a["metric"] is None or b["metric"] is None else b["metric"] - a["metric"]
@@ -66,14 +81,17 @@ def diff_table(result: dict, old, new):
     from rich.markup import escape
 
     table = Table(title=escape(f"diff {old} -> {new} ({result['kind']})"), title_justify="left")
-    for column in ("row", "metric", "Δ metric", "error", "Δ error", "status"):
+    for column in ("row", "metric", "Δ metric (pts)", "error", "Δ error", "status"):
         table.add_column(column)
 
     def fmt(value, signed=False):
         return "-" if value is None else (f"{value:+.4g}" if signed else f"{value:.4g}")
 
+    def points(value):  # metrics are fractions in the JSON; a person reads points, as compare shows them
+        return "-" if value is None else f"{value * 100:+.2f}"
+
     for row in result["rows"]:
         status = "[bold red]REGRESSED[/]" if row.get("regressed") else escape(str(row["status"]))
-        table.add_row(escape(" / ".join(map(str, row["row"]))), fmt(row.get("new_metric")), fmt(row.get("metric_change"), True),
+        table.add_row(escape(" / ".join(map(str, row["row"]))), fmt(row.get("new_metric")), points(row.get("metric_change")),
                       fmt(row.get("new_error")), fmt(row.get("error_change"), True), status)
     return table

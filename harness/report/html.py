@@ -46,10 +46,13 @@ def write_sidecars(report: dict, json_path: Path, thumbs: dict[str, np.ndarray])
     """Stores what the HTML needs beyond the JSON (thumbnails from flipped_thumbnails) next to it, and names
     it in report['sidecars']."""
     if thumbs:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
+        from harness.files import write_atomic
+
         name = f"{json_path.stem}.thumbnails.npz"
-        np.savez_compressed(json_path.with_name(name), **{f"s{k}": v for k, v in enumerate(thumbs.values())},
-                            ids=np.array(list(thumbs), dtype=object).astype(str))
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, **{f"s{k}": v for k, v in enumerate(thumbs.values())},
+                            ids=np.array(list(thumbs), dtype=str))
+        write_atomic(json_path.with_name(name), buffer.getvalue())
         report.setdefault("sidecars", {})["thumbnails"] = name
 
 
@@ -57,8 +60,11 @@ def read_thumbnails(report: dict, json_path: Path | None) -> dict[str, np.ndarra
     name = (report.get("sidecars") or {}).get("thumbnails")
     if not name or json_path is None or not (json_path.parent / name).is_file():
         return {}
-    with np.load(json_path.parent / name) as data:
-        return {str(key): data[f"s{k}"] for k, key in enumerate(data["ids"])}
+    try:
+        with np.load(json_path.parent / name, allow_pickle=False) as data:
+            return {str(key): data[f"s{k}"] for k, key in enumerate(data["ids"])}
+    except (OSError, ValueError, KeyError):  # a damaged sidecar: the page renders without thumbnails
+        return {}
 
 
 # --- pieces ----------------------------------------------------------------------------------------------
