@@ -27,11 +27,23 @@ def quantized_onnx(model, calibration, quantizer: str, quantize: Callable[[Path,
 
 
 def convert_fp16(onnx_path: Path, out: Path) -> None:
+    """onnxconverter-common's conversion; its warnings (one per value outside float16's range, dozens per
+    model) go to `conversion.log` beside the graph, and one line says how many there were."""
+    import sys
+
     import onnx
     from onnxconverter_common import float16
 
-    converted = float16.convert_float_to_float16(onnx.load(str(onnx_path)), keep_io_types=True)
+    from harness.files import output_captured_in
+
+    log = out.with_name("conversion.log")
+    with output_captured_in(log):
+        converted = float16.convert_float_to_float16(onnx.load(str(onnx_path)), keep_io_types=True)
     onnx.save(converted, str(out))
+    warned = sum("warn" in line.lower() for line in log.read_text(errors="replace").splitlines())
+    if warned:
+        print(f"harness: note: FP16 conversion of {Path(onnx_path).name}: {warned} warning(s), e.g. values clamped "
+              "to float16's range (all in conversion.log beside the FP16 graph in the harness cache)", file=sys.stderr)
 
 
 def fp16_onnx(model) -> Path:

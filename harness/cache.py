@@ -32,8 +32,14 @@ def cached_folder(kind: str, key: str, build: Callable[[Path], None], root: Path
     folder = (root or cache_root() / kind) / key[:24]
     if (folder / ".complete").is_file():
         return folder, True
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".build-", dir=folder.parent))
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".build-", dir=folder.parent))
+    except OSError as err:
+        from harness.errors import InputError
+
+        raise InputError(f"{folder.parent}: the harness cache cannot be written ({err.strerror or err}); point "
+                         "HARNESS_CACHE at a writable folder") from None
     try:
         build(staging)
         (staging / ".complete").write_text(key)

@@ -33,3 +33,9 @@ class BackendUnavailable(HarnessError):
 
 class SampleError(HarnessError):
     """One sample of a dataset cannot be used (missing, corrupt); counted, never fatal to a run."""
+
+
+class RunFailed(HarnessError):
+    """The run itself could not produce a result (the reference crashed or hung): exit 1, like a failed row."""
+
+    exit_code = 1

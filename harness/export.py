@@ -14,8 +14,9 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.cache import cached_folder
+from harness.cache import cache_root, cached_folder
 from harness.errors import HarnessError
+from harness.files import output_captured_in
 from harness.model import ModelSpec
 
 DEFAULT_OPSET = 18
@@ -157,16 +158,21 @@ def export(spec: ModelSpec, opset: int = DEFAULT_OPSET, cache_dir: Path | None =
         example = torch.zeros(2, 3, spec.profile.input_size, spec.profile.input_size)
         staged = staging / "model.onnx"
         errors = []
+        log = cache_root() / "logs" / f"export-{key[:16]}.log"
         for exporter, fn in (("dynamo", _export_dynamo), ("legacy", _export_legacy)):
             try:
-                fn(module, example, staged, spec, opset)
+                with output_captured_in(log):  # a failing exporter prints thousands of lines
+                    fn(module, example, staged, spec, opset)
                 proto = onnx.load(str(staged))
                 onnx.checker.check_model(proto, full_check=True)
                 break
             except Exception as err:  # each exporter fails in its own exception types; both are reported
-                errors.append(f"{exporter}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+                first = next((line for line in str(err).splitlines() if line.strip()), "")
+                errors.append(f"{exporter}: {type(err).__name__}: {first[:200]}")
         else:
-            raise ExportError(f"cannot export {spec.name} to ONNX ({'; '.join(errors)})")
+            raise ExportError(f"cannot export {spec.name} to ONNX ({'; '.join(errors)}); the exporters' own output "
+                              f"is in {log}")
+        log.unlink(missing_ok=True)
         opset_used = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), opset)
         (staging / "names.json").write_text(json.dumps(build_name_map(proto, exporter), indent=1))
         meta = {"exporter": exporter, "opset": opset_used, "sha256": file_sha256(staged), "model": spec.name,

@@ -4,6 +4,7 @@ exit 2); a report is written atomically (a temporary file in the same folder, th
 disk or a crash mid-write leaves the previous good file, never half a new one."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -72,3 +73,31 @@ def write_atomic(path: Path, content: str | bytes) -> None:
             pass
         raise InputError(f"{path}: cannot write ({err.strerror or err}); the previous file, if any, is "
                          "unchanged") from None
+
+
+@contextlib.contextmanager
+def output_captured_in(log: Path):
+    """Everything written to standard output and error meanwhile, by Python or native code (an exporter's
+    thousand-line dump, a converter's warnings), goes to `log` instead of the terminal, where it would
+    drown the one line that matters. The caller names `log` in its error when something fails."""
+    import sys
+    import warnings
+
+    log = Path(log)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(log, "ab") as sink, warnings.catch_warnings():
+        warnings.simplefilter("always")  # to the log, each one: not "once", not lost
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield log
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                stream.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])

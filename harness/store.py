@@ -100,44 +100,86 @@ def decode_piece(data: bytes) -> tuple:
 
 
 class CellStore:
+    """The store is a cache of results: it must never cost the sweep. A file that is not a store (or cannot
+    be opened) is one line before any work; a write that fails later (a full disk) is one warning, the
+    sweep goes on without storing, and what was stored is kept."""
+
     def __init__(self, path: Path | None = None):
+        from harness.errors import InputError
+
         self.path = Path(path or default_path())
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # one short transaction per cell: a concurrent sweep on the same store waits instead of failing
-        self.connection = sqlite3.connect(str(self.path), timeout=60, isolation_level=None)
-        self.connection.execute("PRAGMA journal_mode=WAL")
-        self.connection.execute("CREATE TABLE IF NOT EXISTS cells (key TEXT PRIMARY KEY, axis TEXT, variant TEXT, "
-                                "row TEXT NOT NULL, finished REAL NOT NULL)")
-        # a sweep streams its data in chunks and finishes its cells only at the end of the pass: each
-        # (request, chunk)'s predictions are kept here meanwhile, so a restarted worker or --resume carries
-        # on from the last chunk done; dropped once the sweep is done
-        self.connection.execute("CREATE TABLE IF NOT EXISTS pieces (key TEXT NOT NULL, run TEXT NOT NULL, "
-                                "context TEXT NOT NULL, data BLOB NOT NULL, finished REAL NOT NULL, "
-                                "PRIMARY KEY (key, run))")
+        self.writable = True
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # one short transaction per cell: a concurrent sweep on the same store waits instead of failing
+            self.connection = sqlite3.connect(str(self.path), timeout=60, isolation_level=None)
+            self.connection.execute("PRAGMA journal_mode=WAL")
+            self.connection.execute("CREATE TABLE IF NOT EXISTS cells (key TEXT PRIMARY KEY, axis TEXT, "
+                                    "variant TEXT, row TEXT NOT NULL, finished REAL NOT NULL)")
+            # a sweep streams its data in chunks and finishes its cells only at the end of the pass: each
+            # (request, chunk)'s predictions are kept here meanwhile, so a restarted worker or --resume
+            # carries on from the last chunk done; dropped once the sweep is done
+            self.connection.execute("CREATE TABLE IF NOT EXISTS pieces (key TEXT NOT NULL, run TEXT NOT NULL, "
+                                    "context TEXT NOT NULL, data BLOB NOT NULL, finished REAL NOT NULL, "
+                                    "PRIMARY KEY (key, run))")
+            for table, columns in (("cells", ["key", "axis", "variant", "row", "finished"]),
+                                   ("pieces", ["key", "run", "context", "data", "finished"])):
+                found = [row[1] for row in self.connection.execute(f"PRAGMA table_info({table})")]
+                if found != columns:
+                    raise sqlite3.DatabaseError(f"its table {table} has columns {found}, not {columns}")
+        except (OSError, sqlite3.Error) as err:
+            raise InputError(f"{self.path}: cannot be used as the cell store ({type(err).__name__}: {err}); "
+                             "pass --store with another file or point HARNESS_CACHE at a writable folder") from None
+
+    def _write(self, statement: str, args) -> None:
+        if not self.writable:
+            return
+        try:
+            if isinstance(args, list):
+                self.connection.executemany(statement, args)
+            else:
+                self.connection.execute(statement, args)
+        except sqlite3.Error as err:
+            import sys
+
+            self.writable = False
+            print(f"harness: warning: {self.path}: cannot store more ({err}); the sweep goes on without storing, "
+                  "and what was stored is kept", file=sys.stderr)
+
+    def _read(self, statement: str, args):
+        try:
+            return self.connection.execute(statement, args).fetchone()
+        except sqlite3.Error:  # an unreadable row is a row not stored: computed again
+            return None
 
     def get(self, key: str) -> dict | None:
-        found = self.connection.execute("SELECT row FROM cells WHERE key = ?", (key,)).fetchone()
-        return json.loads(found[0]) if found else None
+        found = self._read("SELECT row FROM cells WHERE key = ?", (key,))
+        if not found:
+            return None
+        try:
+            row = json.loads(found[0])
+        except (TypeError, ValueError):
+            return None
+        return row if isinstance(row, dict) and isinstance(row.get("status"), str) else None
 
     def put(self, key: str, axis: str, variant: str, row: dict) -> None:
-        self.connection.execute("INSERT OR REPLACE INTO cells VALUES (?, ?, ?, ?, ?)",
-                                (key, axis, variant, json.dumps(row, default=float), time.time()))
+        self._write("INSERT OR REPLACE INTO cells VALUES (?, ?, ?, ?, ?)",
+                    (key, axis, variant, json.dumps(row, default=float), time.time()))
 
     def get_piece(self, key: str, run: str | None) -> bytes | None:
         """A stored piece of a pass: of run `run` only, or of any run (None: --resume)."""
         query, args = "SELECT data FROM pieces WHERE key = ?", (key,)
         if run is not None:
             query, args = query + " AND run = ?", (key, run)
-        found = self.connection.execute(query, args).fetchone()
-        return found[0] if found else None
+        found = self._read(query, args)
+        return found[0] if found and isinstance(found[0], bytes) else None
 
     def put_piece(self, key: str, run: str, context: str, data: bytes) -> None:
-        self.connection.execute("INSERT OR REPLACE INTO pieces VALUES (?, ?, ?, ?, ?)",
-                                (key, run, context, data, time.time()))
+        self._write("INSERT OR REPLACE INTO pieces VALUES (?, ?, ?, ?, ?)", (key, run, context, data, time.time()))
 
     def drop_pieces(self, contexts) -> None:
         """A finished sweep's pieces (its rows hold the results now), of this run and of the runs it resumed."""
-        self.connection.executemany("DELETE FROM pieces WHERE context = ?", [(c,) for c in contexts])
+        self._write("DELETE FROM pieces WHERE context = ?", [(c,) for c in contexts])
 
     def started(self, key: str, axis: str, variant: str, baseline: str) -> None:
         """Work for a cell begins (an executor's relay store reports it; nothing to keep here)."""

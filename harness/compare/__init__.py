@@ -14,7 +14,7 @@ import numpy as np
 from harness.backends import Backend, get_backend, parse_target
 from harness.compare.outputs import OutputStats, agreement, mean_kl, prediction_label, softmax
 from harness.data import Dataset, Sample
-from harness.errors import BackendUnavailable, HarnessError, UsageError
+from harness.errors import BackendUnavailable, RunFailed, UsageError
 from harness.export import ExportedModel
 from harness.metrics import classification_metrics, coco_metrics
 from harness.run import FailedSample, SessionRun, iter_batches, require_readable, run_sessions, timing_summary
@@ -139,7 +139,7 @@ def compare(exported: ExportedModel, dataset: Dataset, targets: list[Target], ba
     ref_target, ref_options, ref_note = reference_target(exported)
     reference = load_run(ref_target, exported, threads, **ref_options)
     if reference.status != "ok":
-        raise HarnessError(f"the reference {ref_target.label} cannot run: {reference.reason}")
+        raise RunFailed(f"the reference {ref_target.label} cannot run: {reference.reason}")
     entries = [({"backend": t.backend.name, "device": t.device, "precision": t.precision},
                 load_run(t, exported, threads, calibration=calibration, artifact=artifact)) for t in targets]
     if recorded is not None:
@@ -157,7 +157,7 @@ def compare(exported: ExportedModel, dataset: Dataset, targets: list[Target], ba
     processed = run_sessions(batches, spec.profile, spec.task, spec.head, runs, reference=reference,
                              progress=progress)
     if reference.status != "ok":
-        raise HarnessError(f"the reference {ref_target.label} failed: {reference.reason}")
+        raise RunFailed(f"the reference {ref_target.label} failed: {reference.reason}")
     num_classes = len(dataset.classes) or len(spec.labels)
     classes = dataset.classes or spec.labels
     ref_metric = task_metric(task, processed, reference.predictions, reference.predictions, num_classes)
