@@ -13,7 +13,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from harness.data import Dataset, Sample
+from harness.data import Dataset, Sample, printable
 from harness.errors import HarnessError, InputError, SampleError
 from harness.postprocess import Detections, decode_fcos, point_placement
 from harness.preprocess import Geometry, normalize, to_pixels
@@ -67,7 +67,7 @@ def iter_batches(dataset: Dataset, profile: Profile, batch_size: int,
             pixels, geometry = to_pixels(data, profile)
         except (OSError, SampleError) as err:
             reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
-            failures.append(FailedSample(sample.id, str(sample.path), reason))
+            failures.append(FailedSample(sample.id, printable(sample.path), reason))
             continue
         size = (round(profile.input_size / geometry.scale_x), round(profile.input_size / geometry.scale_y))
         pending.append((sample, pixels, geometry, size))

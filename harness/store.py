@@ -9,6 +9,7 @@ import io
 import json
 import sqlite3
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -95,7 +96,7 @@ def decode_piece(data: bytes) -> tuple:
         else:
             raise BadPiece(f"unknown kind {kind!r}")
         return ids, predictions, meta["shapes"], meta["input_digest"], failures
-    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError) as err:  # BadPiece is a ValueError
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as err:  # BadPiece: ValueError
         raise BadPiece(f"{type(err).__name__}: {err}") from None
 
 

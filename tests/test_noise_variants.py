@@ -6,6 +6,7 @@ import pytest
 from PIL import Image
 
 from harness.data import embedded_benchmark
+from harness.errors import SampleError
 from harness.preprocess import COLORS, DECODERS, RESIZERS, _pack_420, decode
 
 
@@ -64,9 +65,40 @@ def test_antialiasing_is_what_separates_pil_from_cv2_linear():
         assert np.abs(RESIZERS[aliasing](image, 20, 20).astype(int) - 127.5).max() > 60
 
 
-def test_every_decoder_rejects_garbage():
+def _encoded(fmt: str, **options) -> bytes:
     buffer = io.BytesIO()
-    Image.new("RGB", (8, 8)).save(buffer, "PNG")
-    for name in DECODERS:
-        with pytest.raises(Exception):
-            decode(b"\xff\xd8\xff garbage", name)
+    rgb = np.random.default_rng(3).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("name", sorted(DECODERS))
+def test_every_decoder_fails_one_sample_with_the_same_contract(name):
+    """Garbage, a PNG, a truncated JPEG and zero bytes: each decoder either decodes (uint8 HxWx3 at the
+    header's size) or raises SampleError naming what is wrong, never its own exception type; and a failure
+    leaves the decoder working for the next image (FFmpeg shares one codec context)."""
+    jpeg, png = _encoded("JPEG", quality=90), _encoded("PNG")
+    before = decode(jpeg, name)
+    for data in (b"\xff\xd8\xff garbage", b""):
+        with pytest.raises(SampleError, match="cannot decode"):
+            decode(data, name)
+    for data in (png, jpeg[: len(jpeg) // 2]):
+        try:
+            pixels = decode(data, name)
+        except SampleError as err:
+            assert str(err).startswith(f"{name} cannot decode it ("), err
+        else:
+            assert pixels.dtype == np.uint8 and pixels.ndim == 3 and pixels.shape[2] == 3
+            if data is png and name != "pil-draft-2":  # a lossless file: every decoder that reads it agrees
+                assert np.array_equal(pixels, decode(png, "pil"))
+    assert np.array_equal(decode(jpeg, name), before)
+
+
+def test_ffmpeg_decodes_again_after_an_empty_packet():
+    """An empty packet is FFmpeg's end-of-stream: the shared codec context then refuses every later picture
+    (EOFError) unless it is opened anew, which the decoder does after any failure."""
+    jpeg = _encoded("JPEG", quality=90)
+    before = DECODERS["ffmpeg"](jpeg)
+    with pytest.raises(ValueError, match="FFmpeg decoded no frame"):
+        DECODERS["ffmpeg"](b"")
+    assert np.array_equal(DECODERS["ffmpeg"](jpeg), before)

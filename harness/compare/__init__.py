@@ -13,7 +13,7 @@ import numpy as np
 
 from harness.backends import Backend, get_backend, parse_target
 from harness.compare.outputs import OutputStats, agreement, mean_kl, prediction_label, softmax
-from harness.data import Dataset, Sample
+from harness.data import Dataset, Sample, printable
 from harness.errors import BackendUnavailable, RunFailed, UsageError
 from harness.export import ExportedModel
 from harness.metrics import classification_metrics, coco_metrics
@@ -111,7 +111,7 @@ def flipped_samples(samples: list[Sample], reference: list, candidate: list, agr
         else:
             confidence = float(softmax(np.asarray(cand, np.float64))[prediction_label(cand)])
             label = name(sample.label) if sample.label is not None else None
-        rows.append({"sample": sample.id, "path": str(sample.path), "label": label,
+        rows.append({"sample": sample.id, "path": printable(sample.path), "label": label,
                      "reference_pred": name(prediction_label(ref)), "candidate_pred": name(prediction_label(cand)),
                      "confidence": round(confidence, 6)})
     return rows

@@ -20,6 +20,12 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 TASKS = ("classify", "detect", "unlabeled")
 
 
+def printable(text) -> str:
+    """A file name as text every report, hash, terminal and database can hold: a byte that is not UTF-8
+    (Python keeps it as a lone surrogate) is written as \\xNN. Sample ids and reported paths use it."""
+    return str(text).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 @dataclass(frozen=True)
 class Sample:
     id: str                                  # path relative to the dataset root: stable across machines
@@ -72,7 +78,7 @@ class Dataset:
         """sha256 over (id, bytes) of every sample: the provenance hash of the data actually used."""
         digest = hashlib.sha256()
         for sample in self.samples:
-            digest.update(sample.id.encode("utf-8", "surrogateescape"))  # a non-UTF-8 file name is bytes
+            digest.update(sample.id.encode())
             try:
                 digest.update(hashlib.sha256(sample.path.read_bytes()).digest())
             except OSError:
@@ -88,15 +94,15 @@ def _images_in(folder: Path, skipped: list[dict]) -> list[Path]:
         try:
             is_dir, is_file = path.is_dir(), path.is_file()
         except OSError as err:  # a symlink loop: ELOOP
-            skipped.append({"path": str(path), "reason": f"cannot be followed ({err.strerror or err})"})
+            skipped.append({"path": printable(path), "reason": f"cannot be followed ({err.strerror or err})"})
             continue
         if is_dir:
             continue
         if not is_file:
             reason = "a broken or looping link" if path.is_symlink() else "not a regular file"
-            skipped.append({"path": str(path), "reason": reason})
+            skipped.append({"path": printable(path), "reason": reason})
         elif path.suffix.lower() not in IMAGE_SUFFIXES:
-            skipped.append({"path": str(path), "reason": f"suffix {path.suffix or '(none)'!r} is not an image "
+            skipped.append({"path": printable(path), "reason": f"suffix {path.suffix or '(none)'!r} is not an image "
                                                          f"suffix ({', '.join(sorted(IMAGE_SUFFIXES))})"})
         else:
             images.append(path)
@@ -110,7 +116,7 @@ def load_image_folder(root: Path, name: str | None = None) -> Dataset:
         raise InputError(f"{root}: no class sub-folders (expected root/<class>/<image>)")
     classes = tuple(p.name for p in class_dirs)
     skipped: list[dict] = []
-    samples = [Sample(str(path.relative_to(root)), path, label=index)
+    samples = [Sample(printable(path.relative_to(root)), path, label=index)
                for index, folder in enumerate(class_dirs) for path in _images_in(folder, skipped)]
     _images_in(root, skipped)  # files beside the class folders are not samples either
     if not samples:
@@ -236,7 +242,8 @@ def load_coco(annotation_file: Path, image_root: Path | None = None, name: str |
         anns = per_image[image["id"]]
         boxes = np.array([a[0] for a in anns], np.float32).reshape(-1, 4)
         labels = np.array([a[1] for a in anns], np.int64)
-        samples.append(Sample(image["file_name"], image_root / image["file_name"], boxes=boxes, box_labels=labels))
+        samples.append(Sample(printable(image["file_name"]), image_root / image["file_name"], boxes=boxes,
+                              box_labels=labels))
     return Dataset(name or annotation_file.parent.name, "detect", annotation_file.parent,
                    tuple(c["name"] for c in categories), samples)
 
@@ -244,7 +251,7 @@ def load_coco(annotation_file: Path, image_root: Path | None = None, name: str |
 def load_unlabeled(root: Path, name: str | None = None) -> Dataset:
     """A flat folder of images without labels (production traffic): metrics become agreement only."""
     skipped: list[dict] = []
-    samples = [Sample(path.name, path) for path in _images_in(root, skipped)]
+    samples = [Sample(printable(path.name), path) for path in _images_in(root, skipped)]
     if not samples:
         raise InputError(f"{root}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in this folder")
     return Dataset(name or root.name, "unlabeled", root, (), samples, skipped)

@@ -254,7 +254,8 @@ BODIES = {"harness.compare": _compare_body, "harness.sysnoise": lambda r, t: _sy
           "harness.drift": lambda r, t: _drift_body(r), "harness.validate": lambda r, t: _validate_body(r)}
 
 
-def render_html(report: dict, thumbnails: dict | None = None) -> str:
+def render_html(report: dict, thumbnails: dict | None = None, source: str = "report") -> str:
+    """The page; `source` names the report in errors (its file, when rendered from one)."""
     from harness.errors import InputError
 
     kind = str(report.get("schema", "")).split("/")[0]
@@ -268,7 +269,8 @@ def render_html(report: dict, thumbnails: dict | None = None) -> str:
     try:
         body = BODIES[kind](report, thumbnails or {})
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
-        raise InputError(f"report is not a valid {kind} report: {type(err).__name__}: {err}") from None
+        raise InputError(f"{source}: not a valid {report.get('schema')} report ({type(err).__name__}: {err})") \
+            from None
     return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
             f"<meta http-equiv='Content-Security-Policy' content=\"{CSP}\"><title>{_e(title)}</title>"
             f"<style>{STYLE}</style></head><body><h1>{_e(title)}</h1>"
@@ -280,4 +282,4 @@ def write_html(report: dict, path: Path, json_path: Path | None = None, thumbnai
         thumbnails = read_thumbnails(report, json_path) if json_path else flipped_thumbnails(report)
     from harness.files import write_atomic
 
-    write_atomic(path, render_html(report, thumbnails))
+    write_atomic(path, render_html(report, thumbnails, str(json_path) if json_path else "report"))

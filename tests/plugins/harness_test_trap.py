@@ -1,0 +1,19 @@
+"""Code a crafted data or config file would like to run: importing this module leaves a marker file (the
+path in $HARNESS_TRAP), so a test can tell whether a file made the harness import it."""
+import os
+from pathlib import Path
+
+if os.environ.get("HARNESS_TRAP"):
+    Path(os.environ["HARNESS_TRAP"]).write_text("imported")
+
+
+def decode(data: bytes):
+    from harness.preprocess import decode_pil
+
+    return decode_pil(data)
+
+
+def factory():
+    from harness.model import resolve_model
+
+    return resolve_model("resnet_tiny")
