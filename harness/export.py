@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
+import traceback
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -169,6 +170,8 @@ def export(spec: ModelSpec, opset: int = DEFAULT_OPSET, cache_dir: Path | None =
             except Exception as err:  # each exporter fails in its own exception types; both are reported
                 first = next((line for line in str(err).splitlines() if line.strip()), "")
                 errors.append(f"{exporter}: {type(err).__name__}: {first[:200]}")
+                with open(log, "a") as out:  # the whole error beside what the exporter printed
+                    out.write(f"\n--- {exporter} exporter failed ---\n{traceback.format_exc()}")
         else:
             raise ExportError(f"cannot export {spec.name} to ONNX ({'; '.join(errors)}); the exporters' own output "
                               f"is in {log}")

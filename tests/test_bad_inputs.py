@@ -472,3 +472,33 @@ def test_html_and_junit_escape_what_a_crafted_report_holds(tmp_path, harness_cli
                                                     "limit": 0.01, "value": 0.5, "passed": False, "message": "m\x0c"}]}
     parsed = ElementTree.fromstring(junit_xml(gate).split("\n", 1)[1])  # well-formed XML
     assert parsed.find("testsuite").get("name") == "cam[31mera"
+
+
+def test_an_unexportable_model_is_one_line_naming_the_exporters_log(tmp_path, harness_cli):
+    env = {"PYTHONPATH": PLUGINS + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    line = one_line_error(harness_cli("compare", "harness_test_trap:unexportable", "--backends", "ort", "--limit", "2",
+                                      env=env), "cannot export harness_test_trap:unexportable", "dynamo:", "legacy:")
+    log = Path(line.rsplit("output is in ", 1)[1])
+    text = log.read_text()  # what the exporters printed and their whole errors, kept out of the terminal
+    assert "--- dynamo exporter failed ---" in text and "--- legacy exporter failed ---" in text
+
+
+def test_unlabelled_data_reports_agreement_in_json_html_and_report(tmp_path, harness_cli):
+    for k, path in enumerate(sorted((CLASSIFY_DIR / "circle").iterdir())[:6]):
+        shutil.copyfile(path, tmp_path / f"frame{k}.jpg")
+    result = harness_cli("compare", "--dataset", str(tmp_path), "--backends", "ort", "--json", str(tmp_path / "u.json"),
+                         "--html", str(tmp_path / "u.html"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads((tmp_path / "u.json").read_text())
+    assert report["dataset"]["task"] == "unlabeled" and report["results"][0]["metric"]["top1_agreement"] == 1.0
+    again = harness_cli("report", str(tmp_path / "u.json"), "--html", str(tmp_path / "again.html"))
+    assert again.returncode == 0, again.stderr
+    assert "<table>" in (tmp_path / "again.html").read_text() and "<table>" in (tmp_path / "u.html").read_text()
+
+
+def test_json_to_stdout_stays_pure_while_openvino_calibrates_int8(tmp_path, harness_cli):
+    """NNCF draws progress bars on standard output the first time it calibrates (a fresh cache)."""
+    result = harness_cli("compare", "--backends", "ov", "--precision", "int8", "--limit", "8", "--json", "-",
+                         env={"HARNESS_CACHE": str(tmp_path / "cache")})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout)["results"][0]["status"] == "ok"

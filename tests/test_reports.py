@@ -117,11 +117,16 @@ def test_html_reports_open_offline_in_headless_chromium_with_their_plots(tmp_pat
     compare_json = _compare_with_flips(tmp_path, harness_cli)
     gate = tmp_path / "gate.toml"
     gate.write_text('model = "resnet_tiny"\nlimit = 120\n[[profiles]]\nname = "ov-int8"\nbackend = "openvino"\n'
-                    'precision = "int8"\n[thresholds]\nmax_metric_drop = 0.02\nmin_op_snr_db = 20\n'
-                    'max_sysnoise_delta = { decoder = 0.02, color = 0.01 }\n')
+                    'precision = "int8"\n[thresholds]\nmax_metric_drop = 0.10\nmin_op_snr_db = 40\n'
+                    'max_sysnoise_delta = { decoder = 0.05, color = 0.05 }\n')
     validate = harness_cli("validate", "--config", str(gate), "--json", str(tmp_path / "gate.json"),
                            "--html", str(tmp_path / "gate.html"))
-    assert validate.returncode in (0, 1), validate.stderr
+    # measured on 120 images: INT8 drops top-1 by 2.5 pts and its worst tensor sits near 20 dB, each noise
+    # axis' worst variant drops 0.8 pts; the limits are far from each, so only the SNR floor fails
+    assert validate.returncode == 1, validate.stderr
+    verdict = json.loads((tmp_path / "gate.json").read_text())
+    assert not verdict["passed"]
+    assert {(c["profile"], c["threshold"]) for c in verdict["checks"] if not c["passed"]} == {("ov-int8", "min_op_snr_db")}
     assert harness_cli("report", str(compare_json), "--html", str(tmp_path / "compare.html")).returncode == 0
     pages = {"compare.html": 1, "gate.html": 2}  # compare: Δ bars; gate: SysNoise bars + drift error growth
     for name, plots in pages.items():
@@ -153,3 +158,23 @@ def test_diff_exits_1_when_a_metric_regresses_beyond_the_limit(tmp_path, harness
     (tmp_path / "other.json").write_text(json.dumps({"schema": "harness.drift/1", "ops": []}))
     mixed = harness_cli("diff", str(tmp_path / "old.json"), str(tmp_path / "other.json"))
     assert mixed.returncode == 2 and "cannot diff" in mixed.stderr
+
+
+def test_diff_counts_a_newly_added_failing_gate_check_and_reads_in_points(tmp_path, harness_cli):
+    def gate(*checks):
+        return {"schema": "harness.validate/1", "model": {"name": "m", "task": "classify"},
+                "checks": [{"profile": "p", "threshold": name, "limit": 0.01, "value": 0.0, "passed": ok}
+                           for name, ok in checks]}
+
+    (tmp_path / "old.json").write_text(json.dumps(gate(("max_metric_drop", True))))
+    (tmp_path / "new.json").write_text(json.dumps(gate(("max_metric_drop", True), ("min_op_snr_db", False))))
+    result = harness_cli("diff", str(tmp_path / "old.json"), str(tmp_path / "new.json"), "--json", "-")
+    assert result.returncode == 1, result.stderr
+    report = json.loads(result.stdout)
+    assert report["regressions"] == 1
+    added = next(r for r in report["rows"] if r["row"] == ["p", "min_op_snr_db"])
+    assert added["status"] == "added" and added["regressed"]
+    (tmp_path / "a.json").write_text(json.dumps(_compare_report(0.90)))
+    (tmp_path / "b.json").write_text(json.dumps(_compare_report(0.88)))
+    shown = harness_cli("diff", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--max-regression", "0.01")
+    assert "Δ metric (pts)" in shown.stdout and "-2.00" in shown.stdout and "beyond 1.00 pts" in shown.stdout

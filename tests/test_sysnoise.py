@@ -1,5 +1,6 @@
 """harness sysnoise: variants, statistics and the caching claim (checked by instrumentation)."""
 import json
+import time
 
 import numpy as np
 import onnx
@@ -262,7 +263,7 @@ def test_a_crashing_decoder_costs_only_its_own_cell(harness_cli, tmp_path):
     crash = "decoder=harness_test_variants:decoder_that_kills_the_process"
     first = harness_cli("sysnoise", "--axes", "decoder", "--limit", "20", "--store", str(store), "--variant", crash,
                         "--json", "-", env=_plugin_env())
-    assert first.returncode == 0, first.stderr
+    assert first.returncode == 1, first.stderr  # README: a failed row makes the exit code 1
     report = json.loads(first.stdout)
     variants = {v["name"]: v for v in report["axes"][0]["variants"]}
     assert len(variants) == 6 and len(report["axes"][0]["variants"]) == 6
@@ -288,12 +289,26 @@ def test_a_crashing_decoder_costs_only_its_own_cell(harness_cli, tmp_path):
     assert {n: v["delta"] for n, v in variants.items() if v is not crashed} == recomputed
 
 
+def test_a_hanging_reference_is_bounded_by_the_cell_timeout(harness_cli, tmp_path):
+    """The reference's decoder hangs: no variant can be measured, and the sweep stops after --cell-timeout
+    with one line (exit 1) instead of running until killed from outside."""
+    profile = tmp_path / "hang.toml"
+    profile.write_text('[pre]\ndecoder = "harness_test_variants:stage_that_hangs"\n')
+    started = time.monotonic()
+    result = harness_cli("sysnoise", "--axes", "resize", "--limit", "4", "--profile", str(profile), "--allow-code",
+                         "--cell-timeout", "3", env=_plugin_env(), timeout=300)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1].startswith("harness: error: the reference pass ran past "
+                                                             "--cell-timeout (3 s")
+    assert time.monotonic() - started < 120
+
+
 def test_a_hanging_cell_times_out_alone(harness_cli, tmp_path):
     hang = "color=harness_test_variants:stage_that_hangs"
     page = tmp_path / "sweep.html"
     result = harness_cli("sysnoise", "--axes", "color", "--limit", "10", "--variant", hang, "--cell-timeout", "3",
                          "--json", "-", "--html", str(page), env=_plugin_env())
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 1, result.stderr  # the timed-out row failed; every report is still written
     variants = {v["name"]: v for v in json.loads(result.stdout)["axes"][0]["variants"]}
     hung = variants["harness_test_variants:stage_that_hangs"]
     assert hung["status"] == "failed" and hung["reason"].startswith("timed out: still running after 3 s")
@@ -431,7 +446,7 @@ def test_ray_executor_isolates_a_crash_and_a_hang(harness_cli, tmp_path):
                          "5", "--store", str(store), "--json", "-",
                          "--variant", "decoder=harness_test_variants:decoder_that_kills_the_process",
                          "--variant", "color=harness_test_variants:stage_that_hangs", env=_plugin_env())
-    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.returncode == 1, result.stderr[-2000:]  # two rows failed
     report = json.loads(result.stdout)
     assert report["executor"]["name"] == "ray" and report["executor"]["worker_starts"] == 3
     rows = {(a["axis"], v["name"]): v for a in report["axes"] for v in a["variants"]}

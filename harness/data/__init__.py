@@ -197,15 +197,16 @@ def load_coco(annotation_file: Path, image_root: Path | None = None, name: str |
         image_root = annotation_file.parent / "images"
         if not image_root.is_dir():
             image_root = annotation_file.parent
-    category_index: dict[int, int] = {}
-    for k, category in enumerate(sorted(categories, key=lambda c: c.get("id", 0) if isinstance(c, dict) else 0)):
+    seen: set[int] = set()
+    for k, category in enumerate(categories):
         where = f"categories[{k}]"
         category_id = _coco_field(category, "id", int, annotation_file, where)
         _coco_field(category, "name", str, annotation_file, where)
-        if category_id in category_index:
-            raise InputError(f"{annotation_file}: category id {category_id} appears twice")
-        category_index[category_id] = k
-    categories = sorted(categories, key=lambda c: c["id"])
+        if category_id in seen:
+            raise InputError(f"{annotation_file}: {where}: category id {category_id} appears twice")
+        seen.add(category_id)
+    categories = sorted(categories, key=lambda c: c["id"])  # labels in id order, as COCO tools number them
+    category_index = {category["id"]: k for k, category in enumerate(categories)}
     by_id: dict[int, dict] = {}
     names: set[str] = set()
     root = image_root.resolve()

@@ -30,7 +30,11 @@ def sysnoise_report(spec, axes: str | None = None, dataset: Path | None = None, 
     if data.task != task:
         raise UsageError(f"{data.root}: sysnoise needs a labelled {task} dataset, this one is {data.task}")
     data = data.aligned_to(spec.labels)
+    if hasattr(store, "reference_work"):  # the reference's own decoding is bounded by --cell-timeout too
+        store.reference_work()
     require_readable(data, spec.profile)
+    if hasattr(store, "paused"):
+        store.paused()
     exported = export(spec)
     needs_int8 = any(a.name == "precision" for a in chosen)
     pipeline = StagedPipeline(exported, data, batch_size, threads,

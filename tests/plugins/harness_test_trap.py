@@ -17,3 +17,14 @@ def factory():
     from harness.model import resolve_model
 
     return resolve_model("resnet_tiny")
+
+
+def unexportable():
+    """A model neither ONNX exporter can take (it returns text): the exporters print pages about it."""
+    import torch
+
+    class Speaks(torch.nn.Module):
+        def forward(self, x):
+            return {"label": "cat"}
+
+    return Speaks()
