@@ -15,6 +15,7 @@ import numpy as np
 
 from harness.backends import Session
 from harness.errors import InputError
+from harness.files import write_atomic
 
 INPUTS_FILE = "inputs.npz"
 IDS_KEY = "sample_ids"
@@ -74,5 +75,5 @@ def write_inputs(folder: Path, exported, dataset, batches, failures) -> dict:
                 ", ".join(f"{name}=<float32 [N, ...]>" for name in exported.output_names) +
                 "); then: harness compare --candidate-outputs outputs.npz (same model and dataset)"),
     }
-    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    write_atomic(folder / "manifest.json", json.dumps(manifest, indent=2))  # written last: its presence means done
     return manifest

@@ -502,3 +502,26 @@ def test_json_to_stdout_stays_pure_while_openvino_calibrates_int8(tmp_path, harn
                          env={"HARNESS_CACHE": str(tmp_path / "cache")})
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads(result.stdout)["results"][0]["status"] == "ok"
+
+
+def test_ort_int8_quantizes_an_onnx_file_named_by_a_relative_path(tmp_path, harness_cli):
+    """ORT's quantization pre-processing runs in a scratch folder: a relative path once named a file there."""
+    from harness.export import export
+    from harness.model import resolve_model
+
+    shutil.copyfile(export(resolve_model("resnet_tiny")).onnx_path, tmp_path / "model.onnx")
+    for k, path in enumerate(sorted((CLASSIFY_DIR / "square").iterdir())[:8]):
+        (tmp_path / "calibration" / "square").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, tmp_path / "calibration" / "square" / f"{k}.jpg")
+    result = harness_cli("compare", "model.onnx", "--backends", "ort", "--precision", "int8", "--calibration",
+                         "calibration", "--limit", "8", "--json", "-", cwd=tmp_path,
+                         env={"HARNESS_CACHE": str(tmp_path / "cache")})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout)["results"][0]["status"] == "ok"
+
+
+def test_version(harness_cli):
+    from importlib.metadata import version
+
+    result = harness_cli("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"harness {version('harness')}"

@@ -16,6 +16,7 @@ import numpy as np
 
 from harness.compare.drift import Thresholds
 from harness.compare.outputs import OutputStats
+from harness.files import write_atomic
 
 REPRO_FILES = ("candidate.onnx", "reference.onnx", "inputs.npz", "expected.npz", "repro.json")
 
@@ -109,8 +110,8 @@ def write_repro(folder: Path, exported, candidate, run, target_row, thresholds: 
         "command": f"harness repro {folder}",
         "reference_command": f"harness repro {folder} --reference",
     }
-    (folder / "repro.json").write_text(json.dumps(meta, indent=2, default=str))
-    (folder / "COMMAND").write_text(f"{meta['command']}    # exit 1: the candidate still diverges\n"
+    write_atomic(folder / "repro.json", json.dumps(meta, indent=2, default=str))
+    write_atomic(folder / "COMMAND", f"{meta['command']}    # exit 1: the candidate still diverges\n"
                                     f"{meta['reference_command']}    # exit 0: the reference matches\n")
     return meta
 
