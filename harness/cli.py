@@ -472,16 +472,35 @@ def main() -> None:
 
         reserve_stdout_for_report()
     try:
-        app()
+        # standalone_mode=False: typer's click would turn an EOFError raised anywhere into a bare "Aborted!"
+        # (exit 1) and print its usage errors as a multi-line box
+        code = app(standalone_mode=False)
     except HarnessError as err:
         if debug:
             raise
-        message = " ".join(ANSI.sub("", str(err)).split())  # one plain line: no library's colour codes
-        print(f"harness: error: {message}", file=sys.stderr)
-        sys.exit(err.exit_code)
+        _fail(str(err), err.exit_code)
+    except typer.Abort as err:
+        cause = err.__cause__ or err.__context__
+        if isinstance(cause, KeyboardInterrupt):
+            _fail("interrupted", 130, prefix="harness: ")
+        if debug:
+            raise
+        _fail(f"{type(cause).__name__}: {cause} (--debug shows where)" if cause else "aborted", 1)
+    except typer.TyperException as err:  # the parser's own usage errors: one line too, exit 2
+        if type(err).__name__ == "NoArgsIsHelpError":  # bare `harness`: the help, as before
+            err.show()
+            sys.exit(err.exit_code)
+        context = getattr(err, "ctx", None)
+        hint = f" (see {context.command_path} --help)" if context is not None else ""
+        _fail(err.format_message() + hint, getattr(err, "exit_code", 2))
     except KeyboardInterrupt:
-        print("harness: interrupted", file=sys.stderr)
-        sys.exit(130)
+        _fail("interrupted", 130, prefix="harness: ")
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fail(message: str, code: int, prefix: str = "harness: error: ") -> None:
+    print(prefix + " ".join(ANSI.sub("", message).split()), file=sys.stderr)  # one plain line: no colour codes
+    sys.exit(code)
 
 
 if __name__ == "__main__":

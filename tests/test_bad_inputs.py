@@ -525,3 +525,12 @@ def test_version(harness_cli):
 
     result = harness_cli("--version")
     assert result.returncode == 0 and result.stdout.strip() == f"harness {version('harness')}"
+
+
+def test_usage_errors_and_stray_end_of_file_errors_are_one_line(harness_cli):
+    one_line_error(harness_cli("compare", "--limit", "0"), "--limit", "(see harness compare --help)")
+    one_line_error(harness_cli("compare", "--bogus"), "No such option: --bogus")
+    env = {"PYTHONPATH": PLUGINS + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    line = one_line_error(harness_cli("compare", "harness_test_trap:factory_reading_a_closed_stream", env=env),
+                          "EOFError: Ran out of input while reading the model's config", code=1)
+    assert "Aborted" not in line

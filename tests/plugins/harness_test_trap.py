@@ -28,3 +28,9 @@ def unexportable():
             return {"label": "cat"}
 
     return Speaks()
+
+
+def factory_reading_a_closed_stream():
+    """A user's factory that hits the end of a file it reads: EOFError, which click used to turn into a bare
+    'Aborted!' with exit 1 and no word of what ended."""
+    raise EOFError("Ran out of input while reading the model's config")
