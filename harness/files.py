@@ -88,16 +88,27 @@ def output_captured_in(log: Path):
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     saved = os.dup(1), os.dup(2)
-    with open(log, "ab") as sink, warnings.catch_warnings():
+    streams = sys.stdout, sys.stderr
+    with open(log, "ab") as sink, open(log, "a", buffering=1, errors="backslashreplace") as text, \
+            warnings.catch_warnings():
         warnings.simplefilter("always")  # to the log, each one: not "once", not lost
-        os.dup2(sink.fileno(), 1)
+        warnings.showwarning = _warning_to_stderr  # whatever handler the host installed (pytest records them)
+        os.dup2(sink.fileno(), 1)  # native code writes to the descriptors
         os.dup2(sink.fileno(), 2)
+        sys.stdout = sys.stderr = text  # Python code to the objects, which a host may have replaced
         try:
             yield log
         finally:
-            for stream in (sys.stdout, sys.stderr):
-                stream.flush()
+            text.flush()
+            sys.stdout, sys.stderr = streams
             os.dup2(saved[0], 1)
             os.dup2(saved[1], 2)
             os.close(saved[0])
             os.close(saved[1])
+
+
+def _warning_to_stderr(message, category, filename, lineno, file=None, line=None) -> None:
+    import sys
+    import warnings
+
+    sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))

@@ -534,3 +534,24 @@ def test_usage_errors_and_stray_end_of_file_errors_are_one_line(harness_cli):
     line = one_line_error(harness_cli("compare", "harness_test_trap:factory_reading_a_closed_stream", env=env),
                           "EOFError: Ran out of input while reading the model's config", code=1)
     assert "Aborted" not in line
+
+
+def test_fp16_conversion_warnings_become_one_note_and_a_log(tmp_path, capfd):
+    """onnxconverter-common warns once per weight outside float16's range (dozens per model); the user gets
+    one line saying how many, the warnings themselves go to a log beside the converted graph."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from harness.artifacts import convert_fp16
+
+    tiny = numpy_helper.from_array(np.full((4,), 1e-9, np.float32), "tiny")
+    huge = numpy_helper.from_array(np.array([1e6, -1e6, 3e5, 2.0], np.float32), "huge")
+    graph = helper.make_graph([helper.make_node("Mul", ["x", "tiny"], ["t"]), helper.make_node("Add", ["t", "huge"], ["y"])],
+                              "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])], [tiny, huge])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "m.onnx"))
+    convert_fp16(tmp_path / "m.onnx", tmp_path / "fp16.onnx")
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("harness: note: FP16 conversion of m.onnx: ") and "warning" in err[0]
+    assert "truncated" in (tmp_path / "conversion.log").read_text()
+    assert onnx.load(str(tmp_path / "fp16.onnx")).graph.initializer[0].data_type == TensorProto.FLOAT16
