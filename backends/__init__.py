@@ -18,6 +18,9 @@ from harness.errors import BackendUnavailable, InputError, UnknownName, UsageErr
 
 GROUP = "harness.backends"
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+# options any backend may be handed and leave alone: a scheduling hint (idle threads not spinning), and the
+# calibration data that only an INT8 build consumes
+IGNORABLE_OPTIONS = ("spinning", "calibration")
 
 
 class Session(ABC):
@@ -112,6 +115,8 @@ class Backend(ABC):
     package = ""          # the import name whose presence makes the backend available
     # every device kind the adapter supports, with the precisions it offers there (where present)
     declared: dict[str, tuple[str, ...]] = {"cpu": ("fp32",)}
+    # the load options `_load` acts on; any other option with a value is refused, never silently ignored
+    load_options: tuple[str, ...] = ()
 
     def available(self) -> tuple[bool, str]:
         if self.package and importlib.util.find_spec(self.package) is None:
@@ -145,7 +150,13 @@ class Backend(ABC):
         if precision not in self.precisions(device):
             raise BackendUnavailable(f"{self.name}: precision {precision} is not offered on {device} "
                                      f"(offered: {', '.join(self.precisions(device))})")
-        return self._load(model, device, precision, threads, **options)
+        refused = sorted(k for k, v in options.items()
+                         if v is not None and k not in self.load_options and k not in IGNORABLE_OPTIONS)
+        if refused:  # e.g. --artifact on torch: running the exported model instead would report a lie
+            raise UsageError(f"{self.name}: does not take {', '.join(refused)} (it takes "
+                             f"{', '.join(self.load_options) or 'no option'})")
+        return self._load(model, device, precision, threads,
+                          **{k: v for k, v in options.items() if k in self.load_options})
 
     @abstractmethod
     def _load(self, model, device, precision, threads, **options) -> Session:

@@ -98,6 +98,7 @@ class OpenVinoBackend(Backend):
     aliases = ("ov",)
     package = "openvino"
     declared = {"cpu": ("fp32", "fp16", "bf16", "int8"), "gpu": ("fp32", "fp16", "int8")}
+    load_options = ("calibration", "artifact")
 
     def devices(self) -> list[str]:
         import openvino as ov

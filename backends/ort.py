@@ -103,6 +103,7 @@ class OrtBackend(Backend):
     aliases = ("ort",)
     package = "onnxruntime"
     declared = {device: ("fp32", "fp16", "int8") for device in ("cpu", "cuda", "tensorrt")}
+    load_options = ("optimize", "calibration", "artifact", "spinning")
 
     def devices(self) -> list[str]:
         import onnxruntime as ort

@@ -106,6 +106,7 @@ class TensorRtBackend(Backend):
     aliases = ("trt",)
     package = "tensorrt"
     declared = {"cuda": ("fp32", "fp16", "int8")}
+    load_options = ("calibration", "artifact")
 
     def available(self) -> tuple[bool, str]:
         import importlib.util

@@ -133,6 +133,7 @@ class TvmBackend(Backend):
     name = "tvm"
     package = "tvm"
     declared = {"cpu": ("fp32", "fp16"), "cuda": ("fp32", "fp16")}
+    load_options = ("artifact",)
 
     def distribution(self) -> str:
         return "apache-tvm"

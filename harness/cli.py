@@ -65,6 +65,7 @@ def compare(
     """Reference (training profile on the training system) vs candidate backends: metric, output and timing."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from harness.backends import registry
     from harness.calibration import calibration_set
     from harness.compare import SCHEMA, compare as run_compare, parse_targets
     from harness.data import embedded_benchmark, load_dataset
@@ -85,6 +86,10 @@ def compare(
             raise InputError(f"{artifact}: deployed artefact not found")
         if len({(t.backend.name, t.device) for t in targets}) != 1 or not backends:
             raise UsageError("--artifact runs one deployed file: name exactly one backend with --backends")
+        if "artifact" not in targets[0].backend.load_options:
+            raise UsageError(f"--artifact: {targets[0].backend.name} cannot run a deployed file (it runs the model "
+                             "itself); use a backend that loads one: " + ", ".join(
+                                 b.name for b in registry().values() if "artifact" in b.load_options))
     calibration_data = None
     if any(t.precision == "int8" for t in targets) and artifact is None:
         calibration_data = calibration_set(spec, calibration)
@@ -100,6 +105,7 @@ def compare(
                                  data.fingerprint(),
                                  sorted({t.backend.name for t in targets} | {core["reference"]["backend"]})),
         "model": {"name": spec.name, "task": spec.task, "onnx_sha256": exported.sha256, "source": spec.source,
+                  "weights": spec.weights_source,
                   "onnx": str(exported.onnx_path), "exporter": exported.exporter, "opset": exported.opset},
         "dataset": {"name": data.name, "path": str(data.root), "task": core["task"], "samples": core["processed"],
                     "skipped_files": len(data.skipped), "skipped": data.skipped,

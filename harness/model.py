@@ -32,6 +32,18 @@ class ModelSpec:
     source: str = ""
     summary: str = ""
     stated: dict = field(default_factory=dict)  # metric on the embedded benchmark, as in models/README.md
+    random_seed: int | None = None              # a library model without a checkpoint: built from this seed
+
+    @property
+    def weights_source(self) -> str:
+        """What the weights are, for every report's model block."""
+        if self.onnx is not None:
+            return f"the ONNX file {self.onnx.name}"
+        if self.weights is not None:
+            return f"checkpoint {self.weights}"
+        if self.random_seed is not None:
+            return f"random (torch seed {self.random_seed}): accuracy means nothing, agreement between backends does"
+        return "as built by its factory"
 
     @property
     def has_torch(self) -> bool:
@@ -99,23 +111,42 @@ def _torchvision_spec(arch: str, checkpoint: Path | None) -> ModelSpec:
         builder = torchvision.models.get_model_builder(arch)
     except ValueError:
         raise UnknownName("torchvision model", arch, torchvision.models.list_models()) from None
-    profile = Profile(input_size=224)
+    profile = Profile(input_size=224, geometry="torchvision-crop")
     labels: tuple[str, ...] = ()
     try:  # the preprocessing of the default weights, read without downloading them
         weights = torchvision.models.get_model_weights(arch).DEFAULT
         transforms = weights.transforms()
         interpolation = {InterpolationMode.BILINEAR: "pil-bilinear", InterpolationMode.BICUBIC: "pil-bicubic",
                          InterpolationMode.NEAREST: "pil-nearest"}[transforms.interpolation]
-        profile = Profile(resize=interpolation, input_size=transforms.crop_size[0],
+        profile = Profile(resize=interpolation, geometry="torchvision-crop", input_size=transforms.crop_size[0],
                           resize_size=transforms.resize_size[0], mean=tuple(transforms.mean),
                           std=tuple(transforms.std))
         labels = tuple(weights.meta.get("categories") or ())
     except (ValueError, AttributeError, KeyError, TypeError):
         pass  # no published weights for this architecture: ImageNet defaults, overridable by --profile
     task = "classify"
+    seed = None if checkpoint is not None else RANDOM_WEIGHTS_SEED
     return ModelSpec(name=f"torchvision:{arch}", task=task, profile=profile, labels=labels,
-                     build=lambda: builder(weights=None), weights=checkpoint,
-                     source=f"torchvision:{arch}", summary=f"torchvision {arch}")
+                     build=lambda: _offline_build(builder, seed), weights=checkpoint,
+                     source=f"torchvision:{arch}", summary=f"torchvision {arch}", random_seed=seed)
+
+
+RANDOM_WEIGHTS_SEED = 0
+
+
+def _offline_build(builder, seed: int | None):
+    """A library model built without any download (no weights, no backbone weights) and, without a
+    checkpoint, from a fixed seed: the reference, the export and its cache key all see the same weights."""
+    import inspect
+
+    import torch
+
+    options = {"weights": None}
+    if "weights_backbone" in inspect.signature(builder).parameters:
+        options["weights_backbone"] = None  # detection and segmentation builders fetch one by default
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed if seed is not None else RANDOM_WEIGHTS_SEED)
+        return builder(**options)
 
 
 def _factory_spec(target: str) -> ModelSpec:
@@ -202,8 +233,19 @@ def resolve_model(name: str | None, checkpoint: Path | None = None, profile_path
         spec = replace(spec, task=task)
     if input_size and spec.profile.input_size != input_size:
         spec = replace(spec, profile=spec.profile.replace(input_size=input_size))
+    if spec.random_seed is not None:
+        _note(f"{spec.name} has no --checkpoint: it runs random weights (torch seed {spec.random_seed}), so its "
+              "accuracy means nothing; agreement between backends still does")
     if dynamic:
         size = spec.profile.input_size
-        print(f"harness: note: {name}: the input's height and width are dynamic; evaluating at {size}x{size} px "
-              "(set the size with --input-shape or a profile's input_size)", file=sys.stderr)
+        _note(f"{name}: the input's height and width are dynamic; evaluating at {size}x{size} px (set the size "
+              "with --input-shape or a profile's input_size)")
     return spec
+
+
+def _note(text: str) -> None:
+    """One line on stderr, once: a sweep's worker resolves the model again and stays quiet about it."""
+    import os
+
+    if os.environ.get("HARNESS_WORKER") != "1":
+        print(f"harness: note: {text}", file=sys.stderr)

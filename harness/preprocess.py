@@ -304,6 +304,22 @@ def apply_geometry(image: np.ndarray, profile: Profile, source_size: tuple[int, 
         canvas[:new_h, :new_w] = resize(image, new_w, new_h)
         return canvas, Geometry(new_w / source_w, new_h / source_h)
     short = profile.crop_resize_size
+    if profile.geometry == "torchvision-crop":
+        # torchvision.transforms.functional.resize (_compute_resized_output_size) truncates the long side,
+        # and center_crop rounds its offset: the conventions every torchvision model was trained with
+        long = int(short * max(height, width) / min(height, width))
+        new_w, new_h = (short, long) if width <= height else (long, short)
+        resized = resize(image, new_w, new_h)
+        # center_crop pads with zeros first when the image is smaller than the crop (resize_size < input_size)
+        pad_top, pad_left = max(size - new_h, 0) // 2, max(size - new_w, 0) // 2
+        if pad_top or pad_left or new_h < size or new_w < size:
+            resized = np.pad(resized, ((pad_top, max(size - new_h, 0) - pad_top),
+                                       (pad_left, max(size - new_w, 0) - pad_left), (0, 0)))
+        padded_h, padded_w = resized.shape[:2]
+        top, left = int(round((padded_h - size) / 2.0)), int(round((padded_w - size) / 2.0))
+        cropped = resized[top:top + size, left:left + size]
+        return np.ascontiguousarray(cropped), Geometry(new_w / source_w, new_h / source_h, pad_left - left,
+                                                       pad_top - top)
     scale = short / min(height, width)
     new_w, new_h = max(short, round(width * scale)), max(short, round(height * scale))
     resized = resize(image, new_w, new_h)

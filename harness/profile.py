@@ -14,7 +14,9 @@ from harness.errors import UsageError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-GEOMETRIES = ("shorter-crop", "letterbox", "squash")
+# shorter-crop: the harness's own rounding (nearest pixel); torchvision-crop: torchvision's Resize(int) +
+# CenterCrop exactly (the long side truncated, the crop offset rounded), the reference of its models
+GEOMETRIES = ("shorter-crop", "torchvision-crop", "letterbox", "squash")
 
 
 @dataclass(frozen=True)

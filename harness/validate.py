@@ -198,7 +198,7 @@ def run_gate(gate: Gate, progress: bool = True) -> dict:
     from harness.model import resolve_model
     from harness.noise import get_axes
     from harness.noise.pipeline import ModelConfig, Request, StagedPipeline
-    from harness.noise.sweep import compare_variant, reference_metric, run_axes
+    from harness.noise.sweep import compare_variant, reference_metric, reference_of, run_axes
     from harness.profile import profile_from_mapping
     from harness.provenance import provenance
     from harness.run import require_readable
@@ -212,7 +212,7 @@ def run_gate(gate: Gate, progress: bool = True) -> dict:
         "max_sysnoise_delta", {})
     pipeline = StagedPipeline(exported, data, gate.batch_size, gate.threads,
                               calibration_set(spec) if needs_int8 else None, bootstrap_seconds=0.0)
-    reference_config = ModelConfig("torch" if spec.has_torch else "onnxruntime", "cpu", "fp32")
+    reference_identity, reference_config = reference_of(exported)
     primary = "map" if spec.task == "detect" else "top1"
     classes = data.classes or spec.labels
     limits = gate.thresholds
@@ -293,12 +293,12 @@ def run_gate(gate: Gate, progress: bool = True) -> dict:
         "provenance": provenance(gate.threads, {}, exported, pipeline.fingerprint,
                                  sorted({row["settings"]["backend"] for row in rows if "settings" in row})),
         "gate": str(gate.path),
-        "model": {"name": spec.name, "task": spec.task, "onnx_sha256": exported.sha256},
+        "model": {"name": spec.name, "task": spec.task, "onnx_sha256": exported.sha256,
+                  "weights": spec.weights_source},
         "dataset": {"name": data.name, "samples": len(data.samples), "failed_samples": len(pipeline.failures),
                     "failed": [{"sample": k, "reason": v} for k, v in pipeline.failures.items()],
                     "skipped_files": len(data.skipped), "skipped": data.skipped},
-        "reference": {"backend": reference_config.backend, "device": "cpu", "precision": "fp32",
-                      "profile": spec.profile.to_json()},
+        "reference": {**reference_identity, "profile": spec.profile.to_json()},
         "passed": passed,
         "checks": [c.to_json() for c in checks],
         "profiles": rows,

@@ -56,11 +56,20 @@ def parse_targets(backends: str | None, precisions: str) -> list[Target]:
 
 
 def reference_target(exported: ExportedModel) -> tuple[Target, dict, str]:
-    """The training system: torch FP32 on CPU; ORT FP32 without graph optimisation for an ONNX-only model."""
+    """The training system: torch FP32 on CPU; ORT FP32 without graph optimisation for an ONNX-only model.
+    The one definition every command uses (compare, sysnoise, validate; drift's tensor reference is ORT
+    without optimisation for every model), so one model has one reference everywhere."""
     if exported.spec.has_torch:
         return Target(get_backend("torch"), "cpu", "fp32"), {}, "the training system: PyTorch eager FP32 on CPU"
     return (Target(get_backend("onnxruntime"), "cpu", "fp32"), {"optimize": False},
             "no torch model was given: ONNX Runtime FP32 on CPU with graph optimisations disabled")
+
+
+def reference_block(target: Target, options: dict, note: str) -> dict:
+    """What every report's `reference` block says the reference is (DESIGN.md's keys, plus how it ran)."""
+    optimized = options.get("optimize", True) if target.backend.name == "onnxruntime" else None
+    return {"backend": target.backend.name, "device": target.device, "precision": target.precision,
+            "graph_optimizations": optimized, "note": note}
 
 
 def load_run(target: Target, exported: ExportedModel, threads: int | None, **options) -> SessionRun:
@@ -179,9 +188,8 @@ def compare(exported: ExportedModel, dataset: Dataset, targets: list[Target], ba
                        flipped=flipped_samples(processed, reference.predictions, run.predictions, agree, classes))
         results.append(row)
     return {
-        "reference": {"backend": ref_target.backend.name, "device": ref_target.device,
-                      "precision": ref_target.precision, "profile": spec.profile.to_json(), "metric": ref_metric,
-                      "note": ref_note, "timing": timing_summary(reference)},
+        "reference": {**reference_block(ref_target, ref_options, ref_note), "profile": spec.profile.to_json(),
+                      "metric": ref_metric, "timing": timing_summary(reference)},
         "results": results,
         "task": task,
         "processed": len(processed),

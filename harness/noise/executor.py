@@ -113,6 +113,9 @@ class RelayStore:
 def run_job(job: SweepJob, send) -> None:
     """The worker: runs the sweep and sends ("start" ...), ("row" ...) and finally ("done", report) or
     ("error", exit_code, message)."""
+    import os
+
+    os.environ["HARNESS_WORKER"] = "1"  # the driver already said what resolving the model says
     try:
         from harness.model import resolve_model
         from harness.noise import add_user_variant

@@ -39,6 +39,7 @@ class ModelConfig:
     device: str
     precision: str
     graph: tuple = ()          # sorted (name, value) pairs of a graph rewrite
+    options: tuple = ()        # sorted (name, value) load options (the ONNX-only reference: optimize off)
 
 
 @dataclass(frozen=True)
@@ -243,7 +244,8 @@ class StagedPipeline:
             # spinning=False: a sweep interleaves decoding/resizing with inference, and ONNX Runtime's
             # busy-waiting threads would starve it (measured: torchvision decode 0.13 -> 12 ms per image)
             self.sessions[config] = get_backend(config.backend).load(
-                model, config.device, config.precision, self.threads, calibration=self.calibration, spinning=False)
+                model, config.device, config.precision, self.threads, calibration=self.calibration, spinning=False,
+                **dict(config.options))
         return self.sessions[config]
 
     def _chunk_outputs(self, inputs: Inputs, profile: Profile, config: ModelConfig) -> dict[str, np.ndarray]:

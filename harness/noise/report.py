@@ -19,8 +19,9 @@ def sysnoise_report(spec, axes: str | None = None, dataset: Path | None = None, 
     from harness.data import embedded_benchmark, load_dataset
     from harness.export import export
     from harness.noise import get_axes
-    from harness.noise.pipeline import DEFAULT_CHUNK, ModelConfig, StagedPipeline
+    from harness.noise.pipeline import DEFAULT_CHUNK, StagedPipeline
     from harness.noise.sweep import combine as combine_axes, reference_metric, run_axes
+    from harness.noise.sweep import reference_of
     from harness.provenance import provenance
     from harness.run import require_readable
 
@@ -41,7 +42,7 @@ def sysnoise_report(spec, axes: str | None = None, dataset: Path | None = None, 
                               calibration_set(spec, calibration) if needs_int8 else None,
                               bootstrap_seconds=bootstrap_seconds, bootstrap_scope=bootstrap_scope,
                               chunk_size=chunk_size or DEFAULT_CHUNK)
-    reference_config = ModelConfig("torch" if spec.has_torch else "onnxruntime", "cpu", "fp32")
+    reference, reference_config = reference_of(exported)
     primary = "map" if task == "detect" else "top1"
     classes = data.classes or spec.labels
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -60,12 +61,11 @@ def sysnoise_report(spec, axes: str | None = None, dataset: Path | None = None, 
     return {
         "schema": "harness.sysnoise/1",
         "provenance": provenance(threads, {"bootstrap": 0}, exported, pipeline.fingerprint, []),
-        "model": {"name": spec.name, "task": task, "onnx_sha256": exported.sha256},
+        "model": {"name": spec.name, "task": task, "onnx_sha256": exported.sha256, "weights": spec.weights_source},
         "dataset": {"name": data.name, "samples": len(reference_eval.ids), "failed_samples": len(pipeline.failures),
                     "skipped_files": len(data.skipped), "skipped": data.skipped,
                     "failed": [{"sample": k, "reason": v} for k, v in pipeline.failures.items()]},
-        "reference": {"backend": reference_config.backend, "device": "cpu", "precision": "fp32",
-                      "profile": spec.profile.to_json(), "metric": metric},
+        "reference": {**reference, "profile": spec.profile.to_json(), "metric": metric},
         "primary_metric": primary,
         "axes": results,
         "combined": curve,

@@ -17,6 +17,16 @@ from harness.noise.pipeline import GRAPH_BASELINE, Evaluated, ModelConfig, Reque
 from harness.noise.stats import mcnemar_exact, paired_bootstrap_ci, significant
 from harness.profile import Profile
 
+def reference_of(exported) -> tuple[dict, ModelConfig]:
+    """The report's reference block and the reference's model configuration: the same reference compare
+    uses (harness.compare.reference_target), as a sweep's cache key."""
+    from harness.compare import reference_block, reference_target
+
+    target, options, note = reference_target(exported)
+    config = ModelConfig(target.backend.name, target.device, target.precision, options=tuple(sorted(options.items())))
+    return reference_block(target, options, note), config
+
+
 def reference_metric(pipeline: StagedPipeline, profile: Profile, config: ModelConfig, task: str, classes) -> dict:
     """The task metric of one (profile, model config) on the pipeline's data (evaluated once, cached)."""
     from harness.compare import task_metric

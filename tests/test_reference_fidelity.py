@@ -1,0 +1,124 @@
+"""The reference is the training system exactly: a torchvision model's input tensor is the one its own
+`weights.transforms()` makes from the PIL image, bit for bit, and a model built without a checkpoint has the
+same (seeded) weights wherever it is built."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+
+from harness.data.benchmark import CLASSIFY_DIR
+from harness.model import resolve_model
+from harness.preprocess import normalize, to_pixels
+
+PHOTO = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"  # a real photo in a wheel we have
+
+
+def _classification_weights_by_interpolation() -> dict:
+    """One torchvision classifier per interpolation its published weights use (read offline)."""
+    chosen = {}
+    for name in torchvision.models.list_models(module=torchvision.models):
+        transforms = torchvision.models.get_model_weights(name).DEFAULT.transforms()
+        chosen.setdefault(transforms.interpolation, name)
+    return chosen
+
+
+WEIGHTS = _classification_weights_by_interpolation()
+
+
+def _photos() -> list[tuple[str, bytes]]:
+    """The real photo at several sizes and aspects (portrait, landscape, odd sides, smaller than the crop's
+    resize), as JPEG and PNG, plus 200 benchmark images."""
+    photo = Image.open(PHOTO).convert("RGB")
+    out = []
+    for width, height in ((512, 600), (600, 512), (333, 257), (257, 333), (225, 300), (1001, 499), (240, 240)):
+        for fmt in ("JPEG", "PNG"):
+            buffer = io.BytesIO()
+            photo.resize((width, height), Image.LANCZOS).save(buffer, fmt, quality=92)
+            out.append((f"hopper-{width}x{height}.{fmt.lower()}", buffer.getvalue()))
+    benchmark = sorted(CLASSIFY_DIR.rglob("*.jpg"))[::5]
+    return out + [(path.name, path.read_bytes()) for path in benchmark]
+
+
+def test_torchvision_weights_use_the_interpolations_tested_here():
+    assert set(WEIGHTS) >= {torchvision.transforms.InterpolationMode.BILINEAR,
+                            torchvision.transforms.InterpolationMode.BICUBIC}
+
+
+@pytest.mark.parametrize("arch", sorted(set(WEIGHTS.values())))
+def test_the_reference_tensor_is_torchvisions_own_bit_for_bit(arch):
+    spec = resolve_model(f"torchvision:{arch}")
+    transforms = torchvision.models.get_model_weights(arch).DEFAULT.transforms()
+    differing = []
+    for name, data in _photos():
+        expected = transforms(Image.open(io.BytesIO(data)).convert("RGB")).numpy()
+        pixels, _ = to_pixels(data, spec.profile)
+        got = normalize(pixels[None], spec.profile)[0]
+        if got.shape != expected.shape or not np.array_equal(got, expected):
+            differing.append(name)
+    assert differing == [], f"{arch}: {len(differing)} images differ from weights.transforms(), e.g. {differing[:3]}"
+
+
+def test_a_model_without_checkpoint_is_built_from_one_seed_everywhere():
+    spec = resolve_model("torchvision:resnet18")
+    first, second = spec.load_torch().state_dict(), resolve_model("torchvision:resnet18").load_torch().state_dict()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    torch.manual_seed(123)  # the caller's own random state is neither used nor changed
+    state = torch.random.get_rng_state()
+    spec.load_torch()
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert spec.random_seed == 0 and spec.weights_source.startswith("random (torch seed 0)")
+
+
+def test_a_detection_builder_is_built_offline():
+    """torchvision's detectors fetch backbone weights by default, even with weights=None."""
+    spec = resolve_model("torchvision:ssdlite320_mobilenet_v3_large")
+    assert sum(p.numel() for p in spec.load_torch().parameters()) > 1_000_000
+
+
+def test_a_backend_refuses_an_option_it_would_ignore(tmp_path, harness_cli):
+    """`--backends torch --artifact FILE` used to report an ok row, max abs 0.0, naming an artefact torch
+    never ran."""
+    from harness.backends import get_backend
+    from harness.errors import UsageError
+    from harness.export import export
+
+    exported = export(resolve_model("resnet_tiny"))
+    with pytest.raises(UsageError, match=r"torch: does not take artifact \(it takes no option\)"):
+        get_backend("torch").load(exported, artifact=exported.onnx_path)
+    get_backend("torch").load(exported, calibration=None, spinning=False)  # hints any backend may leave alone
+    (tmp_path / "deployed.onnx").write_bytes(exported.onnx_path.read_bytes())
+    result = harness_cli("compare", "--backends", "torch", "--artifact", str(tmp_path / "deployed.onnx"))
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        "harness: error: --artifact: torch cannot run a deployed file (it runs the model itself); use a backend "
+        "that loads one: onnxruntime, openvino, tensorrt, tvm"], result.stderr
+
+
+def test_one_onnx_model_has_one_reference_in_every_command(tmp_path, harness_cli):
+    """compare and drift ran ONNX Runtime without graph optimisations as the reference of a bare .onnx
+    model, sysnoise and validate with them: four commands, two references. Now one, named in each report."""
+    import json
+
+    from harness.export import export
+
+    model = tmp_path / "model.onnx"
+    model.write_bytes(export(resolve_model("resnet_tiny")).onnx_path.read_bytes())
+    (tmp_path / "gate.toml").write_text(f'model = "{model}"\nlimit = 8\n[thresholds]\nmax_metric_drop = 0.5\n')
+    runs = {"compare": ["compare", str(model), "--backends", "ort", "--limit", "8"],
+            "sysnoise": ["sysnoise", str(model), "--axes", "color", "--limit", "8"],
+            "drift": ["drift", str(model), "--limit", "4"],
+            "validate": ["validate", "--config", str(tmp_path / "gate.toml")]}
+    blocks = {}
+    for name, args in runs.items():
+        result = harness_cli(*args, "--json", str(tmp_path / f"{name}.json"))
+        assert result.returncode == 0, (name, result.stderr[-2000:])
+        reference = json.loads((tmp_path / f"{name}.json").read_text())["reference"]
+        blocks[name] = {key: reference[key] for key in ("backend", "device", "precision", "graph_optimizations")}
+    assert all(block == {"backend": "onnxruntime", "device": "cpu", "precision": "fp32", "graph_optimizations": False}
+               for block in blocks.values()), blocks
