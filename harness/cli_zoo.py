@@ -61,7 +61,9 @@ def zoo_sysnoise_table(readme: Annotated[Optional[Path], typer.Option(
     if readme is None:
         print(body)
         return
-    text = readme.read_text()
+    from harness.files import read_text, write_atomic
+
+    text = read_text(readme, "README")
     if not all(marker in text for marker in SYSNOISE_MARKERS):
         raise InputError(f"{readme}: no sysnoise-table markers ({SYSNOISE_MARKERS[0]} ... {SYSNOISE_MARKERS[1]})")
-    readme.write_text(replace_between_markers(text, body, SYSNOISE_MARKERS))
+    write_atomic(readme, replace_between_markers(text, body, SYSNOISE_MARKERS))
