@@ -13,7 +13,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from harness.cli_common import (AllowCodeOpt, CheckpointOpt, DatasetOpt, HtmlOpt, JsonOpt, ModelArg, ProfileOpt,
-                                InputShapeOpt, ThreadsOpt, console_for, print_data_notes, resolve, write_reports)
+                                InputShapeOpt, ThreadsOpt, checked_inputs, console_for, print_data_notes, resolve,
+                                write_reports)
 from harness.cli_zoo import zoo_app
 from harness.errors import HarnessError, InputError, UsageError
 
@@ -68,18 +69,19 @@ def compare(
     from harness.backends import registry
     from harness.calibration import calibration_set
     from harness.compare import SCHEMA, compare as run_compare, parse_targets
-    from harness.data import embedded_benchmark, load_dataset
+    from harness.data import embedded_benchmark
     from harness.data.benchmark import SEED as BENCHMARK_SEED
     from harness.export import export
     from harness.provenance import provenance
     from harness.report.table import compare_table, status_notes
 
     console = console_for(json_path)
+    user_data = checked_inputs(profile, allow_code, input_shape, dataset)  # before the model: fail fast
     spec = resolve(model, checkpoint, profile, allow_code, input_shape)
     if candidate_outputs is not None and not candidate_outputs.is_file():
         raise InputError(f"{candidate_outputs}: recorded outputs file not found")
     targets = [] if candidate_outputs is not None and not backends else parse_targets(backends, precision)
-    data = (load_dataset(dataset) if dataset else embedded_benchmark(spec.task)).limit(limit)
+    data = (user_data if user_data is not None else embedded_benchmark(spec.task)).limit(limit)
     exported = export(spec)
     if artifact is not None:
         if not artifact.exists():
@@ -176,6 +178,7 @@ def sysnoise(
     from harness.noise import AXES, add_user_variant
     from harness.report.sysnoise import summary_markdown, variants_table
 
+    checked_inputs(profile, allow_code, input_shape, dataset)  # before the model and its worker: fail fast
     spec = resolve(model, checkpoint, profile, allow_code, input_shape)
     console = console_for(json_path)
     graph_backend = get_backend(backend).name
@@ -254,15 +257,16 @@ def drift(
     from harness.backends import parse_target
     from harness.calibration import calibration_set
     from harness.compare.drift import Thresholds, drift_report
-    from harness.data import embedded_benchmark, load_dataset
+    from harness.data import embedded_benchmark
     from harness.report.drift import drift_summary, drift_table, introducers_table
 
+    user_data = checked_inputs(profile, allow_code, input_shape, dataset)  # before the model: fail fast
     spec = resolve(model, checkpoint, profile, allow_code, input_shape)
     console = console_for(json_path)
     target, device = parse_target(backend)
     if artifact is not None and not artifact.is_file():
         raise InputError(f"{artifact}: deployed artefact not found")
-    data = (load_dataset(dataset) if dataset else embedded_benchmark(spec.task)).limit(limit)
+    data = (user_data if user_data is not None else embedded_benchmark(spec.task)).limit(limit)
     report = drift_report(spec, target.name, device, precision, data, batch_size, threads,
                           Thresholds(snr_floor, atol, rtol), taps, unit_samples,
                           calibration_set(spec, calibration) if precision == "int8" and not artifact else None, repro,
@@ -402,13 +406,14 @@ def export_inputs(
     input_shape: InputShapeOpt = None,
 ) -> None:
     """Write the exact pre-processed inputs (with sample ids) for a target that cannot host the harness."""
-    from harness.data import embedded_benchmark, load_dataset
+    from harness.data import embedded_benchmark
     from harness.export import export
     from harness.recorded import write_inputs
     from harness.run import iter_batches, require_readable
 
+    user_data = checked_inputs(profile, allow_code, input_shape, dataset)  # before the model: fail fast
     spec = resolve(model, checkpoint, profile, allow_code, input_shape)
-    data = (load_dataset(dataset) if dataset else embedded_benchmark(spec.task)).limit(limit)
+    data = (user_data if user_data is not None else embedded_benchmark(spec.task)).limit(limit)
     require_readable(data, spec.profile)
     exported = export(spec)
     failures = []
