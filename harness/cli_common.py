@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import os
+import re
+import sys
 from pathlib import Path
 from typing import Annotated, Callable, Optional
 
 import typer
 from rich.console import Console
+
+from harness.errors import HarnessError
 
 ModelArg = Annotated[Optional[str], typer.Argument(
     help="Zoo name, torchvision:NAME (+ --checkpoint), package.module:factory, or a path to an .onnx file. "
@@ -108,3 +112,58 @@ def resolve(model, checkpoint, profile, allow_code: bool = False, input_shape: s
 
     return resolve_model(model, checkpoint=checkpoint, profile_path=profile, allow_code=allow_code,
                          input_shape=input_shape)
+
+
+def _json_to_stdout(args: list[str]) -> bool:
+    return any(a == "--json=-" or (a == "--json" and k + 1 < len(args) and args[k + 1] == "-")
+               for k, a in enumerate(args))
+
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def run_with_error_contract(app) -> None:
+    """The one error boundary of every command (README's exit codes): a HarnessError is one line and its
+    code; --debug or HARNESS_DEBUG=1 shows the traceback instead."""
+    debug = os.environ.get("HARNESS_DEBUG", "") not in ("", "0")
+    if "--debug" in sys.argv[1:]:
+        sys.argv.remove("--debug")
+        debug = True
+        os.environ["HARNESS_DEBUG"] = "1"  # the sweep's worker process shows its traceback too
+    for stream in (sys.stdout, sys.stderr):  # a non-UTF-8 file name is printed escaped, never a crash
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+    if _json_to_stdout(sys.argv[1:]):
+        from harness.report import reserve_stdout_for_report
+
+        reserve_stdout_for_report()
+    try:
+        # standalone_mode=False: typer's click would turn an EOFError raised anywhere into a bare "Aborted!"
+        # (exit 1) and print its usage errors as a multi-line box
+        code = app(standalone_mode=False)
+    except HarnessError as err:
+        if debug:
+            raise
+        _fail(str(err), err.exit_code)
+    except typer.Abort as err:
+        cause = err.__cause__ or err.__context__
+        if isinstance(cause, KeyboardInterrupt):
+            _fail("interrupted", 130, prefix="harness: ")
+        if debug:
+            raise
+        _fail(f"{type(cause).__name__}: {cause} (--debug shows where)" if cause else "aborted", 1)
+    except typer.TyperException as err:  # the parser's own usage errors: one line too, exit 2
+        if type(err).__name__ == "NoArgsIsHelpError":  # bare `harness`: the help, as before
+            err.show()
+            sys.exit(err.exit_code)
+        context = getattr(err, "ctx", None)
+        hint = f" (see {context.command_path} --help)" if context is not None else ""
+        _fail(err.format_message() + hint, getattr(err, "exit_code", 2))
+    except KeyboardInterrupt:
+        _fail("interrupted", 130, prefix="harness: ")
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fail(message: str, code: int, prefix: str = "harness: error: ") -> None:
+    print(prefix + " ".join(ANSI.sub("", message).split()), file=sys.stderr)  # one plain line: no colour codes
+    sys.exit(code)

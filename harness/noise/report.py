@@ -20,8 +20,7 @@ def sysnoise_report(spec, axes: str | None = None, dataset: Path | None = None, 
     from harness.export import export
     from harness.noise import get_axes
     from harness.noise.pipeline import DEFAULT_CHUNK, StagedPipeline
-    from harness.noise.sweep import combine as combine_axes, reference_metric, run_axes
-    from harness.noise.sweep import reference_of
+    from harness.noise.sweep import combine as combine_axes, reference_metric, reference_of, run_axes
     from harness.provenance import provenance
     from harness.run import require_readable
 
@@ -31,10 +30,10 @@ def sysnoise_report(spec, axes: str | None = None, dataset: Path | None = None, 
     if data.task != task:
         raise UsageError(f"{data.root}: sysnoise needs a labelled {task} dataset, this one is {data.task}")
     data = data.aligned_to(spec.labels)
-    if hasattr(store, "reference_work"):  # the reference's own decoding is bounded by --cell-timeout too
+    if store is not None:  # the reference's own decoding is bounded by --cell-timeout too
         store.reference_work()
     require_readable(data, spec.profile)
-    if hasattr(store, "paused"):
+    if store is not None:
         store.paused()
     exported = export(spec)
     needs_int8 = any(a.name == "precision" for a in chosen)
