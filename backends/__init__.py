@@ -48,6 +48,23 @@ class Session(ABC):
         self.graph, self.load_precision = graph, load_precision or precision
         self._tap_runners: dict = {}
         self._tappable_cache: dict = {}
+        self._execution: dict | None = None
+
+    def execution(self) -> dict:
+        """What this session really executes, as its runtime reports it (`execution_record`), judged
+        against what was asked; found once, on first request (it may compile or profile the model again)."""
+        if self._execution is None:
+            try:
+                self._execution = execution_record(self.precision, *self._executed())
+            except Exception as err:  # noqa: BLE001 - an unknown is reported as one, never a crashed row
+                self._execution = {"recorded": False, "source": f"{type(err).__name__}: {err}",
+                                   "matches_request": None, "mismatch": None, "int8_share": None}
+        return self._execution
+
+    def _executed(self) -> tuple[dict[str, int], dict[str, int] | None, str | None, str]:
+        """({precision: compute ops}, {device or execution provider: nodes} or None, the one asked for,
+        where the numbers come from)."""
+        raise NotImplementedError(f"{self.backend}: this adapter does not record what executed")
 
     def tappable(self, names, method: str | None = None) -> tuple[list[str], dict[str, str]]:
         """(the names this session can show with `method`, in the given order; {name: why not} for the rest).
@@ -105,6 +122,33 @@ class Session(ABC):
     @abstractmethod
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The adapter's inference: feeds already checked by run()."""
+
+
+def execution_record(requested: str, by_precision: dict[str, int], placement: dict[str, int] | None,
+                     expected_placement: str | None, source: str) -> dict:
+    """A session's execution judged against the request: `matches_request` is False when a fp32/fp16/bf16
+    request ran any compute op in another precision (OpenVINO's f16 hint run as bf16; ONNX Runtime's CPU
+    provider running an FP16 graph's convolutions in fp32), when an int8 request ran no compute op in
+    int8, or when any node ran on another device or execution provider than the one asked for. An int8
+    build that leaves some ops in float matches, and says how much ran int8 (`int8_share`); a gate can
+    require a minimum share (min_int8_share)."""
+    total = sum(by_precision.values())
+    int8 = by_precision.get("int8", 0)
+    ran = ", ".join(f"{count} {precision}" for precision, count in by_precision.items())
+    problems = []
+    if requested == "int8" and total and not int8:
+        problems.append(f"asked int8, no compute op ran int8 ({ran})")
+    elif requested != "int8" and total and by_precision.get(requested, 0) != total:
+        problems.append(f"asked {requested}, compute ops ran {ran}")
+    elsewhere = {where: count for where, count in (placement or {}).items() if where != expected_placement}
+    if elsewhere:
+        problems.append(f"asked {expected_placement}, " + ", ".join(f"{count} nodes ran on {where}"
+                                                                    for where, count in elsewhere.items()))
+    return {"recorded": True, "source": source, "compute_ops": total, "by_precision": by_precision,
+            "int8_share": int8 / total if total else None, "placement": placement,
+            "expected_placement": expected_placement,
+            "matches_request": (not problems) if total or elsewhere else None,
+            "mismatch": "; ".join(problems) or None}
 
 
 class Backend(ABC):

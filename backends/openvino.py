@@ -11,6 +11,9 @@ import numpy as np
 
 from harness.backends import Backend, Session
 
+# the runtime model's compute kernels and the precisions it names (u8/i8 activations: an int8 kernel)
+COMPUTE_LAYERS = ("Convolution", "GroupConvolution", "Deconvolution", "FullyConnected", "MatMul", "Gemm")
+RUNTIME_PRECISIONS = {"f32": "fp32", "f16": "fp16", "bf16": "bf16", "u8": "int8", "i8": "int8"}
 HINTS = {"fp32": "f32", "fp16": "f16", "bf16": "bf16", "int8": "f32"}  # int8: the rest of the graph in f32
 EFFECTIVE = {"f32": "fp32", "f16": "fp16", "bf16": "bf16"}
 
@@ -29,6 +32,19 @@ class OvSession(Session):
     def _run(self, feeds):
         result = self.request.infer(feeds)
         return {name: np.array(result[port]) for name, port in self.ports.items()}
+
+    def _executed(self):
+        counts: dict[str, int] = {}
+        for op in self.compiled.get_runtime_model().get_ordered_ops():
+            info = op.get_rt_info()
+            if "layerType" in info and info["layerType"].astype(str) in COMPUTE_LAYERS:
+                precision = info["runtimePrecision"].astype(str)
+                precision = RUNTIME_PRECISIONS.get(precision, precision)
+                counts[precision] = counts.get(precision, 0) + 1
+        devices = [str(d) for d in self.compiled.get_property("EXECUTION_DEVICES")]
+        total = sum(counts.values())
+        return (dict(sorted(counts.items())), {",".join(devices): total}, self.device.upper(),
+                "OpenVINO's runtime model (runtimePrecision of each compute layer) and EXECUTION_DEVICES")
 
     def kernel_tensors(self) -> dict[str, str]:
         """{ONNX tensor: OpenVINO kernel} for the kernels of this (untapped) compile. A kernel's runtime

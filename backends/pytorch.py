@@ -62,6 +62,23 @@ class TorchSession(Session):
 
         return run
 
+    def _executed(self):
+        from torch import nn
+
+        from harness.onnx_graph import compute_precisions, load
+
+        # every call of a convolution or linear layer (a head shared by 3 levels is 3), as the export traced
+        # them; autocast runs them in its dtype (torch's autocast op lists), fp32 otherwise
+        if self.exported is not None:
+            compute = sum(compute_precisions(load(self.exported.onnx_path)).values())
+        else:
+            compute = sum(isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) for m in self.module.modules())
+        precision = {"float16": "fp16", "bfloat16": "bf16"}.get(AUTOCAST.get(self.precision), "fp32")
+        parameter = next(self.module.parameters(), None)
+        where = self.device if parameter is None else parameter.device.type
+        return ({precision: compute}, {where: compute}, self.device,
+                "torch: the convolution and linear calls the export traced, under the session's autocast dtype")
+
     def _run(self, feeds):
         import torch
 

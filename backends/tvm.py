@@ -68,6 +68,13 @@ class TvmSession(Session):
     def _run(self, feeds):
         return self._call(self.vm, self.graph_outputs, feeds)
 
+    def _executed(self):
+        from harness.onnx_graph import compute_precisions, load
+
+        counts = compute_precisions(load(self.graph))  # Relax keeps the imported graph's dtypes
+        return (counts, {self.device: sum(counts.values())}, self.device,
+                "the ONNX graph TVM compiled (its Relax module keeps the graph's types)")
+
     def _tappable(self, names, method):
         from harness.onnx_graph import float_tensors, load
 

@@ -149,8 +149,12 @@ def sysnoise(
     variant: Annotated[Optional[list[str]], typer.Option(
         "--variant", help="Your own variant: AXIS=package.module:function (decoder, resize, color or nms); "
                           "repeatable.")] = None,
-    bootstrap_seconds: Annotated[float, typer.Option(
-        "--bootstrap-seconds", min=0, help="Time bound of each mAP bootstrap; 0 skips it (no CI for mAP).")] = 10.0,
+    bootstrap_rounds: Annotated[Optional[int], typer.Option(
+        "--bootstrap-rounds", min=0, help="Seeded rounds of each mAP bootstrap (default 500, about 10 s for 120 "
+                                          "images); 0 skips it (no interval for mAP).")] = None,
+    bootstrap_seconds: Annotated[Optional[float], typer.Option(
+        "--bootstrap-seconds", min=0, hidden=True, help="Deprecated: rounds are the budget (reproducible); "
+                                                        "0 still skips the bootstrap.")] = None,
     bootstrap_scope: Annotated[str, typer.Option(
         "--bootstrap-scope", help="mAP intervals for every detection variant, or per axis only for the largest "
                                   "|Δ| (faster).")] = "all",
@@ -193,11 +197,17 @@ def sysnoise(
 
     if bootstrap_scope not in ("all", "largest"):
         raise UsageError(f"--bootstrap-scope {bootstrap_scope!r}: expected all or largest")
+    if bootstrap_seconds is not None:  # a time budget gave other intervals on a slower machine
+        print("harness: --bootstrap-seconds is deprecated and ignored: the mAP bootstrap runs a fixed number of "
+              "seeded rounds (--bootstrap-rounds)" + ("; 0 skips it, as before" if bootstrap_seconds == 0 else ""),
+              file=sys.stderr)
+        if bootstrap_seconds == 0 and bootstrap_rounds is None:
+            bootstrap_rounds = 0
     get_axes(axes)  # a misspelt axis fails here, before a worker starts
     cells = CellStore(store)
     options = {"axes": axes, "dataset": dataset, "limit": limit, "batch_size": batch_size, "threads": threads,
                "calibration": calibration, "graph_backend": graph_backend, "combine": combine,
-               "bootstrap_seconds": bootstrap_seconds, "bootstrap_scope": bootstrap_scope, "chunk_size": chunk_size}
+               "bootstrap_rounds": bootstrap_rounds, "bootstrap_scope": bootstrap_scope, "chunk_size": chunk_size}
     job = SweepJob(model, checkpoint, profile, list(variant or []), options, cells.path, resume,
                    allow_code=allow_code, input_shape=input_shape)
     try:

@@ -96,17 +96,15 @@ def resampled_map(evaluator, picks: np.ndarray) -> float:
     return _map_of(clone)
 
 
-def bootstrap_map_delta(reference_eval, candidate_eval, images: int, rounds: int = 200, seconds: float = 10.0,
-                        seed: int = 0) -> tuple[float, float] | None:
-    """Paired bootstrap 95 % interval of Δ mAP (candidate - reference) over images; stops after `rounds`
-    or `seconds`, whichever comes first (at least 20 rounds)."""
-    import time
-
-    if reference_eval is None or candidate_eval is None or images == 0:
+def bootstrap_map_delta(reference_eval, candidate_eval, images: int, rounds: int, seed: int = 0
+                        ) -> tuple[float, float] | None:
+    """Paired bootstrap 95 % interval of Δ mAP (candidate - reference) over images, from `rounds` seeded
+    resamples: the budget is rounds, never time, so two runs give the same interval on any machine."""
+    if reference_eval is None or candidate_eval is None or images == 0 or rounds < 1:
         return None
     rng = np.random.default_rng(seed)
-    deltas, started = [], time.perf_counter()
-    while len(deltas) < rounds and (len(deltas) < 20 or time.perf_counter() - started < seconds):
+    deltas = []
+    for _ in range(rounds):
         picks = rng.integers(0, images, images)
         deltas.append(resampled_map(candidate_eval, picks) - resampled_map(reference_eval, picks))
     low, high = np.percentile(deltas, [2.5, 97.5])

@@ -202,3 +202,44 @@ def subgraph_model(proto, units: list[tuple[str, list[str]]], stops: set[str], p
     graph.initializer.extend(init for init in proto.graph.initializer if init.name in used_inits)
     model = helper.make_model(graph, opset_imports=list(proto.opset_import), ir_version=proto.ir_version)
     return model, list(inputs_made), outputs
+
+
+# compute kernels as a graph, or ONNX Runtime's optimised form of it, names them (any domain: an nchwc Conv
+# is a Conv); everything else (activations, pooling, reshapes) is bandwidth, not what a precision is about
+INT8_KERNELS = frozenset({"QLinearConv", "QLinearMatMul", "QGemm", "ConvInteger", "MatMulInteger",
+                          "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QLinearConvTranspose"})
+FLOAT_KERNELS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm", "FusedConv", "FusedGemm", "FusedMatMul",
+                           "NhwcFusedConv"})
+PRECISION_OF_TYPE = {1: "fp32", 10: "fp16", 16: "bf16", 11: "fp64"}
+
+
+def compute_precisions(proto) -> dict[str, int]:
+    """{precision: compute ops} of a graph as written: a quantized kernel is int8; a float kernel runs in
+    the type of its weight (else of its input), which is what a runtime keeping the graph's types executes.
+    A float Conv fed by DequantizeLinear (a QDQ pattern the runtime did not fuse) is fp32, not int8."""
+    types = {init.name: init.data_type for init in proto.graph.initializer}
+    types.update({v.name: v.type.tensor_type.elem_type
+                  for v in [*proto.graph.value_info, *proto.graph.input, *proto.graph.output]
+                  if v.type.HasField("tensor_type") and v.type.tensor_type.elem_type})
+    for node in proto.graph.node:  # ops whose output type is known without shape inference
+        if node.op_type == "DequantizeLinear" and len(node.input) > 1 and node.output:
+            types.setdefault(node.output[0], types.get(node.input[1], 1))  # the scale's type: float
+        elif node.op_type == "Cast" and node.output:
+            to = next((a.i for a in node.attribute if a.name == "to"), 0)
+            if to:
+                types.setdefault(node.output[0], to)
+        elif node.op_type == "Constant" and node.output:
+            value = next((a.t for a in node.attribute if a.name == "value"), None)
+            if value is not None:
+                types.setdefault(node.output[0], value.data_type)
+    counts: dict[str, int] = {}
+    for node in proto.graph.node:
+        if node.op_type in INT8_KERNELS:
+            precision = "int8"
+        elif node.op_type in FLOAT_KERNELS:
+            typed = [types[name] for name in [*node.input[1:2], *node.input[:1]] if name in types]
+            precision = PRECISION_OF_TYPE.get(typed[0], "unknown") if typed else "unknown"
+        else:
+            continue
+        counts[precision] = counts.get(precision, 0) + 1
+    return dict(sorted(counts.items()))

@@ -115,43 +115,44 @@ NMS = {"torchvision-batched": nms_torchvision_batched, "torchvision-agnostic": n
 BOX_DECODES = ("clip", "no-clip", "legacy-plus-one", "fp16")
 
 
-POINT_PLACEMENTS = ("stride", "spread")
+# where a runtime places an FCOS head's points (or an anchor generator its anchor centres): (grid, offset)
+# - grid "stride": point (i, j) at ((j + offset) * stride, (i + offset) * stride), scale = stride
+#   (FCOS and mmdetection's MlvlPointGenerator at offset 0.5; YOLOX's grid at offset 0);
+# - grid "spread": a map's points spread evenly over the input, step = input_size / map size, point at
+#   ((j + offset) * step_x, (i + offset) * step_y), scale = step (Caffe's PriorBox with no explicit step,
+#   torchvision's DefaultBoxGenerator with steps=None, as SSDlite uses).
+POINT_PLACEMENTS = {"stride": ("stride", 0.5), "stride-offset0": ("stride", 0.0),
+                    "spread": ("spread", 0.5), "spread-offset0": ("spread", 0.0)}
 
 
-def point_placement(head: dict) -> str:
-    """The head's declared point placement (fcos_points), "stride" when it declares none."""
-    placement = head.get("points", "stride")
+def point_placement(head: dict, profile: Profile | None = None) -> str:
+    """The placement post-processing uses: the profile's `points` when it names one (a runtime that computes
+    points its own way), else the head's declared convention (the one it was trained with; "stride" when
+    it declares none)."""
+    placement = (profile.points if profile is not None else None) or head.get("points", "stride")
     if placement not in POINT_PLACEMENTS:
         raise HarnessError(f"head points {placement!r} is not a point placement; known: {', '.join(POINT_PLACEMENTS)}")
     return placement
 
 
-@lru_cache(maxsize=8)
+@lru_cache(maxsize=16)
 def fcos_points(levels: tuple[tuple[int, int, int], ...], input_size: int,
                 placement: str = "stride") -> tuple[np.ndarray, np.ndarray]:
     """Point centres float32[P, 2] (x, y) and their scale float32[P] (the unit of the box distances) for
     feature maps (stride, height, width), level-major and row-major inside a level, as the head's maps
-    flatten.
+    flatten; `placement` is one of POINT_PLACEMENTS.
 
-    `placement` is where a map's points sit on the input, the two conventions detectors ship with:
-    - "stride": point (i, j) at (j * stride + stride // 2, i * stride + stride // 2), scale = stride
-      (mmdetection's point/anchor generators, FCOS, YOLOv5's grid);
-    - "spread": the map's points spread evenly over the input, step = input_size / map size, point at
-      ((j + 0.5) * step_x, (i + 0.5) * step_y), scale = step (Caffe's PriorBox when no step is given,
-      torchvision's DefaultBoxGenerator with steps=None, as SSDlite uses).
-    They agree exactly when every map is input_size / stride points a side (the trained geometry) and
-    part when the backbone's geometry changes: a pooling ceil-mode flip (16 -> 17 points a side) adds a
-    border row and column under "stride" and moves every point (and box scale) under "spread".
+    "stride" and "spread" agree exactly when every map is input_size / stride points a side (the trained
+    geometry) and part when the backbone's geometry changes: a pooling ceil-mode flip (16 -> 17 points a
+    side) adds a border row and column under "stride" and moves every point (and box scale) under
+    "spread". An offset of 0 instead of 0.5 moves every point by half a step, at any geometry.
     """
+    grid, offset = POINT_PLACEMENTS[placement]
     points, point_scales = [], []
     for stride, height, width in levels:
         ys, xs = np.mgrid[0:height, 0:width]
-        if placement == "stride":
-            step_x = step_y = stride
-            centre = np.stack([xs.ravel(), ys.ravel()], axis=1) * stride + stride // 2
-        else:
-            step_x, step_y = input_size / width, input_size / height
-            centre = (np.stack([xs.ravel(), ys.ravel()], axis=1) + 0.5) * np.array([step_x, step_y])
+        step_x, step_y = (stride, stride) if grid == "stride" else (input_size / width, input_size / height)
+        centre = (np.stack([xs.ravel(), ys.ravel()], axis=1) + offset) * np.array([step_x, step_y])
         points.append(centre.astype(np.float32))
         # boxes are regressed in one unit per point; a non-square step (odd map on one side) takes the mean
         point_scales.append(np.full(height * width, (step_x + step_y) / 2, np.float32))

@@ -1,4 +1,5 @@
-"""Pre-processing stages: decode -> geometry (resize, crop/pad) -> colour -> normalise.
+"""Pre-processing stages: decode -> colour -> geometry (resize, crop/pad) -> normalise, or with
+`color_at = "model-input"` decode -> geometry -> colour -> normalise.
 
 Each stage is a pure function of (its input, its profile fields), so stage outputs can be cached and
 every backend of a comparison is fed the very same tensor. The variants offered for each stage live in
@@ -214,7 +215,15 @@ for _matrix in YUV_MATRICES:
         for _layout in ("i420", "nv12"):
             COLORS[f"yuv420-{_matrix}-{_range}-{_layout}"] = (
                 lambda rgb, m=_matrix, f=_range == "full", l=_layout: yuv420_roundtrip(rgb, m, f, l))
+# pure channel orders commute with every resize: where they apply changes no pixel, so they apply after
+# the geometry whatever the placement, and colour variants share one resize
+CHANNEL_ORDERS = ("rgb", "bgr")
 LETTERBOX_FILL = 114  # the grey YOLO-style letterboxing pads with
+
+
+def color_before_geometry(profile: Profile) -> bool:
+    """Whether the profile's colour conversion runs on the decoded image, before the resize."""
+    return profile.color_at == "decode" and profile.color not in CHANNEL_ORDERS
 
 
 @dataclass(frozen=True)
@@ -329,9 +338,14 @@ def apply_geometry(image: np.ndarray, profile: Profile, source_size: tuple[int, 
 
 
 def to_pixels(data: bytes, profile: Profile) -> tuple[np.ndarray, Geometry]:
-    """Bytes -> uint8[S, S, 3] in the profile's colour order, plus its Geometry."""
-    image, geometry = apply_geometry(decode(data, profile.decoder), profile, stored_size(data))
-    return lookup(COLORS, "color mode", profile.color)(image), geometry
+    """Bytes -> uint8[S, S, 3] in the profile's colour, converted where the profile's system converts it
+    (`color_at`), plus its Geometry."""
+    color = lookup(COLORS, "color mode", profile.color)
+    image = decode(data, profile.decoder)
+    if color_before_geometry(profile):
+        return apply_geometry(color(image), profile, stored_size(data))
+    image, geometry = apply_geometry(image, profile, stored_size(data))
+    return color(image), geometry
 
 
 def normalize(pixels: np.ndarray, profile: Profile) -> np.ndarray:

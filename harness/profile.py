@@ -17,6 +17,10 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # shorter-crop: the harness's own rounding (nearest pixel); torchvision-crop: torchvision's Resize(int) +
 # CenterCrop exactly (the long side truncated, the crop offset rounded), the reference of its models
 GEOMETRIES = ("shorter-crop", "torchvision-crop", "letterbox", "squash")
+# where the deployed system receives the image in `color`: "decode" at the stored resolution, before the
+# resize (a camera ISP, a video decoder: the usual case); "model-input" after the resize (an NPU converting
+# its input tensor)
+COLOR_PLACEMENTS = ("decode", "model-input")
 
 
 @dataclass(frozen=True)
@@ -25,6 +29,7 @@ class Profile:
     decoder: str = "pil"
     resize: str = "pil-bilinear"
     color: str = "rgb"
+    color_at: str = "decode"
     geometry: str = "shorter-crop"
     input_size: int = 224
     resize_size: int | None = None  # shorter-crop: shorter side before the centre crop
@@ -40,11 +45,14 @@ class Profile:
     score_threshold: float = 0.05
     iou_threshold: float = 0.6
     max_detections: int = 100
+    points: str | None = None  # detection point placement (postprocess.POINT_PLACEMENTS); None: the head's
     labels: tuple[str, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
         if self.geometry not in GEOMETRIES:
             raise UsageError(f"profile geometry {self.geometry!r} is not one of {', '.join(GEOMETRIES)}")
+        if self.color_at not in COLOR_PLACEMENTS:
+            raise UsageError(f"profile color_at {self.color_at!r} is not one of {', '.join(COLOR_PLACEMENTS)}")
         if self.input_size <= 0:
             raise UsageError(f"profile input_size must be positive, got {self.input_size}")
 
@@ -66,9 +74,9 @@ class Profile:
 
 
 STAGE_FIELDS = {
-    "pre": ("decoder", "resize", "color", "geometry", "input_size", "resize_size", "mean", "std"),
+    "pre": ("decoder", "resize", "color", "color_at", "geometry", "input_size", "resize_size", "mean", "std"),
     "model": ("backend", "device", "precision"),
-    "post": ("nms", "box_decode", "score_threshold", "iou_threshold", "max_detections"),
+    "post": ("nms", "box_decode", "score_threshold", "iou_threshold", "max_detections", "points"),
 }
 FIELD_NAMES = tuple(f.name for f in dataclasses.fields(Profile))
 FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(Profile)}
@@ -152,6 +160,8 @@ def checked_field(key: str, value, allow_code: bool = False):
             raise FieldError(key, f"{value!r} is not one of {', '.join(known)} (or package.module:function)")
     elif key == "geometry" and value not in GEOMETRIES:
         raise FieldError(key, f"{value!r} is not one of {', '.join(GEOMETRIES)}")
+    elif key == "color_at" and value not in COLOR_PLACEMENTS:
+        raise FieldError(key, f"{value!r} is not one of {', '.join(COLOR_PLACEMENTS)}")
     elif key == "precision":
         from harness.backends import PRECISIONS
 
@@ -162,6 +172,11 @@ def checked_field(key: str, value, allow_code: bool = False):
 
         if value not in BOX_DECODES:
             raise FieldError(key, f"{value!r} is not one of {', '.join(BOX_DECODES)}")
+    elif key == "points":
+        from harness.postprocess import POINT_PLACEMENTS
+
+        if value not in POINT_PLACEMENTS:
+            raise FieldError(key, f"{value!r} is not one of {', '.join(POINT_PLACEMENTS)}")
     return value
 
 

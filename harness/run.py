@@ -93,7 +93,7 @@ def postprocess(task: str, outputs: dict[str, np.ndarray], batch: Batch, profile
                            "models must declare head={'type': 'fcos', 'levels': [{'stride': 8, 'cls_logits': "
                            "OUTPUT, 'box_reg': OUTPUT, 'centerness': OUTPUT}, ...]} (optional 'points': 'stride' "
                            "or 'spread', harness.postprocess.fcos_points)")
-    placement = point_placement(head)
+    placement = point_placement(head, profile)
     predictions = []
     for k, geometry in enumerate(batch.geometries):
         levels = [(level["stride"], outputs[level["cls_logits"]][k], outputs[level["box_reg"]][k],

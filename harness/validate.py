@@ -23,7 +23,13 @@ THRESHOLDS = {
     "max_output_error": "largest allowed max abs difference of the raw model outputs",
     "max_sysnoise_delta": "per noise axis, the largest allowed drop at its worst variant: {resize = 0.02, ...}",
     "min_op_snr_db": "every observable tensor's SNR vs the tensor reference must stay at or above this (dB)",
+    "require_requested_execution": "each profile's backend ran what it asked, as its runtime reports it: every "
+                                   "compute op in the asked precision (int8: at least one), every node on the "
+                                   "asked device or execution provider (default true)",
+    "min_int8_share": "for int8 profiles, the smallest allowed share of compute ops that really ran int8",
 }
+# checks every gate runs unless its file turns them off
+DEFAULT_THRESHOLDS = {"require_requested_execution": True}
 
 
 class GateError(UsageError):
@@ -77,7 +83,7 @@ def _check_range(path, text, key, value, low=None, high=None) -> None:
 # (low, high) of every number a gate holds; fractions are metric units (DESIGN.md)
 TOP_RANGES = {"limit": (1, None), "batch_size": (1, 4096), "threads": (1, 1024)}
 THRESHOLD_RANGES = {"max_metric_drop": (0.0, 1.0), "min_top1_agreement": (0.0, 1.0), "max_output_error": (0.0, None),
-                    "max_sysnoise_delta": (0.0, 1.0), "min_op_snr_db": (-200.0, 400.0)}
+                    "max_sysnoise_delta": (0.0, 1.0), "min_op_snr_db": (-200.0, 400.0), "min_int8_share": (0.0, 1.0)}
 
 
 def _check_threshold(path, text, key, value) -> None:
@@ -92,6 +98,9 @@ def _check_threshold(path, text, key, value) -> None:
             if axis not in AXES:
                 raise _fail(path, text, f"{key}.{axis}", f"unknown noise axis; allowed: {', '.join(AXES)}")
             _check_threshold(path, text, f"{key}.{axis}", limit)
+        return
+    if name == "require_requested_execution":
+        _check_type(path, text, key, value, bool)
         return
     _check_type(path, text, key, value, float)
     _check_range(path, text, key, value, *THRESHOLD_RANGES[name])
@@ -163,6 +172,10 @@ def load_gate(path: Path, allow_code: bool = False) -> Gate:
     if not profiles and set(thresholds) != {"max_sysnoise_delta"}:
         raise _fail(path, text, "profiles", "an empty list checks nothing: add a [[profiles]] table (backend, "
                     "precision, ...) or leave `profiles` out for ONNX Runtime FP32")
+    if "min_int8_share" in thresholds and not any(p.get("precision") == "int8" for p in profiles
+                                                  if isinstance(p, dict)):
+        raise _fail(path, text, "thresholds.min_int8_share", "applies to int8 profiles and no profile has "
+                    'precision = "int8": it would check nothing')
     names = set()
     checked = []
     for index, profile in enumerate(profiles):
@@ -198,7 +211,9 @@ def run_gate(gate: Gate, progress: bool = True) -> dict:
     from harness.model import resolve_model
     from harness.noise import get_axes
     from harness.noise.pipeline import ModelConfig, Request, StagedPipeline
-    from harness.noise.sweep import compare_variant, reference_metric, reference_of, run_axes
+    from harness.noise.stats import ACCURACY_RULE, MAP_RULE
+    from harness.noise.sweep import (compare_variant, map_interval, reference_metric, reference_of, run_axes,
+                                     worst_variant)
     from harness.profile import profile_from_mapping
     from harness.provenance import provenance
     from harness.run import require_readable
@@ -210,12 +225,13 @@ def run_gate(gate: Gate, progress: bool = True) -> dict:
     exported = export(spec)
     needs_int8 = any(p.get("precision") == "int8" for p in gate.profiles) or "precision" in gate.thresholds.get(
         "max_sysnoise_delta", {})
+    # mAP intervals for each profile and each sysnoise axis's largest change only: a gate stays cheap
     pipeline = StagedPipeline(exported, data, gate.batch_size, gate.threads,
-                              calibration_set(spec) if needs_int8 else None, bootstrap_seconds=0.0)
+                              calibration_set(spec) if needs_int8 else None, bootstrap_scope="largest")
     reference_identity, reference_config = reference_of(exported)
     primary = "map" if spec.task == "detect" else "top1"
     classes = data.classes or spec.labels
-    limits = gate.thresholds
+    limits = {**DEFAULT_THRESHOLDS, **gate.thresholds}
     checks, rows, drift_reports = [], [], []
     planned = []
     for entry in gate.profiles:
@@ -232,21 +248,29 @@ def run_gate(gate: Gate, progress: bool = True) -> dict:
         try:
             row = compare_variant(pipeline, spec.task, classes, profile, config, spec.profile, reference_config,
                                   primary)
+            if spec.task == "detect" and not row["identical_to_reference"]:
+                row.update(map_interval(pipeline, profile, config, spec.profile, reference_config, classes))
             error = pipeline.output_error(profile, config, spec.profile, reference_config)
         except Exception as err:  # noqa: BLE001 - a profile that cannot run fails its checks, the gate goes on
             message = f"{type(err).__name__}: {' '.join(str(err).split())[:300]}"
-            checks += [Check(name, key, limit, None, False, f"did not run: {message}")
-                       for key, limit in limits.items() if key != "max_sysnoise_delta"]
+            checks += [Check(name, key, float(limit), None, False, f"did not run: {message}")
+                       for key, limit in limits.items() if key != "max_sysnoise_delta" and limit is not False
+                       and (key != "min_int8_share" or profile.precision == "int8")]
             rows.append({"profile": name, "status": "failed", "reason": message})
             continue
+        execution = pipeline.session(config).execution()
         rows.append({"profile": name, "status": "ok", "settings": profile.to_json(), "metric": row["metric"],
-                     "delta": row["delta"], "top1_agreement": 1 - row["flip_rate"], "max_output_error": error})
+                     "delta": row["delta"], "top1_agreement": 1 - row["flip_rate"], "max_output_error": error,
+                     "execution": execution,
+                     **{key: row[key] for key in ("ci95", "significant", "p_value", "significance_test",
+                                                  "bootstrap_rounds")}})
         if "max_metric_drop" in limits:
             drop = -row["delta"] + 0.0  # no "-0" for an unchanged metric
             checks.append(Check(name, "max_metric_drop", limits["max_metric_drop"], drop,
                                 drop <= limits["max_metric_drop"],
                                 f"{primary} {row['metric'][primary]:.4f} vs reference {row['baseline_metric'][primary]:.4f}"
-                                f": drop {drop * 100:.2f} pts (limit {limits['max_metric_drop'] * 100:.2f})"))
+                                f": drop {drop * 100:.2f} pts (limit {limits['max_metric_drop'] * 100:.2f}; "
+                                f"{significance_text(row)})"))
         if "min_top1_agreement" in limits:
             agreement = 1 - row["flip_rate"]
             checks.append(Check(name, "min_top1_agreement", limits["min_top1_agreement"], agreement,
@@ -257,6 +281,7 @@ def run_gate(gate: Gate, progress: bool = True) -> dict:
             checks.append(Check(name, "max_output_error", limits["max_output_error"], error,
                                 error <= limits["max_output_error"],
                                 f"max abs output difference {error:.3g} (limit {limits['max_output_error']:.3g})"))
+        checks += execution_checks(name, profile.precision, execution, limits)
         if "min_op_snr_db" in limits:
             from harness.compare.drift import Thresholds, drift_report
 
@@ -278,10 +303,12 @@ def run_gate(gate: Gate, progress: bool = True) -> dict:
             limit = axis_limits[result["axis"]]
             worst = result["delta_max"]
             drop = -worst if worst is not None else None
+            worst_row = next((v for v in result["variants"] if v["name"] == worst_variant(result)), {})
             checks.append(Check("sysnoise", f"max_sysnoise_delta.{result['axis']}", limit, drop,
                                 drop is not None and drop <= limit,
                                 "no variant ran" if drop is None else
-                                f"worst variant drops {drop * 100:.2f} pts (limit {limit * 100:.2f})"))
+                                f"worst variant {worst_row.get('name')} drops {drop * 100:.2f} pts (limit "
+                                f"{limit * 100:.2f}; {significance_text(worst_row)})"))
         sysnoise_reports.append({"schema": "harness.sysnoise/1", "model": {"name": spec.name, "task": spec.task},
                                  "dataset": {"name": data.name, "samples": len(data.samples)},
                                  "reference": {"metric": reference_metric(pipeline, spec.profile, reference_config,
@@ -299,12 +326,50 @@ def run_gate(gate: Gate, progress: bool = True) -> dict:
                     "failed": [{"sample": k, "reason": v} for k, v in pipeline.failures.items()],
                     "skipped_files": len(data.skipped), "skipped": data.skipped},
         "reference": {**reference_identity, "profile": spec.profile.to_json()},
+        "significance": {"rule": ACCURACY_RULE if spec.task == "classify" else MAP_RULE, "alpha": 0.05,
+                         "bootstrap_rounds": pipeline.bootstrap_rounds if spec.task == "detect" else None},
         "passed": passed,
         "checks": [c.to_json() for c in checks],
         "profiles": rows,
         "sysnoise": sysnoise_reports,
         "drift": drift_reports,
     }
+
+
+def execution_checks(profile: str, precision: str, execution: dict, limits: dict) -> list[Check]:
+    """require_requested_execution (unless turned off) and, for an int8 profile, min_int8_share, from the
+    session's execution record (backends.execution_record)."""
+    checks = []
+    recorded = execution.get("recorded")
+    if limits.get("require_requested_execution"):
+        matches = execution.get("matches_request")
+        ran = ", ".join(f"{count} {p}" for p, count in (execution.get("by_precision") or {}).items())
+        message = (f"not verifiable: {execution['source']}" if not recorded or matches is None else
+                   execution["mismatch"] if matches is False else
+                   f"ran as asked: compute ops {ran} on {execution['expected_placement']}")
+        checks.append(Check(profile, "require_requested_execution", 1.0, None if matches is None else float(matches),
+                            matches is not False, message))
+    if "min_int8_share" in limits and precision == "int8":
+        share, limit = execution.get("int8_share"), limits["min_int8_share"]
+        message = (f"not verifiable: {execution['source']}" if share is None else
+                   f"{round(share * execution['compute_ops'])}/{execution['compute_ops']} compute ops ran int8 "
+                   f"({share:.0%}; limit {limit:.0%})")
+        checks.append(Check(profile, "min_int8_share", limit, share, share is not None and share >= limit, message))
+    return checks
+
+
+def significance_text(row: dict) -> str:
+    """The Δ's significance in words, by the one rule (harness.noise.stats): the check's threshold is on the
+    measured drop; this says whether the data could tell it from chance."""
+    if row.get("identical_to_reference"):
+        return "identical outputs"
+    if row.get("significant") is None:
+        return "significance not tested"
+    verdict = "significant" if row["significant"] else "not significant"
+    if row.get("p_value") is not None:
+        return f"{verdict}, McNemar p = {row['p_value']:.3g}"
+    low, high = row["ci95"]
+    return f"{verdict}, 95 % interval [{low * 100:+.2f}, {high * 100:+.2f}] pts"
 
 
 def gate_table(report: dict, config):
@@ -394,6 +459,8 @@ min_top1_agreement = 0.98     # at least 98 % of samples keep the reference's pr
 max_output_error = 0.001      # max abs difference of the raw outputs
 # min_op_snr_db = 30          # every intermediate tensor at least 30 dB SNR (runs harness drift)
 # max_sysnoise_delta = {{ resize = 0.02, decoder = 0.01 }}   # per noise axis, the worst variant's drop
+# require_requested_execution = true   # (default) fail a profile whose backend ran another precision or device
+# min_int8_share = 0.9        # int8 profiles: at least 90 % of compute ops really ran int8
 
 # A known-bad deployment: the camera delivers BGR. Uncomment to watch the gate fail.
 # [[profiles]]

@@ -9,11 +9,10 @@ Outputs, per level (stride s in STRIDES, a feature map of H x W points, 128 / s 
   cls_logits_s{s} float32[N, C, H, W], box_reg_s{s} float32[N, 4, H, W] (log of l, t, r, b distances / s),
   centerness_s{s} float32[N, 1, H, W] (logit). Maps stay 2-D so post-processing places points from the
 map's own size: a deployment that changes the backbone's geometry (pooling ceil mode: 16 -> 17 points a
-side) still decodes. The head declares `points: spread`: a map's points spread evenly over the input
-(step = 128 / map size), as Caffe's PriorBox and torchvision's SSDlite default boxes place them. At the
-trained geometry that is exactly the stride grid (128 / 16 = 8); under ceil mode every point and box
-scale moves by 16/17, where stride placement (mmdetection's) would only add a border row and column
-(harness.postprocess.fcos_points).
+side) still decodes. The head declares `points: stride`, the convention of its family (FCOS,
+mmdetection's point generator): point (i, j) at ((j + 0.5) * s, (i + 0.5) * s). Other placements a
+runtime may compute (spread evenly over the input, as SSD-style prior generators do; offset 0, as YOLOX's
+grid) are the `points` noise axis (harness.postprocess.fcos_points).
 
 The top-down path resizes to the lateral's size (as torchvision's FeaturePyramidNetwork does) rather
 than by a fixed factor of 2, so the same network runs when a level comes out odd-sized.
@@ -29,7 +28,7 @@ from harness.models.resnet import BasicBlock
 STRIDES = (8, 16, 32)
 OUTPUT_KINDS = ("cls_logits", "box_reg", "centerness")
 OUTPUT_NAMES = tuple(f"{kind}_s{stride}" for stride in STRIDES for kind in OUTPUT_KINDS)
-HEAD = {"type": "fcos", "points": "spread", "levels": [{"stride": stride, **{kind: f"{kind}_s{stride}" for kind in OUTPUT_KINDS}}
+HEAD = {"type": "fcos", "points": "stride", "levels": [{"stride": stride, **{kind: f"{kind}_s{stride}" for kind in OUTPUT_KINDS}}
                                    for stride in STRIDES]}
 
 

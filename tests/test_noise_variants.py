@@ -33,6 +33,52 @@ def test_limited_range_and_chroma_subsampling_change_pixels():
     assert np.array_equal(COLORS["bgr"](image), image[..., ::-1])
 
 
+def _shorter_crop_by_hand(image: Image.Image, short: int, size: int) -> np.ndarray:
+    """Pillow bilinear resize of the shorter side to `short` (long side rounded), then the floor-offset
+    centre crop: the zoo classifier's training geometry, written out independently of apply_geometry."""
+    width, height = image.size
+    scale = short / min(width, height)
+    new_w, new_h = max(short, round(width * scale)), max(short, round(height * scale))
+    resized = np.asarray(image.resize((new_w, new_h), Image.BILINEAR))
+    top, left = (new_h - size) // 2, (new_w - size) // 2
+    return resized[top:top + size, left:left + size]
+
+
+def test_colour_converts_at_decode_by_default_and_after_the_resize_when_named():
+    """The colour axis's default placement: the YUV round trip on the stored image at full resolution (as a
+    camera ISP or a video decoder delivers it), then the reference resize; `@model-input`: resize first.
+    Both through to_pixels (compare, drift, validate) and the sweep's staged pipeline."""
+    from harness.export import export
+    from harness.model import resolve_model
+    from harness.noise import AXES
+    from harness.noise.pipeline import StagedPipeline
+    from harness.preprocess import to_pixels
+
+    spec = resolve_model("resnet_tiny")
+    dataset = embedded_benchmark("classify").limit(6).aligned_to(spec.labels)
+    yuv = "yuv420-bt601-limited-i420"
+    variants = {v.name: v for v in AXES["color"].variants(spec, "onnxruntime")}
+    at_decode = spec.profile.replace(**variants[yuv].profile)
+    at_input = spec.profile.replace(**variants[f"{yuv}@model-input"].profile)
+    assert (at_decode.color_at, at_input.color_at) == ("decode", "model-input")
+    pipeline = StagedPipeline(export(spec), dataset, batch_size=6)
+    staged = {place: pipeline._chunk_stack(dataset.samples, profile).pixels
+              for place, profile in (("decode", at_decode), ("model-input", at_input))}
+    for k, sample in enumerate(dataset.samples):
+        data = dataset.read(sample)
+        with Image.open(io.BytesIO(data)) as opened:
+            stored = np.asarray(opened.convert("RGB"))
+        converted_first = _shorter_crop_by_hand(Image.fromarray(COLORS[yuv](stored)), 72, 64)
+        resized_first = COLORS[yuv](_shorter_crop_by_hand(Image.fromarray(stored), 72, 64))
+        assert not np.array_equal(converted_first, resized_first)  # the placement changes pixels
+        assert np.array_equal(to_pixels(data, at_decode)[0], converted_first)
+        assert np.array_equal(staged["decode"][k], converted_first)
+        assert np.array_equal(to_pixels(data, at_input)[0], resized_first)
+        assert np.array_equal(staged["model-input"][k], resized_first)
+    # a channel swap commutes with the resize: one resize serves it at either placement
+    assert "bgr@model-input" not in variants
+
+
 def test_decoders_differ_where_the_measurements_say():
     dataset = embedded_benchmark("classify")
     data = dataset.read(dataset.samples[0])

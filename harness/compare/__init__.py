@@ -173,7 +173,7 @@ def compare(exported: ExportedModel, dataset: Dataset, targets: list[Target], ba
     results = []
     for identity, run in entries:
         row = {**identity, "status": run.status, "reason": run.reason, "precision_effective": None, "metric": None,
-               "delta": None, "outputs": None, "flipped": [], "timing": None}
+               "delta": None, "outputs": None, "flipped": [], "timing": None, "execution": None}
         if run.status == "ok":
             agree = agreement(reference.predictions, run.predictions)
             metric = task_metric(task, processed, run.predictions, reference.predictions, num_classes)
@@ -183,7 +183,8 @@ def compare(exported: ExportedModel, dataset: Dataset, targets: list[Target], ba
             if spec.task != "detect":
                 outputs["kl"] = mean_kl(np.asarray(reference.predictions), np.asarray(run.predictions))
             timing = None if run.session.uses_sample_ids else timing_summary(run)  # recorded: not timed here
-            row.update(precision_effective=run.session.precision_effective, metric=metric,
+            row.update(precision_effective=run.session.precision_effective, execution=run.session.execution(),
+                       metric=metric,
                        delta=_delta(metric, ref_metric), outputs=outputs, timing=timing,
                        flipped=flipped_samples(processed, reference.predictions, run.predictions, agree, classes))
         results.append(row)

@@ -314,6 +314,7 @@ def drift_report(spec, backend_name: str, device: str, precision: str, data, bat
                       "profile": spec.profile.to_json(), "torch_check": run.torch_check},
         "candidate": {"backend": candidate.backend, "device": candidate.device, "precision": candidate.precision,
                       "precision_effective": candidate.precision_effective,
+                      "execution": candidate.execution(),
                       "graph": str(candidate.graph) if candidate.graph else None},
         "tap_method": run.tap_method,
         "taps_perturb": perturb,

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from harness.errors import UnknownName, UsageError
 
 # --combine adds axes cumulatively in the paper's order
-PAPER_ORDER = ("decoder", "resize", "color", "precision", "ceil_mode", "upsample", "nms", "box_decode")
+PAPER_ORDER = ("decoder", "resize", "color", "precision", "ceil_mode", "upsample", "nms", "box_decode", "points")
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,22 @@ def _profile_axis(field_name: str, registry_name: str):
         # a user's `package.module:function` sits in the registry once imported; it is a user variant
         return [Variant(name, {field_name: name}) for name in registry if name != reference and ":" not in name]
     return build
+
+
+def _color_variants(spec, graph_backend):
+    """Every colour mode converted where the training profile's system converts it (`color_at`, by default
+    at decode, full resolution, as a camera ISP or video decoder delivers it), and each conversion that is
+    not a pure channel order once more at the other placement, named NAME@PLACE (an NPU converting its
+    model input after the resize)."""
+    from harness.preprocess import CHANNEL_ORDERS
+    from harness.profile import COLOR_PLACEMENTS
+
+    here = spec.profile.color_at
+    variants = [Variant(v.name, {**v.profile, "color_at": here})
+                for v in _profile_axis("color", "COLORS")(spec, graph_backend)]
+    other = next(place for place in COLOR_PLACEMENTS if place != here)
+    return variants + [Variant(f"{v.name}@{other}", {"color": v.name, "color_at": other})
+                       for v in variants if v.name not in CHANNEL_ORDERS]
 
 
 def _backend_variants(spec, graph_backend):
@@ -85,7 +101,7 @@ def _upsample_variants(spec, graph_backend):
 VARIANT_BUILDERS = {
     "decoder": _profile_axis("decoder", "DECODERS"),
     "resize": _profile_axis("resize", "RESIZERS"),
-    "color": _profile_axis("color", "COLORS"),
+    "color": _color_variants,
     "backend": _backend_variants,
     "precision": _precision_variants,
     "ceil_mode": _ceil_variants,
@@ -95,7 +111,9 @@ AXES = {
     "decoder": Axis("decoder", "pre", "JPEG decoder: Pillow, OpenCV, torchvision, FFmpeg, libjpeg-turbo fast "
                                       "IDCT + plain upsampling, DCT-domain 1/2 reduced decoding"),
     "resize": Axis("resize", "pre", "interpolation of the resize (geometry fixed: shorter side, centre crop)"),
-    "color": Axis("color", "pre", "channel order and YUV 4:2:0 round trips (BT.601/709, full/limited, I420/NV12)"),
+    "color": Axis("color", "pre", "channel order and YUV 4:2:0 round trips (BT.601/709, full/limited, I420/NV12), "
+                                  "at decode (full resolution, as a camera or video decoder) and, NAME@model-input, "
+                                  "after the resize"),
     "precision": Axis("precision", "model", "FP16/BF16/INT8 on each backend, against that backend at FP32"),
     "backend": Axis("backend", "model", "every installed backend at FP32, against the reference"),
     "ceil_mode": Axis("ceil_mode", "model", "pooling ceil mode flipped in the exported graph"),
@@ -162,8 +180,19 @@ def _detection_only(build):
     return variants
 
 
+def _point_variants(spec, graph_backend):
+    """Every point placement a runtime may compute other than the one the head was trained with."""
+    from harness.postprocess import POINT_PLACEMENTS, point_placement
+
+    trained = point_placement(spec.head, spec.profile)
+    return [Variant(name, {"points": name}) for name in POINT_PLACEMENTS if name != trained]
+
+
 VARIANT_BUILDERS["nms"] = _detection_only(_nms_variants)
+VARIANT_BUILDERS["points"] = _detection_only(_point_variants)
 VARIANT_BUILDERS["box_decode"] = _detection_only(_box_decode_variants)
 AXES["nms"] = Axis("nms", "post", "NMS implementation (torchvision, ONNX NonMaxSuppression on ORT, OpenCV, "
                                   "NumPy), class-agnostic, IoU/score thresholds, max detections")
 AXES["box_decode"] = Axis("box_decode", "post", "box decoding: no clipping, legacy +1 pixel convention, float16")
+AXES["points"] = Axis("points", "post", "point/anchor placement the runtime computes: on the stride grid or "
+                                        "spread evenly over the input, at the cell centre (offset 0.5) or corner (0)")

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from harness.errors import SampleError
-from harness.preprocess import COLORS, apply_geometry, decode, normalize, stored_size
+from harness.noise.stats import MAP_ROUNDS
+from harness.preprocess import COLORS, apply_geometry, color_before_geometry, decode, normalize, stored_size
 from harness.profile import Profile
 from harness.run import Batch, postprocess
 from harness.variants import lookup
@@ -63,7 +64,10 @@ class Request:
 
 
 def _resize_key(profile: Profile) -> tuple:
-    return profile.decoder, profile.resize, profile.geometry, profile.input_size, profile.resize_size
+    """What a resized image depends on: with the colour converted at decode, the colour too ("" sorts the
+    resizes every colour shares first)."""
+    color = profile.color if color_before_geometry(profile) else ""
+    return profile.decoder, color, profile.resize, profile.geometry, profile.input_size, profile.resize_size
 
 
 @dataclass
@@ -130,12 +134,12 @@ class StagedPipeline:
     """
 
     def __init__(self, exported, dataset, batch_size: int = 64, threads: int | None = None, calibration=None,
-                 bootstrap_seconds: float = 10.0, bootstrap_scope: str = "all", chunk_size: int = DEFAULT_CHUNK):
+                 bootstrap_rounds: int = MAP_ROUNDS, bootstrap_scope: str = "all", chunk_size: int = DEFAULT_CHUNK):
         self.exported, self.dataset = exported, dataset
         self.batch_size, self.threads, self.calibration = batch_size, threads, calibration
         # whole batches per chunk: every sample meets the same batch boundaries as in one unchunked pass
         self.chunk_size = -(-max(chunk_size, 1) // batch_size) * batch_size
-        self.bootstrap_seconds = bootstrap_seconds  # bound on each mAP bootstrap
+        self.bootstrap_rounds = bootstrap_rounds  # seeded rounds of each mAP bootstrap (0: none)
         # "all": every detection variant gets its mAP interval; "largest": per axis only the variant with the
         # largest |Δ| (an interval costs ~200 COCO accumulations: seconds per variant)
         self.bootstrap_scope = bootstrap_scope
@@ -194,12 +198,15 @@ class StagedPipeline:
         return self._decoded[key]
 
     def _resize(self, sample, profile: Profile):
-        """(pixels, geometry) after decode and geometry, kept apart from colour: colour variants re-use it."""
+        """(pixels, geometry) after decode and geometry: kept apart from a colour converted at the model input,
+        so such colour variants re-use it; a colour converted at decode comes before it."""
         key = (sample.id, *_resize_key(profile))
         if key not in self._resized:
             if key[1:] != self._resize_current:  # likewise sorted by resize within a decoder
                 self._resized, self._resize_current = {}, key[1:]
             decoded = self._decode(sample, profile.decoder)
+            if decoded is not None and color_before_geometry(profile):
+                decoded = lookup(COLORS, "color mode", profile.color)(decoded[0]), decoded[1]
             self._resized[key] = None if decoded is None else apply_geometry(decoded[0], profile, decoded[1])
             if decoded is not None:
                 self.counters["resizes"] += 1
@@ -209,7 +216,8 @@ class StagedPipeline:
         key = profile.stage_key("pre")
         if self._inputs is None or self._inputs[0] != key:
             ids, pixels, geometries = [], [], []
-            color = lookup(COLORS, "color mode", profile.color)
+            color = (lambda image: image) if color_before_geometry(profile) else \
+                lookup(COLORS, "color mode", profile.color)
             for sample in samples:
                 resized = self._resize(sample, profile)
                 if resized is None:

@@ -9,7 +9,7 @@ from harness.errors import UsageError
 
 def sysnoise_report(spec, axes: str | None = None, dataset: Path | None = None, limit: int | None = None,
                     batch_size: int = 64, threads: int | None = None, calibration: Path | None = None,
-                    graph_backend: str = "onnxruntime", combine: bool = False, bootstrap_seconds: float = 10.0,
+                    graph_backend: str = "onnxruntime", combine: bool = False, bootstrap_rounds: int | None = None,
                     bootstrap_scope: str = "all", progress: bool = True, store=None, resume: bool = False,
                     chunk_size: int | None = None) -> dict:
     from rich.console import Console
@@ -20,6 +20,7 @@ def sysnoise_report(spec, axes: str | None = None, dataset: Path | None = None, 
     from harness.export import export
     from harness.noise import get_axes
     from harness.noise.pipeline import DEFAULT_CHUNK, StagedPipeline
+    from harness.noise.stats import ACCURACY_RULE, MAP_ROUNDS, MAP_RULE
     from harness.noise.sweep import combine as combine_axes, reference_metric, reference_of, run_axes
     from harness.provenance import provenance
     from harness.run import require_readable
@@ -39,7 +40,8 @@ def sysnoise_report(spec, axes: str | None = None, dataset: Path | None = None, 
     needs_int8 = any(a.name == "precision" for a in chosen)
     pipeline = StagedPipeline(exported, data, batch_size, threads,
                               calibration_set(spec, calibration) if needs_int8 else None,
-                              bootstrap_seconds=bootstrap_seconds, bootstrap_scope=bootstrap_scope,
+                              bootstrap_rounds=MAP_ROUNDS if bootstrap_rounds is None else bootstrap_rounds,
+                              bootstrap_scope=bootstrap_scope,
                               chunk_size=chunk_size or DEFAULT_CHUNK)
     reference, reference_config = reference_of(exported)
     primary = "map" if task == "detect" else "top1"
@@ -70,7 +72,10 @@ def sysnoise_report(spec, axes: str | None = None, dataset: Path | None = None, 
         "combined": curve,
         "combined_note": "each axis at the variant that was worst on its own axis, chosen on this evaluated data "
                          "(as the paper does), added in the paper's order" if combine else None,
-        "bootstrap_seconds": bootstrap_seconds,
+        "bootstrap_rounds": pipeline.bootstrap_rounds,
+        "bootstrap_seconds": None,  # no longer a budget (rounds are: reproducible); kept for older readers
+        "significance": {"rule": ACCURACY_RULE if task == "classify" else MAP_RULE,
+                         "alpha": 0.05, "bootstrap_rounds": pipeline.bootstrap_rounds if task == "detect" else None},
         "bootstrap_scope": bootstrap_scope,
         "store": str(store.path) if store is not None else None,
         "counters": pipeline.counters,

@@ -14,7 +14,7 @@ from harness.compare.outputs import agreement, mean_kl
 from harness.errors import BackendUnavailable
 from harness.noise import Axis, Variant
 from harness.noise.pipeline import GRAPH_BASELINE, Evaluated, ModelConfig, Request, StagedPipeline
-from harness.noise.stats import mcnemar_exact, paired_bootstrap_ci, significant
+from harness.noise.stats import accuracy_change, significant
 from harness.profile import Profile
 
 def reference_of(exported) -> tuple[dict, ModelConfig]:
@@ -66,8 +66,16 @@ def _coco_pair(pipeline: StagedPipeline, candidate: Evaluated, baseline: Evaluat
 def _map_interval(pipeline: StagedPipeline, evaluators, images: int) -> dict:
     from harness.metrics import bootstrap_map_delta
 
-    interval = bootstrap_map_delta(*evaluators, images, seconds=pipeline.bootstrap_seconds)
-    return {} if interval is None else {"ci95": list(interval), "significant": significant(interval)}
+    interval = bootstrap_map_delta(*evaluators, images, rounds=pipeline.bootstrap_rounds)
+    return {} if interval is None else {"ci95": list(interval), "significant": significant(interval),
+                                        "significance_test": "bootstrap", "bootstrap_rounds": pipeline.bootstrap_rounds}
+
+
+def map_interval(pipeline: StagedPipeline, profile: Profile, config: ModelConfig, base_profile: Profile,
+                 base_config: ModelConfig, classes) -> dict:
+    """The bootstrap fields of one detection comparison (pipeline.bootstrap_rounds rounds), on demand."""
+    candidate, baseline, shared = _paired(pipeline, profile, config, base_profile, base_config)
+    return _map_interval(pipeline, _coco_pair(pipeline, candidate, baseline, shared, classes), len(shared))
 
 
 def output_shape_changes(pipeline: StagedPipeline, profile: Profile, config: ModelConfig, base_profile: Profile,
@@ -100,6 +108,13 @@ def effective_precision(pipeline: StagedPipeline, config: ModelConfig, base_conf
     return pipeline.session(config).precision_effective
 
 
+def execution_of(pipeline: StagedPipeline, config: ModelConfig, base_config: ModelConfig) -> dict | None:
+    """For a model variant: what its backend really executed (Session.execution), None for the others."""
+    if config == base_config:
+        return None
+    return pipeline.session(config).execution()
+
+
 def compare_variant(pipeline: StagedPipeline, task: str, classes, profile: Profile, config: ModelConfig,
                     base_profile: Profile, base_config: ModelConfig, primary: str) -> dict:
     from harness.compare import task_metric
@@ -126,21 +141,21 @@ def compare_variant(pipeline: StagedPipeline, task: str, classes, profile: Profi
            "identical_to_reference": candidate.outputs_digest == baseline.outputs_digest,
            "outputs_sha256": candidate.outputs_digest,
            "samples": len(shared), "ci95": None, "significant": None, "p_value": None, "kl": None,
+           "significance_test": None, "bootstrap_rounds": None,
            "output_shapes_changed": output_shape_changes(pipeline, profile, config, base_profile, base_config),
            "first_reshaped_tensor": first_reshaped(pipeline, config, base_config),
-           "precision_effective": effective_precision(pipeline, config, base_config)}
+           "precision_effective": effective_precision(pipeline, config, base_config),
+           "execution": execution_of(pipeline, config, base_config)}
     if task != "detect":
         row["kl"] = mean_kl(np.asarray(base), np.asarray(cand))
-    if task == "detect" and not row["identical_to_reference"] and pipeline.bootstrap_seconds > 0 \
+    if task == "detect" and not row["identical_to_reference"] and pipeline.bootstrap_rounds > 0 \
             and pipeline.bootstrap_scope == "all":
         row.update(_map_interval(pipeline, evaluators, len(samples)))
     if task == "classify":
         labels = np.array([s.label for s in samples])
         base_ok = np.asarray(base).argmax(1) == labels
         cand_ok = np.asarray(cand).argmax(1) == labels
-        row["ci95"] = list(paired_bootstrap_ci(base_ok, cand_ok))
-        row["significant"] = significant(tuple(row["ci95"]))
-        row["p_value"] = mcnemar_exact(base_ok, cand_ok)
+        row.update(accuracy_change(base_ok, cand_ok))
     return row
 
 
@@ -166,7 +181,7 @@ def _cell_context(pipeline: StagedPipeline, reference_profile: Profile, referenc
             "samples": [s.id for s in pipeline.dataset.samples], "reference": reference_profile.to_json(),
             "reference_config": reference_config, "batch": pipeline.batch_size, "threads": pipeline.threads,
             "calibration": getattr(pipeline.calibration, "sha256", None),
-            "bootstrap_seconds": pipeline.bootstrap_seconds, "bootstrap_scope": pipeline.bootstrap_scope,
+            "bootstrap_rounds": pipeline.bootstrap_rounds, "bootstrap_scope": pipeline.bootstrap_scope,
             "task": task, "primary": primary,
             "versions": _versions()}
 
@@ -176,7 +191,9 @@ def variant_row(name: str, status: str, reason: str, baseline: str) -> dict:
     return {"name": name, "status": status, "reason": reason, "baseline": baseline, "metric": None,
             "baseline_metric": None, "delta": None, "flip_rate": None, "identical_to_reference": False,
             "outputs_sha256": None, "samples": 0, "ci95": None, "significant": None, "p_value": None, "kl": None,
-            "output_shapes_changed": {}, "first_reshaped_tensor": None, "precision_effective": None}
+            "significance_test": None, "bootstrap_rounds": None,
+            "output_shapes_changed": {}, "first_reshaped_tensor": None, "precision_effective": None,
+            "changes": {}, "execution": None}
 
 
 @dataclass
@@ -269,6 +286,9 @@ def run_axis(pipeline: StagedPipeline, axis: Axis, reference_profile: Profile, r
         if store is not None:
             store.started(*cell.owner)
         entry = variant_row(variant.name, "ok", "", variant.baseline)
+        # what the variant sets: profile fields (a colour row says where it converted: color_at), the model
+        entry["changes"] = {**variant.profile, **({"target": list(variant.target)} if variant.target else {}),
+                            **({"graph": variant.graph} if variant.graph else {})}
         try:
             entry.update(compare_variant(pipeline, task, classes, cell.profile, cell.config, reference_profile,
                                          cell.base_config, primary))
@@ -282,7 +302,7 @@ def run_axis(pipeline: StagedPipeline, axis: Axis, reference_profile: Profile, r
         if progress:
             progress(variant.name)
     _mark_repeats(variants_out)
-    if task == "detect" and pipeline.bootstrap_scope == "largest" and pipeline.bootstrap_seconds > 0:
+    if task == "detect" and pipeline.bootstrap_scope == "largest" and pipeline.bootstrap_rounds > 0:
         _interval_of_largest(pipeline, axis.name, variants_out, planned, reference_profile, classes, store)
     measured = [v["delta"] for v in distinct_findings(variants_out)]
     worst = min(measured) if measured else None
@@ -336,8 +356,7 @@ def _interval_of_largest(pipeline: StagedPipeline, axis_name: str, variants_out:
     if largest is None or largest.get("ci95") is not None or largest["name"] not in planned:
         return  # nothing measured, or an interval already there (taken back from the store)
     cell = planned[largest["name"]]
-    candidate, baseline, shared = _paired(pipeline, cell.profile, cell.config, reference_profile, cell.base_config)
-    largest.update(_map_interval(pipeline, _coco_pair(pipeline, candidate, baseline, shared, classes), len(shared)))
+    largest.update(map_interval(pipeline, cell.profile, cell.config, reference_profile, cell.base_config, classes))
     if store is not None:
         store.put(cell.key, axis_name, largest["name"], {k: v for k, v in largest.items()
                                                                   if k not in ("identical_to", "resumed")})

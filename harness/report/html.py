@@ -186,7 +186,9 @@ def sysnoise_axes_figure(report: dict):
         panel.axvline(0, color="black", linewidth=0.8)
         panel.set_title(f"{axis['axis']} ({axis['stage']})", fontsize=10, loc="left")
         panel.tick_params(labelsize=7)
-    panels[-1, 0].set_xlabel(f"Δ {report['primary_metric']} (points); red = significant, bars = 95 % interval")
+    test = "McNemar p < 0.05" if report["primary_metric"] == "top1" else "interval excludes 0"
+    panels[-1, 0].set_xlabel(f"Δ {report['primary_metric']} (points); red = significant ({test}), "
+                             "bars = 95 % bootstrap interval")
     figure.tight_layout()
     return figure
 
@@ -199,6 +201,9 @@ def _sysnoise_body(report: dict) -> str:
              f"({_e(report['dataset'].get('samples'))} samples)</h2>",
              _table(["axis", "stage", "Δ mean ± std (worst)"], [[a["axis"], a["stage"], axis_cell(a)]
                                                                  for a in report["axes"]])]
+    rule = (report.get("significance") or {}).get("rule")
+    if rule:
+        parts.append(f"<p>Significant: {_e(rule)}.</p>")
     notes = shape_notes(report)
     if notes:
         parts.append("<ul>" + "".join(f"<li>{html.escape(note)}</li>" for note in notes) + "</ul>")

@@ -29,11 +29,18 @@ def axis_cell(axis: dict) -> str:
 def variant_notes(variant: dict) -> list[str]:
     """What a reader must know before taking a variant's row as a finding of its own: it repeats an earlier
     variant's very outputs (NV12 gives I420's samples), or its backend ran another precision than its name
-    says (OpenVINO's f16 hint on a bf16-only CPU)."""
+    says (OpenVINO's f16 hint on a bf16-only CPU; ONNX Runtime's CPU provider running an FP16 graph's
+    convolutions in fp32), or an int8 build left some compute ops in float."""
     notes = [f"= {variant['identical_to']}"] if variant.get("identical_to") else []
     effective = variant.get("precision_effective")
     if effective and not variant["name"].endswith(effective):
         notes.append(f"runs {effective}")
+    execution = variant.get("execution") or {}
+    if execution.get("mismatch"):
+        notes.append(execution["mismatch"])
+    elif execution.get("int8_share") and execution["int8_share"] < 1:
+        notes.append(f"int8 on {round(execution['int8_share'] * execution['compute_ops'])}/"
+                     f"{execution['compute_ops']} compute ops")
     return notes
 
 
@@ -75,8 +82,9 @@ def summary_markdown(report: dict | list[dict]) -> str:
     """One row per model (one report, or several with the same axes, e.g. the zoo's), one column per axis:
     Δ metric in points, mean ± std over the variants that differ from the reference (a variant with an
     earlier one's very outputs counted once), and the worst (most
-    negative) one and, when it has an interval and is another, the one with the largest |Δ|; starred when its 95 %
-    interval excludes 0; how many variants are significant when all have intervals; `identical` when none
+    negative) one and, when it has an interval and is another, the one with the largest |Δ|; starred when significant
+    (the report's `significance` rule: McNemar for accuracy, the bootstrap interval for mAP); how many variants
+    are significant when all were tested; `identical` when none
     differs."""
     reports = report if isinstance(report, list) else [report]
     axes = [a["axis"] for a in reports[0]["axes"]]
@@ -124,6 +132,8 @@ def variants_table(report: dict) -> Table:
                 continue
             ci = "-" if not v["ci95"] else escape(f"[{v['ci95'][0] * 100:+.2f}, {v['ci95'][1] * 100:+.2f}]")
             sig = "-" if v["significant"] is None else ("[red]yes[/]" if v["significant"] else "no")
+            if v.get("p_value") is not None:
+                sig += f" p={v['p_value']:.2g}"
             status = escape("; ".join(variant_notes(v))) or "ok"
             table.add_row(axis["axis"], escape(v["name"]), status, f"{v['metric'][metric]:.4f}", _points(v["delta"]), ci, sig,
                           f"{v['flip_rate']:.4f}" if v["flip_rate"] is not None else "-",

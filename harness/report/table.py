@@ -60,6 +60,7 @@ def compare_table(report: dict) -> Table:
         precision = row["precision"]
         if row["precision_effective"] and row["precision_effective"] != precision:
             precision = f"{precision}→{row['precision_effective']}"
+        precision += execution_mark(row.get("execution"))
         table.add_row(candidate, escape(str(precision)), "[green]ok[/]",
                       *[_metric_cell(row["metric"], row["delta"], m) for m in metric_names],
                       _fmt(out["max_abs"]), _fmt(out["cosine"], 6), _fmt(out["top1_agreement"]), str(out["flips"]),
@@ -67,11 +68,25 @@ def compare_table(report: dict) -> Table:
     return table
 
 
+def execution_mark(execution: dict | None) -> str:
+    """A precision cell's suffix: how much of an int8 request ran int8, `!` when the backend ran other than
+    asked (status_notes says what)."""
+    if not execution or not execution.get("recorded"):
+        return ""
+    share = execution.get("int8_share")
+    mark = f" ({share:.0%} int8)" if share and share < 1 else ""
+    return mark + (" !" if execution.get("matches_request") is False else "")
+
+
 def status_notes(report: dict) -> list[str]:
-    """One line per row that did not run, with its reason: printed under the table."""
-    return [f"[{'red' if r['status'] == 'failed' else 'yellow'}]{escape(str(r['status']))}[/] "
-            + escape(f"{r['backend']}:{r['device']} {r['precision']}: {r['reason']}")
-            for r in report["results"] if r["status"] != "ok"]
+    """One line per row that did not run, with its reason, and per row whose backend ran other than asked
+    (its execution record's mismatch): printed under the table."""
+    notes = [f"[{'red' if r['status'] == 'failed' else 'yellow'}]{escape(str(r['status']))}[/] "
+             + escape(f"{r['backend']}:{r['device']} {r['precision']}: {r['reason']}")
+             for r in report["results"] if r["status"] != "ok"]
+    return notes + ["[yellow]ran otherwise[/] " + escape(f"{r['backend']}:{r['device']} {r['precision']}: "
+                                                          f"{r['execution']['mismatch']}")
+                    for r in report["results"] if (r.get("execution") or {}).get("mismatch")]
 
 
 def backends_table(rows: list[dict]) -> Table:
