@@ -35,7 +35,7 @@ from harness.noise import AXES, Axis
 from harness.noise.pipeline import ModelConfig, StagedPipeline
 from harness.noise.sweep import run_axes, variant_configs
 from harness.preprocess import COLORS, apply_geometry, decode, normalize, stored_size
-from harness.run import Batch, postprocess
+from harness.tasks import get_task
 
 MODEL = "fcos_tiny"
 BACKEND = "onnxruntime"
@@ -79,9 +79,8 @@ def _predictions(spec, samples, outputs, geometries, profile, batch_size: int) -
     predictions = []
     for start in range(0, len(samples), batch_size):
         stop = start + batch_size
-        batch = Batch(samples[start:stop], None, geometries[start:stop], [])
-        predictions.extend(postprocess(spec.task, {k: v[start:stop] for k, v in outputs.items()}, batch, profile,
-                                       spec.head))
+        predictions.extend(get_task(spec.task).predictions({k: v[start:stop] for k, v in outputs.items()},
+                                                           geometries[start:stop], profile, spec.head))
     return predictions
 
 

@@ -43,13 +43,13 @@ class CalibrationSet:
 
 def _from_generator(spec: ModelSpec, count: int, seed: int) -> CalibrationSet:
     from harness.data.benchmark import SEED
-    from harness.data.synthetic import classification_scene, detection_scene
     from harness.models.train import RECIPES
+    from harness.tasks import get_task
     from harness.preprocess import normalize, to_pixels
 
     recipe = RECIPES[spec.name]
     indices = np.random.default_rng(seed).choice(recipe.train_count, size=count, replace=False)
-    make = detection_scene if spec.task == "detect" else classification_scene
+    make = get_task(spec.task).scene()
     pixels = [to_pixels(make(SEED, "train", int(i), spec.profile.input_size).jpeg, spec.profile)[0] for i in indices]
     return CalibrationSet(normalize(np.stack(pixels), spec.profile),
                           f"embedded training split (generator seed {SEED}), {count} samples", seed)

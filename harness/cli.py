@@ -150,8 +150,8 @@ def sysnoise(
         "--variant", help="Your own variant: AXIS=package.module:function (decoder, resize, color or nms); "
                           "repeatable.")] = None,
     bootstrap_rounds: Annotated[Optional[int], typer.Option(
-        "--bootstrap-rounds", min=0, help="Seeded rounds of each mAP bootstrap (default 500, about 10 s for 120 "
-                                          "images); 0 skips it (no interval for mAP).")] = None,
+        "--bootstrap-rounds", min=0, help="Seeded rounds of each mAP bootstrap (default 200, ~20 s an interval "
+                                          "on 120 images); 0 skips it (no interval for mAP).")] = None,
     bootstrap_seconds: Annotated[Optional[float], typer.Option(
         "--bootstrap-seconds", min=0, hidden=True, help="Deprecated: rounds are the budget (reproducible); "
                                                         "0 still skips the bootstrap.")] = None,

@@ -19,6 +19,7 @@ from harness.cache import cache_root, cached_folder
 from harness.errors import HarnessError
 from harness.files import output_captured_in
 from harness.model import ModelSpec
+from harness.tasks import CLASSIFY
 
 DEFAULT_OPSET = 18
 EXPORT_FORMAT = 2  # bump when the export procedure changes, so stale cached files are not re-used
@@ -64,7 +65,7 @@ def graph_model(path: Path, spec: ModelSpec | None = None) -> ExportedModel:
     initializers = {init.name for init in proto.graph.initializer}
     inputs = [i.name for i in proto.graph.input if i.name not in initializers]
     outputs = tuple(o.name for o in proto.graph.output)
-    base = spec or ModelSpec(name=path.stem, task="classify", profile=Profile())
+    base = spec or ModelSpec(name=path.stem, task=CLASSIFY, profile=Profile())
     graph_spec = dataclasses.replace(base, name=path.stem, build=None, weights=None, onnx=path,
                                      input_name=inputs[0] if inputs else "", output_names=outputs)
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)

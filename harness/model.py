@@ -15,12 +15,13 @@ from typing import Callable
 
 from harness.errors import InputError, UnknownName, UsageError
 from harness.profile import Profile, load_profile
+from harness.tasks import CLASSIFY
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
-    task: str                                   # "classify" | "detect"
+    task: str                                   # a harness.tasks name
     profile: Profile                            # the training profile: the reference side
     labels: tuple[str, ...] = ()
     build: Callable | None = None               # -> torch.nn.Module with random weights
@@ -124,7 +125,7 @@ def _torchvision_spec(arch: str, checkpoint: Path | None) -> ModelSpec:
         labels = tuple(weights.meta.get("categories") or ())
     except (ValueError, AttributeError, KeyError, TypeError):
         pass  # no published weights for this architecture: ImageNet defaults, overridable by --profile
-    task = "classify"
+    task = CLASSIFY
     seed = None if checkpoint is not None else RANDOM_WEIGHTS_SEED
     return ModelSpec(name=f"torchvision:{arch}", task=task, profile=profile, labels=labels,
                      build=lambda: _offline_build(builder, seed), weights=checkpoint,
@@ -158,7 +159,7 @@ def _factory_spec(target: str) -> ModelSpec:
     made = factory()
     if isinstance(made, ModelSpec):
         return made
-    return ModelSpec(name=target, task="classify", profile=Profile(), build=factory, source=target,
+    return ModelSpec(name=target, task=CLASSIFY, profile=Profile(), build=factory, source=target,
                      summary=f"factory {target}")
 
 
@@ -201,7 +202,7 @@ def _onnx_spec(path: Path, input_size: int | None = None) -> tuple[ModelSpec, bo
     if fixed and input_size and input_size != fixed:
         raise UsageError(f"--input-shape {input_size}: {path} has a fixed input of {dims[-2].dim_value}x{fixed}")
     size = input_size or fixed or Profile().input_size
-    return ModelSpec(name=path.stem, task="classify", profile=Profile(input_size=size), onnx=path.resolve(),
+    return ModelSpec(name=path.stem, task=CLASSIFY, profile=Profile(input_size=size), onnx=path.resolve(),
                      input_name=inputs[0], output_names=tuple(o.name for o in proto.graph.output),
                      source=str(path), summary=f"ONNX file {path.name}"), not (input_size or fixed)
 

@@ -14,10 +14,10 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from harness.data import Dataset, Sample, printable
-from harness.errors import HarnessError, InputError, SampleError
-from harness.postprocess import Detections, decode_fcos, point_placement
+from harness.errors import InputError, SampleError
 from harness.preprocess import Geometry, normalize, to_pixels
 from harness.profile import Profile
+from harness.tasks import get_task
 
 
 @dataclass
@@ -83,26 +83,6 @@ def _collate(items, profile: Profile) -> Batch:
     return Batch([i[0] for i in items], tensor, [i[2] for i in items], [i[3] for i in items])
 
 
-def postprocess(task: str, outputs: dict[str, np.ndarray], batch: Batch, profile: Profile, head: dict) -> list:
-    """Raw outputs of one batch -> per-sample predictions: logits rows, or Detections in image pixels."""
-    if task != "detect":
-        logits = next(iter(outputs.values()))  # a classifier's first output holds its logits
-        return list(logits.astype(np.float32))
-    if head.get("type") != "fcos":
-        raise HarnessError(f"detection post-processing for head {head.get('type')!r} is not available; "
-                           "models must declare head={'type': 'fcos', 'levels': [{'stride': 8, 'cls_logits': "
-                           "OUTPUT, 'box_reg': OUTPUT, 'centerness': OUTPUT}, ...]} (optional 'points': 'stride' "
-                           "or 'spread', harness.postprocess.fcos_points)")
-    placement = point_placement(head, profile)
-    predictions = []
-    for k, geometry in enumerate(batch.geometries):
-        levels = [(level["stride"], outputs[level["cls_logits"]][k], outputs[level["box_reg"]][k],
-                   outputs[level["centerness"]][k]) for level in head["levels"]]
-        dets = decode_fcos(levels, profile, placement)
-        predictions.append(Detections(geometry.to_image(dets.boxes), dets.scores, dets.labels))
-    return predictions
-
-
 @dataclass
 class SessionRun:
     """One session's share of a pass: its predictions and raw outputs per sample, its timings, its fate."""
@@ -146,7 +126,7 @@ def run_sessions(batches: Iterable[Batch], profile: Profile, task: str, head: di
                 started = time.perf_counter()
                 outputs = infer()
                 run.batch_ms.append((time.perf_counter() - started) * 1000)
-                predictions = postprocess(task, outputs, batch, profile, head)
+                predictions = get_task(task).predictions(outputs, batch.geometries, profile, head)
                 if run is reference:
                     reference_outputs = outputs
                 for observe in run.observers:

@@ -211,7 +211,8 @@ def run_gate(gate: Gate, progress: bool = True) -> dict:
     from harness.model import resolve_model
     from harness.noise import get_axes
     from harness.noise.pipeline import ModelConfig, Request, StagedPipeline
-    from harness.noise.stats import ACCURACY_RULE, MAP_RULE
+    from harness.noise.stats import significance_block
+    from harness.tasks import get_task
     from harness.noise.sweep import (compare_variant, map_interval, reference_metric, reference_of, run_axes,
                                      worst_variant)
     from harness.profile import profile_from_mapping
@@ -229,7 +230,8 @@ def run_gate(gate: Gate, progress: bool = True) -> dict:
     pipeline = StagedPipeline(exported, data, gate.batch_size, gate.threads,
                               calibration_set(spec) if needs_int8 else None, bootstrap_scope="largest")
     reference_identity, reference_config = reference_of(exported)
-    primary = "map" if spec.task == "detect" else "top1"
+    task = get_task(spec.task)
+    primary = task.primary_metric
     classes = data.classes or spec.labels
     limits = {**DEFAULT_THRESHOLDS, **gate.thresholds}
     checks, rows, drift_reports = [], [], []
@@ -248,7 +250,7 @@ def run_gate(gate: Gate, progress: bool = True) -> dict:
         try:
             row = compare_variant(pipeline, spec.task, classes, profile, config, spec.profile, reference_config,
                                   primary)
-            if spec.task == "detect" and not row["identical_to_reference"]:
+            if task.evaluates_whole_set and not row["identical_to_reference"]:
                 row.update(map_interval(pipeline, profile, config, spec.profile, reference_config, classes))
             error = pipeline.output_error(profile, config, spec.profile, reference_config)
         except Exception as err:  # noqa: BLE001 - a profile that cannot run fails its checks, the gate goes on
@@ -326,8 +328,7 @@ def run_gate(gate: Gate, progress: bool = True) -> dict:
                     "failed": [{"sample": k, "reason": v} for k, v in pipeline.failures.items()],
                     "skipped_files": len(data.skipped), "skipped": data.skipped},
         "reference": {**reference_identity, "profile": spec.profile.to_json()},
-        "significance": {"rule": ACCURACY_RULE if spec.task == "classify" else MAP_RULE, "alpha": 0.05,
-                         "bootstrap_rounds": pipeline.bootstrap_rounds if spec.task == "detect" else None},
+        "significance": significance_block(task, pipeline.bootstrap_rounds),
         "passed": passed,
         "checks": [c.to_json() for c in checks],
         "profiles": rows,

@@ -11,6 +11,7 @@ from typing import Callable
 
 from harness.data.synthetic import CLASSES
 from harness.profile import Profile
+from harness.tasks import CLASSIFY, DETECT
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 ZOO: dict[str, Callable] = {}
@@ -44,7 +45,7 @@ def _spec(name: str, task: str, build: Callable, profile: Profile, summary: str,
 def resnet_tiny():
     from harness.models.resnet import TinyResNet
 
-    return _spec("resnet_tiny", "classify", lambda: TinyResNet(len(CLASSES)), CLASSIFIER_PROFILE,
+    return _spec("resnet_tiny", CLASSIFY, lambda: TinyResNet(len(CLASSES)), CLASSIFIER_PROFILE,
                  "ResNet-style, 4 basic blocks 16-128 wide, stride-2 max-pool, 64x64 input",
                  stated={"top1": 0.931, "top5": 0.993})
 
@@ -53,7 +54,7 @@ def resnet_tiny():
 def mobilenetv2_tiny():
     from harness.models.mobilenet import TinyMobileNetV2
 
-    return _spec("mobilenetv2_tiny", "classify", lambda: TinyMobileNetV2(len(CLASSES)), CLASSIFIER_PROFILE,
+    return _spec("mobilenetv2_tiny", CLASSIFY, lambda: TinyMobileNetV2(len(CLASSES)), CLASSIFIER_PROFILE,
                  "MobileNetV2-style inverted residuals, ReLU6, 64x64 input",
                  stated={"top1": 0.924, "top5": 0.992})
 
@@ -62,7 +63,7 @@ def mobilenetv2_tiny():
 def fcos_tiny():
     from harness.models.fcos import HEAD, OUTPUT_NAMES, TinyFCOS
 
-    return _spec("fcos_tiny", "detect", lambda: TinyFCOS(len(CLASSES)), DETECTOR_PROFILE,
+    return _spec("fcos_tiny", DETECT, lambda: TinyFCOS(len(CLASSES)), DETECTOR_PROFILE,
                  "FCOS-style detector, 3-level FPN with nearest upsampling, raw head outputs, 128x128 input",
                  stated={"map": 0.4383, "ap50": 0.6497, "ap75": 0.5125},
                  outputs=OUTPUT_NAMES, head=HEAD)

@@ -21,6 +21,7 @@ from harness.data.benchmark import SEED
 from harness.data.synthetic import classification_scene, detection_scene
 from harness.model import ModelSpec
 from harness.preprocess import normalize, to_pixels
+from harness.tasks import DETECT
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ CENTER_RADIUS = 1.5
 
 def _make_sample(args):
     task, index, profile = args
-    if task == "detect":
+    if task == DETECT:
         scene = detection_scene(SEED, "train", index, profile.input_size)
     else:
         scene = classification_scene(SEED, "train", index, profile.input_size)
@@ -141,7 +142,7 @@ def _train(spec: ModelSpec, recipe: Recipe, steps: int | None, log, train_count:
     total = recipe.epochs * per_epoch if steps is None else steps
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, recipe.lr, total_steps=max(total, 1), pct_start=0.15)
     size = spec.profile.input_size
-    if spec.task == "detect":
+    if spec.task == DETECT:
         levels = tuple((s, size // s, size // s) for s in STRIDES)
         points, strides = (torch.from_numpy(a) for a in fcos_points(levels, size, point_placement(spec.head)))
     step = 0
@@ -156,7 +157,7 @@ def _train(spec: ModelSpec, recipe: Recipe, steps: int | None, log, train_count:
             batch = torch.from_numpy(normalize(pixels[index], spec.profile))
             batch[flip] = batch[flip].flip(-1)
             batch = batch.contiguous(memory_format=torch.channels_last)
-            if spec.task == "detect":
+            if spec.task == DETECT:
                 targets = []
                 for k, i in enumerate(index):
                     b = torch.from_numpy(boxes[i]).clone()

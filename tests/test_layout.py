@@ -50,3 +50,16 @@ def test_wheel_installs_under_the_harness_name_only(tmp_path):
     result = subprocess.run([sys.executable, "-S", "-c", CHECK, str(target)], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+def test_no_module_outside_harness_tasks_tests_a_task_by_name():
+    """A task is a module (harness/tasks): every other module holds a Task and calls it, never branching
+    on a task's name (the names live as harness.tasks.CLASSIFY / DETECT)."""
+    import re
+
+    named = re.compile(r"""["'](classify|detect)["']""")
+    found = [f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
+             for folder in ("harness", "backends", "models") for path in sorted(ROOT.joinpath(folder).rglob("*.py"))
+             if "tasks" not in path.relative_to(ROOT).parts
+             for number, line in enumerate(path.read_text().splitlines(), 1) if named.search(line)]
+    assert not found, "\n".join(found)

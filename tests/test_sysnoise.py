@@ -230,7 +230,7 @@ def test_point_placements_agree_at_the_trained_geometry_and_part_under_ceil_mode
     np.testing.assert_allclose(spread_scale[:289], 128 / 17, rtol=1e-6)
     from harness.errors import HarnessError
     from harness.profile import Profile
-    from harness.run import Batch, postprocess
+    from harness.tasks import get_task
 
     # offset 0 (YOLOX's grid): the cell's corner, half a step from where the head was trained to look
     corner, corner_scale = fcos_points(trained, 128, "stride-offset0")
@@ -238,8 +238,8 @@ def test_point_placements_agree_at_the_trained_geometry_and_part_under_ceil_mode
     np.testing.assert_array_equal(fcos_points(trained, 128, "spread-offset0")[0], corner)
     known = "stride, stride-offset0, spread, spread-offset0"
     with pytest.raises(HarnessError, match=f"head points 'grid' is not a point placement; known: {known}"):
-        postprocess("detect", {}, Batch([], None, [], []), Profile(input_size=128),
-                    {"type": "fcos", "points": "grid", "levels": []})
+        get_task("detect").predictions({}, [], Profile(input_size=128),
+                                       {"type": "fcos", "points": "grid", "levels": []})
 
 
 def test_user_variants_from_the_command_line(harness_cli, tmp_path):

@@ -12,12 +12,12 @@ from typing import Callable
 import numpy as np
 
 from harness.backends import Backend, get_backend, parse_target
-from harness.compare.outputs import OutputStats, agreement, mean_kl, prediction_label, softmax
-from harness.data import Dataset, Sample, printable
+from harness.compare.outputs import OutputStats, agreement, mean_kl
+from harness.data import UNLABELED, Dataset, Sample, printable
 from harness.errors import BackendUnavailable, RunFailed, UsageError
 from harness.export import ExportedModel
-from harness.metrics import classification_metrics, coco_metrics
 from harness.run import FailedSample, SessionRun, iter_batches, require_readable, run_sessions, timing_summary
+from harness.tasks import Task, get_task
 
 SCHEMA = "harness.compare/1"
 MAX_FLIPPED = 100
@@ -94,35 +94,20 @@ def load_run(target: Target, exported: ExportedModel, threads: int | None, **opt
 def task_metric(task: str, samples: list[Sample], predictions: list, reference: list | None,
                 num_classes: int) -> dict:
     """The task's metric on the processed samples; for unlabelled data, agreement with the reference."""
-    if task == "detect":
-        truth = [(s.boxes, s.box_labels) for s in samples]
-        return coco_metrics(truth, predictions, num_classes)
-    logits = np.asarray(predictions)
-    if task == "classify":
-        return classification_metrics(logits, np.array([s.label for s in samples]))
-    reference_logits = np.asarray(reference)
+    if task != UNLABELED:
+        return get_task(task).metric(samples, predictions, num_classes)
     agree = agreement(reference, predictions)
     return {"top1_agreement": float(agree.mean()), "flip_rate": float(1 - agree.mean()),
-            "kl": mean_kl(reference_logits, logits)}
+            "kl": mean_kl(np.asarray(reference), np.asarray(predictions))}
 
 
-def flipped_samples(samples: list[Sample], reference: list, candidate: list, agree: np.ndarray,
+def flipped_samples(task: Task, samples: list[Sample], reference: list, candidate: list, agree: np.ndarray,
                     classes: tuple[str, ...]) -> list[dict]:
-    def name(index):
-        return classes[index] if isinstance(index, int) and 0 <= index < len(classes) else index
-
     rows = []
     for k in np.where(~agree)[0][:MAX_FLIPPED]:
-        sample, ref, cand = samples[k], reference[k], candidate[k]
-        if hasattr(cand, "scores"):
-            confidence = float(cand.scores.max()) if len(cand.scores) else 0.0
-            label = int(len(sample.box_labels)) if sample.box_labels is not None else None
-        else:
-            confidence = float(softmax(np.asarray(cand, np.float64))[prediction_label(cand)])
-            label = name(sample.label) if sample.label is not None else None
-        rows.append({"sample": sample.id, "path": printable(sample.path), "label": label,
-                     "reference_pred": name(prediction_label(ref)), "candidate_pred": name(prediction_label(cand)),
-                     "confidence": round(confidence, 6)})
+        sample = samples[k]
+        rows.append({"sample": sample.id, "path": printable(sample.path),
+                     **task.flip_record(sample, reference[k], candidate[k], classes)})
     return rows
 
 
@@ -140,8 +125,8 @@ def compare(exported: ExportedModel, dataset: Dataset, targets: list[Target], ba
     outputs recorded on a target from `harness export-inputs`, compared as one more candidate.
     """
     spec = exported.spec
-    task = "unlabeled" if dataset.task == "unlabeled" else spec.task
-    if dataset.task not in ("unlabeled", spec.task):
+    task = UNLABELED if dataset.task == UNLABELED else spec.task
+    if dataset.task not in (UNLABELED, spec.task):
         raise UsageError(f"{dataset.root}: a {dataset.task} dataset cannot evaluate the {spec.task} model {spec.name}")
     dataset = dataset.aligned_to(spec.labels)
     require_readable(dataset, spec.profile)
@@ -170,23 +155,25 @@ def compare(exported: ExportedModel, dataset: Dataset, targets: list[Target], ba
     num_classes = len(dataset.classes) or len(spec.labels)
     classes = dataset.classes or spec.labels
     ref_metric = task_metric(task, processed, reference.predictions, reference.predictions, num_classes)
-    results = []
+    results, model_task = [], get_task(spec.task)
     for identity, run in entries:
         row = {**identity, "status": run.status, "reason": run.reason, "precision_effective": None, "metric": None,
                "delta": None, "outputs": None, "flipped": [], "timing": None, "execution": None}
         if run.status == "ok":
-            agree = agreement(reference.predictions, run.predictions)
+            agree = model_task.agreement(reference.predictions, run.predictions)
             metric = task_metric(task, processed, run.predictions, reference.predictions, num_classes)
             outputs = stats[id(run)].to_json()
             outputs.update({"top1_agreement": float(agree.mean()) if len(agree) else None,
                             "flips": int((~agree).sum())})
-            if spec.task != "detect":
-                outputs["kl"] = mean_kl(np.asarray(reference.predictions), np.asarray(run.predictions))
+            divergence = model_task.divergence(reference.predictions, run.predictions)
+            if divergence is not None:
+                outputs["kl"] = divergence
             timing = None if run.session.uses_sample_ids else timing_summary(run)  # recorded: not timed here
             row.update(precision_effective=run.session.precision_effective, execution=run.session.execution(),
                        metric=metric,
                        delta=_delta(metric, ref_metric), outputs=outputs, timing=timing,
-                       flipped=flipped_samples(processed, reference.predictions, run.predictions, agree, classes))
+                       flipped=flipped_samples(model_task, processed, reference.predictions, run.predictions, agree,
+                                               classes))
         results.append(row)
     return {
         "reference": {**reference_block(ref_target, ref_options, ref_note), "profile": spec.profile.to_json(),

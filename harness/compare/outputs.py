@@ -134,9 +134,9 @@ def prediction_label(prediction) -> object:
 
 
 def agreement(reference: list, candidate: list) -> np.ndarray:
-    """bool[N]: does the candidate's prediction of each sample agree with the reference's?"""
-    if reference and isinstance(reference[0], Detections):
-        return np.array([detections_agree(r, c, **DETECTION_AGREEMENT) for r, c in zip(reference, candidate)])
-    ref = np.asarray(reference)
-    cand = np.asarray(candidate)
-    return ref.argmax(axis=1) == cand.argmax(axis=1)
+    """bool[N]: does the candidate's prediction of each sample agree with the reference's? (by the task
+    whose predictions these are: on unlabelled data only the predictions say which)"""
+    from harness.tasks import CLASSIFY, DETECT, get_task
+
+    kind = DETECT if reference and isinstance(reference[0], Detections) else CLASSIFY
+    return get_task(kind).agreement(reference, candidate)

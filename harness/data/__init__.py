@@ -15,9 +15,11 @@ from pathlib import Path
 import numpy as np
 
 from harness.errors import InputError
+from harness.tasks import CLASSIFY, DETECT
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
-TASKS = ("classify", "detect", "unlabeled")
+UNLABELED = "unlabeled"  # a folder of images without labels: metrics become agreement with the reference
+TASKS = (CLASSIFY, DETECT, UNLABELED)
 
 
 def printable(text) -> str:
@@ -121,7 +123,7 @@ def load_image_folder(root: Path, name: str | None = None) -> Dataset:
     _images_in(root, skipped)  # files beside the class folders are not samples either
     if not samples:
         raise InputError(f"{root}: class folders {', '.join(classes[:5])} hold no images")
-    return Dataset(name or root.name, "classify", root, classes, samples, skipped)
+    return Dataset(name or root.name, CLASSIFY, root, classes, samples, skipped)
 
 
 class _CocoError(InputError):
@@ -245,7 +247,7 @@ def load_coco(annotation_file: Path, image_root: Path | None = None, name: str |
         labels = np.array([a[1] for a in anns], np.int64)
         samples.append(Sample(printable(image["file_name"]), image_root / image["file_name"], boxes=boxes,
                               box_labels=labels))
-    return Dataset(name or annotation_file.parent.name, "detect", annotation_file.parent,
+    return Dataset(name or annotation_file.parent.name, DETECT, annotation_file.parent,
                    tuple(c["name"] for c in categories), samples)
 
 
@@ -255,7 +257,7 @@ def load_unlabeled(root: Path, name: str | None = None) -> Dataset:
     samples = [Sample(printable(path.name), path) for path in _images_in(root, skipped)]
     if not samples:
         raise InputError(f"{root}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in this folder")
-    return Dataset(name or root.name, "unlabeled", root, (), samples, skipped)
+    return Dataset(name or root.name, UNLABELED, root, (), samples, skipped)
 
 
 def load_dataset(path: Path) -> Dataset:
@@ -280,10 +282,6 @@ def load_dataset(path: Path) -> Dataset:
 
 def embedded_benchmark(task: str) -> Dataset:
     """The committed evaluation split of the seeded generator (harness/data/benchmark.py)."""
-    from harness.data.benchmark import CLASSIFY_DIR, DETECT_DIR
+    from harness.tasks import get_task
 
-    if task == "detect":
-        dataset = load_coco(DETECT_DIR / "instances.json", name="embedded-detect")
-    else:
-        dataset = load_image_folder(CLASSIFY_DIR, name="embedded-classify")
-    return dataset
+    return get_task(task).benchmark()

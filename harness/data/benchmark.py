@@ -17,18 +17,19 @@ from pathlib import Path
 from PIL import Image
 
 from harness.data.synthetic import CLASSES, classification_scene, detection_scene
+from harness.tasks import CLASSIFY, DETECT
 
 SEED = 2026
 ROOT = Path(__file__).parent / "benchmark"
-CLASSIFY_DIR = ROOT / "classify"
-DETECT_DIR = ROOT / "detect"
-EVAL_COUNTS = {"classify": 1000, "detect": 120}
-INPUT_SIZES = {"classify": 64, "detect": 128}
+CLASSIFY_DIR = ROOT / CLASSIFY
+DETECT_DIR = ROOT / DETECT
+EVAL_COUNTS = {CLASSIFY: 1000, DETECT: 120}
+INPUT_SIZES = {CLASSIFY: 64, DETECT: 128}
 
 
 def write_classification(root: Path, count: int) -> None:
     for index in range(count):
-        scene = classification_scene(SEED, "eval", index, INPUT_SIZES["classify"])
+        scene = classification_scene(SEED, "eval", index, INPUT_SIZES[CLASSIFY])
         folder = root / CLASSES[scene.labels[0]]
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"{index:05d}.jpg").write_bytes(scene.jpeg)
@@ -39,7 +40,7 @@ def write_detection(root: Path, count: int) -> None:
     images_dir.mkdir(parents=True, exist_ok=True)
     images, annotations = [], []
     for index in range(count):
-        scene = detection_scene(SEED, "eval", index, INPUT_SIZES["detect"])
+        scene = detection_scene(SEED, "eval", index, INPUT_SIZES[DETECT])
         name = f"{index:05d}.jpg"
         (images_dir / name).write_bytes(scene.jpeg)
         width, height = Image.open(io.BytesIO(scene.jpeg)).size
@@ -56,8 +57,8 @@ def write_detection(root: Path, count: int) -> None:
 
 def main() -> None:
     shutil.rmtree(ROOT, ignore_errors=True)
-    write_classification(CLASSIFY_DIR, EVAL_COUNTS["classify"])
-    write_detection(DETECT_DIR, EVAL_COUNTS["detect"])
+    write_classification(CLASSIFY_DIR, EVAL_COUNTS[CLASSIFY])
+    write_detection(DETECT_DIR, EVAL_COUNTS[DETECT])
 
 
 if __name__ == "__main__":

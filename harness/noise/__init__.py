@@ -174,9 +174,12 @@ def _box_decode_variants(spec, graph_backend):
     return [Variant(name, {"box_decode": name}) for name in BOX_DECODES if name != spec.profile.box_decode]
 
 
-def _detection_only(build):
+def _post_processing(axis: str, build):
+    """A post-processing axis: its variants where the model's task has that stage (Task.post_axes)."""
     def variants(spec, graph_backend):
-        return build(spec, graph_backend) if spec.task == "detect" else []
+        from harness.tasks import get_task
+
+        return build(spec, graph_backend) if axis in get_task(spec.task).post_axes else []
     return variants
 
 
@@ -188,9 +191,9 @@ def _point_variants(spec, graph_backend):
     return [Variant(name, {"points": name}) for name in POINT_PLACEMENTS if name != trained]
 
 
-VARIANT_BUILDERS["nms"] = _detection_only(_nms_variants)
-VARIANT_BUILDERS["points"] = _detection_only(_point_variants)
-VARIANT_BUILDERS["box_decode"] = _detection_only(_box_decode_variants)
+VARIANT_BUILDERS["nms"] = _post_processing("nms", _nms_variants)
+VARIANT_BUILDERS["points"] = _post_processing("points", _point_variants)
+VARIANT_BUILDERS["box_decode"] = _post_processing("box_decode", _box_decode_variants)
 AXES["nms"] = Axis("nms", "post", "NMS implementation (torchvision, ONNX NonMaxSuppression on ORT, OpenCV, "
                                   "NumPy), class-agnostic, IoU/score thresholds, max detections")
 AXES["box_decode"] = Axis("box_decode", "post", "box decoding: no clipping, legacy +1 pixel convention, float16")

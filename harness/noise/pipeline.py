@@ -18,7 +18,7 @@ from harness.errors import SampleError
 from harness.noise.stats import MAP_ROUNDS
 from harness.preprocess import COLORS, apply_geometry, color_before_geometry, decode, normalize, stored_size
 from harness.profile import Profile
-from harness.run import Batch, postprocess
+from harness.tasks import get_task
 from harness.variants import lookup
 
 @dataclass
@@ -301,12 +301,12 @@ class StagedPipeline:
 
     def _postprocess(self, inputs: Inputs, outputs: dict, profile: Profile) -> list:
         spec = self.exported.spec
+        task = get_task(spec.task)
         predictions = []
-        for start in range(0, len(inputs.ids), self.batch_size):
+        for start in range(0, len(inputs.ids), self.batch_size):  # batch by batch, as compare decodes
             stop = start + self.batch_size
-            batch = Batch([self.by_id[i] for i in inputs.ids[start:stop]], None, inputs.geometries[start:stop], [])
-            predictions.extend(postprocess(spec.task, {k: v[start:stop] for k, v in outputs.items()}, batch,
-                                           profile, spec.head))
+            predictions.extend(task.predictions({k: v[start:stop] for k, v in outputs.items()},
+                                                inputs.geometries[start:stop], profile, spec.head))
         return predictions
 
     def _track_output_errors(self, pairs: list[tuple[Request, Request]]) -> None:

@@ -20,7 +20,8 @@ def sysnoise_report(spec, axes: str | None = None, dataset: Path | None = None, 
     from harness.export import export
     from harness.noise import get_axes
     from harness.noise.pipeline import DEFAULT_CHUNK, StagedPipeline
-    from harness.noise.stats import ACCURACY_RULE, MAP_ROUNDS, MAP_RULE
+    from harness.noise.stats import MAP_ROUNDS, significance_block
+    from harness.tasks import get_task
     from harness.noise.sweep import combine as combine_axes, reference_metric, reference_of, run_axes
     from harness.provenance import provenance
     from harness.run import require_readable
@@ -44,7 +45,7 @@ def sysnoise_report(spec, axes: str | None = None, dataset: Path | None = None, 
                               bootstrap_scope=bootstrap_scope,
                               chunk_size=chunk_size or DEFAULT_CHUNK)
     reference, reference_config = reference_of(exported)
-    primary = "map" if task == "detect" else "top1"
+    primary = get_task(task).primary_metric
     classes = data.classes or spec.labels
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=Console(stderr=True), transient=True, disable=not progress) as bars:
@@ -74,8 +75,7 @@ def sysnoise_report(spec, axes: str | None = None, dataset: Path | None = None, 
                          "(as the paper does), added in the paper's order" if combine else None,
         "bootstrap_rounds": pipeline.bootstrap_rounds,
         "bootstrap_seconds": None,  # no longer a budget (rounds are: reproducible); kept for older readers
-        "significance": {"rule": ACCURACY_RULE if task == "classify" else MAP_RULE,
-                         "alpha": 0.05, "bootstrap_rounds": pipeline.bootstrap_rounds if task == "detect" else None},
+        "significance": significance_block(get_task(task), pipeline.bootstrap_rounds),
         "bootstrap_scope": bootstrap_scope,
         "store": str(store.path) if store is not None else None,
         "counters": pipeline.counters,

@@ -10,12 +10,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from harness.compare.outputs import agreement, mean_kl
 from harness.errors import BackendUnavailable
 from harness.noise import Axis, Variant
 from harness.noise.pipeline import GRAPH_BASELINE, Evaluated, ModelConfig, Request, StagedPipeline
-from harness.noise.stats import accuracy_change, significant
+from harness.noise.stats import significant
 from harness.profile import Profile
+from harness.tasks import get_task
 
 def reference_of(exported) -> tuple[dict, ModelConfig]:
     """The report's reference block and the reference's model configuration: the same reference compare
@@ -117,8 +117,7 @@ def execution_of(pipeline: StagedPipeline, config: ModelConfig, base_config: Mod
 
 def compare_variant(pipeline: StagedPipeline, task: str, classes, profile: Profile, config: ModelConfig,
                     base_profile: Profile, base_config: ModelConfig, primary: str) -> dict:
-    from harness.compare import task_metric
-
+    kind = get_task(task)
     candidate, baseline, shared = _paired(pipeline, profile, config, base_profile, base_config)
     cand_index = {i: k for k, i in enumerate(candidate.ids)}
     base_index = {i: k for k, i in enumerate(baseline.ids)}
@@ -126,15 +125,15 @@ def compare_variant(pipeline: StagedPipeline, task: str, classes, profile: Profi
     base = [baseline.predictions[base_index[i]] for i in shared]
     samples = [pipeline.by_id[i] for i in shared]
     evaluators = None
-    if task == "detect":  # one COCO evaluate per side serves the metric and the bootstrap
+    if kind.evaluates_whole_set:  # one COCO evaluate per side serves the metric and the bootstrap
         from harness.metrics import metrics_of
 
         evaluators = _coco_pair(pipeline, candidate, baseline, shared, classes)
         base_metric, metric = (metrics_of(e) for e in evaluators)
     else:
-        metric = task_metric(task, samples, cand, base, len(classes))
-        base_metric = task_metric(task, samples, base, base, len(classes))
-    agree = agreement(base, cand)
+        metric = kind.metric(samples, cand, len(classes))
+        base_metric = kind.metric(samples, base, len(classes))
+    agree = kind.agreement(base, cand)
     row = {"metric": metric, "baseline_metric": base_metric,
            "delta": metric[primary] - base_metric[primary],
            "flip_rate": float(1 - agree.mean()) if len(agree) else None,
@@ -146,16 +145,11 @@ def compare_variant(pipeline: StagedPipeline, task: str, classes, profile: Profi
            "first_reshaped_tensor": first_reshaped(pipeline, config, base_config),
            "precision_effective": effective_precision(pipeline, config, base_config),
            "execution": execution_of(pipeline, config, base_config)}
-    if task != "detect":
-        row["kl"] = mean_kl(np.asarray(base), np.asarray(cand))
-    if task == "detect" and not row["identical_to_reference"] and pipeline.bootstrap_rounds > 0 \
+    row["kl"] = kind.divergence(base, cand)
+    if kind.evaluates_whole_set and not row["identical_to_reference"] and pipeline.bootstrap_rounds > 0 \
             and pipeline.bootstrap_scope == "all":
         row.update(_map_interval(pipeline, evaluators, len(samples)))
-    if task == "classify":
-        labels = np.array([s.label for s in samples])
-        base_ok = np.asarray(base).argmax(1) == labels
-        cand_ok = np.asarray(cand).argmax(1) == labels
-        row.update(accuracy_change(base_ok, cand_ok))
+    row.update(kind.paired_change(samples, base, cand))
     return row
 
 
@@ -302,7 +296,7 @@ def run_axis(pipeline: StagedPipeline, axis: Axis, reference_profile: Profile, r
         if progress:
             progress(variant.name)
     _mark_repeats(variants_out)
-    if task == "detect" and pipeline.bootstrap_scope == "largest" and pipeline.bootstrap_rounds > 0:
+    if get_task(task).evaluates_whole_set and pipeline.bootstrap_scope == "largest" and pipeline.bootstrap_rounds > 0:
         _interval_of_largest(pipeline, axis.name, variants_out, planned, reference_profile, classes, store)
     measured = [v["delta"] for v in distinct_findings(variants_out)]
     worst = min(measured) if measured else None

@@ -7,7 +7,9 @@ from harness.errors import InputError
 
 
 def _primary(report: dict) -> str:
-    return "map" if report.get("model", {}).get("task") == "detect" else "top1"
+    from harness.tasks import CLASSIFY, get_task
+
+    return get_task(report.get("model", {}).get("task") or CLASSIFY).primary_metric
 
 
 def _rows(report: dict) -> dict[tuple, dict]:

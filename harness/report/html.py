@@ -126,8 +126,10 @@ def _points(value) -> float:
 # --- per report kind -------------------------------------------------------------------------------------
 
 def _compare_body(report: dict, thumbs: dict) -> str:
+    from harness.tasks import get_task
+
     plt = _pyplot()
-    primary = "map" if report["model"]["task"] == "detect" else "top1"
+    primary = get_task(report["model"]["task"]).primary_metric
     rows, labels, deltas = [], [], []
     for r in report["results"]:
         label = f"{r['backend']}:{r['device']} {r['precision']}"

@@ -1,0 +1,82 @@
+"""Tasks: what a model's outputs mean (DESIGN.md, "The nouns": Task).
+
+A task is the thing that varies under every command, as a backend is: compare, sysnoise, drift, validate,
+report and diff hold a `Task` and call it, and never test a task's name. A task turns a batch's raw
+outputs into per-sample predictions (its post-processing stage, with that stage's variants), scores
+predictions against a dataset's labels (its metric), says whether two predictions of one sample agree (the
+label-free drift signal), which noise axes apply to it, and how its significance is decided.
+
+Adding a task is one module here and one line in TASKS.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+from harness.errors import UnknownName
+
+CLASSIFY, DETECT = "classify", "detect"
+
+
+class Task(ABC):
+    """One task family. Subclasses set `name`, `primary_metric`, `significance_rule` and implement the
+    abstract methods; predictions are whatever the task's post-processing makes (logits rows, Detections)."""
+
+    name = ""
+    primary_metric = ""
+    significance_rule = ""
+    post_axes: tuple[str, ...] = ()  # the post-processing noise axes that apply (nms, box_decode, points)
+
+    @abstractmethod
+    def predictions(self, outputs: dict[str, np.ndarray], geometries: list, profile, head: dict) -> list:
+        """A batch's raw outputs (by output name, batch first) -> one prediction per sample, in stored-image
+        coordinates where the task has any (`geometries`: harness.preprocess.Geometry per sample)."""
+
+    @abstractmethod
+    def metric(self, samples: list, predictions: list, num_classes: int) -> dict[str, float]:
+        """The task's metrics of `predictions` against the samples' labels, as fractions."""
+
+    @abstractmethod
+    def agreement(self, reference: list, candidate: list) -> np.ndarray:
+        """bool[N]: does each candidate prediction agree with the reference's for that sample?"""
+
+    @abstractmethod
+    def flip_record(self, sample, reference, candidate, classes: tuple[str, ...]) -> dict:
+        """What a report's gallery shows of a sample whose prediction flipped (label, both predictions,
+        the candidate's confidence)."""
+
+    # the metric comes from one evaluation of the whole set per side (COCO AP), not a mean over samples:
+    # its interval is a bootstrap over images of those evaluations (harness.metrics.bootstrap_map_delta)
+    evaluates_whole_set = False
+
+    def paired_change(self, samples: list, reference: list, candidate: list) -> dict:
+        """The row fields that say whether a per-sample metric moved (ci95, p_value, significant), by the
+        task's significance rule; {} where the interval needs the whole-set evaluations instead."""
+        return {}
+
+    def divergence(self, reference: list, candidate: list) -> float | None:
+        """A distribution distance between two prediction sets (KL of the class distributions), if any."""
+        return None
+
+    def scene(self):
+        """The synthetic scene maker (harness.data.synthetic) whose images calibrate and train this task."""
+        raise NotImplementedError(f"task {self.name}: no synthetic scenes")
+
+    def benchmark(self):
+        """The embedded evaluation split of this task (harness/data/benchmark), as a Dataset."""
+        raise NotImplementedError(f"task {self.name}: no embedded benchmark")
+
+
+def registry() -> dict[str, Task]:
+    from harness.tasks.classify import Classify
+    from harness.tasks.detect import Detect
+
+    return {task.name: task for task in (Classify(), Detect())}
+
+
+def get_task(name: str) -> Task:
+    tasks = registry()
+    if name not in tasks:
+        raise UnknownName("task", name, list(tasks))
+    return tasks[name]

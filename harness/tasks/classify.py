@@ -1,0 +1,62 @@
+"""Image classification: logits rows; top-1/top-5 accuracy; a prediction is its argmax."""
+from __future__ import annotations
+
+import numpy as np
+
+from harness.tasks import CLASSIFY, Task
+
+
+class Classify(Task):
+    name = CLASSIFY
+    primary_metric = "top1"
+
+    @property
+    def significance_rule(self) -> str:
+        from harness.noise.stats import ACCURACY_RULE
+
+        return ACCURACY_RULE
+
+    def predictions(self, outputs, geometries, profile, head) -> list:
+        logits = next(iter(outputs.values()))  # a classifier's first output holds its logits
+        return list(logits.astype(np.float32))
+
+    def metric(self, samples, predictions, num_classes) -> dict[str, float]:
+        from harness.metrics import classification_metrics
+
+        return classification_metrics(np.asarray(predictions), np.array([s.label for s in samples]))
+
+    def agreement(self, reference, candidate) -> np.ndarray:
+        return np.asarray(reference).argmax(axis=1) == np.asarray(candidate).argmax(axis=1)
+
+    def flip_record(self, sample, reference, candidate, classes) -> dict:
+        from harness.compare.outputs import prediction_label, softmax
+
+        def name(index):
+            return classes[index] if isinstance(index, int) and 0 <= index < len(classes) else index
+
+        confidence = float(softmax(np.asarray(candidate, np.float64))[prediction_label(candidate)])
+        return {"label": name(sample.label) if sample.label is not None else None,
+                "reference_pred": name(prediction_label(reference)),
+                "candidate_pred": name(prediction_label(candidate)), "confidence": round(confidence, 6)}
+
+    def paired_change(self, samples, reference, candidate) -> dict:
+        from harness.noise.stats import accuracy_change
+
+        labels = np.array([s.label for s in samples])
+        return accuracy_change(np.asarray(reference).argmax(1) == labels, np.asarray(candidate).argmax(1) == labels)
+
+    def divergence(self, reference, candidate) -> float:
+        from harness.compare.outputs import mean_kl
+
+        return mean_kl(np.asarray(reference), np.asarray(candidate))
+
+    def benchmark(self):
+        from harness.data import load_image_folder
+        from harness.data.benchmark import CLASSIFY_DIR
+
+        return load_image_folder(CLASSIFY_DIR, name="embedded-classify")
+
+    def scene(self):
+        from harness.data.synthetic import classification_scene
+
+        return classification_scene

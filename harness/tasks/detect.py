@@ -1,0 +1,72 @@
+"""Object detection: FCOS-style raw head maps decoded by the harness (points, boxes, NMS: the
+post-processing noise axes); COCO AP through pycocotools; two predictions agree when their confident
+detections pair up one-to-one by class and IoU."""
+from __future__ import annotations
+
+import numpy as np
+
+from harness.errors import HarnessError
+from harness.tasks import DETECT, Task
+
+HEAD_HELP = ("models must declare head={'type': 'fcos', 'levels': [{'stride': 8, 'cls_logits': OUTPUT, 'box_reg': "
+             "OUTPUT, 'centerness': OUTPUT}, ...]} (optional 'points': 'stride' or 'spread', "
+             "harness.postprocess.fcos_points)")
+
+
+class Detect(Task):
+    name = DETECT
+    primary_metric = "map"
+    post_axes = ("nms", "box_decode", "points")
+    evaluates_whole_set = True
+
+    @property
+    def significance_rule(self) -> str:
+        from harness.noise.stats import MAP_RULE
+
+        return MAP_RULE
+
+    def predictions(self, outputs, geometries, profile, head) -> list:
+        from harness.postprocess import Detections, decode_fcos, point_placement
+
+        if head.get("type") != "fcos":
+            raise HarnessError(f"detection post-processing for head {head.get('type')!r} is not available; "
+                               + HEAD_HELP)
+        placement = point_placement(head, profile)
+        predictions = []
+        for k, geometry in enumerate(geometries):
+            levels = [(level["stride"], outputs[level["cls_logits"]][k], outputs[level["box_reg"]][k],
+                       outputs[level["centerness"]][k]) for level in head["levels"]]
+            dets = decode_fcos(levels, profile, placement)
+            predictions.append(Detections(geometry.to_image(dets.boxes), dets.scores, dets.labels))
+        return predictions
+
+    def metric(self, samples, predictions, num_classes) -> dict[str, float]:
+        from harness.metrics import coco_metrics
+
+        return coco_metrics([(s.boxes, s.box_labels) for s in samples], predictions, num_classes)
+
+    def agreement(self, reference, candidate) -> np.ndarray:
+        from harness.compare.outputs import DETECTION_AGREEMENT, detections_agree
+
+        return np.array([detections_agree(r, c, **DETECTION_AGREEMENT) for r, c in zip(reference, candidate)],
+                        dtype=bool)
+
+    def flip_record(self, sample, reference, candidate, classes) -> dict:
+        from harness.compare.outputs import prediction_label
+
+        # counts, never class names: a sample's label is how many objects it holds, a prediction how many
+        # confident detections
+        return {"label": int(len(sample.box_labels)) if sample.box_labels is not None else None,
+                "reference_pred": prediction_label(reference), "candidate_pred": prediction_label(candidate),
+                "confidence": round(float(candidate.scores.max()) if len(candidate.scores) else 0.0, 6)}
+
+    def benchmark(self):
+        from harness.data import load_coco
+        from harness.data.benchmark import DETECT_DIR
+
+        return load_coco(DETECT_DIR / "instances.json", name="embedded-detect")
+
+    def scene(self):
+        from harness.data.synthetic import detection_scene
+
+        return detection_scene
