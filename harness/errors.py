@@ -1,4 +1,4 @@
-"""The harness's error vocabulary. The CLI maps each to one line and an exit code (see harness/cli.py)."""
+"""The harness's error vocabulary. The CLI maps each to one line and an exit code (harness.cli.common.run_with_error_contract)."""
 from __future__ import annotations
 
 

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from harness.cli_common import JsonOpt, console_for
+from harness.cli.common import JsonOpt, console_for
 from harness.errors import InputError
 
 zoo_app = typer.Typer(add_completion=False, no_args_is_help=True, help="The model zoo: list and train.")

@@ -1,0 +1,118 @@
+"""`harness sysnoise`: the SysNoise sweep, run on a worker (harness.noise.executor)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.markup import escape
+
+from harness.cli.app import app
+from harness.cli.common import (AllowCodeOpt, CheckpointOpt, DatasetOpt, HtmlOpt, JsonOpt, ModelArg, ProfileOpt,
+                                InputShapeOpt, ThreadsOpt, checked_inputs, console_for, print_data_notes,
+                                resolve, write_reports)
+from harness.errors import UsageError
+
+
+@app.command()
+def sysnoise(
+    model: ModelArg = None,
+    axes: Annotated[Optional[str], typer.Option("--axes", help="Comma list of noise axes (default: all).")] = None,
+    list_axes: Annotated[bool, typer.Option("--list-axes", help="Print the axes and their variants.")] = False,
+    combine: Annotated[bool, typer.Option("--combine", help="Add the axes cumulatively in the paper's order.")] = False,
+    backend: Annotated[str, typer.Option("--backend", help="Backend for graph-rewrite axes (ceil_mode, upsample).")]
+    = "onnxruntime",
+    dataset: DatasetOpt = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
+    threads: ThreadsOpt = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Use the first N samples.")] = None,
+    json_path: JsonOpt = None,
+    html: HtmlOpt = None,
+    markdown: Annotated[Optional[Path], typer.Option("--markdown", help="Write the paper-layout table here.")] = None,
+    checkpoint: CheckpointOpt = None,
+    profile: ProfileOpt = None,
+    allow_code: AllowCodeOpt = False,
+    input_shape: InputShapeOpt = None,
+    calibration: Annotated[Optional[Path], typer.Option("--calibration", help="Training images for INT8.")] = None,
+    variant: Annotated[Optional[list[str]], typer.Option(
+        "--variant", help="Your own variant: AXIS=package.module:function (decoder, resize, color or nms); "
+                          "repeatable.")] = None,
+    bootstrap_rounds: Annotated[Optional[int], typer.Option(
+        "--bootstrap-rounds", min=0, help="Seeded rounds of each mAP bootstrap (default 200, ~20 s an interval "
+                                          "on 120 images); 0 skips it (no interval for mAP).")] = None,
+    bootstrap_seconds: Annotated[Optional[float], typer.Option(
+        "--bootstrap-seconds", min=0, hidden=True, help="Deprecated: rounds are the budget (reproducible); "
+                                                        "0 still skips the bootstrap.")] = None,
+    bootstrap_scope: Annotated[str, typer.Option(
+        "--bootstrap-scope", help="mAP intervals for every detection variant, or per axis only for the largest "
+                                  "|Δ| (faster).")] = "all",
+    executor: Annotated[str, typer.Option(
+        "--executor", help="Where cells run: local (a worker process; a crashing cell costs only itself) or "
+                           "ray (a Ray task; $RAY_ADDRESS, else a local cluster).")] = "local",
+    cell_timeout: Annotated[Optional[float], typer.Option(
+        "--cell-timeout", min=1, help="Seconds one cell (a variant) may run before its worker is killed and "
+                                      "the cell reported as timed out.")] = None,
+    store: Annotated[Optional[Path], typer.Option(
+        "--store", help="SQLite file that keeps every finished variant as it finishes "
+                        "(default: $HARNESS_CACHE/cells.sqlite).")] = None,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Take variants already finished in the store (same model, data, settings) back "
+                         "instead of running them again.")] = False,
+    chunk_size: Annotated[Optional[int], typer.Option(
+        "--chunk-size", min=1, help="Images whose decodes, resizes and input tensors are held at once (default "
+                                    "256, rounded up to whole batches); memory grows with it, not with the "
+                                    "dataset.")] = None,
+) -> None:
+    """SysNoise sweep: vary one part of the deployment system at a time against the training profile."""
+    from harness.backends import get_backend
+    from harness.noise import AXES, add_user_variant
+    from harness.report.sysnoise import summary_markdown, variants_table
+
+    checked_inputs(profile, allow_code, input_shape, dataset)  # before the model and its worker: fail fast
+    spec = resolve(model, checkpoint, profile, allow_code, input_shape)
+    console = console_for(json_path)
+    graph_backend = get_backend(backend).name
+    for text in variant or []:
+        add_user_variant(text)
+    if list_axes:
+        for axis in AXES.values():
+            names = ", ".join(v.name for v in axis.variants(spec, graph_backend))
+            console.print(f"[bold]{axis.name}[/] ({axis.stage}): {axis.description}\n  {escape(names)}", highlight=False)
+        return
+    from harness.noise import get_axes
+    from harness.noise.executor import SweepJob, run_sweep
+    from harness.store import CellStore
+
+    if bootstrap_scope not in ("all", "largest"):
+        raise UsageError(f"--bootstrap-scope {bootstrap_scope!r}: expected all or largest")
+    if bootstrap_seconds is not None:  # a time budget gave other intervals on a slower machine
+        print("harness: --bootstrap-seconds is deprecated and ignored: the mAP bootstrap runs a fixed number of "
+              "seeded rounds (--bootstrap-rounds)" + ("; 0 skips it, as before" if bootstrap_seconds == 0 else ""),
+              file=sys.stderr)
+        if bootstrap_seconds == 0 and bootstrap_rounds is None:
+            bootstrap_rounds = 0
+    get_axes(axes)  # a misspelt axis fails here, before a worker starts
+    cells = CellStore(store)
+    options = {"axes": axes, "dataset": dataset, "limit": limit, "batch_size": batch_size, "threads": threads,
+               "calibration": calibration, "graph_backend": graph_backend, "combine": combine,
+               "bootstrap_rounds": bootstrap_rounds, "bootstrap_scope": bootstrap_scope, "chunk_size": chunk_size}
+    job = SweepJob(model, checkpoint, profile, list(variant or []), options, cells.path, resume,
+                   allow_code=allow_code, input_shape=input_shape)
+    try:
+        report = run_sweep(job, executor, cell_timeout, cells)
+    except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or SIGTERM (harness.noise.executor)
+        print(f"harness: sweep stopped; the variants and data chunks it finished are kept in {cells.path}: "
+              "run the same command with --resume to carry on from there", file=sys.stderr)
+        raise
+    finally:
+        cells.close()
+    report["store"] = str(cells.path)
+    try:
+        console.print(variants_table(report))
+        console.print(summary_markdown(report), highlight=False, markup=False)
+        print_data_notes(console, report)
+    finally:
+        write_reports(report, json_path, html, {markdown: lambda: summary_markdown(report) + "\n"} if markdown else None)
+    if any(v["status"] == "failed" for axis in report["axes"] for v in axis["variants"]):
+        raise typer.Exit(1)  # README: a row that failed (a crash, a timeout) makes the exit code 1
