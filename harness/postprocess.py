@@ -12,7 +12,7 @@ import numpy as np
 
 from harness.errors import HarnessError
 from harness.profile import Profile
-from harness.variants import lookup
+from harness.plugins import lookup
 
 PRE_NMS_TOP_K = 1000
 

@@ -18,7 +18,7 @@ from PIL import Image, UnidentifiedImageError
 
 from harness.errors import SampleError
 from harness.profile import Profile
-from harness.variants import lookup
+from harness.plugins import lookup
 
 # An explicit pixel budget, checked on the header before any decoder allocates: a 167-byte PNG can claim
 # 30000x30000. 100 MP is above any camera's still; HARNESS_MAX_PIXELS raises it for a dataset that needs it.

@@ -93,7 +93,7 @@ class FieldError(UsageError):
         return f"{source}: {self}"
 
 
-# the stage registries a field's value is a name in (package.module:function: user code, see variants.py)
+# the stage registries a field's value is a name in (package.module:function: user code, see plugins.py)
 REGISTRY_FIELDS = {"decoder": ("preprocess", "DECODERS"), "resize": ("preprocess", "RESIZERS"),
                    "color": ("preprocess", "COLORS"), "nms": ("postprocess", "NMS")}
 MAX_INPUT_SIZE = 8192
@@ -127,7 +127,7 @@ def checked_field(key: str, value, allow_code: bool = False):
 
     A registry field naming `package.module:function` is imported only with `allow_code` (the user passed
     --allow-code for this file); without it the file is refused, so a file never runs code by itself."""
-    from harness.variants import is_code_reference, load_user_function
+    from harness.plugins import is_code_reference, load_user_function
 
     if key not in FIELD_TYPES:
         raise FieldError(key, f"unknown profile key {key!r}; known: {', '.join(FIELD_NAMES)}", names_key=True)

@@ -9,36 +9,15 @@ backend compiles them once, not once per op.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from harness.compare.outputs import OutputStats
+from harness.compare.outputs import OutputStats, Thresholds
 
 REFERENCE_NOTE = "ONNX Runtime FP32 with graph optimisations disabled, on the exported graph"
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    """A tensor diverges when its SNR falls below `snr_floor` dB, or, when atol/rtol are given, when its
-    max abs error exceeds atol + rtol * max |reference|. Non-finite candidate values always diverge."""
-
-    snr_floor: float = 40.0
-    atol: float | None = None
-    rtol: float | None = None
-
-    def diverged(self, stats: OutputStats) -> bool:
-        if stats.nonfinite:
-            return True
-        if self.atol is not None or self.rtol is not None:
-            return stats.max_abs > (self.atol or 0.0) + (self.rtol or 0.0) * stats.ref_max_abs
-        return stats.snr_db < self.snr_floor
-
-    def to_json(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 @dataclass

@@ -6,6 +6,7 @@ detectors, a sample agrees when its confident detections match one-to-one (same 
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -140,3 +141,23 @@ def agreement(reference: list, candidate: list) -> np.ndarray:
 
     kind = DETECT if reference and isinstance(reference[0], Detections) else CLASSIFY
     return get_task(kind).agreement(reference, candidate)
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """A tensor diverges when its SNR falls below `snr_floor` dB, or, when atol/rtol are given, when its
+    max abs error exceeds atol + rtol * max |reference|. Non-finite candidate values always diverge."""
+
+    snr_floor: float = 40.0
+    atol: float | None = None
+    rtol: float | None = None
+
+    def diverged(self, stats: OutputStats) -> bool:
+        if stats.nonfinite:
+            return True
+        if self.atol is not None or self.rtol is not None:
+            return stats.max_abs > (self.atol or 0.0) + (self.rtol or 0.0) * stats.ref_max_abs
+        return stats.snr_db < self.snr_floor
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)

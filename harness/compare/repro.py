@@ -14,8 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.compare.drift import Thresholds
-from harness.compare.outputs import OutputStats
+from harness.compare.outputs import OutputStats, Thresholds
 from harness.files import write_atomic
 
 REPRO_FILES = ("candidate.onnx", "reference.onnx", "inputs.npz", "expected.npz", "repro.json")

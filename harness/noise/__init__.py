@@ -129,7 +129,7 @@ USER_VARIANTS: dict[str, list[Variant]] = {}
 def add_user_variant(text: str) -> None:
     """'AXIS=package.module:function' -> one more variant of that axis (validated by importing it)."""
     from harness import postprocess, preprocess
-    from harness.variants import load_user_function
+    from harness.plugins import load_user_function
 
     axis, _, target = text.partition("=")
     axis = axis.strip()

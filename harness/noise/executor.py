@@ -51,7 +51,7 @@ class SweepJob:
     checkpoint: Path | None
     profile: Path | None
     user_variants: list[str]
-    options: dict                              # harness.noise.report.sysnoise_report keyword arguments
+    options: dict                              # harness.noise.runner.sysnoise_report keyword arguments
     store_path: Path | None = None             # read by the worker: pieces of this run, and with --resume rows
     resume: bool = False                       # and pieces of earlier runs
     allow_code: bool = False                   # --allow-code: the profile file may name code
@@ -119,7 +119,7 @@ def run_job(job: SweepJob, send) -> None:
     try:
         from harness.model import resolve_model
         from harness.noise import add_user_variant
-        from harness.noise.report import sysnoise_report
+        from harness.noise.runner import sysnoise_report
 
         for text in job.user_variants:
             add_user_variant(text)

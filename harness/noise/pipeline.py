@@ -19,7 +19,7 @@ from harness.noise.stats import MAP_ROUNDS
 from harness.preprocess import COLORS, apply_geometry, color_before_geometry, decode, normalize, stored_size
 from harness.profile import Profile
 from harness.tasks import get_task
-from harness.variants import lookup
+from harness.plugins import lookup
 
 @dataclass
 class Inputs:

@@ -15,7 +15,7 @@ def zoo_sysnoise_markdown(progress: bool = False) -> str:
     """The SysNoise summary of every zoo model (README_SWEEP settings), one row each."""
     from harness.model import resolve_model
     from harness.models import ZOO
-    from harness.noise.report import sysnoise_report
+    from harness.noise.runner import sysnoise_report
     from harness.report.sysnoise import summary_markdown
 
     reports = [sysnoise_report(resolve_model(name), progress=progress, **README_SWEEP) for name in ZOO]

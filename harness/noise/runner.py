@@ -1,5 +1,5 @@
-"""One SysNoise sweep of one model, as the JSON report (`harness.sysnoise/1`): the CLI's and the README
-table's single source."""
+"""Runs one SysNoise sweep of one model and returns its JSON report (`harness.sysnoise/1`): the CLI's (on a
+worker, harness.noise.executor) and the README table's single source."""
 from __future__ import annotations
 
 from pathlib import Path
