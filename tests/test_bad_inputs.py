@@ -452,7 +452,7 @@ def test_a_full_store_warns_once_and_keeps_what_it_stored(tmp_path, capsys):
 
 
 def test_html_and_junit_escape_what_a_crafted_report_holds(tmp_path, harness_cli):
-    from harness.validate import junit_xml
+    from harness.report.gate import junit_xml
 
     evil = "<form action='https://x.invalid'><input></form><meta http-equiv='refresh' content='0;url=x'>"
     report = {"schema": "harness.compare/1", "model": {"name": evil, "task": "classify"},

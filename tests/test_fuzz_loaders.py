@@ -13,7 +13,7 @@ from harness.data import load_coco
 from harness.data.benchmark import DETECT_DIR
 from harness.errors import HarnessError
 from harness.profile import Profile, load_profile
-from harness.validate import load_gate, starter_gate
+from harness.gate_file import load_gate, starter_gate
 
 FUZZ = settings(max_examples=400, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])

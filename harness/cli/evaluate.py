@@ -50,6 +50,7 @@ def compare(
     from harness.data.benchmark import SEED as BENCHMARK_SEED
     from harness.export import export
     from harness.provenance import provenance
+    from harness.report.blocks import dataset_block, model_block
     from harness.report.table import compare_table, status_notes
 
     console = console_for(json_path)
@@ -83,12 +84,9 @@ def compare(
         "provenance": provenance(threads, {"benchmark": BENCHMARK_SEED} if dataset is None else {}, exported,
                                  data.fingerprint(),
                                  sorted({t.backend.name for t in targets} | {core["reference"]["backend"]})),
-        "model": {"name": spec.name, "task": spec.task, "onnx_sha256": exported.sha256, "source": spec.source,
-                  "weights": spec.weights_source,
-                  "onnx": str(exported.onnx_path), "exporter": exported.exporter, "opset": exported.opset},
-        "dataset": {"name": data.name, "path": str(data.root), "task": core["task"], "samples": core["processed"],
-                    "skipped_files": len(data.skipped), "skipped": data.skipped,
-                    "failed_samples": len(core["failed"]), "failed": core["failed"]},
+        "model": model_block(spec, exported, source=spec.source, onnx=str(exported.onnx_path),
+                             exporter=exported.exporter, opset=exported.opset),
+        "dataset": dataset_block(data, core["processed"], core["failed"], path=str(data.root), task=core["task"]),
         "reference": core["reference"],
         "results": core["results"],
         "calibration": core["calibration"],

@@ -30,7 +30,9 @@ def validate(
                              "package.module:function variants). Without it such a gate is refused.")] = False,
 ) -> None:
     """The pre-deployment gate: exit 0 when every threshold holds, 1 when one fails, 2 on a config error."""
-    from harness.validate import gate_table, junit_xml, load_gate, markdown_summary, run_gate, starter_gate
+    from harness.report.gate import gate_table, junit_xml, markdown_summary
+    from harness.gate_file import load_gate, starter_gate
+    from harness.validate import run_gate
 
     if init:
         from harness.model import resolve_model

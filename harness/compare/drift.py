@@ -253,6 +253,7 @@ def drift_report(spec, backend_name: str, device: str, precision: str, data, bat
     from harness.backends import get_backend
     from harness.export import export
     from harness.provenance import provenance
+    from harness.report.blocks import dataset_block, model_block
     from harness.run import iter_batches, require_readable
 
     require_readable(data, spec.profile)
@@ -283,11 +284,8 @@ def drift_report(spec, backend_name: str, device: str, precision: str, data, bat
     return {
         "schema": "harness.drift/1",
         "provenance": provenance(threads, {}, exported, data.fingerprint(), [backend.name]),
-        "model": {"name": spec.name, "task": spec.task, "onnx_sha256": exported.sha256,
-                  "weights": spec.weights_source},
-        "dataset": {"name": data.name, "samples": run.samples, "failed_samples": len(failures),
-                    "skipped_files": len(data.skipped), "skipped": data.skipped,
-                    "failed": [f.to_json() for f in failures]},
+        "model": model_block(spec, exported),
+        "dataset": dataset_block(data, run.samples, [f.to_json() for f in failures]),
         "reference": {"backend": "onnxruntime", "device": "cpu", "precision": "fp32", "graph_optimizations": False,
                       "note": REFERENCE_NOTE,
                       "profile": spec.profile.to_json(), "torch_check": run.torch_check},

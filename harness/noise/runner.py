@@ -24,6 +24,7 @@ def sysnoise_report(spec, axes: str | None = None, dataset: Path | None = None, 
     from harness.tasks import get_task
     from harness.noise.sweep import combine as combine_axes, reference_metric, reference_of, run_axes
     from harness.provenance import provenance
+    from harness.report.blocks import dataset_block, failure_records, model_block
     from harness.run import require_readable
 
     chosen = get_axes(axes)
@@ -63,10 +64,8 @@ def sysnoise_report(spec, axes: str | None = None, dataset: Path | None = None, 
     return {
         "schema": "harness.sysnoise/1",
         "provenance": provenance(threads, {"bootstrap": 0}, exported, pipeline.fingerprint, []),
-        "model": {"name": spec.name, "task": task, "onnx_sha256": exported.sha256, "weights": spec.weights_source},
-        "dataset": {"name": data.name, "samples": len(reference_eval.ids), "failed_samples": len(pipeline.failures),
-                    "skipped_files": len(data.skipped), "skipped": data.skipped,
-                    "failed": [{"sample": k, "reason": v} for k, v in pipeline.failures.items()]},
+        "model": model_block(spec, exported),
+        "dataset": dataset_block(data, len(reference_eval.ids), failure_records(pipeline.failures)),
         "reference": {**reference, "profile": spec.profile.to_json(), "metric": metric},
         "primary_metric": primary,
         "axes": results,
