@@ -23,6 +23,10 @@ DatasetOpt = Annotated[Optional[Path], typer.Option(
                       "images. Default: the embedded benchmark.")]
 JsonOpt = Annotated[Optional[str], typer.Option("--json", help="Write the JSON report here ('-' for stdout).")]
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", min=1, help="Threads per backend.")]
+LimitOpt = Annotated[Optional[int], typer.Option("--limit", min=1, help="Use the first N samples.")]
+BatchSizeOpt = Annotated[int, typer.Option("--batch-size", min=1)]
+CalibrationOpt = Annotated[Optional[Path], typer.Option(
+    "--calibration", help="Training images for INT8 calibration (zoo models: the generated training split).")]
 AllowCodeOpt = Annotated[bool, typer.Option(
     "--allow-code", help="Trust the --profile file: let it name package.module:function variants (imported and "
                          "run). Without it a file that names code is refused.")]

@@ -9,9 +9,9 @@ import typer
 from rich.console import Console
 
 from harness.cli.app import app
-from harness.cli.common import (AllowCodeOpt, CheckpointOpt, DatasetOpt, HtmlOpt, JsonOpt, ModelArg, ProfileOpt,
-                                InputShapeOpt, ThreadsOpt, checked_inputs, console_for, print_data_notes,
-                                resolve, write_reports)
+from harness.cli.common import (AllowCodeOpt, BatchSizeOpt, CalibrationOpt, CheckpointOpt, DatasetOpt, HtmlOpt,
+                                InputShapeOpt, JsonOpt, LimitOpt, ModelArg, ProfileOpt, ThreadsOpt, checked_inputs,
+                                console_for, print_data_notes, resolve, write_reports)
 from harness.errors import InputError, UsageError
 
 
@@ -22,17 +22,16 @@ def compare(
         "--backends", help="Comma list of backend[:device], e.g. ort,torch or ort:cuda. Default: every installed.")] = None,
     precision: Annotated[str, typer.Option("--precision", help="Comma list: fp32, fp16, bf16, int8.")] = "fp32",
     dataset: DatasetOpt = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
+    batch_size: BatchSizeOpt = 32,
     threads: ThreadsOpt = None,
-    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Use the first N samples.")] = None,
+    limit: LimitOpt = None,
     json_path: JsonOpt = None,
     html: HtmlOpt = None,
     checkpoint: CheckpointOpt = None,
     profile: ProfileOpt = None,
     allow_code: AllowCodeOpt = False,
     input_shape: InputShapeOpt = None,
-    calibration: Annotated[Optional[Path], typer.Option(
-        "--calibration", help="Training images for INT8 calibration (zoo models: the generated training split).")] = None,
+    calibration: CalibrationOpt = None,
     candidate_outputs: Annotated[Optional[Path], typer.Option(
         "--candidate-outputs", help="Outputs recorded on a target from `harness export-inputs` (.npz with "
                                     "sample_ids): compared as a candidate row 'recorded'.")] = None,
@@ -109,8 +108,8 @@ def drift(
     = "onnxruntime",
     precision: Annotated[str, typer.Option("--precision", help="fp32, fp16, bf16 or int8.")] = "fp32",
     dataset: DatasetOpt = None,
-    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Use the first N samples.")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
+    limit: LimitOpt = None,
+    batch_size: BatchSizeOpt = 32,
     threads: ThreadsOpt = None,
     taps: Annotated[Optional[str], typer.Option(
         "--taps", help="Tap method: graph-outputs (every tensor), kernel-boundary (non-perturbing) or "
@@ -129,7 +128,7 @@ def drift(
     profile: ProfileOpt = None,
     allow_code: AllowCodeOpt = False,
     input_shape: InputShapeOpt = None,
-    calibration: Annotated[Optional[Path], typer.Option("--calibration", help="Training images for INT8.")] = None,
+    calibration: CalibrationOpt = None,
     artifact: Annotated[Optional[Path], typer.Option(
         "--artifact", help="The deployed file the candidate runs (e.g. a QDQ .onnx made elsewhere).")] = None,
 ) -> None:

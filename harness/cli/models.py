@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
 
 from harness.cli.app import app
-from harness.cli.common import (AllowCodeOpt, CheckpointOpt, DatasetOpt, JsonOpt, ModelArg, ProfileOpt,
-                                InputShapeOpt, checked_inputs, console_for, resolve)
+from harness.cli.common import (AllowCodeOpt, CheckpointOpt, DatasetOpt, InputShapeOpt, JsonOpt, LimitOpt, ModelArg,
+                                ProfileOpt, checked_inputs, console_for, resolve)
 
 
 @app.command("export-inputs")
@@ -17,7 +17,7 @@ def export_inputs(
     folder: Annotated[Path, typer.Argument(help="Folder to write inputs.npz, model.onnx and manifest.json into.")],
     model: ModelArg = None,
     dataset: DatasetOpt = None,
-    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Use the first N samples.")] = None,
+    limit: LimitOpt = None,
     checkpoint: CheckpointOpt = None,
     profile: ProfileOpt = None,
     allow_code: AllowCodeOpt = False,

@@ -9,9 +9,9 @@ import typer
 from rich.markup import escape
 
 from harness.cli.app import app
-from harness.cli.common import (AllowCodeOpt, CheckpointOpt, DatasetOpt, HtmlOpt, JsonOpt, ModelArg, ProfileOpt,
-                                InputShapeOpt, ThreadsOpt, checked_inputs, console_for, print_data_notes,
-                                resolve, write_reports)
+from harness.cli.common import (AllowCodeOpt, BatchSizeOpt, CalibrationOpt, CheckpointOpt, DatasetOpt, HtmlOpt,
+                                InputShapeOpt, JsonOpt, LimitOpt, ModelArg, ProfileOpt, ThreadsOpt, checked_inputs,
+                                console_for, print_data_notes, resolve, write_reports)
 from harness.errors import UsageError
 
 
@@ -24,9 +24,9 @@ def sysnoise(
     backend: Annotated[str, typer.Option("--backend", help="Backend for graph-rewrite axes (ceil_mode, upsample).")]
     = "onnxruntime",
     dataset: DatasetOpt = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
+    batch_size: BatchSizeOpt = 64,
     threads: ThreadsOpt = None,
-    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Use the first N samples.")] = None,
+    limit: LimitOpt = None,
     json_path: JsonOpt = None,
     html: HtmlOpt = None,
     markdown: Annotated[Optional[Path], typer.Option("--markdown", help="Write the paper-layout table here.")] = None,
@@ -34,7 +34,7 @@ def sysnoise(
     profile: ProfileOpt = None,
     allow_code: AllowCodeOpt = False,
     input_shape: InputShapeOpt = None,
-    calibration: Annotated[Optional[Path], typer.Option("--calibration", help="Training images for INT8.")] = None,
+    calibration: CalibrationOpt = None,
     variant: Annotated[Optional[list[str]], typer.Option(
         "--variant", help="Your own variant: AXIS=package.module:function (decoder, resize, color or nms); "
                           "repeatable.")] = None,
