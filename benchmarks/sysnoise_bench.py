@@ -49,7 +49,7 @@ class OnBackend(Axis):
     backend: str = BACKEND
 
     def variants(self, spec, graph_backend):
-        return [v for v in super().variants(spec, graph_backend) if v.target is None or v.target[0] == self.backend]
+        return [v for v in super().variants(spec, graph_backend) if v.target is None or v.target.backend == self.backend]
 
 
 def _axes():

@@ -64,6 +64,13 @@ class Profile:
     def replace(self, **changes) -> "Profile":
         return dataclasses.replace(self, **changes)
 
+    @property
+    def placement(self):
+        """Where this profile's model runs (its model-stage fields as one value)."""
+        from harness.placement import Placement
+
+        return Placement(self.backend, self.device, self.precision)
+
     def stage_key(self, stage: str) -> tuple:
         return tuple(getattr(self, name) for name in STAGE_FIELDS[stage])
 

@@ -24,7 +24,8 @@ def default_path() -> Path:
 def cell_key(context: dict, axis: str, variant) -> str:
     """Content key of a cell: everything its result depends on."""
     payload = {**context, "axis": axis, "variant": variant.name, "profile": variant.profile,
-               "target": variant.target, "graph": variant.graph, "baseline": variant.baseline}
+               "target": variant.target.to_json() if variant.target else None, "graph": variant.graph,
+               "baseline": variant.baseline}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 

@@ -63,7 +63,7 @@ def run_gate(gate: Gate, progress: bool = True) -> dict:
     for entry in gate.profiles:
         profile = profile_from_mapping({k: v for k, v in entry.items() if k != "name"}, spec.profile, str(gate.path),
                                        gate.allow_code)
-        config = ModelConfig(profile.backend, profile.device, profile.precision)
+        config = ModelConfig.at(profile.placement)
         if config.backend == "torch" and reference_config.backend == "torch" and profile.precision == "fp32":
             config = reference_config
         planned.append((entry.get("name", "profile"), profile, config))

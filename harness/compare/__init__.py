@@ -16,6 +16,7 @@ from harness.compare.outputs import OutputStats, agreement, mean_kl
 from harness.data import UNLABELED, Dataset, Sample, printable
 from harness.errors import BackendUnavailable, RunFailed, UsageError
 from harness.export import ExportedModel
+from harness.placement import Placement
 from harness.run import FailedSample, SessionRun, iter_batches, require_readable, run_sessions, timing_summary
 from harness.tasks import Task, get_task
 
@@ -30,8 +31,12 @@ class Target:
     precision: str
 
     @property
+    def placement(self) -> Placement:
+        return Placement(self.backend.name, self.device, self.precision)
+
+    @property
     def label(self) -> str:
-        return f"{self.backend.name}:{self.device}:{self.precision}"
+        return self.placement.label
 
 
 def parse_targets(backends: str | None, precisions: str) -> list[Target]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from harness.errors import UnknownName, UsageError
+from harness.placement import Placement
 
 # --combine adds axes cumulatively in the paper's order
 PAPER_ORDER = ("decoder", "resize", "color", "precision", "ceil_mode", "upsample", "nms", "box_decode", "points")
@@ -21,7 +22,7 @@ PAPER_ORDER = ("decoder", "resize", "color", "precision", "ceil_mode", "upsample
 class Variant:
     name: str
     profile: dict = field(default_factory=dict)     # Profile field changes (pre/post stages)
-    target: tuple | None = None                     # (backend, device, precision) for model-stage variants
+    target: Placement | None = None                 # where a model-stage variant runs the model
     graph: dict = field(default_factory=dict)       # ONNX rewrite (harness.noise.graph.rewrite kwargs)
     baseline: str = "reference"                     # reference | same-backend-fp32 | unrewritten-graph
     note: str = ""
@@ -67,7 +68,7 @@ def _color_variants(spec, graph_backend):
 def _backend_variants(spec, graph_backend):
     from harness.backends import registry
 
-    return [Variant(b.name, target=(b.name, "cpu", "fp32")) for b in registry().values()
+    return [Variant(b.name, target=Placement(b.name)) for b in registry().values()
             if b.available()[0] and "cpu" in b.devices() and b.name != "torch"]
 
 
@@ -80,13 +81,13 @@ def _precision_variants(spec, graph_backend):
             continue
         for precision in backend.precisions("cpu"):
             if precision != "fp32" and not (backend.name == "tvm" and precision == "fp16"):
-                variants.append(Variant(f"{backend.name}-{precision}", target=(backend.name, "cpu", precision),
+                variants.append(Variant(f"{backend.name}-{precision}", target=Placement(backend.name, "cpu", precision),
                                         baseline="same-backend-fp32"))
     return variants
 
 
 def _ceil_variants(spec, graph_backend):
-    return [Variant("ceil", graph={"ceil_mode": True}, target=(graph_backend, "cpu", "fp32"),
+    return [Variant("ceil", graph={"ceil_mode": True}, target=Placement(graph_backend),
                     baseline="unrewritten-graph", note="every MaxPool/AveragePool with ceil_mode=1")]
 
 
@@ -94,7 +95,7 @@ def _upsample_variants(spec, graph_backend):
     from harness.noise.graph import COORDINATE_MODES
 
     return [Variant(f"{mode}-{coordinate}", graph={"resize_mode": mode, "coordinate_mode": coordinate},
-                    target=(graph_backend, "cpu", "fp32"), baseline="unrewritten-graph")
+                    target=Placement(graph_backend), baseline="unrewritten-graph")
             for mode in ("nearest", "linear") for coordinate in COORDINATE_MODES]
 
 

@@ -19,6 +19,7 @@ from harness.noise.stats import MAP_ROUNDS
 from harness.preprocess import COLORS, apply_geometry, color_before_geometry, decode, normalize, stored_size
 from harness.profile import Profile
 from harness.tasks import get_task
+from harness.placement import Placement
 from harness.plugins import lookup
 
 @dataclass
@@ -41,6 +42,15 @@ class ModelConfig:
     precision: str
     graph: tuple = ()          # sorted (name, value) pairs of a graph rewrite
     options: tuple = ()        # sorted (name, value) load options (the ONNX-only reference: optimize off)
+
+    @classmethod
+    def at(cls, placement: Placement, graph: tuple = (), options: tuple = ()) -> "ModelConfig":
+        """The configuration that runs the exported model (or its `graph` rewrite) where `placement` says."""
+        return cls(placement.backend, placement.device, placement.precision, graph, options)
+
+    @property
+    def placement(self) -> Placement:
+        return Placement(self.backend, self.device, self.precision)
 
 
 @dataclass(frozen=True)

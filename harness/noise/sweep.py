@@ -4,6 +4,7 @@ uncertainty, flip rate, KL, what the variant reshapes.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ def reference_of(exported) -> tuple[dict, ModelConfig]:
     from harness.compare import reference_block, reference_target
 
     target, options, note = reference_target(exported)
-    config = ModelConfig(target.backend.name, target.device, target.precision, options=tuple(sorted(options.items())))
+    config = ModelConfig.at(target.placement, options=tuple(sorted(options.items())))
     return reference_block(target, options, note), config
 
 
@@ -40,13 +41,12 @@ def variant_configs(variant: Variant, reference: ModelConfig) -> tuple[ModelConf
     """(variant's model configuration, its baseline's)."""
     if variant.target is None:
         return reference, reference
-    backend, device, precision = variant.target
+    where = variant.target
     if variant.baseline == "same-backend-fp32":
-        return ModelConfig(backend, device, precision), ModelConfig(backend, device, "fp32")
+        return ModelConfig.at(where), ModelConfig.at(where.with_precision("fp32"))
     if variant.baseline == "unrewritten-graph":
-        graph = tuple(sorted(variant.graph.items()))
-        return ModelConfig(backend, device, precision, graph), ModelConfig(backend, device, precision, GRAPH_BASELINE)
-    return ModelConfig(backend, device, precision), reference
+        return ModelConfig.at(where, tuple(sorted(variant.graph.items()))), ModelConfig.at(where, GRAPH_BASELINE)
+    return ModelConfig.at(where), reference
 
 
 def _paired(pipeline: StagedPipeline, profile: Profile, config: ModelConfig, base_profile: Profile,
@@ -281,7 +281,7 @@ def run_axis(pipeline: StagedPipeline, axis: Axis, reference_profile: Profile, r
             store.started(*cell.owner)
         entry = variant_row(variant.name, "ok", "", variant.baseline)
         # what the variant sets: profile fields (a colour row says where it converted: color_at), the model
-        entry["changes"] = {**variant.profile, **({"target": list(variant.target)} if variant.target else {}),
+        entry["changes"] = {**variant.profile, **({"target": variant.target.to_json()} if variant.target else {}),
                             **({"graph": variant.graph} if variant.graph else {})}
         try:
             entry.update(compare_variant(pipeline, task, classes, cell.profile, cell.config, reference_profile,
@@ -377,12 +377,12 @@ def combine(pipeline: StagedPipeline, axis_results: list[dict], reference_profil
         variant = next(v for v in AXES[name].variants(pipeline.exported.spec, graph_backend) if v.name == chosen)
         profile = profile.replace(**variant.profile) if variant.profile else profile
         if variant.target is not None:
-            backend, device, precision = variant.target
-            if variant.graph:
+            where = variant.target
+            if variant.graph:  # a rewrite keeps the backend and precision chosen so far (torch runs no ONNX)
                 graph.update(variant.graph)
-                backend = config.backend if config.backend != "torch" else backend
-                precision = config.precision
-            config = ModelConfig(backend, device, precision, tuple(sorted(graph.items())))
+                where = dataclasses.replace(where, backend=config.backend if config.backend != "torch" else
+                                            where.backend, precision=config.precision)
+            config = ModelConfig.at(where, tuple(sorted(graph.items())))
         steps.append((name, chosen, profile, config))
     # one more pass over the data for every step at once (the worst variants are known only now)
     pipeline.prepare([Request(reference_profile, reference_config)] + [Request(p, c) for _, _, p, c in steps])
