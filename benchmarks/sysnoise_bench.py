@@ -111,7 +111,7 @@ def bench_sweep(count: int | None = None, batch_size: int = 32, threads: int = 2
 
     started = time.perf_counter()
     pipeline = StagedPipeline(exported, dataset, batch_size, threads, None, bootstrap_rounds=0)
-    pipeline.read_bytes, pipeline.sessions = blobs, dict(sessions)
+    pipeline.stages.read, pipeline.models.sessions = (lambda sample: blobs[sample.id]), dict(sessions)
     axis_results = run_axes(pipeline, _axes(), spec.profile, reference, spec.task, spec.labels, "map", BACKEND)
     sweep_s = time.perf_counter() - started
     failed = [f"{a['axis']}/{v['name']}: {v['reason']}" for a in axis_results for v in a["variants"]

@@ -66,9 +66,16 @@ def _map_of(evaluator, iou_index=None) -> float:
 def coco_metrics(ground_truth: list[tuple[np.ndarray, np.ndarray]], detections: list[Detections],
                  num_classes: int) -> dict[str, float]:
     """COCO bbox AP through pycocotools: {"map", "ap50", "ap75"} (AP@[.5:.95], AP@.5, AP@.75)."""
+    return coco_evaluation(ground_truth, detections, num_classes)[0]
+
+
+def coco_evaluation(ground_truth: list[tuple[np.ndarray, np.ndarray]], detections: list[Detections],
+                    num_classes: int) -> tuple[dict[str, float], object]:
+    """(coco_metrics, the accumulated COCOeval they come from: what a bootstrap resamples)."""
+    evaluator = coco_evaluate(ground_truth, detections, num_classes)
     if not any(len(labels) for _, labels in ground_truth):
-        return {"map": float("nan"), "ap50": float("nan"), "ap75": float("nan")}
-    return metrics_of(coco_evaluate(ground_truth, detections, num_classes))
+        return {"map": float("nan"), "ap50": float("nan"), "ap75": float("nan")}, evaluator
+    return metrics_of(evaluator), evaluator
 
 
 def metrics_of(evaluator) -> dict[str, float]:

@@ -15,8 +15,9 @@ import numpy as np
 
 from harness.data import Dataset, Sample, printable
 from harness.errors import InputError, SampleError
-from harness.preprocess import Geometry, normalize, to_pixels
+from harness.preprocess import Geometry, normalize
 from harness.profile import Profile
+from harness.stages import Preprocessor, read_failure
 from harness.tasks import get_task
 
 
@@ -25,7 +26,6 @@ class Batch:
     samples: list[Sample]
     tensor: np.ndarray                 # float32[N, 3, S, S]
     geometries: list[Geometry]
-    image_sizes: list[tuple[int, int]]
 
 
 @dataclass
@@ -52,25 +52,24 @@ def require_readable(dataset: Dataset, profile: Profile) -> None:
             decode(dataset.read(sample), profile.decoder)
             return
         except (OSError, SampleError) as err:
-            first = first or f"{sample.id}: {err.strerror if isinstance(err, OSError) and err.strerror else err}"
+            first = first or f"{sample.id}: {read_failure(err)}"
     raise InputError(f"{dataset.root}: none of its {len(dataset.samples)} samples can be read with the "
                      f"{profile.decoder} decoder (first: {first})")
 
 
 def iter_batches(dataset: Dataset, profile: Profile, batch_size: int,
                  failures: list[FailedSample]) -> Iterator[Batch]:
-    """Pre-processed batches; unreadable samples go to `failures` and are left out."""
-    pending: list[tuple[Sample, np.ndarray, Geometry, tuple[int, int]]] = []
+    """Pre-processed batches of `batch_size` readable samples, through the pre-processing stages every run
+    uses (harness.stages); unreadable samples go to `failures` and are left out."""
+    stages = Preprocessor(dataset)
+    pending: list[tuple[Sample, np.ndarray, Geometry]] = []
     for sample in dataset.samples:
-        try:
-            data = dataset.read(sample)
-            pixels, geometry = to_pixels(data, profile)
-        except (OSError, SampleError) as err:
-            reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
-            failures.append(FailedSample(sample.id, printable(sample.path), reason))
+        found = stages.pixels(sample, profile)
+        stages.drop()  # one sample at a time: nothing here is used twice
+        if found is None:
+            failures.append(FailedSample(sample.id, printable(sample.path), read_failure(stages.failures[sample.id][1])))
             continue
-        size = (round(profile.input_size / geometry.scale_x), round(profile.input_size / geometry.scale_y))
-        pending.append((sample, pixels, geometry, size))
+        pending.append((sample, *found))
         if len(pending) == batch_size:
             yield _collate(pending, profile)
             pending = []
@@ -80,7 +79,7 @@ def iter_batches(dataset: Dataset, profile: Profile, batch_size: int,
 
 def _collate(items, profile: Profile) -> Batch:
     tensor = normalize(np.stack([item[1] for item in items]), profile)
-    return Batch([i[0] for i in items], tensor, [i[2] for i in items], [i[3] for i in items])
+    return Batch([i[0] for i in items], tensor, [i[2] for i in items])
 
 
 @dataclass

@@ -37,7 +37,7 @@ def run_gate(gate: Gate, progress: bool = True) -> dict:
     from harness.noise.pipeline import ModelConfig, Request, StagedPipeline
     from harness.noise.stats import significance_block
     from harness.tasks import get_task
-    from harness.noise.sweep import compare_variant, map_interval, reference_of
+    from harness.noise.sweep import change_of, compare_variant, reference_of
     from harness.profile import profile_from_mapping
     from harness.provenance import provenance
     from harness.report.blocks import dataset_block, failure_records, model_block
@@ -75,7 +75,7 @@ def run_gate(gate: Gate, progress: bool = True) -> dict:
             row = compare_variant(pipeline, spec.task, classes, profile, config, spec.profile, reference_config,
                                   primary)
             if task.evaluates_whole_set and not row["identical_to_reference"]:
-                row.update(map_interval(pipeline, profile, config, spec.profile, reference_config, classes))
+                row.update(change_of(pipeline, profile, config, spec.profile, reference_config, classes))
             error = pipeline.output_error(profile, config, spec.profile, reference_config)
         except Exception as err:  # noqa: BLE001 - a profile that cannot run fails its checks, the gate goes on
             message = f"{type(err).__name__}: {' '.join(str(err).split())[:300]}"

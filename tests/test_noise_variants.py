@@ -47,12 +47,12 @@ def _shorter_crop_by_hand(image: Image.Image, short: int, size: int) -> np.ndarr
 def test_colour_converts_at_decode_by_default_and_after_the_resize_when_named():
     """The colour axis's default placement: the YUV round trip on the stored image at full resolution (as a
     camera ISP or a video decoder delivers it), then the reference resize; `@model-input`: resize first.
-    Both through to_pixels (compare, drift, validate) and the sweep's staged pipeline."""
-    from harness.export import export
+    Both through to_pixels (the stages spelled out without caches) and the pre-processing stages every run
+    goes through (harness.stages), the cached way."""
     from harness.model import resolve_model
     from harness.noise import AXES
-    from harness.noise.pipeline import StagedPipeline
     from harness.preprocess import to_pixels
+    from harness.stages import Preprocessor
 
     spec = resolve_model("resnet_tiny")
     dataset = embedded_benchmark("classify").limit(6).aligned_to(spec.labels)
@@ -61,8 +61,8 @@ def test_colour_converts_at_decode_by_default_and_after_the_resize_when_named():
     at_decode = spec.profile.replace(**variants[yuv].profile)
     at_input = spec.profile.replace(**variants[f"{yuv}@model-input"].profile)
     assert (at_decode.color_at, at_input.color_at) == ("decode", "model-input")
-    pipeline = StagedPipeline(export(spec), dataset, batch_size=6)
-    staged = {place: pipeline._chunk_stack(dataset.samples, profile).pixels
+    stages = Preprocessor(dataset)
+    staged = {place: stages.stack(dataset.samples, profile).pixels
               for place, profile in (("decode", at_decode), ("model-input", at_input))}
     for k, sample in enumerate(dataset.samples):
         data = dataset.read(sample)

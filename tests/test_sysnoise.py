@@ -8,7 +8,9 @@ import pytest
 import torch
 from rich.console import Console
 
+import harness.noise.inference as inference_module
 import harness.noise.pipeline as pipeline_module
+import harness.stages as stages_module
 from harness.backends import Session
 from harness.data import embedded_benchmark
 from harness.export import export
@@ -16,6 +18,7 @@ from harness.model import resolve_model
 from harness.noise import AXES
 from harness.noise.graph import rewritten_model
 from harness.noise.stats import mcnemar_exact, paired_bootstrap_ci, significant
+from harness.noise.journal import ChunkJournal
 from harness.noise.pipeline import ModelConfig, Request, StagedPipeline
 from harness.noise.sweep import run_axes, run_axis
 from harness.report.sysnoise import variants_table
@@ -87,8 +90,8 @@ def test_each_stage_runs_once_per_distinct_work(monkeypatch):
                 weakref.finalize(result, released)
             return result
         return wrapped
-    monkeypatch.setattr(pipeline_module, "decode", counting("decode", pipeline_module.decode))
-    monkeypatch.setattr(pipeline_module, "apply_geometry", counting("geometry", pipeline_module.apply_geometry))
+    monkeypatch.setattr(stages_module, "decode", counting("decode", stages_module.decode))
+    monkeypatch.setattr(stages_module, "apply_geometry", counting("geometry", stages_module.apply_geometry))
     monkeypatch.setattr(Session, "run", counting("run", Session.run))
 
     spec = resolve_model("resnet_tiny")
@@ -111,7 +114,7 @@ def test_each_stage_runs_once_per_distinct_work(monkeypatch):
     assert identical == {"opencv", "torchvision"}
     # the same sweep unchunked, keeping no raw outputs for re-use (more inference) and its logits in
     # memory-mapped files, gives the same rows
-    monkeypatch.setattr(pipeline_module, "OUTPUTS_BUDGET", 0)
+    monkeypatch.setattr(inference_module, "OUTPUTS_BUDGET", 0)
     monkeypatch.setattr(pipeline_module, "SPILL_BYTES", 0)
     whole = StagedPipeline(export(spec), dataset, batch_size=8, chunk_size=20)
     unchunked = [run_axis(whole, axis, spec.profile, reference, "classify", spec.labels, "top1", "onnxruntime")
@@ -362,7 +365,7 @@ def test_pieces_taken_back_replace_the_whole_pass(tmp_path):
     shelf, runs = PieceShelf(), []
     for _ in range(2):
         pipeline = StagedPipeline(export(spec), dataset, batch_size=4, chunk_size=4)
-        pipeline.journal = (shelf, "sweep")
+        pipeline.journal = ChunkJournal(shelf, "sweep")
         pipeline.prepare(requests)
         runs.append(pipeline)
     first, second = runs
@@ -568,7 +571,7 @@ def test_the_papers_findings_on_the_zoo_detector():
     assert points["stride-offset0"]["significant"] and points["stride-offset0"]["delta"] < -0.2
     assert points["spread-offset0"]["identical_to"] == "stride-offset0"
     # ceil mode meeting a spread placement: the same rewritten graph, every point moved
-    from harness.noise.pipeline import GRAPH_BASELINE
+    from harness.noise.inference import GRAPH_BASELINE
     from harness.noise.sweep import compare_variant
 
     rewritten = ModelConfig("onnxruntime", "cpu", "fp32", (("ceil_mode", True),))

@@ -13,8 +13,9 @@ import numpy as np
 
 from harness.errors import BackendUnavailable
 from harness.noise import Axis, Variant
-from harness.noise.pipeline import GRAPH_BASELINE, Evaluated, ModelConfig, Request, StagedPipeline
-from harness.noise.stats import significant
+from harness.noise.journal import ChunkJournal
+from harness.noise.inference import GRAPH_BASELINE
+from harness.noise.pipeline import Evaluated, ModelConfig, Request, StagedPipeline
 from harness.profile import Profile
 from harness.tasks import get_task
 
@@ -58,24 +59,20 @@ def _paired(pipeline: StagedPipeline, profile: Profile, config: ModelConfig, bas
     return candidate, baseline, [i for i in candidate.ids if i in in_baseline]
 
 
-def _coco_pair(pipeline: StagedPipeline, candidate: Evaluated, baseline: Evaluated, shared: list[str], classes):
-    return (pipeline.coco(baseline, shared, len(classes), baseline=True),
-            pipeline.coco(candidate, shared, len(classes)))
+def _evaluation_pair(pipeline: StagedPipeline, candidate: Evaluated, baseline: Evaluated, shared: list[str],
+                     classes) -> tuple:
+    """(baseline's, candidate's) task evaluation on the shared samples (the baseline's kept for the axis)."""
+    return (pipeline.evaluation(baseline, shared, len(classes), baseline=True),
+            pipeline.evaluation(candidate, shared, len(classes)))
 
 
-def _map_interval(pipeline: StagedPipeline, evaluators, images: int) -> dict:
-    from harness.metrics import bootstrap_map_delta
-
-    interval = bootstrap_map_delta(*evaluators, images, rounds=pipeline.bootstrap_rounds)
-    return {} if interval is None else {"ci95": list(interval), "significant": significant(interval),
-                                        "significance_test": "bootstrap", "bootstrap_rounds": pipeline.bootstrap_rounds}
-
-
-def map_interval(pipeline: StagedPipeline, profile: Profile, config: ModelConfig, base_profile: Profile,
-                 base_config: ModelConfig, classes) -> dict:
-    """The bootstrap fields of one detection comparison (pipeline.bootstrap_rounds rounds), on demand."""
+def change_of(pipeline: StagedPipeline, profile: Profile, config: ModelConfig, base_profile: Profile,
+              base_config: ModelConfig, classes) -> dict:
+    """The significance fields of one comparison by the task's rule (a bootstrap of
+    pipeline.bootstrap_rounds rounds where one decides), on demand."""
     candidate, baseline, shared = _paired(pipeline, profile, config, base_profile, base_config)
-    return _map_interval(pipeline, _coco_pair(pipeline, candidate, baseline, shared, classes), len(shared))
+    return pipeline.task.change(*_evaluation_pair(pipeline, candidate, baseline, shared, classes),
+                                pipeline.bootstrap_rounds)
 
 
 def output_shape_changes(pipeline: StagedPipeline, profile: Profile, config: ModelConfig, base_profile: Profile,
@@ -123,16 +120,8 @@ def compare_variant(pipeline: StagedPipeline, task: str, classes, profile: Profi
     base_index = {i: k for k, i in enumerate(baseline.ids)}
     cand = [candidate.predictions[cand_index[i]] for i in shared]
     base = [baseline.predictions[base_index[i]] for i in shared]
-    samples = [pipeline.by_id[i] for i in shared]
-    evaluators = None
-    if kind.evaluates_whole_set:  # one COCO evaluate per side serves the metric and the bootstrap
-        from harness.metrics import metrics_of
-
-        evaluators = _coco_pair(pipeline, candidate, baseline, shared, classes)
-        base_metric, metric = (metrics_of(e) for e in evaluators)
-    else:
-        metric = kind.metric(samples, cand, len(classes))
-        base_metric = kind.metric(samples, base, len(classes))
+    base_evaluation, evaluation = _evaluation_pair(pipeline, candidate, baseline, shared, classes)
+    metric, base_metric = evaluation.metrics, base_evaluation.metrics
     agree = kind.agreement(base, cand)
     row = {"metric": metric, "baseline_metric": base_metric,
            "delta": metric[primary] - base_metric[primary],
@@ -146,10 +135,10 @@ def compare_variant(pipeline: StagedPipeline, task: str, classes, profile: Profi
            "precision_effective": effective_precision(pipeline, config, base_config),
            "execution": execution_of(pipeline, config, base_config)}
     row["kl"] = kind.divergence(base, cand)
-    if kind.evaluates_whole_set and not row["identical_to_reference"] and pipeline.bootstrap_rounds > 0 \
-            and pipeline.bootstrap_scope == "all":
-        row.update(_map_interval(pipeline, evaluators, len(samples)))
-    row.update(kind.paired_change(samples, base, cand))
+    # a whole-set evaluation's interval costs seconds: none for identical predictions, and with
+    # bootstrap_scope "largest" only for the axis's largest change (_interval_of_largest)
+    if not kind.evaluates_whole_set or (not row["identical_to_reference"] and pipeline.bootstrap_scope == "all"):
+        row.update(kind.change(base_evaluation, evaluation, pipeline.bootstrap_rounds))
     return row
 
 
@@ -248,7 +237,7 @@ def prepare_cells(pipeline: StagedPipeline, cells: list[Cell], reference_profile
                                           store.started(*owner) if owner else store.paused())
     contexts = {cell.context for cell in cells if cell.context is not None}
     if hasattr(store, "keep_piece") and len(contexts) == 1:  # an executor's relay store keeps the pass's pieces
-        pipeline.journal = (store, contexts.pop())
+        pipeline.journal = ChunkJournal(store, contexts.pop())
     try:
         pipeline.prepare(requests, owners, progress=progress)
     finally:
@@ -350,7 +339,7 @@ def _interval_of_largest(pipeline: StagedPipeline, axis_name: str, variants_out:
     if largest is None or largest.get("ci95") is not None or largest["name"] not in planned:
         return  # nothing measured, or an interval already there (taken back from the store)
     cell = planned[largest["name"]]
-    largest.update(map_interval(pipeline, cell.profile, cell.config, reference_profile, cell.base_config, classes))
+    largest.update(change_of(pipeline, cell.profile, cell.config, reference_profile, cell.base_config, classes))
     if store is not None:
         store.put(cell.key, axis_name, largest["name"], {k: v for k, v in largest.items()
                                                                   if k not in ("identical_to", "resumed")})

@@ -11,12 +11,23 @@ Adding a task is one module here and one line in TASKS.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 
 import numpy as np
 
 from harness.errors import UnknownName
 
 CLASSIFY, DETECT = "classify", "detect"
+
+
+@dataclass
+class Evaluation:
+    """A task's metric over a set of samples with what a paired comparison needs of it: `records` are the
+    per-sample results (a classifier's correct/wrong per sample, a detector's per-image COCO matches)."""
+
+    metrics: dict[str, float]
+    records: object
+    samples: int
 
 
 class Task(ABC):
@@ -34,8 +45,18 @@ class Task(ABC):
         coordinates where the task has any (`geometries`: harness.preprocess.Geometry per sample)."""
 
     @abstractmethod
+    def evaluate(self, samples: list, predictions: list, num_classes: int) -> Evaluation:
+        """The task's metrics of `predictions` against the samples' labels (fractions), with per-sample
+        records for `change`."""
+
+    @abstractmethod
+    def change(self, baseline: Evaluation, candidate: Evaluation, rounds: int) -> dict:
+        """The row fields that say whether the metric moved between two evaluations of the same samples
+        (ci95, p_value, significant, significance_test, bootstrap_rounds), by the task's significance rule;
+        `rounds`: the bootstrap's budget where a bootstrap decides ({} when 0)."""
+
     def metric(self, samples: list, predictions: list, num_classes: int) -> dict[str, float]:
-        """The task's metrics of `predictions` against the samples' labels, as fractions."""
+        return self.evaluate(samples, predictions, num_classes).metrics
 
     @abstractmethod
     def agreement(self, reference: list, candidate: list) -> np.ndarray:
@@ -47,13 +68,9 @@ class Task(ABC):
         the candidate's confidence)."""
 
     # the metric comes from one evaluation of the whole set per side (COCO AP), not a mean over samples:
-    # its interval is a bootstrap over images of those evaluations (harness.metrics.bootstrap_map_delta)
+    # its interval is a bootstrap over images of those evaluations, seconds each (`change` with rounds),
+    # so a sweep may give intervals to the largest changes only
     evaluates_whole_set = False
-
-    def paired_change(self, samples: list, reference: list, candidate: list) -> dict:
-        """The row fields that say whether a per-sample metric moved (ci95, p_value, significant), by the
-        task's significance rule; {} where the interval needs the whole-set evaluations instead."""
-        return {}
 
     def divergence(self, reference: list, candidate: list) -> float | None:
         """A distribution distance between two prediction sets (KL of the class distributions), if any."""

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from harness.tasks import CLASSIFY, Task
+from harness.tasks import CLASSIFY, Evaluation, Task
 
 
 class Classify(Task):
@@ -20,10 +20,17 @@ class Classify(Task):
         logits = next(iter(outputs.values()))  # a classifier's first output holds its logits
         return list(logits.astype(np.float32))
 
-    def metric(self, samples, predictions, num_classes) -> dict[str, float]:
+    def evaluate(self, samples, predictions, num_classes) -> Evaluation:
         from harness.metrics import classification_metrics
 
-        return classification_metrics(np.asarray(predictions), np.array([s.label for s in samples]))
+        logits, labels = np.asarray(predictions), np.array([s.label for s in samples])
+        correct = logits.argmax(1) == labels if len(logits) else np.zeros(0, bool)
+        return Evaluation(classification_metrics(logits, labels), correct, len(samples))
+
+    def change(self, baseline, candidate, rounds) -> dict:
+        from harness.noise.stats import accuracy_change
+
+        return accuracy_change(baseline.records, candidate.records)
 
     def agreement(self, reference, candidate) -> np.ndarray:
         return np.asarray(reference).argmax(axis=1) == np.asarray(candidate).argmax(axis=1)
@@ -38,12 +45,6 @@ class Classify(Task):
         return {"label": name(sample.label) if sample.label is not None else None,
                 "reference_pred": name(prediction_label(reference)),
                 "candidate_pred": name(prediction_label(candidate)), "confidence": round(confidence, 6)}
-
-    def paired_change(self, samples, reference, candidate) -> dict:
-        from harness.noise.stats import accuracy_change
-
-        labels = np.array([s.label for s in samples])
-        return accuracy_change(np.asarray(reference).argmax(1) == labels, np.asarray(candidate).argmax(1) == labels)
 
     def divergence(self, reference, candidate) -> float:
         from harness.compare.outputs import mean_kl

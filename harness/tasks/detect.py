@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from harness.errors import HarnessError
-from harness.tasks import DETECT, Task
+from harness.tasks import DETECT, Evaluation, Task
 
 HEAD_HELP = ("models must declare head={'type': 'fcos', 'levels': [{'stride': 8, 'cls_logits': OUTPUT, 'box_reg': "
              "OUTPUT, 'centerness': OUTPUT}, ...]} (optional 'points': 'stride' or 'spread', "
@@ -40,10 +40,19 @@ class Detect(Task):
             predictions.append(Detections(geometry.to_image(dets.boxes), dets.scores, dets.labels))
         return predictions
 
-    def metric(self, samples, predictions, num_classes) -> dict[str, float]:
-        from harness.metrics import coco_metrics
+    def evaluate(self, samples, predictions, num_classes) -> Evaluation:
+        from harness.metrics import coco_evaluation
 
-        return coco_metrics([(s.boxes, s.box_labels) for s in samples], predictions, num_classes)
+        metrics, evaluator = coco_evaluation([(s.boxes, s.box_labels) for s in samples], predictions, num_classes)
+        return Evaluation(metrics, evaluator, len(samples))
+
+    def change(self, baseline, candidate, rounds) -> dict:
+        from harness.metrics import bootstrap_map_delta
+        from harness.noise.stats import significant
+
+        interval = bootstrap_map_delta(baseline.records, candidate.records, candidate.samples, rounds=rounds)
+        return {} if interval is None else {"ci95": list(interval), "significant": significant(interval),
+                                            "significance_test": "bootstrap", "bootstrap_rounds": rounds}
 
     def agreement(self, reference, candidate) -> np.ndarray:
         from harness.compare.outputs import DETECTION_AGREEMENT, detections_agree

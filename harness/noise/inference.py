@@ -1,0 +1,100 @@
+"""The model stage of a sweep: a model configuration (a placement, a graph rewrite, load options), its
+backend session loaded once, and the raw outputs of an input set cached by content within a chunk."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from harness.placement import Placement
+from harness.preprocess import normalize
+from harness.profile import Profile
+
+GRAPH_BASELINE = (("baseline", True),)  # the model-stage baseline: unrewritten graph, same path as rewrites
+OUTPUTS_BUDGET = 512 * 2**20  # bytes of raw outputs a chunk keeps for re-use (ModelStage.evict)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backend: str
+    device: str
+    precision: str
+    graph: tuple = ()          # sorted (name, value) pairs of a graph rewrite
+    options: tuple = ()        # sorted (name, value) load options (the ONNX-only reference: optimize off)
+
+    @classmethod
+    def at(cls, placement: Placement, graph: tuple = (), options: tuple = ()) -> "ModelConfig":
+        """The configuration that runs the exported model (or its `graph` rewrite) where `placement` says."""
+        return cls(placement.backend, placement.device, placement.precision, graph, options)
+
+    @property
+    def placement(self) -> Placement:
+        return Placement(self.backend, self.device, self.precision)
+
+
+class ModelStage:
+    """Sessions by model configuration, and per chunk the raw outputs by (input set digest, configuration):
+    inference runs once per distinct input set per configuration. `counters["inferences"]` counts samples
+    run."""
+
+    def __init__(self, exported, batch_size: int, threads: int | None, calibration, counters: dict):
+        self.exported, self.batch_size, self.threads, self.calibration = exported, batch_size, threads, calibration
+        self.counters = counters
+        self.counters.setdefault("inferences", 0)
+        self.sessions: dict = {}
+        self.drop()
+
+    def drop(self) -> None:
+        """Forgets the chunk's outputs."""
+        self.outputs: dict = {}       # (inputs digest, config) -> raw outputs (see evict)
+        self.kept: set = set()        # of them, those an output comparison needs at the chunk's end
+        self.shapes: dict = {}        # (inputs digest, config) -> per-sample output shapes
+
+    def model(self, config: ModelConfig):
+        """The exported model a configuration runs: a graph rewrite's file, or the export itself."""
+        from harness.noise.graph import rewritten_model
+
+        if not config.graph:
+            return self.exported
+        # a rewrite, or the unrewritten graph through the same rewrite path
+        return rewritten_model(self.exported, **({} if config.graph == GRAPH_BASELINE else dict(config.graph)))
+
+    def session(self, config: ModelConfig):
+        """The backend session of a model configuration, loaded once."""
+        if config not in self.sessions:
+            from harness.backends import get_backend
+
+            # spinning=False: a sweep interleaves decoding/resizing with inference, and ONNX Runtime's
+            # busy-waiting threads would starve it (measured: torchvision decode 0.13 -> 12 ms per image)
+            self.sessions[config] = get_backend(config.backend).load(
+                self.model(config), config.device, config.precision, self.threads, calibration=self.calibration,
+                spinning=False, **dict(config.options))
+        return self.sessions[config]
+
+    def run(self, inputs, profile: Profile, config: ModelConfig) -> dict[str, np.ndarray]:
+        """The raw outputs of an input set (harness.stages.Inputs) normalised by `profile`, batch by batch."""
+        key = (inputs.digest, config)
+        if key not in self.outputs:
+            session = self.session(config)
+            parts: dict[str, list] = {}
+            for start in range(0, len(inputs.ids), self.batch_size):
+                tensor = normalize(inputs.pixels[start:start + self.batch_size], profile)
+                for name, value in session.run({session.input_names[0]: tensor}).items():
+                    parts.setdefault(name, []).append(value)
+                self.counters["inferences"] += len(tensor)
+            self.outputs[key] = {name: np.concatenate(values) for name, values in parts.items()}
+            self.shapes[key] = {name: list(value.shape[1:]) for name, value in self.outputs[key].items()}
+            self.evict(keep=key)
+        return self.outputs[key]
+
+    def evict(self, keep: tuple) -> None:
+        """Raw outputs can be large (a detector's maps at 800 px are MBs per image): beyond OUTPUTS_BUDGET
+        bytes in a chunk, the oldest are dropped, except those an output comparison needs at the chunk's
+        end. Dropping one costs at most an inference again; what identical input sets share is mostly
+        their predictions, which are kept."""
+        total = sum(v.nbytes for outputs in self.outputs.values() for v in outputs.values())
+        for key in list(self.outputs):
+            if total <= OUTPUTS_BUDGET:
+                break
+            if key != keep and key not in self.kept:
+                total -= sum(v.nbytes for v in self.outputs.pop(key).values())
