@@ -8,9 +8,9 @@ runs, samples/s), plus TVM's compile time (a cold cache, so the build is measure
 sysnoise: sweep vs hand-written vs naive time (benchmarks/sysnoise_bench.py); sweep peak memory vs dataset
 size (benchmarks/sysnoise_memory_bench.py).
 
-overhead: the harness's compare inference loop (Session.run checks, timing, post-processing, streaming
-output statistics) over a bare `onnxruntime.InferenceSession.run` loop, on the same pre-processed
-tensors, for a full-size architecture (torchvision ResNet-18, 224x224, random init) so inference is not
+overhead: the harness's compare inference path (the staged pipeline's model stage: normalisation, Session.run
+checks, timing; then post-processing and streaming output statistics) over a bare loop of the same
+normalisation and `onnxruntime.InferenceSession.run`, on the same decoded pixels, for a full-size architecture (torchvision ResNet-18, 224x224, random init) so inference is not
 trivially small. Goal: ratio <= 1.05. The two loops alternate, repeat after repeat, so machine load
 drifts affect both alike; the ratio is taken of the per-loop medians.
 """
@@ -30,13 +30,14 @@ import torchvision
 
 from harness.backends import get_backend
 from harness.compare.outputs import OutputStats
-from harness.data import Sample
 from harness.export import export
 from harness.model import ModelSpec
-from harness.preprocess import Geometry
+from harness.noise.inference import ModelConfig, ModelStage
+from harness.preprocess import Geometry, normalize
 from harness.profile import Profile
 from harness.provenance import provenance
-from harness.run import Batch, SessionRun, run_sessions
+from harness.stages import Inputs
+from harness.tasks import CLASSIFY, get_task
 
 RESULTS = Path(__file__).parent / "results"
 GOAL = 1.05
@@ -54,37 +55,42 @@ def bench_overhead(batches: int = 12, batch_size: int = 8, repeats: int = 5, thr
     with tempfile.TemporaryDirectory() as tmp:
         exported = export(resnet18_spec(Path(tmp)), cache_dir=Path(tmp) / "exports")
         rng = np.random.default_rng(0)
-        tensors = [rng.standard_normal((batch_size, 3, 224, 224), dtype=np.float32) for _ in range(batches)]
-        samples = [[Sample(f"{b}-{k}", Path("none")) for k in range(batch_size)] for b in range(batches)]
-        prepared = [Batch(s, t, [Geometry(1, 1)] * batch_size, [(224, 224)] * batch_size)
-                    for s, t in zip(samples, tensors)]
+        count = batches * batch_size
+        pixels = rng.integers(0, 256, (count, 224, 224, 3), dtype=np.uint8)
+        inputs = Inputs([f"sample-{k}" for k in range(count)], pixels, [Geometry(1, 1)] * count, "bench")
+        profile = Profile(input_size=224)
 
         backend = get_backend("onnxruntime")
-        harness_session = backend.load(exported, "cpu", "fp32", threads)
+        config = ModelConfig("onnxruntime", "cpu", "fp32")
+        models = ModelStage(exported, batch_size, threads, None, {})
+        models.sessions[config] = backend.load(exported, "cpu", "fp32", threads)
+        task = get_task(CLASSIFY)
         options = ort.SessionOptions()
         options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
         raw = ort.InferenceSession(str(exported.onnx_path), options, providers=["CPUExecutionProvider"])
         input_name = raw.get_inputs()[0].name
-        for tensor in tensors[:2]:  # warm both before timing
-            raw.run(None, {input_name: tensor})
-            harness_session.run({input_name: tensor})
+        for start in (0, batch_size):  # warm both before timing
+            raw.run(None, {input_name: normalize(pixels[start:start + batch_size], profile)})
+            models.sessions[config].run({input_name: normalize(pixels[start:start + batch_size], profile)})
 
         def raw_loop() -> float:
             started = time.perf_counter()
-            for tensor in tensors:
-                raw.run(None, {input_name: tensor})
+            for start in range(0, count, batch_size):
+                raw.run(None, {input_name: normalize(pixels[start:start + batch_size], profile)})
             return time.perf_counter() - started
 
         def harness_loop() -> float:
-            run = SessionRun("onnxruntime:cpu:fp32", harness_session)
+            """The staged pipeline's model stage (compare's inference path), its post-processing and its
+            streamed output statistics."""
             stats = OutputStats()
-            run.observers.append(lambda batch, ref, out: stats.update(out, out))
             started = time.perf_counter()
-            run_sessions(prepared, Profile(input_size=224), "classify", {}, [run], warmup=False)
-            elapsed = time.perf_counter() - started
-            if run.status != "ok":
-                raise RuntimeError(run.reason)
-            return elapsed
+            models.drop()
+            outputs = models.run(inputs, profile, config)
+            for start in range(0, count, batch_size):
+                batch = {name: value[start:start + batch_size] for name, value in outputs.items()}
+                task.predictions(batch, inputs.geometries[start:start + batch_size], profile, {})
+                stats.update(batch, batch)
+            return time.perf_counter() - started
 
         raw_times, harness_times = [], []
         for _ in range(repeats):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -17,8 +17,12 @@ from harness.data import UNLABELED, Dataset, Sample, printable
 from harness.errors import BackendUnavailable, RunFailed, UsageError
 from harness.export import ExportedModel
 from harness.placement import Placement
-from harness.run import FailedSample, SessionRun, iter_batches, require_readable, run_sessions, timing_summary
+from harness.run import FailedSample, require_readable, timing_summary
+from harness.stages import read_failure
 from harness.tasks import Task, get_task
+
+if TYPE_CHECKING:  # the pipeline imports harness.compare.outputs: imported where used, not at load
+    from harness.noise.pipeline import ModelConfig, StagedPipeline
 
 SCHEMA = "harness.compare/1"
 MAX_FLIPPED = 100
@@ -77,23 +81,39 @@ def reference_block(target: Target, options: dict, note: str) -> dict:
             "graph_optimizations": optimized, "note": note}
 
 
-def load_run(target: Target, exported: ExportedModel, threads: int | None, **options) -> SessionRun:
-    run = SessionRun(target.label, None)
+@dataclass
+class Loaded:
+    """A candidate's session, loaded before the pass (so an unavailable backend or a failed build is its
+    row's status, and its load time is its own)."""
+
+    config: ModelConfig
+    status: str = "ok"                 # ok | failed | unavailable
+    reason: str = ""
+    load_s: float = 0.0
+    timed: bool = True                 # a recorded target's outputs are looked up, not timed here
+
+
+def load_session(pipeline: StagedPipeline, target: Target, config: ModelConfig, **options) -> Loaded:
+    """Loads `target` into the pipeline's model stage under `config`."""
+    loaded = Loaded(config)
     ok, reason = target.backend.available()
     if not ok:
-        run.status, run.reason = "unavailable", reason
-        return run
+        loaded.status, loaded.reason = "unavailable", reason
+        return loaded
     started = time.perf_counter()
     try:
-        run.session = target.backend.load(exported, target.device, target.precision, threads, **options)
+        pipeline.models.sessions[config] = target.backend.load(pipeline.exported, target.device, target.precision,
+                                                               pipeline.threads, **options)
     except BackendUnavailable as err:
-        run.status, run.reason = "unavailable", str(err)
-        return run
+        loaded.status, loaded.reason = "unavailable", str(err)
     except Exception as err:  # noqa: BLE001 - the backend's own message becomes the failed row's reason
-        run.fail(err)
-        return run
-    run.load_s = time.perf_counter() - started
-    return run
+        loaded.status, loaded.reason = "failed", failure_reason(err)
+    loaded.load_s = time.perf_counter() - started
+    return loaded
+
+
+def failure_reason(err: BaseException) -> str:
+    return f"{type(err).__name__}: {err}".strip()
 
 
 def task_metric(task: str, samples: list[Sample], predictions: list, reference: list | None,
@@ -123,69 +143,98 @@ def _delta(metric: dict, reference: dict) -> dict:
 def compare(exported: ExportedModel, dataset: Dataset, targets: list[Target], batch_size: int = 32,
             threads: int | None = None, progress: Callable | None = None, calibration=None,
             artifact=None, recorded=None) -> dict:
-    """Runs the reference and every target in one pass over the data; returns the report's core blocks.
+    """Runs the reference and every target in one pass over the data (the staged pipeline, with the same
+    input tensors for all); returns the report's core blocks.
 
     calibration: the shared CalibrationSet for INT8 targets; artifact: a deployed file (QDQ .onnx,
     OpenVINO .xml, TensorRT .engine) to run instead of one the harness builds; recorded: an .npz of
     outputs recorded on a target from `harness export-inputs`, compared as one more candidate.
     """
+    from harness.noise.pipeline import ModelConfig, Request, StagedPipeline
+
     spec = exported.spec
     task = UNLABELED if dataset.task == UNLABELED else spec.task
     if dataset.task not in (UNLABELED, spec.task):
         raise UsageError(f"{dataset.root}: a {dataset.task} dataset cannot evaluate the {spec.task} model {spec.name}")
     dataset = dataset.aligned_to(spec.labels)
     require_readable(dataset, spec.profile)
+    pipeline = StagedPipeline(exported, dataset, batch_size, threads, calibration, bootstrap_rounds=0)
+    pipeline.models.warmup = True
     ref_target, ref_options, ref_note = reference_target(exported)
-    reference = load_run(ref_target, exported, threads, **ref_options)
+    # a configuration of its own: a target at the same placement is loaded, timed and reported apart
+    ref_config = ModelConfig.at(ref_target.placement, options=(("role", "reference"), *sorted(ref_options.items())))
+    reference = load_session(pipeline, ref_target, ref_config, **ref_options)
     if reference.status != "ok":
         raise RunFailed(f"the reference {ref_target.label} cannot run: {reference.reason}")
     entries = [({"backend": t.backend.name, "device": t.device, "precision": t.precision},
-                load_run(t, exported, threads, calibration=calibration, artifact=artifact)) for t in targets]
+                load_session(pipeline, t, ModelConfig.at(t.placement), calibration=calibration, artifact=artifact))
+               for t in targets]
     if recorded is not None:
-        from harness.recorded import RecordedSession
-
-        session = RecordedSession(recorded, [exported.input_name], exported.output_names)
-        entries.append(({"backend": "recorded", "device": "target", "precision": "unknown",
-                         "source": str(recorded)}, SessionRun("recorded", session)))
-    runs = [run for _, run in entries]
-    stats = {id(run): OutputStats() for run in runs}
-    for run in runs:
-        run.observers.append(lambda batch, ref, out, s=stats[id(run)]: s.update(ref, out))
-    failures: list[FailedSample] = []
-    batches = iter_batches(dataset, spec.profile, batch_size, failures)
-    processed = run_sessions(batches, spec.profile, spec.task, spec.head, runs, reference=reference,
-                             progress=progress)
-    if reference.status != "ok":
-        raise RunFailed(f"the reference {ref_target.label} failed: {reference.reason}")
+        entries.append(_recorded_entry(pipeline, recorded))
+    ref_request = Request(spec.profile, reference.config)
+    requests = [Request(spec.profile, loaded.config) for _, loaded in entries if loaded.status == "ok"]
+    pipeline.prepare([ref_request], output_pairs=[(request, ref_request) for request in requests], progress=progress)
+    if ref_request.key in pipeline.broken:
+        raise RunFailed(f"the reference {ref_target.label} failed: {failure_reason(pipeline.broken[ref_request.key])}")
+    ref = pipeline.evaluated[ref_request.key]
+    processed = [pipeline.by_id[i] for i in ref.ids]
     num_classes = len(dataset.classes) or len(spec.labels)
-    classes = dataset.classes or spec.labels
-    ref_metric = task_metric(task, processed, reference.predictions, reference.predictions, num_classes)
-    results, model_task = [], get_task(spec.task)
-    for identity, run in entries:
-        row = {**identity, "status": run.status, "reason": run.reason, "precision_effective": None, "metric": None,
-               "delta": None, "outputs": None, "flipped": [], "timing": None, "execution": None}
-        if run.status == "ok":
-            agree = model_task.agreement(reference.predictions, run.predictions)
-            metric = task_metric(task, processed, run.predictions, reference.predictions, num_classes)
-            outputs = stats[id(run)].to_json()
-            outputs.update({"top1_agreement": float(agree.mean()) if len(agree) else None,
-                            "flips": int((~agree).sum())})
-            divergence = model_task.divergence(reference.predictions, run.predictions)
-            if divergence is not None:
-                outputs["kl"] = divergence
-            timing = None if run.session.uses_sample_ids else timing_summary(run)  # recorded: not timed here
-            row.update(precision_effective=run.session.precision_effective, execution=run.session.execution(),
-                       metric=metric,
-                       delta=_delta(metric, ref_metric), outputs=outputs, timing=timing,
-                       flipped=flipped_samples(model_task, processed, reference.predictions, run.predictions, agree,
-                                               classes))
-        results.append(row)
+    ref_metric = task_metric(task, processed, ref.predictions, ref.predictions, num_classes)
+    results = [_result_row(pipeline, identity, loaded, ref_request, processed, task, ref_metric,
+                           dataset.classes or spec.labels) for identity, loaded in entries]
+    failures = [FailedSample(sample, printable(pipeline.by_id[sample].path), read_failure(err))
+                for sample, (_, err) in pipeline.stages.failures.items()]
     return {
         "reference": {**reference_block(ref_target, ref_options, ref_note), "profile": spec.profile.to_json(),
-                      "metric": ref_metric, "timing": timing_summary(reference)},
+                      "metric": ref_metric, "timing": _timing(pipeline, reference)},
         "results": results,
         "task": task,
         "processed": len(processed),
         "failed": [f.to_json() for f in failures],
         "calibration": calibration.describe() if calibration is not None else None,
     }
+
+
+def _recorded_entry(pipeline: StagedPipeline, recorded) -> tuple[dict, Loaded]:
+    """Outputs recorded on a target (`harness export-inputs`), looked up by sample id: one more candidate."""
+    from harness.noise.pipeline import ModelConfig
+    from harness.recorded import RecordedSession
+
+    exported = pipeline.exported
+    config = ModelConfig("recorded", "target", "unknown", options=(("source", str(recorded)),))
+    pipeline.models.sessions[config] = RecordedSession(recorded, [exported.input_name], exported.output_names)
+    return ({"backend": "recorded", "device": "target", "precision": "unknown", "source": str(recorded)},
+            Loaded(config, timed=False))
+
+
+def _timing(pipeline: StagedPipeline, loaded: Loaded) -> dict | None:
+    return timing_summary(loaded.load_s, pipeline.models.batch_ms.get(loaded.config, [])) if loaded.timed else None
+
+
+def _result_row(pipeline: StagedPipeline, identity: dict, loaded: Loaded, ref_request, processed: list,
+                task: str, ref_metric: dict, classes) -> dict:
+    """One target's row of the compare report (DESIGN.md's keys)."""
+    from harness.noise.pipeline import Request
+
+    row = {**identity, "status": loaded.status, "reason": loaded.reason, "precision_effective": None,
+           "metric": None, "delta": None, "outputs": None, "flipped": [], "timing": None, "execution": None}
+    request = Request(ref_request.profile, loaded.config)
+    if loaded.status == "ok" and request.key in pipeline.broken:
+        row.update(status="failed", reason=failure_reason(pipeline.broken[request.key]))
+    if row["status"] != "ok":
+        return row
+    reference = pipeline.evaluated[ref_request.key].predictions
+    predictions = pipeline.evaluated[request.key].predictions
+    model_task = pipeline.task
+    agree = model_task.agreement(reference, predictions)
+    metric = task_metric(task, processed, predictions, reference, len(classes))
+    outputs = pipeline.output_stats.get((request.key, ref_request.key), OutputStats()).to_json()
+    outputs.update({"top1_agreement": float(agree.mean()) if len(agree) else None, "flips": int((~agree).sum())})
+    divergence = model_task.divergence(reference, predictions)
+    if divergence is not None:
+        outputs["kl"] = divergence
+    session = pipeline.session(loaded.config)
+    row.update(precision_effective=session.precision_effective, execution=session.execution(), metric=metric,
+               delta=_delta(metric, ref_metric), outputs=outputs, timing=_timing(pipeline, loaded),
+               flipped=flipped_samples(model_task, processed, reference, predictions, agree, classes))
+    return row

@@ -2,6 +2,7 @@
 backend session loaded once, and the raw outputs of an input set cached by content within a chunk."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,13 +36,16 @@ class ModelConfig:
 class ModelStage:
     """Sessions by model configuration, and per chunk the raw outputs by (input set digest, configuration):
     inference runs once per distinct input set per configuration. `counters["inferences"]` counts samples
-    run."""
+    run; `batch_ms` holds each configuration's inference time per batch (after one untimed warm-up batch
+    when `warmup`: lazy initialisation is not inference time)."""
 
     def __init__(self, exported, batch_size: int, threads: int | None, calibration, counters: dict):
         self.exported, self.batch_size, self.threads, self.calibration = exported, batch_size, threads, calibration
         self.counters = counters
         self.counters.setdefault("inferences", 0)
         self.sessions: dict = {}
+        self.warmup = False
+        self.batch_ms: dict[ModelConfig, list[float]] = {}
         self.drop()
 
     def drop(self) -> None:
@@ -76,10 +80,19 @@ class ModelStage:
         key = (inputs.digest, config)
         if key not in self.outputs:
             session = self.session(config)
+            times = self.batch_ms.setdefault(config, [])
             parts: dict[str, list] = {}
             for start in range(0, len(inputs.ids), self.batch_size):
                 tensor = normalize(inputs.pixels[start:start + self.batch_size], profile)
-                for name, value in session.run({session.input_names[0]: tensor}).items():
+                ids = inputs.ids[start:start + self.batch_size]
+                infer = (lambda: session.run_ids(ids)) if session.uses_sample_ids else \
+                    (lambda: session.run({session.input_names[0]: tensor}))
+                if self.warmup and not times:
+                    infer()
+                started = time.perf_counter()
+                outputs = infer()
+                times.append((time.perf_counter() - started) * 1000)
+                for name, value in outputs.items():
                     parts.setdefault(name, []).append(value)
                 self.counters["inferences"] += len(tensor)
             self.outputs[key] = {name: np.concatenate(values) for name, values in parts.items()}

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from harness.compare.outputs import OutputStats
 from harness.noise.inference import ModelConfig, ModelStage
 from harness.noise.journal import ChunkJournal, Piece
 from harness.noise.stats import MAP_ROUNDS
@@ -124,6 +125,7 @@ class StagedPipeline:
         self.broken: dict[tuple, Exception] = {}
         self.output_shapes: dict[tuple, dict[str, list[int]]] = {}  # (pre key, config) -> per-sample shapes
         self.output_errors: dict[tuple, float] = {}  # (request key, baseline key) -> max abs output difference
+        self.output_stats: dict[tuple, OutputStats] = {}  # the same pairs' streamed error statistics
         self.input_sets: dict[tuple, str] = {}       # pre key -> digest of its whole input set
         self.evaluations: dict = {}          # see evaluation()
         self.last_candidate_evaluation = None
@@ -216,7 +218,9 @@ class StagedPipeline:
         return ids, predictions, input_digest
 
     def _track_output_errors(self, pairs: list[tuple[Request, Request]]) -> None:
-        """Max abs difference of raw outputs, per (candidate, baseline) pair, over this chunk's shared samples."""
+        """Raw outputs of each (candidate, baseline) pair over this chunk's shared samples: the max abs
+        difference (float64) and the streamed statistics (OutputStats). A candidate whose outputs do not
+        match the baseline's (a missing output, another shape) is broken."""
         for request, base in pairs:
             if request.key in self.broken or base.key in self.broken:
                 continue
@@ -229,10 +233,21 @@ class StagedPipeline:
             base_at = {sample: k for k, sample in enumerate(base_ids)}
             cand_index = [k for k, sample in enumerate(cand_ids) if sample in base_at]
             base_index = [base_at[cand_ids[k]] for k in cand_index]
+            if not cand_index:
+                continue
+            key = (request.key, base.key)
+            stats = self.output_stats.setdefault(key, OutputStats())
+            try:
+                for start in range(0, len(cand_index), self.batch_size):  # batch by batch: the float32 sums
+                    stop = start + self.batch_size                         # of a batched run, bit for bit
+                    stats.update({name: value[base_index[start:stop]] for name, value in baseline.items()},
+                                 {name: value[cand_index[start:stop]] for name, value in cand.items()})
+            except (KeyError, ValueError) as err:
+                self.broken[request.key] = err
+                continue
             errors = [float(np.max(np.abs(np.asarray(baseline[name][base_index], np.float64)
                                           - np.asarray(cand[name][cand_index], np.float64))))
-                      for name in baseline if name in cand and cand_index]
-            key = (request.key, base.key)
+                      for name in baseline if name in cand]
             self.output_errors[key] = max([self.output_errors.get(key, 0.0), *errors])
 
     # the pass ----------------------------------------------------------------------------------------
@@ -274,7 +289,7 @@ class StagedPipeline:
             if progress:
                 progress(len(chunk))
         for request in order:
-            if request.key in collected:
+            if request.key in collected and request.key not in self.broken:
                 done = collected[request.key]
                 self.evaluated[request.key] = Evaluated(done.ids, done.predictions, predictions_digest(done.predictions))
                 self.input_sets.setdefault(request.profile.stage_key("pre"), running[request.key].hexdigest())
