@@ -34,11 +34,10 @@ def run_gate(gate: Gate, progress: bool = True) -> dict:
     from harness.data import embedded_benchmark, load_dataset
     from harness.export import export
     from harness.model import resolve_model
-    from harness.noise.pipeline import ModelConfig, Request, StagedPipeline
+    from harness.noise.pipeline import Request, StagedPipeline
     from harness.noise.stats import significance_block
+    from harness.noise.sweep import reference_of
     from harness.tasks import get_task
-    from harness.noise.sweep import change_of, compare_variant, reference_of
-    from harness.profile import profile_from_mapping
     from harness.provenance import provenance
     from harness.report.blocks import dataset_block, failure_records, model_block
     from harness.run import require_readable
@@ -55,47 +54,13 @@ def run_gate(gate: Gate, progress: bool = True) -> dict:
                               calibration_set(spec) if needs_int8 else None, bootstrap_scope="largest")
     reference_identity, reference_config = reference_of(exported)
     task = get_task(spec.task)
-    primary = task.primary_metric
     classes = data.classes or spec.labels
     limits = {**DEFAULT_THRESHOLDS, **gate.thresholds}
-    checks, rows, drift_reports = [], [], []
-    planned = []
-    for entry in gate.profiles:
-        profile = profile_from_mapping({k: v for k, v in entry.items() if k != "name"}, spec.profile, str(gate.path),
-                                       gate.allow_code)
-        config = ModelConfig.at(profile.placement)
-        if config.backend == "torch" and reference_config.backend == "torch" and profile.precision == "fp32":
-            config = reference_config
-        planned.append((entry.get("name", "profile"), profile, config))
+    planned = _planned_profiles(gate, spec.profile, reference_config)
     reference = Request(spec.profile, reference_config)
     pipeline.prepare([reference] + [Request(p, c) for _, p, c in planned],  # one pass over the data for all
                      output_pairs=[(Request(p, c), reference) for _, p, c in planned])
-    for name, profile, config in planned:
-        try:
-            row = compare_variant(pipeline, spec.task, classes, profile, config, spec.profile, reference_config,
-                                  primary)
-            if task.evaluates_whole_set and not row["identical_to_reference"]:
-                row.update(change_of(pipeline, profile, config, spec.profile, reference_config, classes))
-            error = pipeline.output_error(profile, config, spec.profile, reference_config)
-        except Exception as err:  # noqa: BLE001 - a profile that cannot run fails its checks, the gate goes on
-            message = f"{type(err).__name__}: {' '.join(str(err).split())[:300]}"
-            checks += [Check(name, key, float(limit), None, False, f"did not run: {message}")
-                       for key, limit in limits.items() if key != "max_sysnoise_delta" and limit is not False
-                       and (key != "min_int8_share" or profile.precision == "int8")]
-            rows.append({"profile": name, "status": "failed", "reason": message})
-            continue
-        execution = pipeline.session(config).execution()
-        rows.append({"profile": name, "status": "ok", "settings": profile.to_json(), "metric": row["metric"],
-                     "delta": row["delta"], "top1_agreement": 1 - row["flip_rate"], "max_output_error": error,
-                     "execution": execution,
-                     **{key: row[key] for key in ("ci95", "significant", "p_value", "significance_test",
-                                                  "bootstrap_rounds")}})
-        checks += profile_checks(name, row, error, primary, limits) + execution_checks(name, profile.precision,
-                                                                                         execution, limits)
-        if "min_op_snr_db" in limits:
-            check, drift = snr_check(name, spec, profile, data, limits["min_op_snr_db"], pipeline.calibration)
-            checks.append(check)
-            drift_reports.append(drift)
+    checks, rows, drift_reports = _measure_profiles(pipeline, planned, data, reference_config, classes, limits)
     sysnoise_reports = []
     if "max_sysnoise_delta" in limits:
         axis_checks, sysnoise = sysnoise_checks(pipeline, spec, data, reference_config, classes,
@@ -118,6 +83,58 @@ def run_gate(gate: Gate, progress: bool = True) -> dict:
         "sysnoise": sysnoise_reports,
         "drift": drift_reports,
     }
+
+
+def _planned_profiles(gate: Gate, reference_profile, reference_config) -> list[tuple]:
+    """(name, profile, model configuration) of each of the gate's profiles."""
+    from harness.noise.pipeline import ModelConfig
+    from harness.profile import profile_from_mapping
+
+    planned = []
+    for entry in gate.profiles:
+        profile = profile_from_mapping({k: v for k, v in entry.items() if k != "name"}, reference_profile,
+                                       str(gate.path), gate.allow_code)
+        config = ModelConfig.at(profile.placement)
+        if config.backend == "torch" and reference_config.backend == "torch" and profile.precision == "fp32":
+            config = reference_config
+        planned.append((entry.get("name", "profile"), profile, config))
+    return planned
+
+
+def _measure_profiles(pipeline, planned: list[tuple], data, reference_config, classes,
+                      limits: dict) -> tuple[list[Check], list[dict], list[dict]]:
+    """Each profile's result row and checks against the reference (its drift report with min_op_snr_db)."""
+    from harness.noise.sweep import change_of, compare_variant
+    from harness.result import ResultRow
+
+    spec, task = pipeline.exported.spec, pipeline.task
+    primary = task.primary_metric
+    checks, rows, drift_reports = [], [], []
+    for name, profile, config in planned:
+        try:
+            row = compare_variant(pipeline, spec.task, classes, profile, config, spec.profile, reference_config,
+                                  primary, {"profile": name})
+            if task.evaluates_whole_set and not row.measures["identical_to_reference"]:
+                row.significance.update(change_of(pipeline, profile, config, spec.profile, reference_config, classes))
+            error = pipeline.output_error(profile, config, spec.profile, reference_config)
+        except Exception as err:  # noqa: BLE001 - a profile that cannot run fails its checks, the gate goes on
+            message = f"{type(err).__name__}: {' '.join(str(err).split())[:300]}"
+            checks += [Check(name, key, float(limit), None, False, f"did not run: {message}")
+                       for key, limit in limits.items() if key != "max_sysnoise_delta" and limit is not False
+                       and (key != "min_int8_share" or profile.precision == "int8")]
+            rows.append(ResultRow({"profile": name}, "failed", message).to_json())
+            continue
+        rows.append(ResultRow(row.identity, "ok", "", row.metric, row.delta, row.significance, row.precision_effective,
+                              pipeline.session(config).execution(),
+                              {"settings": profile.to_json(), "top1_agreement": 1 - row.measures["flip_rate"],
+                               "max_output_error": error}).to_json())
+        checks += profile_checks(name, row.to_json(), error, primary, limits) + execution_checks(
+            name, profile.precision, rows[-1]["execution"], limits)
+        if "min_op_snr_db" in limits:
+            check, drift = snr_check(name, spec, profile, data, limits["min_op_snr_db"], pipeline.calibration)
+            checks.append(check)
+            drift_reports.append(drift)
+    return checks, rows, drift_reports
 
 
 def profile_checks(profile: str, row: dict, error: float, primary: str, limits: dict) -> list[Check]:

@@ -42,7 +42,6 @@ def compare(
     """Reference (training profile on the training system) vs candidate backends: metric, output and timing."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from harness.backends import registry
     from harness.calibration import calibration_set
     from harness.compare import SCHEMA, compare as run_compare, parse_targets
     from harness.data import embedded_benchmark
@@ -50,7 +49,6 @@ def compare(
     from harness.export import export
     from harness.provenance import provenance
     from harness.report.blocks import dataset_block, model_block
-    from harness.report.table import compare_table, status_notes
 
     console = console_for(json_path)
     user_data = checked_inputs(profile, allow_code, input_shape, dataset)  # before the model: fail fast
@@ -61,14 +59,7 @@ def compare(
     data = (user_data if user_data is not None else embedded_benchmark(spec.task)).limit(limit)
     exported = export(spec)
     if artifact is not None:
-        if not artifact.exists():
-            raise InputError(f"{artifact}: deployed artefact not found")
-        if len({(t.backend.name, t.device) for t in targets}) != 1 or not backends:
-            raise UsageError("--artifact runs one deployed file: name exactly one backend with --backends")
-        if "artifact" not in targets[0].backend.load_options:
-            raise UsageError(f"--artifact: {targets[0].backend.name} cannot run a deployed file (it runs the model "
-                             "itself); use a backend that loads one: " + ", ".join(
-                                 b.name for b in registry().values() if "artifact" in b.load_options))
+        _check_artifact(artifact, targets, backends)
     calibration_data = None
     if any(t.precision == "int8" for t in targets) and artifact is None:
         calibration_data = calibration_set(spec, calibration)
@@ -91,6 +82,28 @@ def compare(
         "calibration": core["calibration"],
         "artifact": str(artifact) if artifact else None,
     }
+    _show_compare(console, report, json_path, html)
+    if any(row["status"] == "failed" for row in core["results"]):
+        raise typer.Exit(1)
+
+
+def _check_artifact(artifact: Path, targets: list, backends: str | None) -> None:
+    """--artifact: a file that exists, for exactly one backend that loads deployed files."""
+    from harness.backends import registry
+
+    if not artifact.exists():
+        raise InputError(f"{artifact}: deployed artefact not found")
+    if len({(t.backend.name, t.device) for t in targets}) != 1 or not backends:
+        raise UsageError("--artifact runs one deployed file: name exactly one backend with --backends")
+    if "artifact" not in targets[0].backend.load_options:
+        raise UsageError(f"--artifact: {targets[0].backend.name} cannot run a deployed file (it runs the model "
+                         "itself); use a backend that loads one: " + ", ".join(
+                             b.name for b in registry().values() if "artifact" in b.load_options))
+
+
+def _show_compare(console, report: dict, json_path, html) -> None:
+    from harness.report.table import compare_table, status_notes
+
     try:  # the reports are written even when rendering the table fails
         console.print(compare_table(report))
         for line in status_notes(report):
@@ -98,8 +111,6 @@ def compare(
         print_data_notes(console, report)
     finally:
         write_reports(report, json_path, html)
-    if any(row["status"] == "failed" for row in core["results"]):
-        raise typer.Exit(1)
 
 @app.command()
 def drift(

@@ -12,7 +12,6 @@ from harness.cli.app import app
 from harness.cli.common import (AllowCodeOpt, BatchSizeOpt, CalibrationOpt, CheckpointOpt, DatasetOpt, HtmlOpt,
                                 InputShapeOpt, JsonOpt, LimitOpt, ModelArg, ProfileOpt, ThreadsOpt, checked_inputs,
                                 console_for, print_data_notes, resolve, write_reports)
-from harness.errors import UsageError
 
 
 @app.command()
@@ -66,8 +65,9 @@ def sysnoise(
 ) -> None:
     """SysNoise sweep: vary one part of the deployment system at a time against the training profile."""
     from harness.backends import get_backend
-    from harness.noise import AXES, add_user_variant
-    from harness.report.sysnoise import summary_markdown, variants_table
+    from harness.noise import add_user_variant, get_axes
+    from harness.noise.executor import SweepJob
+    from harness.noise.runner import SweepSettings
 
     checked_inputs(profile, allow_code, input_shape, dataset)  # before the model and its worker: fail fast
     spec = resolve(model, checkpoint, profile, allow_code, input_shape)
@@ -76,29 +76,47 @@ def sysnoise(
     for text in variant or []:
         add_user_variant(text)
     if list_axes:
-        for axis in AXES.values():
-            names = ", ".join(v.name for v in axis.variants(spec, graph_backend))
-            console.print(f"[bold]{axis.name}[/] ({axis.stage}): {axis.description}\n  {escape(names)}", highlight=False)
+        _print_axes(console, spec, graph_backend)
         return
-    from harness.noise import get_axes
-    from harness.noise.executor import SweepJob, run_sweep
+    rounds = _bootstrap_rounds(bootstrap_rounds, bootstrap_seconds)
+    settings = SweepSettings(axes, dataset, limit, batch_size, threads, calibration, graph_backend, combine,
+                             **({} if rounds is None else {"bootstrap_rounds": rounds}),
+                             bootstrap_scope=bootstrap_scope, **({"chunk_size": chunk_size} if chunk_size else {}))
+    get_axes(axes)  # a misspelt axis fails here, before a worker starts
+    job = SweepJob(model, checkpoint, profile, list(variant or []), settings, None, resume, allow_code=allow_code,
+                   input_shape=input_shape)
+    report = _run_stored(job, executor, cell_timeout, store)
+    _show(console, report, json_path, html, markdown)
+    if any(v["status"] == "failed" for axis in report["axes"] for v in axis["variants"]):
+        raise typer.Exit(1)  # README: a row that failed (a crash, a timeout) makes the exit code 1
+
+
+def _print_axes(console, spec, graph_backend: str) -> None:
+    from harness.noise import AXES
+
+    for axis in AXES.values():
+        names = ", ".join(v.name for v in axis.variants(spec, graph_backend))
+        console.print(f"[bold]{axis.name}[/] ({axis.stage}): {axis.description}\n  {escape(names)}", highlight=False)
+
+
+def _bootstrap_rounds(rounds: int | None, seconds: float | None) -> int | None:
+    """--bootstrap-rounds, with the deprecated --bootstrap-seconds said to be ignored (0 still skips)."""
+    if seconds is not None:  # a time budget gave other intervals on a slower machine
+        print("harness: --bootstrap-seconds is deprecated and ignored: the mAP bootstrap runs a fixed number of "
+              "seeded rounds (--bootstrap-rounds)" + ("; 0 skips it, as before" if seconds == 0 else ""),
+              file=sys.stderr)
+        if seconds == 0 and rounds is None:
+            return 0
+    return rounds
+
+
+def _run_stored(job, executor: str, cell_timeout: float | None, store: Path | None) -> dict:
+    """The sweep on its worker, every finished variant kept in the cell store as it finishes."""
+    from harness.noise.executor import run_sweep
     from harness.store import CellStore
 
-    if bootstrap_scope not in ("all", "largest"):
-        raise UsageError(f"--bootstrap-scope {bootstrap_scope!r}: expected all or largest")
-    if bootstrap_seconds is not None:  # a time budget gave other intervals on a slower machine
-        print("harness: --bootstrap-seconds is deprecated and ignored: the mAP bootstrap runs a fixed number of "
-              "seeded rounds (--bootstrap-rounds)" + ("; 0 skips it, as before" if bootstrap_seconds == 0 else ""),
-              file=sys.stderr)
-        if bootstrap_seconds == 0 and bootstrap_rounds is None:
-            bootstrap_rounds = 0
-    get_axes(axes)  # a misspelt axis fails here, before a worker starts
     cells = CellStore(store)
-    options = {"axes": axes, "dataset": dataset, "limit": limit, "batch_size": batch_size, "threads": threads,
-               "calibration": calibration, "graph_backend": graph_backend, "combine": combine,
-               "bootstrap_rounds": bootstrap_rounds, "bootstrap_scope": bootstrap_scope, "chunk_size": chunk_size}
-    job = SweepJob(model, checkpoint, profile, list(variant or []), options, cells.path, resume,
-                   allow_code=allow_code, input_shape=input_shape)
+    job.store_path = cells.path
     try:
         report = run_sweep(job, executor, cell_timeout, cells)
     except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or SIGTERM (harness.noise.executor)
@@ -108,11 +126,15 @@ def sysnoise(
     finally:
         cells.close()
     report["store"] = str(cells.path)
+    return report
+
+
+def _show(console, report: dict, json_path, html, markdown) -> None:
+    from harness.report.sysnoise import summary_markdown, variants_table
+
     try:
         console.print(variants_table(report))
         console.print(summary_markdown(report), highlight=False, markup=False)
         print_data_notes(console, report)
     finally:
         write_reports(report, json_path, html, {markdown: lambda: summary_markdown(report) + "\n"} if markdown else None)
-    if any(v["status"] == "failed" for axis in report["axes"] for v in axis["variants"]):
-        raise typer.Exit(1)  # README: a row that failed (a crash, a timeout) makes the exit code 1

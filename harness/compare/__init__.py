@@ -107,13 +107,9 @@ def load_session(pipeline: StagedPipeline, target: Target, config: ModelConfig, 
     except BackendUnavailable as err:
         loaded.status, loaded.reason = "unavailable", str(err)
     except Exception as err:  # noqa: BLE001 - the backend's own message becomes the failed row's reason
-        loaded.status, loaded.reason = "failed", failure_reason(err)
+        loaded.status, loaded.reason = "failed", f"{type(err).__name__}: {err}".strip()
     loaded.load_s = time.perf_counter() - started
     return loaded
-
-
-def failure_reason(err: BaseException) -> str:
-    return f"{type(err).__name__}: {err}".strip()
 
 
 def task_metric(task: str, samples: list[Sample], predictions: list, reference: list | None,
@@ -175,7 +171,8 @@ def compare(exported: ExportedModel, dataset: Dataset, targets: list[Target], ba
     requests = [Request(spec.profile, loaded.config) for _, loaded in entries if loaded.status == "ok"]
     pipeline.prepare([ref_request], output_pairs=[(request, ref_request) for request in requests], progress=progress)
     if ref_request.key in pipeline.broken:
-        raise RunFailed(f"the reference {ref_target.label} failed: {failure_reason(pipeline.broken[ref_request.key])}")
+        error = pipeline.broken[ref_request.key]
+        raise RunFailed(f"the reference {ref_target.label} failed: {type(error).__name__}: {error}")
     ref = pipeline.evaluated[ref_request.key]
     processed = [pipeline.by_id[i] for i in ref.ids]
     num_classes = len(dataset.classes) or len(spec.labels)
@@ -215,14 +212,14 @@ def _result_row(pipeline: StagedPipeline, identity: dict, loaded: Loaded, ref_re
                 task: str, ref_metric: dict, classes) -> dict:
     """One target's row of the compare report (DESIGN.md's keys)."""
     from harness.noise.pipeline import Request
+    from harness.result import ResultRow
 
-    row = {**identity, "status": loaded.status, "reason": loaded.reason, "precision_effective": None,
-           "metric": None, "delta": None, "outputs": None, "flipped": [], "timing": None, "execution": None}
+    measures = {"outputs": None, "flipped": [], "timing": None}
     request = Request(ref_request.profile, loaded.config)
     if loaded.status == "ok" and request.key in pipeline.broken:
-        row.update(status="failed", reason=failure_reason(pipeline.broken[request.key]))
-    if row["status"] != "ok":
-        return row
+        return ResultRow.failed(identity, pipeline.broken[request.key], **measures).to_json()
+    if loaded.status != "ok":
+        return ResultRow(identity, loaded.status, loaded.reason, measures=measures).to_json()
     reference = pipeline.evaluated[ref_request.key].predictions
     predictions = pipeline.evaluated[request.key].predictions
     model_task = pipeline.task
@@ -234,7 +231,8 @@ def _result_row(pipeline: StagedPipeline, identity: dict, loaded: Loaded, ref_re
     if divergence is not None:
         outputs["kl"] = divergence
     session = pipeline.session(loaded.config)
-    row.update(precision_effective=session.precision_effective, execution=session.execution(), metric=metric,
-               delta=_delta(metric, ref_metric), outputs=outputs, timing=_timing(pipeline, loaded),
-               flipped=flipped_samples(model_task, processed, reference, predictions, agree, classes))
-    return row
+    return ResultRow(identity, "ok", "", metric, _delta(metric, ref_metric),
+                     precision_effective=session.precision_effective, execution=session.execution(),
+                     measures={"outputs": outputs, "timing": _timing(pipeline, loaded),
+                               "flipped": flipped_samples(model_task, processed, reference, predictions, agree,
+                                                          classes)}).to_json()

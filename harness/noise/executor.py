@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.errors import HarnessError, UsageError
+from harness.noise.runner import SweepSettings
 
 EXECUTORS = ("local", "ray")
 POLL_S = 0.2
@@ -51,7 +52,7 @@ class SweepJob:
     checkpoint: Path | None
     profile: Path | None
     user_variants: list[str]
-    options: dict                              # harness.noise.runner.sysnoise_report keyword arguments
+    settings: SweepSettings                    # what the sweep measures and how
     store_path: Path | None = None             # read by the worker: pieces of this run, and with --resume rows
     resume: bool = False                       # and pieces of earlier runs
     allow_code: bool = False                   # --allow-code: the profile file may name code
@@ -126,7 +127,7 @@ def run_job(job: SweepJob, send) -> None:
         spec = resolve_model(job.model, checkpoint=job.checkpoint, profile_path=job.profile,
                              allow_code=job.allow_code, input_shape=job.input_shape)
         store = RelayStore(job, send)
-        send(("done", sysnoise_report(spec, store=store, resume=True, **job.options)))
+        send(("done", sysnoise_report(spec, job.settings, store=store, resume=True)))
     except HarnessError as err:
         send(("error", err.exit_code, str(err)))
     except Exception as err:  # noqa: BLE001 - one line for the user; the traceback with --debug
@@ -205,7 +206,7 @@ class RayWorker:
                      configure_logging=False)
         self.ray = ray
         self.messages = Queue()
-        cpus = job.options.get("threads") or 1
+        cpus = job.settings.threads or 1
         self.ref = ray.remote(num_cpus=cpus, max_retries=0)(_ray_main).remote(job, self.messages)
 
     def receive(self, timeout: float):

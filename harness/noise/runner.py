@@ -2,16 +2,40 @@
 worker, harness.noise.executor) and the README table's single source."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import UsageError
+from harness.noise.pipeline import DEFAULT_CHUNK
+from harness.noise.stats import MAP_ROUNDS
+
+BOOTSTRAP_SCOPES = ("all", "largest")
 
 
-def sysnoise_report(spec, axes: str | None = None, dataset: Path | None = None, limit: int | None = None,
-                    batch_size: int = 64, threads: int | None = None, calibration: Path | None = None,
-                    graph_backend: str = "onnxruntime", combine: bool = False, bootstrap_rounds: int | None = None,
-                    bootstrap_scope: str = "all", progress: bool = True, store=None, resume: bool = False,
-                    chunk_size: int | None = None) -> dict:
+@dataclass(frozen=True)
+class SweepSettings:
+    """What one sweep measures and how: the `harness sysnoise` options, the one object that crosses into
+    the worker (harness.noise.executor.SweepJob)."""
+
+    axes: str | None = None                 # comma list; None: every axis
+    dataset: Path | None = None             # None: the embedded benchmark of the model's task
+    limit: int | None = None
+    batch_size: int = 64
+    threads: int | None = None
+    calibration: Path | None = None         # INT8 calibration images (None: the model's shipped set)
+    graph_backend: str = "onnxruntime"      # runs the graph-rewrite axes (ceil_mode, upsample)
+    combine: bool = False                   # the cumulative curve in the paper's order
+    bootstrap_rounds: int = MAP_ROUNDS      # seeded rounds of each mAP bootstrap (0: none)
+    bootstrap_scope: str = "all"            # all | largest (per axis only the largest |Δ| gets an interval)
+    chunk_size: int = DEFAULT_CHUNK         # images whose intermediates are held at once
+
+    def __post_init__(self):
+        if self.bootstrap_scope not in BOOTSTRAP_SCOPES:
+            raise UsageError(f"--bootstrap-scope {self.bootstrap_scope!r}: expected {' or '.join(BOOTSTRAP_SCOPES)}")
+
+
+def sysnoise_report(spec, settings: SweepSettings = SweepSettings(), progress: bool = True, store=None,
+                    resume: bool = False) -> dict:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -19,16 +43,17 @@ def sysnoise_report(spec, axes: str | None = None, dataset: Path | None = None, 
     from harness.data import embedded_benchmark, load_dataset
     from harness.export import export
     from harness.noise import get_axes
-    from harness.noise.pipeline import DEFAULT_CHUNK, StagedPipeline
-    from harness.noise.stats import MAP_ROUNDS, significance_block
+    from harness.noise.pipeline import StagedPipeline
+    from harness.noise.stats import significance_block
     from harness.tasks import get_task
     from harness.noise.sweep import combine as combine_axes, reference_metric, reference_of, run_axes
     from harness.provenance import provenance
     from harness.report.blocks import dataset_block, failure_records, model_block
     from harness.run import require_readable
 
-    chosen = get_axes(axes)
-    data = (load_dataset(dataset) if dataset else embedded_benchmark(spec.task)).limit(limit)
+    chosen = get_axes(settings.axes)
+    dataset = settings.dataset
+    data = (load_dataset(dataset) if dataset else embedded_benchmark(spec.task)).limit(settings.limit)
     task = spec.task
     if data.task != task:
         raise UsageError(f"{data.root}: sysnoise needs a labelled {task} dataset, this one is {data.task}")
@@ -40,11 +65,11 @@ def sysnoise_report(spec, axes: str | None = None, dataset: Path | None = None, 
         store.paused()
     exported = export(spec)
     needs_int8 = any(a.name == "precision" for a in chosen)
-    pipeline = StagedPipeline(exported, data, batch_size, threads,
-                              calibration_set(spec, calibration) if needs_int8 else None,
-                              bootstrap_rounds=MAP_ROUNDS if bootstrap_rounds is None else bootstrap_rounds,
-                              bootstrap_scope=bootstrap_scope,
-                              chunk_size=chunk_size or DEFAULT_CHUNK)
+    pipeline = StagedPipeline(exported, data, settings.batch_size, settings.threads,
+                              calibration_set(spec, settings.calibration) if needs_int8 else None,
+                              bootstrap_rounds=settings.bootstrap_rounds, bootstrap_scope=settings.bootstrap_scope,
+                              chunk_size=settings.chunk_size)
+    graph_backend = settings.graph_backend
     reference, reference_config = reference_of(exported)
     primary = get_task(task).primary_metric
     classes = data.classes or spec.labels
@@ -60,10 +85,10 @@ def sysnoise_report(spec, axes: str | None = None, dataset: Path | None = None, 
     reference_eval = pipeline.evaluate(spec.profile, reference_config)
     metric = reference_metric(pipeline, spec.profile, reference_config, task, classes)
     curve = combine_axes(pipeline, results, spec.profile, reference_config, task, classes, primary,
-                         graph_backend) if combine else []
+                         graph_backend) if settings.combine else []
     return {
         "schema": "harness.sysnoise/1",
-        "provenance": provenance(threads, {"bootstrap": 0}, exported, pipeline.fingerprint, []),
+        "provenance": provenance(settings.threads, {"bootstrap": 0}, exported, pipeline.fingerprint, []),
         "model": model_block(spec, exported),
         "dataset": dataset_block(data, len(reference_eval.ids), failure_records(pipeline.failures)),
         "reference": {**reference, "profile": spec.profile.to_json(), "metric": metric},
@@ -71,11 +96,11 @@ def sysnoise_report(spec, axes: str | None = None, dataset: Path | None = None, 
         "axes": results,
         "combined": curve,
         "combined_note": "each axis at the variant that was worst on its own axis, chosen on this evaluated data "
-                         "(as the paper does), added in the paper's order" if combine else None,
+                         "(as the paper does), added in the paper's order" if settings.combine else None,
         "bootstrap_rounds": pipeline.bootstrap_rounds,
         "bootstrap_seconds": None,  # no longer a budget (rounds are: reproducible); kept for older readers
         "significance": significance_block(get_task(task), pipeline.bootstrap_rounds),
-        "bootstrap_scope": bootstrap_scope,
+        "bootstrap_scope": settings.bootstrap_scope,
         "store": str(store.path) if store is not None else None,
         "counters": pipeline.counters,
         "chunk_size": pipeline.chunk_size,  # images whose intermediates were held at once

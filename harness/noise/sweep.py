@@ -17,6 +17,7 @@ from harness.noise.journal import ChunkJournal
 from harness.noise.inference import GRAPH_BASELINE
 from harness.noise.pipeline import Evaluated, ModelConfig, Request, StagedPipeline
 from harness.profile import Profile
+from harness.result import SIGNIFICANCE_KEYS, ResultRow
 from harness.tasks import get_task
 
 def reference_of(exported) -> tuple[dict, ModelConfig]:
@@ -113,7 +114,8 @@ def execution_of(pipeline: StagedPipeline, config: ModelConfig, base_config: Mod
 
 
 def compare_variant(pipeline: StagedPipeline, task: str, classes, profile: Profile, config: ModelConfig,
-                    base_profile: Profile, base_config: ModelConfig, primary: str) -> dict:
+                    base_profile: Profile, base_config: ModelConfig, primary: str, identity: dict | None = None) -> ResultRow:
+    """One candidate (profile, model configuration) against its baseline on the samples both evaluated."""
     kind = get_task(task)
     candidate, baseline, shared = _paired(pipeline, profile, config, base_profile, base_config)
     cand_index = {i: k for k, i in enumerate(candidate.ids)}
@@ -123,23 +125,21 @@ def compare_variant(pipeline: StagedPipeline, task: str, classes, profile: Profi
     base_evaluation, evaluation = _evaluation_pair(pipeline, candidate, baseline, shared, classes)
     metric, base_metric = evaluation.metrics, base_evaluation.metrics
     agree = kind.agreement(base, cand)
-    row = {"metric": metric, "baseline_metric": base_metric,
-           "delta": metric[primary] - base_metric[primary],
-           "flip_rate": float(1 - agree.mean()) if len(agree) else None,
-           "identical_to_reference": candidate.outputs_digest == baseline.outputs_digest,
-           "outputs_sha256": candidate.outputs_digest,
-           "samples": len(shared), "ci95": None, "significant": None, "p_value": None, "kl": None,
-           "significance_test": None, "bootstrap_rounds": None,
-           "output_shapes_changed": output_shape_changes(pipeline, profile, config, base_profile, base_config),
-           "first_reshaped_tensor": first_reshaped(pipeline, config, base_config),
-           "precision_effective": effective_precision(pipeline, config, base_config),
-           "execution": execution_of(pipeline, config, base_config)}
-    row["kl"] = kind.divergence(base, cand)
+    identical = candidate.outputs_digest == baseline.outputs_digest
+    measures = {**NO_MEASURES, "baseline_metric": base_metric,
+                "flip_rate": float(1 - agree.mean()) if len(agree) else None,
+                "identical_to_reference": identical, "outputs_sha256": candidate.outputs_digest,
+                "samples": len(shared), "kl": kind.divergence(base, cand),
+                "output_shapes_changed": output_shape_changes(pipeline, profile, config, base_profile, base_config),
+                "first_reshaped_tensor": first_reshaped(pipeline, config, base_config)}
+    significance = dict.fromkeys(SIGNIFICANCE_KEYS)
     # a whole-set evaluation's interval costs seconds: none for identical predictions, and with
     # bootstrap_scope "largest" only for the axis's largest change (_interval_of_largest)
-    if not kind.evaluates_whole_set or (not row["identical_to_reference"] and pipeline.bootstrap_scope == "all"):
-        row.update(kind.change(base_evaluation, evaluation, pipeline.bootstrap_rounds))
-    return row
+    if not kind.evaluates_whole_set or (not identical and pipeline.bootstrap_scope == "all"):
+        significance.update(kind.change(base_evaluation, evaluation, pipeline.bootstrap_rounds))
+    return ResultRow(dict(identity or {}), "ok", "", metric, metric[primary] - base_metric[primary], significance,
+                     effective_precision(pipeline, config, base_config), execution_of(pipeline, config, base_config),
+                     measures)
 
 
 def _versions() -> dict:
@@ -169,14 +169,15 @@ def _cell_context(pipeline: StagedPipeline, reference_profile: Profile, referenc
             "versions": _versions()}
 
 
+# a variant row's own fields before (or without) its numbers: every key a report reads
+NO_MEASURES = {"baseline_metric": None, "flip_rate": None, "identical_to_reference": False, "outputs_sha256": None,
+               "samples": 0, "kl": None, "output_shapes_changed": {}, "first_reshaped_tensor": None, "changes": {}}
+
+
 def variant_row(name: str, status: str, reason: str, baseline: str) -> dict:
-    """A variant's row before (or without) its numbers: every key a report reads, numbers None."""
-    return {"name": name, "status": status, "reason": reason, "baseline": baseline, "metric": None,
-            "baseline_metric": None, "delta": None, "flip_rate": None, "identical_to_reference": False,
-            "outputs_sha256": None, "samples": 0, "ci95": None, "significant": None, "p_value": None, "kl": None,
-            "significance_test": None, "bootstrap_rounds": None,
-            "output_shapes_changed": {}, "first_reshaped_tensor": None, "precision_effective": None,
-            "changes": {}, "execution": None}
+    """A variant's row without its numbers (it did not run): every key a report reads, numbers None."""
+    return ResultRow({"name": name, "baseline": baseline}, status, reason,
+                     significance=dict.fromkeys(SIGNIFICANCE_KEYS), measures=dict(NO_MEASURES)).to_json()
 
 
 @dataclass
@@ -268,17 +269,18 @@ def run_axis(pipeline: StagedPipeline, axis: Axis, reference_profile: Profile, r
         planned[variant.name] = cell
         if store is not None:
             store.started(*cell.owner)
-        entry = variant_row(variant.name, "ok", "", variant.baseline)
+        identity = {"name": variant.name, "baseline": variant.baseline}
+        try:
+            entry = compare_variant(pipeline, task, classes, cell.profile, cell.config, reference_profile,
+                                    cell.base_config, primary, identity).to_json()
+        except BackendUnavailable as err:
+            entry = variant_row(variant.name, "unavailable", str(err), variant.baseline)
+        except Exception as err:  # noqa: BLE001 - one crashing variant is a row, the sweep goes on
+            entry = variant_row(variant.name, "failed", f"{type(err).__name__}: {str(err).splitlines()[0][:300]}",
+                                variant.baseline)
         # what the variant sets: profile fields (a colour row says where it converted: color_at), the model
         entry["changes"] = {**variant.profile, **({"target": variant.target.to_json()} if variant.target else {}),
                             **({"graph": variant.graph} if variant.graph else {})}
-        try:
-            entry.update(compare_variant(pipeline, task, classes, cell.profile, cell.config, reference_profile,
-                                         cell.base_config, primary))
-        except BackendUnavailable as err:
-            entry.update(status="unavailable", reason=str(err))
-        except Exception as err:  # noqa: BLE001 - one crashing variant is a row, the sweep goes on
-            entry.update(status="failed", reason=f"{type(err).__name__}: {str(err).splitlines()[0][:300]}")
         if store is not None:
             store.put(cell.key, axis.name, variant.name, entry)
         variants_out.append(entry)
@@ -380,8 +382,9 @@ def combine(pipeline: StagedPipeline, axis_results: list[dict], reference_profil
         try:
             row = compare_variant(pipeline, task, classes, profile, config, reference_profile, reference_config,
                                   primary)
-            curve.append({"axis": name, "variant": chosen, "metric": row["metric"][primary], "delta": row["delta"],
-                          "ci95": row["ci95"], "significant": row["significant"], "flip_rate": row["flip_rate"]})
+            curve.append({"axis": name, "variant": chosen, "metric": row.metric[primary], "delta": row.delta,
+                          "ci95": row.significance["ci95"], "significant": row.significance["significant"],
+                          "flip_rate": row.measures["flip_rate"]})
         except Exception as err:  # noqa: BLE001 - the curve stops where a combination cannot run
             curve.append({"axis": name, "variant": chosen, "metric": None, "delta": None,
                           "reason": f"{type(err).__name__}: {err}"})

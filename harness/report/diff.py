@@ -4,6 +4,7 @@ a new export, a new checkpoint), row by row. A metric that drops by more than `m
 from __future__ import annotations
 
 from harness.errors import InputError
+from harness.result import ResultRow
 
 
 def _primary(report: dict) -> str:
@@ -17,13 +18,13 @@ def _rows(report: dict) -> dict[tuple, dict]:
     kind = str(report.get("schema", "")).split("/")[0]
     primary = _primary(report)
     if kind == "harness.compare":
-        return {(r["backend"], r["device"], r["precision"]): {
-            "metric": (r.get("metric") or {}).get(primary), "error": (r.get("outputs") or {}).get("max_abs"),
-            "passed": None} for r in report["results"]}
+        return {(r.identity["backend"], r.identity["device"], r.identity["precision"]):
+                _entry(r, primary, (r.measures.get("outputs") or {}).get("max_abs"))
+                for r in map(ResultRow.from_json, report["results"])}
     if kind == "harness.sysnoise":
         primary = report["primary_metric"]
-        return {(a["axis"], v["name"]): {"metric": (v.get("metric") or {}).get(primary), "error": v.get("flip_rate"),
-                                          "passed": None} for a in report["axes"] for v in a["variants"]}
+        return {(a["axis"], v.identity["name"]): _entry(v, primary, v.measures.get("flip_rate"))
+                for a in report["axes"] for v in map(ResultRow.from_json, a["variants"])}
     if kind == "harness.drift":
         return {(o["tensor"],): {"metric": None, "error": o.get("rel_l2"), "passed": o.get("diverged") is False
                                  if o.get("diverged") is not None else None} for o in report["ops"]}
@@ -32,6 +33,10 @@ def _rows(report: dict) -> dict[tuple, dict]:
                 for c in report["checks"]}
     raise InputError(f"report schema {report.get('schema')!r} cannot be diffed "
                      "(known: harness.compare, harness.sysnoise, harness.drift, harness.validate)")
+
+
+def _entry(row: ResultRow, primary: str, error) -> dict:
+    return {"metric": (row.metric or {}).get(primary), "error": error, "passed": None}
 
 
 def _checked_rows(report: dict, name) -> dict[tuple, dict]:
@@ -43,7 +48,7 @@ def _checked_rows(report: dict, name) -> dict[tuple, dict]:
                 if row[key] is not None and (isinstance(row[key], bool) or not isinstance(row[key], (int, float))):
                     raise TypeError(f"{key} {row[key]!r} is not a number")
         return rows
-    except (KeyError, TypeError, AttributeError, IndexError) as err:
+    except (KeyError, TypeError, AttributeError, IndexError, ValueError) as err:
         raise InputError(f"{name}: not a valid {report.get('schema')} report ({type(err).__name__}: {err})") from None
 
 

@@ -15,10 +15,10 @@ def zoo_sysnoise_markdown(progress: bool = False) -> str:
     """The SysNoise summary of every zoo model (README_SWEEP settings), one row each."""
     from harness.model import resolve_model
     from harness.models import ZOO
-    from harness.noise.runner import sysnoise_report
+    from harness.noise.runner import SweepSettings, sysnoise_report
     from harness.report.sysnoise import summary_markdown
 
-    reports = [sysnoise_report(resolve_model(name), progress=progress, **README_SWEEP) for name in ZOO]
+    reports = [sysnoise_report(resolve_model(name), SweepSettings(**README_SWEEP), progress=progress) for name in ZOO]
     settings = ", ".join(f"{k}={v}" for k, v in README_SWEEP.items())
     samples = ", ".join(f"{r['model']['name']}: {r['dataset']['samples']} {r['dataset']['name']}" for r in reports)
     return (summary_markdown(reports) + f"\n\nΔ in points vs the training profile, mean ± std over each axis's "
