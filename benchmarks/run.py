@@ -32,7 +32,7 @@ from harness.backends import get_backend
 from harness.compare.outputs import OutputStats
 from harness.export import export
 from harness.model import ModelSpec
-from harness.noise.inference import ModelConfig, ModelStage
+from harness.inference import ModelConfig, ModelStage
 from harness.preprocess import Geometry, normalize
 from harness.profile import Profile
 from harness.provenance import provenance

@@ -32,7 +32,7 @@ from harness.export import export
 from harness.metrics import coco_evaluate, metrics_of
 from harness.model import resolve_model
 from harness.noise import AXES, Axis
-from harness.noise.pipeline import ModelConfig, StagedPipeline
+from harness.pipeline import ModelConfig, StagedPipeline
 from harness.noise.sweep import run_axes, variant_configs
 from harness.preprocess import COLORS, apply_geometry, decode, normalize, stored_size
 from harness.tasks import get_task

@@ -1,6 +1,6 @@
 """A run: a dataset pushed through pre-processing -> model on a backend -> post-processing.
 
-The one engine is harness.noise.pipeline.StagedPipeline (compare, sysnoise and validate evaluate their
+The one engine is harness.pipeline.StagedPipeline (compare, sysnoise and validate evaluate their
 requests on it: one pass over the data, the very same input tensors for every model configuration, which
 is what "matched pre-processing" means). Its pre-processing stages (harness.stages) also make the batches
 of the passes that tap tensors inside the model (drift, export-inputs, calibration): `iter_batches`.

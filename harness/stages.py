@@ -2,7 +2,7 @@
 the model input) -> stack, each stage cached by (sample, the profile fields it depends on).
 
 One path for every command: compare, drift, validate and calibration take their batches from it
-(harness.run.iter_batches), the sweep its chunks (harness.noise.pipeline). The caches hold only the
+(harness.run.iter_batches), the run engine its chunks (harness.pipeline). The caches hold only the
 current decoder's decodes and the current resize's images (callers visit profiles sorted by stage), so
 memory is bounded by the samples a caller holds at once; `drop()` empties them between chunks.
 `harness.preprocess.to_pixels` is the same composition without caches (the stages' independent check).

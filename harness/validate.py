@@ -34,12 +34,11 @@ def run_gate(gate: Gate, progress: bool = True) -> dict:
     from harness.data import embedded_benchmark, load_dataset
     from harness.export import export
     from harness.model import resolve_model
-    from harness.noise.pipeline import Request, StagedPipeline
+    from harness.pipeline import Request, StagedPipeline
     from harness.noise.stats import significance_block
     from harness.noise.sweep import reference_of
     from harness.tasks import get_task
-    from harness.provenance import provenance
-    from harness.report.blocks import dataset_block, failure_records, model_block
+    from harness.report.blocks import common_blocks, failure_records
     from harness.run import require_readable
 
     spec = resolve_model(gate.model)
@@ -69,13 +68,10 @@ def run_gate(gate: Gate, progress: bool = True) -> dict:
         sysnoise_reports.append(sysnoise)
     passed = all(c.passed for c in checks)
     return {
-        "schema": SCHEMA,
-        "provenance": provenance(gate.threads, {}, exported, pipeline.fingerprint,
-                                 sorted({row["settings"]["backend"] for row in rows if "settings" in row})),
+        **common_blocks(SCHEMA, exported, data, pipeline.fingerprint, len(data.samples),
+                        failure_records(pipeline.failures), {**reference_identity, "profile": spec.profile.to_json()},
+                        gate.threads, {}, {row["settings"]["backend"] for row in rows if "settings" in row}),
         "gate": str(gate.path),
-        "model": model_block(spec, exported),
-        "dataset": dataset_block(data, len(data.samples), failure_records(pipeline.failures)),
-        "reference": {**reference_identity, "profile": spec.profile.to_json()},
         "significance": significance_block(task, pipeline.bootstrap_rounds),
         "passed": passed,
         "checks": [c.to_json() for c in checks],
@@ -87,7 +83,7 @@ def run_gate(gate: Gate, progress: bool = True) -> dict:
 
 def _planned_profiles(gate: Gate, reference_profile, reference_config) -> list[tuple]:
     """(name, profile, model configuration) of each of the gate's profiles."""
-    from harness.noise.pipeline import ModelConfig
+    from harness.pipeline import ModelConfig
     from harness.profile import profile_from_mapping
 
     planned = []

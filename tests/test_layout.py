@@ -85,7 +85,7 @@ def test_no_product_module_over_400_lines_and_no_function_over_80():
 NOUNS = {"ModelSpec": "harness.model", "ExportedModel": "harness.export", "Dataset": "harness.data",
          "Task": "harness.tasks", "Placement": "harness.placement", "Profile": "harness.profile",
          "Axis": "harness.noise", "Backend": "harness.backends", "Preprocessor": "harness.stages",
-         "StagedPipeline": "harness.noise.pipeline", "ResultRow": "harness.result",
+         "StagedPipeline": "harness.pipeline", "ResultRow": "harness.result",
          "OutputStats": "harness.compare.outputs"}
 
 

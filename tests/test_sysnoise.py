@@ -8,8 +8,8 @@ import pytest
 import torch
 from rich.console import Console
 
-import harness.noise.inference as inference_module
-import harness.noise.pipeline as pipeline_module
+import harness.inference as inference_module
+import harness.pipeline as pipeline_module
 import harness.stages as stages_module
 from harness.backends import Session
 from harness.data import embedded_benchmark
@@ -19,7 +19,7 @@ from harness.noise import AXES
 from harness.noise.graph import rewritten_model
 from harness.noise.stats import mcnemar_exact, paired_bootstrap_ci, significant
 from harness.noise.journal import ChunkJournal
-from harness.noise.pipeline import ModelConfig, Request, StagedPipeline
+from harness.pipeline import ModelConfig, Request, StagedPipeline
 from harness.noise.sweep import run_axes, run_axis
 from harness.report.sysnoise import variants_table
 
@@ -571,7 +571,7 @@ def test_the_papers_findings_on_the_zoo_detector():
     assert points["stride-offset0"]["significant"] and points["stride-offset0"]["delta"] < -0.2
     assert points["spread-offset0"]["identical_to"] == "stride-offset0"
     # ceil mode meeting a spread placement: the same rewritten graph, every point moved
-    from harness.noise.inference import GRAPH_BASELINE
+    from harness.inference import GRAPH_BASELINE
     from harness.noise.sweep import compare_variant
 
     rewritten = ModelConfig("onnxruntime", "cpu", "fp32", (("ceil_mode", True),))

@@ -47,8 +47,7 @@ def compare(
     from harness.data import embedded_benchmark
     from harness.data.benchmark import SEED as BENCHMARK_SEED
     from harness.export import export
-    from harness.provenance import provenance
-    from harness.report.blocks import dataset_block, model_block
+    from harness.report.blocks import common_blocks
 
     console = console_for(json_path)
     user_data = checked_inputs(profile, allow_code, input_shape, dataset)  # before the model: fail fast
@@ -70,14 +69,12 @@ def compare(
                            progress=lambda n: bar.advance(task, n), calibration=calibration_data,
                            artifact=artifact, recorded=candidate_outputs)
     report = {
-        "schema": SCHEMA,
-        "provenance": provenance(threads, {"benchmark": BENCHMARK_SEED} if dataset is None else {}, exported,
-                                 data.fingerprint(),
-                                 sorted({t.backend.name for t in targets} | {core["reference"]["backend"]})),
-        "model": model_block(spec, exported, source=spec.source, onnx=str(exported.onnx_path),
-                             exporter=exported.exporter, opset=exported.opset),
-        "dataset": dataset_block(data, core["processed"], core["failed"], path=str(data.root), task=core["task"]),
-        "reference": core["reference"],
+        **common_blocks(SCHEMA, exported, data, data.fingerprint(), core["processed"], core["failed"],
+                        core["reference"], threads, {"benchmark": BENCHMARK_SEED} if dataset is None else {},
+                        {t.backend.name for t in targets} | {core["reference"]["backend"]},
+                        model={"source": spec.source, "onnx": str(exported.onnx_path), "exporter": exported.exporter,
+                               "opset": exported.opset},
+                        dataset={"path": str(data.root), "task": core["task"]}),
         "results": core["results"],
         "calibration": core["calibration"],
         "artifact": str(artifact) if artifact else None,

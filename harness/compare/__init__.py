@@ -22,7 +22,7 @@ from harness.stages import read_failure
 from harness.tasks import Task, get_task
 
 if TYPE_CHECKING:  # the pipeline imports harness.compare.outputs: imported where used, not at load
-    from harness.noise.pipeline import ModelConfig, StagedPipeline
+    from harness.pipeline import ModelConfig, StagedPipeline
 
 SCHEMA = "harness.compare/1"
 MAX_FLIPPED = 100
@@ -146,7 +146,7 @@ def compare(exported: ExportedModel, dataset: Dataset, targets: list[Target], ba
     OpenVINO .xml, TensorRT .engine) to run instead of one the harness builds; recorded: an .npz of
     outputs recorded on a target from `harness export-inputs`, compared as one more candidate.
     """
-    from harness.noise.pipeline import ModelConfig, Request, StagedPipeline
+    from harness.pipeline import ModelConfig, Request, StagedPipeline
 
     spec = exported.spec
     task = UNLABELED if dataset.task == UNLABELED else spec.task
@@ -194,7 +194,7 @@ def compare(exported: ExportedModel, dataset: Dataset, targets: list[Target], ba
 
 def _recorded_entry(pipeline: StagedPipeline, recorded) -> tuple[dict, Loaded]:
     """Outputs recorded on a target (`harness export-inputs`), looked up by sample id: one more candidate."""
-    from harness.noise.pipeline import ModelConfig
+    from harness.pipeline import ModelConfig
     from harness.recorded import RecordedSession
 
     exported = pipeline.exported
@@ -211,7 +211,7 @@ def _timing(pipeline: StagedPipeline, loaded: Loaded) -> dict | None:
 def _result_row(pipeline: StagedPipeline, identity: dict, loaded: Loaded, ref_request, processed: list,
                 task: str, ref_metric: dict, classes) -> dict:
     """One target's row of the compare report (DESIGN.md's keys)."""
-    from harness.noise.pipeline import Request
+    from harness.pipeline import Request
     from harness.result import ResultRow
 
     measures = {"outputs": None, "flipped": [], "timing": None}

@@ -252,8 +252,7 @@ def drift_report(spec, backend_name: str, device: str, precision: str, data, bat
 
     from harness.backends import get_backend
     from harness.export import export
-    from harness.provenance import provenance
-    from harness.report.blocks import dataset_block, model_block
+    from harness.report.blocks import common_blocks
     from harness.run import iter_batches, require_readable
 
     require_readable(data, spec.profile)
@@ -282,13 +281,11 @@ def drift_report(spec, backend_name: str, device: str, precision: str, data, bat
     if run.perturb_fallback:
         perturb["fallback_from"] = run.perturb_fallback
     return {
-        "schema": "harness.drift/1",
-        "provenance": provenance(threads, {}, exported, data.fingerprint(), [backend.name]),
-        "model": model_block(spec, exported),
-        "dataset": dataset_block(data, run.samples, [f.to_json() for f in failures]),
-        "reference": {"backend": "onnxruntime", "device": "cpu", "precision": "fp32", "graph_optimizations": False,
-                      "note": REFERENCE_NOTE,
-                      "profile": spec.profile.to_json(), "torch_check": run.torch_check},
+        **common_blocks("harness.drift/1", exported, data, data.fingerprint(), run.samples,
+                        [f.to_json() for f in failures],
+                        {"backend": "onnxruntime", "device": "cpu", "precision": "fp32", "graph_optimizations": False,
+                         "note": REFERENCE_NOTE, "profile": spec.profile.to_json(), "torch_check": run.torch_check},
+                        threads, {}, [backend.name]),
         "candidate": {"backend": candidate.backend, "device": candidate.device, "precision": candidate.precision,
                       "precision_effective": candidate.precision_effective,
                       "execution": candidate.execution(),

@@ -5,7 +5,7 @@ A cell is one variant of one axis. One worker runs the sweep with its stage cach
 session is shared by the cells that need it, as in a single process); the driver, this process, only
 watches: the worker says which cell its current work is for and sends every finished row, which the driver
 writes to the cell store at once. The worker streams the data in chunks, doing a piece of every cell per
-chunk (harness.noise.sweep.StagedPipeline), so a cell's time is the sum of its pieces; work shared by
+chunk (harness.pipeline.StagedPipeline), so a cell's time is the sum of its pieces; work shared by
 several cells is the first one's. When a native crash takes the worker down, or a cell runs past the
 timeout and the driver kills it, that cell alone becomes a `failed` row saying so, and a new worker carries
 on without it: the rows already finished are taken back, not computed again; the pass over the data of the

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import UsageError
-from harness.noise.pipeline import DEFAULT_CHUNK
+from harness.pipeline import DEFAULT_CHUNK
 from harness.noise.stats import MAP_ROUNDS
 
 BOOTSTRAP_SCOPES = ("all", "largest")
@@ -43,12 +43,11 @@ def sysnoise_report(spec, settings: SweepSettings = SweepSettings(), progress: b
     from harness.data import embedded_benchmark, load_dataset
     from harness.export import export
     from harness.noise import get_axes
-    from harness.noise.pipeline import StagedPipeline
+    from harness.pipeline import StagedPipeline
     from harness.noise.stats import significance_block
     from harness.tasks import get_task
     from harness.noise.sweep import combine as combine_axes, reference_metric, reference_of, run_axes
-    from harness.provenance import provenance
-    from harness.report.blocks import dataset_block, failure_records, model_block
+    from harness.report.blocks import common_blocks, failure_records
     from harness.run import require_readable
 
     chosen = get_axes(settings.axes)
@@ -87,11 +86,10 @@ def sysnoise_report(spec, settings: SweepSettings = SweepSettings(), progress: b
     curve = combine_axes(pipeline, results, spec.profile, reference_config, task, classes, primary,
                          graph_backend) if settings.combine else []
     return {
-        "schema": "harness.sysnoise/1",
-        "provenance": provenance(settings.threads, {"bootstrap": 0}, exported, pipeline.fingerprint, []),
-        "model": model_block(spec, exported),
-        "dataset": dataset_block(data, len(reference_eval.ids), failure_records(pipeline.failures)),
-        "reference": {**reference, "profile": spec.profile.to_json(), "metric": metric},
+        **common_blocks("harness.sysnoise/1", exported, data, pipeline.fingerprint, len(reference_eval.ids),
+                        failure_records(pipeline.failures),
+                        {**reference, "profile": spec.profile.to_json(), "metric": metric}, settings.threads,
+                        {"bootstrap": 0}, []),
         "primary_metric": primary,
         "axes": results,
         "combined": curve,

@@ -1,5 +1,5 @@
 """The SysNoise sweep: each variant of each axis is a cell, planned first, its predictions computed in
-one streaming pass (harness.noise.pipeline), then compared with its baseline's: Δ metric with its
+one streaming pass (harness.pipeline), then compared with its baseline's: Δ metric with its
 uncertainty, flip rate, KL, what the variant reshapes.
 """
 from __future__ import annotations
@@ -14,8 +14,8 @@ import numpy as np
 from harness.errors import BackendUnavailable
 from harness.noise import Axis, Variant
 from harness.noise.journal import ChunkJournal
-from harness.noise.inference import GRAPH_BASELINE
-from harness.noise.pipeline import Evaluated, ModelConfig, Request, StagedPipeline
+from harness.inference import GRAPH_BASELINE
+from harness.pipeline import Evaluated, ModelConfig, Request, StagedPipeline
 from harness.profile import Profile
 from harness.result import SIGNIFICANCE_KEYS, ResultRow
 from harness.tasks import get_task

@@ -1,5 +1,21 @@
-"""The blocks every report shares, assembled in one place: `model` and `dataset` (DESIGN.md's JSON keys)."""
+"""The blocks every report shares, assembled in one place: `schema`, `provenance`, `model`, `dataset` and
+`reference` (DESIGN.md's JSON keys), in that order, at the head of every report."""
 from __future__ import annotations
+
+
+def common_blocks(schema: str, exported, data, fingerprint: str, samples: int, failed: list[dict], reference: dict,
+                  threads: int | None, seeds: dict, backends, model: dict | None = None,
+                  dataset: dict | None = None) -> dict:
+    """The head of a report on `exported` run over `data` (its `fingerprint`): `samples` evaluated, `failed`
+    sample records, the `reference` it was held against, the run's threads, seeds and backends; `model`,
+    `dataset`: what one kind of report adds to those blocks."""
+    from harness.provenance import provenance
+
+    return {"schema": schema,
+            "provenance": provenance(threads, seeds, exported, fingerprint, sorted(backends)),
+            "model": model_block(exported.spec, exported, **(model or {})),
+            "dataset": dataset_block(data, samples, failed, **(dataset or {})),
+            "reference": reference}
 
 
 def model_block(spec, exported, **more) -> dict:

@@ -1,10 +1,11 @@
-"""The stage pipeline a SysNoise sweep runs on: requests (a profile around a model configuration)
-evaluated in one streaming pass over the data.
+"""The one run engine: requests (a profile around a model configuration) evaluated in one streaming pass
+over the data. compare (the reference and its targets), the SysNoise sweep (every variant and its
+baseline) and validate (a gate's profiles) all evaluate on it.
 
 The data is walked in chunks. Within a chunk, stages are cached by (input, stage parameters): each image
 is decoded once per decoder, resized once per (decoder, geometry) (harness.stages.Preprocessor);
 inference runs once per distinct input set (by content) per model configuration
-(harness.noise.inference.ModelStage); post-processing never re-runs inference. Only per-sample
+(harness.inference.ModelStage); post-processing never re-runs inference. Only per-sample
 predictions outlive a chunk, so memory does not grow with the dataset. `counters` records the work done;
 a chunk's pieces go to the journal when there is one (harness.noise.journal).
 """
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from harness.compare.outputs import OutputStats
-from harness.noise.inference import ModelConfig, ModelStage
+from harness.inference import ModelConfig, ModelStage
 from harness.noise.journal import ChunkJournal, Piece
 from harness.noise.stats import MAP_ROUNDS
 from harness.profile import Profile

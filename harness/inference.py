@@ -1,4 +1,4 @@
-"""The model stage of a sweep: a model configuration (a placement, a graph rewrite, load options), its
+"""The model stage of the run engine (harness.pipeline): a model configuration (a placement, a graph rewrite, load options), its
 backend session loaded once, and the raw outputs of an input set cached by content within a chunk."""
 from __future__ import annotations
 
