@@ -34,7 +34,7 @@ from harness.model import resolve_model
 from harness.noise import AXES, Axis
 from harness.pipeline import ModelConfig, StagedPipeline
 from harness.noise.sweep import run_axes, variant_configs
-from harness.preprocess import COLORS, apply_geometry, decode, normalize, stored_size
+from harness.preprocess import COLORS, apply_geometry, color_before_geometry, decode, normalize, stored_size
 from harness.tasks import get_task
 
 MODEL = "fcos_tiny"
@@ -107,7 +107,7 @@ def bench_sweep(count: int | None = None, batch_size: int = 32, threads: int = 2
             warm.session(model_config).run({"input": np.zeros((1, 3, 128, 128), np.float32)})
         COLORS[profile.color](apply_geometry(decode(first, profile.decoder), profile, stored_size(first))[0])
     import scipy.stats  # noqa: F401
-    sessions = warm.sessions
+    sessions = warm.models.sessions
 
     started = time.perf_counter()
     pipeline = StagedPipeline(exported, dataset, batch_size, threads, None, bootstrap_rounds=0)
@@ -131,11 +131,14 @@ def bench_sweep(count: int | None = None, batch_size: int = 32, threads: int = 2
                 if (sample.id, profile.decoder) not in decoded:
                     decoded[sample.id, profile.decoder] = decode(data, profile.decoder)
                     work["decodes"] += 1
-                rkey = (sample.id, profile.decoder, profile.resize)
+                at_decode = color_before_geometry(profile)  # a camera's YUV: converted before the resize
+                rkey = (sample.id, profile.decoder, profile.resize, profile.color if at_decode else "")
                 if rkey not in resized:
-                    resized[rkey] = apply_geometry(decoded[sample.id, profile.decoder], profile, stored_size(data))
+                    image = decoded[sample.id, profile.decoder]
+                    resized[rkey] = apply_geometry(COLORS[profile.color](image) if at_decode else image, profile,
+                                                   stored_size(data))
                     work["resizes"] += 1
-                pixels.append(COLORS[profile.color](resized[rkey][0]))
+                pixels.append(resized[rkey][0] if at_decode else COLORS[profile.color](resized[rkey][0]))
                 geometries.append(resized[rkey][1])
             stacked = np.stack(pixels)
             inputs[pre] = (hashlib.sha256(stacked.tobytes()).hexdigest(), stacked, geometries)
@@ -168,8 +171,13 @@ def bench_sweep(count: int | None = None, batch_size: int = 32, threads: int = 2
         pixels, geometries = [], []
         for sample in samples:
             data = blobs[sample.id]
-            image, geometry = apply_geometry(decode(data, profile.decoder), profile, stored_size(data))
-            pixels.append(COLORS[profile.color](image))
+            image = decode(data, profile.decoder)
+            if color_before_geometry(profile):
+                image, geometry = apply_geometry(COLORS[profile.color](image), profile, stored_size(data))
+            else:
+                image, geometry = apply_geometry(image, profile, stored_size(data))
+                image = COLORS[profile.color](image)
+            pixels.append(image)
             geometries.append(geometry)
         stacked = np.stack(pixels)
         mark = _lap(naive_stage_s, "decode_resize_colour", mark)

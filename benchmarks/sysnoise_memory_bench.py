@@ -1,6 +1,6 @@
 """Peak memory of `harness sysnoise` against the dataset's size, at ImageNet geometry.
 
-The sweep streams the data in chunks (harness.noise.sweep.StagedPipeline): only per-sample predictions
+The sweep streams the data in chunks (harness.pipeline.StagedPipeline): only per-sample predictions
 outlive a chunk, so peak memory should stay flat as the dataset grows. Measured here: the same sweep
 (resnet_tiny on ONNX Runtime inputs resized 256 -> crop 224, the decoder, resize and colour axes: 29
 variants, 6 decoders) on N and 4N photo-sized JPEGs (500x375, as ImageNet val's typical image), each run
