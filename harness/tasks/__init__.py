@@ -2,11 +2,13 @@
 
 A task is the thing that varies under every command, as a backend is: compare, sysnoise, drift, validate,
 report and diff hold a `Task` and call it, and never test a task's name. A task turns a batch's raw
-outputs into per-sample predictions (its post-processing stage, with that stage's variants), scores
-predictions against a dataset's labels (its metric), says whether two predictions of one sample agree (the
-label-free drift signal), which noise axes apply to it, and how its significance is decided.
+outputs into per-sample predictions (its post-processing stage, with that stage's variants), evaluates
+predictions against a dataset's labels (its metric, with the per-sample records a paired comparison needs),
+decides from two evaluations whether the metric moved (`change`, by its significance rule), says whether
+two predictions of one sample agree (the label-free drift signal), which noise axes apply to it, and what a
+report's gallery shows of a flipped sample.
 
-Adding a task is one module here and one line in TASKS.
+Adding a task is one module here and one line in `registry()`.
 """
 from __future__ import annotations
 
