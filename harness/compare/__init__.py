@@ -154,7 +154,10 @@ def compare(exported: ExportedModel, dataset: Dataset, targets: list[Target], ba
         raise UsageError(f"{dataset.root}: a {dataset.task} dataset cannot evaluate the {spec.task} model {spec.name}")
     dataset = dataset.aligned_to(spec.labels)
     require_readable(dataset, spec.profile)
-    pipeline = StagedPipeline(exported, dataset, batch_size, threads, calibration, bootstrap_rounds=0)
+    # one batch a chunk: every target's raw outputs of a chunk are held for the output statistics, and one
+    # profile gains nothing from a longer chunk, so compare streams batch by batch
+    pipeline = StagedPipeline(exported, dataset, batch_size, threads, calibration, bootstrap_rounds=0,
+                              chunk_size=batch_size)
     pipeline.models.warmup = True
     ref_target, ref_options, ref_note = reference_target(exported)
     # a configuration of its own: a target at the same placement is loaded, timed and reported apart
