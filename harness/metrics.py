@@ -116,3 +116,53 @@ def bootstrap_map_delta(reference_eval, candidate_eval, images: int, rounds: int
         deltas.append(resampled_map(candidate_eval, picks) - resampled_map(reference_eval, picks))
     low, high = np.percentile(deltas, [2.5, 97.5])
     return float(low), float(high)
+
+
+def confusion_matrix(truth: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
+    """int64[C, C] pixel counts, truth class by row, predicted class by column; truth pixels of
+    IGNORE_LABEL are not counted (mmsegmentation's intersect-and-union, as one matrix)."""
+    from harness.preprocess import IGNORE_LABEL
+
+    counted = truth != IGNORE_LABEL
+    pairs = truth[counted].astype(np.int64) * num_classes + predicted[counted].astype(np.int64)
+    return np.bincount(pairs, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def segmentation_metrics(confusion: np.ndarray) -> dict[str, float]:
+    """mIoU, pixel accuracy and mean class accuracy of a summed confusion matrix (mmsegmentation's mIoU,
+    aAcc, mAcc): a class neither in the truth nor in the predictions has no IoU and is left out of the mean."""
+    confusion = confusion.astype(np.float64)
+    hits, truth, predicted = np.diag(confusion), confusion.sum(1), confusion.sum(0)
+    union = truth + predicted - hits
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou, accuracy = hits / union, hits / truth
+    total = confusion.sum()
+    nan = float("nan")
+    return {"miou": float(np.nanmean(iou)) if np.isfinite(iou).any() else nan,
+            "pixel_acc": float(hits.sum() / total) if total else nan,
+            "mean_acc": float(np.nanmean(accuracy)) if np.isfinite(accuracy).any() else nan}
+
+
+def bootstrap_miou_delta(reference: np.ndarray, candidate: np.ndarray, rounds: int, seed: int = 0
+                         ) -> tuple[float, float] | None:
+    """Paired bootstrap 95 % interval of Δ mIoU over images from per-image confusion matrices [N, C, C]:
+    each round sums the matrices of the resampled images (as weights, one matrix product per side)."""
+    images = len(reference)
+    if images == 0 or rounds < 1:
+        return None
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, images, size=(rounds, images))
+    weights = np.zeros((rounds, images), np.float64)
+    np.add.at(weights, (np.arange(rounds)[:, None], picks), 1.0)
+
+    def miou(confusions):
+        summed = weights @ confusions.reshape(images, -1).astype(np.float64)
+        classes = confusions.shape[-1]
+        summed = summed.reshape(rounds, classes, classes)
+        hits = np.diagonal(summed, axis1=1, axis2=2)
+        union = summed.sum(2) + summed.sum(1) - hits
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.nanmean(hits / union, axis=1)
+
+    low, high = np.percentile(miou(candidate) - miou(reference), [2.5, 97.5])
+    return float(low), float(high)

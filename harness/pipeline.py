@@ -213,9 +213,10 @@ class StagedPipeline:
         input_digest = self._chunk_inputs[pre][0] if ids else None
         if journal is not None:
             failures = self.failures
-            journal.keep(request.key, chunk, Piece(ids, predictions, self.output_shapes.get((pre, request.config)),
-                                                   input_digest, {s.id: failures[s.id] for s in chunk
-                                                                  if s.id in failures}))
+            chunk_failures = {s.id: failures[s.id] for s in chunk if s.id in failures}
+            journal.keep(request.key, chunk, Piece(self.task.name, ids, predictions,
+                                                   self.output_shapes.get((pre, request.config)), input_digest,
+                                                   chunk_failures))
         return ids, predictions, input_digest
 
     def _track_output_errors(self, pairs: list[tuple[Request, Request]]) -> None:

@@ -200,3 +200,43 @@ def decode_fcos(levels: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]], pr
     keep = nms(boxes, flat_scores.astype(np.float32), labels.astype(np.int64), profile.iou_threshold)
     keep = keep[: profile.max_detections]
     return Detections(boxes[keep], flat_scores[keep].astype(np.float32), labels[keep].astype(np.int64))
+
+
+# how a segmenter's logits over the model input become a class map at the label's (stored image's) resolution
+MASK_RESIZES = ("logits-bilinear", "logits-bilinear-align-corners", "argmax-nearest")
+
+
+def label_map(logits: np.ndarray, geometry, input_size: int, method: str) -> np.ndarray:
+    """float[C, h, w] logits over the model input -> class map [H, W] at the stored image's size (uint8, or
+    uint16 beyond 255 classes). The part of the output the stored image covers (all of it for squash, the
+    unpadded part for letterbox) is resized to the stored size:
+    - logits-bilinear: logits resized bilinear, half-pixel (align_corners=False), then argmax: the evaluation
+      of torchvision's and mmsegmentation's segmenters (`resize(seg_logit, ori_shape)`);
+    - logits-bilinear-align-corners: the same with align_corners=True (DeepLab's TF lineage, older configs);
+    - argmax-nearest: argmax at the output's resolution, then the class map resized nearest (OpenCV), as a
+      runtime that returns class indices does."""
+    import cv2
+    import torch
+    import torch.nn.functional as F
+
+    if method not in MASK_RESIZES:
+        raise HarnessError(f"mask resize {method!r} is not one of {', '.join(MASK_RESIZES)}")
+    classes, height, width = logits.shape
+    if not (geometry.width and geometry.height):
+        raise HarnessError("a label map needs the stored image's size; the geometry does not hold it")
+    to_output_x, to_output_y = width / input_size, height / input_size
+    x0, y0 = geometry.offset_x * to_output_x, geometry.offset_y * to_output_y
+    x1 = x0 + geometry.width * geometry.scale_x * to_output_x
+    y1 = y0 + geometry.height * geometry.scale_y * to_output_y
+    if x0 < -1e-6 or y0 < -1e-6 or x1 > width + 1e-6 or y1 > height + 1e-6:
+        raise HarnessError("segmentation evaluates the whole label map: the geometry must keep the whole image "
+                           "(squash or letterbox), not crop it")
+    region = logits[:, int(round(y0)):int(round(y1)), int(round(x0)):int(round(x1))]
+    dtype = np.uint8 if classes <= 255 else np.uint16
+    size = (geometry.height, geometry.width)
+    if method == "argmax-nearest":
+        classes_small = region.argmax(axis=0).astype(dtype)
+        return cv2.resize(classes_small, size[::-1], interpolation=cv2.INTER_NEAREST)
+    tensor = torch.from_numpy(np.ascontiguousarray(region, dtype=np.float32))[None]
+    resized = F.interpolate(tensor, size=size, mode="bilinear", align_corners=method.endswith("align-corners"))
+    return resized[0].argmax(dim=0).numpy().astype(dtype)

@@ -219,6 +219,7 @@ for _matrix in YUV_MATRICES:
 # the geometry whatever the placement, and colour variants share one resize
 CHANNEL_ORDERS = ("rgb", "bgr")
 LETTERBOX_FILL = 114  # the grey YOLO-style letterboxing pads with
+IGNORE_LABEL = 255  # a label-map value no metric counts: VOC's boundary value, and letterbox padding of labels
 
 
 def color_before_geometry(profile: Profile) -> bool:
@@ -228,12 +229,15 @@ def color_before_geometry(profile: Profile) -> bool:
 
 @dataclass(frozen=True)
 class Geometry:
-    """How model-input pixels map back to stored-image pixels: stored = (input - offset) / scale."""
+    """How model-input pixels map back to stored-image pixels: stored = (input - offset) / scale; `width` and
+    `height` are the stored image's size (0: not known), the resolution a label map is evaluated at."""
 
     scale_x: float
     scale_y: float
     offset_x: float = 0.0
     offset_y: float = 0.0
+    width: int = 0
+    height: int = 0
 
     def to_image(self, boxes: np.ndarray) -> np.ndarray:
         """float32[K, 4] xyxy in model-input pixels -> stored-image pixels."""
@@ -294,8 +298,8 @@ def stored_size(data: bytes) -> tuple[int, int] | None:
         return None
 
 
-def apply_geometry(image: np.ndarray, profile: Profile, source_size: tuple[int, int] | None = None
-                   ) -> tuple[np.ndarray, Geometry]:
+def apply_geometry(image: np.ndarray, profile: Profile, source_size: tuple[int, int] | None = None,
+                   fill: int = LETTERBOX_FILL) -> tuple[np.ndarray, Geometry]:
     """uint8[H, W, 3] -> uint8[S, S, 3] with S = profile.input_size; only the interpolation varies.
 
     The Geometry maps model-input pixels to the stored image's pixels: `source_size` (width, height) is
@@ -305,13 +309,13 @@ def apply_geometry(image: np.ndarray, profile: Profile, source_size: tuple[int, 
     source_w, source_h = source_size or (width, height)
     size = profile.input_size
     if profile.geometry == "squash":
-        return resize(image, size, size), Geometry(size / source_w, size / source_h)
+        return resize(image, size, size), Geometry(size / source_w, size / source_h, 0, 0, source_w, source_h)
     if profile.geometry == "letterbox":
         scale = size / max(height, width)
         new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
-        canvas = np.full((size, size, 3), LETTERBOX_FILL, np.uint8)
+        canvas = np.full((size, size, 3), fill, np.uint8)
         canvas[:new_h, :new_w] = resize(image, new_w, new_h)
-        return canvas, Geometry(new_w / source_w, new_h / source_h)
+        return canvas, Geometry(new_w / source_w, new_h / source_h, 0, 0, source_w, source_h)
     short = profile.crop_resize_size
     if profile.geometry == "torchvision-crop":
         # torchvision.transforms.functional.resize (_compute_resized_output_size) truncates the long side,
@@ -328,13 +332,22 @@ def apply_geometry(image: np.ndarray, profile: Profile, source_size: tuple[int, 
         top, left = int(round((padded_h - size) / 2.0)), int(round((padded_w - size) / 2.0))
         cropped = resized[top:top + size, left:left + size]
         return np.ascontiguousarray(cropped), Geometry(new_w / source_w, new_h / source_h, pad_left - left,
-                                                       pad_top - top)
+                                                       pad_top - top, source_w, source_h)
     scale = short / min(height, width)
     new_w, new_h = max(short, round(width * scale)), max(short, round(height * scale))
     resized = resize(image, new_w, new_h)
     top, left = (new_h - size) // 2, (new_w - size) // 2
     cropped = resized[top:top + size, left:left + size]
-    return np.ascontiguousarray(cropped), Geometry(new_w / source_w, new_h / source_h, -left, -top)
+    return np.ascontiguousarray(cropped), Geometry(new_w / source_w, new_h / source_h, -left, -top, source_w,
+                                                   source_h)
+
+
+def label_map_to_input(mask: np.ndarray, profile: Profile) -> np.ndarray:
+    """uint8[H, W] label map -> uint8[S, S] at the model input by the profile's geometry, resized with Pillow's
+    nearest neighbour (labels are never interpolated or normalised); letterbox padding is IGNORE_LABEL."""
+    planes = np.repeat(mask[..., None], 3, axis=2)
+    pixels, _ = apply_geometry(planes, profile.replace(resize="pil-nearest"), fill=IGNORE_LABEL)
+    return np.ascontiguousarray(pixels[..., 0])
 
 
 def to_pixels(data: bytes, profile: Profile) -> tuple[np.ndarray, Geometry]:

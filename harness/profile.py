@@ -46,6 +46,8 @@ class Profile:
     iou_threshold: float = 0.6
     max_detections: int = 100
     points: str | None = None  # detection point placement (postprocess.POINT_PLACEMENTS); None: the head's
+    # post-processing (segmentation): logits to a class map at the label's resolution (postprocess.MASK_RESIZES)
+    mask_resize: str = "logits-bilinear"
     labels: tuple[str, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
@@ -83,7 +85,7 @@ class Profile:
 STAGE_FIELDS = {
     "pre": ("decoder", "resize", "color", "color_at", "geometry", "input_size", "resize_size", "mean", "std"),
     "model": ("backend", "device", "precision"),
-    "post": ("nms", "box_decode", "score_threshold", "iou_threshold", "max_detections", "points"),
+    "post": ("nms", "box_decode", "score_threshold", "iou_threshold", "max_detections", "points", "mask_resize"),
 }
 FIELD_NAMES = tuple(f.name for f in dataclasses.fields(Profile))
 FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(Profile)}
@@ -184,6 +186,11 @@ def checked_field(key: str, value, allow_code: bool = False):
 
         if value not in POINT_PLACEMENTS:
             raise FieldError(key, f"{value!r} is not one of {', '.join(POINT_PLACEMENTS)}")
+    elif key == "mask_resize":
+        from harness.postprocess import MASK_RESIZES
+
+        if value not in MASK_RESIZES:
+            raise FieldError(key, f"{value!r} is not one of {', '.join(MASK_RESIZES)}")
     return value
 
 

@@ -33,70 +33,50 @@ class BadPiece(ValueError):
     """A stored piece that is not what this harness writes (tampered, truncated, another version)."""
 
 
-def encode_piece(ids: list[str], predictions: list, shapes: dict | None, input_digest: str | None,
+def encode_piece(task: str, ids: list[str], predictions: list, shapes: dict | None, input_digest: str | None,
                  failures: dict[str, str]) -> bytes:
     """A piece of a pass as NumPy arrays in an .npz (never a pickle: the store lives in a cache folder that
-    CI caches restore, and unpickling runs whatever the file says). Predictions are classification rows
-    (stacked) or Detections (concatenated, with a count per sample)."""
-    from harness.postprocess import Detections
+    CI caches restore, and unpickling runs whatever the file says). The task (a harness.tasks name) lays its
+    predictions out as arrays (Task.encode_predictions) and reads them back."""
+    from harness.tasks import get_task
 
-    meta = {"ids": list(ids), "shapes": shapes, "input_digest": input_digest, "failures": dict(failures)}
-    arrays = {}
-    if predictions and isinstance(predictions[0], Detections):
-        meta["kind"] = "detections"
-        arrays["counts"] = np.array([len(p.scores) for p in predictions], np.int64)
-        arrays["boxes"] = np.concatenate([p.boxes.astype(np.float32).reshape(-1, 4) for p in predictions])
-        arrays["scores"] = np.concatenate([p.scores.astype(np.float32) for p in predictions])
-        arrays["labels"] = np.concatenate([p.labels.astype(np.int64) for p in predictions])
-    else:
-        meta["kind"] = "rows"
-        arrays["rows"] = np.stack([np.asarray(p, np.float32) for p in predictions]) if predictions \
-            else np.zeros((0,), np.float32)
+    meta = {"ids": list(ids), "shapes": shapes, "input_digest": input_digest, "failures": dict(failures),
+            "kind": task}
+    arrays = get_task(task).encode_predictions(predictions)
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     return buffer.getvalue()
 
 
-def _array(arrays, name: str, dtype, ndim: int, length: int | None = None, width: int | None = None) -> np.ndarray:
+def checked_array(arrays, name: str, dtype, ndim: int, length: int | None = None, width: int | None = None
+                  ) -> np.ndarray:
+    """Array `name` of a stored piece, its dtype and shape checked before use (BadPiece otherwise)."""
     if name not in arrays.files:
         raise BadPiece(f"no array {name!r}")
     value = arrays[name]
     if value.dtype != dtype or value.ndim != ndim or (length is not None and len(value) != length) \
             or (width is not None and value.shape[1] != width):
-        raise BadPiece(f"array {name!r} is {value.dtype}{list(value.shape)}")
+        raise BadPiece(f"array {name!r} is {value.dtype}{value.shape}")
     return value
 
 
 def decode_piece(data: bytes) -> tuple:
-    """(ids, predictions, shapes, input_digest, failures) of a piece written by encode_piece; BadPiece when
-    it is anything else (its dtypes, shapes and counts are checked before use)."""
-    from harness.postprocess import Detections
+    """(task, ids, predictions, shapes, input_digest, failures) of a piece written by encode_piece; BadPiece
+    when it is anything else (its dtypes, shapes and counts are checked before use)."""
+    from harness.tasks import registry
 
     try:
         arrays = np.load(io.BytesIO(data), allow_pickle=False)
-        meta = json.loads(_array(arrays, "meta", np.uint8, 1).tobytes().decode())
+        meta = json.loads(checked_array(arrays, "meta", np.uint8, 1).tobytes().decode())
         ids, kind, failures = meta["ids"], meta["kind"], meta["failures"]
         if not (isinstance(ids, list) and all(isinstance(i, str) for i in ids) and isinstance(failures, dict)):
             raise BadPiece("ids or failures of the wrong type")
-        if kind == "detections":
-            counts = _array(arrays, "counts", np.int64, 1, len(ids))
-            total = int(counts.sum())
-            if (counts < 0).any():
-                raise BadPiece("negative detection count")
-            boxes = _array(arrays, "boxes", np.float32, 2, total, 4)
-            scores, labels = _array(arrays, "scores", np.float32, 1, total), _array(arrays, "labels", np.int64, 1, total)
-            ends = np.cumsum(counts)
-            predictions = [Detections(boxes[end - n:end], scores[end - n:end], labels[end - n:end])
-                           for n, end in zip(counts.tolist(), ends.tolist())]
-        elif kind == "rows":
-            rows = arrays["rows"] if "rows" in arrays.files else None
-            if rows is None or rows.dtype != np.float32 or (ids and (rows.ndim < 2 or len(rows) != len(ids))):
-                raise BadPiece("classification rows of the wrong shape or type")
-            predictions = list(rows) if ids else []
-        else:
+        tasks = registry()
+        if kind not in tasks:
             raise BadPiece(f"unknown kind {kind!r}")
-        return ids, predictions, meta["shapes"], meta["input_digest"], failures
+        predictions = tasks[kind].decode_predictions(arrays, len(ids))
+        return kind, ids, predictions, meta["shapes"], meta["input_digest"], failures
     except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as err:  # BadPiece: ValueError
         raise BadPiece(f"{type(err).__name__}: {err}") from None
 

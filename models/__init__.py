@@ -11,12 +11,13 @@ from typing import Callable
 
 from harness.data.synthetic import CLASSES
 from harness.profile import Profile
-from harness.tasks import CLASSIFY, DETECT
+from harness.tasks import CLASSIFY, DETECT, SEGMENT
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 ZOO: dict[str, Callable] = {}
 DEFAULT_CLASSIFIER = "resnet_tiny"
 DEFAULT_DETECTOR = "fcos_tiny"
+SEGMENTATION_CLASSES = ("background", *CLASSES)  # label-map value k is class k
 
 # The training pipeline of every zoo model: JPEG -> Pillow decode -> Pillow bilinear from the larger
 # stored image -> RGB. Deviations from it are what SysNoise measures.
@@ -24,6 +25,9 @@ CLASSIFIER_PROFILE = Profile(decoder="pil", resize="pil-bilinear", color="rgb", 
                              input_size=64, resize_size=72, labels=CLASSES)
 DETECTOR_PROFILE = Profile(decoder="pil", resize="pil-bilinear", color="rgb", geometry="letterbox",
                            input_size=128, labels=CLASSES)
+# letterbox, as mmsegmentation's keep-ratio Resize evaluates: the stored images are square, so a plain resize
+SEGMENTER_PROFILE = Profile(decoder="pil", resize="pil-bilinear", color="rgb", geometry="letterbox",
+                            input_size=64, labels=SEGMENTATION_CLASSES)
 
 
 def register_model(fn: Callable) -> Callable:
@@ -37,7 +41,7 @@ def _spec(name: str, task: str, build: Callable, profile: Profile, summary: str,
     from harness.model import ModelSpec
 
     return ModelSpec(name=name, task=task, build=build, weights=WEIGHTS_DIR / f"{name}.pt",
-                     profile=profile, labels=CLASSES, output_names=outputs, source=f"zoo:{name}",
+                     profile=profile, labels=profile.labels, output_names=outputs, source=f"zoo:{name}",
                      summary=summary, **extra)
 
 
@@ -67,3 +71,13 @@ def fcos_tiny():
                  "FCOS-style detector, 3-level FPN with nearest upsampling, raw head outputs, 128x128 input",
                  stated={"map": 0.4383, "ap50": 0.6497, "ap75": 0.5125},
                  outputs=OUTPUT_NAMES, head=HEAD)
+
+
+@register_model
+def deeplabv3_tiny():
+    from harness.models.deeplab import TinyDeepLabV3
+
+    return _spec("deeplabv3_tiny", SEGMENT, lambda: TinyDeepLabV3(len(SEGMENTATION_CLASSES)), SEGMENTER_PROFILE,
+                 "DeepLabV3-style segmenter: ResNet-style backbone with a stride-2 max-pool, dilated last stage "
+                 "(output stride 4), torchvision ASPP, logits upsampled bilinear in the graph, 64x64 input",
+                 stated={"miou": 0.6495, "pixel_acc": 0.9577, "mean_acc": 0.7572})

@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 
 from harness.data.benchmark import SEED
-from harness.data.synthetic import classification_scene, detection_scene
+from harness.data.synthetic import classification_scene, detection_scene, segmentation_scene
 from harness.model import ModelSpec
-from harness.preprocess import normalize, to_pixels
-from harness.tasks import DETECT
+from harness.preprocess import IGNORE_LABEL, label_map_to_input, normalize, to_pixels
+from harness.tasks import DETECT, SEGMENT
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,9 @@ RECIPES = {
     "resnet_tiny": Recipe(train_count=12000, epochs=14, batch_size=128, lr=3e-3),
     "mobilenetv2_tiny": Recipe(train_count=12000, epochs=14, batch_size=128, lr=4e-3),
     "fcos_tiny": Recipe(train_count=6000, epochs=24, batch_size=32, lr=1e-3, weight_decay=1e-4, grad_clip=5.0),
+    "deeplabv3_tiny": Recipe(train_count=4000, epochs=16, batch_size=32, lr=3e-3, weight_decay=1e-4),
 }
+SCENES = {DETECT: detection_scene, SEGMENT: segmentation_scene}
 # FCOS size ranges (max l/t/r/b distance, model-input pixels) of the levels at strides 8, 16, 32
 FCOS_RANGES = ((0.0, 16.0), (16.0, 32.0), (32.0, math.inf))
 CENTER_RADIUS = 1.5
@@ -47,11 +49,10 @@ CENTER_RADIUS = 1.5
 
 def _make_sample(args):
     task, index, profile = args
-    if task == DETECT:
-        scene = detection_scene(SEED, "train", index, profile.input_size)
-    else:
-        scene = classification_scene(SEED, "train", index, profile.input_size)
+    scene = SCENES.get(task, classification_scene)(SEED, "train", index, profile.input_size)
     pixels, geometry = to_pixels(scene.jpeg, profile)
+    if task == SEGMENT:  # the label map at the model input: the target of every pixel
+        return pixels, label_map_to_input(scene.mask, profile), None
     boxes = scene.boxes.copy()
     boxes[:, [0, 2]] = boxes[:, [0, 2]] * geometry.scale_x + geometry.offset_x
     boxes[:, [1, 3]] = boxes[:, [1, 3]] * geometry.scale_y + geometry.offset_y
@@ -59,7 +60,8 @@ def _make_sample(args):
 
 
 def training_split(spec: ModelSpec, count: int, workers: int = 2):
-    """Pre-processed uint8 pixels [N, S, S, 3] with labels (and boxes in model-input pixels)."""
+    """Pre-processed uint8 pixels [N, S, S, 3] with labels (label maps at the model input for a segmenter)
+    and boxes in model-input pixels."""
     jobs = [(spec.task, index, spec.profile) for index in range(count)]
     if count < 512:  # a few samples: not worth forking a process that may hold runtime threads
         made = [_make_sample(job) for job in jobs]
@@ -157,7 +159,11 @@ def _train(spec: ModelSpec, recipe: Recipe, steps: int | None, log, train_count:
             batch = torch.from_numpy(normalize(pixels[index], spec.profile))
             batch[flip] = batch[flip].flip(-1)
             batch = batch.contiguous(memory_format=torch.channels_last)
-            if spec.task == DETECT:
+            if spec.task == SEGMENT:
+                target = torch.from_numpy(np.stack([labels[i] for i in index])).long()
+                target[flip] = target[flip].flip(-1)
+                loss = F.cross_entropy(model(batch), target, ignore_index=IGNORE_LABEL)
+            elif spec.task == DETECT:
                 targets = []
                 for k, i in enumerate(index):
                     b = torch.from_numpy(boxes[i]).clone()

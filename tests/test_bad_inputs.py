@@ -219,23 +219,23 @@ def test_a_tampered_store_piece_is_never_unpickled(tmp_path):
         decode_piece(pickle.dumps(Boom()))
     assert not (tmp_path / "ran").exists()
     rows = [np.arange(3, dtype=np.float32), np.ones(3, np.float32)]
-    ids, predictions, shapes, digest, failures = decode_piece(encode_piece(["a", "b"], rows, {"logits": [3]}, "d",
-                                                                           {"c": "unreadable"}))
-    assert ids == ["a", "b"] and np.array_equal(np.stack(predictions), np.stack(rows))
+    task, ids, predictions, shapes, digest, failures = decode_piece(
+        encode_piece("classify", ["a", "b"], rows, {"logits": [3]}, "d", {"c": "unreadable"}))
+    assert task == "classify" and ids == ["a", "b"] and np.array_equal(np.stack(predictions), np.stack(rows))
     assert shapes == {"logits": [3]} and digest == "d" and failures == {"c": "unreadable"}
     dets = [Detections(np.ones((2, 4), np.float32), np.array([0.9, 0.5], np.float32), np.array([1, 2])),
             Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))]
-    _, back, _, _, _ = decode_piece(encode_piece(["a", "b"], dets, None, None, {}))
+    _, _, back, _, _, _ = decode_piece(encode_piece("detect", ["a", "b"], dets, None, None, {}))
     assert [len(d.scores) for d in back] == [2, 0] and back[0].labels.tolist() == [1, 2]
-    good = encode_piece(["a", "b"], rows, None, None, {})
+    good = encode_piece("classify", ["a", "b"], rows, None, None, {})
     with pytest.raises(BadPiece):  # bytes changed in the file: not a readable archive any more
         decode_piece(good[:100] + b"\0" * 8 + good[108:])
     import io
 
     buffer = io.BytesIO()  # a well-formed archive whose rows do not match its ids
-    meta = {"ids": ["a", "b", "c"], "kind": "rows", "shapes": None, "input_digest": None, "failures": {}}
+    meta = {"ids": ["a", "b", "c"], "kind": "classify", "shapes": None, "input_digest": None, "failures": {}}
     np.savez(buffer, rows=np.stack(rows), meta=np.frombuffer(json.dumps(meta).encode(), np.uint8))
-    with pytest.raises(BadPiece, match="wrong shape"):
+    with pytest.raises(BadPiece, match=r"array 'rows' is float32\(2, 3\)"):
         decode_piece(buffer.getvalue())
 
 

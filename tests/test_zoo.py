@@ -17,6 +17,7 @@ from harness.models.train import RECIPES, train
 
 CLASSIFIERS = [name for name in ZOO if ZOO[name]().task == "classify"]
 DETECTORS = [name for name in ZOO if ZOO[name]().task == "detect"]
+SEGMENTERS = [name for name in ZOO if ZOO[name]().task == "segment"]
 # Same input tensor, same graph: the only difference is kernel arithmetic (summation order).
 LOGIT_ATOL = 1e-3
 
@@ -68,6 +69,30 @@ def test_detector_map_on_ort_equals_torch(name, zoo_reports):
     assert ref["ap50"] >= 0.5
     assert ref["map"] == pytest.approx(resolve_model(name).stated["map"], abs=0.01)
     assert row["outputs"]["max_abs"] < LOGIT_ATOL
+
+
+@pytest.mark.parametrize("name", SEGMENTERS)
+def test_segmenter_miou_on_ort_equals_torch_and_the_stated_miou(name, zoo_reports):
+    report = zoo_reports(name)
+    (row,) = report["results"]
+    assert row["status"] == "ok", row["reason"]
+    assert report["processed"] == len(embedded_benchmark("segment")) and not report["failed"]
+    reference = report["reference"]["metric"]
+    assert abs(row["metric"]["miou"] - reference["miou"]) < 0.001
+    assert row["outputs"]["max_abs"] < LOGIT_ATOL
+    stated = resolve_model(name).stated
+    for key in ("miou", "pixel_acc"):
+        assert reference[key] == pytest.approx(stated[key], abs=0.0005)
+
+
+def test_segmenter_has_deeplabs_parts():
+    from torchvision.models.segmentation.deeplabv3 import ASPP
+
+    (name,) = SEGMENTERS
+    model = resolve_model(name).load_torch()
+    assert any(isinstance(m, ASPP) for m in model.modules())
+    assert any(isinstance(m, torch.nn.MaxPool2d) and m.stride == 2 for m in model.modules())
+    assert any(isinstance(m, torch.nn.Conv2d) and m.dilation[0] > 1 for m in model.modules())
 
 
 def test_detector_graph_ends_at_raw_head_outputs(tmp_path):

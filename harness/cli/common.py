@@ -55,7 +55,7 @@ def write_reports(report: dict, json_path: str | None, html_path: Path | None,
     from harness.report.html import flipped_thumbnails, write_html, write_sidecars
 
     writes_sidecars = bool(json_path) and json_path != "-"
-    thumbnails = flipped_thumbnails(report) if html_path or writes_sidecars else None
+    thumbnails = flipped_thumbnails(report)  # always: it also moves overlay pictures out of the JSON
     steps = []
     if writes_sidecars:
         steps.append(lambda: write_sidecars(report, Path(json_path), thumbnails))

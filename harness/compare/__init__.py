@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from harness.backends import Backend, get_backend, parse_target
-from harness.compare.outputs import OutputStats, agreement, mean_kl
+from harness.compare.outputs import OutputStats, predictions_task
 from harness.data import UNLABELED, Dataset, Sample, printable
 from harness.errors import BackendUnavailable, RunFailed, UsageError
 from harness.export import ExportedModel
@@ -117,9 +117,10 @@ def task_metric(task: str, samples: list[Sample], predictions: list, reference: 
     """The task's metric on the processed samples; for unlabelled data, agreement with the reference."""
     if task != UNLABELED:
         return get_task(task).metric(samples, predictions, num_classes)
-    agree = agreement(reference, predictions)
+    kind = predictions_task(reference)
+    agree = kind.agreement(reference, predictions)
     return {"top1_agreement": float(agree.mean()), "flip_rate": float(1 - agree.mean()),
-            "kl": mean_kl(np.asarray(reference), np.asarray(predictions))}
+            "kl": kind.divergence(reference, predictions)}
 
 
 def flipped_samples(task: Task, samples: list[Sample], reference: list, candidate: list, agree: np.ndarray,
@@ -127,8 +128,12 @@ def flipped_samples(task: Task, samples: list[Sample], reference: list, candidat
     rows = []
     for k in np.where(~agree)[0][:MAX_FLIPPED]:
         sample = samples[k]
-        rows.append({"sample": sample.id, "path": printable(sample.path),
-                     **task.flip_record(sample, reference[k], candidate[k], classes)})
+        row = {"sample": sample.id, "path": printable(sample.path),
+               **task.flip_record(sample, reference[k], candidate[k], classes)}
+        overlay = task.flip_overlay(sample, reference[k], candidate[k])
+        if overlay is not None:  # an array: flipped_thumbnails moves it to the report's sidecar
+            row["overlay"] = overlay
+        rows.append(row)
     return rows
 
 

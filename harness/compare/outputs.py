@@ -134,13 +134,22 @@ def prediction_label(prediction) -> object:
     return int(np.argmax(prediction))
 
 
-def agreement(reference: list, candidate: list) -> np.ndarray:
-    """bool[N]: does the candidate's prediction of each sample agree with the reference's? (by the task
-    whose predictions these are: on unlabelled data only the predictions say which)"""
-    from harness.tasks import CLASSIFY, DETECT, get_task
+def predictions_task(predictions: list):
+    """The task whose predictions these are (on unlabelled data only the predictions say which): detections,
+    class maps (2-D unsigned integers) or logits rows."""
+    from harness.tasks import CLASSIFY, DETECT, SEGMENT, get_task
 
-    kind = DETECT if reference and isinstance(reference[0], Detections) else CLASSIFY
-    return get_task(kind).agreement(reference, candidate)
+    first = predictions[0] if predictions else None
+    if isinstance(first, Detections):
+        return get_task(DETECT)
+    if isinstance(first, np.ndarray) and first.ndim == 2 and first.dtype.kind == "u":
+        return get_task(SEGMENT)
+    return get_task(CLASSIFY)
+
+
+def agreement(reference: list, candidate: list) -> np.ndarray:
+    """bool[N]: does the candidate's prediction of each sample agree with the reference's?"""
+    return predictions_task(reference).agreement(reference, candidate)
 
 
 @dataclass(frozen=True)

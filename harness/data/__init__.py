@@ -1,5 +1,6 @@
-"""Datasets: one interface for an ImageNet-style class folder, a COCO detection set, a plain folder of
-unlabelled images, and the embedded benchmark (which is stored in the first two layouts).
+"""Datasets: one interface for an ImageNet-style class folder, a COCO detection set, a segmentation set
+(images/, masks/ of PNG label maps, classes.txt), a plain folder of unlabelled images, and the embedded
+benchmark (which is stored in these layouts).
 
 A Dataset only lists samples and reads their bytes; decoding is a pre-processing stage (a profile
 field), so decoders can be varied. A sample that cannot be read is counted by the run, not fatal.
@@ -15,11 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from harness.errors import InputError
-from harness.tasks import CLASSIFY, DETECT
+from harness.tasks import CLASSIFY, DETECT, SEGMENT
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 UNLABELED = "unlabeled"  # a folder of images without labels: metrics become agreement with the reference
-TASKS = (CLASSIFY, DETECT, UNLABELED)
+TASKS = (CLASSIFY, DETECT, SEGMENT, UNLABELED)
 
 
 def printable(text) -> str:
@@ -35,6 +36,7 @@ class Sample:
     label: int | None = None                 # classify
     boxes: np.ndarray | None = None          # detect: float32[K, 4] xyxy stored-image pixels
     box_labels: np.ndarray | None = None     # detect: int64[K], 0-based
+    mask: Path | None = None                 # segment: PNG label map, one class index per pixel (255: ignored)
 
 
 @dataclass
@@ -65,6 +67,9 @@ class Dataset:
         """
         if not labels or not self.classes or tuple(labels) == self.classes:
             return self
+        if self.task == SEGMENT:  # a label map's values are indices: re-indexing would rewrite every pixel
+            raise InputError(f"{self.root}: classes.txt ({', '.join(self.classes[:10])}) does not list the model's "
+                             f"classes in its order ({', '.join(labels[:10])}); label-map values are class indices")
         index = {name: k for k, name in enumerate(labels)}
         unknown = [name for name in self.classes if name not in index]
         if unknown:
@@ -251,6 +256,54 @@ def load_coco(annotation_file: Path, image_root: Path | None = None, name: str |
                    tuple(c["name"] for c in categories), samples)
 
 
+SEGMENTATION_LAYOUT = "root/images/NAME.jpg, root/masks/NAME.png (one class index per pixel), root/classes.txt"
+
+
+def load_segmentation(root: Path, name: str | None = None) -> Dataset:
+    """A semantic segmentation set: images/ with a PNG label map of the same name in masks/ (VOC, ADE20K,
+    Cityscapes label ids: mode L or P, value = class index, 255 ignored) and classes.txt, one name a line,
+    in index order. An image without its label map is listed in `skipped`."""
+    from harness.files import read_text
+
+    classes = tuple(line.strip() for line in read_text(root / "classes.txt", "class list").splitlines()
+                    if line.strip())
+    if not classes:
+        raise InputError(f"{root / 'classes.txt'}: no class names (one a line, in label-map index order)")
+    skipped: list[dict] = []
+    samples = []
+    for path in _images_in(root / "images", skipped):
+        mask = root / "masks" / f"{path.stem}.png"
+        if not mask.is_file():
+            skipped.append({"path": printable(path), "reason": f"no label map {printable(mask.name)} in masks/"})
+            continue
+        samples.append(Sample(printable(path.relative_to(root)), path, mask=mask))
+    if not samples:
+        raise InputError(f"{root}: no image with its label map (expected {SEGMENTATION_LAYOUT})")
+    return Dataset(name or root.name, SEGMENT, root, classes, samples, skipped)
+
+
+def read_label_map(sample: Sample, num_classes: int) -> np.ndarray:
+    """The sample's label map as uint8/uint16[H, W]; InputError naming the file when it is not one (an
+    RGB colour-coded map, a value that is no class)."""
+    from PIL import Image
+
+    from harness.preprocess import IGNORE_LABEL
+
+    try:
+        with Image.open(sample.mask) as image:
+            if image.mode not in ("L", "P", "I;16", "I"):
+                raise InputError(f"{sample.mask}: label map in mode {image.mode}; expected one class index per "
+                                 "pixel (mode L or P, as VOC and ADE20K store them), not colours")
+            labels = np.asarray(image)
+    except OSError as err:
+        raise InputError(f"{sample.mask}: not a readable label map ({err})") from None
+    wrong = labels[(labels >= num_classes) & (labels != IGNORE_LABEL)]
+    if wrong.size:
+        raise InputError(f"{sample.mask}: value {int(wrong[0])} is no class (classes 0-{num_classes - 1}, "
+                         f"{IGNORE_LABEL} ignored)")
+    return labels
+
+
 def load_unlabeled(root: Path, name: str | None = None) -> Dataset:
     """A flat folder of images without labels (production traffic): metrics become agreement only."""
     skipped: list[dict] = []
@@ -273,11 +326,14 @@ def load_dataset(path: Path) -> Dataset:
     for candidate in ("instances.json", "annotations.json"):
         if (path / candidate).is_file():
             return load_coco(path / candidate)
+    if (path / "masks").is_dir() and (path / "images").is_dir():
+        return load_segmentation(path)
     if any(p.is_dir() and not p.name.startswith(".") for p in path.iterdir()):
         return load_image_folder(path)
     if _images_in(path, []):
         return load_unlabeled(path)
-    raise InputError(f"{path}: neither class sub-folders, a COCO instances.json, nor images")
+    raise InputError(f"{path}: neither class sub-folders, a COCO instances.json, a segmentation set "
+                     f"({SEGMENTATION_LAYOUT}), nor images")
 
 
 def embedded_benchmark(task: str) -> Dataset:

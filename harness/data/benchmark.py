@@ -1,7 +1,7 @@
 """The embedded benchmark: the seeded generator's evaluation split, committed as JPEG bytes.
 
-It is stored in the two standard layouts the harness reads anyway (an ImageNet-style class folder, and a
-COCO instances json + image folder), so the embedded benchmark goes through the very loaders a user's
+It is stored in the standard layouts the harness reads anyway (an ImageNet-style class folder, a COCO
+instances json + image folder, images + PNG label maps), so the embedded benchmark goes through the very loaders a user's
 data does. The training split is never stored: recipes regenerate it from the seed.
 
 Regenerate (only when the generator changes on purpose; the bytes are the benchmark):
@@ -16,15 +16,16 @@ from pathlib import Path
 
 from PIL import Image
 
-from harness.data.synthetic import CLASSES, classification_scene, detection_scene
-from harness.tasks import CLASSIFY, DETECT
+from harness.data.synthetic import CLASSES, classification_scene, detection_scene, segmentation_scene
+from harness.tasks import CLASSIFY, DETECT, SEGMENT
 
 SEED = 2026
 ROOT = Path(__file__).parent / "benchmark"
 CLASSIFY_DIR = ROOT / CLASSIFY
 DETECT_DIR = ROOT / DETECT
-EVAL_COUNTS = {CLASSIFY: 1000, DETECT: 120}
-INPUT_SIZES = {CLASSIFY: 64, DETECT: 128}
+SEGMENT_DIR = ROOT / SEGMENT
+EVAL_COUNTS = {CLASSIFY: 1000, DETECT: 120, SEGMENT: 150}
+INPUT_SIZES = {CLASSIFY: 64, DETECT: 128, SEGMENT: 64}
 
 
 def write_classification(root: Path, count: int) -> None:
@@ -55,11 +56,30 @@ def write_detection(root: Path, count: int) -> None:
     (root / "instances.json").write_text(json.dumps(payload, indent=None, separators=(",", ":")))
 
 
-def main() -> None:
-    shutil.rmtree(ROOT, ignore_errors=True)
-    write_classification(CLASSIFY_DIR, EVAL_COUNTS[CLASSIFY])
-    write_detection(DETECT_DIR, EVAL_COUNTS[DETECT])
+def write_segmentation(root: Path, count: int) -> None:
+    """images/NAME.jpg with masks/NAME.png (mode L, 0 background, k + 1 shape class k) and classes.txt."""
+    for folder in ("images", "masks"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        scene = segmentation_scene(SEED, "eval", index, INPUT_SIZES[SEGMENT])
+        (root / "images" / f"{index:05d}.jpg").write_bytes(scene.jpeg)
+        Image.fromarray(scene.mask, "L").save(root / "masks" / f"{index:05d}.png", optimize=True)
+    (root / "classes.txt").write_text("\n".join(("background", *CLASSES)) + "\n")
+
+
+WRITERS = {CLASSIFY: (write_classification, CLASSIFY_DIR), DETECT: (write_detection, DETECT_DIR),
+           SEGMENT: (write_segmentation, SEGMENT_DIR)}
+
+
+def main(tasks: tuple[str, ...] = tuple(WRITERS)) -> None:
+    """Writes the splits of `tasks` afresh (`python -m harness.data.benchmark segment` writes one)."""
+    for task in tasks:
+        write, root = WRITERS[task]
+        shutil.rmtree(root, ignore_errors=True)
+        write(root, EVAL_COUNTS[task])
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    main(tuple(sys.argv[1:]) or tuple(WRITERS))

@@ -31,17 +31,21 @@ SUPERSAMPLE = 4  # shapes are drawn at 4x and box-filtered down: anti-aliased ed
 
 @dataclass(frozen=True)
 class Scene:
-    """One generated image. `boxes` are float32[K, 4] xyxy pixels of the stored image."""
+    """One generated image. `boxes` are float32[K, 4] xyxy pixels of the stored image; `mask` (segmentation
+    scenes) is uint8[H, W] at the stored resolution: 0 background, k + 1 where class k is visible."""
 
     jpeg: bytes
     labels: tuple[int, ...]
     boxes: np.ndarray
     quality: int
     subsampling: str
+    mask: np.ndarray | None = None
 
 
-def sample_rng(seed: int, split: str, index: int) -> np.random.Generator:
-    return np.random.default_rng([seed, SPLIT_IDS[split], index])
+def sample_rng(seed: int, split: str, index: int, stream: int = 0) -> np.random.Generator:
+    """`stream` keeps the scene makers of different tasks apart (0: the classification and detection
+    scenes, whose committed bytes predate it)."""
+    return np.random.default_rng([seed, SPLIT_IDS[split], index, stream] if stream else [seed, SPLIT_IDS[split], index])
 
 
 def pink_noise(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
@@ -231,17 +235,14 @@ def classification_scene(seed: int, split: str, index: int, input_size: int = 64
     return Scene(jpeg, (label,), box, quality, subsampling)
 
 
-def detection_scene(seed: int, split: str, index: int, input_size: int = 128) -> Scene:
-    """1-8 objects with tight boxes; about a third of scenes are crowded with same-class overlaps."""
-    rng = sample_rng(seed, split, index)
-    side = int(round(input_size * rng.uniform(1.25, 3.0)))
-    canvas = pink_noise(rng, side, side)
-    add_clutter(rng, canvas, int(rng.integers(1, 6)), side)
-    crowded = rng.random() < 0.35
-    count = int(rng.integers(4, 9)) if crowded else int(rng.integers(1, 5))
+def _scatter_objects(rng, canvas, count: int, crowded: bool, radius: tuple[float, float]):
+    """Draws `count` objects on a square canvas (radius a fraction of its side); in a crowded scene most
+    later objects take an earlier one's class and overlap it, so NMS (and a mask) must keep both apart.
+    Returns their labels and visible coverages (later objects occlude earlier ones)."""
+    side = canvas.shape[0]
     labels, coverages, placed = [], [], []
     for k in range(count):
-        r = side * rng.uniform(0.05, 0.17)
+        r = side * rng.uniform(*radius)
         if crowded and k > 0 and rng.random() < 0.6:
             # same class as an earlier object and overlapping it: NMS has to keep both
             ref = int(rng.integers(0, len(labels)))
@@ -261,6 +262,18 @@ def detection_scene(seed: int, split: str, index: int, input_size: int = 128) ->
         labels.append(label)
         coverages.append(coverage)
         placed.append((cx, cy, r))
+    return labels, coverages
+
+
+def detection_scene(seed: int, split: str, index: int, input_size: int = 128) -> Scene:
+    """1-8 objects with tight boxes; about a third of scenes are crowded with same-class overlaps."""
+    rng = sample_rng(seed, split, index)
+    side = int(round(input_size * rng.uniform(1.25, 3.0)))
+    canvas = pink_noise(rng, side, side)
+    add_clutter(rng, canvas, int(rng.integers(1, 6)), side)
+    crowded = rng.random() < 0.35
+    count = int(rng.integers(4, 9)) if crowded else int(rng.integers(1, 5))
+    labels, coverages = _scatter_objects(rng, canvas, count, crowded, (0.05, 0.17))
     kept_labels, boxes = [], []
     for label, coverage in zip(labels, coverages):
         ys, xs = np.nonzero(coverage > 0.5)
@@ -270,3 +283,21 @@ def detection_scene(seed: int, split: str, index: int, input_size: int = 128) ->
         boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
     jpeg, quality, subsampling = finish(rng, canvas)
     return Scene(jpeg, tuple(kept_labels), np.array(boxes, np.float32).reshape(-1, 4), quality, subsampling)
+
+
+def segmentation_scene(seed: int, split: str, index: int, input_size: int = 64) -> Scene:
+    """1-5 objects of the ten classes with a label map at the stored resolution: the class whose shape covers
+    more than half a pixel, after occlusion; clutter is background."""
+    rng = sample_rng(seed, split, index, stream=3)
+    side = int(round(input_size * rng.uniform(1.25, 3.0)))
+    canvas = pink_noise(rng, side, side)
+    add_clutter(rng, canvas, int(rng.integers(1, 6)), side)
+    crowded = rng.random() < 0.35
+    count = int(rng.integers(3, 6)) if crowded else int(rng.integers(1, 4))
+    labels, coverages = _scatter_objects(rng, canvas, count, crowded, (0.08, 0.24))
+    mask = np.zeros((side, side), np.uint8)
+    for label, coverage in zip(labels, coverages):
+        mask[coverage > 0.5] = label + 1
+    present = sorted(set(int(v) - 1 for v in np.unique(mask) if v))
+    jpeg, quality, subsampling = finish(rng, canvas)
+    return Scene(jpeg, tuple(present), np.zeros((0, 4), np.float32), quality, subsampling, mask=mask)

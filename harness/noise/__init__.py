@@ -15,7 +15,8 @@ from harness.errors import UnknownName, UsageError
 from harness.placement import Placement
 
 # --combine adds axes cumulatively in the paper's order
-PAPER_ORDER = ("decoder", "resize", "color", "precision", "ceil_mode", "upsample", "nms", "box_decode", "points")
+PAPER_ORDER = ("decoder", "resize", "color", "precision", "ceil_mode", "upsample", "nms", "box_decode", "points",
+               "mask_resize")
 
 
 @dataclass(frozen=True)
@@ -192,7 +193,14 @@ def _point_variants(spec, graph_backend):
     return [Variant(name, {"points": name}) for name in POINT_PLACEMENTS if name != trained]
 
 
+def _mask_resize_variants(spec, graph_backend):
+    from harness.postprocess import MASK_RESIZES
+
+    return [Variant(name, {"mask_resize": name}) for name in MASK_RESIZES if name != spec.profile.mask_resize]
+
+
 VARIANT_BUILDERS["nms"] = _post_processing("nms", _nms_variants)
+VARIANT_BUILDERS["mask_resize"] = _post_processing("mask_resize", _mask_resize_variants)
 VARIANT_BUILDERS["points"] = _post_processing("points", _point_variants)
 VARIANT_BUILDERS["box_decode"] = _post_processing("box_decode", _box_decode_variants)
 AXES["nms"] = Axis("nms", "post", "NMS implementation (torchvision, ONNX NonMaxSuppression on ORT, OpenCV, "
@@ -200,3 +208,5 @@ AXES["nms"] = Axis("nms", "post", "NMS implementation (torchvision, ONNX NonMaxS
 AXES["box_decode"] = Axis("box_decode", "post", "box decoding: no clipping, legacy +1 pixel convention, float16")
 AXES["points"] = Axis("points", "post", "point/anchor placement the runtime computes: on the stride grid or "
                                         "spread evenly over the input, at the cell centre (offset 0.5) or corner (0)")
+AXES["mask_resize"] = Axis("mask_resize", "post", "segmentation logits to the label's resolution: bilinear with and "
+                                                "without align_corners, or argmax then nearest")

@@ -26,11 +26,14 @@ def _set_attribute(node, name: str, value) -> None:
 
 
 MERGE_OPS = ("Add", "Sub", "Mul", "Div", "Concat")
+# part of a rewritten graph's cache key: a cache filled by an older rewrite is not taken for this one's
+# (2: a Resize feeding a channel Concat with several partners is re-linked too)
+REWRITER_VERSION = 2
 
 
 def _resize_to_partner(proto) -> int:
-    """Re-links each Resize that feeds a merge (an FPN's `lateral + upsample(top)`) to the runtime size of
-    the tensor it merges with; returns how many. An exporter bakes the top-down size into the graph (a
+    """Re-links each Resize that feeds a merge (an FPN's `lateral + upsample(top)`, an ASPP's pooled branch
+    concatenated with its convolutions) to the runtime size of the tensor it merges with; returns how many. An exporter bakes the top-down size into the graph (a
     constant, or arithmetic on the input's shape), so after a ceil-mode flip makes a level odd-sized
     (16 -> 17) the baked 2x no longer matches the lateral. The eager model resizes to
     `lateral.shape[-2:]` (torchvision's FPN), which is what this restores: the rewritten graph computes
@@ -55,7 +58,10 @@ def _resize_to_partner(proto) -> int:
             continue
         merge = users[0]
         partners = [name for name in merge.input if name != resize.output[0] and name and name not in constants]
-        if len(partners) != 1:
+        # a channel Concat (an ASPP's image-pooling branch beside its convolutions): every partner has the size
+        channel_concat = merge.op_type == "Concat" and any(a.name == "axis" and helper.get_attribute_value(a) in (1, -3)
+                                                           for a in merge.attribute)
+        if len(partners) != 1 and not (channel_concat and partners):
             continue
         stem = f"{resize.name or resize.output[0]}_to_partner"
         sizes = [helper.make_node("Shape", [resize.input[0]], [f"{stem}_nc"], name=f"{stem}_nc", start=0, end=2),
@@ -149,6 +155,6 @@ def rewritten_model(exported, **changes):
         rewrite(proto, **changes)
         onnx.save(proto, str(out))
 
-    path = derived_file(exported, "graph-variants", "model.onnx", changes, build)
+    path = derived_file(exported, "graph-variants", "model.onnx", {**changes, "rewriter": REWRITER_VERSION}, build)
     return dataclasses.replace(exported, onnx_path=path, sha256=file_sha256(path), exporter=exported.exporter,
                                cache_hit=True)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 class Piece:
     """One request's work on one chunk: what a later pass needs to skip it."""
 
+    task: str                          # the harness.tasks name whose predictions these are
     ids: list[str]
     predictions: list
     shapes: dict | None                # per-sample raw output shapes (None: nothing loaded)
@@ -17,7 +18,7 @@ class Piece:
     failures: dict[str, str]           # sample id -> why it could not be read
 
     def as_tuple(self) -> tuple:
-        return self.ids, self.predictions, self.shapes, self.input_digest, self.failures
+        return self.task, self.ids, self.predictions, self.shapes, self.input_digest, self.failures
 
 
 class ChunkJournal:

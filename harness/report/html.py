@@ -26,12 +26,17 @@ td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}td:first-child,th:f
 # --- sidecars --------------------------------------------------------------------------------------------
 
 def flipped_thumbnails(report: dict) -> dict[str, np.ndarray]:
-    """uint8 RGB thumbnails (longest side THUMBNAIL) of every flipped sample a compare report lists."""
+    """uint8 RGB thumbnails (longest side THUMBNAIL) of every flipped sample a compare report lists. A flip's
+    `overlay` picture (Task.flip_overlay, drawn while the run had the predictions) is moved out of the report
+    here, and the flip names it by its key instead."""
     from PIL import Image
 
     thumbs = {}
-    for row in report.get("results", []):
+    for number, row in enumerate(report.get("results", [])):
         for flip in row.get("flipped", []):
+            if isinstance(flip.get("overlay"), np.ndarray):
+                key = f"{number}/{flip['sample']}"
+                thumbs[key], flip["overlay"] = flip["overlay"], key
             key = flip["sample"]
             if key in thumbs or not flip.get("path") or not Path(flip["path"]).is_file():
                 continue
@@ -155,9 +160,10 @@ def _compare_body(report: dict, thumbs: dict) -> str:
     gallery = []
     for r in report["results"]:
         for flip in r.get("flipped", []):
-            if flip["sample"] in thumbs:
+            key = flip.get("overlay") if flip.get("overlay") in thumbs else flip["sample"]
+            if key in thumbs:
                 gallery.append(f"<figure><img alt='{_e(flip['sample'])}' "
-                               f"src='data:image/png;base64,{_thumbnail(thumbs[flip['sample']])}'><figcaption>"
+                               f"src='data:image/png;base64,{_thumbnail(thumbs[key])}'><figcaption>"
                                f"{_e(r['backend'])} {_e(r['precision'])}: {_e(flip['reference_pred'])}"
                                f" → {_e(flip['candidate_pred'])}<br>label {_e(flip['label'])}</figcaption></figure>")
     if gallery:

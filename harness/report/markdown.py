@@ -17,6 +17,7 @@ def zoo_sysnoise_markdown(progress: bool = False) -> str:
     from harness.models import ZOO
     from harness.noise.runner import SweepSettings, sysnoise_report
     from harness.report.sysnoise import summary_markdown
+    from harness.tasks.segment import MIOU_ROUNDS
 
     reports = [sysnoise_report(resolve_model(name), SweepSettings(**README_SWEEP), progress=progress) for name in ZOO]
     settings = ", ".join(f"{k}={v}" for k, v in README_SWEEP.items())
@@ -25,7 +26,9 @@ def zoo_sysnoise_markdown(progress: bool = False) -> str:
             f"variants that differ from the reference (worst in brackets; for detection also the largest |Δ| when it is "
             f"another). * = significant: accuracy by McNemar's exact test, p < 0.05 (the per-variant rows also show "
             f"the paired bootstrap interval, for scale); mAP by a paired bootstrap over images whose 95 % interval "
-            f"excludes 0 ({README_SWEEP['bootstrap_rounds']} seeded rounds, for each axis's largest |Δ| only); k/n = "
+            f"excludes 0 ({README_SWEEP['bootstrap_rounds']} seeded rounds, for each axis's largest |Δ| only); mIoU by "
+            f"a paired bootstrap over images of the summed confusion matrices ({MIOU_ROUNDS} seeded rounds, every "
+            f"variant); k/n = "
             f"significant variants. Samples: {samples}. Settings: {settings}.")
 
 

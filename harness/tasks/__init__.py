@@ -19,7 +19,7 @@ import numpy as np
 
 from harness.errors import UnknownName
 
-CLASSIFY, DETECT = "classify", "detect"
+CLASSIFY, DETECT, SEGMENT = "classify", "detect", "segment"
 
 
 @dataclass
@@ -57,6 +57,15 @@ class Task(ABC):
         (ci95, p_value, significant, significance_test, bootstrap_rounds), by the task's significance rule;
         `rounds`: the bootstrap's budget where a bootstrap decides ({} when 0)."""
 
+    @abstractmethod
+    def encode_predictions(self, predictions: list) -> dict[str, np.ndarray]:
+        """Predictions as named arrays for a stored piece (an .npz: never a pickle)."""
+
+    @abstractmethod
+    def decode_predictions(self, arrays, count: int) -> list:
+        """`count` predictions back from encode_predictions' arrays (an np.load result), every dtype and shape
+        checked (harness.store.checked_array; BadPiece otherwise)."""
+
     def metric(self, samples: list, predictions: list, num_classes: int) -> dict[str, float]:
         return self.evaluate(samples, predictions, num_classes).metrics
 
@@ -68,6 +77,11 @@ class Task(ABC):
     def flip_record(self, sample, reference, candidate, classes: tuple[str, ...]) -> dict:
         """What a report's gallery shows of a sample whose prediction flipped (label, both predictions,
         the candidate's confidence)."""
+
+    def flip_overlay(self, sample, reference, candidate) -> np.ndarray | None:
+        """uint8 RGB picture of a flipped sample with both predictions drawn on it (a report's gallery), made
+        while the predictions exist; None: the gallery shows the image alone."""
+        return None
 
     # the metric comes from one evaluation of the whole set per side (COCO AP), not a mean over samples:
     # its interval is a bootstrap over images of those evaluations, seconds each (`change` with rounds),
@@ -90,8 +104,9 @@ class Task(ABC):
 def registry() -> dict[str, Task]:
     from harness.tasks.classify import Classify
     from harness.tasks.detect import Detect
+    from harness.tasks.segment import Segment
 
-    return {task.name: task for task in (Classify(), Detect())}
+    return {task.name: task for task in (Classify(), Detect(), Segment())}
 
 
 def get_task(name: str) -> Task:

@@ -20,6 +20,16 @@ class Classify(Task):
         logits = next(iter(outputs.values()))  # a classifier's first output holds its logits
         return list(logits.astype(np.float32))
 
+    def encode_predictions(self, predictions) -> dict:
+        return {"rows": np.stack([np.asarray(p, np.float32) for p in predictions]) if predictions
+                else np.zeros((0, 0), np.float32)}
+
+    def decode_predictions(self, arrays, count) -> list:
+        from harness.store import checked_array
+
+        rows = checked_array(arrays, "rows", np.float32, 2, count)
+        return list(rows)
+
     def evaluate(self, samples, predictions, num_classes) -> Evaluation:
         from harness.metrics import classification_metrics
 

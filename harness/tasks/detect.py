@@ -40,6 +40,28 @@ class Detect(Task):
             predictions.append(Detections(geometry.to_image(dets.boxes), dets.scores, dets.labels))
         return predictions
 
+    def encode_predictions(self, predictions) -> dict:
+        return {"counts": np.array([len(p.scores) for p in predictions], np.int64),
+                "boxes": np.concatenate([p.boxes.astype(np.float32).reshape(-1, 4) for p in predictions] or
+                                        [np.zeros((0, 4), np.float32)]),
+                "scores": np.concatenate([p.scores.astype(np.float32) for p in predictions] or [np.zeros(0, np.float32)]),
+                "labels": np.concatenate([p.labels.astype(np.int64) for p in predictions] or [np.zeros(0, np.int64)])}
+
+    def decode_predictions(self, arrays, count) -> list:
+        from harness.postprocess import Detections
+        from harness.store import BadPiece, checked_array
+
+        counts = checked_array(arrays, "counts", np.int64, 1, count)
+        if (counts < 0).any():
+            raise BadPiece("negative detection count")
+        total = int(counts.sum())
+        boxes = checked_array(arrays, "boxes", np.float32, 2, total, 4)
+        scores, labels = checked_array(arrays, "scores", np.float32, 1, total), \
+            checked_array(arrays, "labels", np.int64, 1, total)
+        ends = np.cumsum(counts)
+        return [Detections(boxes[end - n:end], scores[end - n:end], labels[end - n:end])
+                for n, end in zip(counts.tolist(), ends.tolist())]
+
     def evaluate(self, samples, predictions, num_classes) -> Evaluation:
         from harness.metrics import coco_evaluation
 
