@@ -50,7 +50,10 @@ def _from_generator(spec: ModelSpec, count: int, seed: int) -> CalibrationSet:
     recipe = RECIPES[spec.name]
     indices = np.random.default_rng(seed).choice(recipe.train_count, size=count, replace=False)
     make = get_task(spec.task).scene()
-    pixels = [to_pixels(make(SEED, "train", int(i), spec.profile.input_size).jpeg, spec.profile)[0] for i in indices]
+    scenes = [make(SEED, "train", int(i), spec.profile.input_size) for i in indices]
+    # a top-down model is calibrated on crops of instances, as it runs: each scene's first figure
+    pixels = [to_pixels(scene.jpeg, spec.profile, scene.boxes[0] if spec.profile.geometry == "topdown" and
+                        len(scene.boxes) else None)[0] for scene in scenes]
     return CalibrationSet(normalize(np.stack(pixels), spec.profile),
                           f"embedded training split (generator seed {SEED}), {count} samples", seed)
 

@@ -166,3 +166,52 @@ def bootstrap_miou_delta(reference: np.ndarray, candidate: np.ndarray, rounds: i
 
     low, high = np.percentile(miou(candidate) - miou(reference), [2.5, 97.5])
     return float(low), float(high)
+
+
+def coco_keypoint_evaluation(instances: list[tuple], predictions: list[np.ndarray], sigmas) -> tuple[dict, object]:
+    """COCO keypoint AP (OKS) through pycocotools with the dataset's per-keypoint sigmas.
+
+    instances: per sample (image id, box xyxy, keypoints float[J, 3] x/y/visibility, area); predictions: per
+    sample float[J, 3] x, y, score in stored-image pixels, scored as an instance by the mean of its keypoint
+    scores above KEYPOINT_SCORE_FLOOR (mmpose's bbox_keypoint rescoring with ground-truth boxes). Returns
+    ({"ap", "ap50", "ap75"}, the accumulated COCOeval: what a bootstrap over images resamples)."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    image_ids = sorted({image for image, *_ in instances})
+    annotations, results = [], []
+    for (image, (x0, y0, x1, y1), keypoints, area), predicted in zip(instances, predictions):
+        annotations.append({"id": len(annotations) + 1, "image_id": image, "category_id": 1, "iscrowd": 0,
+                            "bbox": [x0, y0, x1 - x0, y1 - y0], "area": area,
+                            "keypoints": np.asarray(keypoints, float).ravel().tolist(),
+                            "num_keypoints": int((keypoints[:, 2] > 0).sum())})
+        scores = predicted[:, 2]
+        confident = scores[scores > KEYPOINT_SCORE_FLOOR]
+        results.append({"image_id": image, "category_id": 1, "keypoints": np.asarray(predicted, float).ravel().tolist(),
+                        "score": float(confident.mean()) if len(confident) else 0.0})
+    if not annotations:
+        return {"ap": float("nan"), "ap50": float("nan"), "ap75": float("nan")}, None
+    with contextlib.redirect_stdout(io.StringIO()):
+        truth = COCO()
+        truth.dataset = {"images": [{"id": i} for i in image_ids], "annotations": annotations,
+                         "categories": [{"id": 1, "name": "instance"}]}
+        truth.createIndex()
+        evaluator = COCOeval(truth, truth.loadRes(results), "keypoints")
+        evaluator.params.kpt_oks_sigmas = np.asarray(sigmas, float)
+        evaluator.evaluate()
+        evaluator.accumulate()
+    return {"ap": _map_of(evaluator), "ap50": _map_of(evaluator, 0), "ap75": _map_of(evaluator, 5)}, evaluator
+
+
+KEYPOINT_SCORE_FLOOR = 0.2  # mmpose's keypoint_score_thr
+
+
+def object_keypoint_similarity(truth: np.ndarray, predicted: np.ndarray, area: float, sigmas) -> float:
+    """OKS of one prediction against one instance (COCO's formula) over the labelled keypoints:
+    mean of exp(-d^2 / (2 area (2 sigma)^2))."""
+    labelled = truth[:, 2] > 0
+    if not labelled.any():
+        return float("nan")
+    variances = (2 * np.asarray(sigmas, float)) ** 2
+    distances = ((truth[:, :2] - predicted[:, :2]) ** 2).sum(axis=1)
+    return float(np.exp(-distances / variances / (area + np.spacing(1)) / 2)[labelled].mean())

@@ -240,3 +240,61 @@ def label_map(logits: np.ndarray, geometry, input_size: int, method: str) -> np.
     tensor = torch.from_numpy(np.ascontiguousarray(region, dtype=np.float32))[None]
     resized = F.interpolate(tensor, size=size, mode="bilinear", align_corners=method.endswith("align-corners"))
     return resized[0].argmax(dim=0).numpy().astype(dtype)
+
+
+# how SimCC bins become coordinates (the reference: RTMPose's argmax)
+KEYPOINT_DECODES = ("simcc-argmax", "simcc-argmax-shift", "simcc-dark")
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
+def _dark_refine(bins: np.ndarray, probabilities: np.ndarray, sigma: float) -> np.ndarray:
+    """mmpose's refine_simcc_dark: the distribution blurred by a Gaussian of the training sigma's kernel
+    (keeping its peak), logged, and the argmax moved by a second-order Taylor step -f'/f''."""
+    import cv2
+
+    kernel = int((sigma * 20 - 7) // 3)
+    kernel -= int(kernel % 2 == 0)
+    border = (kernel - 1) // 2
+    blurred = np.empty_like(probabilities, dtype=np.float64)
+    for k, row in enumerate(probabilities.astype(np.float64)):
+        padded = np.zeros(len(row) + 2 * border)
+        padded[border:border + len(row)] = row
+        smooth = cv2.GaussianBlur(padded[None], (kernel, 1), 0)[0][border:border + len(row)]
+        blurred[k] = smooth * row.max() / max(smooth.max(), 1e-12)
+    logs = np.pad(np.log(np.clip(blurred, 1e-3, 50.0)), ((0, 0), (2, 2)), mode="edge")
+    at = (bins + 2.5).astype(np.int64)[:, None]
+    value = lambda shift: np.take_along_axis(logs, at + shift, axis=1)[:, 0]  # noqa: E731
+    gradient = 0.5 * (value(1) - value(-1))
+    curvature = 1e-9 + 0.25 * (value(2) - 2 * value(0) + value(-2))
+    return bins - gradient / curvature
+
+
+def decode_simcc(simcc_x: np.ndarray, simcc_y: np.ndarray, split_ratio: float, method: str,
+                 sigma: float = 2.0) -> np.ndarray:
+    """float[J, Bx], float[J, By] bin logits -> float32[J, 3]: x, y in model-input pixels and a score (the
+    smaller of the two axes' peak probabilities):
+    - simcc-argmax: the peak bin / split_ratio (RTMPose);
+    - simcc-argmax-shift: the peak moved a quarter bin toward its larger neighbour (the heatmap decoders'
+      classic correction, applied per axis);
+    - simcc-dark: sub-bin refinement of the smoothed log-distribution (mmpose's use_dark)."""
+    if method not in KEYPOINT_DECODES:
+        raise HarnessError(f"keypoint decode {method!r} is not one of {', '.join(KEYPOINT_DECODES)}")
+    coordinates, scores = [], []
+    for logits in (simcc_x, simcc_y):
+        probabilities = _softmax(logits.astype(np.float64))
+        peak = probabilities.argmax(axis=1)
+        bins = peak.astype(np.float64)
+        if method == "simcc-argmax-shift":
+            rows = np.arange(len(peak))
+            left = probabilities[rows, np.clip(peak - 1, 0, None)]
+            right = probabilities[rows, np.clip(peak + 1, None, probabilities.shape[1] - 1)]
+            bins = bins + 0.25 * np.sign(right - left)
+        elif method == "simcc-dark":
+            bins = _dark_refine(bins, probabilities, sigma)
+        coordinates.append(bins / split_ratio)
+        scores.append(probabilities.max(axis=1))
+    return np.stack([coordinates[0], coordinates[1], np.minimum(*scores)], axis=1).astype(np.float32)

@@ -239,6 +239,13 @@ class Geometry:
     width: int = 0
     height: int = 0
 
+    def points_to_image(self, points: np.ndarray) -> np.ndarray:
+        """float[..., 2] xy in model-input pixels -> stored-image pixels."""
+        out = np.asarray(points, np.float32).copy()
+        out[..., 0] = (out[..., 0] - self.offset_x) / self.scale_x
+        out[..., 1] = (out[..., 1] - self.offset_y) / self.scale_y
+        return out
+
     def to_image(self, boxes: np.ndarray) -> np.ndarray:
         """float32[K, 4] xyxy in model-input pixels -> stored-image pixels."""
         out = boxes.astype(np.float32).copy()
@@ -299,14 +306,19 @@ def stored_size(data: bytes) -> tuple[int, int] | None:
 
 
 def apply_geometry(image: np.ndarray, profile: Profile, source_size: tuple[int, int] | None = None,
-                   fill: int = LETTERBOX_FILL) -> tuple[np.ndarray, Geometry]:
+                   fill: int = LETTERBOX_FILL, box=None) -> tuple[np.ndarray, Geometry]:
     """uint8[H, W, 3] -> uint8[S, S, 3] with S = profile.input_size; only the interpolation varies.
 
     The Geometry maps model-input pixels to the stored image's pixels: `source_size` (width, height) is
-    that image's size when the decoder returned a smaller one (DCT-domain reduced decoding)."""
-    resize = lookup(RESIZERS, "resize method", profile.resize)
+    that image's size when the decoder returned a smaller one (DCT-domain reduced decoding); `box` is the
+    instance a top-down crop is taken around."""
     height, width = image.shape[:2]
     source_w, source_h = source_size or (width, height)
+    if profile.geometry == "topdown":
+        from harness.topdown import topdown_crop
+
+        return topdown_crop(image, profile, box, source_w, source_h)
+    resize = lookup(RESIZERS, "resize method", profile.resize)
     size = profile.input_size
     if profile.geometry == "squash":
         return resize(image, size, size), Geometry(size / source_w, size / source_h, 0, 0, source_w, source_h)
@@ -350,14 +362,14 @@ def label_map_to_input(mask: np.ndarray, profile: Profile) -> np.ndarray:
     return np.ascontiguousarray(pixels[..., 0])
 
 
-def to_pixels(data: bytes, profile: Profile) -> tuple[np.ndarray, Geometry]:
+def to_pixels(data: bytes, profile: Profile, box=None) -> tuple[np.ndarray, Geometry]:
     """Bytes -> uint8[S, S, 3] in the profile's colour, converted where the profile's system converts it
-    (`color_at`), plus its Geometry."""
+    (`color_at`), plus its Geometry (`box`: the instance of a top-down crop)."""
     color = lookup(COLORS, "color mode", profile.color)
     image = decode(data, profile.decoder)
     if color_before_geometry(profile):
-        return apply_geometry(color(image), profile, stored_size(data))
-    image, geometry = apply_geometry(image, profile, stored_size(data))
+        return apply_geometry(color(image), profile, stored_size(data), box=box)
+    image, geometry = apply_geometry(image, profile, stored_size(data), box=box)
     return color(image), geometry
 
 

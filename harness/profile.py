@@ -16,7 +16,13 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # shorter-crop: the harness's own rounding (nearest pixel); torchvision-crop: torchvision's Resize(int) +
 # CenterCrop exactly (the long side truncated, the crop offset rounded), the reference of its models
-GEOMETRIES = ("shorter-crop", "torchvision-crop", "letterbox", "squash")
+# topdown: the affine crop of one instance's box (keypoint models: the box padded by box_padding, made
+# square, warped to the input by crop_convention)
+GEOMETRIES = ("shorter-crop", "torchvision-crop", "letterbox", "squash", "topdown")
+# topdown crops: "legacy" maps the padded box's edges onto the input's (scale S / box, as mmpose's
+# TopdownAffine and RTMPose); "udp" maps them onto the first and last pixel centres (scale (S - 1) / box, the
+# unbiased data processing of Huang et al.)
+CROP_CONVENTIONS = ("legacy", "udp")
 # where the deployed system receives the image in `color`: "decode" at the stored resolution, before the
 # resize (a camera ISP, a video decoder: the usual case); "model-input" after the resize (an NPU converting
 # its input tensor)
@@ -33,6 +39,8 @@ class Profile:
     geometry: str = "shorter-crop"
     input_size: int = 224
     resize_size: int | None = None  # shorter-crop: shorter side before the centre crop
+    crop_convention: str = "legacy"  # topdown
+    box_padding: float = 1.25       # topdown: the box's side is scaled by this before the crop
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     # model inference
@@ -48,6 +56,8 @@ class Profile:
     points: str | None = None  # detection point placement (postprocess.POINT_PLACEMENTS); None: the head's
     # post-processing (segmentation): logits to a class map at the label's resolution (postprocess.MASK_RESIZES)
     mask_resize: str = "logits-bilinear"
+    # post-processing (keypoints): SimCC bins to coordinates (postprocess.KEYPOINT_DECODES)
+    keypoint_decode: str = "simcc-argmax"
     labels: tuple[str, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
@@ -55,6 +65,9 @@ class Profile:
             raise UsageError(f"profile geometry {self.geometry!r} is not one of {', '.join(GEOMETRIES)}")
         if self.color_at not in COLOR_PLACEMENTS:
             raise UsageError(f"profile color_at {self.color_at!r} is not one of {', '.join(COLOR_PLACEMENTS)}")
+        if self.crop_convention not in CROP_CONVENTIONS:
+            raise UsageError(f"profile crop_convention {self.crop_convention!r} is not one of "
+                             f"{', '.join(CROP_CONVENTIONS)}")
         if self.input_size <= 0:
             raise UsageError(f"profile input_size must be positive, got {self.input_size}")
 
@@ -83,9 +96,11 @@ class Profile:
 
 
 STAGE_FIELDS = {
-    "pre": ("decoder", "resize", "color", "color_at", "geometry", "input_size", "resize_size", "mean", "std"),
+    "pre": ("decoder", "resize", "color", "color_at", "geometry", "input_size", "resize_size", "crop_convention",
+            "box_padding", "mean", "std"),
     "model": ("backend", "device", "precision"),
-    "post": ("nms", "box_decode", "score_threshold", "iou_threshold", "max_detections", "points", "mask_resize"),
+    "post": ("nms", "box_decode", "score_threshold", "iou_threshold", "max_detections", "points", "mask_resize",
+             "keypoint_decode"),
 }
 FIELD_NAMES = tuple(f.name for f in dataclasses.fields(Profile))
 FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(Profile)}
@@ -155,6 +170,8 @@ def checked_field(key: str, value, allow_code: bool = False):
         return None if value is None else _number(key, value, int, 1, MAX_INPUT_SIZE)
     if key in ("score_threshold", "iou_threshold"):
         return float(_number(key, value, float, 0.0, 1.0))
+    if key == "box_padding":
+        return float(_number(key, value, float, 0.0, 10.0, low_open=True))
     if not isinstance(value, str) or not value:
         raise FieldError(key, f"expected a name (string), got {type(value).__name__} {value!r}")
     if key in REGISTRY_FIELDS:
@@ -169,6 +186,8 @@ def checked_field(key: str, value, allow_code: bool = False):
             raise FieldError(key, f"{value!r} is not one of {', '.join(known)} (or package.module:function)")
     elif key == "geometry" and value not in GEOMETRIES:
         raise FieldError(key, f"{value!r} is not one of {', '.join(GEOMETRIES)}")
+    elif key == "crop_convention" and value not in CROP_CONVENTIONS:
+        raise FieldError(key, f"{value!r} is not one of {', '.join(CROP_CONVENTIONS)}")
     elif key == "color_at" and value not in COLOR_PLACEMENTS:
         raise FieldError(key, f"{value!r} is not one of {', '.join(COLOR_PLACEMENTS)}")
     elif key == "precision":
@@ -186,11 +205,12 @@ def checked_field(key: str, value, allow_code: bool = False):
 
         if value not in POINT_PLACEMENTS:
             raise FieldError(key, f"{value!r} is not one of {', '.join(POINT_PLACEMENTS)}")
-    elif key == "mask_resize":
-        from harness.postprocess import MASK_RESIZES
+    elif key in ("mask_resize", "keypoint_decode"):
+        from harness.postprocess import KEYPOINT_DECODES, MASK_RESIZES
 
-        if value not in MASK_RESIZES:
-            raise FieldError(key, f"{value!r} is not one of {', '.join(MASK_RESIZES)}")
+        allowed = MASK_RESIZES if key == "mask_resize" else KEYPOINT_DECODES
+        if value not in allowed:
+            raise FieldError(key, f"{value!r} is not one of {', '.join(allowed)}")
     return value
 
 

@@ -17,6 +17,7 @@ import numpy as np
 from harness.errors import SampleError
 from harness.plugins import lookup
 from harness.preprocess import COLORS, Geometry, apply_geometry, color_before_geometry, decode, stored_size
+from harness.topdown import instance_box
 from harness.profile import Profile
 
 
@@ -34,7 +35,8 @@ def resize_key(profile: Profile) -> tuple:
     """What a resized image depends on: with the colour converted at decode, the colour too ("" sorts the
     resizes every colour shares first)."""
     color = profile.color if color_before_geometry(profile) else ""
-    return profile.decoder, color, profile.resize, profile.geometry, profile.input_size, profile.resize_size
+    return (profile.decoder, color, profile.resize, profile.geometry, profile.input_size, profile.resize_size,
+            profile.crop_convention, profile.box_padding)
 
 
 def read_failure(err: BaseException) -> str:
@@ -87,7 +89,8 @@ class Preprocessor:
             decoded = self.decoded(sample, profile.decoder)
             if decoded is not None and color_before_geometry(profile):
                 decoded = lookup(COLORS, "color mode", profile.color)(decoded[0]), decoded[1]
-            self._resized[key] = None if decoded is None else apply_geometry(decoded[0], profile, decoded[1])
+            self._resized[key] = None if decoded is None else apply_geometry(decoded[0], profile, decoded[1],
+                                                                             box=instance_box(sample, profile))
             if decoded is not None:
                 self.counters["resizes"] += 1
         return self._resized[key]

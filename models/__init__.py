@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from harness.data.synthetic import CLASSES
+from harness.data.synthetic import CLASSES, FLIP_PAIRS, KEYPOINTS as JOINTS
 from harness.profile import Profile
-from harness.tasks import CLASSIFY, DETECT, SEGMENT
+from harness.tasks import CLASSIFY, DETECT, KEYPOINTS, SEGMENT
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 ZOO: dict[str, Callable] = {}
@@ -28,6 +28,9 @@ DETECTOR_PROFILE = Profile(decoder="pil", resize="pil-bilinear", color="rgb", ge
 # letterbox, as mmsegmentation's keep-ratio Resize evaluates: the stored images are square, so a plain resize
 SEGMENTER_PROFILE = Profile(decoder="pil", resize="pil-bilinear", color="rgb", geometry="letterbox",
                             input_size=64, labels=SEGMENTATION_CLASSES)
+# RTMPose's top-down pipeline: the box padded 1.25x, made square, cv2.warpAffine (bilinear) to the input
+KEYPOINT_PROFILE = Profile(decoder="pil", resize="cv2-linear", color="rgb", geometry="topdown", input_size=64,
+                           crop_convention="legacy", box_padding=1.25, labels=JOINTS)
 
 
 def register_model(fn: Callable) -> Callable:
@@ -81,3 +84,15 @@ def deeplabv3_tiny():
                  "DeepLabV3-style segmenter: ResNet-style backbone with a stride-2 max-pool, dilated last stage "
                  "(output stride 4), torchvision ASPP, logits upsampled bilinear in the graph, 64x64 input",
                  stated={"miou": 0.6495, "pixel_acc": 0.9577, "mean_acc": 0.7572})
+
+
+@register_model
+def simcc_tiny():
+    from harness.models.simcc import SPLIT_RATIO, TinySimCC
+
+    return _spec("simcc_tiny", KEYPOINTS, lambda: TinySimCC(len(JOINTS)), KEYPOINT_PROFILE,
+                 "SimCC keypoint model (RTMPose-style): CSP convolutions, a 5x5 conv to one map per keypoint, an MLP "
+                 "and x/y bin classifiers (2 bins a pixel), 64x64 top-down crops",
+                 outputs=("simcc_x", "simcc_y"), stated={"ap": 0.6876, "ap50": 0.9507, "ap75": 0.6936},
+                 head={"type": "simcc", "split_ratio": SPLIT_RATIO, "x": "simcc_x", "y": "simcc_y",
+                       "flip_pairs": [list(pair) for pair in FLIP_PAIRS]})

@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 
 from harness.data.benchmark import SEED
-from harness.data.synthetic import classification_scene, detection_scene, segmentation_scene
+from harness.data.synthetic import FLIP_PAIRS, classification_scene, detection_scene, keypoint_scene, segmentation_scene
 from harness.model import ModelSpec
 from harness.preprocess import IGNORE_LABEL, label_map_to_input, normalize, to_pixels
-from harness.tasks import DETECT, SEGMENT
+from harness.tasks import DETECT, KEYPOINTS, SEGMENT
 
 
 @dataclass(frozen=True)
@@ -40,34 +40,56 @@ RECIPES = {
     "mobilenetv2_tiny": Recipe(train_count=12000, epochs=14, batch_size=128, lr=4e-3),
     "fcos_tiny": Recipe(train_count=6000, epochs=24, batch_size=32, lr=1e-3, weight_decay=1e-4, grad_clip=5.0),
     "deeplabv3_tiny": Recipe(train_count=4000, epochs=16, batch_size=32, lr=3e-3, weight_decay=1e-4),
+    "simcc_tiny": Recipe(train_count=2500, epochs=24, batch_size=64, lr=3e-3, weight_decay=1e-4),
 }
-SCENES = {DETECT: detection_scene, SEGMENT: segmentation_scene}
+SCENES = {DETECT: detection_scene, SEGMENT: segmentation_scene, KEYPOINTS: keypoint_scene}
 # FCOS size ranges (max l/t/r/b distance, model-input pixels) of the levels at strides 8, 16, 32
 FCOS_RANGES = ((0.0, 16.0), (16.0, 32.0), (32.0, math.inf))
 CENTER_RADIUS = 1.5
 
 
-def _make_sample(args):
+def _instance_crops(scene, index: int, profile) -> list:
+    """A keypoint scene's figures, each cropped around its box jittered as mmpose's RandomBBoxTransform does
+    (centre shifted up to 0.1 of the side, scaled 0.85-1.15): pixels and keypoints at the model input."""
+    rng = np.random.default_rng([SEED, index])
+    crops = []
+    for box, points in zip(scene.boxes, scene.keypoints):
+        side = max(box[2] - box[0], box[3] - box[1])
+        centre = (box[:2] + box[2:]) / 2 + rng.uniform(-0.1, 0.1, 2) * side
+        half = (box[2:] - box[:2]) / 2 * rng.uniform(0.85, 1.15)
+        pixels, geometry = to_pixels(scene.jpeg, profile, np.concatenate([centre - half, centre + half]))
+        moved = points.copy()
+        moved[:, 0] = points[:, 0] * geometry.scale_x + geometry.offset_x
+        moved[:, 1] = points[:, 1] * geometry.scale_y + geometry.offset_y
+        crops.append((pixels, moved, None))
+    return crops
+
+
+def _make_samples(args) -> list:
+    """One training scene's samples: the image with its labels, or for a keypoint scene each figure's crop."""
     task, index, profile = args
     scene = SCENES.get(task, classification_scene)(SEED, "train", index, profile.input_size)
+    if task == KEYPOINTS:
+        return _instance_crops(scene, index, profile)
     pixels, geometry = to_pixels(scene.jpeg, profile)
     if task == SEGMENT:  # the label map at the model input: the target of every pixel
-        return pixels, label_map_to_input(scene.mask, profile), None
+        return [(pixels, label_map_to_input(scene.mask, profile), None)]
     boxes = scene.boxes.copy()
     boxes[:, [0, 2]] = boxes[:, [0, 2]] * geometry.scale_x + geometry.offset_x
     boxes[:, [1, 3]] = boxes[:, [1, 3]] * geometry.scale_y + geometry.offset_y
-    return pixels, np.array(scene.labels, np.int64), boxes
+    return [(pixels, np.array(scene.labels, np.int64), boxes)]
 
 
 def training_split(spec: ModelSpec, count: int, workers: int = 2):
-    """Pre-processed uint8 pixels [N, S, S, 3] with labels (label maps at the model input for a segmenter)
-    and boxes in model-input pixels."""
+    """Pre-processed uint8 pixels [N, S, S, 3] with labels (label maps at the model input for a segmenter,
+    keypoints for a keypoint model, whose samples are the scenes' figures) and boxes in model-input pixels."""
     jobs = [(spec.task, index, spec.profile) for index in range(count)]
     if count < 512:  # a few samples: not worth forking a process that may hold runtime threads
-        made = [_make_sample(job) for job in jobs]
+        made = [_make_samples(job) for job in jobs]
     else:
         with get_context("fork").Pool(workers) as pool:
-            made = pool.map(_make_sample, jobs, chunksize=64)
+            made = pool.map(_make_samples, jobs, chunksize=64)
+    made = [sample for samples in made for sample in samples]
     pixels = np.stack([m[0] for m in made])
     return pixels, [m[1] for m in made], [m[2] for m in made]
 
@@ -118,6 +140,34 @@ def fcos_loss(outputs, targets, num_classes: int) -> torch.Tensor:
     return loss_cls + loss_box + loss_ctr
 
 
+SIMCC_SIGMA = 2.0  # bins: the Gaussian that smooths a SimCC target (RTMPose's ~5 bins at 4x the input)
+
+
+def _flipped_keypoints(points: torch.Tensor, size: int) -> torch.Tensor:
+    """Keypoints of horizontally flipped crops: x mirrored about the input's width, left and right swapped."""
+    flipped = points.clone()
+    flipped[..., 0] = size - points[..., 0]
+    for left, right in FLIP_PAIRS:
+        flipped[:, [left, right]] = flipped[:, [right, left]]
+    return flipped
+
+
+def simcc_loss(outputs, points: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of each axis' bins against a Gaussian around the keypoint's bin (RTMPose's KL loss up to
+    a constant), over labelled keypoints (visibility > 0)."""
+    from harness.models.simcc import SPLIT_RATIO
+
+    labelled = points[..., 2] > 0
+    loss = torch.zeros(())
+    for logits, coordinate in zip(outputs, (points[..., 0], points[..., 1])):
+        bins = torch.arange(logits.shape[-1], dtype=torch.float32)
+        target = torch.exp(-0.5 * ((bins - coordinate[..., None] * SPLIT_RATIO) / SIMCC_SIGMA) ** 2)
+        target = target / target.sum(-1, keepdim=True).clamp(min=1e-12)
+        per_point = -(target * torch.log_softmax(logits, -1)).sum(-1)
+        loss = loss + (per_point * labelled).sum() / labelled.sum().clamp(min=1)
+    return loss
+
+
 def train(spec: ModelSpec, recipe: Recipe, steps: int | None = None, log=print, train_count: int | None = None):
     """Trains spec.build() by the recipe; `steps` stops early (the determinism test runs a few)."""
     was_deterministic = torch.are_deterministic_algorithms_enabled()
@@ -159,7 +209,11 @@ def _train(spec: ModelSpec, recipe: Recipe, steps: int | None, log, train_count:
             batch = torch.from_numpy(normalize(pixels[index], spec.profile))
             batch[flip] = batch[flip].flip(-1)
             batch = batch.contiguous(memory_format=torch.channels_last)
-            if spec.task == SEGMENT:
+            if spec.task == KEYPOINTS:
+                points = torch.from_numpy(np.stack([labels[i] for i in index]))
+                points[flip] = _flipped_keypoints(points[flip], size)
+                loss = simcc_loss(model(batch), points)
+            elif spec.task == SEGMENT:
                 target = torch.from_numpy(np.stack([labels[i] for i in index])).long()
                 target[flip] = target[flip].flip(-1)
                 loss = F.cross_entropy(model(batch), target, ignore_index=IGNORE_LABEL)

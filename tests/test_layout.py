@@ -20,6 +20,7 @@ spec = ZOO["resnet_tiny"]()
 assert spec.weights.is_file() and str(spec.weights).startswith(target), spec.weights
 from harness.data import embedded_benchmark
 assert len(embedded_benchmark("classify")) == 1000 and len(embedded_benchmark("detect")) == 120
+assert len(embedded_benchmark("segment")) == 150 and len(embedded_benchmark("keypoints")) == 236
 for squatted in ("backends", "models"):
     try:
         importlib.import_module(squatted)

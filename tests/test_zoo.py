@@ -18,6 +18,7 @@ from harness.models.train import RECIPES, train
 CLASSIFIERS = [name for name in ZOO if ZOO[name]().task == "classify"]
 DETECTORS = [name for name in ZOO if ZOO[name]().task == "detect"]
 SEGMENTERS = [name for name in ZOO if ZOO[name]().task == "segment"]
+KEYPOINT_MODELS = [name for name in ZOO if ZOO[name]().task == "keypoints"]
 # Same input tensor, same graph: the only difference is kernel arithmetic (summation order).
 LOGIT_ATOL = 1e-3
 
@@ -83,6 +84,19 @@ def test_segmenter_miou_on_ort_equals_torch_and_the_stated_miou(name, zoo_report
     stated = resolve_model(name).stated
     for key in ("miou", "pixel_acc"):
         assert reference[key] == pytest.approx(stated[key], abs=0.0005)
+
+
+@pytest.mark.parametrize("name", KEYPOINT_MODELS)
+def test_keypoint_ap_on_ort_equals_torch_and_the_stated_ap(name, zoo_reports):
+    report = zoo_reports(name)
+    (row,) = report["results"]
+    assert row["status"] == "ok", row["reason"]
+    assert report["processed"] == len(embedded_benchmark("keypoints")) and not report["failed"]
+    reference = report["reference"]["metric"]
+    assert abs(row["metric"]["ap"] - reference["ap"]) < 0.001
+    assert row["outputs"]["max_abs"] < LOGIT_ATOL
+    for key in ("ap", "ap50", "ap75"):
+        assert reference[key] == pytest.approx(resolve_model(name).stated[key], abs=0.0005)
 
 
 def test_segmenter_has_deeplabs_parts():

@@ -136,14 +136,14 @@ def prediction_label(prediction) -> object:
 
 def predictions_task(predictions: list):
     """The task whose predictions these are (on unlabelled data only the predictions say which): detections,
-    class maps (2-D unsigned integers) or logits rows."""
-    from harness.tasks import CLASSIFY, DETECT, SEGMENT, get_task
+    class maps (2-D unsigned integers), keypoints (float J x 3) or logits rows."""
+    from harness.tasks import CLASSIFY, DETECT, KEYPOINTS, SEGMENT, get_task
 
     first = predictions[0] if predictions else None
     if isinstance(first, Detections):
         return get_task(DETECT)
-    if isinstance(first, np.ndarray) and first.ndim == 2 and first.dtype.kind == "u":
-        return get_task(SEGMENT)
+    if isinstance(first, np.ndarray) and first.ndim == 2:
+        return get_task(SEGMENT if first.dtype.kind == "u" else KEYPOINTS)
     return get_task(CLASSIFY)
 
 

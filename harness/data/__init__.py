@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from harness.errors import InputError
-from harness.tasks import CLASSIFY, DETECT, SEGMENT
+from harness.tasks import CLASSIFY, DETECT, KEYPOINTS, SEGMENT
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 UNLABELED = "unlabeled"  # a folder of images without labels: metrics become agreement with the reference
-TASKS = (CLASSIFY, DETECT, SEGMENT, UNLABELED)
+TASKS = (CLASSIFY, DETECT, SEGMENT, KEYPOINTS, UNLABELED)
 
 
 def printable(text) -> str:
@@ -37,6 +37,10 @@ class Sample:
     boxes: np.ndarray | None = None          # detect: float32[K, 4] xyxy stored-image pixels
     box_labels: np.ndarray | None = None     # detect: int64[K], 0-based
     mask: Path | None = None                 # segment: PNG label map, one class index per pixel (255: ignored)
+    keypoints: np.ndarray | None = None      # keypoints: float32[J, 3] x, y, visibility of this instance
+    image_id: int | None = None              # keypoints: the image this instance is in (COCO's image id)
+    sigmas: tuple | None = None              # keypoints: the dataset's per-keypoint OKS sigmas
+    area: float | None = None                # keypoints: the instance's area (COCO's "area": the OKS scale)
 
 
 @dataclass
@@ -67,9 +71,10 @@ class Dataset:
         """
         if not labels or not self.classes or tuple(labels) == self.classes:
             return self
-        if self.task == SEGMENT:  # a label map's values are indices: re-indexing would rewrite every pixel
-            raise InputError(f"{self.root}: classes.txt ({', '.join(self.classes[:10])}) does not list the model's "
-                             f"classes in its order ({', '.join(labels[:10])}); label-map values are class indices")
+        if self.task in (SEGMENT, KEYPOINTS):  # label-map values and keypoint rows are positions: never re-indexed
+            where = "classes.txt" if self.task == SEGMENT else "the category's keypoints"
+            raise InputError(f"{self.root}: {where} ({', '.join(self.classes[:10])}) does not list the model's "
+                             f"in its order ({', '.join(labels[:10])})")
         index = {name: k for k, name in enumerate(labels)}
         unknown = [name for name in self.classes if name not in index]
         if unknown:
@@ -177,6 +182,19 @@ def _coco_box(ann: dict, image: dict, path: Path, where: str) -> list[float]:
 MAX_COCO_COORDINATE = 100_000  # pixels, for images whose size the file does not state
 
 
+def _coco_categories(categories: list, path: Path) -> list:
+    """The categories, each with an int id (once) and a str name, in id order (as COCO tools number them)."""
+    seen: set[int] = set()
+    for k, category in enumerate(categories):
+        where = f"categories[{k}]"
+        category_id = _coco_field(category, "id", int, path, where)
+        _coco_field(category, "name", str, path, where)
+        if category_id in seen:
+            raise InputError(f"{path}: {where}: category id {category_id} appears twice")
+        seen.add(category_id)
+    return sorted(categories, key=lambda c: c["id"])
+
+
 def load_coco(annotation_file: Path, image_root: Path | None = None, name: str | None = None) -> Dataset:
     """COCO instances json; images in image_root (default: 'images' next to the json, else its folder).
 
@@ -204,15 +222,10 @@ def load_coco(annotation_file: Path, image_root: Path | None = None, name: str |
         image_root = annotation_file.parent / "images"
         if not image_root.is_dir():
             image_root = annotation_file.parent
-    seen: set[int] = set()
-    for k, category in enumerate(categories):
-        where = f"categories[{k}]"
-        category_id = _coco_field(category, "id", int, annotation_file, where)
-        _coco_field(category, "name", str, annotation_file, where)
-        if category_id in seen:
-            raise InputError(f"{annotation_file}: {where}: category id {category_id} appears twice")
-        seen.add(category_id)
-    categories = sorted(categories, key=lambda c: c["id"])  # labels in id order, as COCO tools number them
+    from harness.data.keypoints import coco_keypoints, keypoint_dataset, keypoint_names
+
+    categories = _coco_categories(categories, annotation_file)
+    joints = keypoint_names(categories, annotation_file)
     category_index = {category["id"]: k for k, category in enumerate(categories)}
     by_id: dict[int, dict] = {}
     names: set[str] = set()
@@ -244,7 +257,11 @@ def load_coco(annotation_file: Path, image_root: Path | None = None, name: str |
         box = _coco_box(ann, by_id[image_id], annotation_file, where)
         if ann.get("iscrowd", 0):
             continue
-        per_image[image_id].append((box, category_index[category_id]))
+        keypoints = coco_keypoints(ann, joints, annotation_file, where) if joints else None
+        per_image[image_id].append((box, category_index[category_id], keypoints, ann))
+    if joints:
+        return keypoint_dataset(name or annotation_file.parent.name, annotation_file, image_root, images, per_image,
+                                categories[0])
     samples = []
     for image in images:
         anns = per_image[image["id"]]
@@ -323,7 +340,7 @@ def load_dataset(path: Path) -> Dataset:
         return load_coco(path)
     if not path.is_dir():
         raise InputError(f"{path}: a dataset is a folder or a COCO .json file")
-    for candidate in ("instances.json", "annotations.json"):
+    for candidate in ("instances.json", "annotations.json", "keypoints.json"):
         if (path / candidate).is_file():
             return load_coco(path / candidate)
     if (path / "masks").is_dir() and (path / "images").is_dir():

@@ -16,16 +16,18 @@ from pathlib import Path
 
 from PIL import Image
 
-from harness.data.synthetic import CLASSES, classification_scene, detection_scene, segmentation_scene
-from harness.tasks import CLASSIFY, DETECT, SEGMENT
+from harness.data.synthetic import (CLASSES, KEYPOINT_SIGMAS, KEYPOINTS as JOINTS, LIMBS, classification_scene,
+                                    detection_scene, keypoint_scene, segmentation_scene)
+from harness.tasks import CLASSIFY, DETECT, KEYPOINTS, SEGMENT
 
 SEED = 2026
 ROOT = Path(__file__).parent / "benchmark"
 CLASSIFY_DIR = ROOT / CLASSIFY
 DETECT_DIR = ROOT / DETECT
 SEGMENT_DIR = ROOT / SEGMENT
-EVAL_COUNTS = {CLASSIFY: 1000, DETECT: 120, SEGMENT: 150}
-INPUT_SIZES = {CLASSIFY: 64, DETECT: 128, SEGMENT: 64}
+KEYPOINTS_DIR = ROOT / KEYPOINTS
+EVAL_COUNTS = {CLASSIFY: 1000, DETECT: 120, SEGMENT: 150, KEYPOINTS: 120}
+INPUT_SIZES = {CLASSIFY: 64, DETECT: 128, SEGMENT: 64, KEYPOINTS: 64}
 
 
 def write_classification(root: Path, count: int) -> None:
@@ -67,8 +69,31 @@ def write_segmentation(root: Path, count: int) -> None:
     (root / "classes.txt").write_text("\n".join(("background", *CLASSES)) + "\n")
 
 
+def write_keypoints(root: Path, count: int) -> None:
+    """images/ + keypoints.json in COCO's person-keypoints layout: one category with its keypoint names,
+    skeleton and (an addition COCO files lack) the per-keypoint OKS sigmas."""
+    images_dir = root / "images"
+    images_dir.mkdir(parents=True, exist_ok=True)
+    images, annotations = [], []
+    for index in range(count):
+        scene = keypoint_scene(SEED, "eval", index, INPUT_SIZES[KEYPOINTS])
+        name = f"{index:05d}.jpg"
+        (images_dir / name).write_bytes(scene.jpeg)
+        width, height = Image.open(io.BytesIO(scene.jpeg)).size
+        images.append({"id": index + 1, "file_name": name, "width": width, "height": height})
+        for (x0, y0, x1, y1), points in zip(scene.boxes.tolist(), scene.keypoints):
+            flat = [round(float(v), 2) for v in points.ravel()]
+            annotations.append({"id": len(annotations) + 1, "image_id": index + 1, "category_id": 1,
+                                "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0), "iscrowd": 0,
+                                "keypoints": flat, "num_keypoints": int((points[:, 2] > 0).sum())})
+    category = {"id": 1, "name": "figure", "keypoints": list(JOINTS), "skeleton": [[a + 1, b + 1] for a, b in LIMBS],
+                "sigmas": list(KEYPOINT_SIGMAS)}
+    payload = {"images": images, "annotations": annotations, "categories": [category]}
+    (root / "keypoints.json").write_text(json.dumps(payload, indent=None, separators=(",", ":")))
+
+
 WRITERS = {CLASSIFY: (write_classification, CLASSIFY_DIR), DETECT: (write_detection, DETECT_DIR),
-           SEGMENT: (write_segmentation, SEGMENT_DIR)}
+           SEGMENT: (write_segmentation, SEGMENT_DIR), KEYPOINTS: (write_keypoints, KEYPOINTS_DIR)}
 
 
 def main(tasks: tuple[str, ...] = tuple(WRITERS)) -> None:

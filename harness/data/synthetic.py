@@ -32,7 +32,9 @@ SUPERSAMPLE = 4  # shapes are drawn at 4x and box-filtered down: anti-aliased ed
 @dataclass(frozen=True)
 class Scene:
     """One generated image. `boxes` are float32[K, 4] xyxy pixels of the stored image; `mask` (segmentation
-    scenes) is uint8[H, W] at the stored resolution: 0 background, k + 1 where class k is visible."""
+    scenes) is uint8[H, W] at the stored resolution: 0 background, k + 1 where class k is visible;
+    `keypoints` (keypoint scenes) float32[K, J, 3]: per figure and joint x, y and COCO's visibility (2
+    visible, 1 hidden behind a later figure, 0 outside the image)."""
 
     jpeg: bytes
     labels: tuple[int, ...]
@@ -40,6 +42,7 @@ class Scene:
     quality: int
     subsampling: str
     mask: np.ndarray | None = None
+    keypoints: np.ndarray | None = None
 
 
 def sample_rng(seed: int, split: str, index: int, stream: int = 0) -> np.random.Generator:
@@ -301,3 +304,88 @@ def segmentation_scene(seed: int, split: str, index: int, input_size: int = 64) 
     present = sorted(set(int(v) - 1 for v in np.unique(mask) if v))
     jpeg, quality, subsampling = finish(rng, canvas)
     return Scene(jpeg, tuple(present), np.zeros((0, 4), np.float32), quality, subsampling, mask=mask)
+
+
+# a stick figure's keypoints (the RTMPose line: top-down keypoints of each instance), the left/right pairs a
+# horizontal flip swaps, and the limbs drawn between them
+KEYPOINTS = ("head", "neck", "left_elbow", "right_elbow", "left_hand", "right_hand", "pelvis", "left_knee",
+             "right_knee", "left_foot", "right_foot")
+FLIP_PAIRS = ((2, 3), (4, 5), (7, 8), (9, 10))
+LIMBS = ((0, 1), (1, 2), (2, 4), (1, 3), (3, 5), (1, 6), (6, 7), (7, 9), (6, 8), (8, 10))
+# OKS falloff per keypoint (COCO's run 0.025-0.107: tighter for the head, wider for the body)
+KEYPOINT_SIGMAS = (0.05, 0.08, 0.07, 0.07, 0.06, 0.06, 0.1, 0.087, 0.087, 0.089, 0.089)
+
+
+def _toward(angle: float) -> np.ndarray:
+    """Unit vector `angle` radians from straight down, positive toward the image's right."""
+    return np.array([math.sin(angle), math.cos(angle)])
+
+
+def figure_pose(rng, cx: float, cy: float, height: float) -> np.ndarray:
+    """float64[K, 2] keypoints of a figure `height` tall centred at (cx, cy), facing the viewer (its left
+    limbs on the image's right), leaning, with random arm and leg angles."""
+    lean = rng.uniform(-0.2, 0.2)
+    pelvis = np.array([cx, cy]) - 0.05 * height * _toward(lean)
+    neck = pelvis - 0.32 * height * _toward(lean)
+    points = {0: neck - 0.13 * height * _toward(lean), 1: neck, 6: pelvis}
+    for side, sign in ((0, 1.0), (1, -1.0)):
+        arm = lean + sign * rng.uniform(0.3, 2.6)
+        elbow = neck + 0.17 * height * _toward(arm)
+        hand = elbow + 0.15 * height * _toward(arm + sign * rng.uniform(-0.6, 0.9))
+        leg = lean + sign * rng.uniform(0.08, 0.45)
+        knee = pelvis + 0.24 * height * _toward(leg)
+        foot = knee + 0.24 * height * _toward(leg + sign * rng.uniform(-0.3, 0.2))
+        points.update({2 + side: elbow, 4 + side: hand, 7 + side: knee, 9 + side: foot})
+    return np.array([points[k] for k in range(len(KEYPOINTS))])
+
+
+def _draw_figure(rng, canvas: np.ndarray, points: np.ndarray, height: float) -> np.ndarray:
+    """Draws a textured stick figure (limbs, round joints, a head) through `points`; returns its coverage."""
+    side = canvas.shape[0]
+    big = Image.new("L", (side * SUPERSAMPLE, side * SUPERSAMPLE), 0)
+    draw = ImageDraw.Draw(big)
+    scaled = points * SUPERSAMPLE
+    width = max(SUPERSAMPLE, int(rng.uniform(0.045, 0.075) * height * SUPERSAMPLE))
+    for a, b in LIMBS:
+        draw.line([tuple(scaled[a]), tuple(scaled[b])], fill=255, width=width)
+    for x, y in scaled:
+        draw.ellipse([x - width / 2, y - width / 2, x + width / 2, y + width / 2], fill=255)
+    head = 0.085 * height * SUPERSAMPLE
+    x, y = scaled[0]
+    draw.ellipse([x - head, y - head, x + head, y + head], fill=255)
+    alpha = np.asarray(big.resize((side, side), Image.BOX), dtype=np.float32) / 255.0
+    return paste(canvas, texture(rng, side, side), alpha * rng.uniform(0.6, 1.0), 0, 0)
+
+
+def keypoint_scene(seed: int, split: str, index: int, input_size: int = 64) -> Scene:
+    """1-3 stick figures with their keypoints and tight boxes; later figures may hide earlier ones' joints."""
+    rng = sample_rng(seed, split, index, stream=4)
+    side = int(round(input_size * rng.uniform(1.25, 3.0)))
+    canvas = pink_noise(rng, side, side)
+    add_clutter(rng, canvas, int(rng.integers(1, 6)), side)
+    poses, coverages = [], []
+    for _ in range(int(rng.integers(1, 4))):
+        height = side * rng.uniform(0.4, 0.85)
+        cx, cy = rng.uniform(0.2, 0.8) * side, rng.uniform(0.4, 0.6) * side
+        pose = figure_pose(rng, cx, cy, height)
+        coverage = _draw_figure(rng, canvas, pose, height)
+        for earlier in coverages:
+            earlier *= 1 - coverage
+        poses.append(pose)
+        coverages.append(coverage)
+    boxes, keypoints = [], []
+    for k, (pose, coverage) in enumerate(zip(poses, coverages)):
+        ys, xs = np.nonzero(coverage > 0.5)
+        if len(xs) < 20:  # hidden behind later figures
+            continue
+        inside = (pose >= 0).all(axis=1) & (pose < side).all(axis=1)
+        hidden = np.zeros(len(pose), bool)
+        for later in coverages[k + 1:]:
+            cells = np.clip(pose.astype(int), 0, side - 1)
+            hidden |= later[cells[:, 1], cells[:, 0]] > 0.5
+        visibility = np.where(inside, np.where(hidden, 1, 2), 0)
+        keypoints.append(np.concatenate([pose, visibility[:, None]], axis=1))
+        boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+    jpeg, quality, subsampling = finish(rng, canvas)
+    return Scene(jpeg, (0,) * len(boxes), np.array(boxes, np.float32).reshape(-1, 4), quality, subsampling,
+                 keypoints=np.array(keypoints, np.float32).reshape(-1, len(KEYPOINTS), 3))

@@ -15,8 +15,8 @@ from harness.errors import UnknownName, UsageError
 from harness.placement import Placement
 
 # --combine adds axes cumulatively in the paper's order
-PAPER_ORDER = ("decoder", "resize", "color", "precision", "ceil_mode", "upsample", "nms", "box_decode", "points",
-               "mask_resize")
+PAPER_ORDER = ("decoder", "resize", "crop", "color", "precision", "ceil_mode", "upsample", "nms", "box_decode",
+               "points", "mask_resize", "keypoint_decode")
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,8 @@ def _profile_axis(field_name: str, registry_name: str):
         from harness import preprocess
 
         registry = getattr(preprocess, registry_name)
+        if field_name == "resize" and spec.profile.geometry == "topdown":  # a crop is warped, not resized
+            from harness.topdown import WARPS as registry
         reference = getattr(spec.profile, field_name)
         # a user's `package.module:function` sits in the registry once imported; it is a user variant
         return [Variant(name, {field_name: name}) for name in registry if name != reference and ":" not in name]
@@ -112,7 +114,8 @@ VARIANT_BUILDERS = {
 AXES = {
     "decoder": Axis("decoder", "pre", "JPEG decoder: Pillow, OpenCV, torchvision, FFmpeg, libjpeg-turbo fast "
                                       "IDCT + plain upsampling, DCT-domain 1/2 reduced decoding"),
-    "resize": Axis("resize", "pre", "interpolation of the resize (geometry fixed: shorter side, centre crop)"),
+    "resize": Axis("resize", "pre", "interpolation of the resize (geometry fixed: shorter side, centre crop), or of a "
+                                    "top-down crop's warp"),
     "color": Axis("color", "pre", "channel order and YUV 4:2:0 round trips (BT.601/709, full/limited, I420/NV12), "
                                   "at decode (full resolution, as a camera or video decoder) and, NAME@model-input, "
                                   "after the resize"),
@@ -199,7 +202,35 @@ def _mask_resize_variants(spec, graph_backend):
     return [Variant(name, {"mask_resize": name}) for name in MASK_RESIZES if name != spec.profile.mask_resize]
 
 
+def _keypoint_decode_variants(spec, graph_backend):
+    from harness.postprocess import KEYPOINT_DECODES
+
+    head = spec.head
+    pairs = tuple(tuple(pair) for pair in head.get("flip_pairs", ()))  # hashable: it keys the model config
+    flip = [Variant("flip-test", graph={"flip_test": (head["x"], head["y"], pairs)},
+                    target=Placement(graph_backend), baseline="unrewritten-graph",
+                    note="the mirrored crop runs beside the crop, its bins flipped back and averaged (mmpose)")] \
+        if head.get("flip_pairs") else []
+    return [Variant(name, {"keypoint_decode": name}) for name in KEYPOINT_DECODES
+            if name != spec.profile.keypoint_decode] + flip
+
+
+def _crop_variants(spec, graph_backend):
+    """A top-down crop taken otherwise: the other pixel convention, less or more padding around the box."""
+    from harness.profile import CROP_CONVENTIONS
+
+    if spec.profile.geometry != "topdown":
+        return []
+    reference = spec.profile
+    return [Variant(name, {"crop_convention": name}) for name in CROP_CONVENTIONS
+            if name != reference.crop_convention] + \
+        [Variant(f"padding-{padding}", {"box_padding": padding}) for padding in (1.0, 1.5)
+         if padding != reference.box_padding]
+
+
 VARIANT_BUILDERS["nms"] = _post_processing("nms", _nms_variants)
+VARIANT_BUILDERS["keypoint_decode"] = _post_processing("keypoint_decode", _keypoint_decode_variants)
+VARIANT_BUILDERS["crop"] = _crop_variants
 VARIANT_BUILDERS["mask_resize"] = _post_processing("mask_resize", _mask_resize_variants)
 VARIANT_BUILDERS["points"] = _post_processing("points", _point_variants)
 VARIANT_BUILDERS["box_decode"] = _post_processing("box_decode", _box_decode_variants)
@@ -210,3 +241,7 @@ AXES["points"] = Axis("points", "post", "point/anchor placement the runtime comp
                                         "spread evenly over the input, at the cell centre (offset 0.5) or corner (0)")
 AXES["mask_resize"] = Axis("mask_resize", "post", "segmentation logits to the label's resolution: bilinear with and "
                                                 "without align_corners, or argmax then nearest")
+AXES["keypoint_decode"] = Axis("keypoint_decode", "post", "SimCC bins to coordinates: argmax, a quarter-bin shift "
+                                                        "toward the larger neighbour, DARK sub-bin refinement; "
+                                                        "flip test (in the graph) on")
+AXES["crop"] = Axis("crop", "pre", "top-down crop of an instance's box: UDP vs legacy pixel convention, box padding")

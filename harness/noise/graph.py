@@ -9,6 +9,8 @@ import dataclasses
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
+
 from harness.artifacts import derived_file
 from harness.export import file_sha256
 
@@ -80,10 +82,59 @@ def _resize_to_partner(proto) -> int:
     return relinked
 
 
+def add_flip_test(proto, x_output: str, y_output: str, flip_pairs: list) -> int:
+    """Makes a SimCC keypoint graph run flip test, as mmpose's `flip_test=True`: the batch and its horizontal
+    mirror run together, the mirror's x bins are reversed and its left/right keypoints swapped (mmpose's
+    flip_vectors), and the two are averaged. Returns the number of nodes added. Needs Split's num_outputs
+    (opset 18)."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    graph = proto.graph
+    image = graph.input[0].name
+    fed = f"{image}_and_mirror"
+    for node in graph.node:
+        node.input[:] = [fed if name == image else name for name in node.input]
+    keypoints = next(o for o in graph.output if o.name == x_output).type.tensor_type.shape.dim[1].dim_value
+    order = list(range(keypoints))
+    for left, right in flip_pairs:
+        order[left], order[right] = right, left
+    constants = {"flip_order": np.array(order, np.int64), "flip_start": np.array([-1], np.int64),
+                 "flip_end": np.array([-2 ** 62], np.int64), "flip_step": np.array([-1], np.int64),
+                 "flip_width_axis": np.array([3], np.int64), "flip_bin_axis": np.array([2], np.int64),
+                 "flip_half": np.array(0.5, np.float32)}
+    graph.initializer.extend(numpy_helper.from_array(value, name) for name, value in constants.items())
+    head = [helper.make_node("Slice", [image, "flip_start", "flip_end", "flip_width_axis", "flip_step"],
+                             [f"{image}_mirror"], name="flip_test_mirror"),
+            helper.make_node("Concat", [image, f"{image}_mirror"], [fed], name="flip_test_batch", axis=0)]
+    tail = []
+    for output, reverse in ((x_output, True), (y_output, False)):
+        both = f"{output}_both"
+        for node in graph.node:
+            node.output[:] = [both if name == output else name for name in node.output]
+        tail.append(helper.make_node("Split", [both], [f"{output}_plain", f"{output}_mirror"], axis=0,
+                                     num_outputs=2, name=f"flip_test_split_{output}"))
+        swapped = f"{output}_swapped"
+        tail.append(helper.make_node("Gather", [f"{output}_mirror", "flip_order"], [swapped], axis=1,
+                                     name=f"flip_test_swap_{output}"))
+        if reverse:
+            tail.append(helper.make_node("Slice", [swapped, "flip_start", "flip_end", "flip_bin_axis", "flip_step"],
+                                         [f"{output}_back"], name=f"flip_test_reverse_{output}"))
+            swapped = f"{output}_back"
+        tail.append(helper.make_node("Add", [f"{output}_plain", swapped], [f"{output}_sum"], name=f"flip_test_add_{output}"))
+        tail.append(helper.make_node("Mul", [f"{output}_sum", "flip_half"], [output], name=f"flip_test_mean_{output}"))
+    nodes = [*head, *graph.node, *tail]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    onnx.checker.check_model(proto)
+    return len(head) + len(tail)
+
+
 def rewrite(proto, ceil_mode: bool | None = None, resize_mode: str | None = None,
-            coordinate_mode: str | None = None) -> int:
-    """Rewrites pooling / Resize attributes in place; returns the number of nodes changed."""
-    changed = 0
+            coordinate_mode: str | None = None, flip_test: tuple | None = None) -> int:
+    """Rewrites pooling / Resize attributes in place, or adds flip test (`flip_test`: add_flip_test's
+    arguments, x output, y output, flip pairs); returns the number of nodes changed or added."""
+    changed = add_flip_test(proto, *flip_test) if flip_test else 0
     if ceil_mode is not None and any(node.op_type in POOL_OPS for node in proto.graph.node):
         changed += _resize_to_partner(proto)
         for output in proto.graph.output:  # the declared output shapes were the floor-mode ones
@@ -134,7 +185,8 @@ def first_reshaped_tensor(baseline_path: Path, candidate_path: Path) -> dict | N
     nodes, candidate = _static_shapes(str(candidate_path))
     for node in nodes:
         for name in node.output:
-            if name in baseline and name in candidate and baseline[name] != candidate[name]:
+            # per sample: flip test runs each crop twice (batch 2), which reshapes nothing
+            if name in baseline and name in candidate and baseline[name][1:] != candidate[name][1:]:
                 return {"tensor": name, "op_type": node.op_type, "shapes": [baseline[name][1:], candidate[name][1:]]}
     return None
 

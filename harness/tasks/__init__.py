@@ -19,7 +19,7 @@ import numpy as np
 
 from harness.errors import UnknownName
 
-CLASSIFY, DETECT, SEGMENT = "classify", "detect", "segment"
+CLASSIFY, DETECT, SEGMENT, KEYPOINTS = "classify", "detect", "segment", "keypoints"
 
 
 @dataclass
@@ -104,9 +104,10 @@ class Task(ABC):
 def registry() -> dict[str, Task]:
     from harness.tasks.classify import Classify
     from harness.tasks.detect import Detect
+    from harness.tasks.keypoints import Keypoints
     from harness.tasks.segment import Segment
 
-    return {task.name: task for task in (Classify(), Detect(), Segment())}
+    return {task.name: task for task in (Classify(), Detect(), Segment(), Keypoints())}
 
 
 def get_task(name: str) -> Task:
