@@ -53,3 +53,17 @@ def pytest_collection_modifyitems(config, items):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "needs_device(backend, device): runs only where that device exists")
+
+
+@pytest.fixture
+def starter_gate(tmp_path):
+    """Runs `harness validate --init --model MODEL` in a fresh folder, limits the gate to `limit` samples and
+    validates with it: returns the finished `validate` process."""
+    def run(model: str, limit: int):
+        folder = tmp_path / "gate"
+        folder.mkdir()
+        assert run_harness("validate", "--init", "--model", model, cwd=folder).returncode == 0
+        gate = folder / "gate.toml"
+        gate.write_text(gate.read_text().replace("batch_size = 64", f"batch_size = 64\nlimit = {limit}"))
+        return run_harness("validate", "--config", str(gate), "--json", str(folder / "gate.json"))
+    return run

@@ -111,7 +111,7 @@ def test_keypoint_file_errors_name_the_file_and_entry(tmp_path):
         load_coco(tmp_path / "k.json")
 
 
-def test_zoo_keypoint_model_through_every_command(tmp_path, harness_cli):
+def test_zoo_keypoint_model_through_every_command(tmp_path, harness_cli, starter_gate):
     """compare (HTML with the keypoints drawn), sysnoise, drift, validate, report and diff on simcc_tiny."""
     compare = harness_cli("compare", "simcc_tiny", "--backends", "onnxruntime,openvino", "--precision", "int8",
                           "--limit", "24", "--json", str(tmp_path / "compare.json"), "--html",
@@ -133,12 +133,7 @@ def test_zoo_keypoint_model_through_every_command(tmp_path, harness_cli):
     drift = harness_cli("drift", "simcc_tiny", "--backend", "onnxruntime", "--precision", "int8", "--limit", "4",
                         "--json", str(tmp_path / "drift.json"))
     assert drift.returncode == 0, drift.stderr
-    (tmp_path / "gate").mkdir()
-    assert harness_cli("validate", "--init", "--model", "simcc_tiny", cwd=tmp_path / "gate").returncode == 0
-    gate_text = (tmp_path / "gate" / "gate.toml").read_text().replace("batch_size = 64", "batch_size = 64\nlimit = 24")
-    (tmp_path / "gate" / "gate.toml").write_text(gate_text)
-    validate = harness_cli("validate", "--config", str(tmp_path / "gate" / "gate.toml"), "--json",
-                           str(tmp_path / "gate.json"))
+    validate = starter_gate("simcc_tiny", 24)
     assert validate.returncode == 0, validate.stdout + validate.stderr
     assert harness_cli("report", str(tmp_path / "sysnoise.json"), "--html", str(tmp_path / "sysnoise.html")).returncode == 0
     assert harness_cli("diff", str(tmp_path / "compare.json"), str(tmp_path / "compare.json")).returncode == 0

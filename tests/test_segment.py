@@ -139,7 +139,7 @@ def _npz(arrays):
     return buffer
 
 
-def test_zoo_segmenter_through_every_command(tmp_path, harness_cli):
+def test_zoo_segmenter_through_every_command(tmp_path, harness_cli, starter_gate):
     """compare (HTML with overlays), sysnoise, drift, validate, report and diff on deeplabv3_tiny."""
     compare = harness_cli("compare", "deeplabv3_tiny", "--backends", "onnxruntime,openvino", "--precision", "int8",
                           "--limit", "12", "--json", str(tmp_path / "compare.json"), "--html",
@@ -164,12 +164,7 @@ def test_zoo_segmenter_through_every_command(tmp_path, harness_cli):
                         "--json", str(tmp_path / "drift.json"))
     assert drift.returncode == 0, drift.stderr
     assert json.loads((tmp_path / "drift.json").read_text())["ops"]
-    (tmp_path / "gate").mkdir()
-    assert harness_cli("validate", "--init", "--model", "deeplabv3_tiny", cwd=tmp_path / "gate").returncode == 0
-    gate_text = (tmp_path / "gate" / "gate.toml").read_text().replace("batch_size = 64", "batch_size = 64\nlimit = 12")
-    (tmp_path / "gate" / "gate.toml").write_text(gate_text)
-    validate = harness_cli("validate", "--config", str(tmp_path / "gate" / "gate.toml"), "--json",
-                           str(tmp_path / "gate.json"))
+    validate = starter_gate("deeplabv3_tiny", 12)
     assert validate.returncode == 0, validate.stdout + validate.stderr
     assert harness_cli("report", str(tmp_path / "sysnoise.json"), "--html", str(tmp_path / "sysnoise.html")).returncode == 0
     diff = harness_cli("diff", str(tmp_path / "compare.json"), str(tmp_path / "compare.json"))

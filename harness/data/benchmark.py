@@ -38,16 +38,21 @@ def write_classification(root: Path, count: int) -> None:
         (folder / f"{index:05d}.jpg").write_bytes(scene.jpeg)
 
 
+def _coco_image(images_dir: Path, index: int, jpeg: bytes) -> dict:
+    """Writes image `index` and returns its COCO images entry (ids from 1)."""
+    name = f"{index:05d}.jpg"
+    (images_dir / name).write_bytes(jpeg)
+    width, height = Image.open(io.BytesIO(jpeg)).size
+    return {"id": index + 1, "file_name": name, "width": width, "height": height}
+
+
 def write_detection(root: Path, count: int) -> None:
     images_dir = root / "images"
     images_dir.mkdir(parents=True, exist_ok=True)
     images, annotations = [], []
     for index in range(count):
         scene = detection_scene(SEED, "eval", index, INPUT_SIZES[DETECT])
-        name = f"{index:05d}.jpg"
-        (images_dir / name).write_bytes(scene.jpeg)
-        width, height = Image.open(io.BytesIO(scene.jpeg)).size
-        images.append({"id": index + 1, "file_name": name, "width": width, "height": height})
+        images.append(_coco_image(images_dir, index, scene.jpeg))
         for label, (x0, y0, x1, y1) in zip(scene.labels, scene.boxes.tolist()):
             annotations.append({
                 "id": len(annotations) + 1, "image_id": index + 1, "category_id": label + 1,
@@ -77,10 +82,7 @@ def write_keypoints(root: Path, count: int) -> None:
     images, annotations = [], []
     for index in range(count):
         scene = keypoint_scene(SEED, "eval", index, INPUT_SIZES[KEYPOINTS])
-        name = f"{index:05d}.jpg"
-        (images_dir / name).write_bytes(scene.jpeg)
-        width, height = Image.open(io.BytesIO(scene.jpeg)).size
-        images.append({"id": index + 1, "file_name": name, "width": width, "height": height})
+        images.append(_coco_image(images_dir, index, scene.jpeg))
         for (x0, y0, x1, y1), points in zip(scene.boxes.tolist(), scene.keypoints):
             flat = [round(float(v), 2) for v in points.ravel()]
             annotations.append({"id": len(annotations) + 1, "image_id": index + 1, "category_id": 1,

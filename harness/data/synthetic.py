@@ -268,12 +268,18 @@ def _scatter_objects(rng, canvas, count: int, crowded: bool, radius: tuple[float
     return labels, coverages
 
 
-def detection_scene(seed: int, split: str, index: int, input_size: int = 128) -> Scene:
-    """1-8 objects with tight boxes; about a third of scenes are crowded with same-class overlaps."""
-    rng = sample_rng(seed, split, index)
+def square_background(rng, input_size: int) -> np.ndarray:
+    """A square 1/f-noise canvas 1.25-3x the model input with 1-5 pieces of clutter (multi-object scenes)."""
     side = int(round(input_size * rng.uniform(1.25, 3.0)))
     canvas = pink_noise(rng, side, side)
     add_clutter(rng, canvas, int(rng.integers(1, 6)), side)
+    return canvas
+
+
+def detection_scene(seed: int, split: str, index: int, input_size: int = 128) -> Scene:
+    """1-8 objects with tight boxes; about a third of scenes are crowded with same-class overlaps."""
+    rng = sample_rng(seed, split, index)
+    canvas = square_background(rng, input_size)
     crowded = rng.random() < 0.35
     count = int(rng.integers(4, 9)) if crowded else int(rng.integers(1, 5))
     labels, coverages = _scatter_objects(rng, canvas, count, crowded, (0.05, 0.17))
@@ -292,9 +298,8 @@ def segmentation_scene(seed: int, split: str, index: int, input_size: int = 64) 
     """1-5 objects of the ten classes with a label map at the stored resolution: the class whose shape covers
     more than half a pixel, after occlusion; clutter is background."""
     rng = sample_rng(seed, split, index, stream=3)
-    side = int(round(input_size * rng.uniform(1.25, 3.0)))
-    canvas = pink_noise(rng, side, side)
-    add_clutter(rng, canvas, int(rng.integers(1, 6)), side)
+    canvas = square_background(rng, input_size)
+    side = canvas.shape[0]
     crowded = rng.random() < 0.35
     count = int(rng.integers(3, 6)) if crowded else int(rng.integers(1, 4))
     labels, coverages = _scatter_objects(rng, canvas, count, crowded, (0.08, 0.24))
@@ -360,9 +365,8 @@ def _draw_figure(rng, canvas: np.ndarray, points: np.ndarray, height: float) -> 
 def keypoint_scene(seed: int, split: str, index: int, input_size: int = 64) -> Scene:
     """1-3 stick figures with their keypoints and tight boxes; later figures may hide earlier ones' joints."""
     rng = sample_rng(seed, split, index, stream=4)
-    side = int(round(input_size * rng.uniform(1.25, 3.0)))
-    canvas = pink_noise(rng, side, side)
-    add_clutter(rng, canvas, int(rng.integers(1, 6)), side)
+    canvas = square_background(rng, input_size)
+    side = canvas.shape[0]
     poses, coverages = [], []
     for _ in range(int(rng.integers(1, 4))):
         height = side * rng.uniform(0.4, 0.85)
