@@ -89,9 +89,13 @@ class Preprocessor:
             decoded = self.decoded(sample, profile.decoder)
             if decoded is not None and color_before_geometry(profile):
                 decoded = lookup(COLORS, "color mode", profile.color)(decoded[0]), decoded[1]
-            self._resized[key] = None if decoded is None else apply_geometry(decoded[0], profile, decoded[1],
-                                                                             box=instance_box(sample, profile))
+            self._resized[key] = None
             if decoded is not None:
+                try:
+                    self._resized[key] = apply_geometry(decoded[0], profile, decoded[1],
+                                                        box=instance_box(sample, profile))
+                except SampleError as err:  # an instance box a top-down crop cannot be taken around
+                    self.failures.setdefault(sample.id, (profile.decoder, err))
                 self.counters["resizes"] += 1
         return self._resized[key]
 

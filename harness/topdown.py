@@ -35,6 +35,8 @@ def topdown_crop(image: np.ndarray, profile: Profile, box, source_w: int, source
     height, width = image.shape[:2]
     ratio_x, ratio_y = width / source_w, height / source_h  # a reduced decode is smaller than the stored image
     x0, y0, x1, y1 = (0.0, 0.0, float(source_w), float(source_h)) if box is None else (float(v) for v in box)
+    if max(x1 - x0, y1 - y0) <= 0:
+        raise SampleError(f"its box {[round(v, 2) for v in (x0, y0, x1, y1)]} has no extent to crop around")
     side_x, side_y = max(x1 - x0, y1 - y0) * profile.box_padding * ratio_x, \
         max(x1 - x0, y1 - y0) * profile.box_padding * ratio_y
     centre_x, centre_y = (x0 + x1) / 2 * ratio_x, (y0 + y1) / 2 * ratio_y

@@ -166,3 +166,25 @@ def test_flip_test_in_the_graph_equals_mmposes_flip_vectors(tmp_path):
         order[left], order[right] = right, left
     np.testing.assert_allclose(flipped_x, (plain_x + mirror_x[:, order, ::-1]) / 2, atol=1e-4)
     np.testing.assert_allclose(flipped_y, (plain_y + mirror_y[:, order]) / 2, atol=1e-4)
+
+
+def test_an_instance_without_extent_is_one_counted_failure(tmp_path, harness_cli):
+    """A zero-size box cannot be cropped around: that instance fails alone, listed with its reason."""
+    import shutil
+
+    payload = json.loads((KEYPOINTS_DIR / "keypoints.json").read_text())
+    payload["images"] = payload["images"][:3]
+    payload["annotations"] = [a for a in payload["annotations"] if a["image_id"] <= 3]
+    payload["annotations"][0]["bbox"][2:] = [0, 0]
+    (tmp_path / "images").mkdir()
+    for image in payload["images"]:
+        shutil.copy(KEYPOINTS_DIR / "images" / image["file_name"], tmp_path / "images")
+    (tmp_path / "keypoints.json").write_text(json.dumps(payload))
+    result = harness_cli("compare", "simcc_tiny", "--dataset", str(tmp_path), "--backends", "ort", "--json",
+                         str(tmp_path / "report.json"))
+    assert result.returncode == 0, result.stderr
+    dataset = json.loads((tmp_path / "report.json").read_text())["dataset"]
+    assert dataset["samples"] == len(payload["annotations"]) - 1
+    assert dataset["failed_samples"] == 1
+    (failure,) = dataset["failed"]
+    assert failure["sample"] == "00000.jpg#1" and "has no extent to crop around" in failure["reason"]
