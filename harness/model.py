@@ -15,7 +15,7 @@ from typing import Callable
 
 from harness.errors import InputError, UnknownName, UsageError
 from harness.profile import Profile, load_profile
-from harness.tasks import CLASSIFY
+from harness.tasks import CLASSIFY, SEGMENT
 
 
 @dataclass(frozen=True)
@@ -234,6 +234,10 @@ def resolve_model(name: str | None, checkpoint: Path | None = None, profile_path
         spec = replace(spec, task=task)
     if input_size and spec.profile.input_size != input_size:
         spec = replace(spec, profile=spec.profile.replace(input_size=input_size))
+    if spec.task == SEGMENT and spec.profile.geometry not in ("squash", "letterbox"):
+        raise UsageError(f"{spec.name}: a segmenter is evaluated on whole label maps, and geometry "
+                         f"{spec.profile.geometry!r} crops the image; set geometry = \"squash\" or \"letterbox\" in "
+                         "the --profile file")
     if spec.random_seed is not None:
         _note(f"{spec.name} has no --checkpoint: it runs random weights (torch seed {spec.random_seed}), so its "
               "accuracy means nothing; agreement between backends still does")

@@ -169,3 +169,20 @@ def test_zoo_segmenter_through_every_command(tmp_path, harness_cli, starter_gate
     assert harness_cli("report", str(tmp_path / "sysnoise.json"), "--html", str(tmp_path / "sysnoise.html")).returncode == 0
     diff = harness_cli("diff", str(tmp_path / "compare.json"), str(tmp_path / "compare.json"))
     assert diff.returncode == 0, diff.stderr
+
+
+def test_a_segmenter_with_a_cropping_geometry_is_refused_before_any_work():
+    from dataclasses import replace
+
+    import harness.models as zoo
+    from harness.errors import UsageError
+    from harness.model import resolve_model
+
+    spec = resolve_model("deeplabv3_tiny")
+    profile = spec.profile.replace(geometry="shorter-crop")
+    zoo.ZOO["cropping_segmenter"] = lambda: replace(spec, name="cropping_segmenter", profile=profile)
+    try:
+        with pytest.raises(UsageError, match="whole label maps, and geometry 'shorter-crop' crops"):
+            resolve_model("cropping_segmenter")
+    finally:
+        del zoo.ZOO["cropping_segmenter"]
