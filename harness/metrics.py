@@ -23,24 +23,35 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, 
 
 
 def coco_evaluate(ground_truth: list[tuple[np.ndarray, np.ndarray]], detections: list[Detections],
-                  num_classes: int):
+                  num_classes: int, masks: list[tuple] | None = None):
     """pycocotools COCOeval after evaluate() + accumulate(), or None when there is nothing to evaluate.
 
     ground_truth: per image (boxes float[K, 4] xyxy pixels, labels int[K] 0-based); detections: per image,
-    same coordinates.
+    same coordinates. With `masks` (per image, one COCO RLE per ground-truth box) the evaluation is COCO's
+    `segm` (mask IoU) of each detection's own RLE masks (harness.masks.InstanceDetections); else `bbox`.
     """
+    from pycocotools import mask as coco_mask
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
     images, annotations, results = [], [], []
     for image_id, ((boxes, labels), dets) in enumerate(zip(ground_truth, detections), start=1):
-        images.append({"id": image_id})
-        for (x0, y0, x1, y1), label in zip(np.asarray(boxes, float).reshape(-1, 4).tolist(), labels):
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": int(label) + 1,
-                                "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0), "iscrowd": 0})
-        for (x0, y0, x1, y1), score, label in zip(dets.boxes.tolist(), dets.scores.tolist(), dets.labels.tolist()):
-            results.append({"image_id": image_id, "category_id": int(label) + 1,
-                            "bbox": [x0, y0, x1 - x0, y1 - y0], "score": float(score)})
+        image_masks = masks[image_id - 1] if masks is not None else None
+        height, width = image_masks[0]["size"] if image_masks else (0, 0)
+        images.append({"id": image_id, "height": height, "width": width})
+        for k, ((x0, y0, x1, y1), label) in enumerate(zip(np.asarray(boxes, float).reshape(-1, 4).tolist(), labels)):
+            entry = {"id": len(annotations) + 1, "image_id": image_id, "category_id": int(label) + 1,
+                     "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0), "iscrowd": 0}
+            if image_masks is not None:  # COCO's area of a segmented object is its mask's
+                entry.update(segmentation=image_masks[k], area=float(coco_mask.area(image_masks[k])))
+            annotations.append(entry)
+        for k, ((x0, y0, x1, y1), score, label) in enumerate(zip(dets.boxes.tolist(), dets.scores.tolist(),
+                                                                 dets.labels.tolist())):
+            result = {"image_id": image_id, "category_id": int(label) + 1, "bbox": [x0, y0, x1 - x0, y1 - y0],
+                      "score": float(score)}
+            if masks is not None:
+                result["segmentation"] = dets.masks[k]
+            results.append(result)
     if not annotations or not results:
         return None
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress and table
@@ -48,7 +59,7 @@ def coco_evaluate(ground_truth: list[tuple[np.ndarray, np.ndarray]], detections:
         gt.dataset = {"images": images, "annotations": annotations,
                       "categories": [{"id": c + 1} for c in range(num_classes)]}
         gt.createIndex()
-        evaluator = COCOeval(gt, gt.loadRes(results), "bbox")
+        evaluator = COCOeval(gt, gt.loadRes(results), "bbox" if masks is None else "segm")
         evaluator.evaluate()
         evaluator.accumulate()
     return evaluator
@@ -76,6 +87,18 @@ def coco_evaluation(ground_truth: list[tuple[np.ndarray, np.ndarray]], detection
     if not any(len(labels) for _, labels in ground_truth):
         return {"map": float("nan"), "ap50": float("nan"), "ap75": float("nan")}, evaluator
     return metrics_of(evaluator), evaluator
+
+
+def instance_mask_evaluation(samples: list, predictions: list, num_classes: int) -> tuple[dict[str, float], object]:
+    """COCO mask AP (`segm`) of InstanceDetections against samples with instance_masks: ({"mask_map",
+    "mask_ap50", "mask_ap75"}, the accumulated COCOeval a bootstrap resamples)."""
+    ground_truth = [(s.boxes, s.box_labels) for s in samples]
+    evaluator = coco_evaluate(ground_truth, predictions, num_classes, masks=[s.instance_masks for s in samples])
+    if not any(len(labels) for _, labels in ground_truth):
+        values = {"map": float("nan"), "ap50": float("nan"), "ap75": float("nan")}
+    else:
+        values = metrics_of(evaluator)
+    return {f"mask_{key}": value for key, value in values.items()}, evaluator
 
 
 def metrics_of(evaluator) -> dict[str, float]:

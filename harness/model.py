@@ -15,7 +15,7 @@ from typing import Callable
 
 from harness.errors import InputError, UnknownName, UsageError
 from harness.profile import Profile, load_profile
-from harness.tasks import CLASSIFY, SEGMENT
+from harness.tasks import CLASSIFY, get_task
 
 
 @dataclass(frozen=True)
@@ -234,8 +234,8 @@ def resolve_model(name: str | None, checkpoint: Path | None = None, profile_path
         spec = replace(spec, task=task)
     if input_size and spec.profile.input_size != input_size:
         spec = replace(spec, profile=spec.profile.replace(input_size=input_size))
-    if spec.task == SEGMENT and spec.profile.geometry not in ("squash", "letterbox"):
-        raise UsageError(f"{spec.name}: a segmenter is evaluated on whole label maps, and geometry "
+    if get_task(spec.task).needs_whole_image and spec.profile.geometry not in ("squash", "letterbox"):
+        raise UsageError(f"{spec.name}: a {spec.task} model is evaluated on whole-image maps, and geometry "
                          f"{spec.profile.geometry!r} crops the image; set geometry = \"squash\" or \"letterbox\" in "
                          "the --profile file")
     if spec.random_seed is not None:

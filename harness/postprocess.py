@@ -184,6 +184,13 @@ def decode_fcos(levels: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]], pr
     """One image's raw FCOS maps, per level (stride, cls float32[C, H, W], box_reg [4, H, W], centerness
     [1, H, W]) -> Detections in model-input pixels. Points come from each map's own size, placed as the
     head declares (fcos_points)."""
+    return decode_fcos_points(levels, profile, placement)[0]
+
+
+def decode_fcos_points(levels: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]], profile: Profile,
+                       placement: str = "stride") -> tuple[Detections, np.ndarray]:
+    """decode_fcos, with the point each kept detection came from (int64[K], level-major and row-major: the
+    order of fcos_points, in which a YOLACT head's mask coefficients flatten too)."""
     points, point_scales = fcos_points(tuple((stride, *cls.shape[-2:]) for stride, cls, _, _ in levels),
                                        profile.input_size, placement)
     cls_logits, box_reg, centerness = (np.concatenate([level[k].reshape(len(level[k]), -1) for level in levels],
@@ -199,7 +206,8 @@ def decode_fcos(levels: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]], pr
     nms = lookup(NMS, "nms", profile.nms)
     keep = nms(boxes, flat_scores.astype(np.float32), labels.astype(np.int64), profile.iou_threshold)
     keep = keep[: profile.max_detections]
-    return Detections(boxes[keep], flat_scores[keep].astype(np.float32), labels[keep].astype(np.int64))
+    return (Detections(boxes[keep], flat_scores[keep].astype(np.float32), labels[keep].astype(np.int64)),
+            point_index[keep].astype(np.int64))
 
 
 # how a segmenter's logits over the model input become a class map at the label's (stored image's) resolution
@@ -222,16 +230,8 @@ def label_map(logits: np.ndarray, geometry, input_size: int, method: str) -> np.
     if method not in MASK_RESIZES:
         raise HarnessError(f"mask resize {method!r} is not one of {', '.join(MASK_RESIZES)}")
     classes, height, width = logits.shape
-    if not (geometry.width and geometry.height):
-        raise HarnessError("a label map needs the stored image's size; the geometry does not hold it")
-    to_output_x, to_output_y = width / input_size, height / input_size
-    x0, y0 = geometry.offset_x * to_output_x, geometry.offset_y * to_output_y
-    x1 = x0 + geometry.width * geometry.scale_x * to_output_x
-    y1 = y0 + geometry.height * geometry.scale_y * to_output_y
-    if x0 < -1e-6 or y0 < -1e-6 or x1 > width + 1e-6 or y1 > height + 1e-6:
-        raise HarnessError("segmentation evaluates the whole label map: the geometry must keep the whole image "
-                           "(squash or letterbox), not crop it")
-    region = logits[:, int(round(y0)):int(round(y1)), int(round(x0)):int(round(x1))]
+    x0, y0, x1, y1 = geometry.image_region(input_size, width, height)
+    region = logits[:, y0:y1, x0:x1]
     dtype = np.uint8 if classes <= 255 else np.uint16
     size = (geometry.height, geometry.width)
     if method == "argmax-nearest":

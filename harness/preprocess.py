@@ -246,6 +246,24 @@ class Geometry:
         out[..., 1] = (out[..., 1] - self.offset_y) / self.scale_y
         return out
 
+    def image_region(self, input_size: int, map_width: int, map_height: int) -> tuple[int, int, int, int]:
+        """The rows and columns (x0, y0, x1, y1) of a map over the model input (map_width x map_height for the
+        input_size square) that the stored image covers: all of it for squash, the unpadded part for
+        letterbox. A geometry that crops the image (it lies partly outside the input) has none:
+        HarnessError, as a whole-image map (label map, instance mask) cannot be recovered from it."""
+        from harness.errors import HarnessError
+
+        if not (self.width and self.height):
+            raise HarnessError("a map at the stored image's size needs that size; the geometry does not hold it")
+        to_map_x, to_map_y = map_width / input_size, map_height / input_size
+        x0, y0 = self.offset_x * to_map_x, self.offset_y * to_map_y
+        x1, y1 = x0 + self.width * self.scale_x * to_map_x, y0 + self.height * self.scale_y * to_map_y
+        if x0 < -1e-6 or y0 < -1e-6 or x1 > map_width + 1e-6 or y1 > map_height + 1e-6:
+            raise HarnessError("a whole-image map (label map, instance masks) needs a geometry that keeps the whole "
+                               "image (squash or letterbox), not one that crops it")
+        # half up, both ends alike (Python's round halves to even: 1.5 -> 2 but 6.5 -> 6 would lose a row)
+        return tuple(int(np.floor(v + 0.5)) for v in (x0, y0, x1, y1))
+
     def to_image(self, boxes: np.ndarray) -> np.ndarray:
         """float32[K, 4] xyxy in model-input pixels -> stored-image pixels."""
         out = boxes.astype(np.float32).copy()

@@ -56,6 +56,10 @@ class Profile:
     points: str | None = None  # detection point placement (postprocess.POINT_PLACEMENTS); None: the head's
     # post-processing (segmentation): logits to a class map at the label's resolution (postprocess.MASK_RESIZES)
     mask_resize: str = "logits-bilinear"
+    # post-processing (instance segmentation): an instance's mask probabilities pasted onto the stored image
+    # (harness.masks.MASK_PASTES), then thresholded
+    mask_paste: str = "bilinear"
+    mask_threshold: float = 0.5
     # post-processing (keypoints): SimCC bins to coordinates (postprocess.KEYPOINT_DECODES)
     keypoint_decode: str = "simcc-argmax"
     labels: tuple[str, ...] = field(default=(), compare=False)
@@ -100,7 +104,7 @@ STAGE_FIELDS = {
             "box_padding", "mean", "std"),
     "model": ("backend", "device", "precision"),
     "post": ("nms", "box_decode", "score_threshold", "iou_threshold", "max_detections", "points", "mask_resize",
-             "keypoint_decode"),
+             "mask_paste", "mask_threshold", "keypoint_decode"),
 }
 FIELD_NAMES = tuple(f.name for f in dataclasses.fields(Profile))
 FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(Profile)}
@@ -168,7 +172,7 @@ def checked_field(key: str, value, allow_code: bool = False):
         return _number(key, value, int, 1, MAX_INPUT_SIZE if key == "input_size" else 100000)
     if key == "resize_size":
         return None if value is None else _number(key, value, int, 1, MAX_INPUT_SIZE)
-    if key in ("score_threshold", "iou_threshold"):
+    if key in ("score_threshold", "iou_threshold", "mask_threshold"):
         return float(_number(key, value, float, 0.0, 1.0))
     if key == "box_padding":
         return float(_number(key, value, float, 0.0, 10.0, low_open=True))
@@ -205,10 +209,11 @@ def checked_field(key: str, value, allow_code: bool = False):
 
         if value not in POINT_PLACEMENTS:
             raise FieldError(key, f"{value!r} is not one of {', '.join(POINT_PLACEMENTS)}")
-    elif key in ("mask_resize", "keypoint_decode"):
+    elif key in ("mask_resize", "keypoint_decode", "mask_paste"):
+        from harness.masks import MASK_PASTES
         from harness.postprocess import KEYPOINT_DECODES, MASK_RESIZES
 
-        allowed = MASK_RESIZES if key == "mask_resize" else KEYPOINT_DECODES
+        allowed = {"mask_resize": MASK_RESIZES, "keypoint_decode": KEYPOINT_DECODES, "mask_paste": MASK_PASTES}[key]
         if value not in allowed:
             raise FieldError(key, f"{value!r} is not one of {', '.join(allowed)}")
     return value

@@ -11,7 +11,7 @@ from typing import Callable
 
 from harness.data.synthetic import CLASSES, FLIP_PAIRS, KEYPOINTS as JOINTS
 from harness.profile import Profile
-from harness.tasks import CLASSIFY, DETECT, KEYPOINTS, SEGMENT
+from harness.tasks import CLASSIFY, DETECT, INSTANCES, KEYPOINTS, SEGMENT
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 ZOO: dict[str, Callable] = {}
@@ -96,3 +96,14 @@ def simcc_tiny():
                  outputs=("simcc_x", "simcc_y"), stated={"ap": 0.6876, "ap50": 0.9507, "ap75": 0.6936},
                  head={"type": "simcc", "split_ratio": SPLIT_RATIO, "x": "simcc_x", "y": "simcc_y",
                        "flip_pairs": [list(pair) for pair in FLIP_PAIRS]})
+
+
+@register_model
+def yolact_tiny():
+    from harness.models.yolact import HEAD, OUTPUT_NAMES, TinyYOLACT
+
+    return _spec("yolact_tiny", INSTANCES, lambda: TinyYOLACT(len(CLASSES)), DETECTOR_PROFILE,
+                 "YOLACT-style instance segmenter: fcos_tiny (frozen) with 16 prototype masks at stride 4 (P3 upsampled "
+                 "bilinear) and per-point mask coefficients, raw maps out, 128x128 input",
+                 stated={"mask_map": 0.3149, "mask_ap50": 0.5621, "mask_ap75": 0.2998},
+                 outputs=OUTPUT_NAMES, head=HEAD)

@@ -54,7 +54,8 @@ class TinyFCOS(nn.Module):
         self.level_scale = nn.Parameter(torch.ones(len(STRIDES)))
         nn.init.constant_(self.cls_out.bias, -4.6)  # prior 0.01, as in RetinaNet/FCOS
 
-    def forward(self, x):
+    def pyramid(self, x) -> tuple:
+        """The FPN's levels at strides 8, 16, 32."""
         c2 = self.layer1(self.maxpool(self.stem(x)))
         c3 = self.layer2(c2)
         c4 = self.layer3(c3)
@@ -64,8 +65,11 @@ class TinyFCOS(nn.Module):
         p4 = lateral4 + F.interpolate(p5, size=lateral4.shape[-2:], mode="nearest")
         lateral3 = self.lateral[0](c3)
         p3 = lateral3 + F.interpolate(p4, size=lateral3.shape[-2:], mode="nearest")
+        return self.smooth[0](p3), self.smooth[1](p4), self.smooth[2](p5)
+
+    def forward(self, x):
         outputs = []
-        for level, feature in enumerate((self.smooth[0](p3), self.smooth[1](p4), self.smooth[2](p5))):
+        for level, feature in enumerate(self.pyramid(x)):
             h = self.head(feature)
             outputs += [self.cls_out(h), self.reg_out(h) * self.level_scale[level], self.ctr_out(h)]
         return tuple(outputs)

@@ -21,7 +21,7 @@ from harness.data.benchmark import SEED
 from harness.data.synthetic import FLIP_PAIRS, classification_scene, detection_scene, keypoint_scene, segmentation_scene
 from harness.model import ModelSpec
 from harness.preprocess import IGNORE_LABEL, label_map_to_input, normalize, to_pixels
-from harness.tasks import DETECT, KEYPOINTS, SEGMENT
+from harness.tasks import DETECT, INSTANCES, KEYPOINTS, SEGMENT
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,8 @@ class Recipe:
     weight_decay: float = 5e-4
     seed: int = 0
     grad_clip: float | None = None  # max gradient norm
+    init_from: str | None = None  # a zoo model whose weights start this one (missing modules stay initialised)
+    trainable: tuple[str, ...] = ()  # when set, the only top-level modules that train (the rest frozen)
 
 
 RECIPES = {
@@ -41,8 +43,10 @@ RECIPES = {
     "fcos_tiny": Recipe(train_count=6000, epochs=24, batch_size=32, lr=1e-3, weight_decay=1e-4, grad_clip=5.0),
     "deeplabv3_tiny": Recipe(train_count=4000, epochs=16, batch_size=32, lr=3e-3, weight_decay=1e-4),
     "simcc_tiny": Recipe(train_count=2500, epochs=24, batch_size=64, lr=3e-3, weight_decay=1e-4),
+    "yolact_tiny": Recipe(train_count=4000, epochs=12, batch_size=32, lr=3e-3, weight_decay=1e-4, grad_clip=5.0,
+                          init_from="fcos_tiny", trainable=("coeff_out", "proto_in", "proto_out")),
 }
-SCENES = {DETECT: detection_scene, SEGMENT: segmentation_scene, KEYPOINTS: keypoint_scene}
+SCENES = {DETECT: detection_scene, INSTANCES: detection_scene, SEGMENT: segmentation_scene, KEYPOINTS: keypoint_scene}
 # FCOS size ranges (max l/t/r/b distance, model-input pixels) of the levels at strides 8, 16, 32
 FCOS_RANGES = ((0.0, 16.0), (16.0, 32.0), (32.0, math.inf))
 CENTER_RADIUS = 1.5
@@ -77,7 +81,29 @@ def _make_samples(args) -> list:
     boxes = scene.boxes.copy()
     boxes[:, [0, 2]] = boxes[:, [0, 2]] * geometry.scale_x + geometry.offset_x
     boxes[:, [1, 3]] = boxes[:, [1, 3]] * geometry.scale_y + geometry.offset_y
-    return [(pixels, np.array(scene.labels, np.int64), boxes)]
+    labels = np.array(scene.labels, np.int64)
+    if task == INSTANCES:
+        return [(pixels, (labels, _masks_at_prototypes(scene.instance_masks, geometry, profile.input_size)), boxes)]
+    return [(pixels, labels, boxes)]
+
+
+def _masks_at_prototypes(masks: np.ndarray, geometry, input_size: int) -> np.ndarray:
+    """bool[K, H, W] stored-image masks -> uint8[K, S, S] (S: the prototypes' side): the fraction of each
+    prototype pixel an instance covers, x 255, placed by the image's geometry (letterbox padding empty)."""
+    import cv2
+
+    from harness.models.yolact import PROTO_STRIDE
+
+    side = input_size // PROTO_STRIDE
+    factor = side / input_size
+    x0, y0 = round(geometry.offset_x * factor), round(geometry.offset_y * factor)
+    width = max(1, round(masks.shape[2] * geometry.scale_x * factor))
+    height = max(1, round(masks.shape[1] * geometry.scale_y * factor))
+    out = np.zeros((len(masks), side, side), np.uint8)
+    for k, mask in enumerate(masks):
+        small = cv2.resize(mask.astype(np.float32), (width, height), interpolation=cv2.INTER_AREA)
+        out[k, y0:y0 + height, x0:x0 + width] = np.round(small * 255)[:side - y0, :side - x0]
+    return out
 
 
 def training_split(spec: ModelSpec, count: int, workers: int = 2):
@@ -96,11 +122,12 @@ def training_split(spec: ModelSpec, count: int, workers: int = 2):
 
 def fcos_targets(points: torch.Tensor, strides: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor):
     """FCOS assignment for one image: (class int64[P] with -1 = background, ltrb/stride float[P, 4],
-    centerness float[P]). A point takes the smallest box that contains it, within CENTER_RADIUS strides
+    centerness float[P], the assigned box's index int64[P]). A point takes the smallest box that contains it, within CENTER_RADIUS strides
     of the box centre, whose size falls in the point's level range."""
     count = points.shape[0]
     if boxes.shape[0] == 0:
-        return torch.full((count,), -1, dtype=torch.long), torch.zeros(count, 4), torch.zeros(count)
+        return (torch.full((count,), -1, dtype=torch.long), torch.zeros(count, 4), torch.zeros(count),
+                torch.zeros(count, dtype=torch.long))
     px, py = points[:, 0:1], points[:, 1:2]
     ltrb = torch.stack([px - boxes[:, 0], py - boxes[:, 1], boxes[:, 2] - px, boxes[:, 3] - py], dim=2)
     centre_x, centre_y = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
@@ -118,14 +145,15 @@ def fcos_targets(points: torch.Tensor, strides: torch.Tensor, boxes: torch.Tenso
     target_ltrb = ltrb[torch.arange(count), best].clamp(min=1e-3)
     lr, tb = target_ltrb[:, [0, 2]], target_ltrb[:, [1, 3]]
     centerness = torch.sqrt((lr.min(1).values / lr.max(1).values) * (tb.min(1).values / tb.max(1).values))
-    return target_cls, target_ltrb / strides[:, None], torch.where(positive, centerness, torch.zeros_like(centerness))
+    centerness = torch.where(positive, centerness, torch.zeros_like(centerness))
+    return target_cls, target_ltrb / strides[:, None], centerness, best
 
 
 def fcos_loss(outputs, targets, num_classes: int) -> torch.Tensor:
     from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
     cls_logits, box_reg, centerness = outputs
-    target_cls, target_ltrb, target_ctr = (torch.stack(t) for t in zip(*targets))
+    target_cls, target_ltrb, target_ctr = (torch.stack(t) for t in list(zip(*targets))[:3])
     positive = target_cls >= 0
     num_pos = max(1.0, float(positive.sum()))
     one_hot = F.one_hot(target_cls.clamp(min=0), num_classes).float() * positive[..., None]
@@ -179,7 +207,7 @@ def train(spec: ModelSpec, recipe: Recipe, steps: int | None = None, log=print, 
 
 
 def _train(spec: ModelSpec, recipe: Recipe, steps: int | None, log, train_count: int | None):
-    from harness.models.fcos import STRIDES, flatten_levels
+    from harness.models.fcos import STRIDES
     from harness.postprocess import fcos_points, point_placement
 
     torch.manual_seed(recipe.seed)
@@ -188,15 +216,17 @@ def _train(spec: ModelSpec, recipe: Recipe, steps: int | None, log, train_count:
     pixels, labels, boxes = training_split(spec, train_count or recipe.train_count)
     log(f"generated {len(pixels)} training samples in {time.perf_counter() - started:.0f}s")
     # channels_last: depthwise and 3x3 conv backward run 2-8x faster on CPU; the weights are the same
-    model = spec.build().to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    model = _initial_model(spec, recipe).to(memory_format=torch.channels_last)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trained, lr=recipe.lr, weight_decay=recipe.weight_decay)
     per_epoch = max(1, len(pixels) // recipe.batch_size)
     total = recipe.epochs * per_epoch if steps is None else steps
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, recipe.lr, total_steps=max(total, 1), pct_start=0.15)
     size = spec.profile.input_size
-    if spec.task == DETECT:
+    anchors = None
+    if spec.task in (DETECT, INSTANCES):
         levels = tuple((s, size // s, size // s) for s in STRIDES)
-        points, strides = (torch.from_numpy(a) for a in fcos_points(levels, size, point_placement(spec.head)))
+        anchors = tuple(torch.from_numpy(a) for a in fcos_points(levels, size, point_placement(spec.head)))
     step = 0
     model.train()
     while step < total:
@@ -209,35 +239,89 @@ def _train(spec: ModelSpec, recipe: Recipe, steps: int | None, log, train_count:
             batch = torch.from_numpy(normalize(pixels[index], spec.profile))
             batch[flip] = batch[flip].flip(-1)
             batch = batch.contiguous(memory_format=torch.channels_last)
-            if spec.task == KEYPOINTS:
-                points = torch.from_numpy(np.stack([labels[i] for i in index]))
-                points[flip] = _flipped_keypoints(points[flip], size)
-                loss = simcc_loss(model(batch), points)
-            elif spec.task == SEGMENT:
-                target = torch.from_numpy(np.stack([labels[i] for i in index])).long()
-                target[flip] = target[flip].flip(-1)
-                loss = F.cross_entropy(model(batch), target, ignore_index=IGNORE_LABEL)
-            elif spec.task == DETECT:
-                targets = []
-                for k, i in enumerate(index):
-                    b = torch.from_numpy(boxes[i]).clone()
-                    if flip[k]:
-                        b[:, [0, 2]] = size - b[:, [2, 0]]
-                    targets.append(fcos_targets(points, strides, b, torch.from_numpy(labels[i])))
-                loss = fcos_loss(flatten_levels(model(batch)), targets, len(spec.labels))
-            else:
-                target = torch.from_numpy(np.array([labels[i][0] for i in index]))
-                loss = F.cross_entropy(model(batch), target, label_smoothing=0.1)
+            loss = _loss(spec, model, batch, index, flip, labels, boxes, anchors)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if recipe.grad_clip:  # one crowded batch must not derail the detector
-                torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
+                torch.nn.utils.clip_grad_norm_(trained, recipe.grad_clip)
             optimizer.step()
             schedule.step()
             step += 1
             if step % 100 == 0 or step == total:
                 log(f"step {step}/{total} loss {loss.item():.4f} ({time.perf_counter() - started:.0f}s)")
     return model.to(memory_format=torch.contiguous_format).eval()
+
+
+def _initial_model(spec: ModelSpec, recipe: Recipe) -> torch.nn.Module:
+    """spec.build(), started from the recipe's `init_from` weights with all but its `trainable` modules frozen."""
+    from harness.model import resolve_model
+
+    model = spec.build()
+    if recipe.init_from:
+        start = torch.load(resolve_model(recipe.init_from).weights, map_location="cpu", weights_only=True)
+        missing, unexpected = model.load_state_dict(start, strict=False)
+        if unexpected or any(not key.startswith(recipe.trainable) for key in missing):
+            raise ValueError(f"{recipe.init_from} weights do not fit {spec.name}: {unexpected or missing}")
+    if recipe.trainable:
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad_(name.startswith(tuple(f"{module}." for module in recipe.trainable)))
+    return model
+
+
+def _loss(spec: ModelSpec, model, batch, index, flip, labels, boxes, anchors) -> torch.Tensor:
+    """One batch's training loss for the spec's task (flipped samples' targets flipped with them)."""
+    size = spec.profile.input_size
+    if spec.task == KEYPOINTS:
+        points = torch.from_numpy(np.stack([labels[i] for i in index]))
+        points[flip] = _flipped_keypoints(points[flip], size)
+        return simcc_loss(model(batch), points)
+    if spec.task == SEGMENT:
+        target = torch.from_numpy(np.stack([labels[i] for i in index])).long()
+        target[flip] = target[flip].flip(-1)
+        return F.cross_entropy(model(batch), target, ignore_index=IGNORE_LABEL)
+    if spec.task not in (DETECT, INSTANCES):
+        target = torch.from_numpy(np.array([labels[i][0] for i in index]))
+        return F.cross_entropy(model(batch), target, label_smoothing=0.1)
+    from harness.models.fcos import OUTPUT_NAMES, flatten_levels
+
+    targets, masks = [], []
+    for k, i in enumerate(index):
+        b = torch.from_numpy(boxes[i]).clone()
+        if flip[k]:
+            b[:, [0, 2]] = size - b[:, [2, 0]]
+        classes = labels[i][0] if spec.task == INSTANCES else labels[i]
+        targets.append(fcos_targets(*anchors, b, torch.from_numpy(classes)))
+        if spec.task == INSTANCES:
+            mask = torch.from_numpy(labels[i][1]).float() / 255
+            masks.append((mask.flip(-1) if flip[k] else mask, b))
+    outputs = model(batch)
+    if spec.task == DETECT:
+        return fcos_loss(flatten_levels(outputs), targets, len(spec.labels))
+    detector_maps = len(OUTPUT_NAMES)
+    return yolact_mask_loss(outputs[detector_maps:-1], outputs[-1], targets, masks, size)
+
+
+def yolact_mask_loss(coefficient_maps, prototypes, targets, masks, input_size: int) -> torch.Tensor:
+    """YOLACT's mask loss: for every positive point, binary cross-entropy between sigmoid(coefficients .
+    prototypes) and its assigned instance's mask at the prototypes' resolution, over the pixels inside that
+    instance's box, divided by the box's area there; the mean over positive points."""
+    coefficients = torch.cat([c.flatten(2) for c in coefficient_maps], dim=2).transpose(1, 2)  # [N, P, K]
+    side = prototypes.shape[-1]
+    grid = (torch.arange(side, dtype=torch.float32) + 0.5) * (input_size / side)
+    total, count = torch.zeros(()), 0
+    for k, ((target_cls, _, _, assigned), (mask, image_boxes)) in enumerate(zip(targets, masks)):
+        positive = torch.nonzero(target_cls >= 0)[:, 0]
+        if len(positive) == 0:
+            continue
+        logits = coefficients[k, positive] @ prototypes[k].flatten(1)  # [P+, S*S]
+        box = image_boxes[assigned[positive]]
+        inside = ((grid[None, :] >= box[:, 0:1]) & (grid[None, :] < box[:, 2:3]))[:, None, :] & \
+            ((grid[None, :] >= box[:, 1:2]) & (grid[None, :] < box[:, 3:4]))[:, :, None]
+        goal = mask[assigned[positive]].flatten(1)
+        loss = F.binary_cross_entropy_with_logits(logits, goal, reduction="none") * inside.flatten(1)
+        total = total + (loss.sum(1) / inside.flatten(1).sum(1).clamp(min=1)).sum()
+        count += len(positive)
+    return total / max(count, 1)
 
 
 def reproduce(name: str, out: Path | None = None, log=print) -> Path:

@@ -129,14 +129,16 @@ def test_html_reports_open_offline_in_headless_chromium_with_their_plots(tmp_pat
     assert {(c["profile"], c["threshold"]) for c in verdict["checks"] if not c["passed"]} == {("ov-int8", "min_op_snr_db")}
     assert harness_cli("report", str(compare_json), "--html", str(tmp_path / "compare.html")).returncode == 0
     # galleries drawn while the run has the predictions: a segmenter's class maps over each flipped image,
-    # a keypoint model's labelled, reference and candidate keypoints on each flipped instance
-    for model, page in (("deeplabv3_tiny", "segment.html"), ("simcc_tiny", "keypoints.html")):
+    # a keypoint model's labelled, reference and candidate keypoints on each flipped instance, an instance
+    # segmenter's confident masks
+    for model, page in (("deeplabv3_tiny", "segment.html"), ("simcc_tiny", "keypoints.html"),
+                        ("yolact_tiny", "instances.html")):
         result = harness_cli("compare", model, "--backends", "openvino", "--precision", "int8", "--limit", "12",
                              "--html", str(tmp_path / page))
         assert result.returncode == 0, result.stderr
         assert (tmp_path / page).read_text().count("<figure>") >= 1, page
     # compare: Δ bars; gate: SysNoise bars + drift error growth; the galleries' pictures must decode too
-    pages = {"compare.html": 1, "gate.html": 2, "segment.html": 1, "keypoints.html": 1}
+    pages = {"compare.html": 1, "gate.html": 2, "segment.html": 1, "keypoints.html": 1, "instances.html": 1}
     for name, plots in pages.items():
         page = tmp_path / name
         shot = tmp_path / f"{name}.png"

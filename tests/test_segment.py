@@ -182,7 +182,7 @@ def test_a_segmenter_with_a_cropping_geometry_is_refused_before_any_work():
     profile = spec.profile.replace(geometry="shorter-crop")
     zoo.ZOO["cropping_segmenter"] = lambda: replace(spec, name="cropping_segmenter", profile=profile)
     try:
-        with pytest.raises(UsageError, match="whole label maps, and geometry 'shorter-crop' crops"):
+        with pytest.raises(UsageError, match="whole-image maps, and geometry 'shorter-crop' crops"):
             resolve_model("cropping_segmenter")
     finally:
         del zoo.ZOO["cropping_segmenter"]

@@ -19,6 +19,7 @@ CLASSIFIERS = [name for name in ZOO if ZOO[name]().task == "classify"]
 DETECTORS = [name for name in ZOO if ZOO[name]().task == "detect"]
 SEGMENTERS = [name for name in ZOO if ZOO[name]().task == "segment"]
 KEYPOINT_MODELS = [name for name in ZOO if ZOO[name]().task == "keypoints"]
+INSTANCE_SEGMENTERS = [name for name in ZOO if ZOO[name]().task == "instances"]
 # Same input tensor, same graph: the only difference is kernel arithmetic (summation order).
 LOGIT_ATOL = 1e-3
 
@@ -97,6 +98,22 @@ def test_keypoint_ap_on_ort_equals_torch_and_the_stated_ap(name, zoo_reports):
     assert row["outputs"]["max_abs"] < LOGIT_ATOL
     for key in ("ap", "ap50", "ap75"):
         assert reference[key] == pytest.approx(resolve_model(name).stated[key], abs=0.0005)
+
+
+@pytest.mark.parametrize("name", INSTANCE_SEGMENTERS)
+def test_instance_segmenter_mask_ap_on_ort_equals_torch_and_its_boxes_are_the_frozen_detectors(name, zoo_reports):
+    """The mask branch trains on top of fcos_tiny with the detector frozen: its box AP is fcos_tiny's, to the
+    last bit of the evaluation."""
+    report = zoo_reports(name)
+    (row,) = report["results"]
+    assert row["status"] == "ok", row["reason"]
+    assert report["processed"] == len(embedded_benchmark("instances")) and not report["failed"]
+    reference = report["reference"]["metric"]
+    assert abs(row["metric"]["mask_map"] - reference["mask_map"]) < 0.001
+    assert row["outputs"]["max_abs"] < LOGIT_ATOL
+    for key in ("mask_map", "mask_ap50", "mask_ap75"):
+        assert reference[key] == pytest.approx(resolve_model(name).stated[key], abs=0.0005)
+    assert reference["box_map"] == zoo_reports("fcos_tiny")["reference"]["metric"]["map"]
 
 
 def test_segmenter_has_deeplabs_parts():

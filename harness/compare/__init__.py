@@ -155,7 +155,7 @@ def compare(exported: ExportedModel, dataset: Dataset, targets: list[Target], ba
 
     spec = exported.spec
     task = UNLABELED if dataset.task == UNLABELED else spec.task
-    if dataset.task not in (UNLABELED, spec.task):
+    if dataset.task != UNLABELED and not get_task(spec.task).accepts(dataset.task):
         raise UsageError(f"{dataset.root}: a {dataset.task} dataset cannot evaluate the {spec.task} model {spec.name}")
     dataset = dataset.aligned_to(spec.labels)
     require_readable(dataset, spec.profile)

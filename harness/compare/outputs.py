@@ -107,8 +107,11 @@ def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
 
 
-def detections_agree(reference: Detections, candidate: Detections, score_threshold: float, iou: float) -> bool:
-    """True when the confident detections of both sides pair up one-to-one by class and IoU, in any order."""
+def detections_agree(reference: Detections, candidate: Detections, score_threshold: float, iou: float,
+                     overlaps=None) -> bool:
+    """True when the confident detections of both sides pair up one-to-one by class and IoU, in any order.
+    `overlaps(reference indices, candidate indices)` -> IoU matrix: box IoU unless given (mask IoU for
+    instance masks)."""
     keep_r = reference.scores >= score_threshold
     keep_c = candidate.scores >= score_threshold
     if keep_r.sum() != keep_c.sum():
@@ -117,7 +120,8 @@ def detections_agree(reference: Detections, candidate: Detections, score_thresho
     boxes_c, labels_c = candidate.boxes[keep_c], candidate.labels[keep_c]
     if len(boxes_r) == 0:
         return True
-    overlap = _iou(boxes_r, boxes_c) * (labels_r[:, None] == labels_c[None, :])
+    pair_overlap = _iou(boxes_r, boxes_c) if overlaps is None else overlaps(np.nonzero(keep_r)[0], np.nonzero(keep_c)[0])
+    overlap = pair_overlap * (labels_r[:, None] == labels_c[None, :])
     used = np.zeros(len(boxes_c), bool)
     for row in np.argsort(-reference.scores[keep_r]):
         candidates = np.where(~used & (overlap[row] >= iou))[0]
@@ -139,7 +143,12 @@ def predictions_task(predictions: list):
     class maps (2-D unsigned integers), keypoints (float J x 3) or logits rows."""
     from harness.tasks import CLASSIFY, DETECT, KEYPOINTS, SEGMENT, get_task
 
+    from harness.masks import InstanceDetections
+    from harness.tasks import INSTANCES
+
     first = predictions[0] if predictions else None
+    if isinstance(first, InstanceDetections):
+        return get_task(INSTANCES)
     if isinstance(first, Detections):
         return get_task(DETECT)
     if isinstance(first, np.ndarray) and first.ndim == 2:

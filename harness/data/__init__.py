@@ -7,6 +7,7 @@ field), so decoders can be varied. A sample that cannot be read is counted by th
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import os
@@ -16,11 +17,11 @@ from pathlib import Path
 import numpy as np
 
 from harness.errors import InputError
-from harness.tasks import CLASSIFY, DETECT, KEYPOINTS, SEGMENT
+from harness.tasks import CLASSIFY, DETECT, INSTANCES, KEYPOINTS, SEGMENT
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 UNLABELED = "unlabeled"  # a folder of images without labels: metrics become agreement with the reference
-TASKS = (CLASSIFY, DETECT, SEGMENT, KEYPOINTS, UNLABELED)
+TASKS = (CLASSIFY, DETECT, SEGMENT, KEYPOINTS, INSTANCES, UNLABELED)
 
 
 def printable(text) -> str:
@@ -41,6 +42,7 @@ class Sample:
     image_id: int | None = None              # keypoints: the image this instance is in (COCO's image id)
     sigmas: tuple | None = None              # keypoints: the dataset's per-keypoint OKS sigmas
     area: float | None = None                # keypoints: the instance's area (COCO's "area": the OKS scale)
+    instance_masks: tuple | None = None      # instances: per box, its mask as a COCO RLE dict (harness.data.instances)
 
 
 @dataclass
@@ -81,8 +83,8 @@ class Dataset:
             raise InputError(f"{self.root}: class(es) {', '.join(unknown[:5])} are not in the model's label map "
                              f"({', '.join(labels[:10])}{', ...' if len(labels) > 10 else ''})")
         remap = np.array([index[name] for name in self.classes], np.int64)
-        samples = [Sample(s.id, s.path, label=None if s.label is None else int(remap[s.label]), boxes=s.boxes,
-                          box_labels=None if s.box_labels is None else remap[s.box_labels])
+        samples = [dataclasses.replace(s, label=None if s.label is None else int(remap[s.label]),
+                                       box_labels=None if s.box_labels is None else remap[s.box_labels])
                    for s in self.samples]
         return Dataset(self.name, self.task, self.root, tuple(labels), samples, self.skipped)
 
@@ -222,6 +224,7 @@ def load_coco(annotation_file: Path, image_root: Path | None = None, name: str |
         image_root = annotation_file.parent / "images"
         if not image_root.is_dir():
             image_root = annotation_file.parent
+    from harness.data.instances import coco_segmentation, is_instance_set
     from harness.data.keypoints import coco_keypoints, keypoint_dataset, keypoint_names
 
     categories = _coco_categories(categories, annotation_file)
@@ -245,6 +248,7 @@ def load_coco(annotation_file: Path, image_root: Path | None = None, name: str |
         by_id[image_id] = image
         names.add(file_name)
     per_image: dict[int, list] = {image_id: [] for image_id in by_id}
+    segmented = not joints and is_instance_set(annotations)
     for k, ann in enumerate(annotations):
         where = f"annotations[{k}]"
         _coco_field(ann, "id", int, annotation_file, where)
@@ -258,7 +262,8 @@ def load_coco(annotation_file: Path, image_root: Path | None = None, name: str |
         if ann.get("iscrowd", 0):
             continue
         keypoints = coco_keypoints(ann, joints, annotation_file, where) if joints else None
-        per_image[image_id].append((box, category_index[category_id], keypoints, ann))
+        mask = coco_segmentation(ann, by_id[image_id], annotation_file, where) if segmented else None
+        per_image[image_id].append((box, category_index[category_id], keypoints if joints else mask, ann))
     if joints:
         return keypoint_dataset(name or annotation_file.parent.name, annotation_file, image_root, images, per_image,
                                 categories[0])
@@ -267,9 +272,10 @@ def load_coco(annotation_file: Path, image_root: Path | None = None, name: str |
         anns = per_image[image["id"]]
         boxes = np.array([a[0] for a in anns], np.float32).reshape(-1, 4)
         labels = np.array([a[1] for a in anns], np.int64)
+        masks = tuple(a[2] for a in anns) if segmented else None
         samples.append(Sample(printable(image["file_name"]), image_root / image["file_name"], boxes=boxes,
-                              box_labels=labels))
-    return Dataset(name or annotation_file.parent.name, DETECT, annotation_file.parent,
+                              box_labels=labels, instance_masks=masks))
+    return Dataset(name or annotation_file.parent.name, INSTANCES if segmented else DETECT, annotation_file.parent,
                    tuple(c["name"] for c in categories), samples)
 
 

@@ -47,16 +47,23 @@ def _coco_image(images_dir: Path, index: int, jpeg: bytes) -> dict:
 
 
 def write_detection(root: Path, count: int) -> None:
+    """images/ + instances.json as COCO's: each object's box and its visible pixels as a compressed RLE
+    "segmentation" with their count as "area" (so the split serves detection and instance segmentation)."""
+    import numpy as np
+    from pycocotools import mask as coco_mask
+
     images_dir = root / "images"
     images_dir.mkdir(parents=True, exist_ok=True)
     images, annotations = [], []
     for index in range(count):
         scene = detection_scene(SEED, "eval", index, INPUT_SIZES[DETECT])
         images.append(_coco_image(images_dir, index, scene.jpeg))
-        for label, (x0, y0, x1, y1) in zip(scene.labels, scene.boxes.tolist()):
+        for label, (x0, y0, x1, y1), mask in zip(scene.labels, scene.boxes.tolist(), scene.instance_masks):
+            rle = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))
             annotations.append({
                 "id": len(annotations) + 1, "image_id": index + 1, "category_id": label + 1,
-                "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0), "iscrowd": 0,
+                "bbox": [x0, y0, x1 - x0, y1 - y0], "area": int(mask.sum()), "iscrowd": 0,
+                "segmentation": {"size": list(mask.shape), "counts": rle["counts"].decode("ascii")},
             })
     categories = [{"id": k + 1, "name": name} for k, name in enumerate(CLASSES)]
     payload = {"images": images, "annotations": annotations, "categories": categories}

@@ -34,7 +34,8 @@ class Scene:
     """One generated image. `boxes` are float32[K, 4] xyxy pixels of the stored image; `mask` (segmentation
     scenes) is uint8[H, W] at the stored resolution: 0 background, k + 1 where class k is visible;
     `keypoints` (keypoint scenes) float32[K, J, 3]: per figure and joint x, y and COCO's visibility (2
-    visible, 1 hidden behind a later figure, 0 outside the image)."""
+    visible, 1 hidden behind a later figure, 0 outside the image); `instance_masks` (detection scenes)
+    bool[K, H, W]: each boxed object's visible pixels (coverage above half, after occlusion)."""
 
     jpeg: bytes
     labels: tuple[int, ...]
@@ -43,6 +44,7 @@ class Scene:
     subsampling: str
     mask: np.ndarray | None = None
     keypoints: np.ndarray | None = None
+    instance_masks: np.ndarray | None = None
 
 
 def sample_rng(seed: int, split: str, index: int, stream: int = 0) -> np.random.Generator:
@@ -283,15 +285,18 @@ def detection_scene(seed: int, split: str, index: int, input_size: int = 128) ->
     crowded = rng.random() < 0.35
     count = int(rng.integers(4, 9)) if crowded else int(rng.integers(1, 5))
     labels, coverages = _scatter_objects(rng, canvas, count, crowded, (0.05, 0.17))
-    kept_labels, boxes = [], []
+    kept_labels, boxes, masks = [], [], []
     for label, coverage in zip(labels, coverages):
-        ys, xs = np.nonzero(coverage > 0.5)
+        visible = coverage > 0.5
+        ys, xs = np.nonzero(visible)
         if len(xs) < 20:  # hidden behind later objects: not a labelled object any more
             continue
         kept_labels.append(label)
         boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+        masks.append(visible)
     jpeg, quality, subsampling = finish(rng, canvas)
-    return Scene(jpeg, tuple(kept_labels), np.array(boxes, np.float32).reshape(-1, 4), quality, subsampling)
+    return Scene(jpeg, tuple(kept_labels), np.array(boxes, np.float32).reshape(-1, 4), quality, subsampling,
+                 instance_masks=np.array(masks, bool).reshape(-1, *canvas.shape[:2]))
 
 
 def segmentation_scene(seed: int, split: str, index: int, input_size: int = 64) -> Scene:

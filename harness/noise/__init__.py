@@ -16,7 +16,7 @@ from harness.placement import Placement
 
 # --combine adds axes cumulatively in the paper's order
 PAPER_ORDER = ("decoder", "resize", "crop", "color", "precision", "ceil_mode", "upsample", "nms", "box_decode",
-               "points", "mask_resize", "keypoint_decode")
+               "points", "mask_resize", "mask_paste", "keypoint_decode")
 
 
 @dataclass(frozen=True)
@@ -202,6 +202,16 @@ def _mask_resize_variants(spec, graph_backend):
     return [Variant(name, {"mask_resize": name}) for name in MASK_RESIZES if name != spec.profile.mask_resize]
 
 
+def _mask_paste_variants(spec, graph_backend):
+    """Instance masks pasted onto the image another way (bilinear or nearest, with or without half-pixel
+    centres), and thresholded at 0.4 instead of 0.5."""
+    from harness.masks import MASK_PASTES
+
+    reference = spec.profile
+    return [Variant(name, {"mask_paste": name}) for name in MASK_PASTES if name != reference.mask_paste] + \
+        [Variant(f"threshold-{value}", {"mask_threshold": value}) for value in (0.4,) if value != reference.mask_threshold]
+
+
 def _keypoint_decode_variants(spec, graph_backend):
     from harness.postprocess import KEYPOINT_DECODES
 
@@ -232,6 +242,7 @@ VARIANT_BUILDERS["nms"] = _post_processing("nms", _nms_variants)
 VARIANT_BUILDERS["keypoint_decode"] = _post_processing("keypoint_decode", _keypoint_decode_variants)
 VARIANT_BUILDERS["crop"] = _crop_variants
 VARIANT_BUILDERS["mask_resize"] = _post_processing("mask_resize", _mask_resize_variants)
+VARIANT_BUILDERS["mask_paste"] = _post_processing("mask_paste", _mask_paste_variants)
 VARIANT_BUILDERS["points"] = _post_processing("points", _point_variants)
 VARIANT_BUILDERS["box_decode"] = _post_processing("box_decode", _box_decode_variants)
 AXES["nms"] = Axis("nms", "post", "NMS implementation (torchvision, ONNX NonMaxSuppression on ORT, OpenCV, "
@@ -241,6 +252,8 @@ AXES["points"] = Axis("points", "post", "point/anchor placement the runtime comp
                                         "spread evenly over the input, at the cell centre (offset 0.5) or corner (0)")
 AXES["mask_resize"] = Axis("mask_resize", "post", "segmentation logits to the label's resolution: bilinear with and "
                                                 "without align_corners, or argmax then nearest")
+AXES["mask_paste"] = Axis("mask_paste", "post", "instance masks onto the image: bilinear or nearest, with or without "
+                                              "the half-pixel offset; threshold 0.4 instead of 0.5")
 AXES["keypoint_decode"] = Axis("keypoint_decode", "post", "SimCC bins to coordinates: argmax, a quarter-bin shift "
                                                         "toward the larger neighbour, DARK sub-bin refinement; "
                                                         "flip test (in the graph) on")

@@ -54,7 +54,7 @@ def sysnoise_report(spec, settings: SweepSettings = SweepSettings(), progress: b
     dataset = settings.dataset
     data = (load_dataset(dataset) if dataset else embedded_benchmark(spec.task)).limit(settings.limit)
     task = spec.task
-    if data.task != task:
+    if not get_task(task).accepts(data.task):
         raise UsageError(f"{data.root}: sysnoise needs a labelled {task} dataset, this one is {data.task}")
     data = data.aligned_to(spec.labels)
     if store is not None:  # the reference's own decoding is bounded by --cell-timeout too

@@ -19,7 +19,7 @@ import numpy as np
 
 from harness.errors import UnknownName
 
-CLASSIFY, DETECT, SEGMENT, KEYPOINTS = "classify", "detect", "segment", "keypoints"
+CLASSIFY, DETECT, SEGMENT, KEYPOINTS, INSTANCES = "classify", "detect", "segment", "keypoints", "instances"
 
 
 @dataclass
@@ -87,10 +87,18 @@ class Task(ABC):
     # its interval is a bootstrap over images of those evaluations, seconds each (`change` with rounds),
     # so a sweep may give intervals to the largest changes only
     evaluates_whole_set = False
+    # its predictions cover the whole stored image (label maps, instance masks), which a geometry that crops
+    # the image (shorter-crop, topdown) cannot give back
+    needs_whole_image = False
 
     def divergence(self, reference: list, candidate: list) -> float | None:
         """A distribution distance between two prediction sets (KL of the class distributions), if any."""
         return None
+
+    def accepts(self, dataset_task: str) -> bool:
+        """Can this task evaluate a labelled dataset of `dataset_task`? (its own; a detector also an instance
+        segmentation set, whose boxes it reads)"""
+        return dataset_task == self.name
 
     def scene(self):
         """The synthetic scene maker (harness.data.synthetic) whose images calibrate and train this task."""
@@ -104,10 +112,11 @@ class Task(ABC):
 def registry() -> dict[str, Task]:
     from harness.tasks.classify import Classify
     from harness.tasks.detect import Detect
+    from harness.tasks.instances import Instances
     from harness.tasks.keypoints import Keypoints
     from harness.tasks.segment import Segment
 
-    return {task.name: task for task in (Classify(), Detect(), Segment(), Keypoints())}
+    return {task.name: task for task in (Classify(), Detect(), Segment(), Keypoints(), Instances())}
 
 
 def get_task(name: str) -> Task:

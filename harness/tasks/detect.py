@@ -91,6 +91,11 @@ class Detect(Task):
                 "reference_pred": prediction_label(reference), "candidate_pred": prediction_label(candidate),
                 "confidence": round(float(candidate.scores.max()) if len(candidate.scores) else 0.0, 6)}
 
+    def accepts(self, dataset_task: str) -> bool:
+        from harness.tasks import INSTANCES
+
+        return dataset_task in (DETECT, INSTANCES)
+
     def benchmark(self):
         from harness.data import load_coco
         from harness.data.benchmark import DETECT_DIR

@@ -15,7 +15,7 @@ HEAD_HELP = ("a segmenter's output is logits N x C x h x W over the model input 
 PIXEL_DISAGREEMENT = 0.01
 MIOU_ROUNDS = 2000
 # class colours of the overlays (matplotlib's tab10 after black for background), repeated past ten classes
-_PALETTE = [(0, 0, 0), (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+PALETTE = [(0, 0, 0), (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
             (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]  # bootstrap rounds of a Δ mIoU interval: one matrix product a side, milliseconds
 
 
@@ -23,6 +23,7 @@ class Segment(Task):
     name = SEGMENT
     primary_metric = "miou"
     post_axes = ("mask_resize",)
+    needs_whole_image = True
 
     @property
     def significance_rule(self) -> str:
@@ -105,24 +106,17 @@ class Segment(Task):
         """The image, then the reference's and the candidate's class maps blended over it, side by side."""
         from PIL import Image
 
-        from harness.report.html import THUMBNAIL
-
         try:
             with Image.open(sample.path) as image:
                 rgb = np.asarray(image.convert("RGB").resize(reference.shape[::-1]), np.float32)
         except OSError:
             return None
-        palette = np.asarray(_PALETTE, np.float32)
+        palette = np.asarray(PALETTE, np.float32)
         panels = [rgb]
         for label_map in (reference, candidate):
             colours = palette[label_map.astype(np.int64) % len(palette)]
-            blend = np.where((label_map > 0)[..., None], 0.45 * rgb + 0.55 * colours, rgb)
-            panels.append(blend)
-        scale = THUMBNAIL / max(reference.shape)
-        size = (max(1, round(reference.shape[1] * scale)), max(1, round(reference.shape[0] * scale)))
-        small = [np.asarray(Image.fromarray(p.astype(np.uint8)).resize(size, Image.NEAREST)) for p in panels]
-        gap = np.full((size[1], 3, 3), 255, np.uint8)
-        return np.concatenate([small[0], gap, small[1], gap, small[2]], axis=1)
+            panels.append(np.where((label_map > 0)[..., None], 0.45 * rgb + 0.55 * colours, rgb))
+        return side_by_side(panels)
 
     def benchmark(self):
         from harness.data import load_segmentation
@@ -134,3 +128,22 @@ class Segment(Task):
         from harness.data.synthetic import segmentation_scene
 
         return segmentation_scene
+
+
+def side_by_side(panels: list[np.ndarray]) -> np.ndarray:
+    """Equal-sized float RGB pictures scaled to a report thumbnail (nearest, so class edges stay sharp) and
+    set side by side with white gaps: uint8."""
+    from PIL import Image
+
+    from harness.report.html import THUMBNAIL
+
+    height, width = panels[0].shape[:2]
+    scale = THUMBNAIL / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    small = [np.asarray(Image.fromarray(np.clip(p, 0, 255).astype(np.uint8)).resize(size, Image.NEAREST))
+             for p in panels]
+    gap = np.full((size[1], 3, 3), 255, np.uint8)
+    pieces = [small[0]]
+    for picture in small[1:]:
+        pieces += [gap, picture]
+    return np.concatenate(pieces, axis=1)
