@@ -67,3 +67,40 @@ def starter_gate(tmp_path):
         gate.write_text(gate.read_text().replace("batch_size = 64", f"batch_size = 64\nlimit = {limit}"))
         return run_harness("validate", "--config", str(gate), "--json", str(folder / "gate.json"))
     return run
+
+
+@pytest.fixture
+def through_every_command(tmp_path, starter_gate):
+    """Runs a zoo model through compare (ONNX Runtime and OpenVINO INT8, HTML gallery), sysnoise on `axes`,
+    drift, validate (its starter gate), report and diff, each on `limit` samples, asserting what every task
+    must give (exit 0, one gallery figure per flipped sample with its overlay, ok variants, drift ops):
+    returns (the compare report, the sysnoise axes by name) for the task's own checks."""
+    import json
+
+    def run(model: str, limit: int, axes: str, *sysnoise_options: str):
+        compare = run_harness("compare", model, "--backends", "onnxruntime,openvino", "--precision", "int8",
+                              "--limit", str(limit), "--json", str(tmp_path / "compare.json"), "--html",
+                              str(tmp_path / "compare.html"))
+        assert compare.returncode == 0, compare.stderr
+        report = json.loads((tmp_path / "compare.json").read_text())
+        assert report["dataset"]["samples"] == limit
+        flips = [f for row in report["results"] for f in row["flipped"]]
+        assert flips and all(isinstance(f["overlay"], str) for f in flips)  # drawn in the gallery, not the JSON
+        assert (tmp_path / "compare.html").read_text().count("<figure>") == len(flips)
+        sysnoise = run_harness("sysnoise", model, "--axes", axes, "--limit", str(limit), *sysnoise_options,
+                               "--json", str(tmp_path / "sysnoise.json"))
+        assert sysnoise.returncode == 0, sysnoise.stderr
+        swept = {a["axis"]: a for a in json.loads((tmp_path / "sysnoise.json").read_text())["axes"]}
+        assert all(v["status"] == "ok" for a in swept.values() for v in a["variants"])
+        drift = run_harness("drift", model, "--backend", "onnxruntime", "--precision", "int8", "--limit", "4",
+                            "--json", str(tmp_path / "drift.json"))
+        assert drift.returncode == 0, drift.stderr
+        assert json.loads((tmp_path / "drift.json").read_text())["ops"]
+        validate = starter_gate(model, limit)
+        assert validate.returncode == 0, validate.stdout + validate.stderr
+        assert run_harness("report", str(tmp_path / "sysnoise.json"), "--html",
+                           str(tmp_path / "sysnoise.html")).returncode == 0
+        diff = run_harness("diff", str(tmp_path / "compare.json"), str(tmp_path / "compare.json"))
+        assert diff.returncode == 0, diff.stderr
+        return report, swept
+    return run

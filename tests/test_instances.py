@@ -205,32 +205,11 @@ def test_mask_ap_equals_pycocotools_on_the_file_with_the_zoo_models_predictions(
         assert ours[key] == pytest.approx(evaluator.stats[stat], abs=1e-9), key
 
 
-def test_zoo_instance_segmenter_through_every_command(tmp_path, harness_cli, starter_gate):
+def test_zoo_instance_segmenter_through_every_command(through_every_command):
     """compare (HTML with mask overlays), sysnoise, drift, validate, report and diff on yolact_tiny."""
-    compare = harness_cli("compare", "yolact_tiny", "--backends", "onnxruntime,openvino", "--precision", "int8",
-                          "--limit", "12", "--json", str(tmp_path / "compare.json"), "--html",
-                          str(tmp_path / "compare.html"))
-    assert compare.returncode == 0, compare.stderr
-    report = json.loads((tmp_path / "compare.json").read_text())
-    assert report["model"]["task"] == "instances" and report["dataset"]["samples"] == 12
+    report, axes = through_every_command("yolact_tiny", 12, "mask_paste,upsample")
+    assert report["model"]["task"] == "instances"
     reference = report["reference"]["metric"]
     assert set(reference) == {"mask_map", "mask_ap50", "mask_ap75", "box_map"} and 0 < reference["mask_map"] <= 1
-    flips = [f for row in report["results"] for f in row["flipped"]]
-    assert flips and all(isinstance(f["overlay"], str) for f in flips)
-    assert (tmp_path / "compare.html").read_text().count("<figure>") == len(flips)
-    sysnoise = harness_cli("sysnoise", "yolact_tiny", "--axes", "mask_paste,upsample", "--limit", "12",
-                           "--json", str(tmp_path / "sysnoise.json"))
-    assert sysnoise.returncode == 0, sysnoise.stderr
-    axes = {a["axis"]: a for a in json.loads((tmp_path / "sysnoise.json").read_text())["axes"]}
     assert [v["name"] for v in axes["mask_paste"]["variants"]] == ["bilinear-align-corners", "nearest",
                                                                     "nearest-exact", "threshold-0.4"]
-    assert all(v["status"] == "ok" for a in axes.values() for v in a["variants"])
-    drift = harness_cli("drift", "yolact_tiny", "--backend", "onnxruntime", "--precision", "int8", "--limit", "4",
-                        "--json", str(tmp_path / "drift.json"))
-    assert drift.returncode == 0, drift.stderr
-    assert json.loads((tmp_path / "drift.json").read_text())["ops"]
-    validate = starter_gate("yolact_tiny", 12)
-    assert validate.returncode == 0, validate.stdout + validate.stderr
-    assert harness_cli("report", str(tmp_path / "sysnoise.json"), "--html", str(tmp_path / "sysnoise.html")).returncode == 0
-    diff = harness_cli("diff", str(tmp_path / "compare.json"), str(tmp_path / "compare.json"))
-    assert diff.returncode == 0, diff.stderr

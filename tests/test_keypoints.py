@@ -111,32 +111,13 @@ def test_keypoint_file_errors_name_the_file_and_entry(tmp_path):
         load_coco(tmp_path / "k.json")
 
 
-def test_zoo_keypoint_model_through_every_command(tmp_path, harness_cli, starter_gate):
+def test_zoo_keypoint_model_through_every_command(through_every_command):
     """compare (HTML with the keypoints drawn), sysnoise, drift, validate, report and diff on simcc_tiny."""
-    compare = harness_cli("compare", "simcc_tiny", "--backends", "onnxruntime,openvino", "--precision", "int8",
-                          "--limit", "24", "--json", str(tmp_path / "compare.json"), "--html",
-                          str(tmp_path / "compare.html"))
-    assert compare.returncode == 0, compare.stderr
-    report = json.loads((tmp_path / "compare.json").read_text())
-    assert report["model"]["task"] == "keypoints" and report["dataset"]["samples"] == 24
+    report, axes = through_every_command("simcc_tiny", 24, "crop,keypoint_decode", "--bootstrap-rounds", "20")
+    assert report["model"]["task"] == "keypoints"
     assert set(report["reference"]["metric"]) == {"ap", "ap50", "ap75"}
-    flips = [f for row in report["results"] for f in row["flipped"]]
-    assert flips and all(isinstance(f["overlay"], str) for f in flips)
-    assert (tmp_path / "compare.html").read_text().count("<figure>") == len(flips)
-    sysnoise = harness_cli("sysnoise", "simcc_tiny", "--axes", "crop,keypoint_decode", "--limit", "24",
-                           "--bootstrap-rounds", "20", "--json", str(tmp_path / "sysnoise.json"))
-    assert sysnoise.returncode == 0, sysnoise.stderr
-    axes = {a["axis"]: a for a in json.loads((tmp_path / "sysnoise.json").read_text())["axes"]}
     assert [v["name"] for v in axes["crop"]["variants"]] == ["udp", "padding-1.0", "padding-1.5"]
     assert [v["name"] for v in axes["keypoint_decode"]["variants"]] == ["simcc-argmax-shift", "simcc-dark", "flip-test"]
-    assert all(v["status"] == "ok" for a in axes.values() for v in a["variants"])
-    drift = harness_cli("drift", "simcc_tiny", "--backend", "onnxruntime", "--precision", "int8", "--limit", "4",
-                        "--json", str(tmp_path / "drift.json"))
-    assert drift.returncode == 0, drift.stderr
-    validate = starter_gate("simcc_tiny", 24)
-    assert validate.returncode == 0, validate.stdout + validate.stderr
-    assert harness_cli("report", str(tmp_path / "sysnoise.json"), "--html", str(tmp_path / "sysnoise.html")).returncode == 0
-    assert harness_cli("diff", str(tmp_path / "compare.json"), str(tmp_path / "compare.json")).returncode == 0
 
 
 def test_flip_test_in_the_graph_equals_mmposes_flip_vectors(tmp_path):
