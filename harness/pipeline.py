@@ -53,13 +53,14 @@ class Evaluated:
     outputs_digest: str       # of the post-processed predictions: identity is judged where the metric looks
 
 
-def predictions_digest(predictions: list) -> str:
+def predictions_digest(task, predictions: list) -> str:
+    """sha256 of every part of the predictions, as the task stores them (Task.encode_predictions: an
+    instance segmenter's masks as much as its boxes)."""
     digest = hashlib.sha256()
-    for prediction in predictions:
-        parts = (prediction.boxes, prediction.scores, prediction.labels) if hasattr(prediction, "boxes") \
-            else (prediction,)
-        for part in parts:
-            digest.update(np.ascontiguousarray(part).tobytes())
+    for name, array in sorted(task.encode_predictions(predictions).items()):
+        digest.update(name.encode())
+        digest.update(str(array.shape).encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
     return digest.hexdigest()
 
 
@@ -293,7 +294,8 @@ class StagedPipeline:
         for request in order:
             if request.key in collected and request.key not in self.broken:
                 done = collected[request.key]
-                self.evaluated[request.key] = Evaluated(done.ids, done.predictions, predictions_digest(done.predictions))
+                self.evaluated[request.key] = Evaluated(done.ids, done.predictions,
+                                                          predictions_digest(self.task, done.predictions))
                 self.input_sets.setdefault(request.profile.stage_key("pre"), running[request.key].hexdigest())
         self.counters["distinct_inputs"] = len(set(self.input_sets.values()))
 

@@ -29,41 +29,45 @@ def _probabilities(coefficients, prototypes):
 
 @pytest.mark.parametrize("paste", MASK_PASTES)
 def test_pasted_masks_equal_the_libraries_called_directly(paste):
-    """Letterboxed 40x25 image on a 32x32 input, 8x8 prototypes: the unpadded prototype rows are resized to the
-    stored size by OpenCV (bilinear: INTER_LINEAR's half-pixel centres; nearest: INTER_NEAREST's floor) or by
-    the align-corners / half-pixel-nearest formulas written out, cropped to the box by pixel index, and
+    """A 36x22 image letterboxed on a 32x32 input (rows 6.2-25.8), 8x8 prototypes: their rows 2-5 (1.56-6.44
+    rounded) are resized to the stored size (4.5x, 5.5x: no integer ratio, where nearest conventions part) by
+    OpenCV (bilinear: INTER_LINEAR's half-pixel centres; nearest: INTER_NEAREST's floor) or by the
+    align-corners / half-pixel-nearest formulas written out, cropped to the box by pixel index and
     thresholded: exactly the harness's RLE."""
     rng = np.random.default_rng(0)
     prototypes = rng.normal(0, 1, (3, 8, 8)).astype(np.float32)
     coefficients = rng.normal(0, 1.5, (2, 3)).astype(np.float32)
-    geometry = Geometry(32 / 40, 32 / 40, 0.0, 6.0, width=40, height=25)  # 25 rows -> 20 input rows, offset 6
-    boxes = np.array([[3.2, 1.0, 30.5, 20.0], [0.0, 0.0, 40.0, 25.0]], np.float32)
+    width, height = 36, 22
+    geometry = Geometry(32 / width, 32 / width, 0.0, (32 - height * 32 / width) / 2, width=width, height=height)
+    boxes = np.array([[3.2, 1.0, 30.5, 20.0], [0.0, 0.0, width, height]], np.float32)
     threshold = 0.4 if paste == "nearest" else 0.5
     rles = paste_masks(coefficients, prototypes, boxes, geometry, 32, paste, threshold)
-    region = _probabilities(coefficients, prototypes)[:, 2:7]  # rows 1.5..6.5 of 8 -> round to 2..7 (offset 6/4)
+    region = _probabilities(coefficients, prototypes)[:, 2:6]
+    rows_in, columns_in = region.shape[1:]
     expected = []
     for probability, (x0, y0, x1, y1) in zip(region, boxes):
         if paste == "bilinear":
-            pasted = cv2.resize(probability, (40, 25), interpolation=cv2.INTER_LINEAR)
+            pasted = cv2.resize(probability, (width, height), interpolation=cv2.INTER_LINEAR)
         elif paste == "nearest":
-            pasted = cv2.resize(probability, (40, 25), interpolation=cv2.INTER_NEAREST)
-        elif paste == "nearest-exact":
-            rows = np.minimum(((np.arange(25) + 0.5) * 5 / 25).astype(int), 4)
-            columns = np.minimum(((np.arange(40) + 0.5) * 8 / 40).astype(int), 7)
+            pasted = cv2.resize(probability, (width, height), interpolation=cv2.INTER_NEAREST)
+        elif paste == "nearest-exact":  # the source pixel whose span holds the output pixel's centre
+            rows = np.minimum(((np.arange(height) + 0.5) * rows_in / height).astype(int), rows_in - 1)
+            columns = np.minimum(((np.arange(width) + 0.5) * columns_in / width).astype(int), columns_in - 1)
             pasted = probability[rows][:, columns]
         else:  # align corners: output pixel i samples input position i * (in - 1) / (out - 1)
-            ys, xs = np.arange(25) * 4 / 24, np.arange(40) * 7 / 39
+            ys = np.arange(height) * (rows_in - 1) / (height - 1)
+            xs = np.arange(width) * (columns_in - 1) / (width - 1)
             y0f, x0f = np.floor(ys).astype(int), np.floor(xs).astype(int)
-            y1f, x1f = np.minimum(y0f + 1, 4), np.minimum(x0f + 1, 7)
+            y1f, x1f = np.minimum(y0f + 1, rows_in - 1), np.minimum(x0f + 1, columns_in - 1)
             wy, wx = (ys - y0f)[:, None], (xs - x0f)[None, :]
             top = probability[y0f][:, x0f] * (1 - wx) + probability[y0f][:, x1f] * wx
             bottom = probability[y1f][:, x0f] * (1 - wx) + probability[y1f][:, x1f] * wx
             pasted = top * (1 - wy) + bottom * wy
-        columns, rows = np.arange(40)[None, :], np.arange(25)[:, None]
+        columns, rows = np.arange(width)[None, :], np.arange(height)[:, None]
         inside = (columns >= x0) & (columns < x1) & (rows >= y0) & (rows < y1)
         expected.append((pasted > threshold) & inside)
     got = decode_masks(rles)
-    assert got.shape == (2, 25, 40)
+    assert got.shape == (2, height, width)
     assert [int(np.sum(g != e)) for g, e in zip(got, expected)] == [0, 0]
     assert got[0].sum() > 20 and not got[0][:, 31:].any() and not got[0][:, :3].any()
 
@@ -213,3 +217,5 @@ def test_zoo_instance_segmenter_through_every_command(through_every_command):
     assert set(reference) == {"mask_map", "mask_ap50", "mask_ap75", "box_map"} and 0 < reference["mask_map"] <= 1
     assert [v["name"] for v in axes["mask_paste"]["variants"]] == ["bilinear-align-corners", "nearest",
                                                                     "nearest-exact", "threshold-0.4"]
+    # each changes the masks, and only them: identity is judged on every part of a prediction
+    assert not any(v["identical_to_reference"] for v in axes["mask_paste"]["variants"])
