@@ -16,7 +16,7 @@ demo: $(STAMP)
 	$(VENV)/bin/harness compare
 
 test: $(STAMP)
-	$(PY) -m pytest -q --durations=25
+	$(PY) -m pytest -q -n auto --dist worksteal --durations=25
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py

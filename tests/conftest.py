@@ -11,7 +11,13 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-_CACHE = tempfile.mkdtemp(prefix="harness-test-cache-")
+# pytest-xdist workers of one run share one cache (its builds are atomic renames), so each export is made once
+_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+if _RUN:
+    _CACHE = str(Path(tempfile.gettempdir()) / f"harness-test-cache-{_RUN}")
+    os.makedirs(_CACHE, exist_ok=True)
+else:
+    _CACHE = tempfile.mkdtemp(prefix="harness-test-cache-")
 os.environ["HARNESS_CACHE"] = _CACHE
 os.environ.setdefault("COLUMNS", "200")
 
