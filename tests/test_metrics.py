@@ -45,6 +45,85 @@ def test_coco_map_known_answer():
     assert result["map"] == pytest.approx(np.mean(per_threshold))
 
 
+def _accumulated_by_pycocotools(evaluator, picks: np.ndarray) -> float:
+    """The independent expectation: pycocotools' own accumulate() on a copy of the evaluation re-indexed to
+    the picked images (area 'all', the largest detection count), and summarize()'s mean."""
+    import contextlib
+    import copy
+    import io
+
+    params, evaluated = evaluator.params, evaluator._paramsEval
+    categories, areas, images = len(evaluated.catIds), len(evaluated.areaRng), len(evaluated.imgIds)
+    clone = copy.copy(evaluator)
+    clone.evalImgs = [evaluator.evalImgs[k * areas * images + i] for k in range(categories) for i in picks]
+    clone.params, clone._paramsEval = copy.copy(params), copy.copy(evaluated)
+    for p in (clone.params, clone._paramsEval):
+        p.imgIds, p.areaRng, p.areaRngLbl, p.maxDets = list(range(len(picks))), [p.areaRng[0]], ["all"], [p.maxDets[-1]]
+    with contextlib.redirect_stdout(io.StringIO()):
+        clone.accumulate()
+    precision = clone.eval["precision"][:, :, :, 0, -1]
+    valid = precision[precision > -1]
+    return float(valid.mean()) if valid.size else 0.0
+
+
+def _random_evaluation(kind: str, rng: np.random.Generator, images: int = 24):
+    """A COCO evaluation of random truths and noisy detections: 4 classes, class 3 only ever detected
+    (never in the truth), tied scores, misses and false positives."""
+    from pycocotools import mask as coco_mask
+
+    from harness.masks import InstanceDetections
+    from harness.metrics import coco_evaluate, coco_keypoint_evaluation
+
+    if kind == "keypoints":
+        instances, predictions = [], []
+        for image in range(images):
+            for _ in range(rng.integers(1, 3)):
+                x, y = rng.uniform(0, 60, 2)
+                keypoints = np.column_stack([x + rng.uniform(0, 30, 5), y + rng.uniform(0, 30, 5), rng.integers(0, 3, 5)])
+                instances.append((image + 1, [x, y, x + 30, y + 30], keypoints, 900.0))
+                predicted = keypoints.copy()
+                predicted[:, :2] += rng.normal(0, rng.choice([0.5, 3.0, 12.0]), (5, 2))
+                predicted[:, 2] = rng.choice([0.3, 0.6, 0.9], 5)
+                predictions.append(predicted)
+        return coco_keypoint_evaluation(instances, predictions, [0.05, 0.06, 0.07, 0.08, 0.09])[1]
+    truth, detections, masks = [], [], []
+    for _ in range(images):
+        boxes = rng.uniform(0, 40, (rng.integers(0, 4), 2))
+        boxes = np.hstack([boxes, boxes + rng.uniform(8, 24, boxes.shape)]).astype(np.float32)
+        labels = rng.integers(0, 3, len(boxes))
+        kept = rng.random(len(boxes)) < 0.8
+        found = boxes[kept] + rng.normal(0, 1.5, (int(kept.sum()), 4)).astype(np.float32)
+        spurious = np.hstack([rng.uniform(0, 40, (2, 2)), rng.uniform(48, 64, (2, 2))]).astype(np.float32)
+        predicted = np.vstack([found, spurious])
+        predicted_labels = np.concatenate([labels[kept], rng.integers(0, 4, 2)])
+        scores = rng.choice([0.2, 0.5, 0.5, 0.7, 0.95], len(predicted)).astype(np.float32)
+        rle = [coco_mask.encode(np.asfortranarray(_box_mask(b))) for b in predicted]
+        truth.append((boxes, labels))
+        masks.append([coco_mask.encode(np.asfortranarray(_box_mask(b))) for b in boxes])
+        detections.append(InstanceDetections(predicted, scores, predicted_labels.astype(np.int64), tuple(rle)))
+    return coco_evaluate(truth, detections, 4, masks=masks if kind == "segm" else None)
+
+
+def _box_mask(box: np.ndarray, size: int = 64) -> np.ndarray:
+    mask = np.zeros((size, size), np.uint8)
+    x0, y0, x1, y1 = np.clip(np.round(box).astype(int), 0, size)
+    mask[y0:y1, x0:x1] = 1
+    return mask
+
+
+@pytest.mark.parametrize("kind", ["bbox", "segm", "keypoints"])
+def test_resampled_map_is_pycocotools_accumulate_bit_for_bit(kind):
+    from harness.metrics import resampled_map
+
+    rng = np.random.default_rng(7)
+    evaluator = _random_evaluation(kind, rng)
+    images = len(evaluator._paramsEval.imgIds)
+    assert 0.1 < _accumulated_by_pycocotools(evaluator, np.arange(images)) < 0.9  # neither trivial nor empty
+    for size in (images, images, images, 1, 3, 2 * images):
+        picks = rng.integers(0, images, size)
+        assert resampled_map(evaluator, picks) == _accumulated_by_pycocotools(evaluator, picks), picks
+
+
 def test_resampled_map_reuses_the_matches_and_bootstraps_a_known_delta():
     from harness.metrics import bootstrap_map_delta, coco_evaluate, resampled_map
 
