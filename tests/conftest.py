@@ -61,6 +61,43 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "needs_device(backend, device): runs only where that device exists")
 
 
+NO_BROWSER = ("Debian's chromium is not installed (.ci/run installs it with apt-get install chromium; "
+              "a browser download cannot work here)")
+
+
+def _browser_module():
+    import importlib.util
+
+    if "harness_test_browser" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("harness_test_browser", ROOT / "tests" / "browser.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up
+        spec.loader.exec_module(module)
+    return sys.modules["harness_test_browser"]
+
+
+@pytest.fixture(scope="session")
+def opens_in_chromium():
+    """check(page, plots): opens an HTML report in Debian's headless chromium, offline, and asserts that it
+    loads nothing from outside itself, logs no console error, draws at least `plots` plots and screenshots
+    to a PNG. Without chromium it fails in CI (.ci/run installs it) and skips elsewhere, with the reason:
+    call it after a test's other checks, which then have run."""
+    browser = _browser_module()
+
+    def check(page: Path, plots: int) -> None:
+        if browser.chromium_path() is None:
+            if os.environ.get("CI"):
+                pytest.fail(NO_BROWSER)
+            pytest.skip(NO_BROWSER)
+        shot = page.with_suffix(".png")
+        seen = browser.visit(page, shot)
+        assert seen.console_errors == [], (page.name, seen.console_errors)
+        assert all(url == page.resolve().as_uri() or url.startswith("data:") for url in seen.requests), seen.requests
+        assert seen.plots >= plots, (page.name, seen.plots)
+        assert shot.stat().st_size > 10_000 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    return check
+
+
 @pytest.fixture
 def starter_gate(tmp_path):
     """Runs `harness validate --init --model MODEL` in a fresh folder, limits the gate to `limit` samples and
@@ -76,11 +113,12 @@ def starter_gate(tmp_path):
 
 
 @pytest.fixture
-def through_every_command(tmp_path, starter_gate):
+def through_every_command(tmp_path, starter_gate, opens_in_chromium):
     """Runs a zoo model through compare (ONNX Runtime and OpenVINO INT8, HTML gallery), sysnoise on `axes`,
     drift, validate (its starter gate), report and diff, each on `limit` samples, asserting what every task
     must give (exit 0, one gallery figure per flipped sample with its overlay, ok variants, drift ops):
-    returns (the compare report, the sysnoise axes by name) for the task's own checks."""
+    returns (the compare report, the sysnoise axes by name, a check that opens the gallery in chromium:
+    the task's last check, drawing its overlays) for the task's own checks."""
     import json
 
     def run(model: str, limit: int, axes: str, *sysnoise_options: str):
@@ -108,5 +146,5 @@ def through_every_command(tmp_path, starter_gate):
                            str(tmp_path / "sysnoise.html")).returncode == 0
         diff = run_harness("diff", str(tmp_path / "compare.json"), str(tmp_path / "compare.json"))
         assert diff.returncode == 0, diff.stderr
-        return report, swept
+        return report, swept, lambda: opens_in_chromium(tmp_path / "compare.html", plots=1)
     return run

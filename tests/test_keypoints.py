@@ -113,11 +113,12 @@ def test_keypoint_file_errors_name_the_file_and_entry(tmp_path):
 
 def test_zoo_keypoint_model_through_every_command(through_every_command):
     """compare (HTML with the keypoints drawn), sysnoise, drift, validate, report and diff on simcc_tiny."""
-    report, axes = through_every_command("simcc_tiny", 24, "crop,keypoint_decode", "--bootstrap-rounds", "20")
+    report, axes, open_gallery = through_every_command("simcc_tiny", 24, "crop,keypoint_decode", "--bootstrap-rounds", "20")
     assert report["model"]["task"] == "keypoints"
     assert set(report["reference"]["metric"]) == {"ap", "ap50", "ap75"}
     assert [v["name"] for v in axes["crop"]["variants"]] == ["udp", "padding-1.0", "padding-1.5"]
     assert [v["name"] for v in axes["keypoint_decode"]["variants"]] == ["simcc-argmax-shift", "simcc-dark", "flip-test"]
+    open_gallery()  # labelled, reference and candidate keypoints on each flipped instance
 
 
 def test_flip_test_in_the_graph_equals_mmposes_flip_vectors(tmp_path):

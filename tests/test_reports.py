@@ -2,23 +2,13 @@
 `harness diff`."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 
 HERE = Path(__file__).resolve().parent
-_spec = importlib.util.spec_from_file_location("harness_test_browser", HERE / "browser.py")
-browser = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = browser  # dataclasses look their module up
-_spec.loader.exec_module(browser)
-
-NO_BROWSER = ("Debian's chromium is not installed (.ci/run installs it with apt-get install chromium; "
-              "a browser download cannot work here)")
 
 
 def _enable_bgr_block(gate: Path) -> None:
@@ -109,11 +99,9 @@ def test_report_renders_from_the_json_and_its_sidecars_alone(tmp_path, harness_c
     assert "http://" not in page and "https://" not in page
 
 
-def test_html_reports_open_offline_in_headless_chromium_with_their_plots(tmp_path, harness_cli):
-    if browser.chromium_path() is None:
-        if os.environ.get("CI"):  # CI installs chromium (.ci/run): its absence there is a failure, not a skip
-            pytest.fail(NO_BROWSER)
-        pytest.skip(NO_BROWSER)
+def test_html_reports_open_offline_in_headless_chromium_with_their_plots(tmp_path, harness_cli, opens_in_chromium):
+    """The compare page and the gate's; each task's gallery (a segmenter's class maps, a keypoint model's
+    keypoints, an instance segmenter's masks) is opened by its own through_every_command test."""
     compare_json = _compare_with_flips(tmp_path, harness_cli)
     gate = tmp_path / "gate.toml"
     gate.write_text('model = "resnet_tiny"\nlimit = 120\n[[profiles]]\nname = "ov-int8"\nbackend = "openvino"\n'
@@ -128,25 +116,8 @@ def test_html_reports_open_offline_in_headless_chromium_with_their_plots(tmp_pat
     assert not verdict["passed"]
     assert {(c["profile"], c["threshold"]) for c in verdict["checks"] if not c["passed"]} == {("ov-int8", "min_op_snr_db")}
     assert harness_cli("report", str(compare_json), "--html", str(tmp_path / "compare.html")).returncode == 0
-    # galleries drawn while the run has the predictions: a segmenter's class maps over each flipped image,
-    # a keypoint model's labelled, reference and candidate keypoints on each flipped instance, an instance
-    # segmenter's confident masks
-    for model, page in (("deeplabv3_tiny", "segment.html"), ("simcc_tiny", "keypoints.html"),
-                        ("yolact_tiny", "instances.html")):
-        result = harness_cli("compare", model, "--backends", "openvino", "--precision", "int8", "--limit", "12",
-                             "--html", str(tmp_path / page))
-        assert result.returncode == 0, result.stderr
-        assert (tmp_path / page).read_text().count("<figure>") >= 1, page
-    # compare: Δ bars; gate: SysNoise bars + drift error growth; the galleries' pictures must decode too
-    pages = {"compare.html": 1, "gate.html": 2, "segment.html": 1, "keypoints.html": 1, "instances.html": 1}
-    for name, plots in pages.items():
-        page = tmp_path / name
-        shot = tmp_path / f"{name}.png"
-        seen = browser.visit(page, shot)
-        assert seen.console_errors == [], (name, seen.console_errors)
-        assert all(url == page.resolve().as_uri() or url.startswith("data:") for url in seen.requests), seen.requests
-        assert seen.plots >= plots, (name, seen.plots)
-        assert shot.stat().st_size > 10_000 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    opens_in_chromium(tmp_path / "compare.html", plots=1)  # the delta bars
+    opens_in_chromium(tmp_path / "gate.html", plots=2)     # SysNoise bars and drift error growth
 
 
 def _compare_report(top1: float) -> dict:

@@ -140,12 +140,13 @@ def _npz(arrays):
 
 def test_zoo_segmenter_through_every_command(through_every_command):
     """compare (HTML with overlays), sysnoise, drift, validate, report and diff on deeplabv3_tiny."""
-    report, axes = through_every_command("deeplabv3_tiny", 12, "mask_resize,ceil_mode")
+    report, axes, open_gallery = through_every_command("deeplabv3_tiny", 12, "mask_resize,ceil_mode")
     assert report["model"]["task"] == "segment"
     reference = report["reference"]["metric"]
     assert set(reference) == {"miou", "pixel_acc", "mean_acc"} and 0 < reference["miou"] <= 1
     assert [v["name"] for v in axes["mask_resize"]["variants"]] == ["logits-bilinear-align-corners", "argmax-nearest"]
     assert all(v["ci95"] is not None for a in axes.values() for v in a["variants"])  # mIoU intervals: every variant
+    open_gallery()  # class maps over each flipped image
 
 
 def test_a_segmenter_with_a_cropping_geometry_is_refused_before_any_work():
