@@ -138,7 +138,7 @@ class OpenVinoBackend(Backend):
 
         source = Path(artifact) if artifact else model.onnx_path
         if precision == "int8" and artifact is None:
-            source = quantized_onnx(model, calibration, "nncf", nncf_quantize_onnx)
+            source = quantized_onnx(model, calibration, "nncf", nncf_quantize_onnx, ("nncf", "openvino", "onnx"))
         config = {"INFERENCE_PRECISION_HINT": HINTS[precision]}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads

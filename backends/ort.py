@@ -155,7 +155,7 @@ class OrtBackend(Backend):
         if artifact is None and precision == "fp16":
             source = fp16_onnx(model)
         elif artifact is None and precision == "int8":
-            source = quantized_onnx(model, calibration, "ort-qdq", quantize_qdq)
+            source = quantized_onnx(model, calibration, "ort-qdq", quantize_qdq, ("onnxruntime", "onnx"))
 
         def make_options():
             opts = ort.SessionOptions()

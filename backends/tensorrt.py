@@ -151,7 +151,8 @@ class TensorRtBackend(Backend):
         else:
             source = Path(artifact) if artifact else model.onnx_path
             if artifact is None and precision == "int8":
-                source = quantized_onnx(model, calibration, "trt-symmetric-qdq", quantize_symmetric_qdq)
+                source = quantized_onnx(model, calibration, "trt-symmetric-qdq", quantize_symmetric_qdq,
+                                        ("onnxruntime", "onnx"))
             elif artifact is None and precision == "fp16":
                 source = fp16_onnx(model)
             engine = engine_of(source)

@@ -5,25 +5,28 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from harness.cache import cached_folder, key_of
+from harness.cache import cached_folder, key_of, tool_versions
 from harness.calibration import NO_CALIBRATION
 from harness.errors import BackendUnavailable
 
 
-def derived_file(model, kind: str, filename: str, params: dict, build: Callable[[Path], None]) -> Path:
-    """cache/<kind>/<hash(onnx sha, params)>/<filename>, made by build(path) on first use."""
-    key = key_of(model.sha256, kind, params)
+def derived_file(model, kind: str, filename: str, params: dict, build: Callable[[Path], None],
+                 tools: tuple[str, ...] = ("onnx",)) -> Path:
+    """cache/<kind>/<hash(onnx sha, params, the versions of the packages `tools` that make it)>/<filename>,
+    made by build(path) on first use."""
+    key = key_of(model.sha256, kind, params, tool_versions(*tools))
     folder, _ = cached_folder(kind, key, lambda staging: build(staging / filename))
     return folder / filename
 
 
-def quantized_onnx(model, calibration, quantizer: str, quantize: Callable[[Path, object, Path], None]) -> Path:
+def quantized_onnx(model, calibration, quantizer: str, quantize: Callable[[Path, object, Path], None],
+                   tools: tuple[str, ...]) -> Path:
     """The model quantized to INT8 QDQ ONNX by `quantize(fp32_onnx, calibration, out)`, cached by
-    (model, calibration data, quantizer)."""
+    (model, calibration data, quantizer, the versions of the packages `tools` it quantizes with)."""
     if calibration is None:
         raise BackendUnavailable(NO_CALIBRATION)
     return derived_file(model, f"int8-{quantizer}", "model.onnx", {"calibration": calibration.sha256},
-                        lambda out: quantize(model.onnx_path, calibration, out))
+                        lambda out: quantize(model.onnx_path, calibration, out), tools)
 
 
 def convert_fp16(onnx_path: Path, out: Path) -> None:
@@ -49,4 +52,4 @@ def convert_fp16(onnx_path: Path, out: Path) -> None:
 def fp16_onnx(model) -> Path:
     """The graph with float16 weights and activations (onnxconverter-common; inputs/outputs stay float32)."""
     return derived_file(model, "fp16-onnxconverter", "model.onnx", {"keep_io_types": True},
-                        lambda out: convert_fp16(model.onnx_path, out))
+                        lambda out: convert_fp16(model.onnx_path, out), ("onnxconverter-common", "onnx"))

@@ -15,7 +15,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.cache import cache_root, cached_folder
+from harness.cache import cache_root, cached_folder, tool_versions
 from harness.errors import HarnessError
 from harness.files import output_captured_in
 from harness.model import ModelSpec
@@ -89,7 +89,8 @@ def export_key(spec: ModelSpec, module, opset: int) -> str:
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     architecture = f"{type(module).__module__}.{type(module).__qualname__}\n{module!r}"
     io_spec = (spec.input_name, spec.profile.input_size, spec.output_names)
-    digest.update(json.dumps([architecture, opset, io_spec, torch.__version__, EXPORT_FORMAT]).encode())
+    tools = tool_versions("torch", "onnx", "onnxscript")  # the exporters and the proto they write
+    digest.update(json.dumps([architecture, opset, io_spec, torch.__version__, EXPORT_FORMAT, tools]).encode())
     return digest.hexdigest()
 
 

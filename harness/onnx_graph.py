@@ -101,7 +101,7 @@ def with_outputs(graph: Path, names: list[str], kind: str = "tapped-graphs") -> 
     """The graph with `names` appended to its outputs (after the original ones), cached by content."""
     import onnx
 
-    from harness.cache import cached_folder, key_of
+    from harness.cache import cached_folder, key_of, tool_versions
     from harness.export import file_sha256
 
     def build(staging: Path) -> None:
@@ -113,7 +113,8 @@ def with_outputs(graph: Path, names: list[str], kind: str = "tapped-graphs") -> 
                 proto.graph.output.append(onnx.helper.make_tensor_value_info(name, types.get(name, 1), None))
         onnx.save(proto, str(staging / "model.onnx"))
 
-    folder, _ = cached_folder(kind, key_of(file_sha256(graph), kind, {"outputs": list(names)}), build)
+    folder, _ = cached_folder(kind, key_of(file_sha256(graph), kind, {"outputs": list(names)}, tool_versions("onnx")),
+                              build)
     return folder / "model.onnx"
 
 

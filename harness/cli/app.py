@@ -6,11 +6,13 @@ from typing import Annotated
 
 import typer
 
+from harness.cli.cache import cache_app
 from harness.cli.zoo import zoo_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Cross-backend deployment harness: measure and explain what a model loses in deployment.")
 app.add_typer(zoo_app, name="zoo")
+app.add_typer(cache_app, name="cache")
 
 
 def _print_version(value: bool) -> None:

@@ -56,7 +56,7 @@ def _units_session(backend, candidate, exported, rows: list[TensorRow], referenc
     in a QDQ graph), so an op's own quantization is inside its unit."""
     import onnx
 
-    from harness.cache import cached_folder, key_of
+    from harness.cache import cached_folder, key_of, tool_versions
     from harness.export import file_sha256, graph_model
     from harness.onnx_graph import cut, float_tensors, load, subgraph_model
 
@@ -79,7 +79,8 @@ def _units_session(backend, candidate, exported, rows: list[TensorRow], referenc
         onnx.save(model, str(staging / "model.onnx"))
 
     folder, _ = cached_folder("drift-units", key_of(file_sha256(candidate.graph), "drift-units",
-                                                    {"stops": sorted(stops), "aliases": aliases}), build)
+                                                    {"stops": sorted(stops), "aliases": aliases},
+                                                    tool_versions("onnx")), build)
     path = folder / "model.onnx"
     session = backend.load(graph_model(path, exported.spec), candidate.device, candidate.load_precision, threads,
                            artifact=path, spinning=False)
