@@ -74,7 +74,8 @@ def test_gate_config_errors_name_the_file_the_key_and_the_allowed_values(tmp_pat
 
 
 def _compare_with_flips(tmp_path, harness_cli) -> Path:
-    result = harness_cli("compare", "--backends", "ort,openvino", "--precision", "int8",
+    # 200 images: INT8 flips 6 of them on ONNX Runtime and 4 on OpenVINO
+    result = harness_cli("compare", "--backends", "ort,openvino", "--precision", "int8", "--limit", "200",
                          "--json", str(tmp_path / "run" / "compare.json"))
     assert result.returncode == 0, result.stderr
     return tmp_path / "run" / "compare.json"
