@@ -26,22 +26,57 @@ class Detections:
     labels: np.ndarray
 
 
-def nms_torchvision_batched(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou: float) -> np.ndarray:
-    """Class-aware NMS (torchvision.ops.batched_nms). Returns int64[K] kept indices, score-descending.
-    Equal scores may keep different boxes on different implementations; compare kept scores."""
-    import torch
-    from torchvision.ops import batched_nms
+def _torchvision_nms():
+    """torchvision's own NMS kernel (torch.ops.torchvision.nms), its compiled library loaded without
+    importing the torchvision package: `import torchvision.ops` imports torch._dynamo (through roi_align),
+    4+ s in every detection command and in every sweep worker, while the library loads in milliseconds.
+    Where the library file is not found the package is imported, which loads it."""
+    import glob
+    import importlib.util
+    import os
 
-    keep = batched_nms(torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(labels), iou)
-    return keep.numpy()
+    import torch
+
+    if not hasattr(torch.ops.torchvision, "nms"):
+        spec = importlib.util.find_spec("torchvision")
+        found = sorted(glob.glob(os.path.join(next(iter(spec.submodule_search_locations)), "_C*.so")))
+        if found:
+            torch.ops.load_library(found[0])
+        else:
+            import torchvision.ops  # noqa: F401
+    return torch.ops.torchvision.nms
+
+
+def nms_torchvision_batched(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou: float) -> np.ndarray:
+    """Class-aware NMS: torchvision.ops.batched_nms, step for step, on torchvision's kernel (_torchvision_nms
+    says why the package is not imported). Its two strategies round differently, so its switch is kept:
+    boxes offset per class (the coordinate trick) up to 4000 box coordinates on CPU, else a kernel call per
+    class. tests/test_postprocess.py holds the kept indices equal to torchvision.ops.batched_nms's.
+    Returns int64[K] kept indices, score-descending. Equal scores may keep different boxes on different
+    implementations; compare kept scores."""
+    import torch
+
+    nms = _torchvision_nms()
+    boxes, scores, labels = torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(labels)
+    if boxes.numel() == 0:
+        return np.zeros(0, np.int64)
+    if boxes.numel() <= 4000:
+        offsets = labels.to(boxes) * (boxes.max() + torch.tensor(1).to(boxes))
+        return nms(boxes + offsets[:, None], scores, iou).numpy()
+    kept = torch.zeros_like(scores, dtype=torch.bool)
+    for label in torch.unique(labels):
+        members = torch.where(labels == label)[0]
+        kept[members[nms(boxes[members], scores[members], iou)]] = True
+    indices = torch.where(kept)[0]
+    return indices[scores[indices].sort(descending=True)[1]].numpy()
 
 
 def nms_torchvision_agnostic(boxes, scores, labels, iou: float) -> np.ndarray:
-    """Class-agnostic NMS (torchvision.ops.nms): overlapping boxes of different classes suppress each other."""
+    """Class-agnostic NMS (torchvision.ops.nms, its kernel): overlapping boxes of different classes suppress
+    each other."""
     import torch
-    from torchvision.ops import nms
 
-    return nms(torch.from_numpy(boxes), torch.from_numpy(scores), iou).numpy()
+    return _torchvision_nms()(torch.from_numpy(boxes), torch.from_numpy(scores), iou).numpy()
 
 
 def nms_numpy(boxes, scores, labels, iou: float) -> np.ndarray:
