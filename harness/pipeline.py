@@ -254,10 +254,13 @@ class StagedPipeline:
             self.output_errors[key] = max([self.output_errors.get(key, 0.0), *errors])
 
     # the pass ----------------------------------------------------------------------------------------
-    def prepare(self, requests: list[Request], owners: dict | None = None, output_pairs=(), progress=None) -> None:
+    def prepare(self, requests: list[Request], owners: dict | None = None, output_pairs=(), progress=None,
+                first: tuple = ()) -> None:
         """Evaluates every request not evaluated yet, in one pass over the data (see the class). `owners`:
         request key -> the cell its work is for (reported through `on_work`); `output_pairs`: (candidate,
-        baseline) requests whose max abs output difference to keep (`output_error`)."""
+        baseline) requests whose max abs output difference to keep (`output_error`); `first`: keys of
+        requests whose piece of each chunk runs before the others' (a reference's: the pre-processing the
+        others share is then its work, timed and blamed as such)."""
         output_pairs = [(r, b) for r, b in output_pairs if (r.key, b.key) not in self.output_errors]
         again = {r.key for pair in output_pairs for r in pair}  # raw outputs are not kept: a pair is re-run
         pending: dict[tuple, Request] = {}
@@ -266,7 +269,7 @@ class StagedPipeline:
                 pending.setdefault(request.key, request)
         if not pending:
             return
-        order = sorted(pending.values(), key=lambda r: r.stage_order)
+        order = sorted(pending.values(), key=lambda r: (r.key not in first, r.stage_order))
         self._compared_outputs = {(r.profile.stage_key("pre"), r.config) for pair in output_pairs for r in pair}
         collected = {request.key: Collected(len(self.dataset.samples)) for request in order}
         running = {request.key: hashlib.sha256() for request in order}

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.cache import cache_root
+from harness.cache import STORE_NAME, cache_root
 
 
 def default_path() -> Path:
-    return cache_root() / "cells.sqlite"
+    return cache_root() / STORE_NAME
 
 
 def cell_key(context: dict, axis: str, variant) -> str:

@@ -5,10 +5,15 @@ Each deployment profile is evaluated like a SysNoise variant (harness/noise/swee
 profile on the reference against the deployment profile on its backend, on the same samples, through the
 same stage caches. Per-axis SysNoise limits run the named axes once for the model; an op SNR floor runs
 `harness drift` for each profile.
+
+The gate runs on a worker (harness.executor; GateJob): each deployment profile is a cell, so a profile
+whose backend segfaults, aborts or runs past `--cell-timeout` fails its own checks with that reason, and
+the other profiles are measured on a new worker.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from harness.gate_file import DEFAULT_THRESHOLDS, Gate
 
@@ -29,8 +34,43 @@ class Check:
                 "passed": self.passed, "message": self.message}
 
 
-def run_gate(gate: Gate, progress: bool = True) -> dict:
+@dataclass
+class GateJob:
+    """The gate file (read again by the worker) and the profiles isolated so far: a job of harness.executor."""
+
+    config: Path
+    allow_code: bool = False
+    isolated: dict = field(default_factory=dict)  # profile name -> why its worker died or was killed
+
+    driver_resolves = False
+
+    @property
+    def cpus(self) -> int:
+        from harness.gate_file import load_gate
+
+        return load_gate(self.config, self.allow_code).threads or 1
+
+    def work(self, send) -> dict:
+        from harness.compare.cells import work_messages
+        from harness.gate_file import load_gate
+
+        return run_gate(load_gate(self.config, self.allow_code), on_work=work_messages(send), isolated=self.isolated)
+
+    def receive(self, message: tuple, store) -> None:
+        """Nothing to keep: the checks are computed from the whole pass, at its end."""
+
+    def isolate(self, cell: tuple, reason: str, store) -> dict:
+        (name,) = cell
+        self.isolated[name] = reason
+        return {"profile": name, "reason": reason}
+
+
+def run_gate(gate: Gate, progress: bool = True, on_work=None, isolated: dict | None = None) -> dict:
+    """The gate's report. on_work: called with the name of the profile whose work begins ("reference" for
+    the reference's, None between); isolated: profile name -> why it killed an earlier worker (its checks
+    fail with that reason; it is not run again)."""
     from harness.calibration import calibration_set
+    from harness.compare.cells import REFERENCE_WORK
     from harness.data import embedded_benchmark, load_dataset
     from harness.export import export
     from harness.model import resolve_model
@@ -44,7 +84,10 @@ def run_gate(gate: Gate, progress: bool = True) -> dict:
     spec = resolve_model(gate.model)
     data = (load_dataset(gate.dataset) if gate.dataset else embedded_benchmark(spec.task)).limit(gate.limit)
     data = data.aligned_to(spec.labels)
+    working = on_work or (lambda owner: None)
+    working(REFERENCE_WORK)  # the reference's decoder reads the first sample: bounded by --cell-timeout too
     require_readable(data, spec.profile)
+    working(None)
     exported = export(spec)
     needs_int8 = any(p.get("precision") == "int8" for p in gate.profiles) or "precision" in gate.thresholds.get(
         "max_sysnoise_delta", {})
@@ -57,9 +100,15 @@ def run_gate(gate: Gate, progress: bool = True) -> dict:
     limits = {**DEFAULT_THRESHOLDS, **gate.thresholds}
     planned = _planned_profiles(gate, spec.profile, reference_config)
     reference = Request(spec.profile, reference_config)
-    pipeline.prepare([reference] + [Request(p, c) for _, p, c in planned],  # one pass over the data for all
-                     output_pairs=[(Request(p, c), reference) for _, p, c in planned])
-    checks, rows, drift_reports = _measure_profiles(pipeline, planned, data, reference_config, classes, limits)
+    isolated = isolated or {}
+    running = [(name, p, c) for name, p, c in planned if name not in isolated]
+    pipeline.on_work = working
+    owners = {Request(p, c).key: name for name, p, c in reversed(running)}  # shared work is the first one's
+    owners[reference.key] = REFERENCE_WORK
+    pipeline.prepare([reference] + [Request(p, c) for _, p, c in running],  # one pass over the data for all
+                     owners, output_pairs=[(Request(p, c), reference) for _, p, c in running], first=(reference.key,))
+    checks, rows, drift_reports = _measure_profiles(pipeline, planned, data, reference_config, classes, limits,
+                                                    isolated, working)
     sysnoise_reports = []
     if "max_sysnoise_delta" in limits:
         axis_checks, sysnoise = sysnoise_checks(pipeline, spec, data, reference_config, classes,
@@ -87,18 +136,18 @@ def _planned_profiles(gate: Gate, reference_profile, reference_config) -> list[t
     from harness.profile import profile_from_mapping
 
     planned = []
-    for entry in gate.profiles:
+    for index, entry in enumerate(gate.profiles):
         profile = profile_from_mapping({k: v for k, v in entry.items() if k != "name"}, reference_profile,
                                        str(gate.path), gate.allow_code)
         config = ModelConfig.at(profile.placement)
         if config.backend == "torch" and reference_config.backend == "torch" and profile.precision == "fp32":
             config = reference_config
-        planned.append((entry.get("name", "profile"), profile, config))
+        planned.append((entry.get("name", f"profile-{index}"), profile, config))  # unique, as the gate file checks
     return planned
 
 
-def _measure_profiles(pipeline, planned: list[tuple], data, reference_config, classes,
-                      limits: dict) -> tuple[list[Check], list[dict], list[dict]]:
+def _measure_profiles(pipeline, planned: list[tuple], data, reference_config, classes, limits: dict,
+                      isolated: dict, working) -> tuple[list[Check], list[dict], list[dict]]:
     """Each profile's result row and checks against the reference (its drift report with min_op_snr_db)."""
     from harness.noise.sweep import change_of, compare_variant
     from harness.result import ResultRow
@@ -107,14 +156,18 @@ def _measure_profiles(pipeline, planned: list[tuple], data, reference_config, cl
     primary = task.primary_metric
     checks, rows, drift_reports = [], [], []
     for name, profile, config in planned:
+        working(name)
         try:
+            if name in isolated:
+                raise ProfileIsolated(isolated[name])
             row = compare_variant(pipeline, spec.task, classes, profile, config, spec.profile, reference_config,
                                   primary, {"profile": name})
             if task.evaluates_whole_set and not row.measures["identical_to_reference"]:
                 row.significance.update(change_of(pipeline, profile, config, spec.profile, reference_config, classes))
             error = pipeline.output_error(profile, config, spec.profile, reference_config)
         except Exception as err:  # noqa: BLE001 - a profile that cannot run fails its checks, the gate goes on
-            message = f"{type(err).__name__}: {' '.join(str(err).split())[:300]}"
+            message = str(err) if isinstance(err, ProfileIsolated) else \
+                f"{type(err).__name__}: {' '.join(str(err).split())[:300]}"
             checks += [Check(name, key, float(limit), None, False, f"did not run: {message}")
                        for key, limit in limits.items() if key != "max_sysnoise_delta" and limit is not False
                        and (key != "min_int8_share" or profile.precision == "int8")]
@@ -130,7 +183,12 @@ def _measure_profiles(pipeline, planned: list[tuple], data, reference_config, cl
             check, drift = snr_check(name, spec, profile, data, limits["min_op_snr_db"], pipeline.calibration)
             checks.append(check)
             drift_reports.append(drift)
+    working(None)
     return checks, rows, drift_reports
+
+
+class ProfileIsolated(Exception):
+    """A profile that killed or outlasted an earlier worker of this gate (the reason its checks fail)."""
 
 
 def profile_checks(profile: str, row: dict, error: float, primary: str, limits: dict) -> list[Check]:

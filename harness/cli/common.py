@@ -35,6 +35,13 @@ InputShapeOpt = Annotated[Optional[str], typer.Option(
                           "NxCxHxW (square). Default: the file's fixed size, else the profile's (224).")]
 HtmlOpt = Annotated[Optional[Path], typer.Option(
     "--html", help="Write a self-contained HTML report (plots embedded, opens offline) here.")]
+ExecutorOpt = Annotated[str, typer.Option(
+    "--executor", help="Where the work runs: local (a worker process; a crashing cell costs only itself) or ray "
+                       "(a Ray task; $RAY_ADDRESS, else a local cluster).")]
+CellTimeoutOpt = Annotated[Optional[float], typer.Option(
+    "--cell-timeout", min=1, help="Seconds one cell (a variant, a backend configuration) may run before its "
+                                  "worker is killed and the cell reported as timed out; bounds each chunk of "
+                                  "the reference's work too.")]
 
 
 def console_for(json_path: str | None) -> Console:

@@ -9,9 +9,10 @@ import typer
 from rich.console import Console
 
 from harness.cli.app import app
-from harness.cli.common import (AllowCodeOpt, BatchSizeOpt, CalibrationOpt, CheckpointOpt, DatasetOpt, HtmlOpt,
-                                InputShapeOpt, JsonOpt, LimitOpt, ModelArg, ProfileOpt, ThreadsOpt, checked_inputs,
-                                console_for, print_data_notes, resolve, write_reports)
+from harness.cli.common import (AllowCodeOpt, BatchSizeOpt, CalibrationOpt, CellTimeoutOpt, CheckpointOpt,
+                                DatasetOpt, ExecutorOpt, HtmlOpt, InputShapeOpt, JsonOpt, LimitOpt, ModelArg,
+                                ProfileOpt, ThreadsOpt, checked_inputs, console_for, print_data_notes,
+                                write_reports)
 from harness.errors import InputError, UsageError
 
 
@@ -38,50 +39,42 @@ def compare(
     artifact: Annotated[Optional[Path], typer.Option(
         "--artifact", help="A deployed file to run as the candidate (QDQ .onnx, OpenVINO .xml, TensorRT .engine); "
                            "needs exactly one --backends entry.")] = None,
+    executor: ExecutorOpt = "local",
+    cell_timeout: CellTimeoutOpt = None,
 ) -> None:
-    """Reference (training profile on the training system) vs candidate backends: metric, output and timing."""
+    """Reference (training profile on the training system) vs candidate backends: metric, output and timing.
+    Runs on a worker: a backend that crashes or hangs is one failed row."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from harness.calibration import calibration_set
-    from harness.compare import SCHEMA, compare as run_compare, parse_targets
-    from harness.data import embedded_benchmark
-    from harness.data.benchmark import SEED as BENCHMARK_SEED
-    from harness.export import export
-    from harness.report.blocks import common_blocks
+    from harness.compare import parse_targets
+    from harness.compare.cells import CompareJob
+    from harness.executor import run_cells
 
     console = console_for(json_path)
-    user_data = checked_inputs(profile, allow_code, input_shape, dataset)  # before the model: fail fast
-    spec = resolve(model, checkpoint, profile, allow_code, input_shape)
+    checked_inputs(profile, allow_code, input_shape, dataset)  # before the worker: fail fast
     if candidate_outputs is not None and not candidate_outputs.is_file():
         raise InputError(f"{candidate_outputs}: recorded outputs file not found")
     targets = [] if candidate_outputs is not None and not backends else parse_targets(backends, precision)
-    data = (user_data if user_data is not None else embedded_benchmark(spec.task)).limit(limit)
-    exported = export(spec)
     if artifact is not None:
         _check_artifact(artifact, targets, backends)
-    calibration_data = None
-    if any(t.precision == "int8" for t in targets) and artifact is None:
-        calibration_data = calibration_set(spec, calibration)
+    job = CompareJob(model, backends, precision, dataset, limit, batch_size, threads, checkpoint, profile,
+                     allow_code, input_shape, calibration, artifact, candidate_outputs)
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task(f"compare {spec.name}", total=len(data))
-        core = run_compare(exported, data, targets, batch_size=batch_size, threads=threads,
-                           progress=lambda n: bar.advance(task, n), calibration=calibration_data,
-                           artifact=artifact, recorded=candidate_outputs)
-    report = {
-        **common_blocks(SCHEMA, exported, data, data.fingerprint(), core["processed"], core["failed"],
-                        core["reference"], threads, {"benchmark": BENCHMARK_SEED} if dataset is None else {},
-                        {t.backend.name for t in targets} | {core["reference"]["backend"]},
-                        model={"source": spec.source, "onnx": str(exported.onnx_path), "exporter": exported.exporter,
-                               "opset": exported.opset},
-                        dataset={"path": str(data.root), "task": core["task"]}),
-        "results": core["results"],
-        "calibration": core["calibration"],
-        "artifact": str(artifact) if artifact else None,
-    }
+        task = bar.add_task(f"compare {model or 'the default model'}", total=None)  # the worker says how many
+        report = run_cells(job, executor, cell_timeout, on_message=lambda message: _show_progress(bar, task, message))
     _show_compare(console, report, json_path, html)
-    if any(row["status"] == "failed" for row in core["results"]):
+    if any(row["status"] == "failed" for row in report["results"]):
         raise typer.Exit(1)
+
+
+def _show_progress(bar, task, message: tuple) -> None:
+    if message[0] == "samples":
+        bar.update(task, total=message[1])
+    elif message[0] == "progress":
+        bar.advance(task, message[1])
+    elif message[0] == "restart":  # a candidate crashed its worker: the next one runs the pass again
+        bar.reset(task)
 
 
 def _check_artifact(artifact: Path, targets: list, backends: str | None) -> None:
@@ -139,26 +132,26 @@ def drift(
     calibration: CalibrationOpt = None,
     artifact: Annotated[Optional[Path], typer.Option(
         "--artifact", help="The deployed file the candidate runs (e.g. a QDQ .onnx made elsewhere).")] = None,
+    executor: ExecutorOpt = "local",
+    cell_timeout: CellTimeoutOpt = None,
 ) -> None:
     """Layer-wise drift: every tensor on the candidate vs the tensor reference, the first divergence, the
-    error each op introduces vs inherits, and a minimal repro."""
+    error each op introduces vs inherits, and a minimal repro. Runs on a worker: a candidate that crashes or
+    hangs gives a report that says so (exit 1)."""
     from harness.backends import parse_target
-    from harness.calibration import calibration_set
-    from harness.compare.drift import Thresholds, drift_report
-    from harness.data import embedded_benchmark
+    from harness.compare.cells import DriftJob
+    from harness.compare.drift import Thresholds
+    from harness.executor import run_cells
     from harness.report.drift import drift_summary, drift_table, introducers_table
 
-    user_data = checked_inputs(profile, allow_code, input_shape, dataset)  # before the model: fail fast
-    spec = resolve(model, checkpoint, profile, allow_code, input_shape)
+    checked_inputs(profile, allow_code, input_shape, dataset)  # before the worker: fail fast
     console = console_for(json_path)
-    target, device = parse_target(backend)
+    parse_target(backend)
     if artifact is not None and not artifact.is_file():
         raise InputError(f"{artifact}: deployed artefact not found")
-    data = (user_data if user_data is not None else embedded_benchmark(spec.task)).limit(limit)
-    report = drift_report(spec, target.name, device, precision, data, batch_size, threads,
-                          Thresholds(snr_floor, atol, rtol), taps, unit_samples,
-                          calibration_set(spec, calibration) if precision == "int8" and not artifact else None, repro,
-                          artifact)
+    job = DriftJob(model, backend, precision, dataset, limit, batch_size, threads, Thresholds(snr_floor, atol, rtol),
+                   taps, unit_samples, repro, checkpoint, profile, allow_code, input_shape, calibration, artifact)
+    report = run_cells(job, executor, cell_timeout)
     try:
         console.print(drift_table(report))
         console.print(introducers_table(report))
@@ -166,6 +159,8 @@ def drift(
         print_data_notes(console, report)
     finally:
         write_reports(report, json_path, html)
+    if report["status"] == "failed":
+        raise typer.Exit(1)
 
 
 @app.command("repro")

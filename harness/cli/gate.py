@@ -8,7 +8,8 @@ import typer
 from rich.markup import escape
 
 from harness.cli.app import app
-from harness.cli.common import HtmlOpt, JsonOpt, console_for, print_data_notes, write_reports
+from harness.cli.common import (CellTimeoutOpt, ExecutorOpt, HtmlOpt, JsonOpt, console_for, print_data_notes,
+                                write_reports)
 from harness.errors import UsageError
 
 
@@ -28,11 +29,14 @@ def validate(
     allow_code: Annotated[bool, typer.Option(
         "--allow-code", help="Trust the gate file: let it name code (model = package.module:factory, "
                              "package.module:function variants). Without it such a gate is refused.")] = False,
+    executor: ExecutorOpt = "local",
+    cell_timeout: CellTimeoutOpt = None,
 ) -> None:
     """The pre-deployment gate: exit 0 when every threshold holds, 1 when one fails, 2 on a config error."""
     from harness.report.gate import gate_table, junit_xml, markdown_summary
     from harness.gate_file import load_gate, starter_gate
-    from harness.validate import run_gate
+    from harness.executor import run_cells
+    from harness.validate import GateJob
 
     if init:
         from harness.model import resolve_model
@@ -47,8 +51,8 @@ def validate(
         return
     if config is None:
         raise UsageError("validate needs --config gate.toml (or --init to write a starter)")
-    gate = load_gate(config, allow_code)
-    report = run_gate(gate)
+    load_gate(config, allow_code)  # a bad gate file is one line here, before a worker starts
+    report = run_cells(GateJob(config, allow_code), executor, cell_timeout)
     console = console_for(json_path)
     others = {}
     if junit:

@@ -1,4 +1,4 @@
-"""`harness sysnoise`: the SysNoise sweep, run on a worker (harness.noise.executor)."""
+"""`harness sysnoise`: the SysNoise sweep, run on a worker (harness.executor, harness.noise.cells)."""
 from __future__ import annotations
 
 import sys
@@ -9,9 +9,10 @@ import typer
 from rich.markup import escape
 
 from harness.cli.app import app
-from harness.cli.common import (AllowCodeOpt, BatchSizeOpt, CalibrationOpt, CheckpointOpt, DatasetOpt, HtmlOpt,
-                                InputShapeOpt, JsonOpt, LimitOpt, ModelArg, ProfileOpt, ThreadsOpt, checked_inputs,
-                                console_for, print_data_notes, resolve, write_reports)
+from harness.cli.common import (AllowCodeOpt, BatchSizeOpt, CalibrationOpt, CellTimeoutOpt, CheckpointOpt,
+                                DatasetOpt, ExecutorOpt, HtmlOpt, InputShapeOpt, JsonOpt, LimitOpt, ModelArg,
+                                ProfileOpt, ThreadsOpt, checked_inputs, console_for, print_data_notes, resolve,
+                                write_reports)
 
 
 @app.command()
@@ -46,12 +47,8 @@ def sysnoise(
     bootstrap_scope: Annotated[str, typer.Option(
         "--bootstrap-scope", help="mAP intervals for every detection variant, or per axis only for the largest "
                                   "|Δ| (faster).")] = "all",
-    executor: Annotated[str, typer.Option(
-        "--executor", help="Where cells run: local (a worker process; a crashing cell costs only itself) or "
-                           "ray (a Ray task; $RAY_ADDRESS, else a local cluster).")] = "local",
-    cell_timeout: Annotated[Optional[float], typer.Option(
-        "--cell-timeout", min=1, help="Seconds one cell (a variant) may run before its worker is killed and "
-                                      "the cell reported as timed out.")] = None,
+    executor: ExecutorOpt = "local",
+    cell_timeout: CellTimeoutOpt = None,
     store: Annotated[Optional[Path], typer.Option(
         "--store", help="SQLite file that keeps every finished variant as it finishes "
                         "(default: $HARNESS_CACHE/cells.sqlite).")] = None,
@@ -66,7 +63,7 @@ def sysnoise(
     """SysNoise sweep: vary one part of the deployment system at a time against the training profile."""
     from harness.backends import get_backend
     from harness.noise import add_user_variant, get_axes
-    from harness.noise.executor import SweepJob
+    from harness.noise.cells import SweepJob
     from harness.noise.runner import SweepSettings
 
     checked_inputs(profile, allow_code, input_shape, dataset)  # before the model and its worker: fail fast
@@ -112,14 +109,14 @@ def _bootstrap_rounds(rounds: int | None, seconds: float | None) -> int | None:
 
 def _run_stored(job, executor: str, cell_timeout: float | None, store: Path | None) -> dict:
     """The sweep on its worker, every finished variant kept in the cell store as it finishes."""
-    from harness.noise.executor import run_sweep
+    from harness.executor import run_cells
     from harness.store import CellStore
 
     cells = CellStore(store)
     job.store_path = cells.path
     try:
-        report = run_sweep(job, executor, cell_timeout, cells)
-    except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or SIGTERM (harness.noise.executor)
+        report = run_cells(job, executor, cell_timeout, cells)
+    except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or SIGTERM (harness.executor)
         print(f"harness: sweep stopped; the variants and data chunks it finished are kept in {cells.path}: "
               "run the same command with --resume to carry on from there", file=sys.stderr)
         raise

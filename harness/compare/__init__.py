@@ -143,14 +143,18 @@ def _delta(metric: dict, reference: dict) -> dict:
 
 def compare(exported: ExportedModel, dataset: Dataset, targets: list[Target], batch_size: int = 32,
             threads: int | None = None, progress: Callable | None = None, calibration=None,
-            artifact=None, recorded=None) -> dict:
+            artifact=None, recorded=None, on_work: Callable | None = None, isolated: dict | None = None) -> dict:
     """Runs the reference and every target in one pass over the data (the staged pipeline, with the same
     input tensors for all); returns the report's core blocks.
 
     calibration: the shared CalibrationSet for INT8 targets; artifact: a deployed file (QDQ .onnx,
     OpenVINO .xml, TensorRT .engine) to run instead of one the harness builds; recorded: an .npz of
-    outputs recorded on a target from `harness export-inputs`, compared as one more candidate.
+    outputs recorded on a target from `harness export-inputs`, compared as one more candidate. on_work:
+    called with the label of the target whose work begins ("reference" for the reference's, None between),
+    so an executor can blame a crash on it; isolated: target label -> why it killed an earlier worker (its
+    row fails with that reason; it is not run again).
     """
+    from harness.compare.cells import REFERENCE_WORK
     from harness.pipeline import ModelConfig, Request, StagedPipeline
 
     spec = exported.spec
@@ -158,26 +162,34 @@ def compare(exported: ExportedModel, dataset: Dataset, targets: list[Target], ba
     if dataset.task != UNLABELED and not get_task(spec.task).accepts(dataset.task):
         raise UsageError(f"{dataset.root}: a {dataset.task} dataset cannot evaluate the {spec.task} model {spec.name}")
     dataset = dataset.aligned_to(spec.labels)
+    working = on_work or (lambda owner: None)
+    working(REFERENCE_WORK)  # the reference's decoder reads the first sample: bounded by --cell-timeout too
     require_readable(dataset, spec.profile)
+    working(None)
     # one batch a chunk: every target's raw outputs of a chunk are held for the output statistics, and one
     # profile gains nothing from a longer chunk, so compare streams batch by batch
     pipeline = StagedPipeline(exported, dataset, batch_size, threads, calibration, bootstrap_rounds=0,
                               chunk_size=batch_size)
     pipeline.models.warmup = True
+    pipeline.on_work = working
+    isolated = isolated or {}
     ref_target, ref_options, ref_note = reference_target(exported)
     # a configuration of its own: a target at the same placement is loaded, timed and reported apart
     ref_config = ModelConfig.at(ref_target.placement, options=(("role", "reference"), *sorted(ref_options.items())))
+    working(REFERENCE_WORK)
     reference = load_session(pipeline, ref_target, ref_config, **ref_options)
     if reference.status != "ok":
         raise RunFailed(f"the reference {ref_target.label} cannot run: {reference.reason}")
-    entries = [({"backend": t.backend.name, "device": t.device, "precision": t.precision},
-                load_session(pipeline, t, ModelConfig.at(t.placement), calibration=calibration, artifact=artifact))
-               for t in targets]
-    if recorded is not None:
-        entries.append(_recorded_entry(pipeline, recorded))
+    entries, labels = _candidates(pipeline, targets, calibration, artifact, recorded, isolated, working)
     ref_request = Request(spec.profile, reference.config)
-    requests = [Request(spec.profile, loaded.config) for _, loaded in entries if loaded.status == "ok"]
-    pipeline.prepare([ref_request], output_pairs=[(request, ref_request) for request in requests], progress=progress)
+    owners = {ref_request.key: REFERENCE_WORK}
+    requests = []
+    for (_, loaded), target_label in zip(entries, labels):
+        if loaded.status == "ok":
+            requests.append(Request(spec.profile, loaded.config))
+            owners[requests[-1].key] = target_label
+    pipeline.prepare([ref_request], owners, output_pairs=[(request, ref_request) for request in requests],
+                     progress=progress, first=(ref_request.key,))
     if ref_request.key in pipeline.broken:
         error = pipeline.broken[ref_request.key]
         raise RunFailed(f"the reference {ref_target.label} failed: {type(error).__name__}: {error}")
@@ -185,8 +197,12 @@ def compare(exported: ExportedModel, dataset: Dataset, targets: list[Target], ba
     processed = [pipeline.by_id[i] for i in ref.ids]
     num_classes = len(dataset.classes) or len(spec.labels)
     ref_metric = task_metric(task, processed, ref.predictions, ref.predictions, num_classes)
-    results = [_result_row(pipeline, identity, loaded, ref_request, processed, task, ref_metric,
-                           dataset.classes or spec.labels) for identity, loaded in entries]
+    results = []
+    for (identity, loaded), target_label in zip(entries, labels):
+        working(target_label)
+        results.append(_result_row(pipeline, identity, loaded, ref_request, processed, task, ref_metric,
+                                   dataset.classes or spec.labels))
+    working(None)
     failures = [FailedSample(sample, printable(pipeline.by_id[sample].path), read_failure(err))
                 for sample, (_, err) in pipeline.stages.failures.items()]
     return {
@@ -198,6 +214,27 @@ def compare(exported: ExportedModel, dataset: Dataset, targets: list[Target], ba
         "failed": [f.to_json() for f in failures],
         "calibration": calibration.describe() if calibration is not None else None,
     }
+
+
+def _candidates(pipeline: StagedPipeline, targets: list[Target], calibration, artifact, recorded, isolated: dict,
+                working: Callable) -> tuple[list[tuple[dict, Loaded]], list[str]]:
+    """(identity, loaded session) of each candidate, and the label its work is reported as (the cell an
+    executor blames for a crash); an isolated target is a failed entry, never loaded again."""
+    from harness.pipeline import ModelConfig
+
+    entries = []
+    for t in targets:
+        working(t.label)
+        config = ModelConfig.at(t.placement)
+        entries.append(({"backend": t.backend.name, "device": t.device, "precision": t.precision},
+                        Loaded(config, "failed", isolated[t.label]) if t.label in isolated else
+                        load_session(pipeline, t, config, calibration=calibration, artifact=artifact)))
+    working(None)
+    labels = [t.label for t in targets]
+    if recorded is not None:
+        entries.append(_recorded_entry(pipeline, recorded))
+        labels.append("recorded")
+    return entries, labels
 
 
 def _recorded_entry(pipeline: StagedPipeline, recorded) -> tuple[dict, Loaded]:

@@ -89,11 +89,17 @@ def _units_session(backend, candidate, exported, rows: list[TensorRow], referenc
 
 def run_drift(exported, backend, candidate, batches, thresholds: Thresholds, tap_method: str | None = None,
               unit_samples: int | None = None, threads: int | None = None, probe_samples: int = 16,
-              progress=None, torch_session=None) -> DriftRun:
-    """One pass: reference taps, candidate taps, isolated ops, reduced to statistics per tensor."""
+              progress=None, torch_session=None, on_work=None) -> DriftRun:
+    """One pass: reference taps, candidate taps, isolated ops, reduced to statistics per tensor. on_work:
+    called with the candidate's label before its work, REFERENCE_WORK before the reference's (an executor
+    blames a crash or a hang on it)."""
     from harness.backends import get_backend
+    from harness.compare.cells import REFERENCE_WORK
     from harness.onnx_graph import dequantized_aliases, float_tensors, load
 
+    working = on_work or (lambda owner: None)
+    label = f"{candidate.backend}:{candidate.device}:{candidate.precision}"
+    working(REFERENCE_WORK)
     # no busy-waiting ORT threads: the statistics run on the same cores between inferences
     reference = get_backend("onnxruntime").load(exported, "cpu", "fp32", threads, optimize=False, spinning=False)
     graph_tensors = float_tensors(load(exported.onnx_path))
@@ -103,6 +109,7 @@ def run_drift(exported, backend, candidate, batches, thresholds: Thresholds, tap
     method = candidate._tap_method(tap_method)
     aliases = dequantized_aliases(load(candidate.graph)) if candidate.graph is not None else {}
     deployed = {name: aliases.get(name, name) for name in names}   # reference name -> the candidate's tensor
+    working(label)
     observable, why = _tappable(candidate, names, deployed, method)
     units_session, units = None, []
     if candidate.graph is not None:
@@ -115,7 +122,9 @@ def run_drift(exported, backend, candidate, batches, thresholds: Thresholds, tap
     input_name = exported.input_name
     for batch in batches:
         feeds = {input_name: batch.tensor}
+        working(REFERENCE_WORK)
         ref = reference.run(feeds, taps=names)
+        working(label)
         cand = None
         if perturb is None:  # does tapping change what the candidate computes? checked on the first batch
             perturb, cand = _perturbation(candidate, feeds, [deployed[n] for n in observable], method, ref,
@@ -147,6 +156,7 @@ def run_drift(exported, backend, candidate, batches, thresholds: Thresholds, tap
                                       {row.tensor: outputs[f"u{k}/{deployed[row.tensor]}"]})
             unit_seen += take
         if torch_stats is not None:
+            working(REFERENCE_WORK)
             torch_stats.update({n: ref[n] for n in torch_session.output_names},
                                torch_session.run(feeds))
         seen += len(batch.tensor)
@@ -244,24 +254,37 @@ def top_introducers(rows: list[dict], count: int = 10) -> list[dict]:
 def drift_report(spec, backend_name: str, device: str, precision: str, data, batch_size: int = 32,
                  threads: int | None = None, thresholds: Thresholds = Thresholds(), tap_method: str | None = None,
                  unit_samples: int | None = None, calibration=None, repro: Path | None = None,
-                 artifact: Path | None = None, progress: bool = True) -> dict:
-    """The `harness.drift/1` report of one candidate (backend, device, precision) on `data`."""
+                 artifact: Path | None = None, progress: bool = True, on_work=None, failed: str | None = None) -> dict:
+    """The `harness.drift/1` report of one candidate (backend, device, precision) on `data`. on_work: see
+    run_drift; failed: why the candidate killed or outlasted an earlier worker (the report says so, with
+    `status` failed, and measures nothing)."""
     import time
 
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from harness.backends import get_backend
+    from harness.compare.cells import REFERENCE_WORK
     from harness.export import export
     from harness.report.blocks import common_blocks
     from harness.run import iter_batches, require_readable
 
+    working = on_work or (lambda owner: None)
+    working(REFERENCE_WORK)  # the reference's decoder reads the first sample: bounded by --cell-timeout too
     require_readable(data, spec.profile)
+    working(None)
     exported = export(spec)
     backend = get_backend(backend_name)
+    reference_block = {"backend": "onnxruntime", "device": "cpu", "precision": "fp32", "graph_optimizations": False,
+                       "note": REFERENCE_NOTE, "profile": spec.profile.to_json()}
+    if failed is not None:
+        return _failed_report(exported, data, reference_block, threads, backend.name, device, precision,
+                              thresholds, failed)
     started = time.perf_counter()
     options = {"artifact": Path(artifact)} if artifact else {}
+    working(f"{backend.name}:{device}:{precision}")
     candidate = backend.load(exported, device, precision, threads, calibration=calibration, spinning=False, **options)
+    working(REFERENCE_WORK)
     torch_session = get_backend("torch").load(exported, "cpu", "fp32", threads) if spec.has_torch else None
     failures = []
     with Progress(TextColumn("drift {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -269,7 +292,8 @@ def drift_report(spec, backend_name: str, device: str, precision: str, data, bat
         bar = bars.add_task(f"{backend.name}:{device} {precision}", total=len(data.samples))
         run = run_drift(exported, backend, candidate, iter_batches(data, spec.profile, batch_size, failures),
                         thresholds, tap_method, unit_samples, threads,
-                        progress=lambda n: bars.advance(bar, n), torch_session=torch_session)
+                        progress=lambda n: bars.advance(bar, n), torch_session=torch_session, on_work=on_work)
+    working(f"{backend.name}:{device}:{precision}")  # the repro and the execution record run the candidate
     rows = rows_json(run.rows, thresholds)
     first = first_divergence(run.rows, thresholds)
     repro_meta = None
@@ -283,10 +307,10 @@ def drift_report(spec, backend_name: str, device: str, precision: str, data, bat
         perturb["fallback_from"] = run.perturb_fallback
     return {
         **common_blocks("harness.drift/1", exported, data, data.fingerprint(), run.samples,
-                        [f.to_json() for f in failures],
-                        {"backend": "onnxruntime", "device": "cpu", "precision": "fp32", "graph_optimizations": False,
-                         "note": REFERENCE_NOTE, "profile": spec.profile.to_json(), "torch_check": run.torch_check},
+                        [f.to_json() for f in failures], {**reference_block, "torch_check": run.torch_check},
                         threads, {}, [backend.name]),
+        "status": "ok",
+        "reason": "",
         "candidate": {"backend": candidate.backend, "device": candidate.device, "precision": candidate.precision,
                       "precision_effective": candidate.precision_effective,
                       "execution": candidate.execution(),
@@ -304,4 +328,21 @@ def drift_report(spec, backend_name: str, device: str, precision: str, data, bat
         "repro": str(repro) if repro_meta else None,
         "repro_info": repro_meta,
         "timing": {"total_s": time.perf_counter() - started},
+    }
+
+
+def _failed_report(exported, data, reference: dict, threads, backend: str, device: str, precision: str,
+                   thresholds: Thresholds, reason: str) -> dict:
+    """The report of a candidate that crashed or hung its worker: what was asked, why nothing was measured."""
+    from harness.report.blocks import common_blocks
+
+    return {
+        **common_blocks("harness.drift/1", exported, data, data.fingerprint(), 0, [], reference, threads, {}, [backend]),
+        "status": "failed",
+        "reason": reason,
+        "candidate": {"backend": backend, "device": device, "precision": precision, "precision_effective": None,
+                      "execution": None, "graph": None},
+        "tap_method": None, "taps_perturb": {"max_abs": None, "ok": None}, "thresholds": thresholds.to_json(),
+        "first_divergence": None, "top_introducers": [], "ops": [], "unobservable": [], "unit_samples": 0,
+        "repro": None, "repro_info": None, "timing": {"total_s": 0.0},
     }

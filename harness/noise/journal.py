@@ -23,7 +23,7 @@ class Piece:
 
 class ChunkJournal:
     """Pieces of one sweep (`context`: everything its results depend on) in a store with take_piece /
-    keep_piece (harness.noise.executor.RelayStore, or any object with those two methods)."""
+    keep_piece (harness.noise.cells.RelayStore, or any object with those two methods)."""
 
     def __init__(self, store, context: str):
         self.store, self.context = store, context

@@ -1,5 +1,5 @@
 """Runs one SysNoise sweep of one model and returns its JSON report (`harness.sysnoise/1`): the CLI's (on a
-worker, harness.noise.executor) and the README table's single source."""
+worker, harness.executor) and the README table's single source."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -15,7 +15,7 @@ BOOTSTRAP_SCOPES = ("all", "largest")
 @dataclass(frozen=True)
 class SweepSettings:
     """What one sweep measures and how: the `harness sysnoise` options, the one object that crosses into
-    the worker (harness.noise.executor.SweepJob)."""
+    the worker (harness.noise.cells.SweepJob)."""
 
     axes: str | None = None                 # comma list; None: every axis
     dataset: Path | None = None             # None: the embedded benchmark of the model's task

@@ -65,6 +65,11 @@ def drift_summary(report: dict, markup: bool = True) -> str:
     lines = []
     esc = escape if markup else str
     warn, end = ("[bold yellow]", "[/]") if markup else ("", "")
+    if report.get("status") == "failed":
+        candidate = report["candidate"]
+        return (("[bold red]" if markup else "") + "FAILED" + end + esc(
+            f": {candidate['backend']}:{candidate['device']} {candidate['precision']}: {report['reason']}; "
+            "no tensor was measured"))
 
     def op(row: dict) -> str:
         return esc(f"{row['tensor']} ({row['op_type']}, {row['module'] or 'no module'})")

@@ -140,7 +140,8 @@ def _compare_body(report: dict, thumbs: dict) -> str:
         label = f"{r['backend']}:{r['device']} {r['precision']}"
         outputs = r.get("outputs") or {}
         delta = (r.get("delta") or {}).get(primary)
-        rows.append([label, r["status"], (r.get("metric") or {}).get(primary), _points(delta),
+        status = r["status"] if r["status"] == "ok" else f"{r['status']}: {r.get('reason') or 'no reason given'}"
+        rows.append([label, status, (r.get("metric") or {}).get(primary), _points(delta),
                      outputs.get("max_abs"), outputs.get("top1_agreement"), outputs.get("flips")])
         if delta is not None:
             labels.append(label)

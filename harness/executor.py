@@ -1,22 +1,31 @@
-"""Where a sweep's cells run (DESIGN.md, "Scale"): `--executor local` (default) or `ray`, with
-`--cell-timeout SECONDS`.
+"""Where a command's cells run (DESIGN.md, "Scale"): `--executor local` (default) or `ray`, with
+`--cell-timeout SECONDS`. Sysnoise's cells are its variants (harness.noise.cells), compare's its backend
+configurations (harness.compare.cells).
 
-A cell is one variant of one axis. One worker runs the sweep with its stage caches (a decode, a resize, a
-session is shared by the cells that need it, as in a single process); the driver, this process, only
-watches: the worker says which cell its current work is for and sends every finished row, which the driver
+One worker runs the whole job with its stage caches (a decode, a resize, a session is shared by the cells
+that need it, as in a single process); the driver, this process, only watches and never imports a backend
+package: the worker says which cell its current work is for and sends every finished row, which the driver
 writes to the cell store at once. The worker streams the data in chunks, doing a piece of every cell per
 chunk (harness.pipeline.StagedPipeline), so a cell's time is the sum of its pieces; work shared by
 several cells is the first one's. When a native crash takes the worker down, or a cell runs past the
 timeout and the driver kills it, that cell alone becomes a `failed` row saying so, and a new worker carries
-on without it: the rows already finished are taken back, not computed again; the pass over the data of the
-cells not yet finished starts again. So a crashing backend or decoder costs its own cell and one worker
-start-up, never the sweep.
+on without it (for a sweep, the rows already finished are taken back, not computed again). So a crashing
+backend or decoder costs its own cell and one worker start-up, never the run. The reference's own work is
+bounded by the timeout too, and a reference that crashes or hangs ends the run with one line (exit 1).
 
 - local: the worker is a process of this machine (multiprocessing, spawn: no inherited threads or state).
 - ray: the worker is a Ray task (`ray.init(address=$RAY_ADDRESS)`, a local cluster when unset) asking for
   `--threads` CPUs; messages come back through a Ray queue, so the store stays on the driver's machine.
   Taking rows back from the store with `--resume` needs the store's path to be readable by the worker
   (one machine, or a shared file system).
+
+A job (picklable: it travels to the worker) has `cpus` (what a Ray task asks for), `driver_resolves` (the
+driver resolved the model and said what that says, so the worker stays quiet about it), `work(send)` (the
+worker's side: returns the result and sends ("start", key, *details) before a cell's work, ("reference",) before the reference's,
+("pause",) between, and messages of its own, such as a sweep's rows for the store), `receive(message,
+store)` (the driver's side of every message, "done" included) and `isolate(details, reason, store)` (the
+driver's side of a cell whose work was running when its worker died or timed out: it becomes a failed row
+the next worker takes as it is; returns what the report's `executor.isolated_failures` lists).
 """
 from __future__ import annotations
 
@@ -25,118 +34,40 @@ import signal
 import threading
 import time
 import traceback
-import uuid
-from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Callable
 
 from harness.errors import HarnessError, UsageError
-from harness.noise.runner import SweepSettings
 
 EXECUTORS = ("local", "ray")
 POLL_S = 0.2
 
 
 class WorkerError(HarnessError):
-    """The sweep's worker stopped on an error of the user's (shown as the worker saw it)."""
+    """The worker stopped on an error of the user's (shown as the worker saw it)."""
 
     def __init__(self, message: str, exit_code: int):
         super().__init__(message)
         self.exit_code = exit_code
 
 
-@dataclass
-class SweepJob:
-    """What a worker needs to run one sweep: names and paths (picklable), resolved again in the worker."""
-
-    model: str | None
-    checkpoint: Path | None
-    profile: Path | None
-    user_variants: list[str]
-    settings: SweepSettings                    # what the sweep measures and how
-    store_path: Path | None = None             # read by the worker: pieces of this run, and with --resume rows
-    resume: bool = False                       # and pieces of earlier runs
-    allow_code: bool = False                   # --allow-code: the profile file may name code
-    input_shape: str | None = None             # --input-shape
-    taken: dict = field(default_factory=dict)  # rows finished by earlier workers of this run, by cell key
-    run: str = field(default_factory=lambda: uuid.uuid4().hex)  # names this run's pieces in the store
-    piece_contexts: set = field(default_factory=set)  # the sweeps whose pieces the store got (driver side)
-
-
-class RelayStore:
-    """The worker's side of the cell store: rows of this run first, then (with --resume) the store's
-    finished rows; every row it is given goes to the driver."""
-
-    def __init__(self, job: SweepJob, send):
-        from harness.store import CellStore
-
-        self.taken, self.send = dict(job.taken), send
-        self.stored = CellStore(job.store_path) if job.store_path else None
-        self.path, self.resume, self.run = job.store_path, job.resume, job.run
-
-    def get(self, key: str) -> dict | None:
-        if key in self.taken:
-            return self.taken[key]
-        row = self.stored.get(key) if self.stored is not None and self.resume else None
-        return row if row is not None and row.get("status") == "ok" else None  # failures are tried again
-
-    def take_piece(self, key: str):
-        """A piece of the pass done by an earlier worker of this run (or with --resume, of any run)."""
-        from harness.store import BadPiece, decode_piece
-
-        data = self.stored.get_piece(key, None if self.resume else self.run) if self.stored is not None else None
-        if data is None:
-            return None
-        try:
-            return decode_piece(data)
-        except BadPiece:  # not what keep_piece wrote: computed again, never trusted
-            return None
-
-    def keep_piece(self, key: str, context: str, piece) -> None:
-        from harness.store import encode_piece
-
-        if self.stored is not None:
-            self.send(("piece", key, context, encode_piece(*piece)))
-
-    def started(self, key: str, axis: str, variant: str, baseline: str) -> None:
-        self.send(("start", key, axis, variant, baseline))
-
-    def paused(self) -> None:
-        self.send(("pause",))
-
-    def reference_work(self) -> None:
-        self.send(("reference",))
-
-    def put(self, key: str, axis: str, variant: str, row: dict) -> None:
-        self.taken[key] = row
-        self.send(("row", key, axis, variant, row))
-
-
-def run_job(job: SweepJob, send) -> None:
-    """The worker: runs the sweep and sends ("start" ...), ("row" ...) and finally ("done", report) or
-    ("error", exit_code, message)."""
+def run_in_worker(job, send, quiet: bool) -> None:
+    """The worker's side: the job's messages, then ("done", result) or ("error", exit_code, message).
+    quiet: what resolving the model says was already said (by the driver, or by an earlier worker)."""
     import os
 
-    os.environ["HARNESS_WORKER"] = "1"  # the driver already said what resolving the model says
+    if quiet:
+        os.environ["HARNESS_WORKER"] = "1"
     try:
-        from harness.model import resolve_model
-        from harness.noise import add_user_variant
-        from harness.noise.runner import sysnoise_report
-
-        for text in job.user_variants:
-            add_user_variant(text)
-        spec = resolve_model(job.model, checkpoint=job.checkpoint, profile_path=job.profile,
-                             allow_code=job.allow_code, input_shape=job.input_shape)
-        store = RelayStore(job, send)
-        send(("done", sysnoise_report(spec, job.settings, store=store, resume=True)))
+        send(("done", job.work(send)))
     except HarnessError as err:
         send(("error", err.exit_code, str(err)))
     except Exception as err:  # noqa: BLE001 - one line for the user; the traceback with --debug
         send(("error", 1, f"{type(err).__name__}: {' '.join(str(err).split())}", traceback.format_exc()))
 
 
-def _local_main(job: SweepJob, connection) -> None:
+def _local_main(job, connection, quiet: bool) -> None:
     _die_with_parent()
-    run_job(job, connection.send)
+    run_in_worker(job, connection.send, quiet)
 
 
 def _die_with_parent() -> None:
@@ -159,7 +90,7 @@ def _die_with_parent() -> None:
 
 
 class LocalWorker:
-    def __init__(self, job: SweepJob):
+    def __init__(self, job, quiet: bool):
         import multiprocessing
 
         context = multiprocessing.get_context("spawn")
@@ -167,7 +98,7 @@ class LocalWorker:
         # still hold the "start" of a cell whose native code kills the process the next instant
         self.messages, sending = context.Pipe(duplex=False)
         # not a daemon: a backend may start processes of its own (a daemon may not)
-        self.process = context.Process(target=_local_main, args=(job, sending))
+        self.process = context.Process(target=_local_main, args=(job, sending, quiet))
         self.process.start()
         sending.close()
 
@@ -195,7 +126,7 @@ class LocalWorker:
 
 
 class RayWorker:
-    def __init__(self, job: SweepJob):
+    def __init__(self, job, quiet: bool):
         import os
 
         import ray
@@ -206,8 +137,7 @@ class RayWorker:
                      configure_logging=False)
         self.ray = ray
         self.messages = Queue()
-        cpus = job.settings.threads or 1
-        self.ref = ray.remote(num_cpus=cpus, max_retries=0)(_ray_main).remote(job, self.messages)
+        self.ref = ray.remote(num_cpus=job.cpus, max_retries=0)(_ray_main).remote(job, self.messages, quiet)
 
     def receive(self, timeout: float):
         from ray.util.queue import Empty
@@ -231,13 +161,15 @@ class RayWorker:
         self.ray.cancel(self.ref, force=True)
 
 
-def _ray_main(job: SweepJob, messages) -> None:
-    run_job(job, messages.put)
+def _ray_main(job, messages, quiet: bool) -> None:
+    run_in_worker(job, messages.put, quiet)
 
 
-def run_sweep(job: SweepJob, executor: str = "local", cell_timeout: float | None = None, store=None,
-              max_restarts: int = 50) -> dict:
-    """Runs `job` on a worker, restarting it past a crashed or timed-out cell; returns the report."""
+def run_cells(job, executor: str = "local", cell_timeout: float | None = None, store=None,
+              on_message: Callable | None = None, max_restarts: int = 50):
+    """Runs `job` on a worker, restarting it past a crashed or timed-out cell; returns its result, with the
+    executor's account in its `executor` key. `on_message`: the driver's own use of the worker's messages
+    (a progress bar), and of ("restart", isolated failure) before a new worker starts the pass again."""
     if executor not in EXECUTORS:
         raise UsageError(f"--executor {executor!r}: expected one of {', '.join(EXECUTORS)}")
     if executor == "ray":
@@ -252,11 +184,11 @@ def run_sweep(job: SweepJob, executor: str = "local", cell_timeout: float | None
         # Ray prints its cluster's events (a dead worker, ...) on stdout, where `--json -` writes the report
         with contextlib.redirect_stdout(sys.stderr):
             try:
-                return _drive(job, executor, cell_timeout, store, max_restarts)
+                return _drive(job, executor, cell_timeout, store, on_message, max_restarts)
             finally:
                 if started_here:
                     ray.shutdown()
-    return _drive(job, executor, cell_timeout, store, max_restarts)
+    return _drive(job, executor, cell_timeout, store, on_message, max_restarts)
 
 
 @contextlib.contextmanager
@@ -279,40 +211,36 @@ def _terminate_like_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
-def _drive(job: SweepJob, executor: str, cell_timeout: float | None, store, max_restarts: int) -> dict:
+def _drive(job, executor: str, cell_timeout: float | None, store, on_message, max_restarts: int):
     with _terminate_like_interrupt():
-        return _drive_workers(job, executor, cell_timeout, store, max_restarts)
+        return _drive_workers(job, executor, cell_timeout, store, on_message, max_restarts)
 
 
-def _drive_workers(job: SweepJob, executor: str, cell_timeout: float | None, store, max_restarts: int) -> dict:
-    from harness.noise.sweep import variant_row
-
+def _drive_workers(job, executor: str, cell_timeout: float | None, store, on_message, max_restarts: int):
     isolated = []
     for _ in range(max_restarts + 1):
-        worker = LocalWorker(job) if executor == "local" else RayWorker(job)
+        quiet = job.driver_resolves or bool(isolated)
+        worker = LocalWorker(job, quiet) if executor == "local" else RayWorker(job, quiet)
         try:
-            current, reason, report = _watch(worker, job, cell_timeout, store)
+            current, reason, result = _watch(worker, job, cell_timeout, store, on_message)
         finally:  # done, failed, or interrupted (Ctrl-C): no worker outlives the driver
             worker.kill()
-        if report is not None:
-            report["executor"] = {"name": executor, "cell_timeout": cell_timeout, "worker_starts": len(isolated) + 1,
+        if result is not None:
+            result["executor"] = {"name": executor, "cell_timeout": cell_timeout, "worker_starts": len(isolated) + 1,
                                   "isolated_failures": isolated}
-            return report
+            return result
         if current is None:
-            raise WorkerError(f"the sweep's worker stopped outside any cell: {reason}", 1)
-        key, axis, variant, baseline, _ = current
-        row = {**variant_row(variant, "failed", reason, baseline), "isolated": True}
-        job.taken[key] = row
-        if store is not None:
-            store.put(key, axis, variant, row)
-        isolated.append({"axis": axis, "variant": variant, "reason": reason})
-    raise WorkerError(f"the sweep's worker was restarted {max_restarts} times; giving up", 1)
+            raise WorkerError(f"the worker stopped outside any cell: {reason}", 1)
+        isolated.append(job.isolate(current[:-1], reason, store))
+        if on_message is not None:  # the next worker's pass starts over (a progress bar resets)
+            on_message(("restart", isolated[-1]))
+    raise WorkerError(f"the worker was restarted {max_restarts} times; giving up", 1)
 
 
-def _watch(worker, job: SweepJob, cell_timeout: float | None, store):
-    """Relays one worker's rows to the store until it is done (-> report) or gone (-> the cell it was in
-    and why). A cell's work comes in pieces (the sweep streams the data in chunks, each chunk doing a piece
-    of every cell), so its time is the sum of its pieces."""
+def _watch(worker, job, cell_timeout: float | None, store, on_message):
+    """Relays one worker's messages to the job until it is done (-> result) or gone (-> the cell it was in
+    and why). A cell's work comes in pieces (the data is streamed in chunks, each chunk doing a piece of
+    every cell), so its time is the sum of its pieces."""
     current, reason, spent = None, None, {}
     reference_since = None  # the reference's work (no cell's) runs since then
     while reason is None:
@@ -324,13 +252,16 @@ def _watch(worker, job: SweepJob, cell_timeout: float | None, store):
                 reason = f"timed out: still running after {cell_timeout:g} s (--cell-timeout); its worker was killed"
             elif cell_timeout and reference_since is not None and time.monotonic() - reference_since > cell_timeout:
                 # the reference's own work is bounded too: nothing can be measured against a reference that
-                # never finishes, and a sweep that hangs there must not run until killed from outside
+                # never finishes, and a run that hangs there must not run until killed from outside
                 worker.kill()
                 raise WorkerError(f"the reference pass ran past --cell-timeout ({cell_timeout:g} s on one chunk of "
-                                  "data); its worker was killed and no variant can be measured", 1)
+                                  "data); its worker was killed and nothing can be measured against it", 1)
             elif (ended := worker.ended()) is not None:
                 message = worker.receive(1.0)  # a last message may still be in flight
                 if message is None:
+                    if reference_since is not None:
+                        raise WorkerError(f"the reference's worker process died ({ended}) while running the "
+                                          "reference; nothing can be measured against it", 1)
                     reason = f"its worker process died ({ended}) while running it"
         if message is None:
             continue
@@ -344,25 +275,17 @@ def _watch(worker, job: SweepJob, cell_timeout: float | None, store):
             current = None
         if kind == "start":
             current = (*message[1:], time.monotonic())
-        elif kind == "row":
-            _, key, axis, variant, row = message
-            job.taken[key] = row
-            if store is not None:
-                store.put(key, axis, variant, row)
-        elif kind == "piece" and store is not None:
-            _, key, context, data = message
-            store.put_piece(key, job.run, context, data)
-            job.piece_contexts.add(context)
-        elif kind == "done":
-            if store is not None:
-                store.drop_pieces(job.piece_contexts)
-            return None, None, message[1]
         elif kind == "error":
             if len(message) > 3 and _debugging():
                 import sys
 
                 print(message[3], file=sys.stderr)
             raise WorkerError(message[2], message[1])
+        job.receive(message, store)
+        if on_message is not None:
+            on_message(message)
+        if kind == "done":
+            return None, None, message[1]
     return current, reason, None
 
 

@@ -1,0 +1,158 @@
+"""`harness compare` and `harness drift` as jobs of harness.executor: their cells are the candidate backend
+configurations.
+
+The worker resolves the model, exports it (a cache hit after the first run), and runs the reference and
+every candidate in one pass, as in one process; before each piece of a candidate's work (its load, its
+batches, its row) it says which candidate the work is for. A candidate that kills its worker (a segfault,
+an abort in native code) or runs past `--cell-timeout` becomes one `failed` row naming the signal or the
+timeout, and the next worker runs the others without it. The driver, which never imports torch or a
+backend package, turns the worker's progress into the progress bar. Drift has one candidate: when it
+crashes or hangs, the next worker writes a drift report whose `status` is failed with that reason.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REFERENCE_WORK = "reference"
+
+
+@dataclass
+class CompareJob:
+    """What the worker needs (names and paths: it resolves them again)."""
+
+    model: str | None
+    backends: str | None
+    precision: str
+    dataset: Path | None = None
+    limit: int | None = None
+    batch_size: int = 32
+    threads: int | None = None
+    checkpoint: Path | None = None
+    profile: Path | None = None
+    allow_code: bool = False
+    input_shape: str | None = None
+    calibration: Path | None = None
+    artifact: Path | None = None
+    recorded: Path | None = None                   # --candidate-outputs
+    isolated: dict = field(default_factory=dict)   # target label -> why its worker died or was killed
+
+    driver_resolves = False
+
+    @property
+    def cpus(self) -> int:
+        return self.threads or 1
+
+    def work(self, send) -> dict:
+        """The worker's side: the whole compare report (the driver only renders it)."""
+        from harness.calibration import calibration_set
+        from harness.compare import SCHEMA, compare, parse_targets
+        from harness.data import embedded_benchmark, load_dataset
+        from harness.data.benchmark import SEED as BENCHMARK_SEED
+        from harness.export import export
+        from harness.model import resolve_model
+        from harness.report.blocks import common_blocks
+
+        spec = resolve_model(self.model, checkpoint=self.checkpoint, profile_path=self.profile,
+                             allow_code=self.allow_code, input_shape=self.input_shape)
+        targets = [] if self.recorded is not None and not self.backends else parse_targets(self.backends,
+                                                                                          self.precision)
+        data = (load_dataset(self.dataset) if self.dataset else embedded_benchmark(spec.task)).limit(self.limit)
+        send(("samples", len(data.samples)))
+        exported = export(spec)
+        calibration_data = None
+        if any(t.precision == "int8" and t.label not in self.isolated for t in targets) and self.artifact is None:
+            calibration_data = calibration_set(spec, self.calibration)
+        core = compare(exported, data, targets, batch_size=self.batch_size, threads=self.threads,
+                       progress=lambda n: send(("progress", n)), calibration=calibration_data,
+                       artifact=self.artifact, recorded=self.recorded, on_work=work_messages(send),
+                       isolated=self.isolated)
+        return {
+            **common_blocks(SCHEMA, exported, data, data.fingerprint(), core["processed"], core["failed"],
+                            core["reference"], self.threads,
+                            {"benchmark": BENCHMARK_SEED} if self.dataset is None else {},
+                            {t.backend.name for t in targets} | {core["reference"]["backend"]},
+                            model={"source": spec.source, "onnx": str(exported.onnx_path),
+                                   "exporter": exported.exporter, "opset": exported.opset},
+                            dataset={"path": str(data.root), "task": core["task"]}),
+            "results": core["results"],
+            "calibration": core["calibration"],
+            "artifact": str(self.artifact) if self.artifact else None,
+        }
+
+    def receive(self, message: tuple, store) -> None:
+        """Nothing to keep: a compare's rows are computed from the whole pass, at its end."""
+
+    def isolate(self, cell: tuple, reason: str, store) -> dict:
+        (label,) = cell
+        self.isolated[label] = reason
+        return {"target": label, "reason": reason}
+
+
+@dataclass
+class DriftJob:
+    """What drift's worker needs (names and paths: it resolves them again)."""
+
+    model: str | None
+    backend: str
+    precision: str
+    dataset: Path | None = None
+    limit: int | None = None
+    batch_size: int = 32
+    threads: int | None = None
+    thresholds: object = None                      # harness.compare.drift.Thresholds
+    taps: str | None = None
+    unit_samples: int | None = None
+    repro: Path | None = None
+    checkpoint: Path | None = None
+    profile: Path | None = None
+    allow_code: bool = False
+    input_shape: str | None = None
+    calibration: Path | None = None
+    artifact: Path | None = None
+    isolated: dict = field(default_factory=dict)   # candidate label -> why its worker died or was killed
+
+    driver_resolves = False
+
+    @property
+    def cpus(self) -> int:
+        return self.threads or 1
+
+    def work(self, send) -> dict:
+        from harness.backends import parse_target
+        from harness.calibration import calibration_set
+        from harness.compare.drift import drift_report
+        from harness.data import embedded_benchmark, load_dataset
+        from harness.model import resolve_model
+
+        spec = resolve_model(self.model, checkpoint=self.checkpoint, profile_path=self.profile,
+                             allow_code=self.allow_code, input_shape=self.input_shape)
+        target, device = parse_target(self.backend)
+        data = (load_dataset(self.dataset) if self.dataset else embedded_benchmark(spec.task)).limit(self.limit)
+        failed = next(iter(self.isolated.values()), None)
+        calibration = calibration_set(spec, self.calibration) \
+            if self.precision == "int8" and not self.artifact and failed is None else None
+        return drift_report(spec, target.name, device, self.precision, data, self.batch_size, self.threads,
+                            self.thresholds, self.taps, self.unit_samples, calibration, self.repro, self.artifact,
+                            on_work=work_messages(send), failed=failed)
+
+    def receive(self, message: tuple, store) -> None:
+        """Nothing to keep: drift's statistics are its report."""
+
+    def isolate(self, cell: tuple, reason: str, store) -> dict:
+        (label,) = cell
+        self.isolated[label] = reason
+        return {"target": label, "reason": reason}
+
+
+def work_messages(send):
+    """The owner of the work at hand (a cell's name, REFERENCE_WORK, or None between) as the executor's
+    messages."""
+    def on_work(owner: str | None) -> None:
+        if owner == REFERENCE_WORK:
+            send(("reference",))
+        elif owner:
+            send(("start", owner))
+        else:
+            send(("pause",))
+    return on_work
