@@ -19,8 +19,7 @@ bounded by the timeout too, and a reference that crashes or hangs ends the run w
   Taking rows back from the store with `--resume` needs the store's path to be readable by the worker
   (one machine, or a shared file system).
 
-A job (picklable: it travels to the worker) has `cpus` (what a Ray task asks for), `driver_resolves` (the
-driver resolved the model and said what that says, so the worker stays quiet about it), `work(send)` (the
+A job (picklable: it travels to the worker) has `cpus` (what a Ray task asks for), `work(send)` (the
 worker's side: returns the result and sends ("start", key, *details) before a cell's work, ("reference",) before the reference's,
 ("pause",) between, and messages of its own, such as a sweep's rows for the store), `receive(message,
 store)` (the driver's side of every message, "done" included) and `isolate(details, reason, store)` (the
@@ -52,7 +51,8 @@ class WorkerError(HarnessError):
 
 def run_in_worker(job, send, quiet: bool) -> None:
     """The worker's side: the job's messages, then ("done", result) or ("error", exit_code, message).
-    quiet: what resolving the model says was already said (by the driver, or by an earlier worker)."""
+    quiet: what resolving the model says was already said by an earlier worker. The driver does not resolve
+    the model: torch's import (3 s) is paid once, in the worker."""
     import os
 
     if quiet:
@@ -219,7 +219,7 @@ def _drive(job, executor: str, cell_timeout: float | None, store, on_message, ma
 def _drive_workers(job, executor: str, cell_timeout: float | None, store, on_message, max_restarts: int):
     isolated = []
     for _ in range(max_restarts + 1):
-        quiet = job.driver_resolves or bool(isolated)
+        quiet = bool(isolated)  # the first worker said what resolving the model says
         worker = LocalWorker(job, quiet) if executor == "local" else RayWorker(job, quiet)
         try:
             current, reason, result = _watch(worker, job, cell_timeout, store, on_message)

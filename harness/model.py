@@ -249,7 +249,8 @@ def resolve_model(name: str | None, checkpoint: Path | None = None, profile_path
 
 
 def _note(text: str) -> None:
-    """One line on stderr, once: a sweep's worker resolves the model again and stays quiet about it."""
+    """One line on stderr, once: a worker started again after a crashed cell (harness.executor) resolves the
+    model again and stays quiet about it."""
     import os
 
     if os.environ.get("HARNESS_WORKER") != "1":

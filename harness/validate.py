@@ -42,8 +42,6 @@ class GateJob:
     allow_code: bool = False
     isolated: dict = field(default_factory=dict)  # profile name -> why its worker died or was killed
 
-    driver_resolves = False
-
     @property
     def cpus(self) -> int:
         from harness.gate_file import load_gate

@@ -66,14 +66,13 @@ def sysnoise(
     from harness.noise.cells import SweepJob
     from harness.noise.runner import SweepSettings
 
-    checked_inputs(profile, allow_code, input_shape, dataset)  # before the model and its worker: fail fast
-    spec = resolve(model, checkpoint, profile, allow_code, input_shape)
+    checked_inputs(profile, allow_code, input_shape, dataset)  # before the worker: fail fast
     console = console_for(json_path)
     graph_backend = get_backend(backend).name
     for text in variant or []:
         add_user_variant(text)
     if list_axes:
-        _print_axes(console, spec, graph_backend)
+        _print_axes(console, resolve(model, checkpoint, profile, allow_code, input_shape), graph_backend)
         return
     rounds = _bootstrap_rounds(bootstrap_rounds, bootstrap_seconds)
     settings = SweepSettings(axes, dataset, limit, batch_size, threads, calibration, graph_backend, combine,

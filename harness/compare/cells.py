@@ -37,8 +37,6 @@ class CompareJob:
     recorded: Path | None = None                   # --candidate-outputs
     isolated: dict = field(default_factory=dict)   # target label -> why its worker died or was killed
 
-    driver_resolves = False
-
     @property
     def cpus(self) -> int:
         return self.threads or 1
@@ -111,8 +109,6 @@ class DriftJob:
     calibration: Path | None = None
     artifact: Path | None = None
     isolated: dict = field(default_factory=dict)   # candidate label -> why its worker died or was killed
-
-    driver_resolves = False
 
     @property
     def cpus(self) -> int:

@@ -28,8 +28,6 @@ class SweepJob:
     run: str = field(default_factory=lambda: uuid.uuid4().hex)  # names this run's pieces in the store
     piece_contexts: set = field(default_factory=set)  # the sweeps whose pieces the store got (driver side)
 
-    driver_resolves = True  # the sysnoise command resolves it first (--list-axes needs it)
-
     @property
     def cpus(self) -> int:
         return self.settings.threads or 1
