@@ -392,8 +392,20 @@ def _popen_as_a_terminal_would(args, **kwargs):
         signal.signal(signal.SIGINT, previous)
 
 
+STOPPED_SWEEP = ["sysnoise", "--axes", "color", "--limit", "12", "--batch-size", "4", "--chunk-size", "4"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_color_deltas(harness_cli) -> dict:
+    """The sweep the stopped ones resume, run once without a stop (the expectation of every signal's case)."""
+    fresh = harness_cli(*STOPPED_SWEEP, "--json", "-")
+    assert fresh.returncode == 0, fresh.stderr[-2000:]
+    return {v["name"]: v["delta"] for v in json.loads(fresh.stdout)["axes"][0]["variants"]}
+
+
 @pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM", "SIGKILL"])
-def test_a_stopped_sweep_takes_its_worker_along_and_resumes_from_the_chunks_it_finished(tmp_path, stop):
+def test_a_stopped_sweep_takes_its_worker_along_and_resumes_from_the_chunks_it_finished(tmp_path, stop,
+                                                                                       uninterrupted_color_deltas):
     """Ctrl-C (SIGINT), a cancelled job (SIGTERM) or a hard kill (SIGKILL, no handler runs) in the middle
     of the pass: the worker does not outlive the driver, the chunks already done stay in the store, and
     --resume takes them back instead of recomputing them; the rows equal an uninterrupted sweep's."""
@@ -408,8 +420,7 @@ def test_a_stopped_sweep_takes_its_worker_along_and_resumes_from_the_chunks_it_f
 
     store = tmp_path / "cells.sqlite"
     harness = str(Path(sys.executable).with_name("harness"))
-    common = ["sysnoise", "--axes", "color", "--limit", "12", "--batch-size", "4", "--chunk-size", "4", "--store",
-              str(store), "--json", "-"]
+    common = [*STOPPED_SWEEP, "--store", str(store), "--json", "-"]
     # colours run in name order: bgr's first chunk is done, then the hanging converter blocks the pass
     running = _popen_as_a_terminal_would([harness, *common, "--variant", "color=harness_test_variants:stage_that_hangs"],
                                          env={**os.environ, **_plugin_env()}, stdout=subprocess.DEVNULL,
@@ -443,9 +454,7 @@ def test_a_stopped_sweep_takes_its_worker_along_and_resumes_from_the_chunks_it_f
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     report = json.loads(resumed.stdout)
     assert report["counters"]["pieces_taken"] >= 1
-    fresh = subprocess.run([harness, *common[:-4], "--json", "-"], capture_output=True, text=True, timeout=600)
-    expected = {v["name"]: v["delta"] for v in json.loads(fresh.stdout)["axes"][0]["variants"]}
-    assert {v["name"]: v["delta"] for v in report["axes"][0]["variants"]} == expected
+    assert {v["name"]: v["delta"] for v in report["axes"][0]["variants"]} == uninterrupted_color_deltas
 
 
 def test_ray_executor_isolates_a_crash_and_a_hang(harness_cli, tmp_path):
