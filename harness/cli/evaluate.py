@@ -57,8 +57,9 @@ def compare(
     targets = [] if candidate_outputs is not None and not backends else parse_targets(backends, precision)
     if artifact is not None:
         _check_artifact(artifact, targets, backends)
-    job = CompareJob(model, backends, precision, dataset, limit, batch_size, threads, checkpoint, profile,
-                     allow_code, input_shape, calibration, artifact, candidate_outputs)
+    job = CompareJob(model=model, backends=backends, precision=precision, recorded=candidate_outputs,
+                     **_candidates_options(dataset, limit, batch_size, threads, checkpoint, profile, allow_code,
+                                           input_shape, calibration, artifact))
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task(f"compare {model or 'the default model'}", total=None)  # the worker says how many
@@ -66,6 +67,14 @@ def compare(
     _show_compare(console, report, json_path, html)
     if any(row["status"] == "failed" for row in report["results"]):
         raise typer.Exit(1)
+
+
+def _candidates_options(dataset, limit, batch_size, threads, checkpoint, profile, allow_code, input_shape,
+                        calibration, artifact) -> dict:
+    """The options compare and drift share, as their jobs (harness.compare.cells.CandidatesJob) name them."""
+    return {"dataset": dataset, "limit": limit, "batch_size": batch_size, "threads": threads,
+            "checkpoint": checkpoint, "profile": profile, "allow_code": allow_code, "input_shape": input_shape,
+            "calibration": calibration, "artifact": artifact}
 
 
 def _show_progress(bar, task, message: tuple) -> None:
@@ -149,8 +158,10 @@ def drift(
     parse_target(backend)
     if artifact is not None and not artifact.is_file():
         raise InputError(f"{artifact}: deployed artefact not found")
-    job = DriftJob(model, backend, precision, dataset, limit, batch_size, threads, Thresholds(snr_floor, atol, rtol),
-                   taps, unit_samples, repro, checkpoint, profile, allow_code, input_shape, calibration, artifact)
+    job = DriftJob(model=model, backend=backend, precision=precision, thresholds=Thresholds(snr_floor, atol, rtol),
+                   taps=taps, unit_samples=unit_samples, repro=repro,
+                   **_candidates_options(dataset, limit, batch_size, threads, checkpoint, profile, allow_code,
+                                         input_shape, calibration, artifact))
     report = run_cells(job, executor, cell_timeout)
     try:
         console.print(drift_table(report))

@@ -17,12 +17,12 @@ from pathlib import Path
 REFERENCE_WORK = "reference"
 
 
-@dataclass
-class CompareJob:
-    """What the worker needs (names and paths: it resolves them again)."""
+@dataclass(kw_only=True)
+class CandidatesJob:
+    """What a worker needs to run one model's candidates against its reference (names and paths: the worker
+    resolves them again); compare's and drift's jobs add their own options."""
 
     model: str | None
-    backends: str | None
     precision: str
     dataset: Path | None = None
     limit: int | None = None
@@ -34,29 +34,47 @@ class CompareJob:
     input_shape: str | None = None
     calibration: Path | None = None
     artifact: Path | None = None
-    recorded: Path | None = None                   # --candidate-outputs
-    isolated: dict = field(default_factory=dict)   # target label -> why its worker died or was killed
+    isolated: dict = field(default_factory=dict)   # candidate label -> why its worker died or was killed
 
     @property
     def cpus(self) -> int:
         return self.threads or 1
 
+    def model_and_data(self):
+        """(the model's spec, the data), resolved in the worker."""
+        from harness.data import embedded_benchmark, load_dataset
+        from harness.model import resolve_model
+
+        spec = resolve_model(self.model, checkpoint=self.checkpoint, profile_path=self.profile,
+                             allow_code=self.allow_code, input_shape=self.input_shape)
+        return spec, (load_dataset(self.dataset) if self.dataset else embedded_benchmark(spec.task)).limit(self.limit)
+
+    def receive(self, message: tuple, store) -> None:
+        """Nothing to keep: the rows are computed from the whole pass, at its end."""
+
+    def isolate(self, cell: tuple, reason: str, store) -> dict:
+        (label,) = cell
+        self.isolated[label] = reason
+        return {"target": label, "reason": reason}
+
+
+@dataclass(kw_only=True)
+class CompareJob(CandidatesJob):
+    backends: str | None
+    recorded: Path | None = None                   # --candidate-outputs
+
     def work(self, send) -> dict:
         """The worker's side: the whole compare report (the driver only renders it)."""
         from harness.calibration import calibration_set
         from harness.compare import SCHEMA, compare, parse_targets
-        from harness.data import embedded_benchmark, load_dataset
         from harness.data.benchmark import SEED as BENCHMARK_SEED
         from harness.export import export
-        from harness.model import resolve_model
         from harness.report.blocks import common_blocks
 
-        spec = resolve_model(self.model, checkpoint=self.checkpoint, profile_path=self.profile,
-                             allow_code=self.allow_code, input_shape=self.input_shape)
+        spec, data = self.model_and_data()
+        send(("samples", len(data.samples)))
         targets = [] if self.recorded is not None and not self.backends else parse_targets(self.backends,
                                                                                           self.precision)
-        data = (load_dataset(self.dataset) if self.dataset else embedded_benchmark(spec.task)).limit(self.limit)
-        send(("samples", len(data.samples)))
         exported = export(spec)
         calibration_data = None
         if any(t.precision == "int8" and t.label not in self.isolated for t in targets) and self.artifact is None:
@@ -78,67 +96,28 @@ class CompareJob:
             "artifact": str(self.artifact) if self.artifact else None,
         }
 
-    def receive(self, message: tuple, store) -> None:
-        """Nothing to keep: a compare's rows are computed from the whole pass, at its end."""
 
-    def isolate(self, cell: tuple, reason: str, store) -> dict:
-        (label,) = cell
-        self.isolated[label] = reason
-        return {"target": label, "reason": reason}
-
-
-@dataclass
-class DriftJob:
-    """What drift's worker needs (names and paths: it resolves them again)."""
-
-    model: str | None
+@dataclass(kw_only=True)
+class DriftJob(CandidatesJob):
     backend: str
-    precision: str
-    dataset: Path | None = None
-    limit: int | None = None
-    batch_size: int = 32
-    threads: int | None = None
     thresholds: object = None                      # harness.compare.drift.Thresholds
     taps: str | None = None
     unit_samples: int | None = None
     repro: Path | None = None
-    checkpoint: Path | None = None
-    profile: Path | None = None
-    allow_code: bool = False
-    input_shape: str | None = None
-    calibration: Path | None = None
-    artifact: Path | None = None
-    isolated: dict = field(default_factory=dict)   # candidate label -> why its worker died or was killed
-
-    @property
-    def cpus(self) -> int:
-        return self.threads or 1
 
     def work(self, send) -> dict:
         from harness.backends import parse_target
         from harness.calibration import calibration_set
         from harness.compare.drift import drift_report
-        from harness.data import embedded_benchmark, load_dataset
-        from harness.model import resolve_model
 
-        spec = resolve_model(self.model, checkpoint=self.checkpoint, profile_path=self.profile,
-                             allow_code=self.allow_code, input_shape=self.input_shape)
+        spec, data = self.model_and_data()
         target, device = parse_target(self.backend)
-        data = (load_dataset(self.dataset) if self.dataset else embedded_benchmark(spec.task)).limit(self.limit)
         failed = next(iter(self.isolated.values()), None)
         calibration = calibration_set(spec, self.calibration) \
             if self.precision == "int8" and not self.artifact and failed is None else None
         return drift_report(spec, target.name, device, self.precision, data, self.batch_size, self.threads,
                             self.thresholds, self.taps, self.unit_samples, calibration, self.repro, self.artifact,
                             on_work=work_messages(send), failed=failed)
-
-    def receive(self, message: tuple, store) -> None:
-        """Nothing to keep: drift's statistics are its report."""
-
-    def isolate(self, cell: tuple, reason: str, store) -> dict:
-        (label,) = cell
-        self.isolated[label] = reason
-        return {"target": label, "reason": reason}
 
 
 def work_messages(send):
