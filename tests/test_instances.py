@@ -212,7 +212,7 @@ def test_mask_ap_equals_pycocotools_on_the_file_with_the_zoo_models_predictions(
 def test_zoo_instance_segmenter_through_every_command(through_every_command):
     """compare (HTML with mask overlays, opened in chromium), sysnoise, drift, validate, report and diff on
     yolact_tiny. The graph axes (upsample, ceil mode) run on it in the README's sweep, whose test checks them."""
-    report, axes, open_gallery = through_every_command("yolact_tiny", 12, "mask_paste")
+    report, axes, open_gallery = through_every_command("yolact_tiny", 12, "mask_paste", "--bootstrap-rounds", "20")
     assert report["model"]["task"] == "instances"
     reference = report["reference"]["metric"]
     assert set(reference) == {"mask_map", "mask_ap50", "mask_ap75", "box_map"} and 0 < reference["mask_map"] <= 1
