@@ -13,13 +13,22 @@ on without it (for a sweep, the rows already finished are taken back, not comput
 backend or decoder costs its own cell and one worker start-up, never the run. The reference's own work is
 bounded by the timeout too, and a reference that crashes or hangs ends the run with one line (exit 1).
 
+`--workers N` (a sweep): N workers at once, each running every cell on its shard of the data (a contiguous
+run of whole chunks, harness.pipeline.shard_of) with its own stage caches, and sending each (cell, chunk)'s
+per-sample predictions (a piece) to the store; then one more worker makes the report from the merged
+pieces, taken back instead of computed, so it is the one a single worker makes, number for number (the
+metrics, intervals and seeded bootstraps see the same predictions in the same order). A crashed or
+timed-out cell is isolated for every shard (the shards share the run's rows); a finished shard's pieces
+stay in the store, so `--resume` after a lost driver or node recomputes only the chunks not finished.
+
 - local: the worker is a process of this machine (multiprocessing, spawn: no inherited threads or state).
 - ray: the worker is a Ray task (`ray.init(address=$RAY_ADDRESS)`, a local cluster when unset) asking for
   `--threads` CPUs; messages come back through a Ray queue, so the store stays on the driver's machine.
   Taking rows back from the store with `--resume` needs the store's path to be readable by the worker
   (one machine, or a shared file system).
 
-A job (picklable: it travels to the worker) has `cpus` (what a Ray task asks for), `work(send)` (the
+A job (picklable: it travels to the worker; with `--workers`, also `shards(count)` and `merging(their
+results)`) has `cpus` (what a Ray task asks for), `work(send)` (the
 worker's side: returns the result and sends ("start", key, *details) before a cell's work, ("reference",) before the reference's,
 ("pause",) between, and messages of its own, such as a sweep's rows for the store), `receive(message,
 store)` (the driver's side of every message, "done" included) and `isolate(details, reason, store)` (the
@@ -162,16 +171,23 @@ class RayWorker:
 
 
 def _ray_main(job, messages, quiet: bool) -> None:
+    import ray
+
+    messages.put(("node", ray.get_runtime_context().get_node_id()))  # where a shard ran (the report says)
     run_in_worker(job, messages.put, quiet)
 
 
 def run_cells(job, executor: str = "local", cell_timeout: float | None = None, store=None,
-              on_message: Callable | None = None, max_restarts: int = 50):
+              on_message: Callable | None = None, max_restarts: int = 50, workers: int = 1):
     """Runs `job` on a worker, restarting it past a crashed or timed-out cell; returns its result, with the
     executor's account in its `executor` key. `on_message`: the driver's own use of the worker's messages
-    (a progress bar), and of ("restart", isolated failure) before a new worker starts the pass again."""
+    (a progress bar), and of ("restart", isolated failure) before a new worker starts the pass again.
+    `workers` > 1: the job's data-parallel shards (job.shards(count), each its own worker, at once), then the
+    job that merges what they sent (job.merging(their results))."""
     if executor not in EXECUTORS:
         raise UsageError(f"--executor {executor!r}: expected one of {', '.join(EXECUTORS)}")
+    if workers > 1 and not hasattr(job, "shards"):
+        raise UsageError(f"--workers {workers}: this command runs on one worker")
     if executor == "ray":
         import sys
 
@@ -184,11 +200,11 @@ def run_cells(job, executor: str = "local", cell_timeout: float | None = None, s
         # Ray prints its cluster's events (a dead worker, ...) on stdout, where `--json -` writes the report
         with contextlib.redirect_stdout(sys.stderr):
             try:
-                return _drive(job, executor, cell_timeout, store, on_message, max_restarts)
+                return _drive(job, executor, cell_timeout, store, on_message, max_restarts, workers)
             finally:
                 if started_here:
                     ray.shutdown()
-    return _drive(job, executor, cell_timeout, store, on_message, max_restarts)
+    return _drive(job, executor, cell_timeout, store, on_message, max_restarts, workers)
 
 
 @contextlib.contextmanager
@@ -211,82 +227,143 @@ def _terminate_like_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
-def _drive(job, executor: str, cell_timeout: float | None, store, on_message, max_restarts: int):
+def _drive(job, executor: str, cell_timeout: float | None, store, on_message, max_restarts: int, workers: int):
+    account = {"name": executor, "cell_timeout": cell_timeout, "workers": workers, "worker_starts": 0,
+               "isolated_failures": []}
     with _terminate_like_interrupt():
-        return _drive_workers(job, executor, cell_timeout, store, on_message, max_restarts)
+        if workers > 1:
+            lanes = _drive_lanes(job.shards(workers), executor, cell_timeout, store, on_message, max_restarts,
+                                 account)
+            shards = [lane.result for lane in lanes]
+            account["shards"] = [{**shard, "node": lane.node} for shard, lane in zip(shards, lanes)]
+            job = job.merging(shards, store)
+        result = _drive_lanes([job], executor, cell_timeout, store, on_message, max_restarts, account)[0].result
+    result["executor"] = account
+    return result
 
 
-def _drive_workers(job, executor: str, cell_timeout: float | None, store, on_message, max_restarts: int):
-    isolated = []
-    for _ in range(max_restarts + 1):
-        quiet = bool(isolated)  # the first worker said what resolving the model says
-        worker = LocalWorker(job, quiet) if executor == "local" else RayWorker(job, quiet)
-        try:
-            current, reason, result = _watch(worker, job, cell_timeout, store, on_message)
-        finally:  # done, failed, or interrupted (Ctrl-C): no worker outlives the driver
-            worker.kill()
-        if result is not None:
-            result["executor"] = {"name": executor, "cell_timeout": cell_timeout, "worker_starts": len(isolated) + 1,
-                                  "isolated_failures": isolated}
-            return result
-        if current is None:
-            raise WorkerError(f"the worker stopped outside any cell: {reason}", 1)
-        isolated.append(job.isolate(current[:-1], reason, store))
-        if on_message is not None:  # the next worker's pass starts over (a progress bar resets)
-            on_message(("restart", isolated[-1]))
-    raise WorkerError(f"the worker was restarted {max_restarts} times; giving up", 1)
+class _Lane:
+    """One job on its worker, restarted past each cell that crashed or timed out in it."""
+
+    def __init__(self, job):
+        self.job, self.worker, self.watch, self.result, self.restarts = job, None, None, None, 0
+        self.node = None  # the Ray node its last worker ran on (None: this machine)
+
+    def start(self, executor: str, quiet: bool, cell_timeout, store, on_message) -> None:
+        self.worker = LocalWorker(self.job, quiet) if executor == "local" else RayWorker(self.job, quiet)
+        self.watch = _Watch(self.worker, self.job, cell_timeout, store, on_message)
+
+    def stop(self) -> None:
+        if self.worker is not None:
+            self.worker.kill()
+            self.node = self.watch.node
+        self.worker = self.watch = None
 
 
-def _watch(worker, job, cell_timeout: float | None, store, on_message):
-    """Relays one worker's messages to the job until it is done (-> result) or gone (-> the cell it was in
-    and why). A cell's work comes in pieces (the data is streamed in chunks, each chunk doing a piece of
-    every cell), so its time is the sum of its pieces."""
-    current, reason, spent = None, None, {}
-    reference_since = None  # the reference's work (no cell's) runs since then
-    while reason is None:
-        message = worker.receive(POLL_S)
+def _drive_lanes(jobs: list, executor: str, cell_timeout: float | None, store, on_message, max_restarts: int,
+                 account: dict) -> list[_Lane]:
+    """Runs the jobs at once, one worker each, in this one thread (the store is written from here alone);
+    returns their lanes (results) in order."""
+    lanes = [_Lane(job) for job in jobs]
+    isolated = account["isolated_failures"]
+    try:
+        while running := [lane for lane in lanes if lane.result is None]:
+            for lane in running:
+                if lane.worker is None:
+                    # the first worker of the command says what resolving the model says; the others are quiet
+                    lane.start(executor, account["worker_starts"] > 0, cell_timeout, store, on_message)
+                    account["worker_starts"] += 1
+                outcome = lane.watch.step(POLL_S / len(running))
+                if outcome is None:
+                    continue
+                lane.stop()
+                if outcome[0] == "done":
+                    lane.result = outcome[1]
+                    continue
+                _, current, reason = outcome
+                if current is None:
+                    raise WorkerError(f"the worker stopped outside any cell: {reason}", 1)
+                lane.restarts += 1
+                if lane.restarts > max_restarts:
+                    raise WorkerError(f"the worker was restarted {max_restarts} times; giving up", 1)
+                isolated.append(lane.job.isolate(current[:-1], reason, store))
+                if on_message is not None:  # the next worker's pass starts over (a progress bar resets)
+                    on_message(("restart", isolated[-1]))
+    finally:  # done, failed, or interrupted (Ctrl-C): no worker outlives the driver
+        for lane in lanes:
+            lane.stop()
+    return lanes
+
+
+class _Watch:
+    """Relays one worker's messages to its job and keeps the time of the cell whose work is running. A
+    cell's work comes in pieces (the data is streamed in chunks, each chunk doing a piece of every cell), so
+    its time is the sum of its pieces."""
+
+    def __init__(self, worker, job, cell_timeout: float | None, store, on_message):
+        self.worker, self.job, self.cell_timeout, self.store, self.on_message = \
+            worker, job, cell_timeout, store, on_message
+        self.current, self.spent, self.node = None, {}, None
+        self.reference_since = None  # the reference's work (no cell's) runs since then
+
+    def step(self, timeout: float):
+        """One wait for a message: None while the worker runs; ("done", result) or ("gone", the cell it was
+        in, why)."""
+        message = self.worker.receive(timeout)
         if message is None:
-            if cell_timeout and current and \
-                    spent.get(current[0], 0.0) + time.monotonic() - current[-1] > cell_timeout:
-                worker.kill()
-                reason = f"timed out: still running after {cell_timeout:g} s (--cell-timeout); its worker was killed"
-            elif cell_timeout and reference_since is not None and time.monotonic() - reference_since > cell_timeout:
-                # the reference's own work is bounded too: nothing can be measured against a reference that
-                # never finishes, and a run that hangs there must not run until killed from outside
-                worker.kill()
-                raise WorkerError(f"the reference pass ran past --cell-timeout ({cell_timeout:g} s on one chunk of "
-                                  "data); its worker was killed and nothing can be measured against it", 1)
-            elif (ended := worker.ended()) is not None:
-                message = worker.receive(1.0)  # a last message may still be in flight
-                if message is None:
-                    if reference_since is not None:
-                        raise WorkerError(f"the reference's worker process died ({ended}) while running the "
-                                          "reference; nothing can be measured against it", 1)
-                    reason = f"its worker process died ({ended}) while running it"
-        if message is None:
-            continue
+            message, reason = self._silent()
+            if reason is not None:
+                return "gone", self.current, reason
+        return None if message is None else self._relay(message)
+
+    def _silent(self) -> tuple[tuple | None, str | None]:
+        """No message came: (a last message of a worker that just ended, None), or (None, why the worker is
+        given up: a timeout kills it), or (None, None) while it may go on."""
+        cell_timeout, current, now = self.cell_timeout, self.current, time.monotonic()
+        if cell_timeout and current and self.spent.get(current[0], 0.0) + now - current[-1] > cell_timeout:
+            self.worker.kill()
+            return None, f"timed out: still running after {cell_timeout:g} s (--cell-timeout); its worker was killed"
+        if cell_timeout and self.reference_since is not None and now - self.reference_since > cell_timeout:
+            # the reference's own work is bounded too: nothing can be measured against a reference that
+            # never finishes, and a run that hangs there must not run until killed from outside
+            self.worker.kill()
+            raise WorkerError(f"the reference pass ran past --cell-timeout ({cell_timeout:g} s on one chunk of "
+                              "data); its worker was killed and nothing can be measured against it", 1)
+        ended = self.worker.ended()
+        if ended is None:
+            return None, None
+        last = self.worker.receive(1.0)  # a last message may still be in flight
+        if last is not None:
+            return last, None
+        if self.reference_since is not None:
+            raise WorkerError(f"the reference's worker process died ({ended}) while running the reference; "
+                              "nothing can be measured against it", 1)
+        return None, f"its worker process died ({ended}) while running it"
+
+    def _relay(self, message: tuple):
         kind = message[0]
-        if kind == "reference" or (kind == "piece" and reference_since is not None):  # begun, or progressed
-            reference_since = time.monotonic()
+        if kind == "node":
+            self.node = message[1]
+            return None
+        if kind == "reference" or (kind == "piece" and self.reference_since is not None):  # begun, or progressed
+            self.reference_since = time.monotonic()
         elif kind in ("start", "pause"):
-            reference_since = None
-        if kind in ("start", "pause", "row", "reference") and current is not None:  # the running piece of work ends
-            spent[current[0]] = spent.get(current[0], 0.0) + time.monotonic() - current[-1]
-            current = None
+            self.reference_since = None
+        if kind in ("start", "pause", "row", "reference") and self.current is not None:  # the running piece ends
+            self.spent[self.current[0]] = self.spent.get(self.current[0], 0.0) + time.monotonic() - self.current[-1]
+            self.current = None
         if kind == "start":
-            current = (*message[1:], time.monotonic())
+            self.current = (*message[1:], time.monotonic())
         elif kind == "error":
             if len(message) > 3 and _debugging():
                 import sys
 
                 print(message[3], file=sys.stderr)
             raise WorkerError(message[2], message[1])
-        job.receive(message, store)
-        if on_message is not None:
-            on_message(message)
-        if kind == "done":
-            return None, None, message[1]
-    return current, reason, None
+        self.job.receive(message, self.store)
+        if self.on_message is not None:
+            self.on_message(message)
+        return ("done", message[1]) if kind == "done" else None
 
 
 def _debugging() -> bool:

@@ -97,6 +97,20 @@ class Collected:
             self.predictions.extend(self.rows[start:start + len(predictions)])  # views: no copy on the heap
 
 
+def shard_chunk_size(samples: int, batch_size: int, chunk_size: int, shards: int = 1) -> int:
+    """Images per chunk: whole batches (every sample meets the batch boundaries of one unchunked pass, so
+    predictions do not depend on the chunking), and small enough that `shards` workers each get a chunk
+    where the data allows it (shards are runs of whole chunks)."""
+    if shards > 1:
+        chunk_size = min(chunk_size, -(-samples // shards))
+    return -(-max(chunk_size, 1) // batch_size) * batch_size
+
+
+def shard_of(chunks: int, shard: int, shards: int) -> range:
+    """The chunk indices of data-parallel shard `shard` of `shards`: contiguous, sizes differing by one."""
+    return range(shard * chunks // shards, (shard + 1) * chunks // shards)
+
+
 class StagedPipeline:
     """Evaluates requests (profile, model configuration) on a dataset in one streaming pass.
 
@@ -110,11 +124,13 @@ class StagedPipeline:
     """
 
     def __init__(self, exported, dataset, batch_size: int = 64, threads: int | None = None, calibration=None,
-                 bootstrap_rounds: int = MAP_ROUNDS, bootstrap_scope: str = "all", chunk_size: int = DEFAULT_CHUNK):
+                 bootstrap_rounds: int = MAP_ROUNDS, bootstrap_scope: str = "all", chunk_size: int = DEFAULT_CHUNK,
+                 shards: int = 1, shard: int | None = None):
         self.exported, self.dataset, self.batch_size = exported, dataset, batch_size
         self.task = get_task(exported.spec.task)
-        # whole batches per chunk: every sample meets the same batch boundaries as in one unchunked pass
-        self.chunk_size = -(-max(chunk_size, 1) // batch_size) * batch_size
+        self.chunk_size = shard_chunk_size(len(dataset.samples), batch_size, chunk_size, shards)
+        # `shard` of `shards`: the pass walks only that contiguous run of whole chunks (a data-parallel worker)
+        self.shards, self.shard = shards, shard
         self.bootstrap_rounds = bootstrap_rounds  # seeded rounds of each mAP bootstrap (0: none)
         # "all": every detection variant gets its mAP interval; "largest": per axis only the variant with the
         # largest |Δ| (an interval costs ~200 COCO accumulations: seconds per variant)
@@ -274,7 +290,7 @@ class StagedPipeline:
         collected = {request.key: Collected(len(self.dataset.samples)) for request in order}
         running = {request.key: hashlib.sha256() for request in order}
         samples, owners = self.dataset.samples, owners or {}
-        for start in range(0, len(samples), self.chunk_size):
+        for start in self.chunk_starts():
             chunk = samples[start:start + self.chunk_size]
             for request in order:
                 if request.key in self.broken:
@@ -301,6 +317,14 @@ class StagedPipeline:
                                                           predictions_digest(self.task, done.predictions))
                 self.input_sets.setdefault(request.profile.stage_key("pre"), running[request.key].hexdigest())
         self.counters["distinct_inputs"] = len(set(self.input_sets.values()))
+
+    def chunk_starts(self) -> range:
+        """Where each chunk of the pass starts: every chunk, or this worker's shard of them."""
+        starts = range(0, len(self.dataset.samples), self.chunk_size)
+        if self.shard is None:
+            return starts
+        mine = shard_of(len(starts), self.shard, self.shards)
+        return starts[mine.start:mine.stop]
 
     def _working(self, owner) -> None:
         if self.on_work is not None and owner != self._owner:

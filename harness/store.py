@@ -159,6 +159,17 @@ class CellStore:
     def put_piece(self, key: str, run: str, context: str, data: bytes) -> None:
         self._write("INSERT OR REPLACE INTO pieces VALUES (?, ?, ?, ?, ?)", (key, run, context, data, time.time()))
 
+    def pieces_of(self, contexts) -> dict[str, bytes]:
+        """Every stored piece of these sweeps (any run), by key: what a merging worker on another machine
+        is sent (harness.noise.cells.SweepJob.merging)."""
+        found = {}
+        for context in contexts:
+            try:
+                found.update(self.connection.execute("SELECT key, data FROM pieces WHERE context = ?", (context,)))
+            except sqlite3.Error:  # unreadable: the merging worker computes those chunks again
+                continue
+        return found
+
     def drop_pieces(self, contexts) -> None:
         """A finished sweep's pieces (its rows hold the results now), of this run and of the runs it resumed."""
         self._write("DELETE FROM pieces WHERE context = ?", [(c,) for c in contexts])

@@ -43,6 +43,23 @@ CellTimeoutOpt = Annotated[Optional[float], typer.Option(
                                   "worker is killed and the cell reported as timed out; bounds each chunk of "
                                   "the reference's work too.")]
 
+WorkersOpt = Annotated[int, typer.Option(
+    "--workers", min=1, help="Data-parallel workers (processes, or Ray tasks with --executor ray), each running "
+                             "every cell on its shard of the data; the report is the one a single worker makes. "
+                             "Without --threads each gets cores/workers threads.")]
+
+
+def threads_per_worker(workers: int, threads: int | None) -> int | None:
+    """--threads, or with several workers their share of this machine's cores (said on stderr): workers x
+    threads is the cores asked for. One worker without --threads leaves each backend its own default."""
+    if workers == 1 or threads is not None:
+        return threads
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    chosen = max(1, cores // workers)
+    print(f"harness: {workers} workers x {chosen} thread{'s' if chosen > 1 else ''} each ({cores} cores here; "
+          "--threads sets it)", file=sys.stderr)
+    return chosen
+
 
 def console_for(json_path: str | None) -> Console:
     """The table goes to stderr when the JSON goes to stdout. Logs and CI are wider than 80 columns."""

@@ -11,8 +11,8 @@ from rich.markup import escape
 from harness.cli.app import app
 from harness.cli.common import (AllowCodeOpt, BatchSizeOpt, CalibrationOpt, CellTimeoutOpt, CheckpointOpt,
                                 DatasetOpt, ExecutorOpt, HtmlOpt, InputShapeOpt, JsonOpt, LimitOpt, ModelArg,
-                                ProfileOpt, ThreadsOpt, checked_inputs, console_for, print_data_notes, resolve,
-                                write_reports)
+                                ProfileOpt, ThreadsOpt, WorkersOpt, checked_inputs, console_for, print_data_notes,
+                                resolve, threads_per_worker, write_reports)
 
 
 @app.command()
@@ -49,6 +49,7 @@ def sysnoise(
                                   "|Δ| (faster).")] = "all",
     executor: ExecutorOpt = "local",
     cell_timeout: CellTimeoutOpt = None,
+    workers: WorkersOpt = 1,
     store: Annotated[Optional[Path], typer.Option(
         "--store", help="SQLite file that keeps every finished variant as it finishes "
                         "(default: $HARNESS_CACHE/cells.sqlite).")] = None,
@@ -75,12 +76,13 @@ def sysnoise(
         _print_axes(console, resolve(model, checkpoint, profile, allow_code, input_shape), graph_backend)
         return
     rounds = _bootstrap_rounds(bootstrap_rounds, bootstrap_seconds)
-    settings = SweepSettings(axes, dataset, limit, batch_size, threads, calibration, graph_backend, combine,
-                             **({} if rounds is None else {"bootstrap_rounds": rounds}),
-                             bootstrap_scope=bootstrap_scope, **({"chunk_size": chunk_size} if chunk_size else {}))
+    settings = SweepSettings(axes, dataset, limit, batch_size, threads_per_worker(workers, threads), calibration,
+                             graph_backend, combine, **({} if rounds is None else {"bootstrap_rounds": rounds}),
+                             bootstrap_scope=bootstrap_scope, **({"chunk_size": chunk_size} if chunk_size else {}),
+                             workers=workers)
     get_axes(axes)  # a misspelt axis fails here, before a worker starts
     job = SweepJob(model, checkpoint, profile, list(variant or []), settings, None, resume, allow_code=allow_code,
-                   input_shape=input_shape)
+                   input_shape=input_shape, executor=executor)
     report = _run_stored(job, executor, cell_timeout, store)
     _show(console, report, json_path, html, markdown)
     if any(v["status"] == "failed" for axis in report["axes"] for v in axis["variants"]):
@@ -107,14 +109,15 @@ def _bootstrap_rounds(rounds: int | None, seconds: float | None) -> int | None:
 
 
 def _run_stored(job, executor: str, cell_timeout: float | None, store: Path | None) -> dict:
-    """The sweep on its worker, every finished variant kept in the cell store as it finishes."""
+    """The sweep on its workers, every finished variant (and every chunk's piece of the pass) kept in the
+    cell store as it finishes."""
     from harness.executor import run_cells
     from harness.store import CellStore
 
     cells = CellStore(store)
     job.store_path = cells.path
     try:
-        report = run_cells(job, executor, cell_timeout, cells)
+        report = run_cells(job, executor, cell_timeout, cells, workers=job.settings.workers)
     except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or SIGTERM (harness.executor)
         print(f"harness: sweep stopped; the variants and data chunks it finished are kept in {cells.path}: "
               "run the same command with --resume to carry on from there", file=sys.stderr)

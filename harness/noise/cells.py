@@ -4,7 +4,7 @@ back instead of computing them again."""
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from harness.noise.runner import SweepSettings
@@ -27,6 +27,27 @@ class SweepJob:
     taken: dict = field(default_factory=dict)  # rows finished by earlier workers of this run, by cell key
     run: str = field(default_factory=lambda: uuid.uuid4().hex)  # names this run's pieces in the store
     piece_contexts: set = field(default_factory=set)  # the sweeps whose pieces the store got (driver side)
+    shard: int | None = None                   # a data-parallel shard of the pass (of settings.workers)
+    shard_results: list | None = None          # what the shards returned, for the job that merges them
+    executor: str = "local"                    # where the workers run (harness.executor)
+    shipped: object = None                     # Ray: a reference to the shards' pieces, {key: bytes}
+
+    def shards(self, count: int) -> list[SweepJob]:
+        """The jobs of a data-parallel run: shard k does the pass on its run of whole chunks, its pieces sent
+        to the store (they share this job's rows and this run's name)."""
+        if count != self.settings.workers:
+            raise ValueError(f"{count} shards of a sweep planned for {self.settings.workers} workers")
+        return [replace(self, shard=k) for k in range(count)]
+
+    def merging(self, shard_results: list, store) -> SweepJob:
+        """The job that makes the report from the shards' pieces (taken back, not computed). On Ray they
+        travel through the object store: the merging worker may run on a machine without the store's file."""
+        shipped = None
+        if self.executor == "ray" and store is not None:
+            import ray
+
+            shipped = ray.put(store.pieces_of({r["context"] for r in shard_results if r["context"]}))
+        return replace(self, shard=None, shard_results=shard_results, shipped=shipped)
 
     @property
     def cpus(self) -> int:
@@ -42,7 +63,11 @@ class SweepJob:
             add_user_variant(text)
         spec = resolve_model(self.model, checkpoint=self.checkpoint, profile_path=self.profile,
                              allow_code=self.allow_code, input_shape=self.input_shape)
-        return sysnoise_report(spec, self.settings, store=RelayStore(self, send), resume=True)
+        report = sysnoise_report(spec, self.settings, progress=self.shard is None, store=RelayStore(self, send),
+                                 resume=True, shard=self.shard)
+        if self.shard_results:
+            report["counters"] = merged_counters(report["counters"], self.shard_results)
+        return report
 
     def receive(self, message: tuple, store) -> None:
         """The driver's side: rows and pieces into the cell store as they come; a finished sweep's pieces
@@ -57,7 +82,7 @@ class SweepJob:
             _, key, context, data = message
             store.put_piece(key, self.run, context, data)
             self.piece_contexts.add(context)
-        elif kind == "done" and store is not None:
+        elif kind == "done" and store is not None and self.shard is None:
             store.drop_pieces(self.piece_contexts)
 
     def isolate(self, cell: tuple, reason: str, store) -> dict:
@@ -72,6 +97,20 @@ class SweepJob:
         return {"axis": axis, "variant": variant, "reason": reason}
 
 
+def merged_counters(merging: dict, shard_results: list[dict]) -> dict:
+    """The work of a data-parallel run: the shards' counters summed, plus what the merging worker did on
+    its own (its distinct input sets are the whole data's); the pieces it took back from the shards are
+    `pieces_merged`, so `pieces_taken` counts, as in one worker, only work taken back from a crashed worker or
+    an earlier run."""
+    merged = {key: value for key, value in merging.items() if key != "pieces_taken"}
+    for result in shard_results:
+        for key, value in result["counters"].items():
+            if key != "distinct_inputs":
+                merged[key] = merged.get(key, 0) + value
+    merged["pieces_merged"] = merging.get("pieces_taken", 0)
+    return merged
+
+
 class RelayStore:
     """The worker's side of the cell store: rows of this run first, then (with --resume) the store's
     finished rows; every row it is given goes to the driver."""
@@ -82,6 +121,7 @@ class RelayStore:
         self.taken, self.send = dict(job.taken), send
         self.stored = CellStore(job.store_path) if job.store_path else None
         self.path, self.resume, self.run = job.store_path, job.resume, job.run
+        self.shipped = job.shipped
 
     def get(self, key: str) -> dict | None:
         if key in self.taken:
@@ -93,7 +133,14 @@ class RelayStore:
         """A piece of the pass done by an earlier worker of this run (or with --resume, of any run)."""
         from harness.store import BadPiece, decode_piece
 
-        data = self.stored.get_piece(key, None if self.resume else self.run) if self.stored is not None else None
+        if self.shipped is not None and not isinstance(self.shipped, dict):
+            import ray
+
+            self.shipped = ray.get(self.shipped)
+        if self.shipped is not None:  # all there is: this worker may not see the store's file
+            data = self.shipped.get(key)
+        else:
+            data = self.stored.get_piece(key, None if self.resume else self.run) if self.stored is not None else None
         if data is None:
             return None
         try:

@@ -28,6 +28,7 @@ class SweepSettings:
     bootstrap_rounds: int = MAP_ROUNDS      # seeded rounds of each mAP bootstrap (0: none)
     bootstrap_scope: str = "all"            # all | largest (per axis only the largest |Δ| gets an interval)
     chunk_size: int = DEFAULT_CHUNK         # images whose intermediates are held at once
+    workers: int = 1                        # data-parallel workers, each a shard of whole chunks (executor)
 
     def __post_init__(self):
         if self.bootstrap_scope not in BOOTSTRAP_SCOPES:
@@ -35,7 +36,9 @@ class SweepSettings:
 
 
 def sysnoise_report(spec, settings: SweepSettings = SweepSettings(), progress: bool = True, store=None,
-                    resume: bool = False) -> dict:
+                    resume: bool = False, shard: int | None = None) -> dict:
+    """The sweep's report; with `shard` (of settings.workers), only that shard's part of the pass, its
+    pieces kept in the store for the worker that merges them (returns the shard's account)."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -46,7 +49,8 @@ def sysnoise_report(spec, settings: SweepSettings = SweepSettings(), progress: b
     from harness.pipeline import StagedPipeline
     from harness.noise.stats import significance_block
     from harness.tasks import get_task
-    from harness.noise.sweep import combine as combine_axes, reference_metric, reference_of, run_axes
+    from harness.noise.sweep import (combine as combine_axes, prepare_axes, reference_metric, reference_of,
+                                     run_axes)
     from harness.report.blocks import common_blocks, failure_records
     from harness.run import require_readable
 
@@ -67,11 +71,17 @@ def sysnoise_report(spec, settings: SweepSettings = SweepSettings(), progress: b
     pipeline = StagedPipeline(exported, data, settings.batch_size, settings.threads,
                               calibration_set(spec, settings.calibration) if needs_int8 else None,
                               bootstrap_rounds=settings.bootstrap_rounds, bootstrap_scope=settings.bootstrap_scope,
-                              chunk_size=settings.chunk_size)
+                              chunk_size=settings.chunk_size, shards=settings.workers, shard=shard)
     graph_backend = settings.graph_backend
     reference, reference_config = reference_of(exported)
     primary = get_task(task).primary_metric
     classes = data.classes or spec.labels
+    if shard is not None:
+        plans = prepare_axes(pipeline, chosen, spec.profile, reference_config, task, primary, graph_backend, store,
+                             resume)
+        contexts = {cell.context for cells in plans for cell in cells}
+        return {"shard": shard, "chunks": len(pipeline.chunk_starts()), "counters": pipeline.counters,
+                "context": contexts.pop() if len(contexts) == 1 else None}  # the sweep's pieces in the store
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=Console(stderr=True), transient=True, disable=not progress) as bars:
         pass_bar = bars.add_task("decode, resize, infer, post-process (images)", total=len(data.samples))
