@@ -27,13 +27,14 @@ stay in the store, so `--resume` after a lost driver or node recomputes only the
   Taking rows back from the store with `--resume` needs the store's path to be readable by the worker
   (one machine, or a shared file system).
 
-A job (picklable: it travels to the worker; with `--workers`, also `shards(count)` and `merging(their
-results)`) has `cpus` (what a Ray task asks for), `work(send)` (the
-worker's side: returns the result and sends ("start", key, *details) before a cell's work, ("reference",) before the reference's,
-("pause",) between, and messages of its own, such as a sweep's rows for the store), `receive(message,
-store)` (the driver's side of every message, "done" included) and `isolate(details, reason, store)` (the
-driver's side of a cell whose work was running when its worker died or timed out: it becomes a failed row
-the next worker takes as it is; returns what the report's `executor.isolated_failures` lists).
+A job (picklable: it travels to the worker) has `cpus` (what a Ray task asks for), `work(send)` (the
+worker's side: returns the result and sends ("start", key, *details) before a cell's work, ("reference",)
+before the reference's, ("pause",) between, and messages of its own, such as a sweep's rows for the
+store), `receive(message, store)` (the driver's side of every message, "done" included) and
+`isolate(details, reason, store)` (the driver's side of a cell whose work was running when its worker died
+or timed out: it becomes a failed row the next worker takes as it is; returns what the report's
+`executor.isolated_failures` lists). A job that shards has `shards(count)` (the jobs of the shards, whose
+results hold an `account` the report's `executor.shards` lists) and `merging(their results, store)`.
 """
 from __future__ import annotations
 
@@ -235,9 +236,13 @@ def _drive(job, executor: str, cell_timeout: float | None, store, on_message, ma
             lanes = _drive_lanes(job.shards(workers), executor, cell_timeout, store, on_message, max_restarts,
                                  account)
             shards = [lane.result for lane in lanes]
-            account["shards"] = [{**shard, "node": lane.node} for shard, lane in zip(shards, lanes)]
+            account["shards"] = [{**shard["account"], "node": lane.node, "seconds": lane.seconds}
+                                 for shard, lane in zip(shards, lanes)]
             job = job.merging(shards, store)
-        result = _drive_lanes([job], executor, cell_timeout, store, on_message, max_restarts, account)[0].result
+        last = _drive_lanes([job], executor, cell_timeout, store, on_message, max_restarts, account)[0]
+        result = last.result
+        if workers > 1:
+            account["merge_seconds"] = last.seconds  # a worker's start-up, and the metrics of every cell
     result["executor"] = account
     return result
 
@@ -248,8 +253,10 @@ class _Lane:
     def __init__(self, job):
         self.job, self.worker, self.watch, self.result, self.restarts = job, None, None, None, 0
         self.node = None  # the Ray node its last worker ran on (None: this machine)
+        self.started = self.seconds = None  # its first worker's start; wall seconds until its result
 
     def start(self, executor: str, quiet: bool, cell_timeout, store, on_message) -> None:
+        self.started = self.started or time.monotonic()
         self.worker = LocalWorker(self.job, quiet) if executor == "local" else RayWorker(self.job, quiet)
         self.watch = _Watch(self.worker, self.job, cell_timeout, store, on_message)
 
@@ -278,7 +285,7 @@ def _drive_lanes(jobs: list, executor: str, cell_timeout: float | None, store, o
                     continue
                 lane.stop()
                 if outcome[0] == "done":
-                    lane.result = outcome[1]
+                    lane.result, lane.seconds = outcome[1], time.monotonic() - lane.started
                     continue
                 _, current, reason = outcome
                 if current is None:
@@ -287,6 +294,8 @@ def _drive_lanes(jobs: list, executor: str, cell_timeout: float | None, store, o
                 if lane.restarts > max_restarts:
                     raise WorkerError(f"the worker was restarted {max_restarts} times; giving up", 1)
                 isolated.append(lane.job.isolate(current[:-1], reason, store))
+                if len(lanes) > 1:  # each shard's worker meets the cell on its own data
+                    isolated[-1]["shard"] = lanes.index(lane)
                 if on_message is not None:  # the next worker's pass starts over (a progress bar resets)
                     on_message(("restart", isolated[-1]))
     finally:  # done, failed, or interrupted (Ctrl-C): no worker outlives the driver
@@ -314,7 +323,12 @@ class _Watch:
             message, reason = self._silent()
             if reason is not None:
                 return "gone", self.current, reason
-        return None if message is None else self._relay(message)
+        while message is not None:  # all that came: a worker's messages must not queue behind the others'
+            outcome = self._relay(message)
+            if outcome is not None:
+                return outcome
+            message = self.worker.receive(0)
+        return None
 
     def _silent(self) -> tuple[tuple | None, str | None]:
         """No message came: (a last message of a worker that just ended, None), or (None, why the worker is

@@ -148,3 +148,17 @@ def through_every_command(tmp_path, starter_gate, opens_in_chromium):
         assert diff.returncode == 0, diff.stderr
         return report, swept, lambda: opens_in_chromium(tmp_path / "compare.html", plots=1)
     return run
+
+
+@pytest.fixture
+def ray_alone():
+    """One Ray test at a time on this machine: pytest-xdist runs tests in parallel, and a Ray cluster started
+    by one (`ray start`, `ray stop`) is found and stopped by another's `ray.init` / `ray stop`."""
+    import fcntl
+
+    with open(Path(tempfile.gettempdir()) / "harness-test-ray.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

@@ -81,12 +81,15 @@ def test_table_html_and_gate_read_the_one_rule():
 
 def test_two_runs_of_one_map_sweep_give_the_same_intervals(harness_cli, tmp_path):
     """Rounds, not seconds, are the bootstrap's budget: the same sweep run twice (fresh stores, nothing
-    taken back) reports the same interval, and says how many rounds made it."""
+    taken back) reports the same interval, and says how many rounds made it. The second run is sharded
+    over two workers (--workers 2): mAP and its intervals come from the merged predictions, so the whole
+    report is the one-worker run's."""
     reports = []
-    for run in ("first", "second"):
+    for run, workers in (("first", "1"), ("second", "2")):
         out = tmp_path / f"{run}.json"
         result = harness_cli("sysnoise", "fcos_tiny", "--axes", "box_decode", "--limit", "24", "--bootstrap-rounds",
-                             "40", "--store", str(tmp_path / f"{run}.sqlite"), "--json", str(out))
+                             "40", "--batch-size", "4", "--chunk-size", "12", "--threads", "1", "--workers", workers,
+                             "--store", str(tmp_path / f"{run}.sqlite"), "--json", str(out))
         assert result.returncode == 0, result.stderr
         reports.append(json.loads(out.read_text()))
     rows = [{v["name"]: v for v in report["axes"][0]["variants"]} for report in reports]
@@ -95,4 +98,7 @@ def test_two_runs_of_one_map_sweep_give_the_same_intervals(harness_cli, tmp_path
     for name in measured:
         assert rows[0][name]["ci95"] is not None and rows[0][name]["ci95"] == rows[1][name]["ci95"]
         assert rows[0][name]["bootstrap_rounds"] == 40 and rows[0][name]["significance_test"] == "bootstrap"
+    assert [shard["chunks"] for shard in reports[1]["executor"]["shards"]] == [1, 1]
+    assert [{k: v for k, v in report.items() if k not in ("executor", "store", "counters")} for report in reports] \
+        == [{k: v for k, v in reports[0].items() if k not in ("executor", "store", "counters")}] * 2
     assert reports[0]["bootstrap_rounds"] == 40 and "excludes 0" in reports[0]["significance"]["rule"]

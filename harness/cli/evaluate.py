@@ -11,8 +11,8 @@ from rich.console import Console
 from harness.cli.app import app
 from harness.cli.common import (AllowCodeOpt, BatchSizeOpt, CalibrationOpt, CellTimeoutOpt, CheckpointOpt,
                                 DatasetOpt, ExecutorOpt, HtmlOpt, InputShapeOpt, JsonOpt, LimitOpt, ModelArg,
-                                ProfileOpt, ThreadsOpt, checked_inputs, console_for, print_data_notes,
-                                write_reports)
+                                ProfileOpt, ThreadsOpt, WorkersOpt, checked_inputs, console_for, print_data_notes,
+                                threads_per_worker, write_reports)
 from harness.errors import InputError, UsageError
 
 
@@ -41,6 +41,7 @@ def compare(
                            "needs exactly one --backends entry.")] = None,
     executor: ExecutorOpt = "local",
     cell_timeout: CellTimeoutOpt = None,
+    workers: WorkersOpt = 1,
 ) -> None:
     """Reference (training profile on the training system) vs candidate backends: metric, output and timing.
     Runs on a worker: a backend that crashes or hangs is one failed row."""
@@ -58,12 +59,13 @@ def compare(
     if artifact is not None:
         _check_artifact(artifact, targets, backends)
     job = CompareJob(model=model, backends=backends, precision=precision, recorded=candidate_outputs,
-                     **_candidates_options(dataset, limit, batch_size, threads, checkpoint, profile, allow_code,
-                                           input_shape, calibration, artifact))
+                     **_candidates_options(dataset, limit, batch_size, threads_per_worker(workers, threads), checkpoint,
+                                           profile, allow_code, input_shape, calibration, artifact))
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task(f"compare {model or 'the default model'}", total=None)  # the worker says how many
-        report = run_cells(job, executor, cell_timeout, on_message=lambda message: _show_progress(bar, task, message))
+        report = run_cells(job, executor, cell_timeout, on_message=lambda message: _show_progress(bar, task, message),
+                           workers=workers)
     _show_compare(console, report, json_path, html)
     if any(row["status"] == "failed" for row in report["results"]):
         raise typer.Exit(1)

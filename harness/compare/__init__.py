@@ -143,7 +143,8 @@ def _delta(metric: dict, reference: dict) -> dict:
 
 def compare(exported: ExportedModel, dataset: Dataset, targets: list[Target], batch_size: int = 32,
             threads: int | None = None, progress: Callable | None = None, calibration=None,
-            artifact=None, recorded=None, on_work: Callable | None = None, isolated: dict | None = None) -> dict:
+            artifact=None, recorded=None, on_work: Callable | None = None, isolated: dict | None = None,
+            shards: int = 1, shard: int | None = None, parts: list | None = None) -> dict:
     """Runs the reference and every target in one pass over the data (the staged pipeline, with the same
     input tensors for all); returns the report's core blocks.
 
@@ -152,7 +153,9 @@ def compare(exported: ExportedModel, dataset: Dataset, targets: list[Target], ba
     outputs recorded on a target from `harness export-inputs`, compared as one more candidate. on_work:
     called with the label of the target whose work begins ("reference" for the reference's, None between),
     so an executor can blame a crash on it; isolated: target label -> why it killed an earlier worker (its
-    row fails with that reason; it is not run again).
+    row fails with that reason; it is not run again). Data-parallel workers (harness.shards): with `shard`
+    (of `shards`), only that shard's part of the pass is made and returned (a PassPart); with `parts`, the
+    shards' parts are merged and the report made from them, nothing run again.
     """
     from harness.compare.cells import REFERENCE_WORK
     from harness.pipeline import ModelConfig, Request, StagedPipeline
@@ -163,33 +166,33 @@ def compare(exported: ExportedModel, dataset: Dataset, targets: list[Target], ba
         raise UsageError(f"{dataset.root}: a {dataset.task} dataset cannot evaluate the {spec.task} model {spec.name}")
     dataset = dataset.aligned_to(spec.labels)
     working = on_work or (lambda owner: None)
-    working(REFERENCE_WORK)  # the reference's decoder reads the first sample: bounded by --cell-timeout too
-    require_readable(dataset, spec.profile)
-    working(None)
+    if parts is None:
+        working(REFERENCE_WORK)  # the reference's decoder reads the first sample: bounded by --cell-timeout too
+        require_readable(dataset, spec.profile)
+        working(None)
     # one batch a chunk: every target's raw outputs of a chunk are held for the output statistics, and one
     # profile gains nothing from a longer chunk, so compare streams batch by batch
     pipeline = StagedPipeline(exported, dataset, batch_size, threads, calibration, bootstrap_rounds=0,
-                              chunk_size=batch_size)
+                              chunk_size=batch_size, shards=shards, shard=shard)
     pipeline.models.warmup = True
     pipeline.on_work = working
     isolated = isolated or {}
     ref_target, ref_options, ref_note = reference_target(exported)
     # a configuration of its own: a target at the same placement is loaded, timed and reported apart
     ref_config = ModelConfig.at(ref_target.placement, options=(("role", "reference"), *sorted(ref_options.items())))
-    working(REFERENCE_WORK)
-    reference = load_session(pipeline, ref_target, ref_config, **ref_options)
-    if reference.status != "ok":
-        raise RunFailed(f"the reference {ref_target.label} cannot run: {reference.reason}")
-    entries, labels = _candidates(pipeline, targets, calibration, artifact, recorded, isolated, working)
-    ref_request = Request(spec.profile, reference.config)
-    owners = {ref_request.key: REFERENCE_WORK}
-    requests = []
-    for (_, loaded), target_label in zip(entries, labels):
-        if loaded.status == "ok":
-            requests.append(Request(spec.profile, loaded.config))
-            owners[requests[-1].key] = target_label
-    pipeline.prepare([ref_request], owners, output_pairs=[(request, ref_request) for request in requests],
-                     progress=progress, first=(ref_request.key,))
+    ref_request = Request(spec.profile, ref_config)
+    facts = None  # what the sessions said they executed: asked when rows are made, unless shards said it
+    if parts is None:
+        reference, entries, labels = _run_pass(pipeline, ref_target, ref_options, ref_request, targets, calibration,
+                                               artifact, recorded, isolated, progress, working)
+        if shard is not None:
+            return _shard_result(pipeline, shard, reference, entries)
+    else:
+        from harness.shards import merge_parts
+
+        facts = merge_parts(pipeline, [found["part"] for found in parts])
+        reference, *loads = parts[0]["loaded"]
+        entries, labels = _candidates(pipeline, targets, calibration, artifact, recorded, isolated, working, loads)
     if ref_request.key in pipeline.broken:
         error = pipeline.broken[ref_request.key]
         raise RunFailed(f"the reference {ref_target.label} failed: {type(error).__name__}: {error}")
@@ -201,7 +204,7 @@ def compare(exported: ExportedModel, dataset: Dataset, targets: list[Target], ba
     for (identity, loaded), target_label in zip(entries, labels):
         working(target_label)
         results.append(_result_row(pipeline, identity, loaded, ref_request, processed, task, ref_metric,
-                                   dataset.classes or spec.labels))
+                                   dataset.classes or spec.labels, facts))
     working(None)
     failures = [FailedSample(sample, printable(pipeline.by_id[sample].path), read_failure(err))
                 for sample, (_, err) in pipeline.stages.failures.items()]
@@ -216,35 +219,73 @@ def compare(exported: ExportedModel, dataset: Dataset, targets: list[Target], ba
     }
 
 
+def _shard_result(pipeline: StagedPipeline, shard: int, reference: Loaded, entries: list) -> dict:
+    """What a shard's worker sends back: its part of the pass, how its sessions loaded, its account."""
+    from harness.shards import part_of
+
+    loads = [reference, *(loaded for _, loaded in entries)]
+    return {"part": part_of(pipeline, [loaded.config for loaded in loads if loaded.status == "ok"]), "loaded": loads,
+            "account": {"shard": shard, "chunks": len(pipeline.chunk_starts())}}
+
+
+def _run_pass(pipeline: StagedPipeline, ref_target: Target, ref_options: dict, ref_request, targets: list[Target],
+              calibration, artifact, recorded, isolated: dict, progress, working: Callable):
+    """Loads the reference and the candidates, and runs the pass (the pipeline's shard of it, if it has one):
+    (the reference's Loaded, the candidates' (identity, Loaded), their labels)."""
+    from harness.compare.cells import REFERENCE_WORK
+    from harness.pipeline import Request
+
+    working(REFERENCE_WORK)
+    reference = load_session(pipeline, ref_target, ref_request.config, **ref_options)
+    if reference.status != "ok":
+        raise RunFailed(f"the reference {ref_target.label} cannot run: {reference.reason}")
+    entries, labels = _candidates(pipeline, targets, calibration, artifact, recorded, isolated, working)
+    owners = {ref_request.key: REFERENCE_WORK}
+    requests = []
+    for (_, loaded), target_label in zip(entries, labels):
+        if loaded.status == "ok":
+            requests.append(Request(ref_request.profile, loaded.config))
+            owners[requests[-1].key] = target_label
+    pipeline.prepare([ref_request], owners, output_pairs=[(request, ref_request) for request in requests],
+                     progress=progress, first=(ref_request.key,))
+    return reference, entries, labels
+
+
 def _candidates(pipeline: StagedPipeline, targets: list[Target], calibration, artifact, recorded, isolated: dict,
-                working: Callable) -> tuple[list[tuple[dict, Loaded]], list[str]]:
+                working: Callable, loads: list[Loaded] | None = None) -> tuple[list[tuple[dict, Loaded]], list[str]]:
     """(identity, loaded session) of each candidate, and the label its work is reported as (the cell an
-    executor blames for a crash); an isolated target is a failed entry, never loaded again."""
+    executor blames for a crash); an isolated target is a failed entry, never loaded again. `loads`: how
+    the candidates loaded in a shard's worker (a merge loads nothing)."""
     from harness.pipeline import ModelConfig
 
     entries = []
-    for t in targets:
-        working(t.label)
+    for k, t in enumerate(targets):
         config = ModelConfig.at(t.placement)
-        entries.append(({"backend": t.backend.name, "device": t.device, "precision": t.precision},
-                        Loaded(config, "failed", isolated[t.label]) if t.label in isolated else
-                        load_session(pipeline, t, config, calibration=calibration, artifact=artifact)))
-    working(None)
+        identity = {"backend": t.backend.name, "device": t.device, "precision": t.precision}
+        if t.label in isolated:
+            entries.append((identity, Loaded(config, "failed", isolated[t.label])))
+        elif loads is not None:
+            entries.append((identity, loads[k]))
+        else:
+            working(t.label)
+            entries.append((identity, load_session(pipeline, t, config, calibration=calibration, artifact=artifact)))
+            working(None)
     labels = [t.label for t in targets]
     if recorded is not None:
-        entries.append(_recorded_entry(pipeline, recorded))
+        entries.append(_recorded_entry(pipeline, recorded, load=loads is None))
         labels.append("recorded")
     return entries, labels
 
 
-def _recorded_entry(pipeline: StagedPipeline, recorded) -> tuple[dict, Loaded]:
+def _recorded_entry(pipeline: StagedPipeline, recorded, load: bool = True) -> tuple[dict, Loaded]:
     """Outputs recorded on a target (`harness export-inputs`), looked up by sample id: one more candidate."""
     from harness.pipeline import ModelConfig
     from harness.recorded import RecordedSession
 
     exported = pipeline.exported
     config = ModelConfig("recorded", "target", "unknown", options=(("source", str(recorded)),))
-    pipeline.models.sessions[config] = RecordedSession(recorded, [exported.input_name], exported.output_names)
+    if load:
+        pipeline.models.sessions[config] = RecordedSession(recorded, [exported.input_name], exported.output_names)
     return ({"backend": "recorded", "device": "target", "precision": "unknown", "source": str(recorded)},
             Loaded(config, timed=False))
 
@@ -254,8 +295,9 @@ def _timing(pipeline: StagedPipeline, loaded: Loaded) -> dict | None:
 
 
 def _result_row(pipeline: StagedPipeline, identity: dict, loaded: Loaded, ref_request, processed: list,
-                task: str, ref_metric: dict, classes) -> dict:
-    """One target's row of the compare report (DESIGN.md's keys)."""
+                task: str, ref_metric: dict, classes, facts: dict | None = None) -> dict:
+    """One target's row of the compare report (DESIGN.md's keys). facts: what each session said it executed
+    (model config -> (precision_effective, execution)), from the shards' workers; None: asked here."""
     from harness.pipeline import Request
     from harness.result import ResultRow
 
@@ -275,9 +317,13 @@ def _result_row(pipeline: StagedPipeline, identity: dict, loaded: Loaded, ref_re
     divergence = model_task.divergence(reference, predictions)
     if divergence is not None:
         outputs["kl"] = divergence
-    session = pipeline.session(loaded.config)
+    if facts is None:
+        session = pipeline.session(loaded.config)
+        precision_effective, execution = session.precision_effective, session.execution()
+    else:
+        precision_effective, execution = facts[loaded.config]
     return ResultRow(identity, "ok", "", metric, _delta(metric, ref_metric),
-                     precision_effective=session.precision_effective, execution=session.execution(),
+                     precision_effective=precision_effective, execution=execution,
                      measures={"outputs": outputs, "timing": _timing(pipeline, loaded),
                                "flipped": flipped_samples(model_task, processed, reference, predictions, agree,
                                                           classes)}).to_json()

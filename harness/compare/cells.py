@@ -11,7 +11,7 @@ crashes or hangs, the next worker writes a drift report whose `status` is failed
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 REFERENCE_WORK = "reference"
@@ -35,6 +35,9 @@ class CandidatesJob:
     calibration: Path | None = None
     artifact: Path | None = None
     isolated: dict = field(default_factory=dict)   # candidate label -> why its worker died or was killed
+    workers: int = 1                               # data-parallel workers (harness.shards)
+    shard: int | None = None                       # this job's shard of them
+    parts: list | None = None                      # the shards' results, for the job that merges them
 
     @property
     def cpus(self) -> int:
@@ -63,6 +66,15 @@ class CompareJob(CandidatesJob):
     backends: str | None
     recorded: Path | None = None                   # --candidate-outputs
 
+    def shards(self, count: int) -> list[CompareJob]:
+        """Shard k runs the reference and every candidate on its run of whole batches (they share this job's
+        isolated candidates)."""
+        return [replace(self, workers=count, shard=k) for k in range(count)]
+
+    def merging(self, shard_results: list, store) -> CompareJob:
+        """The job that makes the report from the shards' parts (harness.shards), running nothing again."""
+        return replace(self, shard=None, parts=shard_results)
+
     def work(self, send) -> dict:
         """The worker's side: the whole compare report (the driver only renders it)."""
         from harness.calibration import calibration_set
@@ -82,7 +94,9 @@ class CompareJob(CandidatesJob):
         core = compare(exported, data, targets, batch_size=self.batch_size, threads=self.threads,
                        progress=lambda n: send(("progress", n)), calibration=calibration_data,
                        artifact=self.artifact, recorded=self.recorded, on_work=work_messages(send),
-                       isolated=self.isolated)
+                       isolated=self.isolated, shards=self.workers, shard=self.shard, parts=self.parts)
+        if self.shard is not None:
+            return core  # this shard's part of the pass, for the worker that merges them
         return {
             **common_blocks(SCHEMA, exported, data, data.fingerprint(), core["processed"], core["failed"],
                             core["reference"], self.threads,

@@ -7,6 +7,7 @@ detectors, a sample agrees when its confident detections match one-to-one (same 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,26 +17,72 @@ from harness.postprocess import Detections
 DETECTION_AGREEMENT = {"score_threshold": 0.3, "iou": 0.5}
 
 
+class ExactSum:
+    """A sum of floats that does not depend on the order of its terms: Shewchuk's non-overlapping partials
+    (what math.fsum keeps), so statistics streamed by several workers over shards of the data and merged
+    equal, bit for bit, those of one worker streaming it all (a plain running float sum would differ in the
+    last bits with the order of the additions). Non-finite terms are summed apart (inf stays inf)."""
+
+    __slots__ = ("partials", "special")
+
+    def __init__(self):
+        self.partials: list[float] = []
+        self.special = 0.0
+
+    def add(self, term: float) -> None:
+        if not math.isfinite(term):
+            self.special += term
+            return
+        kept = 0
+        for partial in self.partials:
+            if abs(term) < abs(partial):
+                term, partial = partial, term
+            high = term + partial
+            low = partial - (high - term)
+            if low:
+                self.partials[kept] = low
+                kept += 1
+            term = high
+        self.partials[kept:] = [term]
+
+    def merge(self, other: ExactSum) -> None:
+        for partial in other.partials:
+            self.add(partial)
+        self.special += other.special
+
+    @property
+    def value(self) -> float:
+        return math.fsum(self.partials) + self.special if self.special else math.fsum(self.partials)
+
+
+SUMS = ("sum_abs", "dot", "ref_sq", "cand_sq", "err_sq")
+
+
 @dataclass
 class OutputStats:
-    """Running max/mean abs error and cosine similarity of candidate vs reference, over all outputs."""
+    """Running max/mean abs error and cosine similarity of candidate vs reference, over all outputs. Each
+    update's sums are added exactly (ExactSum): `merge` of the statistics of two shards of the data is the
+    statistics of both, whatever the order."""
 
     max_abs: float = 0.0
-    sum_abs: float = 0.0
     count: int = 0
-    dot: float = 0.0
-    ref_sq: float = 0.0
-    cand_sq: float = 0.0
-    err_sq: float = 0.0
     ref_max_abs: float = 0.0
     nonfinite: int = 0
     per_output: dict = field(default_factory=dict)
+    sums: dict = field(default_factory=lambda: {name: ExactSum() for name in SUMS})
+
+    sum_abs = property(lambda self: self.sums["sum_abs"].value)
+    dot = property(lambda self: self.sums["dot"].value)
+    ref_sq = property(lambda self: self.sums["ref_sq"].value)
+    cand_sq = property(lambda self: self.sums["cand_sq"].value)
+    err_sq = property(lambda self: self.sums["err_sq"].value)
 
     def update(self, reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray]) -> None:
+        sums = self.sums
         for name, ref in reference.items():
             # float32 arithmetic for float32/float16 data (float64 where an input is float64): per-tensor
             # stream reductions over millions of values are memory-bound, and float32 sums keep SNR to
-            # well under 0.01 dB; the running totals are Python floats. Each array is converted once.
+            # well under 0.01 dB; the running totals are exact. Each array is converted once.
             kind = np.float64 if np.result_type(ref, candidate[name]) == np.float64 else np.float32
             ref = np.asarray(ref, kind).ravel()
             cand = np.asarray(candidate[name], kind).ravel()
@@ -52,14 +99,25 @@ class OutputStats:
             magnitude = np.abs(error)
             worst = float(magnitude.max())
             self.max_abs = max(self.max_abs, worst)
-            self.sum_abs += float(magnitude.sum(dtype=np.float64))
+            sums["sum_abs"].add(float(magnitude.sum(dtype=np.float64)))
             self.count += error.size
-            self.dot += float(ref @ cand)
-            self.ref_sq += float(ref @ ref)
-            self.cand_sq += float(cand @ cand)
-            self.err_sq += float(error @ error)
+            sums["dot"].add(float(ref @ cand))
+            sums["ref_sq"].add(float(ref @ ref))
+            sums["cand_sq"].add(float(cand @ cand))
+            sums["err_sq"].add(float(error @ error))
             self.ref_max_abs = max(self.ref_max_abs, float(np.max(np.abs(ref))))
             self.per_output[name] = max(self.per_output.get(name, 0.0), worst)
+
+    def merge(self, other: OutputStats) -> None:
+        """Adds the statistics of other samples (another worker's shard)."""
+        self.max_abs = max(self.max_abs, other.max_abs)
+        self.count += other.count
+        self.ref_max_abs = max(self.ref_max_abs, other.ref_max_abs)
+        self.nonfinite += other.nonfinite
+        for name, worst in other.per_output.items():
+            self.per_output[name] = max(self.per_output.get(name, 0.0), worst)
+        for name, total in other.sums.items():
+            self.sums[name].merge(total)
 
     def to_json(self) -> dict:
         denom = np.sqrt(self.ref_sq * self.cand_sq)

@@ -104,7 +104,7 @@ def merged_counters(merging: dict, shard_results: list[dict]) -> dict:
     an earlier run."""
     merged = {key: value for key, value in merging.items() if key != "pieces_taken"}
     for result in shard_results:
-        for key, value in result["counters"].items():
+        for key, value in result["account"]["counters"].items():
             if key != "distinct_inputs":
                 merged[key] = merged.get(key, 0) + value
     merged["pieces_merged"] = merging.get("pieces_taken", 0)

@@ -80,7 +80,7 @@ def sysnoise_report(spec, settings: SweepSettings = SweepSettings(), progress: b
         plans = prepare_axes(pipeline, chosen, spec.profile, reference_config, task, primary, graph_backend, store,
                              resume)
         contexts = {cell.context for cells in plans for cell in cells}
-        return {"shard": shard, "chunks": len(pipeline.chunk_starts()), "counters": pipeline.counters,
+        return {"account": {"shard": shard, "chunks": len(pipeline.chunk_starts()), "counters": pipeline.counters},
                 "context": contexts.pop() if len(contexts) == 1 else None}  # the sweep's pieces in the store
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=Console(stderr=True), transient=True, disable=not progress) as bars:

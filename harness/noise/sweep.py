@@ -318,11 +318,9 @@ def distinct_findings(variants_out: list[dict]) -> list[dict]:
             and not v.get("identical_to")]
 
 
-def prepare_axes(pipeline: StagedPipeline, axes: list[Axis], reference_profile: Profile,
-                 reference_config: ModelConfig, task: str, primary: str, graph_backend: str, store=None,
-                 resume: bool = False, on_pass=None) -> list[list[Cell]]:
-    """Every axis's cells, planned, and their predictions computed in one pass over the data (the
-    reference's first, owned by no cell)."""
+def prepare_axes(pipeline: StagedPipeline, axes: list[Axis], reference_profile: Profile, reference_config: ModelConfig,
+                 task: str, primary: str, graph_backend: str, store=None, resume=False, on_pass=None) -> list[list[Cell]]:
+    """Every axis's cells, planned, and their predictions computed in one pass (the reference's first)."""
     plans = [plan_axis(pipeline, axis, reference_profile, reference_config, task, primary, graph_backend, store,
                        resume) for axis in axes]
     prepare_cells(pipeline, [cell for cells in plans for cell in cells], reference_profile, store,
@@ -333,9 +331,9 @@ def prepare_axes(pipeline: StagedPipeline, axes: list[Axis], reference_profile: 
 def run_axes(pipeline: StagedPipeline, axes: list[Axis], reference_profile: Profile, reference_config: ModelConfig,
              task: str, classes, primary: str, graph_backend: str, store=None, resume: bool = False,
              on_pass=None, on_axis=None) -> list[dict]:
-    """Every variant of every axis: one pass over the data computes all their predictions (prepare_axes),
-    then each axis compares its variants. `on_pass(images)` follows the pass;
-    `on_axis(axis, cells)` gives an axis's per-variant progress callback."""
+    """Every variant of every axis: their predictions computed in one pass (prepare_axes), then each axis
+    compares its variants. `on_pass(images)` follows the pass; `on_axis(axis, cells)` gives an axis's
+    per-variant progress callback."""
     plans = prepare_axes(pipeline, axes, reference_profile, reference_config, task, primary, graph_backend, store,
                          resume, on_pass)
     return [run_axis(pipeline, axis, reference_profile, reference_config, task, classes, primary, graph_backend,

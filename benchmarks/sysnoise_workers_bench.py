@@ -1,0 +1,109 @@
+"""Data-parallel workers: the speed-up of `harness sysnoise --workers 2` over `--workers 1` on this machine,
+and the measured costs the README's cost model is built from.
+
+Speed-up: a decode-heavy classification sweep (resnet_tiny at ImageNet geometry, resize 256 and crop 224,
+the decoder axis: six JPEG decoders on photo-sized JPEGs), one worker with every core's threads against
+two workers with half each (workers x threads = the cores), alternating, median of the rounds; the two
+reports must be the same (apart from how they ran). The wall time includes each worker's start-up (a
+Python process importing torch and loading the sessions) and the merging worker, so the speed-up is what a
+user sees, not the shards' alone.
+
+Costs (per image, one core): each decoder and the resize on the photos, called directly; and the work of a
+sweep of every CPU axis on the zoo classifier per image (decodes, resizes and inferences per image, from
+its counters), which with a model's own per-image inference time gives the work of any dataset size.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from sysnoise_memory_bench import PROFILE, photo_folder
+
+MODEL = "resnet_tiny"
+AXES = "decoder"
+
+
+def sweep(dataset: Path, profile: Path, workers: int, threads: int, workdir: Path, axes: str = AXES,
+          name: str = "sweep") -> tuple[float, dict]:
+    harness = Path(sys.executable).with_name("harness")
+    report = workdir / f"{name}-{workers}.json"
+    started = time.perf_counter()
+    done = subprocess.run([str(harness), "sysnoise", MODEL, "--profile", str(profile), "--dataset", str(dataset),
+                           "--axes", axes, "--batch-size", "16", "--chunk-size", "16", "--threads", str(threads),
+                           "--workers", str(workers), "--store", str(workdir / f"{name}-{workers}.sqlite"),
+                           "--json", str(report)], capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"harness sysnoise --workers {workers} failed: {done.stderr[-2000:]}")
+    (workdir / f"{name}-{workers}.sqlite").unlink()
+    return seconds, json.loads(report.read_text())
+
+
+def _measured(report: dict) -> dict:
+    return {k: v for k, v in report.items() if k not in ("executor", "store", "counters")}
+
+
+def stage_costs(dataset: Path, profile_text: str) -> dict:
+    """Seconds per image on one core: each decoder, and the reference resize (256, crop 224)."""
+    import tomllib
+
+    from harness.preprocess import DECODERS, apply_geometry, decode, stored_size
+    from harness.profile import Profile
+
+    blobs = [path.read_bytes() for path in sorted(dataset.rglob("*.jpg"))]
+    decode_s = {}
+    for decoder in DECODERS:
+        decode(blobs[0], decoder)  # imported and warm
+        started = time.perf_counter()
+        for data in blobs:
+            decode(data, decoder)
+        decode_s[decoder] = (time.perf_counter() - started) / len(blobs)
+    profile = Profile(**tomllib.loads(profile_text)["pre"])
+    images = [(decode(data, "pil"), stored_size(data)) for data in blobs]
+    started = time.perf_counter()
+    for image, size in images:
+        apply_geometry(image, profile, size)
+    return {"decode_s": decode_s, "resize_s": (time.perf_counter() - started) / len(images)}
+
+
+def bench_workers(images: int = 96, rounds: int = 2) -> dict:
+    cores = len(os.sched_getaffinity(0))
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # the decoders' own pools stay at one thread: a core each
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        profile = work / "imagenet-geometry.toml"
+        profile.write_text(PROFILE)
+        photos = photo_folder(work / "photos", images)
+        sweep(photos, profile, 1, cores, work, name="warm")  # exports and conversions cached before timing
+        times = {1: [], 2: []}
+        reports = {}
+        for _ in range(rounds):
+            for workers in (1, 2):  # alternating: a load drift of the machine affects both alike
+                seconds, reports[workers] = sweep(photos, profile, workers, max(1, cores // workers), work)
+                times[workers].append(seconds)
+        all_axes_seconds, all_axes = sweep(photo_folder(work / "photos-16", 16), profile, 1, cores, work,
+                                           axes="decoder,resize,color,precision,backend", name="all-axes")
+        costs = stage_costs(photos, PROFILE)
+    one, two = statistics.median(times[1]), statistics.median(times[2])
+    account = reports[2]["executor"]
+    per_image = {key: value / 16 for key, value in all_axes["counters"].items() if key in ("decodes", "resizes",
+                                                                                          "inferences")}
+    return {"name": "sysnoise_workers", "model": MODEL, "axes": AXES, "images": images, "cores": cores,
+            "rounds": rounds, "workers_1_s": times[1], "workers_2_s": times[2], "speedup_2_over_1": one / two,
+            "same_report": _measured(reports[1]) == _measured(reports[2]),
+            "shard_seconds": [shard["seconds"] for shard in account["shards"]],
+            "merge_seconds": account["merge_seconds"],
+            "stage_costs": costs,
+            "all_cpu_axes": {"axes": "decoder,resize,color,precision,backend", "images": 16,
+                             "variants": sum(len(a["variants"]) for a in all_axes["axes"]),
+                             "seconds": all_axes_seconds, "per_image": per_image}}
+
+
+if __name__ == "__main__":
+    print(json.dumps(bench_workers(), indent=2))

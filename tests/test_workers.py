@@ -1,0 +1,201 @@
+"""Data-parallel workers (`--workers N`): the data split into shards of whole chunks, each worker running
+every cell on its shard; the report must be the one a single worker makes, number for number, on local
+processes and on a two-node Ray cluster, and after a lost driver `--resume` recomputes only unfinished work.
+A detector's sharded sweep (seeded mAP intervals): tests/test_significance.py."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+# 24 images in chunks of 4: three workers get two chunks each
+SWEEP = ["sysnoise", "--axes", "color", "--limit", "24", "--batch-size", "4", "--chunk-size", "4", "--threads", "1"]
+HARNESS = str(Path(sys.executable).with_name("harness"))
+PLUGINS = {"PYTHONPATH": str(Path(__file__).parent / "plugins") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+WORK = ("decodes", "resizes", "inferences")  # counters of work done: a sharded run does each piece once too
+
+
+def _measured(report: dict) -> dict:
+    """The report without what says how it ran (workers, store, counters of work taken back)."""
+    return {key: value for key, value in report.items() if key not in ("executor", "store", "counters")}
+
+
+def _run(*args: str, env: dict | None = None, exit_code: int = 0) -> dict:
+    done = subprocess.run([HARNESS, *args, "--json", "-"], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, **(env or {})})
+    assert done.returncode == exit_code, done.stderr[-3000:]
+    return json.loads(done.stdout)
+
+
+@pytest.fixture(scope="module")
+def one_worker() -> dict:
+    """The sweep on one worker: what every sharded run must equal."""
+    return _run(*SWEEP)
+
+
+def test_three_local_workers_make_the_one_worker_report(one_worker, tmp_path):
+    report = _run(*SWEEP, "--workers", "3", "--store", str(tmp_path / "cells.sqlite"))
+    assert _measured(report) == _measured(one_worker)
+    shards = report["executor"]["shards"]
+    assert [(s["shard"], s["chunks"]) for s in shards] == [(0, 2), (1, 2), (2, 2)]
+    assert report["executor"]["worker_starts"] == 4  # three shards and the worker that merges them
+    for name in WORK:  # the shards' work adds up to one worker's, nothing done twice
+        assert sum(s["counters"][name] for s in shards) == report["counters"][name] == one_worker["counters"][name]
+    assert report["counters"]["pieces_merged"] > 0 and "pieces_taken" not in report["counters"]
+
+
+def _untimed(report: dict) -> dict:
+    """A compare report without its timings: workers sharing the cores time each other's batches too."""
+    measured = _measured(report)
+    measured["reference"] = {k: v for k, v in measured["reference"].items() if k != "timing"}
+    measured["results"] = [{k: v for k, v in row.items() if k != "timing"} for row in measured["results"]]
+    return measured
+
+
+def test_compare_on_three_workers_makes_the_one_worker_report_and_isolates_a_segfault_per_shard(tmp_path):
+    """Each worker runs the reference and every candidate on its shard; the rows come from the merged
+    predictions and output statistics (exact sums: the same to the last bit). A backend that segfaults is
+    one failed row either way; on three workers each shard's worker meets it once."""
+    compare = ["compare", "--backends", "onnxruntime,openvino,segfaults", "--limit", "24", "--batch-size", "4",
+               "--threads", "1"]
+    env = {"PYTHONPATH": str(Path(__file__).parent / "faulty_backends") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    one = _run(*compare, env=env, exit_code=1)
+    three = _run(*compare, "--workers", "3", env=env, exit_code=1)
+    assert _untimed(three) == _untimed(one)
+    rows = {row["backend"]: row for row in three["results"]}
+    assert rows["onnxruntime"]["status"] == rows["openvino"]["status"] == "ok"
+    assert rows["onnxruntime"]["outputs"]["max_abs"] > 0 and rows["openvino"]["outputs"]["max_abs"] > 0
+    assert rows["segfaults"]["reason"] == "its worker process died (signal SIGSEGV) while running it"
+    assert sorted(f["shard"] for f in three["executor"]["isolated_failures"]) == [0, 1, 2]
+    assert [s["chunks"] for s in three["executor"]["shards"]] == [2, 2, 2]  # 24 images, batches of 4
+
+
+def test_output_statistics_merged_from_shards_equal_one_stream_to_the_last_bit():
+    """The sums behind mean abs error, cosine, rel L2 and SNR are exact (correctly rounded, whatever the
+    order): three shards' statistics merged equal one worker's stream. Running float sums would not: the
+    terms below differ by 2^60, and the order of additions decides which low bits survive."""
+    import math
+    import pickle
+
+    import numpy as np
+
+    from harness.compare.outputs import ExactSum, OutputStats
+
+    rng = np.random.default_rng(7)
+    batches = [(rng.standard_normal((4, 64)) * 10.0 ** rng.integers(-3, 18), None) for _ in range(12)]
+    batches = [(ref, ref + rng.standard_normal(ref.shape) * 10.0 ** rng.integers(-6, 6)) for ref, _ in batches]
+    one = OutputStats()
+    for ref, cand in batches:
+        one.update({"logits": ref}, {"logits": cand})
+    merged = OutputStats()
+    for shard in (batches[:5], batches[5:6], batches[6:]):
+        part = OutputStats()
+        for ref, cand in shard:
+            part.update({"logits": ref}, {"logits": cand})
+        merged.merge(pickle.loads(pickle.dumps(part)))  # as it travels from a shard's worker
+    assert merged.to_json() == one.to_json() and merged.count == one.count == 12 * 4 * 64
+    terms = [2.0 ** 60, 1.0, -(2.0 ** 60), 3.0, 0.1, -0.1, 1e-30]
+    total = ExactSum()
+    for term in terms:
+        total.add(term)
+    assert total.value == math.fsum(terms) == 4.0 + 1e-30 and sum(terms) != total.value
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_three_ray_workers_on_a_two_node_cluster_make_the_one_worker_report(one_worker, tmp_path, ray_alone):
+    """A Ray head and a second worker node (`ray start`, two raylets on loopback): the shards are Ray tasks
+    spread over both nodes, the merging task gets their pieces through the object store."""
+    ray = str(Path(sys.executable).with_name("ray"))
+    address = f"127.0.0.1:{_free_port()}"
+    # token authentication is Ray's default for `ray start`; this cluster listens on loopback only
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": address}
+    common = ["--node-ip-address", "127.0.0.1", "--disable-usage-stats"]
+    try:
+        for start in (["--head", "--port", address.split(":")[1], "--num-cpus", "1", "--include-dashboard", "false"],
+                      ["--address", address, "--num-cpus", "2"]):
+            started = subprocess.run([ray, "start", *start, *common], capture_output=True, text=True, env=env,
+                                     timeout=120)
+            assert started.returncode == 0, started.stderr[-2000:]
+        report = _run(*SWEEP, "--workers", "3", "--executor", "ray", "--store", str(tmp_path / "cells.sqlite"),
+                      env=env)
+    finally:
+        subprocess.run([ray, "stop", "--force"], capture_output=True, env=env, timeout=120)
+    assert _measured(report) == _measured(one_worker)
+    shards = report["executor"]["shards"]
+    assert report["executor"]["name"] == "ray" and len(shards) == 3
+    assert len({s["node"] for s in shards}) == 2  # one CPU on the head, two on the other node
+    for name in WORK:
+        assert report["counters"][name] == one_worker["counters"][name]
+    assert report["counters"]["pieces_merged"] > 0
+
+
+def _children(pid: int) -> list[int]:
+    found = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [int(child) for child in found if "spawn_main" in Path(f"/proc/{child}/cmdline").read_text()]
+
+
+def _pieces(store: Path) -> int:
+    from harness.store import CellStore
+
+    if not store.exists():
+        return 0
+    cells = CellStore(store)
+    try:
+        return cells.connection.execute("SELECT count(*) FROM pieces").fetchone()[0]
+    finally:
+        cells.close()
+
+
+def _wait(condition, what: str, seconds: float = 180) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"waited {seconds} s for {what}"
+        time.sleep(0.3)
+
+
+def test_resume_after_a_lost_worker_and_a_lost_driver_recomputes_only_unfinished_shards(one_worker, tmp_path):
+    """Three workers, each stuck in a hanging colour converter after its first chunk. kill -9 one worker:
+    that cell fails alone, a new worker finishes the shard without it. Then kill -9 the driver (the other
+    workers go with it). --resume takes every stored piece back: the finished shard does no work at all,
+    the others only their unfinished chunks, and the report equals an uninterrupted one."""
+    store = tmp_path / "cells.sqlite"
+    common = [*SWEEP, "--workers", "3", "--store", str(store)]
+    driver = subprocess.Popen([HARNESS, *common, "--variant", "color=harness_test_variants:stage_that_hangs"],
+                              env={**os.environ, **PLUGINS}, stdout=subprocess.DEVNULL,
+                              stderr=(tmp_path / "stderr.txt").open("w"))
+    try:
+        _wait(lambda: len(_children(driver.pid)) == 3 and _pieces(store) >= 6, "three workers at the hang")
+        time.sleep(1.0)  # each worker is now inside the hanging converter
+        first = _children(driver.pid)
+        os.kill(first[0], signal.SIGKILL)
+        _wait(lambda: any(pid not in first for pid in _children(driver.pid)), "a new worker for the lost one")
+        _wait(lambda: len(_children(driver.pid)) == 2, "the new worker to finish its shard")
+        time.sleep(2.0)  # the driver writes the last pieces it was sent to the store
+        os.kill(driver.pid, signal.SIGKILL)
+        assert driver.wait(60) == -signal.SIGKILL
+        _wait(lambda: all(not Path(f"/proc/{pid}").exists() or
+                          Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
+                          for pid in first[1:]), "the driver's workers to go with it", 10)
+    finally:
+        driver.kill()
+    stored = _pieces(store)
+    resumed = _run(*common, "--resume")
+    assert _measured(resumed) == _measured(one_worker)
+    shards = resumed["executor"]["shards"]
+    assert sum(s["counters"].get("pieces_taken", 0) for s in shards) == stored
+    idle = [s for s in shards if all(s["counters"][name] == 0 for name in WORK)]
+    assert len(idle) == 1 and idle[0]["counters"]["pieces_taken"] > 0  # the shard that was finished
+    for name in WORK:
+        assert 0 < resumed["counters"][name] < one_worker["counters"][name]
