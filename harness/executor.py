@@ -23,7 +23,7 @@ stay in the store, so `--resume` after a lost driver or node recomputes only the
 
 - local: the worker is a process of this machine (multiprocessing, spawn: no inherited threads or state).
 - ray: the worker is a Ray task (`ray.init(address=$RAY_ADDRESS)`, a local cluster when unset) asking for
-  `--threads` CPUs; messages come back through a Ray queue, so the store stays on the driver's machine.
+  `--threads` CPUs (and a GPU when a candidate runs on one: the job's `gpus`); messages come back through a Ray queue, so the store stays on the driver's machine.
   Taking rows back from the store with `--resume` needs the store's path to be readable by the worker
   (one machine, or a shared file system).
 
@@ -147,7 +147,8 @@ class RayWorker:
                      configure_logging=False)
         self.ray = ray
         self.messages = Queue()
-        self.ref = ray.remote(num_cpus=job.cpus, max_retries=0)(_ray_main).remote(job, self.messages, quiet)
+        self.ref = ray.remote(num_cpus=job.cpus, num_gpus=getattr(job, "gpus", 0), max_retries=0)(_ray_main).remote(
+            job, self.messages, quiet)
 
     def receive(self, timeout: float):
         from ray.util.queue import Empty

@@ -49,11 +49,16 @@ WorkersOpt = Annotated[int, typer.Option(
                              "Without --threads each gets cores/workers threads.")]
 
 
-def threads_per_worker(workers: int, threads: int | None) -> int | None:
+def threads_per_worker(workers: int, threads: int | None, executor: str = "local") -> int | None:
     """--threads, or with several workers their share of this machine's cores (said on stderr): workers x
-    threads is the cores asked for. One worker without --threads leaves each backend its own default."""
+    threads is the cores asked for. On Ray, whose nodes this machine cannot count, one thread (and CPU)
+    per task. One worker without --threads leaves each backend its own default."""
     if workers == 1 or threads is not None:
         return threads
+    if executor == "ray":
+        print(f"harness: {workers} Ray tasks x 1 thread each, one CPU asked for each (--threads sets it)",
+              file=sys.stderr)
+        return 1
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     chosen = max(1, cores // workers)
     print(f"harness: {workers} workers x {chosen} thread{'s' if chosen > 1 else ''} each ({cores} cores here; "

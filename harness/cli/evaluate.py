@@ -11,8 +11,8 @@ from rich.console import Console
 from harness.cli.app import app
 from harness.cli.common import (AllowCodeOpt, BatchSizeOpt, CalibrationOpt, CellTimeoutOpt, CheckpointOpt,
                                 DatasetOpt, ExecutorOpt, HtmlOpt, InputShapeOpt, JsonOpt, LimitOpt, ModelArg,
-                                ProfileOpt, ThreadsOpt, WorkersOpt, checked_inputs, console_for, print_data_notes,
-                                threads_per_worker, write_reports)
+                                ProfileOpt, ThreadsOpt, WorkersOpt, checked_inputs, console_for,
+                                print_data_notes, threads_per_worker, write_reports)
 from harness.errors import InputError, UsageError
 
 
@@ -58,9 +58,10 @@ def compare(
     targets = [] if candidate_outputs is not None and not backends else parse_targets(backends, precision)
     if artifact is not None:
         _check_artifact(artifact, targets, backends)
+    threads = threads_per_worker(workers, threads, executor)
     job = CompareJob(model=model, backends=backends, precision=precision, recorded=candidate_outputs,
-                     **_candidates_options(dataset, limit, batch_size, threads_per_worker(workers, threads), checkpoint,
-                                           profile, allow_code, input_shape, calibration, artifact))
+                     **_candidates_options(dataset, limit, batch_size, threads, checkpoint, profile, allow_code,
+                                           input_shape, calibration, artifact))
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task(f"compare {model or 'the default model'}", total=None)  # the worker says how many

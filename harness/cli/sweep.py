@@ -76,8 +76,9 @@ def sysnoise(
         _print_axes(console, resolve(model, checkpoint, profile, allow_code, input_shape), graph_backend)
         return
     rounds = _bootstrap_rounds(bootstrap_rounds, bootstrap_seconds)
-    settings = SweepSettings(axes, dataset, limit, batch_size, threads_per_worker(workers, threads), calibration,
-                             graph_backend, combine, **({} if rounds is None else {"bootstrap_rounds": rounds}),
+    threads = threads_per_worker(workers, threads, executor)
+    settings = SweepSettings(axes, dataset, limit, batch_size, threads, calibration, graph_backend, combine,
+                             **({} if rounds is None else {"bootstrap_rounds": rounds}),
                              bootstrap_scope=bootstrap_scope, **({"chunk_size": chunk_size} if chunk_size else {}),
                              workers=workers)
     get_axes(axes)  # a misspelt axis fails here, before a worker starts

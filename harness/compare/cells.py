@@ -43,6 +43,17 @@ class CandidatesJob:
     def cpus(self) -> int:
         return self.threads or 1
 
+    @property
+    def gpus(self) -> int:
+        """What a Ray task asks for: one GPU when a candidate runs on one (the candidates share it)."""
+        from harness.backends import parse_target
+
+        return int(any(parse_target(text)[1] != "cpu" for text in self.devices_named() if text.strip()))
+
+    def devices_named(self) -> list[str]:
+        """The backend[:device] texts of the candidates."""
+        return []
+
     def model_and_data(self):
         """(the model's spec, the data), resolved in the worker."""
         from harness.data import embedded_benchmark, load_dataset
@@ -65,6 +76,9 @@ class CandidatesJob:
 class CompareJob(CandidatesJob):
     backends: str | None
     recorded: Path | None = None                   # --candidate-outputs
+
+    def devices_named(self) -> list[str]:
+        return (self.backends or "").split(",")
 
     def shards(self, count: int) -> list[CompareJob]:
         """Shard k runs the reference and every candidate on its run of whole batches (they share this job's
@@ -118,6 +132,9 @@ class DriftJob(CandidatesJob):
     taps: str | None = None
     unit_samples: int | None = None
     repro: Path | None = None
+
+    def devices_named(self) -> list[str]:
+        return [self.backend]
 
     def work(self, send) -> dict:
         from harness.backends import parse_target
