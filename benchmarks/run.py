@@ -6,7 +6,8 @@ throughput: each installed backend x precision on the zoo classifier at batch 1 
 runs, samples/s), plus TVM's compile time (a cold cache, so the build is measured).
 
 sysnoise: sweep vs hand-written vs naive time (benchmarks/sysnoise_bench.py); sweep peak memory vs dataset
-size (benchmarks/sysnoise_memory_bench.py).
+size (benchmarks/sysnoise_memory_bench.py); the speed-up of `--workers 2` over one worker, and the costs the
+README's cost model uses (benchmarks/sysnoise_workers_bench.py).
 
 overhead: the harness's compare inference path (the staged pipeline's model stage: normalisation, Session.run
 checks, timing; then post-processing and streaming output statistics) over a bare loop of the same
@@ -190,6 +191,15 @@ def main() -> int:
     print(f"sysnoise peak RSS at ImageNet geometry ({memory['axes']}, chunks of {memory['chunk_size']}): "
           f"{small['images']} images {small['peak_rss_mb']:.0f} MB, {large['images']} images "
           f"{large['peak_rss_mb']:.0f} MB (x{memory['peak_rss_growth']:.2f}, goal <= {memory['goal']})")
+    from sysnoise_workers_bench import bench_workers
+
+    workers = bench_workers()
+    workers["provenance"] = provenance(2, {"photos": 0}, None, None, ["onnxruntime", "torch"])
+    (RESULTS / "sysnoise_workers.json").write_text(json.dumps(workers, indent=2) + "\n")
+    print(f"sysnoise --workers 2 vs 1 ({workers['axes']}, {workers['images']} photos, {workers['cores']} cores): "
+          f"{statistics.median(workers['workers_1_s']):.1f} vs {statistics.median(workers['workers_2_s']):.1f} s, "
+          f"x{workers['speedup_2_over_1']:.2f} (start-up and metrics of one worker {workers['fixed_s']:.1f} s, "
+          f"the merging worker {workers['merge_seconds']:.1f} s); same rows: {workers['same_rows']}")
     from drift_bench import bench_drift
 
     drift = bench_drift()
