@@ -457,29 +457,7 @@ def test_a_stopped_sweep_takes_its_worker_along_and_resumes_from_the_chunks_it_f
     assert {v["name"]: v["delta"] for v in report["axes"][0]["variants"]} == uninterrupted_color_deltas
 
 
-def test_ray_executor_isolates_a_crash_and_a_hang(harness_cli, tmp_path, ray_alone):
-    """The same worker as a Ray task on a local Ray cluster (started and stopped by the run): the crashing
-    decoder and the hanging colour converter each cost their own cell, the store still gets every row."""
-    from harness.store import CellStore
-
-    store = tmp_path / "cells.sqlite"
-    result = harness_cli("sysnoise", "--axes", "decoder,color", "--limit", "10", "--executor", "ray", "--cell-timeout",
-                         "5", "--store", str(store), "--json", "-",
-                         "--variant", "decoder=harness_test_variants:decoder_that_kills_the_process",
-                         "--variant", "color=harness_test_variants:stage_that_hangs", env=_plugin_env())
-    assert result.returncode == 1, result.stderr[-2000:]  # two rows failed
-    report = json.loads(result.stdout)
-    assert report["executor"]["name"] == "ray" and report["executor"]["worker_starts"] == 3
-    rows = {(a["axis"], v["name"]): v for a in report["axes"] for v in a["variants"]}
-    crashed = rows["decoder", "harness_test_variants:decoder_that_kills_the_process"]
-    hung = rows["color", "harness_test_variants:stage_that_hangs"]
-    assert crashed["status"] == "failed" and "WorkerCrashedError" in crashed["reason"]
-    assert hung["status"] == "failed" and hung["reason"].startswith("timed out: still running after 5 s")
-    assert sum(v["status"] == "ok" for v in rows.values()) == len(rows) - 2
-    cells = CellStore(store)
-    stored = cells.connection.execute("SELECT count(*) FROM cells").fetchone()[0]
-    cells.close()
-    assert stored == len(rows)
+# the Ray executor's isolation of a crash and a hang: tests/test_workers.py, on a two-node Ray cluster
 
 
 def test_executor_and_timeout_errors_are_one_line(harness_cli):

@@ -1,6 +1,7 @@
 """Data-parallel workers (`--workers N`): the data split into shards of whole chunks, each worker running
 every cell on its shard; the report must be the one a single worker makes, number for number, on local
-processes and on a two-node Ray cluster, and after a lost driver `--resume` recomputes only unfinished work.
+processes and on a two-node Ray cluster (where crashes and hangs are isolated too), and after a lost driver
+`--resume` recomputes only unfinished work.
 A detector's sharded sweep (seeded mAP intervals): tests/test_significance.py."""
 from __future__ import annotations
 
@@ -36,8 +37,16 @@ def _run(*args: str, env: dict | None = None, exit_code: int = 0) -> dict:
 
 @pytest.fixture(scope="module")
 def one_worker() -> dict:
-    """The sweep on one worker: what every sharded run must equal."""
-    return _run(*SWEEP)
+    """The sweep on one worker: what every sharded run must equal. Made once per test run: pytest-xdist's
+    workers share it through the run's cache folder (conftest.py)."""
+    import fcntl
+
+    kept = Path(os.environ["HARNESS_CACHE"]) / "test-workers-one-worker.json"
+    with open(kept.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not kept.exists():
+            kept.write_text(json.dumps(_run(*SWEEP)))
+        return json.loads(kept.read_text())
 
 
 def test_three_local_workers_make_the_one_worker_report(one_worker, tmp_path):
@@ -59,20 +68,23 @@ def _untimed(report: dict) -> dict:
     return measured
 
 
-def test_compare_on_three_workers_makes_the_one_worker_report_and_isolates_a_segfault_per_shard(tmp_path):
+def test_compare_on_three_workers_makes_the_one_worker_report_and_isolates_a_segfault_per_shard():
     """Each worker runs the reference and every candidate on its shard; the rows come from the merged
     predictions and output statistics (exact sums: the same to the last bit). A backend that segfaults is
-    one failed row either way; on three workers each shard's worker meets it once."""
-    compare = ["compare", "--backends", "onnxruntime,openvino,segfaults", "--limit", "24", "--batch-size", "4",
-               "--threads", "1"]
+    one failed row, and the others' rows are those of one worker without it; each shard's worker meets it
+    once."""
+    compare = ["compare", "--limit", "24", "--batch-size", "4", "--threads", "1"]
     env = {"PYTHONPATH": str(Path(__file__).parent / "faulty_backends") + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    one = _run(*compare, env=env, exit_code=1)
-    three = _run(*compare, "--workers", "3", env=env, exit_code=1)
-    assert _untimed(three) == _untimed(one)
+    one = _run(*compare, "--backends", "onnxruntime,openvino")
+    three = _run(*compare, "--backends", "onnxruntime,openvino,segfaults", "--workers", "3", env=env, exit_code=1)
+    crashed = three["results"].pop()
+    assert crashed["backend"] == "segfaults" and crashed["status"] == "failed"
+    assert crashed["reason"] == "its worker process died (signal SIGSEGV) while running it"
+    assert {k: _untimed(three)[k] for k in ("reference", "results", "dataset", "model")} \
+        == {k: _untimed(one)[k] for k in ("reference", "results", "dataset", "model")}
     rows = {row["backend"]: row for row in three["results"]}
     assert rows["onnxruntime"]["status"] == rows["openvino"]["status"] == "ok"
     assert rows["onnxruntime"]["outputs"]["max_abs"] > 0 and rows["openvino"]["outputs"]["max_abs"] > 0
-    assert rows["segfaults"]["reason"] == "its worker process died (signal SIGSEGV) while running it"
     assert sorted(f["shard"] for f in three["executor"]["isolated_failures"]) == [0, 1, 2]
     assert [s["chunks"] for s in three["executor"]["shards"]] == [2, 2, 2]  # 24 images, batches of 4
 
@@ -114,31 +126,53 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def test_three_ray_workers_on_a_two_node_cluster_make_the_one_worker_report(one_worker, tmp_path, ray_alone):
-    """A Ray head and a second worker node (`ray start`, two raylets on loopback): the shards are Ray tasks
-    spread over both nodes, the merging task gets their pieces through the object store."""
+def test_ray_workers_on_a_two_node_cluster_make_the_one_worker_report_and_isolate_a_crash_and_a_hang(
+        one_worker, tmp_path, ray_alone):
+    """A Ray head and a second worker node (`ray start`, two raylets on loopback, one CPU each). Two shards
+    are Ray tasks, one on each node; the merging task gets their pieces through the object store. Then a
+    one-worker sweep on the same cluster: a crashing decoder and a hanging colour converter each cost their
+    own cell (a Ray task's crash and a timeout), and the store still gets every row."""
+    from harness.store import CellStore
+
     ray = str(Path(sys.executable).with_name("ray"))
     address = f"127.0.0.1:{_free_port()}"
-    # token authentication is Ray's default for `ray start`; this cluster listens on loopback only
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": address}
-    common = ["--node-ip-address", "127.0.0.1", "--disable-usage-stats"]
+    # token authentication is Ray's default for `ray start`; this cluster listens on loopback only. The
+    # user's variants must be importable where the tasks run: the nodes start with them on their path
+    env = {**os.environ, **PLUGINS, "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": address}
+    common = ["--node-ip-address", "127.0.0.1", "--disable-usage-stats", "--num-cpus", "1"]
+    store = tmp_path / "faults.sqlite"
     try:
-        for start in (["--head", "--port", address.split(":")[1], "--num-cpus", "1", "--include-dashboard", "false"],
-                      ["--address", address, "--num-cpus", "2"]):
+        for start in (["--head", "--port", address.split(":")[1], "--include-dashboard", "false"],
+                      ["--address", address]):
             started = subprocess.run([ray, "start", *start, *common], capture_output=True, text=True, env=env,
                                      timeout=120)
             assert started.returncode == 0, started.stderr[-2000:]
-        report = _run(*SWEEP, "--workers", "3", "--executor", "ray", "--store", str(tmp_path / "cells.sqlite"),
+        report = _run(*SWEEP, "--workers", "2", "--executor", "ray", "--store", str(tmp_path / "cells.sqlite"),
                       env=env)
+        faults = _run("sysnoise", "--axes", "decoder,color", "--limit", "10", "--executor", "ray", "--cell-timeout",
+                      "8", "--store", str(store), "--variant",
+                      "decoder=harness_test_variants:decoder_that_kills_the_process",
+                      "--variant", "color=harness_test_variants:stage_that_hangs", env=env, exit_code=1)
     finally:
         subprocess.run([ray, "stop", "--force"], capture_output=True, env=env, timeout=120)
     assert _measured(report) == _measured(one_worker)
     shards = report["executor"]["shards"]
-    assert report["executor"]["name"] == "ray" and len(shards) == 3
-    assert len({s["node"] for s in shards}) == 2  # one CPU on the head, two on the other node
+    assert report["executor"]["name"] == "ray" and len(shards) == 2
+    assert len({s["node"] for s in shards}) == 2  # one CPU on each node: a shard on each
     for name in WORK:
         assert report["counters"][name] == one_worker["counters"][name]
     assert report["counters"]["pieces_merged"] > 0
+    assert faults["executor"]["name"] == "ray" and faults["executor"]["worker_starts"] == 3
+    rows = {(a["axis"], v["name"]): v for a in faults["axes"] for v in a["variants"]}
+    crashed = rows["decoder", "harness_test_variants:decoder_that_kills_the_process"]
+    hung = rows["color", "harness_test_variants:stage_that_hangs"]
+    assert crashed["status"] == "failed" and "WorkerCrashedError" in crashed["reason"]
+    assert hung["status"] == "failed" and hung["reason"].startswith("timed out: still running after 8 s")
+    assert sum(v["status"] == "ok" for v in rows.values()) == len(rows) - 2
+    cells = CellStore(store)
+    stored = cells.connection.execute("SELECT count(*) FROM cells").fetchone()[0]
+    cells.close()
+    assert stored == len(rows)
 
 
 def _children(pid: int) -> list[int]:
