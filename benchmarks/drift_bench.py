@@ -93,7 +93,7 @@ def worker(fp32: str, samples: int, threads: int, unit_samples: int | None) -> N
     backend = get_backend("onnxruntime")
     started = time.perf_counter()
     candidate = backend.load(exported, "cpu", "fp16", threads, spinning=False)
-    batches = (Batch([Sample(str(k), Path("none"))], tensor, [Geometry(1, 1)])
+    batches = (Batch([Sample(str(k), Path("none"))], tensor, [Geometry(1, 1)], [k])
                for k, tensor in enumerate(_inputs(samples)))
     # every tensor, as Polygraphy's `mark all` does (no fall-back to kernel-boundary taps)
     run = run_drift(exported, backend, candidate, batches, Thresholds(), tap_method="graph-outputs",

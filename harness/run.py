@@ -25,6 +25,7 @@ class Batch:
     samples: list[Sample]
     tensor: np.ndarray                 # float32[N, 3, S, S]
     geometries: list[Geometry]
+    positions: list[int]               # of the samples in the dataset
 
 
 @dataclass
@@ -56,29 +57,33 @@ def require_readable(dataset: Dataset, profile: Profile) -> None:
                      f"{profile.decoder} decoder (first: {first})")
 
 
-def iter_batches(dataset: Dataset, profile: Profile, batch_size: int,
-                 failures: list[FailedSample]) -> Iterator[Batch]:
-    """Pre-processed batches of `batch_size` readable samples, through the pre-processing stages every run
-    uses (harness.stages); unreadable samples go to `failures` and are left out."""
+def iter_batches(dataset: Dataset, profile: Profile, batch_size: int, failures: list[FailedSample],
+                 positions: range | None = None) -> Iterator[Batch]:
+    """Pre-processed batches through the pre-processing stages every run uses (harness.stages): one per run
+    of `batch_size` dataset positions (of `positions`, which starts at a multiple of `batch_size`; default:
+    all), holding its readable samples. Unreadable samples go to `failures` and are left out, so their
+    batch is short: batch k holds positions k*b to (k+1)*b - 1 whatever came before, as in the staged
+    pipeline's chunks, and a data-parallel shard of whole batches meets the batches one pass meets."""
     stages = Preprocessor(dataset)
-    pending: list[tuple[Sample, np.ndarray, Geometry]] = []
-    for sample in dataset.samples:
-        found = stages.pixels(sample, profile)
-        stages.drop()  # one sample at a time: nothing here is used twice
-        if found is None:
-            failures.append(FailedSample(sample.id, printable(sample.path), read_failure(stages.failures[sample.id][1])))
-            continue
-        pending.append((sample, *found))
-        if len(pending) == batch_size:
+    positions = range(len(dataset.samples)) if positions is None else positions
+    for start in range(positions.start, positions.stop, batch_size):
+        pending = []
+        for position in range(start, min(start + batch_size, positions.stop)):
+            sample = dataset.samples[position]
+            found = stages.pixels(sample, profile)
+            stages.drop()  # one sample at a time: nothing here is used twice
+            if found is None:
+                failures.append(FailedSample(sample.id, printable(sample.path),
+                                             read_failure(stages.failures[sample.id][1])))
+            else:
+                pending.append((sample, *found, position))
+        if pending:
             yield _collate(pending, profile)
-            pending = []
-    if pending:
-        yield _collate(pending, profile)
 
 
 def _collate(items, profile: Profile) -> Batch:
     tensor = normalize(np.stack([item[1] for item in items]), profile)
-    return Batch([i[0] for i in items], tensor, [i[2] for i in items])
+    return Batch([i[0] for i in items], tensor, [i[2] for i in items], [i[3] for i in items])
 
 
 def timing_summary(load_s: float, batch_ms: list[float]) -> dict:

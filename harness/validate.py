@@ -214,7 +214,8 @@ def profile_checks(profile: str, row: dict, error: float, primary: str, limits: 
 
 def snr_check(name: str, spec, profile, data, floor: float, calibration) -> tuple[Check, dict]:
     """min_op_snr_db: `harness drift` of the profile's backend on the first 16 samples."""
-    from harness.compare.drift import Thresholds, drift_report
+    from harness.compare.drift import Thresholds
+    from harness.compare.drift_report import drift_report
 
     drift = drift_report(spec, profile.backend, profile.device, profile.precision, data.limit(16),
                          thresholds=Thresholds(snr_floor=floor), calibration=calibration, progress=False)

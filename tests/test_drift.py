@@ -12,7 +12,8 @@ from onnx import TensorProto, helper, numpy_helper
 from harness.backends import get_backend
 from harness.errors import BackendUnavailable
 from harness.calibration import calibration_set
-from harness.compare.drift import Thresholds, drift_report
+from harness.compare.drift import Thresholds
+from harness.compare.drift_report import drift_report
 from harness.data import embedded_benchmark
 from harness.export import export
 from harness.model import resolve_model

@@ -14,12 +14,15 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 # 24 images in chunks of 4: three workers get two chunks each
 SWEEP = ["sysnoise", "--axes", "color", "--limit", "24", "--batch-size", "4", "--chunk-size", "4", "--threads", "1"]
 HARNESS = str(Path(sys.executable).with_name("harness"))
 PLUGINS = {"PYTHONPATH": str(Path(__file__).parent / "plugins") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+COMPARE = ["compare", "--limit", "24", "--batch-size", "4", "--threads", "1"]
+DRIFT = ["--batch-size", "4", "--threads", "1"]
 WORK = ("decodes", "resizes", "inferences")  # counters of work done: a sharded run does each piece once too
 
 
@@ -35,18 +38,52 @@ def _run(*args: str, env: dict | None = None, exit_code: int = 0) -> dict:
     return json.loads(done.stdout)
 
 
-@pytest.fixture(scope="module")
-def one_worker() -> dict:
-    """The sweep on one worker: what every sharded run must equal. Made once per test run: pytest-xdist's
-    workers share it through the run's cache folder (conftest.py)."""
+def _made_once(name: str, *args: str) -> dict:
+    """A one-worker report that sharded runs must equal, made once per test run: pytest-xdist's workers share
+    it through the run's cache folder (conftest.py)."""
     import fcntl
 
-    kept = Path(os.environ["HARNESS_CACHE"]) / "test-workers-one-worker.json"
+    kept = Path(os.environ["HARNESS_CACHE"]) / f"test-workers-{name}.json"
     with open(kept.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not kept.exists():
-            kept.write_text(json.dumps(_run(*SWEEP)))
+            kept.write_text(json.dumps(_run(*args)))
         return json.loads(kept.read_text())
+
+
+@pytest.fixture(scope="module")
+def one_worker() -> dict:
+    """The sweep on one worker."""
+    return _made_once("sweep", *SWEEP)
+
+
+@pytest.fixture(scope="module")
+def one_worker_compare() -> dict:
+    return _made_once("compare", *COMPARE, "--backends", "onnxruntime,openvino")
+
+
+@pytest.fixture(scope="module")
+def drift_data(tmp_path_factory) -> tuple[Path, str]:
+    """24 benchmark images, the one at position 10 (in the second of three shards) unreadable; the folder and
+    that sample."""
+    import shutil
+
+    from harness.data import embedded_benchmark, load_dataset
+
+    folder = tmp_path_factory.mktemp("drift-data")
+    for sample in embedded_benchmark("classify").limit(24).samples:
+        (folder / sample.id).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(sample.path, folder / sample.id)
+    broken = load_dataset(folder).samples[10]
+    broken.path.write_bytes(broken.path.read_bytes()[:100])
+    return folder, broken.id
+
+
+def _drift(folder: Path, *args: str, env: dict | None = None) -> dict:
+    """ORT FP16 against the tensor reference: every tensor tapped, the ops alone on the first 14 positions
+    (across the first shard boundary), a floor that makes an op diverge (so the merge writes a repro)."""
+    return _run("drift", "--backend", "onnxruntime", "--precision", "fp16", "--taps", "graph-outputs",
+                "--snr-floor", "70", "--unit-samples", "14", "--dataset", str(folder), *DRIFT, *args, env=env)
 
 
 def _untimed(report: dict) -> dict:
@@ -57,25 +94,47 @@ def _untimed(report: dict) -> dict:
     return measured
 
 
-def test_compare_on_three_workers_makes_the_one_worker_report_and_isolates_a_segfault_per_shard():
+def test_compare_on_three_workers_makes_the_one_worker_report_and_isolates_a_segfault_per_shard(one_worker_compare):
     """Each worker runs the reference and every candidate on its shard; the rows come from the merged
     predictions and output statistics (exact sums: the same to the last bit). A backend that segfaults is
     one failed row, and the others' rows are those of one worker without it; each shard's worker meets it
     once."""
-    compare = ["compare", "--limit", "24", "--batch-size", "4", "--threads", "1"]
     env = {"PYTHONPATH": str(Path(__file__).parent / "faulty_backends") + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    one = _run(*compare, "--backends", "onnxruntime,openvino")
-    three = _run(*compare, "--backends", "onnxruntime,openvino,segfaults", "--workers", "3", env=env, exit_code=1)
+    three = _run(*COMPARE, "--backends", "onnxruntime,openvino,segfaults", "--workers", "3", env=env, exit_code=1)
     crashed = three["results"].pop()
     assert crashed["backend"] == "segfaults" and crashed["status"] == "failed"
     assert crashed["reason"] == "its worker process died (signal SIGSEGV) while running it"
-    assert {k: _untimed(three)[k] for k in ("reference", "results", "dataset", "model")} \
-        == {k: _untimed(one)[k] for k in ("reference", "results", "dataset", "model")}
+    assert _compared(three) == _compared(one_worker_compare)
     rows = {row["backend"]: row for row in three["results"]}
     assert rows["onnxruntime"]["status"] == rows["openvino"]["status"] == "ok"
     assert rows["onnxruntime"]["outputs"]["max_abs"] > 0 and rows["openvino"]["outputs"]["max_abs"] > 0
     assert sorted(f["shard"] for f in three["executor"]["isolated_failures"]) == [0, 1, 2]
     assert [s["chunks"] for s in three["executor"]["shards"]] == [2, 2, 2]  # 24 images, batches of 4
+
+
+def _compared(report: dict) -> dict:
+    return {k: _untimed(report)[k] for k in ("reference", "results", "dataset", "model")}
+
+
+def test_drift_on_three_workers_makes_the_one_worker_report_with_an_unreadable_sample_in_a_shard(drift_data,
+                                                                                                 tmp_path):
+    """Each worker taps every tensor on its shard's batches and runs the ops alone on its positions below
+    --unit-samples; the statistics merge exactly, and the tap check and the repro's probe are the first
+    batch's. Batches are runs of dataset positions, so the unreadable sample shortens its own batch in
+    both runs; the ops ran alone on the 13 readable samples of the first 14 positions."""
+    folder, broken = drift_data
+    one = _drift(folder, "--repro", str(tmp_path / "one"))
+    three = _drift(folder, "--workers", "3", "--repro", str(tmp_path / "three"))
+    assert [s["chunks"] for s in three["executor"]["shards"]] == [2, 2, 2]
+    ignored = ("executor", "timing", "repro", "repro_info")
+    assert {k: v for k, v in three.items() if k not in ignored} == {k: v for k, v in one.items() if k not in ignored}
+    assert one["unit_samples"] == 13 and one["dataset"]["samples"] == 23
+    assert [f["sample"] for f in one["dataset"]["failed"]] == [broken]
+    assert sum(row["observable"] for row in one["ops"]) == len(one["ops"]) > 20 and one["first_divergence"]
+    assert (tmp_path / "one" / "candidate.onnx").read_bytes() == (tmp_path / "three" / "candidate.onnx").read_bytes()
+    for name in ("inputs.npz", "expected.npz"):  # the merging worker wrote the same repro, from the same probe
+        with np.load(tmp_path / "one" / name) as a, np.load(tmp_path / "three" / name) as b:
+            assert sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a)
 
 
 def test_output_statistics_merged_from_shards_equal_one_stream_to_the_last_bit():

@@ -45,11 +45,8 @@ def compare(
 ) -> None:
     """Reference (training profile on the training system) vs candidate backends: metric, output and timing.
     Runs on a worker: a backend that crashes or hangs is one failed row."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from harness.compare import parse_targets
     from harness.compare.cells import CompareJob
-    from harness.executor import run_cells
 
     console = console_for(json_path)
     checked_inputs(profile, allow_code, input_shape, dataset)  # before the worker: fail fast
@@ -62,11 +59,7 @@ def compare(
     job = CompareJob(model=model, backends=backends, precision=precision, recorded=candidate_outputs,
                      **_candidates_options(dataset, limit, batch_size, threads, checkpoint, profile, allow_code,
                                            input_shape, calibration, artifact))
-    with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task(f"compare {model or 'the default model'}", total=None)  # the worker says how many
-        report = run_cells(job, executor, cell_timeout, on_message=lambda message: _show_progress(bar, task, message),
-                           workers=workers)
+    report = _run_with_progress(job, f"compare {model or 'the default model'}", executor, cell_timeout, workers)
     _show_compare(console, report, json_path, html)
     if any(row["status"] == "failed" for row in report["results"]):
         raise typer.Exit(1)
@@ -78,6 +71,19 @@ def _candidates_options(dataset, limit, batch_size, threads, checkpoint, profile
     return {"dataset": dataset, "limit": limit, "batch_size": batch_size, "threads": threads,
             "checkpoint": checkpoint, "profile": profile, "allow_code": allow_code, "input_shape": input_shape,
             "calibration": calibration, "artifact": artifact}
+
+
+def _run_with_progress(job, title: str, executor: str, cell_timeout, workers: int) -> dict:
+    """The job on its worker(s), their progress messages drawn as one bar on stderr."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from harness.executor import run_cells
+
+    with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(title, total=None)  # the worker says how many
+        return run_cells(job, executor, cell_timeout, on_message=lambda message: _show_progress(bar, task, message),
+                         workers=workers)
 
 
 def _show_progress(bar, task, message: tuple) -> None:
@@ -146,6 +152,7 @@ def drift(
         "--artifact", help="The deployed file the candidate runs (e.g. a QDQ .onnx made elsewhere).")] = None,
     executor: ExecutorOpt = "local",
     cell_timeout: CellTimeoutOpt = None,
+    workers: WorkersOpt = 1,
 ) -> None:
     """Layer-wise drift: every tensor on the candidate vs the tensor reference, the first divergence, the
     error each op introduces vs inherits, and a minimal repro. Runs on a worker: a candidate that crashes or
@@ -153,7 +160,6 @@ def drift(
     from harness.backends import parse_target
     from harness.compare.cells import DriftJob
     from harness.compare.drift import Thresholds
-    from harness.executor import run_cells
     from harness.report.drift import drift_summary, drift_table, introducers_table
 
     checked_inputs(profile, allow_code, input_shape, dataset)  # before the worker: fail fast
@@ -161,11 +167,13 @@ def drift(
     parse_target(backend)
     if artifact is not None and not artifact.is_file():
         raise InputError(f"{artifact}: deployed artefact not found")
+    threads = threads_per_worker(workers, threads, executor)
     job = DriftJob(model=model, backend=backend, precision=precision, thresholds=Thresholds(snr_floor, atol, rtol),
                    taps=taps, unit_samples=unit_samples, repro=repro,
                    **_candidates_options(dataset, limit, batch_size, threads, checkpoint, profile, allow_code,
                                          input_shape, calibration, artifact))
-    report = run_cells(job, executor, cell_timeout)
+    report = _run_with_progress(job, f"drift {model or 'the default model'} on {backend}", executor, cell_timeout,
+                                workers)
     try:
         console.print(drift_table(report))
         console.print(introducers_table(report))

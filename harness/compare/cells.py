@@ -136,19 +136,30 @@ class DriftJob(CandidatesJob):
     def devices_named(self) -> list[str]:
         return [self.backend]
 
+    def shards(self, count: int) -> list[DriftJob]:
+        """Shard k runs the reference and the candidate on its run of whole batches (harness.shards)."""
+        return [replace(self, workers=count, shard=k, repro=None) for k in range(count)]
+
+    def merging(self, shard_results: list, store) -> DriftJob:
+        """The job that makes the report (and the repro) from the shards' statistics."""
+        return replace(self, shard=None, parts=shard_results)
+
     def work(self, send) -> dict:
         from harness.backends import parse_target
         from harness.calibration import calibration_set
-        from harness.compare.drift import drift_report
+        from harness.compare.drift_report import drift_report
 
         spec, data = self.model_and_data()
+        send(("samples", len(data.samples)))
         target, device = parse_target(self.backend)
         failed = next(iter(self.isolated.values()), None)
         calibration = calibration_set(spec, self.calibration) \
-            if self.precision == "int8" and not self.artifact and failed is None else None
+            if self.precision == "int8" and not self.artifact and failed is None \
+            and (self.parts is None or self.repro) else None  # a merge loads the candidate for a repro alone
         return drift_report(spec, target.name, device, self.precision, data, self.batch_size, self.threads,
                             self.thresholds, self.taps, self.unit_samples, calibration, self.repro, self.artifact,
-                            on_work=work_messages(send), failed=failed)
+                            progress=lambda n: send(("progress", n)), on_work=work_messages(send), failed=failed,
+                            shards=self.workers, shard=self.shard, parts=self.parts)
 
 
 def work_messages(send):

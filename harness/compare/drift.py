@@ -9,7 +9,6 @@ backend compiles them once, not once per op.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,14 +38,47 @@ class DriftRun:
     """What one pass over the data leaves: a row per tensor, the tap check, the first batch kept for repro."""
 
     rows: list[TensorRow]
-    tap_method: str
+    tap_method: str | None                             # None: a shard that met no readable sample
     taps_perturb: dict
     perturb_fallback: dict | None
     probe_feeds: dict = field(default_factory=dict)    # reference values of the first batch (capped)
     samples: int = 0
     unit_samples: int = 0
     deployed: dict = field(default_factory=dict)       # reference tensor -> the candidate graph's name for it
-    torch_check: dict | None = None                    # torch vs the tensor reference at the model outputs
+    torch_check: OutputStats | None = None             # torch vs the tensor reference at the model outputs
+
+    @staticmethod
+    def merged(runs: list[DriftRun]) -> DriftRun:
+        """The runs of data-parallel shards (harness.shards), in shard order, as the one pass they split:
+        the statistics merge exactly (sums, counts, maxima), the tap check and the probe are the first
+        batch's, which every shard checked taps on."""
+        from harness.errors import RunFailed
+
+        planned = [run for run in runs if run.tap_method is not None]
+        if len({(run.tap_method, run.taps_perturb["ok"]) for run in planned}) != 1:
+            raise RunFailed("the shards' workers disagree on the tap check of the first batch ("
+                            + ", ".join(f"{run.tap_method}: {run.taps_perturb}" for run in planned)
+                            + "): the candidate does not compute the same in every process")
+        first = next(run for run in planned if run.probe_feeds)
+        whole = DriftRun(runs[0].rows, first.tap_method, first.taps_perturb, first.perturb_fallback,
+                         first.probe_feeds, deployed=first.deployed, torch_check=runs[0].torch_check)
+        for run in runs:
+            whole.samples += run.samples
+            whole.unit_samples += run.unit_samples
+            if run is runs[0]:
+                continue
+            for row, other in zip(whole.rows, run.rows):
+                row.total = _merged(row.total, other.total)
+                row.introduced = _merged(row.introduced, other.introduced)
+            whole.torch_check = _merged(whole.torch_check, run.torch_check)
+        return whole
+
+
+def _merged(stats: OutputStats | None, other: OutputStats | None) -> OutputStats | None:
+    if stats is None or other is None:
+        return stats or other
+    stats.merge(other)
+    return stats
 
 
 def _units_session(backend, candidate, exported, rows: list[TensorRow], reference_names: set[str], aliases,
@@ -89,10 +121,12 @@ def _units_session(backend, candidate, exported, rows: list[TensorRow], referenc
 
 def run_drift(exported, backend, candidate, batches, thresholds: Thresholds, tap_method: str | None = None,
               unit_samples: int | None = None, threads: int | None = None, probe_samples: int = 16,
-              progress=None, torch_session=None, on_work=None) -> DriftRun:
+              progress=None, torch_session=None, on_work=None, first_batch=None) -> DriftRun:
     """One pass: reference taps, candidate taps, isolated ops, reduced to statistics per tensor. on_work:
     called with the candidate's label before its work, REFERENCE_WORK before the reference's (an executor
-    blames a crash or a hang on it)."""
+    blames a crash or a hang on it). The isolated ops run on the samples at dataset positions below
+    `unit_samples`. first_batch: the data's first batch when `batches` (a data-parallel shard's) does not
+    start with it: the taps are checked on it, as one pass checks them, and it adds nothing else."""
     from harness.backends import get_backend
     from harness.compare.cells import REFERENCE_WORK
     from harness.onnx_graph import dequantized_aliases, float_tensors, load
@@ -106,46 +140,42 @@ def run_drift(exported, backend, candidate, batches, thresholds: Thresholds, tap
     names = [t.name for t in graph_tensors]
     rows = [TensorRow(t.name, t.node, t.op_type, exported.module_of(t.name), t.index) for t in graph_tensors]
     by_name = {row.tensor: row for row in rows}
-    method = candidate._tap_method(tap_method)
     aliases = dequantized_aliases(load(candidate.graph)) if candidate.graph is not None else {}
     deployed = {name: aliases.get(name, name) for name in names}   # reference name -> the candidate's tensor
     working(label)
-    observable, why = _tappable(candidate, names, deployed, method)
     units_session, units = None, []
     if candidate.graph is not None:
         units_session, units = _units_session(backend, candidate, exported, rows, set(names), aliases, threads)
     else:
         for row in rows:
             row.unit_reason = f"{candidate.backend} runs no ONNX graph: ops cannot be run alone on it"
-    perturb, fallback, seen, unit_seen, probe = None, None, 0, 0, {}
-    torch_stats = OutputStats() if torch_session is not None else None
+    taps = _TapCheck(candidate, names, deployed, tap_method, thresholds)
     input_name = exported.input_name
+    if first_batch is not None:
+        working(REFERENCE_WORK)
+        ref = reference.run({input_name: first_batch.tensor}, taps=names)
+        working(label)
+        taps.check({input_name: first_batch.tensor}, ref)
+    seen, unit_seen, probe = 0, 0, {}
+    torch_stats = OutputStats() if torch_session is not None else None
     for batch in batches:
         feeds = {input_name: batch.tensor}
         working(REFERENCE_WORK)
         ref = reference.run(feeds, taps=names)
         working(label)
         cand = None
-        if perturb is None:  # does tapping change what the candidate computes? checked on the first batch
-            perturb, cand = _perturbation(candidate, feeds, [deployed[n] for n in observable], method, ref,
-                                          thresholds)
-            if (not perturb["ok"] and tap_method is None and method != "kernel-boundary"
-                    and "kernel-boundary" in candidate.tap_methods):  # an explicitly chosen method is kept
-                fallback = {"method": method, **perturb}
-                method = "kernel-boundary"
-                observable, why = _tappable(candidate, names, deployed, method)
-                perturb, cand = _perturbation(candidate, feeds, [deployed[n] for n in observable], method, ref,
-                                              thresholds)
+        if taps.perturb is None:  # the data's first batch: does tapping change what the candidate computes?
+            cand = taps.check(feeds, ref)  # its tapped run is the check's own
             probe = {input_name: batch.tensor[:probe_samples],
                      **{name: np.asarray(ref[name])[:probe_samples] for name in names}}
-        if cand is None:  # the first batch's tapped run is the perturbation check's own
-            cand = candidate.run(feeds, taps=[deployed[n] for n in observable], tap_method=method)
-        for name in observable:
+        if cand is None:
+            cand = candidate.run(feeds, taps=[deployed[n] for n in taps.observable], tap_method=taps.method)
+        for name in taps.observable:
             row = by_name[name]
             row.total = row.total or OutputStats()
             row.total.update({name: ref[name]}, {name: cand[deployed[name]]})
-        if units_session is not None and (unit_samples is None or unit_seen < unit_samples):
-            take = len(batch.tensor) if unit_samples is None else min(len(batch.tensor), unit_samples - unit_seen)
+        take = len(batch.positions) if unit_samples is None else sum(p < unit_samples for p in batch.positions)
+        if units_session is not None and take:
             values = {input_name: batch.tensor, **ref}
             unit_feeds = {name: np.ascontiguousarray(np.asarray(values[name.removeprefix("ref/")][:take], np.float32))
                           for name in units_session.input_names}
@@ -162,10 +192,36 @@ def run_drift(exported, backend, candidate, batches, thresholds: Thresholds, tap
         seen += len(batch.tensor)
         if progress:
             progress(len(batch.tensor))
-    for name, reason in why.items():
+    for name, reason in taps.why.items():
         by_name[name].unobservable = reason
-    return DriftRun(rows, method, perturb or {"max_abs": None, "ok": None}, fallback, probe, seen, unit_seen,
-                    deployed, torch_stats.to_json() if torch_stats is not None else None)
+    return DriftRun(rows, taps.method if taps.perturb else None, taps.perturb or {"max_abs": None, "ok": None},
+                    taps.fallback, probe, seen, unit_seen, deployed, torch_stats)
+
+
+class _TapCheck:
+    """The tap method, and what it shows, chosen on the data's first batch: the method asked for, else the
+    backend's first, falling back to kernel-boundary taps when tapping changes the candidate's outputs."""
+
+    def __init__(self, candidate, names, deployed, asked: str | None, thresholds: Thresholds):
+        self.candidate, self.names, self.deployed, self.asked, self.thresholds = \
+            candidate, names, deployed, asked, thresholds
+        self.method = candidate._tap_method(asked)
+        self.observable, self.why = _tappable(candidate, names, deployed, self.method)
+        self.perturb, self.fallback = None, None
+
+    def check(self, feeds: dict, reference: dict) -> dict:
+        """Checks the taps on this batch; returns the candidate's tapped outputs of it."""
+        candidate = self.candidate
+        self.perturb, tapped = _perturbation(candidate, feeds, [self.deployed[n] for n in self.observable],
+                                             self.method, reference, self.thresholds)
+        if (not self.perturb["ok"] and self.asked is None and self.method != "kernel-boundary"
+                and "kernel-boundary" in candidate.tap_methods):  # an explicitly chosen method is kept
+            self.fallback = {"method": self.method, **self.perturb}
+            self.method = "kernel-boundary"
+            self.observable, self.why = _tappable(candidate, self.names, self.deployed, self.method)
+            self.perturb, tapped = _perturbation(candidate, feeds, [self.deployed[n] for n in self.observable],
+                                                 self.method, reference, self.thresholds)
+        return tapped
 
 
 def _tappable(candidate, names, deployed, method):
@@ -199,150 +255,3 @@ def _perturbation(candidate, feeds, observable, method, reference, thresholds: T
 
 def first_divergence(rows: list[TensorRow], thresholds: Thresholds) -> TensorRow | None:
     return next((row for row in rows if row.total is not None and thresholds.diverged(row.total)), None)
-
-
-def inherited_error(row: TensorRow, by_name: dict[str, TensorRow]) -> float | None:
-    """The relative L2 error the op receives: the worst of its inputs in the candidate's full run (0 for
-    the model input, None when none of its inputs is observable)."""
-    errors = []
-    for name in row.unit_inputs:
-        source = by_name.get(name)
-        if source is None:
-            errors.append(0.0)  # a graph input: identical on both sides
-        elif source.total is not None:
-            errors.append(source.total.rel_l2)
-    return max(errors) if errors else None
-
-
-def _finite(value):
-    return None if value is None or (isinstance(value, float) and not math.isfinite(value)) else value
-
-
-def rows_json(rows: list[TensorRow], thresholds: Thresholds) -> list[dict]:
-    by_name = {row.tensor: row for row in rows}
-    out = []
-    for row in rows:
-        total, alone = row.total, row.introduced
-        out.append({
-            "tensor": row.tensor, "op": row.op, "op_type": row.op_type, "module": row.module,
-            "observable": total is not None,
-            "max_abs": total.max_abs if total else None,
-            "mean_abs": total.sum_abs / max(total.count, 1) if total else None,
-            "cosine": total.to_json()["cosine"] if total else None,
-            "snr_db": total.snr_db if total else None, "rel_l2": total.rel_l2 if total else None,
-            "exact": (total.err_sq == 0) if total else None,
-            "diverged": thresholds.diverged(total) if total else None,
-            "introduced": alone.rel_l2 if alone else None,
-            "introduced_snr_db": alone.snr_db if alone else None,
-            "introduced_max_abs": alone.max_abs if alone else None,
-            "introduced_diverged": thresholds.diverged(alone) if alone else None,
-            "inherited": inherited_error(row, by_name) if alone else None,
-            "inputs": list(row.unit_inputs),
-            "reason": row.unobservable if total is None else None,
-            "unit_reason": row.unit_reason,
-        })
-    return out
-
-
-def top_introducers(rows: list[dict], count: int = 10) -> list[dict]:
-    ranked = [r for r in rows if r["introduced"] is not None]
-    ranked.sort(key=lambda r: -r["introduced"])
-    return [{"tensor": r["tensor"], "op": r["op"], "op_type": r["op_type"], "module": r["module"],
-             "introduced": r["introduced"], "introduced_snr_db": r["introduced_snr_db"]} for r in ranked[:count]]
-
-
-def drift_report(spec, backend_name: str, device: str, precision: str, data, batch_size: int = 32,
-                 threads: int | None = None, thresholds: Thresholds = Thresholds(), tap_method: str | None = None,
-                 unit_samples: int | None = None, calibration=None, repro: Path | None = None,
-                 artifact: Path | None = None, progress: bool = True, on_work=None, failed: str | None = None) -> dict:
-    """The `harness.drift/1` report of one candidate (backend, device, precision) on `data`. on_work: see
-    run_drift; failed: why the candidate killed or outlasted an earlier worker (the report says so, with
-    `status` failed, and measures nothing)."""
-    import time
-
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from harness.backends import get_backend
-    from harness.compare.cells import REFERENCE_WORK
-    from harness.export import export
-    from harness.report.blocks import common_blocks
-    from harness.run import iter_batches, require_readable
-
-    working = on_work or (lambda owner: None)
-    working(REFERENCE_WORK)  # the reference's decoder reads the first sample: bounded by --cell-timeout too
-    require_readable(data, spec.profile)
-    working(None)
-    exported = export(spec)
-    backend = get_backend(backend_name)
-    reference_block = {"backend": "onnxruntime", "device": "cpu", "precision": "fp32", "graph_optimizations": False,
-                       "note": REFERENCE_NOTE, "profile": spec.profile.to_json()}
-    if failed is not None:
-        return _failed_report(exported, data, reference_block, threads, backend.name, device, precision,
-                              thresholds, failed)
-    started = time.perf_counter()
-    options = {"artifact": Path(artifact)} if artifact else {}
-    working(f"{backend.name}:{device}:{precision}")
-    candidate = backend.load(exported, device, precision, threads, calibration=calibration, spinning=False, **options)
-    working(REFERENCE_WORK)
-    torch_session = get_backend("torch").load(exported, "cpu", "fp32", threads) if spec.has_torch else None
-    failures = []
-    with Progress(TextColumn("drift {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=Console(stderr=True), transient=True, disable=not progress) as bars:
-        bar = bars.add_task(f"{backend.name}:{device} {precision}", total=len(data.samples))
-        run = run_drift(exported, backend, candidate, iter_batches(data, spec.profile, batch_size, failures),
-                        thresholds, tap_method, unit_samples, threads,
-                        progress=lambda n: bars.advance(bar, n), torch_session=torch_session, on_work=on_work)
-    working(f"{backend.name}:{device}:{precision}")  # the repro and the execution record run the candidate
-    rows = rows_json(run.rows, thresholds)
-    first = first_divergence(run.rows, thresholds)
-    repro_meta = None
-    if repro is not None and first is not None and candidate.graph is not None:
-        from harness.compare.repro import write_repro
-
-        repro_meta = write_repro(Path(repro), exported, candidate, run, first, thresholds, threads)
-    introducers = top_introducers(rows)
-    perturb = dict(run.taps_perturb)
-    if run.perturb_fallback:
-        perturb["fallback_from"] = run.perturb_fallback
-    return {
-        **common_blocks("harness.drift/1", exported, data, data.fingerprint(), run.samples,
-                        [f.to_json() for f in failures], {**reference_block, "torch_check": run.torch_check},
-                        threads, {}, [backend.name]),
-        "status": "ok",
-        "reason": "",
-        "candidate": {"backend": candidate.backend, "device": candidate.device, "precision": candidate.precision,
-                      "precision_effective": candidate.precision_effective,
-                      "execution": candidate.execution(),
-                      "graph": str(candidate.graph) if candidate.graph else None},
-        "tap_method": run.tap_method,
-        "taps_perturb": perturb,
-        "thresholds": thresholds.to_json(),
-        "first_divergence": None if first is None else {
-            "tensor": first.tensor, "op": first.op, "op_type": first.op_type, "module": first.module,
-            "snr_db": first.total.snr_db, "max_abs": first.total.max_abs},
-        "top_introducers": introducers,
-        "ops": rows,
-        "unobservable": [{"tensor": r["tensor"], "reason": r["reason"]} for r in rows if not r["observable"]],
-        "unit_samples": run.unit_samples,
-        "repro": str(repro) if repro_meta else None,
-        "repro_info": repro_meta,
-        "timing": {"total_s": time.perf_counter() - started},
-    }
-
-
-def _failed_report(exported, data, reference: dict, threads, backend: str, device: str, precision: str,
-                   thresholds: Thresholds, reason: str) -> dict:
-    """The report of a candidate that crashed or hung its worker: what was asked, why nothing was measured."""
-    from harness.report.blocks import common_blocks
-
-    return {
-        **common_blocks("harness.drift/1", exported, data, data.fingerprint(), 0, [], reference, threads, {}, [backend]),
-        "status": "failed",
-        "reason": reason,
-        "candidate": {"backend": backend, "device": device, "precision": precision, "precision_effective": None,
-                      "execution": None, "graph": None},
-        "tap_method": None, "taps_perturb": {"max_abs": None, "ok": None}, "thresholds": thresholds.to_json(),
-        "first_divergence": None, "top_introducers": [], "ops": [], "unobservable": [], "unit_samples": 0,
-        "repro": None, "repro_info": None, "timing": {"total_s": 0.0},
-    }
