@@ -79,11 +79,11 @@ def drift_data(tmp_path_factory) -> tuple[Path, str]:
     return folder, broken.id
 
 
-def _drift(folder: Path, *args: str, env: dict | None = None) -> dict:
+def _drift(*args: str, env: dict | None = None) -> dict:
     """ORT FP16 against the tensor reference: every tensor tapped, the ops alone on the first 14 positions
     (across the first shard boundary), a floor that makes an op diverge (so the merge writes a repro)."""
     return _run("drift", "--backend", "onnxruntime", "--precision", "fp16", "--taps", "graph-outputs",
-                "--snr-floor", "70", "--unit-samples", "14", "--dataset", str(folder), *DRIFT, *args, env=env)
+                "--snr-floor", "70", "--unit-samples", "14", *DRIFT, *args, env=env)
 
 
 def _untimed(report: dict) -> dict:
@@ -112,6 +112,10 @@ def test_compare_on_three_workers_makes_the_one_worker_report_and_isolates_a_seg
     assert [s["chunks"] for s in three["executor"]["shards"]] == [2, 2, 2]  # 24 images, batches of 4
 
 
+def _untimed_drift(report: dict) -> dict:
+    return {k: v for k, v in report.items() if k not in ("executor", "timing", "repro", "repro_info")}
+
+
 def _compared(report: dict) -> dict:
     return {k: _untimed(report)[k] for k in ("reference", "results", "dataset", "model")}
 
@@ -123,11 +127,10 @@ def test_drift_on_three_workers_makes_the_one_worker_report_with_an_unreadable_s
     batch's. Batches are runs of dataset positions, so the unreadable sample shortens its own batch in
     both runs; the ops ran alone on the 13 readable samples of the first 14 positions."""
     folder, broken = drift_data
-    one = _drift(folder, "--repro", str(tmp_path / "one"))
-    three = _drift(folder, "--workers", "3", "--repro", str(tmp_path / "three"))
+    one = _drift("--dataset", str(folder), "--repro", str(tmp_path / "one"))
+    three = _drift("--dataset", str(folder), "--workers", "3", "--repro", str(tmp_path / "three"))
     assert [s["chunks"] for s in three["executor"]["shards"]] == [2, 2, 2]
-    ignored = ("executor", "timing", "repro", "repro_info")
-    assert {k: v for k, v in three.items() if k not in ignored} == {k: v for k, v in one.items() if k not in ignored}
+    assert _untimed_drift(three) == _untimed_drift(one)
     assert one["unit_samples"] == 13 and one["dataset"]["samples"] == 23
     assert [f["sample"] for f in one["dataset"]["failed"]] == [broken]
     assert sum(row["observable"] for row in one["ops"]) == len(one["ops"]) > 20 and one["first_divergence"]
@@ -174,12 +177,13 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def test_ray_workers_on_a_two_node_cluster_make_the_one_worker_report_and_isolate_a_crash_and_a_hang(
-        one_worker, tmp_path, ray_alone):
-    """A Ray head and a second worker node (`ray start`, two raylets on loopback, one CPU each). Two shards
-    are Ray tasks, one on each node; the merging task gets their pieces through the object store. Then a
-    one-worker sweep on the same cluster: a crashing decoder and a hanging colour converter each cost their
-    own cell (a Ray task's crash and a timeout), and the store still gets every row."""
+def test_ray_workers_on_a_two_node_cluster_make_the_one_worker_reports_and_isolate_a_crash_and_a_hang(
+        one_worker, one_worker_compare, tmp_path, ray_alone):
+    """A Ray head and a second worker node (`ray start`, two raylets on loopback, one CPU each). The sweep's,
+    compare's and drift's two shards are Ray tasks, one on each node; the sweep's merging task gets their
+    pieces through the object store. Then a one-worker sweep on the same cluster: a crashing decoder and a
+    hanging colour converter each cost their own cell (a Ray task's crash and a timeout), and the store
+    still gets every row."""
     from harness.store import CellStore
 
     ray = str(Path(sys.executable).with_name("ray"))
@@ -197,6 +201,8 @@ def test_ray_workers_on_a_two_node_cluster_make_the_one_worker_report_and_isolat
             assert started.returncode == 0, started.stderr[-2000:]
         report = _run(*SWEEP, "--workers", "2", "--executor", "ray", "--store", str(tmp_path / "cells.sqlite"),
                       env=env)
+        compared = _run(*COMPARE, "--backends", "onnxruntime,openvino", "--workers", "2", "--executor", "ray", env=env)
+        drifted = _drift("--limit", "24", "--workers", "2", "--executor", "ray", env=env)
         faults = _run("sysnoise", "--axes", "decoder,color", "--limit", "10", "--executor", "ray", "--cell-timeout",
                       "8", "--store", str(store), "--variant",
                       "decoder=harness_test_variants:decoder_that_kills_the_process",
@@ -204,9 +210,12 @@ def test_ray_workers_on_a_two_node_cluster_make_the_one_worker_report_and_isolat
     finally:
         subprocess.run([ray, "stop", "--force"], capture_output=True, env=env, timeout=120)
     assert _measured(report) == _measured(one_worker)
-    shards = report["executor"]["shards"]
-    assert report["executor"]["name"] == "ray" and len(shards) == 2
-    assert len({s["node"] for s in shards}) == 2  # one CPU on each node: a shard on each
+    assert _compared(compared) == _compared(one_worker_compare)
+    assert _untimed_drift(drifted) == _untimed_drift(_drift("--limit", "24"))
+    shards = [run["executor"]["shards"] for run in (report, compared, drifted)]
+    assert [len(each) for each in shards] == [2, 2, 2] and all(s["node"] for each in shards for s in each)
+    assert len({s["node"] for s in shards[0]}) == 2  # one CPU on each node: the sweep's shards ran on both
+    assert report["executor"]["name"] == compared["executor"]["name"] == drifted["executor"]["name"] == "ray"
     for name in WORK:
         assert report["counters"][name] == one_worker["counters"][name]
     assert report["counters"]["pieces_merged"] > 0

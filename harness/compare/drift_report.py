@@ -104,9 +104,7 @@ def drift_report(spec, backend_name: str, device: str, precision: str, data, bat
         if shard is not None:
             return part
     else:
-        part = {"run": DriftRun.merged([found["run"] for found in parts]),
-                "failures": [failure for found in parts for failure in found["failures"]],
-                "candidate": parts[0]["candidate"]}
+        part = _merged_part(parts)
     run = part["run"]
     rows = rows_json(run.rows, thresholds)
     first = first_divergence(run.rows, thresholds)
@@ -117,9 +115,6 @@ def drift_report(spec, backend_name: str, device: str, precision: str, data, bat
         candidate = candidate or load_candidate()  # the repro runs the candidate (cached: no conversion again)
         working(label)
         repro_meta = write_repro(Path(repro), exported, candidate, run, first, thresholds, threads)
-    perturb = dict(run.taps_perturb)
-    if run.perturb_fallback:
-        perturb["fallback_from"] = run.perturb_fallback
     torch_check = run.torch_check.to_json() if run.torch_check is not None else None
     return {
         **common_blocks("harness.drift/1", exported, data, data.fingerprint(), run.samples,
@@ -128,6 +123,26 @@ def drift_report(spec, backend_name: str, device: str, precision: str, data, bat
         "status": "ok",
         "reason": "",
         "candidate": part["candidate"],
+        **_measured(run, rows, first, thresholds),
+        "repro": str(repro) if repro_meta else None,
+        "repro_info": repro_meta,
+        "timing": {"total_s": time.perf_counter() - started},
+    }
+
+
+def _merged_part(parts: list[dict]) -> dict:
+    """The shards' parts (harness.shards), in shard order, as the part of one pass over all the data."""
+    return {"run": DriftRun.merged([found["run"] for found in parts]),
+            "failures": [failure for found in parts for failure in found["failures"]],
+            "candidate": parts[0]["candidate"]}
+
+
+def _measured(run: DriftRun, rows: list[dict], first: TensorRow | None, thresholds: Thresholds) -> dict:
+    """The report's blocks of what the pass measured."""
+    perturb = dict(run.taps_perturb)
+    if run.perturb_fallback:
+        perturb["fallback_from"] = run.perturb_fallback
+    return {
         "tap_method": run.tap_method,
         "taps_perturb": perturb,
         "thresholds": thresholds.to_json(),
@@ -138,9 +153,6 @@ def drift_report(spec, backend_name: str, device: str, precision: str, data, bat
         "ops": rows,
         "unobservable": [{"tensor": r["tensor"], "reason": r["reason"]} for r in rows if not r["observable"]],
         "unit_samples": run.unit_samples,
-        "repro": str(repro) if repro_meta else None,
-        "repro_info": repro_meta,
-        "timing": {"total_s": time.perf_counter() - started},
     }
 
 
