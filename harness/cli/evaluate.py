@@ -139,7 +139,8 @@ def drift(
                                                                  "(replaces the SNR rule).")] = None,
     rtol: Annotated[Optional[float], typer.Option("--rtol")] = None,
     unit_samples: Annotated[Optional[int], typer.Option(
-        "--unit-samples", min=1, help="Run the isolated ops on the first N samples only (default: all).")] = None,
+        "--unit-samples", min=1, help="Run the isolated ops on the samples among the first N dataset positions "
+                                      "only (default: all).")] = None,
     repro: Annotated[Optional[Path], typer.Option("--repro", help="Write the minimal repro folder here.")] = None,
     json_path: JsonOpt = None,
     html: HtmlOpt = None,
