@@ -66,6 +66,27 @@ def threads_per_worker(workers: int, threads: int | None, executor: str = "local
     return chosen
 
 
+def run_with_progress(job, title: str, executor: str, cell_timeout: float | None, workers: int, store=None) -> dict:
+    """The job on its worker(s) (harness.executor.run_cells), their ("samples", n) and ("progress", n)
+    messages drawn as one bar on stderr."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from harness.executor import run_cells
+
+    with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(title, total=None)  # the worker says how many
+
+        def show(message: tuple) -> None:
+            if message[0] == "samples":
+                bar.update(task, total=message[1])
+            elif message[0] == "progress":
+                bar.advance(task, message[1])
+            elif message[0] == "restart" and workers == 1:  # a cell crashed the worker: the next one starts over
+                bar.reset(task)
+        return run_cells(job, executor, cell_timeout, store, on_message=show, workers=workers)
+
+
 def console_for(json_path: str | None) -> Console:
     """The table goes to stderr when the JSON goes to stdout. Logs and CI are wider than 80 columns."""
     stderr = json_path == "-"

@@ -6,13 +6,12 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 
 from harness.cli.app import app
 from harness.cli.common import (AllowCodeOpt, BatchSizeOpt, CalibrationOpt, CellTimeoutOpt, CheckpointOpt,
                                 DatasetOpt, ExecutorOpt, HtmlOpt, InputShapeOpt, JsonOpt, LimitOpt, ModelArg,
                                 ProfileOpt, ThreadsOpt, WorkersOpt, checked_inputs, console_for,
-                                print_data_notes, threads_per_worker, write_reports)
+                                print_data_notes, run_with_progress, threads_per_worker, write_reports)
 from harness.errors import InputError, UsageError
 
 
@@ -59,7 +58,7 @@ def compare(
     job = CompareJob(model=model, backends=backends, precision=precision, recorded=candidate_outputs,
                      **_candidates_options(dataset, limit, batch_size, threads, checkpoint, profile, allow_code,
                                            input_shape, calibration, artifact))
-    report = _run_with_progress(job, f"compare {model or 'the default model'}", executor, cell_timeout, workers)
+    report = run_with_progress(job, f"compare {model or 'the default model'}", executor, cell_timeout, workers)
     _show_compare(console, report, json_path, html)
     if any(row["status"] == "failed" for row in report["results"]):
         raise typer.Exit(1)
@@ -71,28 +70,6 @@ def _candidates_options(dataset, limit, batch_size, threads, checkpoint, profile
     return {"dataset": dataset, "limit": limit, "batch_size": batch_size, "threads": threads,
             "checkpoint": checkpoint, "profile": profile, "allow_code": allow_code, "input_shape": input_shape,
             "calibration": calibration, "artifact": artifact}
-
-
-def _run_with_progress(job, title: str, executor: str, cell_timeout, workers: int) -> dict:
-    """The job on its worker(s), their progress messages drawn as one bar on stderr."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from harness.executor import run_cells
-
-    with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task(title, total=None)  # the worker says how many
-        return run_cells(job, executor, cell_timeout, on_message=lambda message: _show_progress(bar, task, message),
-                         workers=workers)
-
-
-def _show_progress(bar, task, message: tuple) -> None:
-    if message[0] == "samples":
-        bar.update(task, total=message[1])
-    elif message[0] == "progress":
-        bar.advance(task, message[1])
-    elif message[0] == "restart":  # a candidate crashed its worker: the next one runs the pass again
-        bar.reset(task)
 
 
 def _check_artifact(artifact: Path, targets: list, backends: str | None) -> None:
@@ -173,7 +150,7 @@ def drift(
                    taps=taps, unit_samples=unit_samples, repro=repro,
                    **_candidates_options(dataset, limit, batch_size, threads, checkpoint, profile, allow_code,
                                          input_shape, calibration, artifact))
-    report = _run_with_progress(job, f"drift {model or 'the default model'} on {backend}", executor, cell_timeout,
+    report = run_with_progress(job, f"drift {model or 'the default model'} on {backend}", executor, cell_timeout,
                                 workers)
     try:
         console.print(drift_table(report))

@@ -12,7 +12,7 @@ from harness.cli.app import app
 from harness.cli.common import (AllowCodeOpt, BatchSizeOpt, CalibrationOpt, CellTimeoutOpt, CheckpointOpt,
                                 DatasetOpt, ExecutorOpt, HtmlOpt, InputShapeOpt, JsonOpt, LimitOpt, ModelArg,
                                 ProfileOpt, ThreadsOpt, WorkersOpt, checked_inputs, console_for, print_data_notes,
-                                resolve, threads_per_worker, write_reports)
+                                resolve, run_with_progress, threads_per_worker, write_reports)
 
 
 @app.command()
@@ -117,8 +117,13 @@ def _run_stored(job, executor: str, cell_timeout: float | None, store: Path | No
 
     cells = CellStore(store)
     job.store_path = cells.path
+    workers = job.settings.workers
     try:
-        report = run_cells(job, executor, cell_timeout, cells, workers=job.settings.workers)
+        if workers > 1:  # the shards' pass as one bar (one worker draws its own, axis by axis)
+            report = run_with_progress(job, f"sysnoise {job.model or 'the default model'} (images, {workers} workers)",
+                                       executor, cell_timeout, workers, cells)
+        else:
+            report = run_cells(job, executor, cell_timeout, cells)
     except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or SIGTERM (harness.executor)
         print(f"harness: sweep stopped; the variants and data chunks it finished are kept in {cells.path}: "
               "run the same command with --resume to carry on from there", file=sys.stderr)

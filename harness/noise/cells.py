@@ -63,7 +63,7 @@ class SweepJob:
             add_user_variant(text)
         spec = resolve_model(self.model, checkpoint=self.checkpoint, profile_path=self.profile,
                              allow_code=self.allow_code, input_shape=self.input_shape)
-        report = sysnoise_report(spec, self.settings, progress=self.shard is None, store=RelayStore(self, send),
+        report = sysnoise_report(spec, self.settings, progress=True if self.shard is None else send, store=RelayStore(self, send),
                                  resume=True, shard=self.shard)
         if self.shard_results:
             report["counters"] = merged_counters(report["counters"], self.shard_results)

@@ -35,10 +35,12 @@ class SweepSettings:
             raise UsageError(f"--bootstrap-scope {self.bootstrap_scope!r}: expected {' or '.join(BOOTSTRAP_SCOPES)}")
 
 
-def sysnoise_report(spec, settings: SweepSettings = SweepSettings(), progress: bool = True, store=None,
+def sysnoise_report(spec, settings: SweepSettings = SweepSettings(), progress=True, store=None,
                     resume: bool = False, shard: int | None = None) -> dict:
     """The sweep's report; with `shard` (of settings.workers), only that shard's part of the pass, its
-    pieces kept in the store for the worker that merges them (returns the shard's account)."""
+    pieces kept in the store for the worker that merges them (returns the shard's account). progress: bars
+    on stderr (True), none (False), or a shard's worker's `send`, given ("samples", the data's images) and
+    ("progress", images done) for the driver's bar."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -77,13 +79,15 @@ def sysnoise_report(spec, settings: SweepSettings = SweepSettings(), progress: b
     primary = get_task(task).primary_metric
     classes = data.classes or spec.labels
     if shard is not None:
+        send = progress if callable(progress) else (lambda message: None)
+        send(("samples", len(data.samples)))
         plans = prepare_axes(pipeline, chosen, spec.profile, reference_config, task, primary, graph_backend, store,
-                             resume)
+                             resume, on_pass=lambda images: send(("progress", images)))
         contexts = {cell.context for cells in plans for cell in cells}
         return {"account": {"shard": shard, "chunks": len(pipeline.chunk_starts()), "counters": pipeline.counters},
                 "context": contexts.pop() if len(contexts) == 1 else None}  # the sweep's pieces in the store
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=Console(stderr=True), transient=True, disable=not progress) as bars:
+                  console=Console(stderr=True), transient=True, disable=progress is not True) as bars:
         pass_bar = bars.add_task("decode, resize, infer, post-process (images)", total=len(data.samples))
 
         def axis_bar(axis, cells):
