@@ -51,8 +51,7 @@ def sysnoise_report(spec, settings: SweepSettings = SweepSettings(), progress=Tr
     from harness.pipeline import StagedPipeline
     from harness.noise.stats import significance_block
     from harness.tasks import get_task
-    from harness.noise.sweep import (combine as combine_axes, prepare_axes, reference_metric, reference_of,
-                                     run_axes)
+    from harness.noise.sweep import combine as combine_axes, reference_metric, reference_of, run_axes
     from harness.report.blocks import common_blocks, failure_records
     from harness.run import require_readable
 
@@ -79,13 +78,8 @@ def sysnoise_report(spec, settings: SweepSettings = SweepSettings(), progress=Tr
     primary = get_task(task).primary_metric
     classes = data.classes or spec.labels
     if shard is not None:
-        send = progress if callable(progress) else (lambda message: None)
-        send(("samples", len(data.samples)))
-        plans = prepare_axes(pipeline, chosen, spec.profile, reference_config, task, primary, graph_backend, store,
-                             resume, on_pass=lambda images: send(("progress", images)))
-        contexts = {cell.context for cells in plans for cell in cells}
-        return {"account": {"shard": shard, "chunks": len(pipeline.chunk_starts()), "counters": pipeline.counters},
-                "context": contexts.pop() if len(contexts) == 1 else None}  # the sweep's pieces in the store
+        return _shard_pass(pipeline, chosen, spec.profile, reference_config, task, primary, graph_backend, store,
+                           resume, progress if callable(progress) else (lambda message: None))
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=Console(stderr=True), transient=True, disable=progress is not True) as bars:
         pass_bar = bars.add_task("decode, resize, infer, post-process (images)", total=len(data.samples))
@@ -117,3 +111,17 @@ def sysnoise_report(spec, settings: SweepSettings = SweepSettings(), progress=Tr
         "counters": pipeline.counters,
         "chunk_size": pipeline.chunk_size,  # images whose intermediates were held at once
     }
+
+
+def _shard_pass(pipeline, chosen, profile, reference_config, task, primary, graph_backend, store, resume,
+                send) -> dict:
+    """A shard's worker's part of the sweep: every cell's pieces of its chunks, kept in the store; returns
+    its account and the context of the pieces it stored."""
+    from harness.noise.sweep import prepare_axes
+
+    send(("samples", len(pipeline.dataset.samples)))
+    plans = prepare_axes(pipeline, chosen, profile, reference_config, task, primary, graph_backend, store, resume,
+                         on_pass=lambda images: send(("progress", images)))
+    contexts = {cell.context for cells in plans for cell in cells}
+    return {"account": {"shard": pipeline.shard, "chunks": len(pipeline.chunk_starts()), "counters": pipeline.counters},
+            "context": contexts.pop() if len(contexts) == 1 else None}  # the sweep's pieces in the store
