@@ -65,14 +65,28 @@ class GraphTensor:
     inputs: tuple[str, ...]
 
 
+# ops whose outputs follow from their inputs' shapes alone, not their values
+SHAPE_ONLY_OPS = frozenset({"Shape", "Size"})
+
+
 def float_tensors(proto) -> list[GraphTensor]:
-    """Every float tensor produced by a node, in the graph's topological order (ONNX requires it)."""
+    """Every float activation a node produces, in the graph's topological order (ONNX requires it): the
+    tensors whose values follow from the graph inputs' values. What is computed from initializers and
+    constants alone (a Constant, the TorchScript exporter's Identity of a de-duplicated weight, arithmetic
+    on weights) or from shapes alone (Shape, Size and what follows from them) is a constant of the model:
+    it has no batch dimension, and a backend computes it once, if at all."""
     types = tensor_types(proto)
-    constant_outputs = {o for n in proto.graph.node if n.op_type == "Constant" for o in n.output}
+    initializers = {t.name for t in proto.graph.initializer}
+    varying = {i.name for i in proto.graph.input} - initializers
     tensors = []
     for index, node in enumerate(proto.graph.node):
+        if node.op_type in SHAPE_ONLY_OPS or not any(name in varying for name in node.input):
+            continue
         for output in node.output:
-            if output and output not in constant_outputs and types.get(output, 1) in FLOAT_TYPES:
+            if not output:
+                continue
+            varying.add(output)
+            if types.get(output, 1) in FLOAT_TYPES:
                 tensors.append(GraphTensor(output, node.name or output, node.op_type, index,
                                            tuple(i for i in node.input if i)))
     return tensors

@@ -191,3 +191,52 @@ def test_drift_on_tensorrt_marks_outputs_and_runs_ops_alone(precision):
                           calibration=calibration_set(spec) if precision == "int8" else None, progress=False)
     assert report["tap_method"] in ("graph-outputs", "kernel-boundary")
     assert any(row["observable"] for row in report["ops"]) and any(row["introduced"] is not None for row in report["ops"])
+
+
+def test_weights_and_shapes_are_never_taken_for_activations_whichever_exporter_made_the_graph(tmp_path):
+    """Two convolutions without biases, each followed by batch norm with zero bias and mean: folded, both
+    biases are zero, and the TorchScript exporter keeps one and makes the other an `Identity` of it. Drift
+    on that graph fed the weight's Identity to the ops alone as if it were batch-major (ONNX Runtime:
+    "Got: 4 Expected: 8"). The same model from both exporters: the same activations observed, each op
+    run alone, and no tensor computed from weights or shapes alone among them."""
+    import torch
+
+    from harness.onnx_graph import float_tensors
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.bn1 = torch.nn.Conv2d(3, 8, 3, padding=1, bias=False), torch.nn.BatchNorm2d(8)
+            self.conv2, self.bn2 = torch.nn.Conv2d(8, 8, 3, padding=1, bias=False), torch.nn.BatchNorm2d(8)
+            self.fc = torch.nn.Linear(8, 5)
+
+        def forward(self, x):
+            x = torch.relu(self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x))))))
+            return self.fc(x.flatten(2).mean(2))
+
+    torch.manual_seed(0)
+    net, example = Net().eval(), torch.randn(1, 3, 32, 32)
+    reports = {}
+    for dynamo in (False, True):
+        path = tmp_path / f"{'dynamo' if dynamo else 'torchscript'}.onnx"
+        torch.onnx.export(net, (example,), str(path), dynamo=dynamo, opset_version=17 if not dynamo else 18,
+                          input_names=["input"], output_names=["logits"],
+                          dynamic_axes=None if dynamo else {"input": {0: "batch"}, "logits": {0: "batch"}},
+                          **({"dynamic_shapes": {"x": {0: torch.export.Dim("batch")}}} if dynamo else {}))
+        proto = onnx.load(str(path))
+        shapes = [node for node in proto.graph.node if node.op_type == "Shape"]
+        weights = {init.name for init in proto.graph.initializer}
+        constant = [node for node in proto.graph.node if node.op_type in ("Identity", "Constant")
+                    and all(name in weights for name in node.input)]
+        if not dynamo:
+            assert constant, "the TorchScript exporter no longer makes an Identity of a de-duplicated weight"
+        taken = {t.name for t in float_tensors(proto)}
+        assert not taken & {out for node in constant + shapes for out in node.output}
+        spec = resolve_model(str(path))
+        reports[path.stem] = drift_report(spec, "onnxruntime", "cpu", "fp16", embedded_benchmark("classify").limit(8),
+                                          batch_size=4, tap_method="graph-outputs", progress=False)
+    kinds = {name: [row["op_type"] for row in report["ops"]] for name, report in reports.items()}
+    for name, report in reports.items():
+        assert [k for k in kinds[name] if k in ("Conv", "Relu")] == ["Conv", "Relu", "Conv", "Relu"], kinds[name]
+        assert all(row["observable"] and row["introduced"] is not None for row in report["ops"]), name
+        assert report["ops"][-1]["tensor"] == "logits" and report["first_divergence"] is None
