@@ -13,6 +13,9 @@ from pathlib import Path
 
 from harness.backends import Backend, Session
 
+# the name ONNX Runtime gives a tensor whose FP16 op it runs in FP32 on CPU, the casts around it removed
+# (onnxruntime/core/optimizer/insert_cast_transformer.cc)
+PRECISION_FREE_CAST = "InsertedPrecisionFreeCast_"
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 
 
@@ -36,27 +39,34 @@ class OrtSession(Session):
         if method == "graph-outputs":
             present = {t.name for t in float_tensors(load(self.graph))}
             why = "not a float tensor of the deployed graph (renamed, folded or removed by its conversion)"
-        else:
-            present = self._kernel_outputs()
-            why = "inside a fused ONNX Runtime kernel (not an output of any node of the optimised graph)"
-        return [n for n in names if n in present], {n: why for n in names if n not in present}
+            return [n for n in names if n in present], {n: why for n in names if n not in present}
+        found = self._kernel_names(names)
+        why = ("inside a fused ONNX Runtime kernel, or only in its blocked NCHWc layout (no node of the optimised "
+               "graph outputs it)")
+        return [n for n in names if n in found], {n: why for n in names if n not in found}
 
-    def _kernel_outputs(self) -> set[str]:
-        """Output names of the nodes in ONNX Runtime's own optimised graph of this session's file."""
-        return {output for node in self._optimized_graph().graph.node for output in node.output}
+    def _kernel_names(self, names) -> dict[str, str]:
+        """{tensor: the output of ONNX Runtime's optimised graph that holds its value}: the tensor itself, or,
+        where ORT runs an FP16 op in FP32 and drops the casts around it (its InsertCastTransformer on CPU),
+        the FP32 tensor it renames `InsertedPrecisionFreeCast_<name>`: the value the deployment carries."""
+        present = {output for node in self._optimized_graph().graph.node for output in node.output}
+        return {n: found for n in names
+                for found in (n, PRECISION_FREE_CAST + n) if found in present}
 
     def _optimized_graph(self):
         """The graph ONNX Runtime really runs for this session's file and options (its optimisers' fusions
-        and inserted casts included), as SessionOptions.optimized_model_filepath saves it."""
+        and inserted casts included), as SessionOptions.optimized_model_filepath saves it. The file is kept
+        while the session lives (its layouts follow this CPU: it is not for a cache other machines share)."""
         if getattr(self, "_optimized", None) is None:
             import onnx
             import onnxruntime as ort
 
-            with tempfile.TemporaryDirectory() as folder:
-                options = self.make_options()
-                options.optimized_model_filepath = str(Path(folder) / "optimized.onnx")
-                ort.InferenceSession(str(self.graph), options, providers=self.providers)
-                self._optimized = onnx.load(options.optimized_model_filepath, load_external_data=False)
+            self._optimized_folder = tempfile.TemporaryDirectory(prefix="harness-ort-optimized-")
+            options = self.make_options()
+            options.optimized_model_filepath = str(Path(self._optimized_folder.name) / "optimized.onnx")
+            ort.InferenceSession(str(self.graph), options, providers=self.providers)
+            self._optimized = onnx.load(options.optimized_model_filepath, load_external_data=False)
+            self._optimized_path = Path(options.optimized_model_filepath)
         return self._optimized
 
     def _executed(self):
@@ -90,14 +100,25 @@ class OrtSession(Session):
         return counts
 
     def _tap_runner(self, names, method):
+        """graph-outputs: the deployed graph with the tensors as outputs (ORT optimises it again, and may fuse
+        otherwise). kernel-boundary: ORT's own optimised graph, not optimised again, with the kernel outputs
+        that hold the tensors as outputs: the kernels run as in the untapped session."""
         import onnxruntime as ort
 
         from harness.onnx_graph import with_outputs
 
-        session = ort.InferenceSession(str(with_outputs(self.graph, names)), self.make_options(),
+        options = self.make_options()
+        if method == "graph-outputs":
+            graph, sources = self.graph, {n: n for n in names}
+        else:
+            sources = self._kernel_names(names)
+            graph = self._optimized_path
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        session = ort.InferenceSession(str(with_outputs(graph, list(sources.values()))), options,
                                        providers=self.providers)
-        wanted = [*self.output_names, *names]
-        return lambda feeds: dict(zip(wanted, session.run(wanted, feeds)))
+        wanted = [*self.output_names, *(sources[n] for n in names)]
+        labels = [*self.output_names, *names]
+        return lambda feeds: dict(zip(labels, session.run(wanted, feeds)))
 
 
 def quantize_qdq(onnx_path: Path, calibration, out: Path, symmetric: bool = False) -> None:

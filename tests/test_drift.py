@@ -240,3 +240,38 @@ def test_weights_and_shapes_are_never_taken_for_activations_whichever_exporter_m
         assert [k for k in kinds[name] if k in ("Conv", "Relu")] == ["Conv", "Relu", "Conv", "Relu"], kinds[name]
         assert all(row["observable"] and row["introduced"] is not None for row in report["ops"]), name
         assert report["ops"][-1]["tensor"] == "logits" and report["first_divergence"] is None
+
+
+@pytest.mark.parametrize("model", ["resnet_tiny", "fcos_tiny"])
+def test_default_drift_on_ort_fp16_observes_the_tensors_ort_computes_without_perturbing_its_outputs(model):
+    """Marking every tensor as a graph output changes what ONNX Runtime computes in FP16 (it must round each
+    to FP16), so drift falls back to kernel-boundary taps. Those read ORT's own optimised graph, not
+    optimised again, where ORT runs each FP16 op in FP32 and renames its output
+    `InsertedPrecisionFreeCast_<name>`: that name holds the tensor's deployed value. Before, 1 of 29
+    resnet_tiny tensors was observable; now every tensor some node of the optimised graph outputs is, and
+    the tapped outputs equal the untapped ones exactly."""
+    import onnxruntime as ort
+
+    spec = resolve_model(model)
+    data = embedded_benchmark(spec.task).limit(8)
+    report = drift_report(spec, "onnxruntime", "cpu", "fp16", data, batch_size=4, progress=False)
+    assert report["tap_method"] == "kernel-boundary" and report["taps_perturb"]["fallback_from"]["ok"] is False
+    assert report["taps_perturb"]["ok"] and report["taps_perturb"]["max_abs"] == 0.0
+    assert report["observed_tensors"] > 2 * report["graph_tensors"] // 3, report["unobservable"]
+    assert all("fused" in u["reason"] and "NCHWc" in u["reason"] for u in report["unobservable"])
+    # the outputs' error, recomputed from untapped runs of the FP16 session and of the FP32 export
+    candidate = get_backend("onnxruntime").load(export(spec), "cpu", "fp16")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # the tensor reference's setting
+    fp32 = ort.InferenceSession(str(export(spec).onnx_path), options, providers=["CPUExecutionProvider"])
+    from harness.run import iter_batches
+
+    worst = {}
+    for batch in iter_batches(data, spec.profile, 4, []):
+        feeds = {export(spec).input_name: batch.tensor}
+        got, want = candidate.run(feeds), dict(zip(spec.output_names, fp32.run(spec.output_names, feeds)))
+        for name in spec.output_names:
+            worst[name] = max(worst.get(name, 0.0), float(np.max(np.abs(got[name].astype(np.float64) - want[name]))))
+    rows = {row["tensor"]: row for row in report["ops"]}
+    for name, error in worst.items():
+        assert rows[name]["observable"] and rows[name]["max_abs"] == pytest.approx(error, rel=1e-6, abs=1e-9)

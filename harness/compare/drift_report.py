@@ -152,6 +152,8 @@ def _measured(run: DriftRun, rows: list[dict], first: TensorRow | None, threshol
         "top_introducers": top_introducers(rows),
         "ops": rows,
         "unobservable": [{"tensor": r["tensor"], "reason": r["reason"]} for r in rows if not r["observable"]],
+        "observed_tensors": sum(r["observable"] for r in rows),
+        "graph_tensors": len(rows),
         "unit_samples": run.unit_samples,
     }
 
@@ -214,6 +216,7 @@ def _failed_report(exported, data, reference: dict, threads, backend: str, devic
         "candidate": {"backend": backend, "device": device, "precision": precision, "precision_effective": None,
                       "execution": None, "graph": None},
         "tap_method": None, "taps_perturb": {"max_abs": None, "ok": None}, "thresholds": thresholds.to_json(),
-        "first_divergence": None, "top_introducers": [], "ops": [], "unobservable": [], "unit_samples": 0,
+        "first_divergence": None, "top_introducers": [], "ops": [], "unobservable": [], "observed_tensors": 0,
+        "graph_tensors": 0, "unit_samples": 0,
         "repro": None, "repro_info": None, "timing": {"total_s": 0.0},
     }

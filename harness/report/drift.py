@@ -25,7 +25,8 @@ def drift_table(report: dict, limit: int = 60) -> Table:
     candidate = report["candidate"]
     table = Table(title=escape(f"drift {report['model']['name']}: {candidate['backend']}:{candidate['device']} "
                                f"{candidate['precision']} (effective {candidate['precision_effective']}) vs "
-                               f"{report['reference']['note']}; taps: {report['tap_method']}"), title_justify="left")
+                               f"{report['reference']['note']}; taps: {report['tap_method']}, "
+                               f"{_observed(report)}"), title_justify="left")
     for column, justify in (("op", "left"), ("type", "left"), ("torch module", "left"), ("SNR dB", "right"),
                             ("max abs", "right"), ("introduced (rel L2)", "right"), ("introduced SNR", "right"),
                             ("inherited (rel L2)", "right"), ("", "left")):
@@ -58,6 +59,10 @@ def introducers_table(report: dict, limit: int = 10) -> Table:
                       _err(row["introduced"]),
                       _db(row["introduced_snr_db"]), _err(row["inherited"]), _db(row["snr_db"]))
     return table
+
+
+def _observed(report: dict) -> str:
+    return f"{len(report['ops']) - len(report['unobservable'])} of {len(report['ops'])} tensors observed"
 
 
 def drift_summary(report: dict, markup: bool = True) -> str:
@@ -94,10 +99,11 @@ def drift_summary(report: dict, markup: bool = True) -> str:
         top = report["top_introducers"][0]
         lines.append(f"top introducer: {op(top)}, alone it introduces rel L2 {top['introduced']:.3g} "
                      f"(SNR {_db(top['introduced_snr_db'])} dB)")
-    unobservable = len(report["unobservable"])
-    if unobservable:
-        lines.append(f"{unobservable} of {len(report['ops'])} tensors not observable on the candidate "
-                     "(reasons in the JSON's `unobservable`)")
+    if report["unobservable"]:
+        few = 2 * len(report["unobservable"]) > len(report["ops"])
+        lines.append((warn if few else "") + f"{_observed(report)} on the candidate" + (
+            ": fewer than half, so a divergence may lie among the unobserved" if few else "")
+            + (end if few else "") + " (why not the others: the JSON's `unobservable`)")
     if report.get("repro"):
         lines.append(esc(f"repro: {report['repro_info']['command']}  (exit 1 = reproduces; "
                          f"{report['repro_info']['reference_command']} exits 0)"))
