@@ -151,6 +151,18 @@ def execution_record(requested: str, by_precision: dict[str, int], placement: di
             "mismatch": "; ".join(problems) or None}
 
 
+def nvidia_gpu_present() -> bool:
+    """Whether this machine shows its processes an NVIDIA GPU (the driver's /proc entries, or its device
+    nodes): a probe that imports nothing, so that where there is none, listing the backends and their
+    devices costs no torch, TVM or TensorRT import. Where there is one, each adapter still asks its own
+    runtime whether it can use it."""
+    import glob
+    from pathlib import Path
+
+    gpus = Path("/proc/driver/nvidia/gpus")
+    return (gpus.is_dir() and any(gpus.iterdir())) or bool(glob.glob("/dev/nvidia[0-9]*"))
+
+
 class Backend(ABC):
     """One runtime. Subclasses set `name`, `aliases`, `package` and implement `_load`."""
 

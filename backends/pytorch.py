@@ -99,6 +99,10 @@ class TorchBackend(Backend):
     declared = {"cpu": ("fp32",), "cuda": ("fp32", "fp16", "bf16")}
 
     def devices(self) -> list[str]:
+        from harness.backends import nvidia_gpu_present
+
+        if not nvidia_gpu_present():  # nothing to ask torch (an import of seconds)
+            return ["cpu"]
         import torch
 
         return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

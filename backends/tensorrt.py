@@ -19,6 +19,16 @@ OPT_BATCH = 32
 WORKSPACE_BYTES = 1 << 30
 
 
+def _torch_sees_a_gpu() -> bool:
+    """The engine's buffers are torch CUDA tensors: torch must see the GPU too."""
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
 class TrtSession(Session):
     tap_methods = ("graph-outputs",)
 
@@ -111,14 +121,13 @@ class TensorRtBackend(Backend):
     def available(self) -> tuple[bool, str]:
         import importlib.util
 
-        missing = []
-        gpu = False
-        if importlib.util.find_spec("torch") is not None:
-            import torch
+        from harness.backends import nvidia_gpu_present
 
-            gpu = torch.cuda.is_available()
-        if not gpu:
-            missing.append("no NVIDIA GPU found (torch.cuda.is_available() is False)")
+        missing = []
+        if not nvidia_gpu_present():  # no driver entries and no device nodes: nothing to ask torch
+            missing.append("no NVIDIA GPU found (no /proc/driver/nvidia/gpus entry, no /dev/nvidia* device)")
+        elif not _torch_sees_a_gpu():
+            missing.append("no NVIDIA GPU usable (torch.cuda.is_available() is False)")
         if importlib.util.find_spec("tensorrt") is None:
             missing.append("the tensorrt package is not installed (pip install tensorrt; in the harness checkout: "
                            "pip install -e '.[tensorrt]')")

@@ -146,6 +146,10 @@ class TvmBackend(Backend):
         return "apache-tvm"
 
     def devices(self) -> list[str]:
+        from harness.backends import nvidia_gpu_present
+
+        if not nvidia_gpu_present():  # nothing to ask TVM (an import of seconds)
+            return ["cpu"]
         import tvm
 
         return ["cpu"] + (["cuda"] if tvm.cuda(0).exist else [])
