@@ -36,6 +36,7 @@ def test_compare_with_no_arguments(harness_cli, tmp_path):
     assert ort["delta"]["top1"] == pytest.approx(ort["metric"]["top1"] - ref["metric"]["top1"])
     assert set(ort["outputs"]) >= {"max_abs", "mean_abs", "cosine", "top1_agreement", "flips"}
     assert ort["outputs"]["cosine"] > 0.999999 and ort["timing"]["batch_ms"] > 0
+    assert ort["timing"]["batches"] == 10  # 32 batches in the pass: the most timed runs alone
     assert rows["torch"]["outputs"]["max_abs"] == 0.0  # the reference against itself: bit-exact
     prov = report["provenance"]
     assert prov["exporter"] == "dynamo" and prov["opset"] == 18 and len(prov["dataset_sha256"]) == 64
@@ -47,6 +48,9 @@ def test_json_to_stdout_keeps_the_table_on_stderr(harness_cli):
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["dataset"]["samples"] == 20 and "candidate" in result.stderr
+    # one batch in the pass: each backend is then timed alone on it, the least number of runs (3)
+    assert report["reference"]["timing"]["batches"] == report["results"][0]["timing"]["batches"] == 3
+    assert report["timing_method"].startswith("each configuration alone after the accuracy pass")
 
 
 def test_unavailable_precision_is_a_row_not_a_failure(harness_cli):

@@ -213,6 +213,7 @@ def compare(exported: ExportedModel, dataset: Dataset, targets: list[Target], ba
                       "metric": ref_metric, "timing": _timing(pipeline, reference)},
         "results": results,
         "task": task,
+        "timing_method": TIMING_METHOD,
         "processed": len(processed),
         "failed": [f.to_json() for f in failures],
         "calibration": calibration.describe() if calibration is not None else None,
@@ -248,6 +249,13 @@ def _run_pass(pipeline: StagedPipeline, ref_target: Target, ref_options: dict, r
             owners[requests[-1].key] = target_label
     pipeline.prepare([ref_request], owners, output_pairs=[(request, ref_request) for request in requests],
                      progress=progress, first=(ref_request.key,))
+    for request in [ref_request, *requests]:  # each alone, after the pass: its own speed (TIMING_METHOD)
+        if request.key not in pipeline.broken:
+            working(owners[request.key])
+            times = pipeline.models.batch_ms.get(request.config, [])
+            pipeline.models.batch_ms[request.config] = pipeline.models.time_alone(
+                request.config, min(TIMED_RUNS, max(3, len(times))))
+    working(None)
     return reference, entries, labels
 
 
@@ -288,6 +296,13 @@ def _recorded_entry(pipeline: StagedPipeline, recorded, load: bool = True) -> tu
         pipeline.models.sessions[config] = RecordedSession(recorded, [exported.input_name], exported.output_names)
     return ({"backend": "recorded", "device": "target", "precision": "unknown", "source": str(recorded)},
             Loaded(config, timed=False))
+
+
+TIMED_RUNS = 10
+TIMING_METHOD = (f"each configuration alone after the accuracy pass (where they take turns batch by batch): its "
+                 f"first batch, one warm-up run, then as many timed runs as the pass had batches, at least 3 and "
+                 f"at most {TIMED_RUNS}; batch_ms is their median. Sessions run without busy-waiting threads, as "
+                 "in the pass; with --workers N, the workers' timing runs overlap and share the cores")
 
 
 def _timing(pipeline: StagedPipeline, loaded: Loaded) -> dict | None:

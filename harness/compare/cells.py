@@ -120,6 +120,7 @@ class CompareJob(CandidatesJob):
                                    "exporter": exported.exporter, "opset": exported.opset},
                             dataset={"path": str(data.root), "task": core["task"]}),
             "results": core["results"],
+            "timing_method": core["timing_method"],
             "calibration": core["calibration"],
             "artifact": str(self.artifact) if self.artifact else None,
         }
