@@ -173,6 +173,9 @@ class Backend(ABC):
     declared: dict[str, tuple[str, ...]] = {"cpu": ("fp32",)}
     # the load options `_load` acts on; any other option with a value is refused, never silently ignored
     load_options: tuple[str, ...] = ()
+    # its speed on a model cannot be told before it runs it (untuned compilers: 50x apart on one CPU), so the
+    # default set of `harness compare` times one sample first (harness.compare.defaults)
+    speed_unknown = False
 
     def available(self) -> tuple[bool, str]:
         if self.package and importlib.util.find_spec(self.package) is None:

@@ -38,9 +38,24 @@ def test_compare_with_no_arguments(harness_cli, tmp_path):
     assert ort["outputs"]["cosine"] > 0.999999 and ort["timing"]["batch_ms"] > 0
     assert ort["timing"]["batches"] == 10  # 32 batches in the pass: the most timed runs alone
     assert rows["torch"]["outputs"]["max_abs"] == 0.0  # the reference against itself: bit-exact
+    assert "tvm" in rows and report["left_out"] == []  # the zoo model is fast on every backend
     prov = report["provenance"]
     assert prov["exporter"] == "dynamo" and prov["opset"] == 18 and len(prov["dataset_sha256"]) == 64
     assert prov["backends"]["onnxruntime"] and "candidate" in result.stdout
+
+
+def test_a_default_backend_whose_speed_is_unknown_is_left_out_past_the_budget_and_says_so(harness_cli):
+    """Untuned TVM runs 50x slower than ONNX Runtime here (a ResNet-50 image in FP16: 154 s): with no
+    --backends, each backend whose speed cannot be known in advance times one sample, and one that would
+    take longer than HARNESS_DEFAULT_BUDGET_S on the data is left out, with a line saying so."""
+    result = harness_cli("compare", "--limit", "20", "--json", "-", env={"HARNESS_DEFAULT_BUDGET_S": "0.001"})
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    (left,) = report["left_out"]
+    assert (left["backend"], left["device"], left["precision"]) == ("tvm", "cpu", "fp32")
+    assert "one sample took" in left["reason"] and "the 20 samples would take" in left["reason"]
+    assert "tvm" not in {row["backend"] for row in report["results"]} and "not run tvm:cpu fp32" in result.stderr
+    assert {row["backend"] for row in report["results"]} >= {"onnxruntime", "openvino", "torch"}
 
 
 def test_json_to_stdout_keeps_the_table_on_stderr(harness_cli):

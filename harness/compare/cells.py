@@ -93,6 +93,7 @@ class CompareJob(CandidatesJob):
         """The worker's side: the whole compare report (the driver only renders it)."""
         from harness.calibration import calibration_set
         from harness.compare import SCHEMA, compare, parse_targets
+        from harness.compare.defaults import affordable_defaults
         from harness.data.benchmark import SEED as BENCHMARK_SEED
         from harness.export import export
         from harness.report.blocks import common_blocks
@@ -102,6 +103,9 @@ class CompareJob(CandidatesJob):
         targets = [] if self.recorded is not None and not self.backends else parse_targets(self.backends,
                                                                                           self.precision)
         exported = export(spec)
+        left_out = []
+        if self.backends is None and self.workers == 1:  # shards cannot each decide on their own timing
+            targets, left_out = affordable_defaults(targets, exported, data, self.threads, work_messages(send))
         calibration_data = None
         if any(t.precision == "int8" and t.label not in self.isolated for t in targets) and self.artifact is None:
             calibration_data = calibration_set(spec, self.calibration)
@@ -120,6 +124,7 @@ class CompareJob(CandidatesJob):
                                    "exporter": exported.exporter, "opset": exported.opset},
                             dataset={"path": str(data.root), "task": core["task"]}),
             "results": core["results"],
+            "left_out": left_out,
             "timing_method": core["timing_method"],
             "calibration": core["calibration"],
             "artifact": str(self.artifact) if self.artifact else None,

@@ -79,14 +79,16 @@ def execution_mark(execution: dict | None) -> str:
 
 
 def status_notes(report: dict) -> list[str]:
-    """One line per row that did not run, with its reason, and per row whose backend ran other than asked
-    (its execution record's mismatch): printed under the table."""
+    """One line per row that did not run, with its reason, per row whose backend ran other than asked (its
+    execution record's mismatch), and per default backend left out: printed under the table."""
     notes = [f"[{'red' if r['status'] == 'failed' else 'yellow'}]{escape(str(r['status']))}[/] "
              + escape(f"{r['backend']}:{r['device']} {r['precision']}: {r['reason']}")
              for r in report["results"] if r["status"] != "ok"]
-    return notes + ["[yellow]ran otherwise[/] " + escape(f"{r['backend']}:{r['device']} {r['precision']}: "
-                                                          f"{r['execution']['mismatch']}")
-                    for r in report["results"] if (r.get("execution") or {}).get("mismatch")]
+    notes += ["[yellow]ran otherwise[/] " + escape(f"{r['backend']}:{r['device']} {r['precision']}: "
+                                                   f"{r['execution']['mismatch']}")
+              for r in report["results"] if (r.get("execution") or {}).get("mismatch")]
+    return notes + ["[yellow]not run[/] " + escape(f"{r['backend']}:{r['device']} {r['precision']}: {r['reason']}")
+                    for r in report.get("left_out", [])]
 
 
 def backends_table(rows: list[dict]) -> Table:
