@@ -163,7 +163,7 @@ def test_a_16_bit_grey_png_is_converted_not_saturated(tmp_path):
         assert np.array_equal(decode((tmp_path / "g.png").read_bytes(), decoder), expected), decoder
 
 
-@pytest.mark.parametrize("command", [["compare", "--backends", "ort"], ["sysnoise", "--axes", "resize"],
+@pytest.mark.parametrize("command", [["compare", "--backends", "ort"], ["compare"], ["sysnoise", "--axes", "resize"],
                                      ["drift", "--backend", "ort"]])
 def test_a_dataset_where_nothing_is_readable_is_one_line(tmp_path, harness_cli, command):
     for label in CLASSES:

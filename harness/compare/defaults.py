@@ -36,9 +36,11 @@ def affordable_defaults(targets: list[Target], exported: ExportedModel, dataset:
             continue
         key = (backend.name, target.device, target.precision)
         if key not in estimates:
-            first = first if first is not None else next(iter_batches(dataset, exported.spec.profile, 1, [])).tensor
+            first = first if first is not None else next(iter_batches(dataset, exported.spec.profile, 1, []), None)
+            if first is None:  # nothing readable: the compare says so in its one line
+                return targets, []
             working(target.label)
-            estimates[key] = _one_sample_seconds(target, exported, first, threads)
+            estimates[key] = _one_sample_seconds(target, exported, first.tensor, threads)
             working(None)
         if estimates[key] is None or estimates[key] * samples <= budget:
             kept.append(target)
