@@ -41,14 +41,6 @@ def cache_dir() -> Path:
     return Path(_CACHE)
 
 
-def pytest_xdist_auto_num_workers(config):
-    """`-n auto`: one pytest-xdist worker more than the cores this process may use. Many tests wait on what
-    they started (a hanging cell's --cell-timeout, a Ray cluster's daemons, a headless browser, a killed
-    worker's restart), and a worker more fills those waits: on the 2-core CI machine the suite kept the
-    cores 87 % busy with two workers."""
-    return len(os.sched_getaffinity(0)) + 1
-
-
 def pytest_collection_modifyitems(config, items):
     """`@pytest.mark.needs_device(backend, device)`: skip with the backend's own reason when it is absent."""
     from harness.backends import get_backend
