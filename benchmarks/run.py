@@ -182,6 +182,8 @@ def main() -> int:
           f"{sweep['naive_over_hand_written']:.1f}x; decode, resize and colour, the part a sweep shares, are "
           f"{sweep['naive_preprocessing_share'] * 100:.0f}% of the naive loop); deltas of all three agree: "
           f"{sweep['deltas_agree']}")
+    print(f"the same sweep evaluated by pycocotools: {sweep['sweep_s_pycocotools']:.1f} s; {sweep['coco_library']} "
+          f"makes it x{sweep['coco_library_speedup']:.2f} faster (same deltas: {sweep['coco_libraries_agree']})")
     from sysnoise_memory_bench import bench_memory
 
     memory = bench_memory()

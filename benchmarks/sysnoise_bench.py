@@ -10,13 +10,14 @@ rewrites are not what is compared), and the same files, read before timing.
 - hand-written: a plain script doing exactly the distinct work with the same libraries and functions:
   each image decoded once per decoder, resized once per distinct (decoder, resize), coloured and inferred
   once per distinct input set and model, post-processed once per distinct post-processing, each distinct
-  result evaluated by pycocotools once. Goal: sweep / hand-written <= 1.3.
+  result evaluated once (harness.metrics.coco_evaluate: faster-coco-eval). Goal: sweep / hand-written <= 1.3.
 - naive: the whole pipeline (decode, resize, colour, inference, post-processing, evaluation) again for
   every variant, as the SysNoise paper's public code does (one evaluation run per noise setting).
   Goal: naive / sweep >= 5. `naive_over_hand_written` is the ceiling of that ratio for this configuration:
   a sweep cannot skip distinct work, and most of a variant's work is its own (its inference, its
   post-processing, its COCO evaluation). `naive_stage_s` says where the naive loop's time goes, and
   `naive_preprocessing_share` how much of it is decode, resize and colour, the stages a sweep shares.
+- the sweep once more with pycocotools evaluating instead of faster-coco-eval: `coco_library_speedup`.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ import numpy as np
 from harness.calibration import calibration_set
 from harness.data import embedded_benchmark
 from harness.export import export
+import harness.metrics as harness_metrics
 from harness.metrics import coco_evaluate, metrics_of
 from harness.model import resolve_model
 from harness.noise import AXES, Axis
@@ -109,11 +111,21 @@ def bench_sweep(count: int | None = None, batch_size: int = 32, threads: int = 2
     import scipy.stats  # noqa: F401
     sessions = warm.models.sessions
 
-    started = time.perf_counter()
-    pipeline = StagedPipeline(exported, dataset, batch_size, threads, None, bootstrap_rounds=0)
-    pipeline.stages.read, pipeline.models.sessions = (lambda sample: blobs[sample.id]), dict(sessions)
-    axis_results = run_axes(pipeline, _axes(), spec.profile, reference, spec.task, spec.labels, "map", BACKEND)
-    sweep_s = time.perf_counter() - started
+    def sweep():
+        started = time.perf_counter()
+        pipeline = StagedPipeline(exported, dataset, batch_size, threads, None, bootstrap_rounds=0)
+        pipeline.stages.read, pipeline.models.sessions = (lambda sample: blobs[sample.id]), dict(sessions)
+        results = run_axes(pipeline, _axes(), spec.profile, reference, spec.task, spec.labels, "map", BACKEND)
+        return time.perf_counter() - started, pipeline, results
+
+    # the same sweep with pycocotools evaluating (the reference library), then with the harness's default
+    default_library = harness_metrics.COCO_LIBRARY
+    harness_metrics.COCO_LIBRARY = "pycocotools"
+    try:
+        pycocotools_s, _, pycocotools_results = sweep()
+    finally:
+        harness_metrics.COCO_LIBRARY = default_library
+    sweep_s, pipeline, axis_results = sweep()
     failed = [f"{a['axis']}/{v['name']}: {v['reason']}" for a in axis_results for v in a["variants"]
               if v["status"] != "ok"]
     sweep_deltas = [v["delta"] for a in axis_results for v in a["variants"] if v["status"] == "ok"]
@@ -193,7 +205,12 @@ def bench_sweep(count: int | None = None, batch_size: int = 32, threads: int = 2
     return {"name": "sysnoise_sweep_cost", "model": MODEL, "backend": f"{BACKEND} (fp32; fp16/int8 on the precision "
             "axis)", "axes": list(AXIS_NAMES), "variants": len(plan) - 1, "images": len(samples),
             "batch_size": batch_size, "threads": threads, "bootstrap_rounds": 0,
-            "sweep_s": sweep_s, "hand_written_s": hand_s, "naive_s": naive_s,
+            "sweep_s": sweep_s, "hand_written_s": hand_s, "naive_s": naive_s, "coco_library": default_library,
+            # the sweep with pycocotools' Python COCOeval instead (same deltas: coco_libraries_agree)
+            "sweep_s_pycocotools": pycocotools_s, "coco_library_speedup": pycocotools_s / sweep_s,
+            "coco_libraries_agree": bool(np.allclose(sweep_deltas, [v["delta"] for a in pycocotools_results
+                                                                    for v in a["variants"] if v["status"] == "ok"],
+                                                     atol=1e-9)),
             "sweep_over_hand_written": sweep_s / hand_s, "naive_over_sweep": naive_s / sweep_s,
             # the most any sweep doing only the distinct work can gain over the naive loop here
             "naive_over_hand_written": naive_s / hand_s,

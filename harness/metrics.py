@@ -1,15 +1,56 @@
-"""Task metrics, as fractions in [0, 1]. COCO AP (boxes, masks, keypoints) is computed by pycocotools; only
-its bootstrap resamples use MapResampler, which re-draws pycocotools' own per-image matches with the
-envelope accumulate() draws (exact, and held equal to it by tests/test_metrics.py), because accumulate's
-Python loop made the bootstrap 84 % of a detection sweep."""
+"""Task metrics, as fractions in [0, 1]. COCO AP (boxes, masks, keypoints) is computed by faster-coco-eval,
+the C++ port of pycocotools' COCOeval, which tests/test_metrics.py holds equal to pycocotools (the reference,
+`library="pycocotools"`) to 1e-9 on the zoo and on crowd regions, empty images and detection cut-offs:
+pycocotools' Python evaluate() and accumulate() were most of a detection sweep's evaluation time. Only
+the bootstrap resamples use MapResampler, which re-draws the evaluation's own per-image matches with the
+envelope accumulate() draws (exact, and held equal to pycocotools' accumulate() by the same tests), because
+accumulate's Python loop made the bootstrap 84 % of a detection sweep."""
 from __future__ import annotations
 
 import contextlib
 import io
+from typing import NamedTuple
 
 import numpy as np
 
 from harness.postprocess import Detections
+
+COCO_LIBRARY = "faster-coco-eval"  # the evaluator the harness uses; "pycocotools" is the reference
+NO_BOXES = np.zeros((0, 4), np.float32)
+NO_LABELS = np.zeros(0, np.int64)
+
+
+class ImageTruth(NamedTuple):
+    """One image's ground truth for COCO evaluation: boxes float[K, 4] xyxy pixels and labels int[K]
+    (0-based), and its crowd regions (COCO's iscrowd=1: a detection matched to one is ignored, neither
+    a hit nor a false positive)."""
+
+    boxes: np.ndarray
+    labels: np.ndarray
+    crowd_boxes: np.ndarray = NO_BOXES
+    crowd_labels: np.ndarray = NO_LABELS
+
+
+def image_truths(samples) -> list[ImageTruth]:
+    return [ImageTruth(s.boxes, s.box_labels, *((s.crowd_boxes, s.crowd_labels) if s.crowd_boxes is not None else ()))
+            for s in samples]
+
+
+def _coco_api(library: str | None):
+    """(COCO, COCOeval factory) of a COCO evaluation library (None: COCO_LIBRARY); faster-coco-eval keeps
+    its per-image results (separate_eval) for MapResampler and prints nothing."""
+    library = library or COCO_LIBRARY
+    if library == "pycocotools":
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+
+        return COCO, COCOeval
+    if library == "faster-coco-eval":
+        from faster_coco_eval import COCO, COCOeval_faster
+
+        return COCO, lambda truth, results, kind: COCOeval_faster(truth, results, kind, separate_eval=True,
+                                                                  print_function=lambda *_, **__: None)
+    raise ValueError(f"unknown COCO evaluation library {library!r} (faster-coco-eval or pycocotools)")
 
 
 def topk_accuracy(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
@@ -25,29 +66,33 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, 
     return {"top1": topk_accuracy(logits, labels, 1), "top5": topk_accuracy(logits, labels, 5)}
 
 
-def coco_evaluate(ground_truth: list[tuple[np.ndarray, np.ndarray]], detections: list[Detections],
-                  num_classes: int, masks: list[tuple] | None = None):
-    """pycocotools COCOeval after evaluate() + accumulate(), or None when there is nothing to evaluate.
+def coco_evaluate(ground_truth: list[tuple], detections: list[Detections], num_classes: int,
+                  masks: list[tuple] | None = None, library: str | None = None):
+    """A COCOeval (faster-coco-eval's by default, pycocotools' with library="pycocotools") after evaluate()
+    + accumulate(), or None when there is nothing to evaluate.
 
-    ground_truth: per image (boxes float[K, 4] xyxy pixels, labels int[K] 0-based); detections: per image,
-    same coordinates. With `masks` (per image, one COCO RLE per ground-truth box) the evaluation is COCO's
-    `segm` (mask IoU) of each detection's own RLE masks (harness.masks.InstanceDetections); else `bbox`.
+    ground_truth: per image an ImageTruth, or (boxes, labels) without crowd regions; detections: per image,
+    same coordinates. With `masks` (per image, one COCO RLE per ground-truth box, then one per crowd box)
+    the evaluation is COCO's `segm` (mask IoU) of each detection's own RLE masks
+    (harness.masks.InstanceDetections); else `bbox`.
     """
     from pycocotools import mask as coco_mask
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
 
+    COCO, COCOeval = _coco_api(library)
     images, annotations, results = [], [], []
-    for image_id, ((boxes, labels), dets) in enumerate(zip(ground_truth, detections), start=1):
+    for image_id, (entry, dets) in enumerate(zip(ground_truth, detections), start=1):
+        truth = ImageTruth(*entry)
         image_masks = masks[image_id - 1] if masks is not None else None
         height, width = image_masks[0]["size"] if image_masks else (0, 0)
         images.append({"id": image_id, "height": height, "width": width})
-        for k, ((x0, y0, x1, y1), label) in enumerate(zip(np.asarray(boxes, float).reshape(-1, 4).tolist(), labels)):
-            entry = {"id": len(annotations) + 1, "image_id": image_id, "category_id": int(label) + 1,
-                     "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0), "iscrowd": 0}
+        crowd = [0] * len(truth.labels) + [1] * len(truth.crowd_labels)
+        boxes = np.vstack([np.asarray(truth.boxes, float).reshape(-1, 4), np.asarray(truth.crowd_boxes, float).reshape(-1, 4)])
+        for k, ((x0, y0, x1, y1), label) in enumerate(zip(boxes.tolist(), [*truth.labels, *truth.crowd_labels])):
+            annotation = {"id": len(annotations) + 1, "image_id": image_id, "category_id": int(label) + 1,
+                          "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0), "iscrowd": crowd[k]}
             if image_masks is not None:  # COCO's area of a segmented object is its mask's
-                entry.update(segmentation=image_masks[k], area=float(coco_mask.area(image_masks[k])))
-            annotations.append(entry)
+                annotation.update(segmentation=image_masks[k], area=float(coco_mask.area(image_masks[k])))
+            annotations.append(annotation)
         for k, ((x0, y0, x1, y1), score, label) in enumerate(zip(dets.boxes.tolist(), dets.scores.tolist(),
                                                                  dets.labels.tolist())):
             result = {"image_id": image_id, "category_id": int(label) + 1, "bbox": [x0, y0, x1 - x0, y1 - y0],
@@ -55,7 +100,7 @@ def coco_evaluate(ground_truth: list[tuple[np.ndarray, np.ndarray]], detections:
             if masks is not None:
                 result["segmentation"] = dets.masks[k]
             results.append(result)
-    if not annotations or not results:
+    if not any(a["iscrowd"] == 0 for a in annotations) or not results:
         return None
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress and table
         gt = COCO()
@@ -81,27 +126,28 @@ def _mean_precision(precision: np.ndarray, iou_index=None) -> float:
     return float(valid.mean()) if valid.size else 0.0
 
 
-def coco_metrics(ground_truth: list[tuple[np.ndarray, np.ndarray]], detections: list[Detections],
-                 num_classes: int) -> dict[str, float]:
-    """COCO bbox AP through pycocotools: {"map", "ap50", "ap75"} (AP@[.5:.95], AP@.5, AP@.75)."""
+def coco_metrics(ground_truth: list[tuple], detections: list[Detections], num_classes: int) -> dict[str, float]:
+    """COCO bbox AP: {"map", "ap50", "ap75"} (AP@[.5:.95], AP@.5, AP@.75)."""
     return coco_evaluation(ground_truth, detections, num_classes)[0]
 
 
-def coco_evaluation(ground_truth: list[tuple[np.ndarray, np.ndarray]], detections: list[Detections],
-                    num_classes: int) -> tuple[dict[str, float], object]:
+def coco_evaluation(ground_truth: list[tuple], detections: list[Detections], num_classes: int,
+                    library: str | None = None) -> tuple[dict[str, float], object]:
     """(coco_metrics, the accumulated COCOeval they come from: what a bootstrap resamples)."""
-    evaluator = coco_evaluate(ground_truth, detections, num_classes)
-    if not any(len(labels) for _, labels in ground_truth):
+    evaluator = coco_evaluate(ground_truth, detections, num_classes, library=library)
+    if not any(len(ImageTruth(*truth).labels) for truth in ground_truth):
         return {"map": float("nan"), "ap50": float("nan"), "ap75": float("nan")}, evaluator
     return metrics_of(evaluator), evaluator
 
 
-def instance_mask_evaluation(samples: list, predictions: list, num_classes: int) -> tuple[dict[str, float], object]:
+def instance_mask_evaluation(samples: list, predictions: list, num_classes: int, library: str | None = None
+                             ) -> tuple[dict[str, float], object]:
     """COCO mask AP (`segm`) of InstanceDetections against samples with instance_masks: ({"mask_map",
     "mask_ap50", "mask_ap75"}, the accumulated COCOeval a bootstrap resamples)."""
-    ground_truth = [(s.boxes, s.box_labels) for s in samples]
-    evaluator = coco_evaluate(ground_truth, predictions, num_classes, masks=[s.instance_masks for s in samples])
-    if not any(len(labels) for _, labels in ground_truth):
+    ground_truth = image_truths(samples)
+    masks = [(*s.instance_masks, *(s.crowd_masks or ())) for s in samples]
+    evaluator = coco_evaluate(ground_truth, predictions, num_classes, masks=masks, library=library)
+    if not any(len(truth.labels) for truth in ground_truth):
         values = {"map": float("nan"), "ap50": float("nan"), "ap75": float("nan")}
     else:
         values = metrics_of(evaluator)
@@ -137,10 +183,11 @@ class MapResampler:
         most = evaluated.maxDets[-1]
         self.recall_thresholds = np.asarray(evaluator.params.recThrs)
         self.iou_thresholds = len(evaluator.params.iouThrs)
+        per_image = _per_image_results(evaluator, self.iou_thresholds)
         # per category, per image: (scores, matched ids [T, D], ignored [T, D], counted truths), or None
         self.records = [[None if e is None else (e["dtScores"][:most], e["dtMatches"][:, :most],
                                                  e["dtIgnore"][:, :most], int(np.count_nonzero(e["gtIgnore"] == 0)))
-                         for e in evaluator.evalImgs[k * areas * images:k * areas * images + images]]
+                         for e in per_image[k * areas * images:k * areas * images + images]]
                         for k in range(categories)]
 
     def map(self, picks: np.ndarray) -> float:
@@ -163,6 +210,22 @@ class MapResampler:
                 reached = at < envelope.shape[1]
                 precision[t, reached, k] = envelope[t, at[reached]]
         return _mean_precision(precision)
+
+
+def _per_image_results(evaluator, iou_thresholds: int) -> list:
+    """evaluate()'s per (category, area, image) results, as pycocotools' evalImgs dicts. faster-coco-eval
+    keeps them in C++; their pickle state is (detection matches [T x D], truth matches, detection scores,
+    truth ignored [G], detection ignored [T x D]), the same per-image matches in the same order."""
+    if not hasattr(evaluator, "_evalImgs_cpp"):
+        return evaluator.evalImgs
+    results = []
+    for evaluation in evaluator._evalImgs_cpp:
+        matches, _, scores, truth_ignored, ignored = evaluation.__getstate__()[:5]
+        results.append({"dtScores": np.asarray(scores, float),
+                        "dtMatches": np.asarray(matches, float).reshape(iou_thresholds, len(scores)),
+                        "dtIgnore": np.asarray(ignored, bool).reshape(iou_thresholds, len(scores)),
+                        "gtIgnore": np.asarray(truth_ignored, bool)})
+    return results
 
 
 def bootstrap_map_delta(reference_eval, candidate_eval, images: int, rounds: int, seed: int = 0
@@ -231,16 +294,15 @@ def bootstrap_miou_delta(reference: np.ndarray, candidate: np.ndarray, rounds: i
     return float(low), float(high)
 
 
-def coco_keypoint_evaluation(instances: list[tuple], predictions: list[np.ndarray], sigmas) -> tuple[dict, object]:
-    """COCO keypoint AP (OKS) through pycocotools with the dataset's per-keypoint sigmas.
+def coco_keypoint_evaluation(instances: list[tuple], predictions: list[np.ndarray], sigmas,
+                             library: str | None = None) -> tuple[dict, object]:
+    """COCO keypoint AP (OKS) with the dataset's per-keypoint sigmas.
 
     instances: per sample (image id, box xyxy, keypoints float[J, 3] x/y/visibility, area); predictions: per
     sample float[J, 3] x, y, score in stored-image pixels, scored as an instance by the mean of its keypoint
     scores above KEYPOINT_SCORE_FLOOR (mmpose's bbox_keypoint rescoring with ground-truth boxes). Returns
     ({"ap", "ap50", "ap75"}, the accumulated COCOeval: what a bootstrap over images resamples)."""
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
+    COCO, COCOeval = _coco_api(library)
     image_ids = sorted({image for image, *_ in instances})
     annotations, results = [], []
     for (image, (x0, y0, x1, y1), keypoints, area), predicted in zip(instances, predictions):

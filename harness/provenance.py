@@ -54,7 +54,7 @@ def provenance(threads: int | None, seeds: dict, exported=None, dataset_sha256: 
         "threads": threads,
         "seeds": seeds,
         "packages": {name: _version(name) for name in ("torch", "torchvision", "onnx", "numpy", "pillow",
-                                                       "opencv-python-headless")},
+                                                       "opencv-python-headless", "faster-coco-eval")},
         "backends": {name: get_backend(name).version() for name in backends},
         "exporter": exported.exporter if exported else None,
         "opset": exported.opset if exported else None,

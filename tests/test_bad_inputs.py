@@ -328,6 +328,8 @@ CASES = {
                         ["--precision ','", "names no precision"]),
     "drift-taps": (lambda p: ["drift", "--backend", "ort", "--taps", "X", "--limit", "2"],
                    ["tap method 'X' is not offered"]),
+    "memory-budget": (lambda p: ["drift", "--backend", "ort", "--memory-budget", "lots", "--limit", "2"],
+                      ["--memory-budget 'lots'", "expected a positive size"]),
     "input-shape": (lambda p: ["compare", "--input-shape", "3x64x48", "--backends", "ort"],
                     ["--input-shape '3x64x48'", "not square"]),
     "dataset-dev-null": (lambda p: ["compare", "--dataset", "/dev/null", "--backends", "ort"],

@@ -275,3 +275,30 @@ def test_default_drift_on_ort_fp16_observes_the_tensors_ort_computes_without_per
     rows = {row["tensor"]: row for row in report["ops"]}
     for name, error in worst.items():
         assert rows[name]["observable"] and rows[name]["max_abs"] == pytest.approx(error, rel=1e-6, abs=1e-9)
+
+
+def test_a_tiny_memory_budget_gives_the_statistics_of_a_large_one():
+    """A budget below one sample's taps runs each batch of 8 through the taps one sample at a time: the same
+    tensors are observed, with the same largest errors (exactly: on one thread ORT computes each sample alike
+    whatever the batch; on more, its work split follows the batch), and the same relative errors up to the
+    float32 dot products' grouping of the batch."""
+    spec = resolve_model("resnet_tiny")
+    data = embedded_benchmark(spec.task).limit(20)
+    tiny, large = (drift_report(spec, "onnxruntime", "cpu", "fp16", data, batch_size=8, threads=1, progress=False,
+                                memory_budget=budget) for budget in (1, None))
+    per_sample = tiny["tapped_run"]["bytes_per_sample"]
+    assert tiny["tapped_run"] == {"samples": 1, "bytes_per_sample": per_sample, "budget_bytes": 1}
+    assert large["tapped_run"] == {"samples": 2**31 // per_sample, "bytes_per_sample": per_sample,
+                                   "budget_bytes": 2**31}  # the default: 2 GB
+    # three copies of every graph tensor of one sample at float32 (reference, candidate, ops alone)
+    graph = onnx.shape_inference.infer_shapes(onnx.load(export(spec).onnx_path)).graph
+    sizes = {v.name: int(np.prod([d.dim_value for d in v.type.tensor_type.shape.dim[1:]]))
+             for v in [*graph.value_info, *graph.output]}
+    assert per_sample == 3 * 4 * sum(sizes[row["tensor"]] for row in large["ops"])
+    assert tiny["observed_tensors"] == large["observed_tensors"] > 20 and tiny["unit_samples"] == 20
+    for a, b in zip(tiny["ops"], large["ops"]):
+        assert (a["tensor"], a["observable"], a["max_abs"], a["introduced_max_abs"]) == \
+            (b["tensor"], b["observable"], b["max_abs"], b["introduced_max_abs"])
+        for key in ("rel_l2", "snr_db", "introduced", "mean_abs"):
+            assert (a[key] is None) == (b[key] is None) and (a[key] is None or a[key] == pytest.approx(b[key], rel=1e-5)), \
+                (a["tensor"], key)

@@ -86,6 +86,7 @@ def test_mask_iou_and_mask_ap_of_hand_computed_cases():
 
     class Instance:
         boxes, box_labels, instance_masks = np.array([[5, 5, 15, 15]], np.float32), np.array([0]), (_rle(a),)
+        crowd_boxes = crowd_labels = crowd_masks = None
 
     def predicted(mask):
         return InstanceDetections(np.array([[5, 5, 15, 15]], np.float32), np.array([0.9], np.float32),

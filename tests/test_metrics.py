@@ -66,7 +66,7 @@ def _accumulated_by_pycocotools(evaluator, picks: np.ndarray) -> float:
     return float(valid.mean()) if valid.size else 0.0
 
 
-def _random_evaluation(kind: str, rng: np.random.Generator, images: int = 24):
+def _random_evaluation(kind: str, rng: np.random.Generator, images: int = 24, library: str = "pycocotools"):
     """A COCO evaluation of random truths and noisy detections: 4 classes, class 3 only ever detected
     (never in the truth), tied scores, misses and false positives."""
     from pycocotools import mask as coco_mask
@@ -85,7 +85,7 @@ def _random_evaluation(kind: str, rng: np.random.Generator, images: int = 24):
                 predicted[:, :2] += rng.normal(0, rng.choice([0.5, 3.0, 12.0]), (5, 2))
                 predicted[:, 2] = rng.choice([0.3, 0.6, 0.9], 5)
                 predictions.append(predicted)
-        return coco_keypoint_evaluation(instances, predictions, [0.05, 0.06, 0.07, 0.08, 0.09])[1]
+        return coco_keypoint_evaluation(instances, predictions, [0.05, 0.06, 0.07, 0.08, 0.09], library=library)[1]
     truth, detections, masks = [], [], []
     for _ in range(images):
         boxes = rng.uniform(0, 40, (rng.integers(0, 4), 2))
@@ -101,7 +101,7 @@ def _random_evaluation(kind: str, rng: np.random.Generator, images: int = 24):
         truth.append((boxes, labels))
         masks.append([coco_mask.encode(np.asfortranarray(_box_mask(b))) for b in boxes])
         detections.append(InstanceDetections(predicted, scores, predicted_labels.astype(np.int64), tuple(rle)))
-    return coco_evaluate(truth, detections, 4, masks=masks if kind == "segm" else None)
+    return coco_evaluate(truth, detections, 4, masks=masks if kind == "segm" else None, library=library)
 
 
 def _box_mask(box: np.ndarray, size: int = 64) -> np.ndarray:
@@ -111,17 +111,21 @@ def _box_mask(box: np.ndarray, size: int = 64) -> np.ndarray:
     return mask
 
 
+@pytest.mark.parametrize("library", ["faster-coco-eval", "pycocotools"])
 @pytest.mark.parametrize("kind", ["bbox", "segm", "keypoints"])
-def test_resampled_map_is_pycocotools_accumulate_bit_for_bit(kind):
+def test_resampled_map_is_pycocotools_accumulate_bit_for_bit(kind, library):
+    """The bootstrap's resampled mAP, from either library's per-image matches, against pycocotools'
+    accumulate() of pycocotools' own evaluation of the same data."""
     from harness.metrics import resampled_map
 
-    rng = np.random.default_rng(7)
-    evaluator = _random_evaluation(kind, rng)
+    evaluator = _random_evaluation(kind, np.random.default_rng(7), library=library)
+    reference = _random_evaluation(kind, np.random.default_rng(7))
+    rng = np.random.default_rng(8)
     images = len(evaluator._paramsEval.imgIds)
-    assert 0.1 < _accumulated_by_pycocotools(evaluator, np.arange(images)) < 0.9  # neither trivial nor empty
+    assert 0.1 < _accumulated_by_pycocotools(reference, np.arange(images)) < 0.9  # neither trivial nor empty
     for size in (images, images, images, 1, 3, 2 * images):
         picks = rng.integers(0, images, size)
-        assert resampled_map(evaluator, picks) == _accumulated_by_pycocotools(evaluator, picks), picks
+        assert resampled_map(evaluator, picks) == _accumulated_by_pycocotools(reference, picks), picks
 
 
 def test_resampled_map_reuses_the_matches_and_bootstraps_a_known_delta():

@@ -81,9 +81,10 @@ def drift_data(tmp_path_factory) -> tuple[Path, str]:
 
 def _drift(*args: str, env: dict | None = None) -> dict:
     """ORT FP16 against the tensor reference: every tensor tapped, the ops alone on the first 14 positions
-    (across the first shard boundary), a floor that makes an op diverge (so the merge writes a repro)."""
+    (across the first shard boundary), a floor that makes an op diverge (so the merge writes a repro), and a
+    memory budget that holds the taps of 3 samples, so batches of 4 go through the taps as 3 + 1."""
     return _run("drift", "--backend", "onnxruntime", "--precision", "fp16", "--taps", "graph-outputs",
-                "--snr-floor", "70", "--unit-samples", "14", *DRIFT, *args, env=env)
+                "--snr-floor", "70", "--unit-samples", "14", "--memory-budget", "12MB", *DRIFT, *args, env=env)
 
 
 def _untimed(report: dict) -> dict:
@@ -132,6 +133,7 @@ def test_drift_on_three_workers_makes_the_one_worker_report_with_an_unreadable_s
     assert [s["chunks"] for s in three["executor"]["shards"]] == [2, 2, 2]
     assert _untimed_drift(three) == _untimed_drift(one)
     assert one["unit_samples"] == 13 and one["dataset"]["samples"] == 23
+    assert one["tapped_run"]["samples"] == 3 and one["tapped_run"]["budget_bytes"] == 12 * 2**20
     assert [f["sample"] for f in one["dataset"]["failed"]] == [broken]
     assert sum(row["observable"] for row in one["ops"]) == len(one["ops"]) > 20 and one["first_divergence"]
     assert (tmp_path / "one" / "candidate.onnx").read_bytes() == (tmp_path / "three" / "candidate.onnx").read_bytes()

@@ -48,6 +48,27 @@ WorkersOpt = Annotated[int, typer.Option(
                              "every cell on its shard of the data; the report is the one a single worker makes. "
                              "Without --threads each gets cores/workers threads.")]
 
+MemoryBudgetOpt = Annotated[Optional[str], typer.Option(
+    "--memory-budget", help="Memory the tapped tensors of one run may take, per worker (e.g. 2GB, 512MB; default "
+                            "2GB): a batch whose taps would exceed it goes through the taps in smaller runs, with "
+                            "the same statistics.")]
+
+SIZE_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "kib": 2**10, "m": 2**20, "mb": 2**20, "mib": 2**20,
+              "g": 2**30, "gb": 2**30, "gib": 2**30}
+
+
+def parse_size(option: str, text: str | None) -> int | None:
+    """'2GB', '512MB', '1.5G' or a byte count -> bytes (binary units: 1 GB = 2**30); one line otherwise."""
+    from harness.errors import UsageError
+
+    if text is None:
+        return None
+    found = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?)\s*([a-zA-Z]*)\s*", str(text))
+    if not found or found.group(2).lower() not in SIZE_UNITS or float(found.group(1)) * SIZE_UNITS[
+            found.group(2).lower()] < 1:
+        raise UsageError(f"{option} {text!r}: expected a positive size such as 2GB, 512MB or a byte count")
+    return int(float(found.group(1)) * SIZE_UNITS[found.group(2).lower()])
+
 
 def threads_per_worker(workers: int, threads: int | None, executor: str = "local") -> int | None:
     """--threads, or with several workers their share of this machine's cores (said on stderr): workers x

@@ -9,8 +9,8 @@ import typer
 
 from harness.cli.app import app
 from harness.cli.common import (AllowCodeOpt, BatchSizeOpt, CalibrationOpt, CellTimeoutOpt, CheckpointOpt,
-                                DatasetOpt, ExecutorOpt, HtmlOpt, InputShapeOpt, JsonOpt, LimitOpt, ModelArg,
-                                ProfileOpt, ThreadsOpt, WorkersOpt, checked_inputs, console_for,
+                                DatasetOpt, ExecutorOpt, HtmlOpt, InputShapeOpt, JsonOpt, LimitOpt, MemoryBudgetOpt,
+                                ModelArg, ProfileOpt, ThreadsOpt, WorkersOpt, checked_inputs, console_for, parse_size,
                                 print_data_notes, run_with_progress, threads_per_worker, write_reports)
 from harness.errors import InputError, UsageError
 
@@ -119,6 +119,7 @@ def drift(
         "--unit-samples", min=1, help="Run the isolated ops on the samples among the first N dataset positions "
                                       "only (default: all).")] = None,
     repro: Annotated[Optional[Path], typer.Option("--repro", help="Write the minimal repro folder here.")] = None,
+    memory_budget: MemoryBudgetOpt = None,
     json_path: JsonOpt = None,
     html: HtmlOpt = None,
     checkpoint: CheckpointOpt = None,
@@ -148,6 +149,7 @@ def drift(
     threads = threads_per_worker(workers, threads, executor)
     job = DriftJob(model=model, backend=backend, precision=precision, thresholds=Thresholds(snr_floor, atol, rtol),
                    taps=taps, unit_samples=unit_samples, repro=repro,
+                   memory_budget=parse_size("--memory-budget", memory_budget),
                    **_candidates_options(dataset, limit, batch_size, threads, checkpoint, profile, allow_code,
                                          input_shape, calibration, artifact))
     report = run_with_progress(job, f"drift {model or 'the default model'} on {backend}", executor, cell_timeout,

@@ -138,6 +138,7 @@ class DriftJob(CandidatesJob):
     taps: str | None = None
     unit_samples: int | None = None
     repro: Path | None = None
+    memory_budget: int | None = None               # bytes (harness.compare.drift.DEFAULT_MEMORY_BUDGET when None)
 
     def devices_named(self) -> list[str]:
         return [self.backend]
@@ -165,7 +166,7 @@ class DriftJob(CandidatesJob):
         return drift_report(spec, target.name, device, self.precision, data, self.batch_size, self.threads,
                             self.thresholds, self.taps, self.unit_samples, calibration, self.repro, self.artifact,
                             progress=lambda n: send(("progress", n)), on_work=work_messages(send), failed=failed,
-                            shards=self.workers, shard=self.shard, parts=self.parts)
+                            shards=self.workers, shard=self.shard, parts=self.parts, memory_budget=self.memory_budget)
 
 
 def work_messages(send):

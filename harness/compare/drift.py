@@ -17,6 +17,9 @@ import numpy as np
 from harness.compare.outputs import OutputStats, Thresholds
 
 REFERENCE_NOTE = "ONNX Runtime FP32 with graph optimisations disabled, on the exported graph"
+DEFAULT_MEMORY_BUDGET = 2 * 2**30  # bytes: fixed, not a share of the machine, so every machine splits alike
+# the tapped tensors of a run held at once: the reference's, the candidate's and the ops-alone outputs
+TAPPED_COPIES = 3
 
 
 @dataclass
@@ -46,6 +49,7 @@ class DriftRun:
     unit_samples: int = 0
     deployed: dict = field(default_factory=dict)       # reference tensor -> the candidate graph's name for it
     torch_check: OutputStats | None = None             # torch vs the tensor reference at the model outputs
+    tapped_run: dict = field(default_factory=dict)     # samples per tapped run, and the budget that set it
 
     @staticmethod
     def merged(runs: list[DriftRun]) -> DriftRun:
@@ -61,7 +65,8 @@ class DriftRun:
                             + "): the candidate does not compute the same in every process")
         first = next(run for run in planned if run.probe_feeds)
         whole = DriftRun(runs[0].rows, first.tap_method, first.taps_perturb, first.perturb_fallback,
-                         first.probe_feeds, deployed=first.deployed, torch_check=runs[0].torch_check)
+                         first.probe_feeds, deployed=first.deployed, torch_check=runs[0].torch_check,
+                         tapped_run=first.tapped_run)
         for run in runs:
             whole.samples += run.samples
             whole.unit_samples += run.unit_samples
@@ -121,12 +126,14 @@ def _units_session(backend, candidate, exported, rows: list[TensorRow], referenc
 
 def run_drift(exported, backend, candidate, batches, thresholds: Thresholds, tap_method: str | None = None,
               unit_samples: int | None = None, threads: int | None = None, probe_samples: int = 16,
-              progress=None, torch_session=None, on_work=None, first_batch=None) -> DriftRun:
+              progress=None, torch_session=None, on_work=None, first_batch=None,
+              memory_budget: int | None = None) -> DriftRun:
     """One pass: reference taps, candidate taps, isolated ops, reduced to statistics per tensor. on_work:
     called with the candidate's label before its work, REFERENCE_WORK before the reference's (an executor
     blames a crash or a hang on it). The isolated ops run on the samples at dataset positions below
     `unit_samples`. first_batch: the data's first batch when `batches` (a data-parallel shard's) does not
-    start with it: the taps are checked on it, as one pass checks them, and it adds nothing else."""
+    start with it: the taps are checked on it, as one pass checks them, and it adds nothing else.
+    memory_budget: bytes the taps of one run may take, batches run in parts that fit (None: whole batches)."""
     from harness.backends import get_backend
     from harness.compare.cells import REFERENCE_WORK
     from harness.onnx_graph import dequantized_aliases, float_tensors, load
@@ -151,11 +158,12 @@ def run_drift(exported, backend, candidate, batches, thresholds: Thresholds, tap
             row.unit_reason = f"{candidate.backend} runs no ONNX graph: ops cannot be run alone on it"
     taps = _TapCheck(candidate, names, deployed, tap_method, thresholds)
     input_name = exported.input_name
+    working(REFERENCE_WORK)
+    batches, tapped_run = _within_budget(batches, first_batch, reference, names, input_name, memory_budget)
     if first_batch is not None:
-        working(REFERENCE_WORK)
-        ref = reference.run({input_name: first_batch.tensor}, taps=names)
+        ref = reference.run({input_name: first_batch.tensor[:tapped_run["samples"]]}, taps=names)
         working(label)
-        taps.check({input_name: first_batch.tensor}, ref)
+        taps.check({input_name: first_batch.tensor[:tapped_run["samples"]]}, ref)
     seen, unit_seen, probe = 0, 0, {}
     torch_stats = OutputStats() if torch_session is not None else None
     for batch in batches:
@@ -195,7 +203,33 @@ def run_drift(exported, backend, candidate, batches, thresholds: Thresholds, tap
     for name, reason in taps.why.items():
         by_name[name].unobservable = reason
     return DriftRun(rows, taps.method if taps.perturb else None, taps.perturb or {"max_abs": None, "ok": None},
-                    taps.fallback, probe, seen, unit_seen, deployed, torch_stats)
+                    taps.fallback, probe, seen, unit_seen, deployed, torch_stats, tapped_run)
+
+
+def _within_budget(batches, first_batch, reference, names, input_name, budget: int | None):
+    """(the batches, split into runs of at most as many samples as the budget holds; {"samples", "bytes per
+    sample", "budget"}). A sample's tapped bytes are measured on one sample of the data's first batch, so
+    every data-parallel shard splits alike (and checks taps on the same samples)."""
+    import itertools
+
+    batches = iter(batches)
+    head = first_batch
+    if head is None:
+        head = next(batches, None)
+        batches = itertools.chain([head] if head is not None else [], batches)
+    if budget is None or head is None:
+        return batches, {"samples": None, "bytes_per_sample": None, "budget_bytes": budget}
+    one = reference.run({input_name: head.tensor[:1]}, taps=names)
+    per_sample = TAPPED_COPIES * sum(np.asarray(value).nbytes for value in one.values())
+    size = max(1, budget // per_sample)
+
+    def split():
+        for batch in batches:
+            for start in range(0, len(batch.positions), size):
+                stop = start + size
+                yield type(batch)(batch.samples[start:stop], batch.tensor[start:stop], batch.geometries[start:stop],
+                                  batch.positions[start:stop])
+    return split(), {"samples": int(size), "bytes_per_sample": int(per_sample), "budget_bytes": int(budget)}
 
 
 class _TapCheck:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.compare.drift import REFERENCE_NOTE, DriftRun, TensorRow, first_divergence, run_drift
+from harness.compare.drift import (DEFAULT_MEMORY_BUDGET, REFERENCE_NOTE, DriftRun, TensorRow, first_divergence,
+                                   run_drift)
 from harness.compare.outputs import Thresholds
 
 
@@ -59,13 +60,15 @@ def drift_report(spec, backend_name: str, device: str, precision: str, data, bat
                  threads: int | None = None, thresholds: Thresholds = Thresholds(), tap_method: str | None = None,
                  unit_samples: int | None = None, calibration=None, repro: Path | None = None,
                  artifact: Path | None = None, progress=True, on_work=None, failed: str | None = None,
-                 shards: int = 1, shard: int | None = None, parts: list | None = None) -> dict:
+                 shards: int = 1, shard: int | None = None, parts: list | None = None,
+                 memory_budget: int | None = None) -> dict:
     """The `harness.drift/1` report of one candidate (backend, device, precision) on `data`. progress: a
     bar on stderr (True), none (False), or called with each batch's sample count; on_work: see run_drift;
     failed: why the candidate killed or outlasted an earlier worker (the report says so, with `status`
     failed, and measures nothing). Data-parallel workers (harness.shards): with `shard` (of `shards`), the
     pass over that shard's batches is made and its part returned; with `parts`, the shards' parts are
-    merged and the report made from them (the candidate is loaded again only to write a repro)."""
+    merged and the report made from them (the candidate is loaded again only to write a repro). memory_budget:
+    bytes the tapped tensors of one run may take (None: DEFAULT_MEMORY_BUDGET)."""
     import time
 
     from harness.backends import get_backend
@@ -100,7 +103,7 @@ def drift_report(spec, backend_name: str, device: str, precision: str, data, bat
     if parts is None:
         candidate = load_candidate()
         part = _drift_pass(exported, backend, candidate, spec, data, batch_size, threads, thresholds, tap_method,
-                           unit_samples, progress, on_work, shards, shard)
+                           unit_samples, progress, on_work, shards, shard, memory_budget or DEFAULT_MEMORY_BUDGET)
         if shard is not None:
             return part
     else:
@@ -155,11 +158,13 @@ def _measured(run: DriftRun, rows: list[dict], first: TensorRow | None, threshol
         "observed_tensors": sum(r["observable"] for r in rows),
         "graph_tensors": len(rows),
         "unit_samples": run.unit_samples,
+        # how many samples went through one tapped run: the batch, or fewer where the memory budget says so
+        "tapped_run": run.tapped_run,
     }
 
 
 def _drift_pass(exported, backend, candidate, spec, data, batch_size, threads, thresholds, tap_method, unit_samples,
-                progress, on_work, shards: int, shard: int | None) -> dict:
+                progress, on_work, shards: int, shard: int | None, memory_budget: int) -> dict:
     """The pass over the data (or over shard `shard` of `shards`, whole batches): its DriftRun, the samples it
     could not read, what the candidate said it executed, and for a shard the executor's account."""
     from contextlib import nullcontext
@@ -193,7 +198,8 @@ def _drift_pass(exported, backend, candidate, spec, data, batch_size, threads, t
             progress = lambda n: bar.advance(task, n)  # noqa: E731
         run = run_drift(exported, backend, candidate, iter_batches(data, spec.profile, batch_size, failures, positions),
                         thresholds, tap_method, unit_samples, threads, progress=progress or None,
-                        torch_session=torch_session, on_work=on_work, first_batch=first_batch)
+                        torch_session=torch_session, on_work=on_work, first_batch=first_batch,
+                        memory_budget=memory_budget)
     working(f"{candidate.backend}:{candidate.device}:{candidate.precision}")  # the execution record asks it
     part = {"run": run, "failures": failures,
             "candidate": {"backend": candidate.backend, "device": candidate.device, "precision": candidate.precision,
@@ -217,6 +223,6 @@ def _failed_report(exported, data, reference: dict, threads, backend: str, devic
                       "execution": None, "graph": None},
         "tap_method": None, "taps_perturb": {"max_abs": None, "ok": None}, "thresholds": thresholds.to_json(),
         "first_divergence": None, "top_introducers": [], "ops": [], "unobservable": [], "observed_tensors": 0,
-        "graph_tensors": 0, "unit_samples": 0,
+        "graph_tensors": 0, "unit_samples": 0, "tapped_run": {},
         "repro": None, "repro_info": None, "timing": {"total_s": 0.0},
     }

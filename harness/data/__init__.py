@@ -43,6 +43,9 @@ class Sample:
     sigmas: tuple | None = None              # keypoints: the dataset's per-keypoint OKS sigmas
     area: float | None = None                # keypoints: the instance's area (COCO's "area": the OKS scale)
     instance_masks: tuple | None = None      # instances: per box, its mask as a COCO RLE dict (harness.data.instances)
+    crowd_boxes: np.ndarray | None = None    # detect, instances: float32[C, 4] xyxy of COCO crowd regions (iscrowd=1),
+    crowd_labels: np.ndarray | None = None   # int64[C]: evaluation ignores the detections they match
+    crowd_masks: tuple | None = None         # instances: per crowd region, its mask as a COCO RLE dict
 
 
 @dataclass
@@ -248,6 +251,7 @@ def load_coco(annotation_file: Path, image_root: Path | None = None, name: str |
         by_id[image_id] = image
         names.add(file_name)
     per_image: dict[int, list] = {image_id: [] for image_id in by_id}
+    crowds: dict[int, list] = {image_id: [] for image_id in by_id}
     segmented = not joints and is_instance_set(annotations)
     for k, ann in enumerate(annotations):
         where = f"annotations[{k}]"
@@ -259,24 +263,31 @@ def load_coco(annotation_file: Path, image_root: Path | None = None, name: str |
         if category_id not in category_index:
             raise InputError(f"{annotation_file}: {where}: category_id {category_id} is not in 'categories'")
         box = _coco_box(ann, by_id[image_id], annotation_file, where)
-        if ann.get("iscrowd", 0):
+        crowd = bool(ann.get("iscrowd", 0))
+        if crowd and joints:  # top-down keypoints run on each person's box; a crowd region has none to score
             continue
         keypoints = coco_keypoints(ann, joints, annotation_file, where) if joints else None
         mask = coco_segmentation(ann, by_id[image_id], annotation_file, where) if segmented else None
-        per_image[image_id].append((box, category_index[category_id], keypoints if joints else mask, ann))
+        (crowds if crowd else per_image)[image_id].append((box, category_index[category_id],
+                                                           keypoints if joints else mask, ann))
     if joints:
         return keypoint_dataset(name or annotation_file.parent.name, annotation_file, image_root, images, per_image,
                                 categories[0])
-    samples = []
-    for image in images:
-        anns = per_image[image["id"]]
-        boxes = np.array([a[0] for a in anns], np.float32).reshape(-1, 4)
-        labels = np.array([a[1] for a in anns], np.int64)
-        masks = tuple(a[2] for a in anns) if segmented else None
-        samples.append(Sample(printable(image["file_name"]), image_root / image["file_name"], boxes=boxes,
-                              box_labels=labels, instance_masks=masks))
+    samples = [_coco_sample(image, image_root, per_image[image["id"]], crowds[image["id"]], segmented)
+               for image in images]
     return Dataset(name or annotation_file.parent.name, INSTANCES if segmented else DETECT, annotation_file.parent,
                    tuple(c["name"] for c in categories), samples)
+
+
+def _coco_sample(image: dict, image_root: Path, objects: list, crowds: list, segmented: bool) -> Sample:
+    """A detection or instance sample: its objects' and crowd regions' (box, label, mask, annotation)."""
+    return Sample(printable(image["file_name"]), image_root / image["file_name"],
+                  boxes=np.array([a[0] for a in objects], np.float32).reshape(-1, 4),
+                  box_labels=np.array([a[1] for a in objects], np.int64),
+                  instance_masks=tuple(a[2] for a in objects) if segmented else None,
+                  crowd_boxes=np.array([a[0] for a in crowds], np.float32).reshape(-1, 4),
+                  crowd_labels=np.array([a[1] for a in crowds], np.int64),
+                  crowd_masks=tuple(a[2] for a in crowds) if segmented else None)
 
 
 SEGMENTATION_LAYOUT = "root/images/NAME.jpg, root/masks/NAME.png (one class index per pixel), root/classes.txt"

@@ -54,6 +54,8 @@ def coco_segmentation(ann: dict, image: dict, path: Path, where: str) -> dict:
     height, width = image.get("height"), image.get("width")
     if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (height, width)):
         raise _CocoError(f"{path}: {where}: a segmentation needs its image's integer 'width' and 'height'")
+    if "segmentation" not in ann:  # a crowd region in a segmented set (the others were checked to have one)
+        raise _CocoError(f"{path}: {where} has no 'segmentation' (every annotation of an instance set needs its mask)")
     segmentation = ann["segmentation"]
     if isinstance(segmentation, list):
         polygons = segmentation

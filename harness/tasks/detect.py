@@ -63,9 +63,9 @@ class Detect(Task):
                 for n, end in zip(counts.tolist(), ends.tolist())]
 
     def evaluate(self, samples, predictions, num_classes) -> Evaluation:
-        from harness.metrics import coco_evaluation
+        from harness.metrics import coco_evaluation, image_truths
 
-        metrics, evaluator = coco_evaluation([(s.boxes, s.box_labels) for s in samples], predictions, num_classes)
+        metrics, evaluator = coco_evaluation(image_truths(samples), predictions, num_classes)
         return Evaluation(metrics, evaluator, len(samples))
 
     def change(self, baseline, candidate, rounds) -> dict:

@@ -72,10 +72,10 @@ class Instances(Detect):
         return out
 
     def evaluate(self, samples, predictions, num_classes) -> Evaluation:
-        from harness.metrics import coco_evaluation, instance_mask_evaluation
+        from harness.metrics import coco_evaluation, image_truths, instance_mask_evaluation
 
         metrics, evaluator = instance_mask_evaluation(samples, predictions, num_classes)
-        box_metrics, _ = coco_evaluation([(s.boxes, s.box_labels) for s in samples], predictions, num_classes)
+        box_metrics, _ = coco_evaluation(image_truths(samples), predictions, num_classes)
         return Evaluation({**metrics, "box_map": box_metrics["map"]}, evaluator, len(samples))
 
     def agreement(self, reference, candidate) -> np.ndarray:
