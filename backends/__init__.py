@@ -18,9 +18,9 @@ from harness.errors import BackendUnavailable, InputError, UnknownName, UsageErr
 
 GROUP = "harness.backends"
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
-# options any backend may be handed and leave alone: a scheduling hint (idle threads not spinning), and the
-# calibration data that only an INT8 build consumes
-IGNORABLE_OPTIONS = ("spinning", "calibration")
+# options any backend may be handed and leave alone: scheduling and memory hints (idle threads not spinning;
+# no memory pool for outputs the caller keeps), and the calibration data that only an INT8 build consumes
+IGNORABLE_OPTIONS = ("spinning", "calibration", "arena")
 
 
 class Session(ABC):

@@ -31,7 +31,7 @@ class OrtSession(Session):
         self.make_options, self.providers = make_options, providers
 
     def _run(self, feeds):
-        return dict(zip(self.output_names, self.session.run(list(self.output_names), feeds)))
+        return dict(zip(self.output_names, run_without_copies(self.session, list(self.output_names), feeds)))
 
     def _tappable(self, names, method):
         from harness.onnx_graph import float_tensors, load
@@ -108,6 +108,9 @@ class OrtSession(Session):
         from harness.onnx_graph import with_outputs
 
         options = self.make_options()
+        # a tapped run's outputs are most of its memory (hundreds of MB a sample at ResNet-50 size): without
+        # ORT's arena they go back to the system when dropped, instead of the arena keeping its peak
+        options.enable_cpu_mem_arena = False
         if method == "graph-outputs":
             graph, sources = self.graph, {n: n for n in names}
         else:
@@ -118,7 +121,21 @@ class OrtSession(Session):
                                        providers=self.providers)
         wanted = [*self.output_names, *(sources[n] for n in names)]
         labels = [*self.output_names, *names]
-        return lambda feeds: dict(zip(labels, session.run(wanted, feeds)))
+        return lambda feeds: dict(zip(labels, run_without_copies(session, wanted, feeds)))
+
+
+def run_without_copies(session, names: list[str], feeds: dict) -> list:
+    """InferenceSession.run, less its copy of every output: OrtValue.numpy() views ORT's own buffer (and
+    keeps it alive). A tapped ResNet-50 run returns 106 MB a sample; copying it cost time and, while both
+    copies lived, memory. A model with a non-tensor output (a sequence, a map) is run plainly."""
+    import numpy as np
+    import onnxruntime as ort
+
+    values = session.run_with_ort_values(names, {name: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value))
+                                                 for name, value in feeds.items()})
+    if not all(value.is_tensor() for value in values):
+        return session.run(names, feeds)
+    return [value.numpy() for value in values]
 
 
 def quantize_qdq(onnx_path: Path, calibration, out: Path, symmetric: bool = False) -> None:
@@ -158,7 +175,7 @@ class OrtBackend(Backend):
     aliases = ("ort",)
     package = "onnxruntime"
     declared = {device: ("fp32", "fp16", "int8") for device in ("cpu", "cuda", "tensorrt")}
-    load_options = ("optimize", "calibration", "artifact", "spinning")
+    load_options = ("optimize", "calibration", "artifact", "spinning", "arena")
 
     def devices(self) -> list[str]:
         import onnxruntime as ort
@@ -167,7 +184,7 @@ class OrtBackend(Backend):
         return [device for device, provider in PROVIDERS.items() if provider in have]
 
     def _load(self, model, device, precision, threads, optimize: bool = True, calibration=None,
-              artifact: Path | None = None, spinning: bool = True, **options) -> Session:
+              artifact: Path | None = None, spinning: bool = True, arena: bool = True, **options) -> Session:
         import onnxruntime as ort
 
         from harness.artifacts import fp16_onnx, quantized_onnx
@@ -186,6 +203,8 @@ class OrtBackend(Backend):
                 opts.inter_op_num_threads = 1
             if not spinning:  # idle intra-op threads stop busy-waiting: CPU work between runs is not starved
                 opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            if not arena:  # the caller keeps outputs that are most of a run's memory: not pooled at their peak
+                opts.enable_cpu_mem_arena = False
             if not optimize:  # the tensor reference: every ONNX op runs as written
                 opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
             return opts

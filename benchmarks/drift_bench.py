@@ -52,8 +52,8 @@ def _measure(command: list[str], env: dict | None = None) -> dict:
     return {"wall_s": wall, "peak_rss_mb": peak_kb / 1024, "stdout": out}
 
 
-def _models(folder: Path) -> tuple[Path, Path]:
-    """The FP32 export and the FP16 graph the harness's ORT FP16 candidate runs."""
+def _models(folder: Path, architecture: str = "resnet18") -> tuple[Path, Path]:
+    """The FP32 export and the FP16 graph the harness's ORT FP16 candidate runs (torchvision, random init)."""
     import torch
     import torchvision
 
@@ -63,10 +63,11 @@ def _models(folder: Path) -> tuple[Path, Path]:
     from harness.profile import Profile
 
     torch.manual_seed(0)
-    weights = folder / "resnet18.pt"
-    torch.save(torchvision.models.resnet18(num_classes=1000).state_dict(), weights)
-    spec = ModelSpec(name="resnet18", task="classify", profile=Profile(input_size=224),
-                     build=lambda: torchvision.models.resnet18(num_classes=1000), weights=weights)
+    weights = folder / f"{architecture}.pt"
+    build = getattr(torchvision.models, architecture)
+    torch.save(build(num_classes=1000).state_dict(), weights)
+    spec = ModelSpec(name=architecture, task="classify", profile=Profile(input_size=224),
+                     build=lambda: build(num_classes=1000), weights=weights)
     exported = export(spec)
     return exported.onnx_path, fp16_onnx(exported)
 
@@ -79,10 +80,11 @@ def _inputs(count: int):
         yield rng.standard_normal((1, 3, 224, 224), dtype=np.float32)
 
 
-def worker(fp32: str, samples: int, threads: int, unit_samples: int | None) -> None:
-    """One drift run in this process: batch 1, every tensor, ops alone on `unit_samples` (None: all)."""
+def worker(fp32: str, samples: int, threads: int, unit_samples: int | None, taps: str | None = "graph-outputs") -> None:
+    """One drift run in this process: batch 1, ops alone on `unit_samples` (None: all); taps: every tensor as
+    a graph output (Polygraphy's `mark all`), or None: drift's default (its tap check and fall-back)."""
     from harness.backends import get_backend
-    from harness.compare.drift import Thresholds, first_divergence, run_drift
+    from harness.compare.drift import DEFAULT_MEMORY_BUDGET, Thresholds, first_divergence, run_drift
     from harness.data import Sample
     from harness.export import export
     from harness.model import resolve_model
@@ -95,20 +97,19 @@ def worker(fp32: str, samples: int, threads: int, unit_samples: int | None) -> N
     candidate = backend.load(exported, "cpu", "fp16", threads, spinning=False)
     batches = (Batch([Sample(str(k), Path("none"))], tensor, [Geometry(1, 1)], [k])
                for k, tensor in enumerate(_inputs(samples)))
-    # every tensor, as Polygraphy's `mark all` does (no fall-back to kernel-boundary taps)
-    run = run_drift(exported, backend, candidate, batches, Thresholds(), tap_method="graph-outputs",
-                    unit_samples=unit_samples, threads=threads)
+    run = run_drift(exported, backend, candidate, batches, Thresholds(), tap_method=taps,
+                    unit_samples=unit_samples, threads=threads, memory_budget=DEFAULT_MEMORY_BUDGET)
     first = first_divergence(run.rows, Thresholds())
     print(json.dumps({"seconds": time.perf_counter() - started, "samples": run.samples,
                       "tensors": sum(r.total is not None for r in run.rows), "first": first and first.tensor}))
 
 
-def prepare(folder: str, counts: list[int]) -> None:
+def prepare(folder: str, counts: list[int], architecture: str = "resnet18") -> None:
     """In a child process, so the measuring parent never holds torch: Linux carries a parent's peak RSS
     into its children's ru_maxrss."""
     import polygraphy.json
 
-    fp32, fp16 = _models(Path(folder))
+    fp32, fp16 = _models(Path(folder), architecture)
     for count in counts:
         polygraphy.json.save_json([{"input": x} for x in _inputs(count)], str(Path(folder) / f"inputs{count}.json"))
     print(json.dumps({"fp32": str(fp32), "fp16": str(fp16)}))
@@ -134,8 +135,8 @@ def bench_drift(samples: int = 20, rss_counts: tuple[int, int] = (100, 1000), th
         folder = Path(tmp)
         env = {"HARNESS_CACHE": str(folder / "cache"), "OMP_NUM_THREADS": str(threads)}
         few = max(2, samples // 4)
-        prepared = _measure([python, str(HERE / "drift_bench.py"), "--prepare", str(folder), str(few), str(samples)],
-                            env)
+        prepared = _measure([python, str(HERE / "drift_bench.py"), "--prepare", str(folder), "resnet18", str(few),
+                             str(samples)], env)
         paths = json.loads(prepared["stdout"].strip().splitlines()[-1])
         fp32, fp16 = Path(paths["fp32"]), Path(paths["fp16"])
         polygraphy = {count: _polygraphy(polygraphy_exe, fp32, fp16, folder, count, env) for count in (few, samples)}
@@ -181,10 +182,87 @@ def bench_drift(samples: int = 20, rss_counts: tuple[int, int] = (100, 1000), th
     return result
 
 
+def plain(fp32: str, fp16: str, samples: int, threads: int) -> None:
+    """The physical limit of a drift pass: the two models run plainly, once per sample, nothing tapped (ORT,
+    default optimisations, idle threads not spinning, as drift's sessions)."""
+    import onnxruntime as ort
+
+    def session(path):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+    started = time.perf_counter()
+    models = [session(fp32), session(fp16)]
+    for x in _inputs(samples):
+        for model in models:
+            model.run(None, {"input": x})
+    print(json.dumps({"seconds": time.perf_counter() - started}))
+
+
+def bench_drift_resnet50(counts: tuple[int, int] = (10, 50), polygraphy_counts: tuple[int, int] = (4, 10),
+                         rounds: int = 3, threads: int = 2) -> dict:
+    """ResNet-50 (224, batch 1, ORT FP32 vs the harness's ORT FP16 graph): what one more sample costs, as the
+    slope between two sample counts, for drift's default taps (its tap check falls back to kernel-boundary
+    taps: every tensor ORT computes, unperturbed), drift with every tensor a graph output (Polygraphy's
+    work), Polygraphy's `mark all` run and compare, and the physical limit (the two models run plainly).
+    Contenders alternate within each round; medians of the rounds. Polygraphy is measured at fewer samples:
+    it keeps every tensor of every sample (358 MB a sample here), so 50 would need 18 GB."""
+    import statistics
+
+    python, script = sys.executable, str(HERE / "drift_bench.py")
+    polygraphy_exe = str(Path(python).with_name("polygraphy"))
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        env = {"HARNESS_CACHE": str(folder / "cache"), "OMP_NUM_THREADS": str(threads)}
+        prepared = _measure([python, script, "--prepare", str(folder), "resnet50", *map(str, polygraphy_counts)], env)
+        paths = json.loads(prepared["stdout"].strip().splitlines()[-1])
+        fp32, fp16 = Path(paths["fp32"]), Path(paths["fp16"])
+        contenders = {
+            "harness_default_taps": lambda n: _measure([python, script, "--worker", str(fp32), str(n), str(threads),
+                                                        "0", "default"], env),
+            "harness_all_taps": lambda n: _measure([python, script, "--worker", str(fp32), str(n), str(threads), "0"],
+                                                   env),
+            "physical_limit": lambda n: _measure([python, script, "--plain", str(fp32), str(fp16), str(n),
+                                                  str(threads)], env),
+            "polygraphy": lambda n: _polygraphy(polygraphy_exe, fp32, fp16, folder, n, env)}
+        runs = {name: {count: [] for count in (polygraphy_counts if name == "polygraphy" else counts)}
+                for name in contenders}
+        for _ in range(rounds):
+            for name, measure in contenders.items():
+                for count in runs[name]:
+                    runs[name][count].append(measure(count))
+    result = {"name": "drift_vs_polygraphy_resnet50", "model": "torchvision resnet50 (random init) 224x224, batch 1",
+              "threads": threads, "rounds": rounds, "counts": list(counts), "polygraphy_counts": list(polygraphy_counts),
+              "contenders": {}}
+    for name, by_count in runs.items():
+        low, high = sorted(by_count)
+        walls = {count: statistics.median(r["wall_s"] for r in measured) for count, measured in by_count.items()}
+        result["contenders"][name] = {
+            "wall_s": {str(c): w for c, w in walls.items()},
+            "marginal_s_per_sample": (walls[high] - walls[low]) / (high - low),
+            "peak_rss_mb": {str(c): max(r["peak_rss_mb"] for r in measured) for c, measured in by_count.items()}}
+        tensors = [r.get("stdout", "") for r in by_count[high]]
+        if name.startswith("harness") and tensors[0]:
+            result["contenders"][name]["tensors_compared"] = json.loads(tensors[0].strip().splitlines()[-1])["tensors"]
+    cost = {name: c["marginal_s_per_sample"] for name, c in result["contenders"].items()}
+    result["ratios"] = {
+        "polygraphy_over_harness_default": cost["polygraphy"] / cost["harness_default_taps"],
+        "polygraphy_over_harness_all_taps": cost["polygraphy"] / cost["harness_all_taps"],
+        "harness_default_over_physical": cost["harness_default_taps"] / cost["physical_limit"],
+        "harness_all_taps_over_physical": cost["harness_all_taps"] / cost["physical_limit"]}
+    result["goals"] = {"polygraphy_over_harness_min": 20.0, "harness_over_physical_max": 2.0}
+    return result
+
+
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        worker(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]) or None)
+        worker(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]) or None,
+               None if sys.argv[6:] == ["default"] else "graph-outputs")
     elif len(sys.argv) > 1 and sys.argv[1] == "--prepare":
-        prepare(sys.argv[2], [int(n) for n in sys.argv[3:]])
+        prepare(sys.argv[2], [int(n) for n in sys.argv[4:]], sys.argv[3])
+    elif len(sys.argv) > 1 and sys.argv[1] == "--plain":
+        plain(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
     else:
         print(json.dumps(bench_drift(), indent=2))

@@ -1,6 +1,7 @@
 """`make bench`: speed goals, measured as ratios within one run, written to benchmarks/results/*.json.
 
-drift: `harness drift` vs Polygraphy's mark-all compare (benchmarks/drift_bench.py).
+drift: `harness drift` vs Polygraphy's mark-all compare (benchmarks/drift_bench.py), on ResNet-18 and, with the
+physical limit (the two models run plainly) and drift's default taps beside them, on ResNet-50.
 
 throughput: each installed backend x precision on the zoo classifier at batch 1 and 8 (median of warm
 runs, samples/s), plus TVM's compile time (a cold cache, so the build is measured).
@@ -215,6 +216,18 @@ def main() -> int:
           f"peak RSS {drift['harness_drift']['peak_rss_mb']:.0f} vs "
           f"{drift['polygraphy']['peak_rss_mb']:.0f} MB; drift RSS growth 100 -> 1000 samples "
           f"{drift['rss_growth'] * 100:+.1f} % (goal <= 10 %)")
+    from drift_bench import bench_drift_resnet50
+
+    large = bench_drift_resnet50()
+    large["provenance"] = provenance(2, {"inputs": 0, "weights": 0}, None, None, ["onnxruntime"])
+    (RESULTS / "drift_resnet50.json").write_text(json.dumps(large, indent=2) + "\n")
+    costs, ratios = large["contenders"], large["ratios"]
+    print("drift at ResNet-50 (224, FP32 vs FP16, batch 1), one more sample: " + ", ".join(
+        f"{name} {c['marginal_s_per_sample']:.3f} s (peak {max(c['peak_rss_mb'].values()):.0f} MB)"
+        for name, c in costs.items()) + f"; Polygraphy / harness default {ratios['polygraphy_over_harness_default']:.1f}x, "
+        f"/ harness all taps {ratios['polygraphy_over_harness_all_taps']:.1f}x (goal >= 20); harness / physical limit "
+        f"{ratios['harness_default_over_physical']:.2f}x default, {ratios['harness_all_taps_over_physical']:.2f}x all "
+        "taps (goal <= 2)")
     result = bench_overhead()
     result["provenance"] = provenance(2, {"tensors": 0, "weights": 0}, None, None, ["onnxruntime"])
     path = RESULTS / "overhead.json"

@@ -18,7 +18,8 @@ from harness.compare.outputs import OutputStats, Thresholds
 
 REFERENCE_NOTE = "ONNX Runtime FP32 with graph optimisations disabled, on the exported graph"
 DEFAULT_MEMORY_BUDGET = 2 * 2**30  # bytes: fixed, not a share of the machine, so every machine splits alike
-# the tapped tensors of a run held at once: the reference's, the candidate's and the ops-alone outputs
+# the tapped tensors held at once: a run's reference taps, its candidate taps or ops-alone outputs (one set is
+# dropped before the other is made), and the repro's probe of the first run
 TAPPED_COPIES = 3
 
 
@@ -120,7 +121,7 @@ def _units_session(backend, candidate, exported, rows: list[TensorRow], referenc
                                                     tool_versions("onnx")), build)
     path = folder / "model.onnx"
     session = backend.load(graph_model(path, exported.spec), candidate.device, candidate.load_precision, threads,
-                           artifact=path, spinning=False)
+                           artifact=path, spinning=False, arena=False)  # its outputs are a tapped run's size
     return session, units
 
 
@@ -174,29 +175,25 @@ def run_drift(exported, backend, candidate, batches, thresholds: Thresholds, tap
         cand = None
         if taps.perturb is None:  # the data's first batch: does tapping change what the candidate computes?
             cand = taps.check(feeds, ref)  # its tapped run is the check's own
-            probe = {input_name: batch.tensor[:probe_samples],
-                     **{name: np.asarray(ref[name])[:probe_samples] for name in names}}
+            # copies: views would keep this whole run's tensors alive to the end
+            probe = {name: np.array(value[:probe_samples]) for name, value in [(input_name, batch.tensor),
+                                                                                 *((n, ref[n]) for n in names)]}
         if cand is None:
             cand = candidate.run(feeds, taps=[deployed[n] for n in taps.observable], tap_method=taps.method)
         for name in taps.observable:
             row = by_name[name]
             row.total = row.total or OutputStats()
             row.total.update({name: ref[name]}, {name: cand[deployed[name]]})
+        cand = None  # dropped before the ops run alone: a run holds the reference's taps and one other set
         take = len(batch.positions) if unit_samples is None else sum(p < unit_samples for p in batch.positions)
         if units_session is not None and take:
-            values = {input_name: batch.tensor, **ref}
-            unit_feeds = {name: np.ascontiguousarray(np.asarray(values[name.removeprefix("ref/")][:take], np.float32))
-                          for name in units_session.input_names}
-            outputs = units_session.run(unit_feeds)
-            for k, row in enumerate(units):
-                row.introduced = row.introduced or OutputStats()
-                row.introduced.update({row.tensor: np.asarray(ref[row.tensor])[:take]},
-                                      {row.tensor: outputs[f"u{k}/{deployed[row.tensor]}"]})
+            _run_units(units_session, units, {input_name: batch.tensor, **ref}, take, deployed)
             unit_seen += take
         if torch_stats is not None:
             working(REFERENCE_WORK)
             torch_stats.update({n: ref[n] for n in torch_session.output_names},
                                torch_session.run(feeds))
+        ref = None  # before the next run, not after it
         seen += len(batch.tensor)
         if progress:
             progress(len(batch.tensor))
@@ -204,6 +201,17 @@ def run_drift(exported, backend, candidate, batches, thresholds: Thresholds, tap
         by_name[name].unobservable = reason
     return DriftRun(rows, taps.method if taps.perturb else None, taps.perturb or {"max_abs": None, "ok": None},
                     taps.fallback, probe, seen, unit_seen, deployed, torch_stats, tapped_run)
+
+
+def _run_units(units_session, units: list[TensorRow], reference: dict, take: int, deployed: dict) -> None:
+    """The ops alone on the first `take` samples, fed the reference's values; each op's introduced error."""
+    feeds = {name: np.ascontiguousarray(np.asarray(reference[name.removeprefix("ref/")][:take], np.float32))
+             for name in units_session.input_names}
+    outputs = units_session.run(feeds)
+    for k, row in enumerate(units):
+        row.introduced = row.introduced or OutputStats()
+        row.introduced.update({row.tensor: np.asarray(reference[row.tensor])[:take]},
+                              {row.tensor: outputs[f"u{k}/{deployed[row.tensor]}"]})
 
 
 def _within_budget(batches, first_batch, reference, names, input_name, budget: int | None):
