@@ -16,6 +16,10 @@ from harness.backends import Backend, Session
 # the name ONNX Runtime gives a tensor whose FP16 op it runs in FP32 on CPU, the casts around it removed
 # (onnxruntime/core/optimizer/insert_cast_transformer.cc)
 PRECISION_FREE_CAST = "InsertedPrecisionFreeCast_"
+# ORT's NCHWc transformer names a node it converts after the tensor it computes, and leaves that tensor in
+# its blocked layout where the next NCHWc kernel reads it (onnxruntime/core/optimizer/nchwc_transformer.cc)
+NCHWC_SUFFIX, NCHWC_DOMAIN = "_nchwc", "com.microsoft.nchwc"
+UNBLOCKED = "__harness_nchw"
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 
 
@@ -40,9 +44,9 @@ class OrtSession(Session):
             present = {t.name for t in float_tensors(load(self.graph))}
             why = "not a float tensor of the deployed graph (renamed, folded or removed by its conversion)"
             return [n for n in names if n in present], {n: why for n in names if n not in present}
-        found = self._kernel_names(names)
-        why = ("inside a fused ONNX Runtime kernel, or only in its blocked NCHWc layout (no node of the optimised "
-               "graph outputs it)")
+        found = {**self._blocked_names(names), **self._kernel_names(names)}
+        why = ("inside a fused ONNX Runtime kernel: no node of its optimised graph outputs it, in any layout (e.g. a "
+               "Conv's output that the next Conv adds in its own kernel)")
         return [n for n in names if n in found], {n: why for n in names if n not in found}
 
     def _kernel_names(self, names) -> dict[str, str]:
@@ -52,6 +56,42 @@ class OrtSession(Session):
         present = {output for node in self._optimized_graph().graph.node for output in node.output}
         return {n: found for n in names
                 for found in (n, PRECISION_FREE_CAST + n) if found in present}
+
+    def _blocked_names(self, names) -> dict[str, tuple[str, int]]:
+        """{tensor: (the blocked NCHWc output that holds it, its channels)} for the tensors ORT keeps only in
+        its NCHWc layout (a MaxPool or a Conv whose output only NCHWc kernels read): drift taps them through
+        a ReorderOutput of its own, after the kernel, so the kernels run as untapped."""
+        import onnx
+
+        from harness.onnx_graph import load
+
+        nodes = {node.name: node for node in self._optimized_graph().graph.node if node.domain == NCHWC_DOMAIN}
+        blocked = {n: nodes[name].output[0] for n in names
+                   for name in (n + NCHWC_SUFFIX, PRECISION_FREE_CAST + n + NCHWC_SUFFIX) if name in nodes}
+        if not blocked:
+            return {}
+        shapes = {v.name: v.type.tensor_type.shape.dim
+                  for v in onnx.shape_inference.infer_shapes(load(self.graph)).graph.value_info}
+        return {n: (output, shapes[n][1].dim_value) for n, output in blocked.items()
+                if n in shapes and len(shapes[n]) == 4 and shapes[n][1].dim_value > 0}
+
+    def _unblocked_graph(self, blocked: dict[str, tuple[str, int]]) -> Path:
+        """ORT's optimised graph plus a ReorderOutput (blocked NCHWc -> NCHW) for each blocked tensor, named
+        `<tensor>` + UNBLOCKED."""
+        import hashlib
+
+        import onnx
+
+        proto = onnx.ModelProto()
+        proto.CopyFrom(self._optimized_graph())
+        for name, (source, channels) in sorted(blocked.items()):
+            proto.graph.node.append(onnx.helper.make_node("ReorderOutput", [source], [name + UNBLOCKED],
+                                                          domain=NCHWC_DOMAIN, channels=channels))
+        key = hashlib.sha256(repr(sorted(blocked.items())).encode()).hexdigest()[:16]
+        path = Path(self._optimized_folder.name) / f"unblocked-{key}.onnx"
+        if not path.exists():
+            onnx.save(proto, str(path))
+        return path
 
     def _optimized_graph(self):
         """The graph ONNX Runtime really runs for this session's file and options (its optimisers' fusions
@@ -115,7 +155,9 @@ class OrtSession(Session):
             graph, sources = self.graph, {n: n for n in names}
         else:
             sources = self._kernel_names(names)
-            graph = self._optimized_path
+            blocked = {n: found for n, found in self._blocked_names(names).items() if n not in sources}
+            graph = self._unblocked_graph(blocked) if blocked else self._optimized_path
+            sources.update({n: n + UNBLOCKED for n in blocked})
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         session = ort.InferenceSession(str(with_outputs(graph, list(sources.values()))), options,
                                        providers=self.providers)

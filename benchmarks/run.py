@@ -159,81 +159,34 @@ def bench_throughput(model: str = "resnet_tiny", repeats: int = 15, threads: int
             "tvm_compile_s": tvm_compile[0] if tvm_compile else None}
 
 
+def _written(name: str, result: dict, seeds: dict, backends: list[str]) -> None:
+    """One benchmark's JSON, with the machine and versions it was measured with, written atomically."""
+    from harness.files import write_atomic
+
+    result["provenance"] = provenance(2, seeds, None, None, backends)
+    write_atomic(RESULTS / f"{name}.json", json.dumps(result, indent=2) + "\n")
+    print(f"wrote {RESULTS / name}.json", flush=True)
+
+
 def main() -> int:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    throughput = bench_throughput()
-    throughput["provenance"] = provenance(2, {"tensors": 0}, None, None, [])
-    (RESULTS / "throughput.json").write_text(json.dumps(throughput, indent=2) + "\n")
-    for row in throughput["rows"]:
-        if row["status"] == "ok":
-            print(f"{row['backend']:12} {row['precision']:5} b1 {row['batch1_ms']:9.2f} ms  "
-                  f"b8 {row['batch8_ms']:9.2f} ms  ({row['batch8_samples_per_s']:8.1f} samples/s)")
-        else:
-            print(f"{row['backend']:12} {row.get('precision', ''):5} {row['status']}: {row['reason']}")
-    print(f"TVM compile (fp32, cold cache): {throughput['tvm_compile_s']:.2f} s")
+    """Every benchmark, each written to benchmarks/results/ as it finishes; then the figures, printed and put
+    into the README (benchmarks/figures.py renders them from the files alone)."""
+    from drift_bench import bench_drift, bench_drift_resnet50
+    from figures import paragraphs, write_readme
     from sysnoise_bench import bench_sweep
-
-    sweep = bench_sweep()
-    sweep["provenance"] = provenance(2, {"bootstrap": 0}, None, None, ["onnxruntime"])
-    (RESULTS / "sysnoise.json").write_text(json.dumps(sweep, indent=2) + "\n")
-    print(f"sysnoise sweep ({sweep['variants']} variants, {sweep['images']} images): {sweep['sweep_s']:.1f} s; "
-          f"hand-written same work {sweep['hand_written_s']:.1f} s (ratio {sweep['sweep_over_hand_written']:.2f}, "
-          f"goal <= 1.3); naive per-variant pipeline {sweep['naive_s']:.1f} s "
-          f"({sweep['naive_over_sweep']:.1f}x slower, goal >= 5; the distinct work alone gives at most "
-          f"{sweep['naive_over_hand_written']:.1f}x; decode, resize and colour, the part a sweep shares, are "
-          f"{sweep['naive_preprocessing_share'] * 100:.0f}% of the naive loop); deltas of all three agree: "
-          f"{sweep['deltas_agree']}")
-    print(f"the same sweep evaluated by pycocotools: {sweep['sweep_s_pycocotools']:.1f} s; {sweep['coco_library']} "
-          f"makes it x{sweep['coco_library_speedup']:.2f} faster (same deltas: {sweep['coco_libraries_agree']})")
     from sysnoise_memory_bench import bench_memory
-
-    memory = bench_memory()
-    memory["provenance"] = provenance(2, {"photos": 0}, None, None, ["onnxruntime", "torch"])
-    (RESULTS / "sysnoise_memory.json").write_text(json.dumps(memory, indent=2) + "\n")
-    small, large = memory["runs"]
-    print(f"sysnoise peak RSS at ImageNet geometry ({memory['axes']}, chunks of {memory['chunk_size']}): "
-          f"{small['images']} images {small['peak_rss_mb']:.0f} MB, {large['images']} images "
-          f"{large['peak_rss_mb']:.0f} MB (x{memory['peak_rss_growth']:.2f}, goal <= {memory['goal']})")
     from sysnoise_workers_bench import bench_workers
 
-    workers = bench_workers()
-    workers["provenance"] = provenance(2, {"photos": 0}, None, None, ["onnxruntime", "torch"])
-    (RESULTS / "sysnoise_workers.json").write_text(json.dumps(workers, indent=2) + "\n")
-    print(f"sysnoise --workers 2 vs 1 ({workers['axes']}, {workers['images']} photos, {workers['cores']} cores): "
-          f"{statistics.median(workers['workers_1_s']):.1f} vs {statistics.median(workers['workers_2_s']):.1f} s, "
-          f"x{workers['speedup_2_over_1']:.2f} (start-up and metrics of one worker {workers['fixed_s']:.1f} s, "
-          f"the merging worker {workers['merge_seconds']:.1f} s); same rows: {workers['same_rows']}")
-    from drift_bench import bench_drift
-
-    drift = bench_drift()
-    drift["provenance"] = provenance(2, {"inputs": 0, "weights": 0}, None, None, ["onnxruntime"])
-    (RESULTS / "drift.json").write_text(json.dumps(drift, indent=2) + "\n")
-    print(f"drift vs polygraphy (ResNet-18 224, FP32 vs FP16, {drift['samples']} samples, batch 1): "
-          f"one more sample costs {drift['marginal_s_per_sample']:.3f} vs "
-          f"{drift['polygraphy']['marginal_s_per_sample']:.3f} s ({drift['speedup_per_sample']:.1f}x; ops alone on "
-          f"16 samples only: {drift['speedup_per_sample_sampled_local']:.1f}x; goal >= 20); total wall at "
-          f"{drift['samples']} samples {drift['speedup_total_wall']:.1f}x; "
-          f"peak RSS {drift['harness_drift']['peak_rss_mb']:.0f} vs "
-          f"{drift['polygraphy']['peak_rss_mb']:.0f} MB; drift RSS growth 100 -> 1000 samples "
-          f"{drift['rss_growth'] * 100:+.1f} % (goal <= 10 %)")
-    from drift_bench import bench_drift_resnet50
-
-    large = bench_drift_resnet50()
-    large["provenance"] = provenance(2, {"inputs": 0, "weights": 0}, None, None, ["onnxruntime"])
-    (RESULTS / "drift_resnet50.json").write_text(json.dumps(large, indent=2) + "\n")
-    costs, ratios = large["contenders"], large["ratios"]
-    print("drift at ResNet-50 (224, FP32 vs FP16, batch 1), one more sample: " + ", ".join(
-        f"{name} {c['marginal_s_per_sample']:.3f} s (peak {max(c['peak_rss_mb'].values()):.0f} MB)"
-        for name, c in costs.items()) + f"; Polygraphy / harness default {ratios['polygraphy_over_harness_default']:.1f}x, "
-        f"/ harness all taps {ratios['polygraphy_over_harness_all_taps']:.1f}x (goal >= 20); harness / physical limit "
-        f"{ratios['harness_default_over_physical']:.2f}x default, {ratios['harness_all_taps_over_physical']:.2f}x all "
-        "taps (goal <= 2)")
-    result = bench_overhead()
-    result["provenance"] = provenance(2, {"tensors": 0, "weights": 0}, None, None, ["onnxruntime"])
-    path = RESULTS / "overhead.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"harness/raw ORT inference loop: {result['ratio']:.3f} (goal <= {GOAL}); "
-          f"{result['harness_ms_per_batch']:.1f} vs {result['raw_ort_ms_per_batch']:.1f} ms/batch -> {path}")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    _written("throughput", bench_throughput(), {"tensors": 0}, [])
+    _written("sysnoise", bench_sweep(), {"bootstrap": 0}, ["onnxruntime"])
+    _written("sysnoise_memory", bench_memory(), {"photos": 0}, ["onnxruntime", "torch"])
+    _written("sysnoise_workers", bench_workers(), {"photos": 0}, ["onnxruntime", "torch"])
+    _written("drift", bench_drift(), {"inputs": 0, "weights": 0}, ["onnxruntime"])
+    _written("drift_resnet50", bench_drift_resnet50(), {"inputs": 0, "weights": 0}, ["onnxruntime"])
+    _written("overhead", bench_overhead(), {"tensors": 0, "weights": 0}, ["onnxruntime"])
+    print("\n\n".join(paragraphs()))
+    write_readme(Path(__file__).resolve().parent.parent / "README.md")
     return 0
 
 
