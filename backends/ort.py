@@ -59,19 +59,29 @@ class OrtSession(Session):
 
     def _blocked_names(self, names) -> dict[str, tuple[str, int]]:
         """{tensor: (the blocked NCHWc output that holds it, its channels)} for the tensors ORT keeps only in
-        its NCHWc layout (a MaxPool or a Conv whose output only NCHWc kernels read): drift taps them through
-        a ReorderOutput of its own, after the kernel, so the kernels run as untapped."""
+        its NCHWc layout (a MaxPool, a Conv or a Conv+Add whose output only NCHWc kernels read): drift taps
+        them through a ReorderOutput of its own, after the kernel, so the kernels run as untapped."""
         import onnx
 
         from harness.onnx_graph import load
 
-        nodes = {node.name: node for node in self._optimized_graph().graph.node if node.domain == NCHWC_DOMAIN}
-        blocked = {n: nodes[name].output[0] for n in names
-                   for name in (n + NCHWC_SUFFIX, PRECISION_FREE_CAST + n + NCHWC_SUFFIX) if name in nodes}
+        deployed = load(self.graph)
+        # which tensor a node named after T outputs: T; but a Conv that later took in the Add after it (a 4th,
+        # Sum input) outputs that Add's sum, and one that took in its activation, a tensor the graph never names
+        adds = {i: node.output[0] for node in deployed.graph.node if node.op_type == "Add" for i in node.input}
+        holds = {}
+        for node in self._optimized_graph().graph.node:
+            if node.domain != NCHWC_DOMAIN or any(a.name == "activation" for a in node.attribute):
+                continue
+            named = node.name.removesuffix(NCHWC_SUFFIX).removeprefix(PRECISION_FREE_CAST)
+            fused_sum = node.op_type == "Conv" and len(node.input) > 3
+            if node.name.endswith(NCHWC_SUFFIX) and (not fused_sum or named in adds):
+                holds[adds[named] if fused_sum else named] = node.output[0]
+        blocked = {n: holds[n] for n in names if n in holds}
         if not blocked:
             return {}
         shapes = {v.name: v.type.tensor_type.shape.dim
-                  for v in onnx.shape_inference.infer_shapes(load(self.graph)).graph.value_info}
+                  for v in onnx.shape_inference.infer_shapes(deployed).graph.value_info}
         return {n: (output, shapes[n][1].dim_value) for n, output in blocked.items()
                 if n in shapes and len(shapes[n]) == 4 and shapes[n][1].dim_value > 0}
 
