@@ -58,10 +58,16 @@ def _memory(r: dict) -> str:
 
 def _workers(r: dict) -> str:
     one, two = statistics.median(r["workers_1_s"]), statistics.median(r["workers_2_s"])
+    decode, every = r["stage_costs"]["decode_s"], r["all_cpu_axes"]
     return (f"**Workers** ({r['model']}, {r['axes']} axis, {r['images']} photos, {r['cores']} cores): one worker "
             f"{one:.0f} s, two {two:.0f} s (x{r['speedup_2_over_1']:.2f}, same rows: {r['same_rows']}); a "
             f"worker's fixed cost (start-up and metrics, 8 images) {r['fixed_s']:.0f} s, the merging worker "
-            f"{r['merge_seconds']:.1f} s.")
+            f"{r['merge_seconds']:.1f} s. One image's stages on one core: decoding "
+            f"{min(decode.values()) * 1000:.1f} to {max(decode.values()) * 1000:.1f} ms "
+            f"({statistics.mean(decode.values()) * 1000:.1f} ms on average over the {len(decode)} decoders), resize "
+            f"and crop {r['stage_costs']['resize_s'] * 1000:.1f} ms; every CPU axis ({every['axes']}: "
+            f"{every['variants']} variants) does per image " + ", ".join(
+                f"{count:.0f} {name}" for name, count in every["per_image"].items()) + ".")
 
 
 def _drift(r: dict) -> str:
