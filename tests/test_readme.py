@@ -91,3 +91,21 @@ def test_readme_sysnoise_table_is_current():
                           ("deeplabv3_tiny", "upsample"), ("deeplabv3_tiny", "ceil_mode"), ("simcc_tiny", "crop"),
                           ("yolact_tiny", "mask_paste"), ("yolact_tiny", "upsample"), ("yolact_tiny", "ceil_mode")):
         assert "*" in new[model, column], f"{model} {column} shows no significant change: {new[model, column]}"
+
+
+def test_readme_bench_figures_are_rendered_from_the_committed_results():
+    """Every `make bench` figure in the README is benchmarks/figures.py's rendering of benchmarks/results/*.json:
+    a hand-edited figure, or results committed without their README block, fail here."""
+    import sys
+
+    sys.path.insert(0, str(README.parent / "benchmarks"))
+    try:
+        from figures import END, START, readme_block
+    finally:
+        sys.path.remove(str(README.parent / "benchmarks"))
+    text = README.read_text()
+    results = sorted(p.stem for p in (README.parent / "benchmarks" / "results").glob("*.json"))
+    assert results == ["drift", "drift_resnet50", "overhead", "sysnoise", "sysnoise_memory", "sysnoise_workers",
+                       "throughput"], results
+    block = text[text.index(START):text.index(END) + len(END)]
+    assert block == readme_block(), "README.md's bench figures are stale: `python benchmarks/figures.py --readme README.md`"
