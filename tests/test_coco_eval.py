@@ -130,3 +130,53 @@ def test_a_coco_files_crowd_regions_are_evaluated_as_pycocotools_reads_the_file(
         evaluator.evaluate(), evaluator.accumulate(), evaluator.summarize()
     assert ours["map"] == pytest.approx(evaluator.stats[0], abs=1e-12) == pytest.approx(1.0)
     assert ours["ap75"] == pytest.approx(evaluator.stats[2], abs=1e-12)
+
+
+def test_a_segmented_coco_files_crowd_masks_are_ignore_regions_as_pycocotools_reads_them(tmp_path):
+    """An instance set whose crowd region is an uncompressed RLE (as COCO stores crowds): mask AP of detections,
+    one on the object and one inside the crowd, equals pycocotools' `segm` evaluation of the file itself."""
+    from PIL import Image
+    from pycocotools import mask as coco_mask
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from harness.masks import InstanceDetections
+    from harness.metrics import instance_mask_evaluation
+
+    (tmp_path / "images").mkdir()
+    crowd = np.zeros((40, 40), np.uint8)
+    crowd[20:38, 20:38] = 1
+    runs, value, count = [], 0, 0
+    for pixel in crowd.flatten(order="F"):  # COCO's uncompressed RLE: column-major runs, zeros first
+        if pixel != value:
+            runs.append(count)
+            value, count = pixel, 0
+        count += 1
+    runs.append(count)
+    images, annotations = [], []
+    for k in range(2):
+        Image.new("RGB", (40, 40)).save(tmp_path / "images" / f"{k}.png")
+        images.append({"id": k + 1, "file_name": f"{k}.png", "width": 40, "height": 40})
+        annotations.append({"id": 2 * k + 1, "image_id": k + 1, "category_id": 1, "bbox": [2, 2, 10, 10], "area": 100,
+                            "iscrowd": 0, "segmentation": [[2, 2, 12, 2, 12, 12, 2, 12]]})
+        annotations.append({"id": 2 * k + 2, "image_id": k + 1, "category_id": 1, "bbox": [20, 20, 18, 18],
+                            "area": 324, "iscrowd": 1, "segmentation": {"size": [40, 40], "counts": runs}})
+    path = tmp_path / "instances.json"
+    path.write_text(json.dumps({"images": images, "annotations": annotations,
+                                "categories": [{"id": 1, "name": "thing"}]}))
+    data = load_coco(path)
+    assert data.task == "instances" and [len(s.crowd_masks) for s in data.samples] == [1, 1]
+    hit, inside = np.zeros((40, 40), np.uint8), np.zeros((40, 40), np.uint8)
+    hit[2:12, 2:12], inside[22:34, 22:34] = 1, 1
+    masks = tuple(coco_mask.encode(np.asfortranarray(m)) for m in (hit, inside))
+    predictions = [InstanceDetections(np.array([[2, 2, 12, 12], [22, 22, 34, 34]], np.float32),
+                                      np.array([0.6, 0.9], np.float32), np.array([0, 0]), masks) for _ in images]
+    ours = instance_mask_evaluation(data.samples, predictions, 1)[0]
+    results = [{"image_id": k + 1, "category_id": 1, "segmentation": {**m, "counts": m["counts"].decode()},
+                "score": float(s)} for k in range(2) for m, s in zip(masks, (0.6, 0.9))]
+    with contextlib.redirect_stdout(io.StringIO()):
+        truth = COCO(str(path))
+        evaluator = COCOeval(truth, truth.loadRes(results), "segm")
+        evaluator.evaluate(), evaluator.accumulate(), evaluator.summarize()
+    assert ours["mask_map"] == pytest.approx(evaluator.stats[0], abs=1e-12)
+    assert ours["mask_map"] > 0.9  # the detection inside the crowd is ignored, not a false positive above the hit
