@@ -2,7 +2,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint install clean readme
+.PHONY: demo test test-gpu bench lint install clean readme
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -17,6 +17,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n auto --dist worksteal --durations=25
+
+# exactly the GPU tests (CUDA, TensorRT: marked needs_device); each skips with its reason where its device is absent
+test-gpu: $(STAMP)
+	$(PY) -m pytest -q -rs -m needs_device
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py
