@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -55,7 +56,68 @@ class ExactSum:
         return math.fsum(self.partials) + self.special if self.special else math.fsum(self.partials)
 
 
-SUMS = ("sum_abs", "dot", "ref_sq", "cand_sq", "err_sq")
+SUMS = ("sum_abs", "ref_sq", "cand_sq", "err_sq")
+# values reduced per pass: the scratch buffers stay a few MB whatever the tensor, and a chunk's float32 sums
+# are short enough to stay accurate (each chunk's sum is added exactly)
+CHUNK = 1 << 20
+
+
+class _Scratch(threading.local):
+    """Float buffers reused across updates, per thread: a fresh array for every tensor costs its page
+    faults, which took longer than the arithmetic on it. And this thread's float16 converter."""
+
+    def __init__(self):
+        self.buffers: dict = {}
+        self.half_to_float = None
+
+
+_SCRATCH = _Scratch()
+
+
+def _scratch(dtype, index: int, size: int) -> np.ndarray:
+    key = (np.dtype(dtype), index)
+    buffer = _SCRATCH.buffers.get(key)
+    if buffer is None or buffer.size < size:
+        buffer = _SCRATCH.buffers[key] = np.empty(max(size, CHUNK), dtype)
+    return buffer[:size]
+
+
+class _HalfToFloat:
+    """float16 to float32 by ONNX Runtime's Cast, on one thread, into the caller's buffer. numpy (2.4)
+    converts float16 without SIMD, 100x slower (27 ms for 3.2 M values, most of drift's statistics time);
+    torch converts as fast, but wakes an OpenMP pool whose spinning threads made the reductions around it
+    three times slower."""
+
+    def __init__(self):
+        import onnxruntime as ort
+        from onnx import TensorProto, helper
+
+        graph = helper.make_graph([helper.make_node("Cast", ["half"], ["float"], to=TensorProto.FLOAT)], "cast",
+                                  [helper.make_tensor_value_info("half", TensorProto.FLOAT16, ["n"])],
+                                  [helper.make_tensor_value_info("float", TensorProto.FLOAT, ["n"])])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        self.binding = self.session.io_binding()
+
+    def __call__(self, half: np.ndarray, out: np.ndarray) -> None:
+        self.binding.bind_cpu_input("half", np.ascontiguousarray(half))
+        self.binding.bind_output("float", "cpu", 0, np.float32, out.shape, out.ctypes.data)
+        self.session.run_with_iobinding(self.binding)
+
+
+def _converted(values: np.ndarray, kind, index: int) -> np.ndarray:
+    """values as `kind`: themselves when they are already, else a copy into scratch buffer `index`."""
+    if values.dtype == kind:
+        return values
+    out = _scratch(kind, index, values.size)
+    if values.dtype == np.float16 and kind == np.float32:
+        _SCRATCH.half_to_float = _SCRATCH.half_to_float or _HalfToFloat()
+        _SCRATCH.half_to_float(values, out)
+    else:
+        np.copyto(out, values, casting="unsafe")
+    return out
 
 
 @dataclass
@@ -72,44 +134,50 @@ class OutputStats:
     sums: dict = field(default_factory=lambda: {name: ExactSum() for name in SUMS})
 
     sum_abs = property(lambda self: self.sums["sum_abs"].value)
-    dot = property(lambda self: self.sums["dot"].value)
     ref_sq = property(lambda self: self.sums["ref_sq"].value)
     cand_sq = property(lambda self: self.sums["cand_sq"].value)
     err_sq = property(lambda self: self.sums["err_sq"].value)
 
     def update(self, reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray]) -> None:
-        sums = self.sums
         for name, ref in reference.items():
-            # float32 arithmetic for float32/float16 data (float64 where an input is float64): per-tensor
-            # stream reductions over millions of values are memory-bound, and float32 sums keep SNR to
-            # well under 0.01 dB; the running totals are exact. Each array is converted once.
-            kind = np.float64 if np.result_type(ref, candidate[name]) == np.float64 else np.float32
-            ref = np.asarray(ref, kind).ravel()
-            cand = np.asarray(candidate[name], kind).ravel()
-            if ref.shape != cand.shape:
-                raise ValueError(f"output {name!r}: candidate shape {candidate[name].shape} "
-                                 f"!= reference {reference[name].shape}")
+            ref, cand = np.asarray(ref), np.asarray(candidate[name])
+            if ref.size != cand.size:
+                raise ValueError(f"output {name!r}: candidate shape {cand.shape} != reference {ref.shape}")
             if not ref.size:
                 continue
-            error = cand - ref
-            # the dot products first: when they are finite, so is every value, and the pass that masks
-            # non-finite values is skipped (these reductions are memory-bound: each pass saved counts)
-            products = (float(ref @ cand), float(ref @ ref), float(cand @ cand), float(error @ error))
-            if not all(math.isfinite(v) for v in products):
-                finite = np.isfinite(cand)
-                self.nonfinite += int((~finite).sum())
-                cand = np.where(finite, cand, 0.0)
-                error = cand - ref
-                products = (float(ref @ cand), float(ref @ ref), float(cand @ cand), float(error @ error))
-            magnitude = np.abs(error, out=error)
-            worst = float(magnitude.max())
-            self.max_abs = max(self.max_abs, worst)
-            sums["sum_abs"].add(float(magnitude.sum(dtype=np.float64)))
-            self.count += error.size
-            for key, value in zip(("dot", "ref_sq", "cand_sq", "err_sq"), products):
-                sums[key].add(value)
-            self.ref_max_abs = max(self.ref_max_abs, float(ref.max()), -float(ref.min()))
+            # float32 arithmetic for float32/float16 data (float64 where an input is float64): per-tensor
+            # stream reductions over millions of values are memory-bound, and float32 sums over a chunk keep
+            # SNR to well under 0.01 dB; the running totals are exact
+            kind = np.float64 if np.result_type(ref, cand) == np.float64 else np.float32
+            ref, cand = ref.reshape(-1), cand.reshape(-1)
+            worst = 0.0
+            for start in range(0, ref.size, CHUNK):
+                part = slice(start, start + CHUNK)
+                worst = max(worst, self._add_chunk(_converted(ref[part], kind, 0), _converted(cand[part], kind, 1)))
+            self.count += ref.size
             self.per_output[name] = max(self.per_output.get(name, 0.0), worst)
+
+    def _add_chunk(self, ref: np.ndarray, cand: np.ndarray) -> float:
+        """Adds one chunk's sums; returns its max abs error."""
+        error = np.subtract(cand, ref, out=_scratch(ref.dtype, 2, ref.size))
+        # the squared norms first: when they are finite, so is every value, and the pass that masks
+        # non-finite values is skipped (these reductions are memory-bound: each pass saved counts)
+        products = (float(ref @ ref), float(cand @ cand), float(error @ error))
+        if not all(math.isfinite(v) for v in products):
+            finite = np.isfinite(cand)
+            self.nonfinite += int((~finite).sum())
+            cand = np.where(finite, cand, 0.0)
+            error = cand - ref
+            products = (float(ref @ ref), float(cand @ cand), float(error @ error))
+        magnitude = np.abs(error, out=error)
+        sums = self.sums
+        sums["sum_abs"].add(float(magnitude.sum()))  # numpy's pairwise sum: float32 loses < 1e-6 here
+        for key, value in zip(("ref_sq", "cand_sq", "err_sq"), products):
+            sums[key].add(value)
+        self.ref_max_abs = max(self.ref_max_abs, float(ref.max()), -float(ref.min()))
+        worst = float(magnitude.max())
+        self.max_abs = max(self.max_abs, worst)
+        return worst
 
     def merge(self, other: OutputStats) -> None:
         """Adds the statistics of other samples (another worker's shard)."""
@@ -124,7 +192,11 @@ class OutputStats:
 
     def to_json(self) -> dict:
         denom = np.sqrt(self.ref_sq * self.cand_sq)
-        cosine = float(min(1.0, self.dot / denom)) if denom > 0 else (1.0 if self.ref_sq == self.cand_sq else 0.0)
+        # the dot product from the error's norm (|c - r|^2 = |c|^2 + |r|^2 - 2 r.c): a float32 r.c is off by
+        # ~1e-6 relative, as much as 1 - cosine itself between a tensor and its FP16 copy; the error's norm has
+        # no such cancellation, and the norms' own rounding cancels to first order in the quotient
+        dot = (self.ref_sq + self.cand_sq - self.err_sq) / 2
+        cosine = float(np.clip(dot / denom, -1.0, 1.0)) if denom > 0 else (1.0 if self.ref_sq == self.cand_sq else 0.0)
         return {"max_abs": self.max_abs, "mean_abs": self.sum_abs / max(self.count, 1), "cosine": cosine,
                 "rel_l2": self.rel_l2, "snr_db": self.snr_db, "nonfinite": self.nonfinite,
                 "max_abs_per_output": dict(self.per_output)}
