@@ -23,7 +23,7 @@ test-gpu: $(STAMP)
 	$(PY) -m pytest -q -rs -m needs_device
 
 bench: $(STAMP)
-	$(PY) benchmarks/run.py
+	$(PY) benchmarks/run.py $(BENCH)
 
 readme: $(STAMP)
 	$(VENV)/bin/harness zoo sysnoise-table --readme README.md

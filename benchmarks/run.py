@@ -168,27 +168,37 @@ def _written(name: str, result: dict, seeds: dict, backends: list[str]) -> None:
     print(f"wrote {RESULTS / name}.json", flush=True)
 
 
-def main() -> int:
-    """Every benchmark, each written to benchmarks/results/ as it finishes; then the figures, printed and put
-    into the README (benchmarks/figures.py renders them from the files alone)."""
+def main(names: list[str]) -> int:
+    """The benchmarks named (every one when none is), each written to benchmarks/results/ as it finishes;
+    then the figures, printed and put into the README (benchmarks/figures.py renders them from the files
+    alone, so a benchmark not rerun keeps its last result)."""
     from drift_bench import bench_drift, bench_drift_resnet50
     from figures import paragraphs, write_readme
     from sysnoise_bench import bench_sweep
     from sysnoise_memory_bench import bench_memory
     from sysnoise_workers_bench import bench_workers
 
+    benches = {  # name: (run, seeds, backends)
+        "throughput": (bench_throughput, {"tensors": 0}, []),
+        "sysnoise": (bench_sweep, {"bootstrap": 0}, ["onnxruntime"]),
+        "sysnoise_memory": (bench_memory, {"photos": 0}, ["onnxruntime", "torch"]),
+        "sysnoise_workers": (bench_workers, {"photos": 0}, ["onnxruntime", "torch"]),
+        "drift": (bench_drift, {"inputs": 0, "weights": 0}, ["onnxruntime"]),
+        "drift_resnet50": (bench_drift_resnet50, {"inputs": 0, "weights": 0}, ["onnxruntime"]),
+        "overhead": (bench_overhead, {"tensors": 0, "weights": 0}, ["onnxruntime"]),
+    }
+    unknown = sorted(set(names) - set(benches))
+    if unknown:
+        print(f"no benchmark named {', '.join(unknown)} (there are: {', '.join(benches)})", file=sys.stderr)
+        return 2
     RESULTS.mkdir(parents=True, exist_ok=True)
-    _written("throughput", bench_throughput(), {"tensors": 0}, [])
-    _written("sysnoise", bench_sweep(), {"bootstrap": 0}, ["onnxruntime"])
-    _written("sysnoise_memory", bench_memory(), {"photos": 0}, ["onnxruntime", "torch"])
-    _written("sysnoise_workers", bench_workers(), {"photos": 0}, ["onnxruntime", "torch"])
-    _written("drift", bench_drift(), {"inputs": 0, "weights": 0}, ["onnxruntime"])
-    _written("drift_resnet50", bench_drift_resnet50(), {"inputs": 0, "weights": 0}, ["onnxruntime"])
-    _written("overhead", bench_overhead(), {"tensors": 0, "weights": 0}, ["onnxruntime"])
+    for name in names or benches:
+        run, seeds, backends = benches[name]
+        _written(name, run(), seeds, backends)
     print("\n\n".join(paragraphs()))
     write_readme(Path(__file__).resolve().parent.parent / "README.md")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))
