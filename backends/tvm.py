@@ -5,8 +5,13 @@ converted graph ONNX Runtime runs. Relax's own mixed-precision pass (`relax.tran
 was tried first and rejected: on TVM 0.27 it fails on any graph whose ONNX Clip the frontend lowers to
 `call_tir` (ReLU6 in MobileNetV2: "Expected TensorType, but got R.Callable"). The compiled library is
 cached by content hash (`export_library`), so a second run does not recompile.
-The default CPU pipeline applies no tuned schedules: TVM is a correctness backend here, not a fast one
-(MetaSchedule tuning crashes on this version; shared/BACKEND-NOTES.md).
+The default CPU pipeline applies no tuned schedules: TVM is a correctness backend here, not a fast one.
+No tuning option is offered because MetaSchedule cannot run on apache-tvm 0.27.0.post1 (tried in a
+subprocess, 2026-11-30): a TuneContext with the default LLVM mutators segfaults in tvm::ffi::ToJSONGraph
+(MutateComputeLocation and MutateParallel each alone do; MutateTileSize and MutateUnroll do not), and with
+only those two, or with the replay-trace strategy, the task scheduler segfaults at "Initializing Task #0",
+on a 128x128 matmul as on a whole model. Untuned TVM stays out of compare's default set where it would be
+slow (harness.compare.defaults).
 """
 from __future__ import annotations
 
