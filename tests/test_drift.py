@@ -298,6 +298,37 @@ def test_default_drift_on_ort_fp16_observes_the_tensors_ort_computes_without_per
         assert rows[name]["observable"] and rows[name]["max_abs"] == pytest.approx(error, rel=1e-6, abs=1e-9)
 
 
+@pytest.mark.parametrize("model", ["resnet_tiny", "fcos_tiny"])
+def test_default_drift_on_openvino_fp16_reads_its_taps_without_changing_what_it_computes(model):
+    """OpenVINO keeps a node that feeds a Result at f32, so a tap added as a plain output changed what a bf16
+    model computes (resnet_tiny's logits moved by 0.022 with every kernel tapped). Taps are read through a
+    Convert to the precision the model runs in, and a tap that still changes the computation (a Conv output
+    the next Conv adds in place) is found by halving the tap set and left unobserved, with how much it moves
+    the outputs. What is observed is then the deployed computation: the outputs exactly as untapped."""
+    spec = resolve_model(model)
+    data = embedded_benchmark(spec.task).limit(8)
+    report = drift_report(spec, "openvino", "cpu", "fp16", data, batch_size=4, progress=False)
+    assert report["taps_perturb"]["ok"] and report["taps_perturb"]["max_abs"] == 0.0
+    candidate = get_backend("openvino").load(export(spec), "cpu", "fp16")
+    kinds = {node.output[0]: node.op_type for node in onnx.load(str(export(spec).onnx_path)).graph.node}
+    moved = [u["tensor"] for u in report["unobservable"] if u["reason"].startswith("tapping it changes")]
+    fused = [u["tensor"] for u in report["unobservable"] if "fused inside an OpenVINO kernel" in u["reason"]]
+    assert len(moved) + len(fused) == len(report["unobservable"])
+    assert report["observed_tensors"] == report["graph_tensors"] - len(report["unobservable"])
+    assert not any(kinds[name] == "Relu" for name in moved)  # read through the Convert, a Relu's tap is exact
+    feeds = {export(spec).input_name: next(iter_batches(data, spec.profile, 4, [])).tensor}
+    plain = candidate.run(feeds)
+    for name in moved:  # each, tapped alone, does move the outputs
+        tapped = candidate.run(feeds, taps=[name], tap_method="kernel-boundary")
+        assert max(float(np.abs(tapped[o] - plain[o]).max()) for o in candidate.output_names) > 0, name
+    observed = [row["tensor"] for row in report["ops"] if row["observable"]]
+    tapped = candidate.run(feeds, taps=observed, tap_method="kernel-boundary")
+    assert all(np.array_equal(tapped[o], plain[o]) for o in candidate.output_names)
+    if candidate.precision_effective == "bf16":  # each tap holds bf16 values, widened exactly
+        assert all(not (tapped[name].view(np.uint32) & 0xFFFF).any() for name in observed
+                   if name not in candidate.output_names)
+
+
 def test_a_tiny_memory_budget_gives_the_statistics_of_a_large_one():
     """A budget below one sample's taps runs each batch of 8 through the taps one sample at a time: the same
     tensors are observed, with the same largest errors (exactly: on one thread ORT computes each sample alike
