@@ -1,19 +1,46 @@
-"""PyTorch eager: the training system, hence the reference. CUDA FP32 runs with TF32 off, since TF32 is
-itself a deployment noise; CUDA FP16/BF16 are torch.autocast."""
+"""PyTorch eager: the training system, hence the reference. CUDA FP32 runs with TF32 off and cuDNN's
+deterministic algorithms, since TF32 and benchmark-selected algorithms are themselves deployment noise
+(the sweep's `tf32` and `cudnn` axes switch them on); CUDA FP16/BF16 are torch.autocast; `compile` runs
+the module through torch.compile (inductor) instead of eagerly."""
 from __future__ import annotations
+
+from contextlib import contextmanager
 
 from harness.backends import Backend, Session
 
-
 AUTOCAST = {"fp16": "float16", "bf16": "bfloat16"}
+# CUDA numerics a deployment may switch on, each a load option (and a sweep axis); the first is the default
+CUDNN_MODES = ("deterministic", "benchmark")
+COMPILE_MODES = ("default", "max-autotune")
 
 
 class TorchSession(Session):
     tap_methods = ("forward-hooks",)
 
-    def __init__(self, module, device, precision, input_names, output_names, exported=None):
+    def __init__(self, module, device, precision, input_names, output_names, exported=None, tf32: bool = False,
+                 cudnn: str = CUDNN_MODES[0]):
         super().__init__("torch", device, precision, input_names, output_names)
         self.module, self.exported = module, exported
+        self.tf32, self.cudnn = tf32, cudnn
+        self.compiled = hasattr(module, "_orig_mod")  # torch.compile's OptimizedModule
+
+    @contextmanager
+    def _cuda_numerics(self):
+        """This session's TF32 and cuDNN settings around one run: torch keeps them process-wide, and a sweep
+        holds the baseline's session beside the variant's."""
+        import torch
+
+        if self.device != "cuda":
+            yield
+            return
+        matmul = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = self.tf32
+        try:
+            with torch.backends.cudnn.flags(enabled=True, benchmark=self.cudnn == "benchmark",
+                                            deterministic=self.cudnn == "deterministic", allow_tf32=self.tf32):
+                yield
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = matmul
 
     def module_outputs(self) -> dict[str, str]:
         """{ONNX tensor: torch module path} for the tensors a forward hook sees: a module's output is the
@@ -34,6 +61,9 @@ class TorchSession(Session):
         return {tensor: path for path, tensor in last.items()}
 
     def _tappable(self, names, method):
+        if self.compiled:
+            return [], {n: "the module runs torch.compile'd: a forward hook would change the graph it compiles"
+                        for n in names}
         present = self.module_outputs()
         why = "inside a torch module: forward hooks see module outputs only (aligned by the export's name map)"
         return [n for n in names if n in present], {n: why for n in names if n not in present}
@@ -84,8 +114,8 @@ class TorchSession(Session):
 
         (array,) = feeds.values()
         autocast = AUTOCAST.get(self.precision)
-        with torch.inference_mode(), torch.autocast(self.device, dtype=getattr(torch, autocast or "float32"),
-                                                    enabled=autocast is not None):
+        with torch.inference_mode(), self._cuda_numerics(), \
+                torch.autocast(self.device, dtype=getattr(torch, autocast or "float32"), enabled=autocast is not None):
             result = self.module(torch.from_numpy(array).to(self.device))
         if not isinstance(result, (tuple, list)):
             result = (result,)
@@ -97,6 +127,7 @@ class TorchBackend(Backend):
     aliases = ("pytorch",)
     package = "torch"
     declared = {"cpu": ("fp32",), "cuda": ("fp32", "fp16", "bf16")}
+    load_options = ("tf32", "cudnn", "compile")
 
     def devices(self) -> list[str]:
         from harness.backends import nvidia_gpu_present
@@ -107,17 +138,23 @@ class TorchBackend(Backend):
 
         return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
-    def _load(self, model, device, precision, threads, **options) -> Session:
+    def _load(self, model, device, precision, threads, tf32: bool = False, cudnn: str = CUDNN_MODES[0],
+              compile: str | None = None, **options) -> Session:
         import torch
 
-        if not model.spec.has_torch:
-            from harness.errors import BackendUnavailable
+        from harness.errors import BackendUnavailable, UsageError
 
+        if not model.spec.has_torch:
             raise BackendUnavailable(f"torch: {model.spec.name} is an ONNX file, there is no torch model to run")
+        if device != "cuda" and (tf32 or cudnn != CUDNN_MODES[0] or compile):
+            raise UsageError(f"torch: tf32, cudnn and compile are options of the CUDA device, not of {device}")
+        if cudnn not in CUDNN_MODES or compile not in (None, *COMPILE_MODES):
+            raise UsageError(f"torch: cudnn is one of {', '.join(CUDNN_MODES)} (got {cudnn!r}); compile one of "
+                             f"{', '.join(COMPILE_MODES)} (got {compile!r})")
         if threads:
             torch.set_num_threads(threads)
-        if device == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = False
-            torch.backends.cudnn.allow_tf32 = False
         module = model.spec.load_torch().to(device)
-        return TorchSession(module, device, precision, [model.input_name], model.output_names, model)
+        if compile:
+            module = torch.compile(module, mode=compile)
+        return TorchSession(module, device, precision, [model.input_name], model.output_names, model,
+                            tf32=bool(tf32), cudnn=cudnn)

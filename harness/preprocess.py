@@ -19,6 +19,7 @@ from PIL import Image, UnidentifiedImageError
 from harness.errors import SampleError
 from harness.profile import Profile
 from harness.plugins import lookup
+from harness.yuv import YUV_MATRICES, yuv420_roundtrip
 
 # An explicit pixel budget, checked on the header before any decoder allocates: a 167-byte PNG can claim
 # 30000x30000. 100 MP is above any camera's still; HARNESS_MAX_PIXELS raises it for a dataset that needs it.
@@ -107,8 +108,25 @@ def decode_pil_draft(data: bytes) -> np.ndarray:
         return _to_rgb(image)
 
 
+def decode_nvjpeg(data: bytes) -> np.ndarray:
+    """nvJPEG on the GPU (torchvision.io.decode_jpeg with device="cuda"), as GPU inference servers decode
+    (DALI, Triton's image pipelines); JPEG only."""
+    import warnings
+
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torchvision 0.29 marks its decoders deprecated; they still work
+        tensor = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB,
+                             device="cuda")
+    return tensor.permute(1, 2, 0).cpu().numpy()
+
+
 DECODERS = {"pil": decode_pil, "opencv": decode_opencv, "torchvision": decode_torchvision,
-            "ffmpeg": decode_ffmpeg, "simplejpeg-fast": decode_simplejpeg_fast, "pil-draft-2": decode_pil_draft}
+            "ffmpeg": decode_ffmpeg, "simplejpeg-fast": decode_simplejpeg_fast, "pil-draft-2": decode_pil_draft,
+            "nvjpeg": decode_nvjpeg}
+CUDA_DECODERS = ("nvjpeg",)  # offered as sweep variants only where CUDA is (harness.noise.cuda_missing)
 
 
 def _pil_resizer(method: int):
@@ -153,58 +171,6 @@ RESIZERS = {
     "torch-bicubic": _torch_resizer("bicubic", False),
     "torch-bicubic-aa": _torch_resizer("bicubic", True),
 }
-
-# (Kr, Kb) of the luma equation Y = Kr R + (1 - Kr - Kb) G + Kb B
-YUV_MATRICES = {"bt601": (0.299, 0.114), "bt709": (0.2126, 0.0722)}
-
-
-def _pack_420(y: np.ndarray, cb: np.ndarray, cr: np.ndarray, layout: str) -> bytes:
-    """I420: Y plane, Cb plane, Cr plane. NV12: Y plane, then Cb/Cr interleaved."""
-    chroma = np.concatenate([cb.ravel(), cr.ravel()]) if layout == "i420" else np.stack([cb, cr], -1).ravel()
-    return np.concatenate([y.ravel(), chroma]).astype(np.uint8).tobytes()
-
-
-def _unpack_420(buffer: bytes, height: int, width: int, layout: str):
-    data = np.frombuffer(buffer, np.uint8)
-    y = data[:height * width].reshape(height, width)
-    chroma = data[height * width:]
-    ch, cw = height // 2, width // 2
-    if layout == "i420":
-        cb, cr = chroma[:ch * cw].reshape(ch, cw), chroma[ch * cw:].reshape(ch, cw)
-    else:
-        cb, cr = chroma.reshape(ch, cw, 2)[..., 0], chroma.reshape(ch, cw, 2)[..., 1]
-    return y, cb, cr
-
-
-def yuv420_roundtrip(rgb: np.ndarray, matrix: str, full_range: bool, layout: str) -> np.ndarray:
-    """RGB -> 8-bit Y'CbCr 4:2:0 in an I420 or NV12 buffer -> RGB, as a camera ISP or a video decoder hands
-    frames over. Chroma is the mean of each 2x2 block and is repeated back (no interpolation filter)."""
-    kr, kb = YUV_MATRICES[matrix]
-    kg = 1.0 - kr - kb
-    height, width = rgb.shape[:2]
-    even = np.pad(rgb, ((0, height % 2), (0, width % 2), (0, 0)), mode="edge").astype(np.float64)
-    r, g, b = even[..., 0], even[..., 1], even[..., 2]
-    y = kr * r + kg * g + kb * b
-    cb, cr = (b - y) / (2 * (1 - kb)), (r - y) / (2 * (1 - kr))
-    if full_range:
-        y8, cb8, cr8 = y, cb + 128, cr + 128
-    else:  # limited (studio) range: Y in 16..235, chroma in 16..240
-        y8, cb8, cr8 = 16 + y * 219 / 255, 128 + cb * 224 / 255, 128 + cr * 224 / 255
-    h2, w2 = y8.shape
-    cb8, cr8 = (p.reshape(h2 // 2, 2, w2 // 2, 2).mean(axis=(1, 3)) for p in (cb8, cr8))
-    planes = [np.clip(np.round(p), 0, 255) for p in (y8, cb8, cr8)]
-    y8, cb8, cr8 = (p.astype(np.float64) for p in _unpack_420(_pack_420(*planes, layout), h2, w2, layout))
-    cb8, cr8 = (np.repeat(np.repeat(p, 2, axis=0), 2, axis=1) for p in (cb8, cr8))
-    if full_range:
-        y, cb, cr = y8, cb8 - 128, cr8 - 128
-    else:
-        y, cb, cr = (y8 - 16) * 255 / 219, (cb8 - 128) * 255 / 224, (cr8 - 128) * 255 / 224
-    r = y + 2 * (1 - kr) * cr
-    b = y + 2 * (1 - kb) * cb
-    g = (y - kr * r - kb * b) / kg
-    out = np.clip(np.round(np.stack([r, g, b], axis=-1)), 0, 255).astype(np.uint8)
-    return np.ascontiguousarray(out[:height, :width])
-
 
 COLORS = {
     "rgb": lambda rgb: rgb,

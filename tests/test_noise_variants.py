@@ -7,7 +7,8 @@ from PIL import Image
 
 from harness.data import embedded_benchmark
 from harness.errors import SampleError
-from harness.preprocess import COLORS, DECODERS, RESIZERS, _pack_420, decode
+from harness.preprocess import COLORS, CUDA_DECODERS, DECODERS, RESIZERS, decode
+from harness.yuv import _pack_420
 
 
 def test_yuv420_bt601_full_range_matches_the_formulas_on_a_known_pixel():
@@ -118,7 +119,8 @@ def _encoded(fmt: str, **options) -> bytes:
     return buffer.getvalue()
 
 
-@pytest.mark.parametrize("name", sorted(DECODERS))
+@pytest.mark.parametrize("name", [pytest.param(name, marks=pytest.mark.needs_device("torch", "cuda"))
+                                  if name in CUDA_DECODERS else name for name in sorted(DECODERS)])
 def test_every_decoder_fails_one_sample_with_the_same_contract(name):
     """Garbage, a PNG, a truncated JPEG and zero bytes: each decoder either decodes (uint8 HxWx3 at the
     header's size) or raises SampleError naming what is wrong, never its own exception type; and a failure

@@ -91,10 +91,12 @@ def sysnoise(
 
 
 def _print_axes(console, spec, graph_backend: str) -> None:
-    from harness.noise import AXES
+    from harness.noise import AXES, unavailable
 
     for axis in AXES.values():
         names = ", ".join(v.name for v in axis.variants(spec, graph_backend))
+        missing = unavailable(axis.name, spec)
+        names += f"{'; ' if names else ''}unavailable here: {missing}" if missing else ""
         console.print(f"[bold]{axis.name}[/] ({axis.stage}): {axis.description}\n  {escape(names)}", highlight=False)
 
 

@@ -25,6 +25,7 @@ class Variant:
     profile: dict = field(default_factory=dict)     # Profile field changes (pre/post stages)
     target: Placement | None = None                 # where a model-stage variant runs the model
     graph: dict = field(default_factory=dict)       # ONNX rewrite (harness.noise.graph.rewrite kwargs)
+    options: dict = field(default_factory=dict)     # backend load options (the CUDA numerics of torch)
     baseline: str = "reference"                     # reference | same-backend-fp32 | unrewritten-graph
     note: str = ""
 
@@ -39,11 +40,24 @@ class Axis:
         return VARIANT_BUILDERS[self.name](spec, graph_backend) + USER_VARIANTS.get(self.name, [])
 
 
+def cuda_missing() -> str | None:
+    """Why this machine cannot run the GPU variants (None: it can): no NVIDIA GPU, or a torch without CUDA."""
+    from harness.backends import nvidia_gpu_present
+
+    if not nvidia_gpu_present():
+        return "no NVIDIA GPU on this machine"
+    import torch
+
+    return None if torch.cuda.is_available() else f"torch {torch.__version__} cannot use the GPU (no CUDA build)"
+
+
 def _profile_axis(field_name: str, registry_name: str):
     def build(spec, graph_backend):
         from harness import preprocess
 
         registry = getattr(preprocess, registry_name)
+        if field_name == "decoder" and cuda_missing():
+            registry = {name: f for name, f in registry.items() if name not in preprocess.CUDA_DECODERS}
         if field_name == "resize" and spec.profile.geometry == "topdown":  # a crop is warped, not resized
             from harness.topdown import WARPS as registry
         reference = getattr(spec.profile, field_name)
@@ -76,17 +90,54 @@ def _backend_variants(spec, graph_backend):
 
 
 def _precision_variants(spec, graph_backend):
+    """Each backend's lower precisions against it at FP32: on the CPU, and on the GPU where there is one
+    (NAME-cuda-PRECISION; torch's are autocast)."""
     from harness.backends import registry
 
     variants = []
     for backend in registry().values():
-        if not backend.available()[0] or "cpu" not in backend.devices():
+        if not backend.available()[0]:
             continue
-        for precision in backend.precisions("cpu"):
-            if precision != "fp32" and not (backend.name == "tvm" and precision == "fp16"):
-                variants.append(Variant(f"{backend.name}-{precision}", target=Placement(backend.name, "cpu", precision),
-                                        baseline="same-backend-fp32"))
+        devices = backend.devices()
+        for device in ("cpu", "cuda"):
+            if device not in devices or (backend.name == "torch" and not spec.has_torch):
+                continue
+            for precision in backend.precisions(device):
+                if precision != "fp32" and not (backend.name == "tvm" and precision == "fp16"):
+                    name = f"{backend.name}-{precision}" if device == "cpu" else f"{backend.name}-{device}-{precision}"
+                    variants.append(Variant(name, target=Placement(backend.name, device, precision),
+                                            baseline="same-backend-fp32"))
     return variants
+
+
+# the CUDA numerics of the torch backend (backends.pytorch), each against torch CUDA FP32 with TF32 off and
+# cuDNN deterministic: {axis: [(variant, load options)]}
+CUDA_NUMERICS = {"tf32": [("on", {"tf32": True})],
+                 "cudnn": [("benchmark", {"cudnn": "benchmark"})],
+                 "compile": [("default", {"compile": "default"}), ("max-autotune", {"compile": "max-autotune"})]}
+
+
+def _cuda_numerics(axis: str):
+    def build(spec, graph_backend):
+        if cuda_missing() or not spec.has_torch:
+            return []
+        return [Variant(name, target=Placement("torch", "cuda", "fp32"), options=options, baseline="same-backend-fp32")
+                for name, options in CUDA_NUMERICS[axis]]
+    return build
+
+
+def unavailable(axis: str, spec) -> str | None:
+    """Why an axis offers no (or not every) variant on this machine, for --list-axes; None: it offers all."""
+    from harness.preprocess import CUDA_DECODERS
+
+    missing = cuda_missing()
+    if axis in CUDA_NUMERICS:
+        return missing or (None if spec.has_torch else f"{spec.name} is an ONNX file: there is no torch model")
+    if axis == "decoder" and missing:
+        return f"{', '.join(CUDA_DECODERS)}: {missing}"
+    if axis == "precision" and missing:
+        return f"GPU precisions (torch CUDA autocast fp16/bf16, other backends' CUDA precisions): {missing}"
+    return None
 
 
 def _ceil_variants(spec, graph_backend):
@@ -103,6 +154,7 @@ def _upsample_variants(spec, graph_backend):
 
 
 VARIANT_BUILDERS = {
+    **{axis: _cuda_numerics(axis) for axis in CUDA_NUMERICS},
     "decoder": _profile_axis("decoder", "DECODERS"),
     "resize": _profile_axis("resize", "RESIZERS"),
     "color": _color_variants,
@@ -113,16 +165,22 @@ VARIANT_BUILDERS = {
 }
 AXES = {
     "decoder": Axis("decoder", "pre", "JPEG decoder: Pillow, OpenCV, torchvision, FFmpeg, libjpeg-turbo fast "
-                                      "IDCT + plain upsampling, DCT-domain 1/2 reduced decoding"),
+                                      "IDCT + plain upsampling, DCT-domain 1/2 reduced decoding, nvJPEG on the GPU"),
     "resize": Axis("resize", "pre", "interpolation of the resize (geometry fixed: shorter side, centre crop), or of a "
                                     "top-down crop's warp"),
     "color": Axis("color", "pre", "channel order and YUV 4:2:0 round trips (BT.601/709, full/limited, I420/NV12), "
                                   "at decode (full resolution, as a camera or video decoder) and, NAME@model-input, "
                                   "after the resize"),
-    "precision": Axis("precision", "model", "FP16/BF16/INT8 on each backend, against that backend at FP32"),
+    "precision": Axis("precision", "model", "FP16/BF16/INT8 on each backend (CPU, and GPU where there is one; "
+                                          "torch CUDA by autocast), against that backend at FP32"),
     "backend": Axis("backend", "model", "every installed backend at FP32, against the reference"),
     "ceil_mode": Axis("ceil_mode", "model", "pooling ceil mode flipped in the exported graph"),
     "upsample": Axis("upsample", "model", "Resize mode and coordinate transformation rewritten in the graph"),
+    "tf32": Axis("tf32", "model", "GPU: TF32 matrix multiplies and convolutions on torch CUDA, against TF32 off"),
+    "cudnn": Axis("cudnn", "model", "GPU: cuDNN's benchmark-selected algorithms on torch CUDA, against its "
+                                    "deterministic ones"),
+    "compile": Axis("compile", "model", "GPU: torch.compile (inductor; default and max-autotune modes) on torch "
+                                        "CUDA, against eager; only when named in --axes"),
 }
 
 
@@ -148,9 +206,13 @@ def add_user_variant(text: str) -> None:
                                                       note="user variant"))
 
 
+# named in --axes only: torch.compile's max-autotune mode compiles for minutes, which no one asked to wait for
+NOT_DEFAULT = ("compile",)
+
+
 def get_axes(names: str | None) -> list[Axis]:
     if names is None:
-        return [AXES[name] for name in AXES]
+        return [AXES[name] for name in AXES if name not in NOT_DEFAULT]
     axes = []
     for name in (n.strip() for n in names.split(",") if n.strip()):
         if name not in AXES:

@@ -43,9 +43,9 @@ def variant_configs(variant: Variant, reference: ModelConfig) -> tuple[ModelConf
     """(variant's model configuration, its baseline's)."""
     if variant.target is None:
         return reference, reference
-    where = variant.target
+    where, options = variant.target, tuple(sorted(variant.options.items()))  # load options: the variant's alone
     if variant.baseline == "same-backend-fp32":
-        return ModelConfig.at(where), ModelConfig.at(where.with_precision("fp32"))
+        return ModelConfig.at(where, options=options), ModelConfig.at(where.with_precision("fp32"))
     if variant.baseline == "unrewritten-graph":
         return ModelConfig.at(where, tuple(sorted(variant.graph.items()))), ModelConfig.at(where, GRAPH_BASELINE)
     return ModelConfig.at(where), reference
@@ -280,7 +280,7 @@ def run_axis(pipeline: StagedPipeline, axis: Axis, reference_profile: Profile, r
                                 variant.baseline)
         # what the variant sets: profile fields (a colour row says where it converted: color_at), the model
         entry["changes"] = {**variant.profile, **({"target": variant.target.to_json()} if variant.target else {}),
-                            **({"graph": variant.graph} if variant.graph else {})}
+                            **{k: v for k, v in (("options", variant.options), ("graph", variant.graph)) if v}}
         if store is not None:
             store.put(cell.key, axis.name, variant.name, entry)
         variants_out.append(entry)

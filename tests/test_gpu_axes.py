@@ -1,0 +1,80 @@
+"""The GPU noise axes (tf32, cudnn, compile, the CUDA precisions, the nvJPEG decoder): what a machine
+without a GPU says of them, and, where torch sees a CUDA GPU (`make test-gpu`), what they measure."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from harness.backends import get_backend, nvidia_gpu_present
+from harness.errors import UsageError
+from harness.export import export
+from harness.model import resolve_model
+from harness.noise import cuda_missing
+
+
+def test_list_axes_names_each_gpu_axis_and_why_it_has_no_variant_here(harness_cli):
+    result = harness_cli("sysnoise", "resnet_tiny", "--list-axes")
+    lines = result.stdout.splitlines()
+    for axis in ("tf32", "cudnn", "compile"):
+        listed = lines[next(k for k, line in enumerate(lines) if line.startswith(f"{axis} (model)")) + 1]
+        if cuda_missing():
+            assert listed.strip() == f"unavailable here: {cuda_missing()}"
+        else:
+            assert "unavailable" not in listed and listed.strip()
+    decoder = lines[next(k for k, line in enumerate(lines) if line.startswith("decoder (pre)")) + 1]
+    assert ("unavailable here: nvjpeg: " in decoder) == (cuda_missing() is not None)
+    if not nvidia_gpu_present():
+        assert cuda_missing() == "no NVIDIA GPU on this machine"
+
+
+def test_cuda_numerics_are_refused_on_the_cpu_in_one_line():
+    spec = resolve_model("resnet_tiny")
+    for options in ({"tf32": True}, {"cudnn": "benchmark"}, {"compile": "default"}):
+        with pytest.raises(UsageError, match="options of the CUDA device, not of cpu"):
+            get_backend("torch").load(export(spec), "cpu", "fp32", **options)
+
+
+@pytest.mark.needs_device("torch", "cuda")
+def test_gpu_axes_sweep_measures_tf32_cudnn_compile_autocast_and_nvjpeg(harness_cli, tmp_path):
+    """mobilenetv2_tiny (its 1x1 convolutions and classifier are matrix multiplies, which TF32 rounds): the
+    TF32 row differs from TF32 off; autocast FP16 and BF16 differ from FP32; every GPU row ran."""
+    out = tmp_path / "gpu.json"
+    harness_cli("sysnoise", "mobilenetv2_tiny", "--axes", "tf32,cudnn,compile,precision,decoder",
+                "--json", str(out))
+    report = json.loads(out.read_text())
+    rows = {(axis["axis"], row["name"]): row for axis in report["axes"] for row in axis["variants"]}
+    for key in [("tf32", "on"), ("cudnn", "benchmark"), ("compile", "default"), ("compile", "max-autotune"),
+                ("precision", "torch-cuda-fp16"), ("precision", "torch-cuda-bf16"), ("decoder", "nvjpeg")]:
+        assert rows[key]["status"] == "ok", (key, rows[key].get("reason"))
+    for key in [("tf32", "on"), ("precision", "torch-cuda-fp16"), ("precision", "torch-cuda-bf16")]:
+        assert not rows[key]["identical_to_reference"] and rows[key]["kl"] > 0, key
+    assert rows[("tf32", "on")]["changes"]["options"] == {"tf32": True}
+
+
+@pytest.mark.needs_device("torch", "cuda")
+def test_nvjpeg_decodes_the_benchmark_jpegs_close_to_pillow():
+    """nvJPEG's IDCT and chroma upsampling are its own: pixels differ from Pillow's by a few levels, never
+    by a whole-image shift (mean < 2 levels, each image's max < 64)."""
+    from harness.data import embedded_benchmark
+    from harness.preprocess import decode_nvjpeg, decode_pil
+
+    for sample in embedded_benchmark("classify").limit(16).samples:
+        data = sample.path.read_bytes()
+        gpu, cpu = decode_nvjpeg(data).astype(np.int16), decode_pil(data).astype(np.int16)
+        assert gpu.shape == cpu.shape
+        assert np.abs(gpu - cpu).mean() < 2 and np.abs(gpu - cpu).max() < 64
+
+
+def test_a_variants_load_options_are_its_own_and_not_its_baselines():
+    """TF32 on is the variant's; its baseline is the same backend at FP32 with the defaults (TF32 off)."""
+    from harness.noise import Variant
+    from harness.noise.sweep import variant_configs
+    from harness.placement import Placement
+
+    variant = Variant("on", target=Placement("torch", "cuda", "fp32"), options={"tf32": True},
+                      baseline="same-backend-fp32")
+    config, baseline = variant_configs(variant, None)
+    assert config.options == (("tf32", True),) and baseline.options == ()
+    assert config.placement == baseline.placement == Placement("torch", "cuda", "fp32")
