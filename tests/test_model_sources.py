@@ -1,5 +1,6 @@
 """MODEL can be a zoo name, torchvision:NAME + checkpoint, package.module:factory, or an .onnx file."""
 import json
+import re
 
 import numpy as np
 import torch
@@ -60,3 +61,47 @@ def test_bad_profile_keys_are_named(tmp_path):
     with pytest.raises(UsageError, match="p.toml: unknown profile key 'input_sise'"):
         resolve_model("resnet_tiny", profile_path=profile)
     assert np.isfinite(resolve_model("resnet_tiny").profile.mean).all()
+
+
+def _onnx_classifier(path, head: str) -> str:
+    """A 64x64 ONNX model of 10 classes: global pooling then a 1x1 convolution ([N, 10, 1, 1] logits), the
+    same flattened ([N, 10]), or a strided convolution's [N, 10, 4, 4] map (a dense-prediction output)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights = numpy_helper.from_array(rng.standard_normal((10, 3, 1, 1)).astype(np.float32), "w")
+    if head == "map":
+        weights = numpy_helper.from_array(rng.standard_normal((10, 3, 16, 16)).astype(np.float32), "w")
+        nodes = [helper.make_node("Conv", ["input", "w"], ["logits"], strides=[16, 16])]
+    else:
+        nodes = [helper.make_node("GlobalAveragePool", ["input"], ["pooled"]),
+                 helper.make_node("Conv", ["pooled", "w"], ["logits" if head == "1x1" else "conv"])]
+        if head == "flat":
+            nodes.append(helper.make_node("Flatten", ["conv"], ["logits"]))
+    shape = {"1x1": ["N", 10, 1, 1], "flat": ["N", 10], "map": ["N", 10, 4, 4]}[head]
+    graph = helper.make_graph(nodes, head, [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 64, 64])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, shape)], [weights])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.save(model, str(path / f"{head}.onnx"))
+    return str(path / f"{head}.onnx")
+
+
+def test_an_onnx_classifier_ending_in_a_1x1_conv_is_scored_and_a_map_output_is_refused(tmp_path, harness_cli):
+    """[N, C, 1, 1] logits score exactly as the same logits flattened; an [N, C, H, W] map is not taken for
+    a classifier's logits (it was scored as one, exit 0): one line naming the output, exit 2."""
+    profile = tmp_path / "p.toml"
+    profile.write_text('input_size = 64\nresize_size = 72\nlabels = ["circle", "square", "triangle", "star", '
+                       '"ring", "cross", "hexagon", "diamond", "crescent", "arrow"]\n')
+    reports = {}
+    for head in ("1x1", "flat"):
+        result = harness_cli("compare", _onnx_classifier(tmp_path, head), "--profile", str(profile), "--backends",
+                             "ort", "--limit", "24", "--json", "-")
+        assert result.returncode == 0, result.stderr
+        reports[head] = json.loads(result.stdout)
+    assert reports["1x1"]["reference"]["metric"] == reports["flat"]["reference"]["metric"]
+    assert reports["1x1"]["results"][0]["outputs"]["top1_agreement"] == 1.0
+    result = harness_cli("compare", _onnx_classifier(tmp_path, "map"), "--profile", str(profile), "--backends",
+                         "ort", "--limit", "24", "--json", "-")
+    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0, result.stderr
+    assert re.search(r"output 'logits' is \d+x10x4x4: not a classifier's logits", result.stderr), result.stderr

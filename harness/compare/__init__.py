@@ -14,7 +14,7 @@ import numpy as np
 from harness.backends import Backend, get_backend, parse_target
 from harness.compare.outputs import OutputStats, predictions_task
 from harness.data import UNLABELED, Dataset, Sample, printable
-from harness.errors import BackendUnavailable, RunFailed, UsageError
+from harness.errors import BackendUnavailable, InputError, RunFailed, UsageError
 from harness.export import ExportedModel
 from harness.placement import Placement
 from harness.run import FailedSample, require_readable, timing_summary
@@ -195,6 +195,8 @@ def compare(exported: ExportedModel, dataset: Dataset, targets: list[Target], ba
         entries, labels = _candidates(pipeline, targets, calibration, artifact, recorded, isolated, working, loads)
     if ref_request.key in pipeline.broken:
         error = pipeline.broken[ref_request.key]
+        if isinstance(error, (UsageError, InputError)):  # the model or its data is not what was declared: exit 2
+            raise error
         raise RunFailed(f"the reference {ref_target.label} failed: {type(error).__name__}: {error}")
     ref = pipeline.evaluated[ref_request.key]
     processed = [pipeline.by_id[i] for i in ref.ids]

@@ -17,8 +17,8 @@ class Classify(Task):
         return ACCURACY_RULE
 
     def predictions(self, outputs, geometries, profile, head) -> list:
-        logits = next(iter(outputs.values()))  # a classifier's first output holds its logits
-        return list(logits.astype(np.float32))
+        name, logits = next(iter(outputs.items()))  # a classifier's first output holds its logits
+        return list(class_scores(name, logits))
 
     def encode_predictions(self, predictions) -> dict:
         return {"rows": np.stack([np.asarray(p, np.float32) for p in predictions]) if predictions
@@ -71,3 +71,19 @@ class Classify(Task):
         from harness.data.synthetic import classification_scene
 
         return classification_scene
+
+
+def class_scores(name: str, logits) -> np.ndarray:
+    """float32[N, classes]: the logits as they are, or [N, classes, 1, 1] (a classifier ending in a 1x1
+    convolution) flattened; any other layout is refused, never scored as a classifier's by guessing (a
+    detector's [N, 84, 8400] or a segmenter's [N, classes, H, W] would otherwise get an accuracy)."""
+    from harness.errors import UsageError
+
+    array = np.asarray(logits)
+    if array.ndim > 2 and all(size == 1 for size in array.shape[2:]):
+        array = array.reshape(array.shape[:2])
+    if array.ndim != 2:
+        raise UsageError(f"output {name!r} is {'x'.join(map(str, array.shape))}: not a classifier's logits "
+                         "(N x classes, or N x classes x 1 x 1); the model is not a classifier, or its logits "
+                         "are not its first output")
+    return array.astype(np.float32)
