@@ -107,3 +107,36 @@ def test_a_missing_image_is_counted_and_named(tmp_path):
     assert [s.id for b in batches for s in b.samples] == ["here.jpg"]
     assert len(failures) == 1 and failures[0].sample == "gone.jpg"
     assert failures[0].path.endswith("images/gone.jpg") and "No such file" in failures[0].reason
+
+
+def test_the_shipped_imagenet_synsets_agree_with_torchvisions_imagenette_table():
+    """An independent source: torchvision's Imagenette names 10 WordNet ids with their class names; each id's
+    position in the shipped list is that class's index among torchvision's ImageNet categories."""
+    from torchvision.datasets import Imagenette
+    from torchvision.models import ResNet18_Weights
+
+    from harness.data import imagenet_synsets
+
+    categories = ResNet18_Weights.IMAGENET1K_V1.meta["categories"]
+    synsets = imagenet_synsets()
+    assert len(synsets) == len(set(synsets)) == 1000
+    for synset, names in Imagenette._WNID_TO_CLASS.items():
+        assert categories[synsets.index(synset)] == names[0], synset
+
+
+def test_synset_folders_map_onto_an_imagenet_model_and_unknown_folders_are_all_named(tmp_path):
+    """The real ImageNet validation layout (a folder per WordNet id) for a torchvision ImageNet model: tench
+    is class 0, goldfish 1, English springer 217. Folders that match nothing are each named, with a count."""
+    from harness.model import resolve_model
+
+    for k, synset in enumerate(["n01440764", "n01443537", "n02102040"]):
+        _write_jpeg(tmp_path / "val" / synset / "0.jpg", seed=k)
+    spec = resolve_model("torchvision:resnet18")
+    aligned = load_dataset(tmp_path / "val").aligned_to(spec.labels)
+    assert [s.label for s in aligned.samples] == [0, 1, 217] and aligned.classes == tuple(spec.labels)
+    names = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot"]  # no ImageNet category (as "ant" is)
+    for k, name in enumerate(names):
+        _write_jpeg(tmp_path / "six" / name / "0.jpg", seed=k)
+    with pytest.raises(InputError, match="6 of its 6 class folders are not in the model's label map: "
+                                         "alpha, bravo, charlie, delta, echo, foxtrot "):
+        load_dataset(tmp_path / "six").aligned_to(spec.labels)

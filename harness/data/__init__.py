@@ -8,6 +8,7 @@ field), so decoders can be varied. A sample that cannot be read is counted by th
 from __future__ import annotations
 
 import dataclasses
+from functools import lru_cache
 import hashlib
 import math
 import os
@@ -81,10 +82,14 @@ class Dataset:
             raise InputError(f"{self.root}: {where} ({', '.join(self.classes[:10])}) does not list the model's "
                              f"in its order ({', '.join(labels[:10])})")
         index = {name: k for k, name in enumerate(labels)}
+        if all(name not in index for name in self.classes) and imagenet_labels(labels):
+            index = {synset: k for k, synset in enumerate(imagenet_synsets())}  # folders named n01440764, ...
         unknown = [name for name in self.classes if name not in index]
         if unknown:
-            raise InputError(f"{self.root}: class(es) {', '.join(unknown[:5])} are not in the model's label map "
-                             f"({', '.join(labels[:10])}{', ...' if len(labels) > 10 else ''})")
+            listed = ", ".join(unknown[:20]) + (f" and {len(unknown) - 20} more" if len(unknown) > 20 else "")
+            raise InputError(f"{self.root}: {len(unknown)} of its {len(self.classes)} class folders are not in the "
+                             f"model's label map: {listed} (the model's: {', '.join(labels[:10])}"
+                             f"{', ...' if len(labels) > 10 else ''})")
         remap = np.array([index[name] for name in self.classes], np.int64)
         samples = [dataclasses.replace(s, label=None if s.label is None else int(remap[s.label]),
                                        box_labels=None if s.box_labels is None else remap[s.box_labels])
@@ -101,6 +106,21 @@ class Dataset:
             except OSError:
                 digest.update(b"<unreadable>")
         return digest.hexdigest()
+
+
+@lru_cache(maxsize=1)
+def imagenet_synsets() -> tuple[str, ...]:
+    """The ImageNet-1k WordNet ids in class-index order (imagenet_synsets.txt says its source)."""
+    text = (Path(__file__).with_name("imagenet_synsets.txt")).read_text()
+    return tuple(line for line in text.split() if line.startswith("n"))
+
+
+def imagenet_labels(labels) -> bool:
+    """Whether a label map is torchvision's ImageNet-1k categories, in class-index order: a dataset laid out
+    as the real ImageNet validation set (a folder per WordNet id) then maps onto it."""
+    from torchvision.models import ResNet18_Weights
+
+    return tuple(labels) == tuple(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
 
 
 def _images_in(folder: Path, skipped: list[dict]) -> list[Path]:
