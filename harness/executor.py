@@ -136,7 +136,9 @@ class LocalWorker:
 
 
 class RayWorker:
-    def __init__(self, job, quiet: bool):
+    def __init__(self, job, quiet: bool, spread: bool = False):
+        """`spread`: one of several shards running at once, sent to the least used node (Ray's SPREAD) so
+        that shards share a cluster's nodes rather than queue behind each other on the driver's."""
         import os
 
         import ray
@@ -147,7 +149,8 @@ class RayWorker:
                      configure_logging=False)
         self.ray = ray
         self.messages = Queue()
-        self.ref = ray.remote(num_cpus=job.cpus, num_gpus=getattr(job, "gpus", 0), max_retries=0)(_ray_main).remote(
+        self.ref = ray.remote(num_cpus=job.cpus, num_gpus=getattr(job, "gpus", 0), max_retries=0,
+                              scheduling_strategy="SPREAD" if spread else "DEFAULT")(_ray_main).remote(
             job, self.messages, quiet)
 
     def receive(self, timeout: float):
@@ -256,9 +259,9 @@ class _Lane:
         self.node = None  # the Ray node its last worker ran on (None: this machine)
         self.started = self.seconds = None  # its first worker's start; wall seconds until its result
 
-    def start(self, executor: str, quiet: bool, cell_timeout, store, on_message) -> None:
+    def start(self, executor: str, quiet: bool, cell_timeout, store, on_message, shard: bool) -> None:
         self.started = self.started or time.monotonic()
-        self.worker = LocalWorker(self.job, quiet) if executor == "local" else RayWorker(self.job, quiet)
+        self.worker = LocalWorker(self.job, quiet) if executor == "local" else RayWorker(self.job, quiet, shard)
         self.watch = _Watch(self.worker, self.job, cell_timeout, store, on_message)
 
     def stop(self) -> None:
@@ -279,7 +282,8 @@ def _drive_lanes(jobs: list, executor: str, cell_timeout: float | None, store, o
             for lane in running:
                 if lane.worker is None:
                     # the first worker of the command says what resolving the model says; the others are quiet
-                    lane.start(executor, account["worker_starts"] > 0, cell_timeout, store, on_message)
+                    lane.start(executor, account["worker_starts"] > 0, cell_timeout, store, on_message,
+                               shard=len(lanes) > 1)
                     account["worker_starts"] += 1
                 outcome = lane.watch.step(POLL_S / len(running))
                 if outcome is None:

@@ -179,6 +179,19 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+# `ray start --address` returns once the second raylet runs, before the head's scheduler has its CPU in view:
+# a task sent then queues on the head's busy CPU rather than going to the idle node (CI saw both shards on
+# the head once). So the test waits until the cluster offers both CPUs.
+_BOTH_CPUS_OFFERED = """
+import time, ray
+ray.init(log_to_driver=False)
+deadline = time.monotonic() + 60
+while ray.available_resources().get("CPU", 0) < 2 and time.monotonic() < deadline:
+    time.sleep(0.2)
+print(ray.available_resources().get("CPU", 0), len([node for node in ray.nodes() if node["Alive"]]))
+"""
+
+
 def test_ray_workers_on_a_two_node_cluster_make_the_one_worker_reports_and_isolate_a_crash_and_a_hang(
         one_worker, one_worker_compare, tmp_path, ray_alone):
     """A Ray head and a second worker node (`ray start`, two raylets on loopback, one CPU each). The sweep's,
@@ -201,6 +214,9 @@ def test_ray_workers_on_a_two_node_cluster_make_the_one_worker_reports_and_isola
             started = subprocess.run([ray, "start", *start, *common], capture_output=True, text=True, env=env,
                                      timeout=120)
             assert started.returncode == 0, started.stderr[-2000:]
+        offered = subprocess.run([sys.executable, "-c", _BOTH_CPUS_OFFERED], capture_output=True, text=True,
+                                 env=env, timeout=120)
+        assert offered.stdout.split()[-2:] == ["2.0", "2"], offered.stdout + offered.stderr[-2000:]
         report = _run(*SWEEP, "--workers", "2", "--executor", "ray", "--store", str(tmp_path / "cells.sqlite"),
                       env=env)
         compared = _run(*COMPARE, "--backends", "onnxruntime,openvino", "--workers", "2", "--executor", "ray", env=env)
