@@ -19,11 +19,19 @@ class InputError(HarnessError):
 class UnknownName(UsageError):
     """A backend, model, decoder, ... name that is not known; the message lists the known ones."""
 
+    LISTED = 200  # known names beyond this: only the closest CLOSEST are listed
+    CLOSEST = 10
+
     def __init__(self, kind: str, name: str, known: list[str] | tuple[str, ...]):
         import difflib
 
         hint = difflib.get_close_matches(name, list(known), n=1)
         suggestion = f" Did you mean {hint[0]!r}?" if hint else ""
+        if len(known) > self.LISTED:  # timm's 1,600 models are no line to read: the closest ones and the count
+            closest = difflib.get_close_matches(name, list(known), n=self.CLOSEST, cutoff=0.0)
+            super().__init__(f"unknown {kind} {name!r}; {len(known)} are known, the closest: "
+                             f"{', '.join(closest)}.{suggestion}")
+            return
         super().__init__(f"unknown {kind} {name!r}; known: {', '.join(known)}.{suggestion}")
 
 

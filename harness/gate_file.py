@@ -188,7 +188,7 @@ def starter_gate(model: str) -> str:
     known-bad deployment that fails it."""
     return f'''# harness gate: `harness validate --config gate.toml` exits 0 when every threshold holds, 1 when one
 # fails, 2 when this file has a problem. Metric units are fractions: 0.01 = 1 point.
-model = "{model}"          # zoo name, torchvision:NAME, package.module:factory or a path to an .onnx
+model = "{model}"          # zoo name, torchvision:NAME, timm:NAME, package.module:factory or a path to an .onnx
 # dataset = "path/to/val"     # ImageNet-style folder or COCO json; default: the embedded benchmark
 # limit = 200                 # use the first N samples
 batch_size = 64

@@ -2,7 +2,8 @@
 
 MODEL on the command line is one of (resolve_model):
   a zoo name (`harness zoo list`), `torchvision:NAME` (+ --checkpoint; the profile is read from
-  `weights.transforms()`), `package.module:factory` (a callable returning an nn.Module or a ModelSpec),
+  `weights.transforms()`), `timm:NAME` (+ --checkpoint; the profile is timm's resolve_data_config +
+  create_transform for it), `package.module:factory` (a callable returning an nn.Module or a ModelSpec),
   or a path to an `.onnx` file (no torch model: the reference is ONNX Runtime FP32, no graph optimisation).
 """
 from __future__ import annotations
@@ -93,20 +94,32 @@ def _check_fits(module, state: dict, path: Path, name: str) -> None:
 
 def names_code(model: str | None) -> bool:
     """MODEL as `package.module:factory`: a name that imports and calls code."""
-    return bool(model) and ":" in model and not model.startswith("torchvision:") and not model.endswith(".onnx")
+    return bool(model) and ":" in model and not model.startswith(LIBRARY_SOURCES) and not model.endswith(".onnx")
+
+
+LIBRARY_SOURCES = ("torchvision:", "timm:")  # MODEL prefixes naming a library's model, never user code
 
 
 def _zoo_spec(name: str) -> ModelSpec:
     from harness.models import ZOO
 
     if name not in ZOO:
-        raise UnknownName("model", name, sorted(ZOO) + ["torchvision:NAME", "pkg.mod:factory", "PATH.onnx"])
+        raise UnknownName("model", name, sorted(ZOO) + ["torchvision:NAME", "timm:NAME", "pkg.mod:factory", "PATH.onnx"])
     return ZOO[name]()
+
+
+def _pil_resizes() -> dict:
+    """torchvision's interpolation modes -> the harness's resize names: Resize on a PIL image calls Pillow's
+    resize with that filter (antialias is Pillow's own), which these names run."""
+    from torchvision.transforms import InterpolationMode
+
+    return {InterpolationMode.BILINEAR: "pil-bilinear", InterpolationMode.BICUBIC: "pil-bicubic",
+            InterpolationMode.NEAREST: "pil-nearest", InterpolationMode.LANCZOS: "pil-lanczos",
+            InterpolationMode.BOX: "pil-box", InterpolationMode.HAMMING: "pil-hamming"}
 
 
 def _torchvision_spec(arch: str, checkpoint: Path | None) -> ModelSpec:
     import torchvision
-    from torchvision.transforms import InterpolationMode
 
     try:
         builder = torchvision.models.get_model_builder(arch)
@@ -117,8 +130,7 @@ def _torchvision_spec(arch: str, checkpoint: Path | None) -> ModelSpec:
     try:  # the preprocessing of the default weights, read without downloading them
         weights = torchvision.models.get_model_weights(arch).DEFAULT
         transforms = weights.transforms()
-        interpolation = {InterpolationMode.BILINEAR: "pil-bilinear", InterpolationMode.BICUBIC: "pil-bicubic",
-                         InterpolationMode.NEAREST: "pil-nearest"}[transforms.interpolation]
+        interpolation = _pil_resizes()[transforms.interpolation]
         profile = Profile(resize=interpolation, geometry="torchvision-crop", input_size=transforms.crop_size[0],
                           resize_size=transforms.resize_size[0], mean=tuple(transforms.mean),
                           std=tuple(transforms.std))
@@ -136,18 +148,75 @@ RANDOM_WEIGHTS_SEED = 0
 
 
 def _offline_build(builder, seed: int | None):
-    """A library model built without any download (no weights, no backbone weights) and, without a
-    checkpoint, from a fixed seed: the reference, the export and its cache key all see the same weights."""
+    """A torchvision model built without any download (no weights, no backbone weights)."""
     import inspect
-
-    import torch
 
     options = {"weights": None}
     if "weights_backbone" in inspect.signature(builder).parameters:
         options["weights_backbone"] = None  # detection and segmentation builders fetch one by default
+    return _seeded(lambda: builder(**options), seed)
+
+
+def _seeded(build: Callable, seed: int | None):
+    """A library model built, without a checkpoint, from a fixed seed: the reference, the export and its
+    cache key all see the same weights; the caller's random state is left as it was."""
+    import torch
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed if seed is not None else RANDOM_WEIGHTS_SEED)
-        return builder(**options)
+        return build()
+
+
+def _timm_spec(arch: str, checkpoint: Path | None) -> ModelSpec:
+    """A timm classifier, built offline (`pretrained=False`); its reference pre-processing is what timm's
+    `resolve_data_config` + `create_transform` make for it, read from its pretrained config."""
+    try:
+        import timm
+        from timm.data import infer_imagenet_subset, resolve_data_config
+        from timm.models import get_pretrained_cfg
+    except ImportError as err:
+        raise UsageError(f"timm:{arch} needs timm ({err}): pip install timm") from None
+    if not timm.is_model(arch):
+        raise UnknownName("timm model", arch, timm.list_models())
+    pretrained = get_pretrained_cfg(arch)
+    config = resolve_data_config(pretrained_cfg=pretrained.to_dict() if pretrained else {})
+    seed = None if checkpoint is not None else RANDOM_WEIGHTS_SEED
+    return ModelSpec(name=f"timm:{arch}", task=CLASSIFY, profile=_timm_profile(arch, config),
+                     labels=_timm_labels(infer_imagenet_subset(pretrained.to_dict()) if pretrained else None),
+                     build=lambda: _seeded(lambda: timm.create_model(arch, pretrained=False), seed),
+                     weights=checkpoint, source=f"timm:{arch}", summary=f"timm {arch}", random_seed=seed)
+
+
+def _timm_profile(arch: str, config: dict) -> Profile:
+    """timm's eval transform (transforms_imagenet_eval) as a profile: crop_mode "center" is torchvision's
+    Resize(floor(size / crop_pct)) + CenterCrop, "squash" resizes both sides to that and centre-crops."""
+    import math
+
+    from timm.data.transforms import str_to_interp_mode
+
+    _, height, width = config["input_size"]
+    mode = config.get("crop_mode") or "center"
+    if height != width or mode not in ("center", "squash"):
+        raise UsageError(f"timm:{arch}: timm evaluates it at {height}x{width} with crop_mode {mode!r}; the harness "
+                         "reproduces square inputs with crop_mode center or squash, bit for bit, and no other")
+    resize_size = math.floor(height / (config.get("crop_pct") or 0.875))
+    return Profile(resize=_pil_resizes()[str_to_interp_mode(config["interpolation"])],
+                   geometry="torchvision-crop" if mode == "center" else "squash", input_size=height,
+                   resize_size=resize_size, mean=tuple(config["mean"]), std=tuple(config["std"]))
+
+
+def _timm_labels(subset: str | None) -> tuple[str, ...]:
+    """ImageNet-1k: torchvision's category names (the same classes, in the same order), so a folder per WordNet
+    id maps onto them; another ImageNet subset: timm's WordNet ids for it; anything else: none."""
+    if subset == "imagenet-1k":
+        from torchvision.models import ResNet18_Weights
+
+        return tuple(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
+    if subset:
+        from timm.data import ImageNetInfo
+
+        return tuple(ImageNetInfo(subset).label_names())
+    return ()
 
 
 def _factory_spec(target: str) -> ModelSpec:
@@ -218,13 +287,14 @@ def resolve_model(name: str | None, checkpoint: Path | None = None, profile_path
     dynamic = False
     if name.endswith(".onnx"):
         spec, dynamic = _onnx_spec(Path(name), input_size)
-    elif name.startswith("torchvision:"):
-        spec = _torchvision_spec(name.split(":", 1)[1], checkpoint)
+    elif name.startswith(LIBRARY_SOURCES):
+        library, _, arch = name.partition(":")
+        spec = {"torchvision": _torchvision_spec, "timm": _timm_spec}[library](arch, checkpoint)
     elif ":" in name:
         spec = _factory_spec(name)
     else:
         spec = _zoo_spec(name)
-    if checkpoint is not None and not name.startswith("torchvision:"):
+    if checkpoint is not None and not name.startswith(LIBRARY_SOURCES):
         spec = replace(spec, weights=checkpoint)
     if profile_path is not None:
         profile = load_profile(profile_path, spec.profile, allow_code)
@@ -234,10 +304,12 @@ def resolve_model(name: str | None, checkpoint: Path | None = None, profile_path
         spec = replace(spec, task=task)
     if input_size and spec.profile.input_size != input_size:
         spec = replace(spec, profile=spec.profile.replace(input_size=input_size))
-    if get_task(spec.task).needs_whole_image and spec.profile.geometry not in ("squash", "letterbox"):
+    whole = spec.profile.geometry == "letterbox" or (spec.profile.geometry == "squash" and spec.profile.resize_size
+                                                     in (None, spec.profile.input_size))
+    if get_task(spec.task).needs_whole_image and not whole:
         raise UsageError(f"{spec.name}: a {spec.task} model is evaluated on whole-image maps, and geometry "
-                         f"{spec.profile.geometry!r} crops the image; set geometry = \"squash\" or \"letterbox\" in "
-                         "the --profile file")
+                         f"{spec.profile.geometry!r} crops the image; set geometry = \"squash\" (without a larger "
+                         "resize_size) or \"letterbox\" in the --profile file")
     if spec.random_seed is not None:
         _note(f"{spec.name} has no --checkpoint: it runs random weights (torch seed {spec.random_seed}), so its "
               "accuracy means nothing; agreement between backends still does")

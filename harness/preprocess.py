@@ -305,7 +305,13 @@ def apply_geometry(image: np.ndarray, profile: Profile, source_size: tuple[int, 
     resize = lookup(RESIZERS, "resize method", profile.resize)
     size = profile.input_size
     if profile.geometry == "squash":
-        return resize(image, size, size), Geometry(size / source_w, size / source_h, 0, 0, source_w, source_h)
+        # both sides to resize_size (default: the input size), then torchvision's centre crop: timm's
+        # crop_mode "squash" with its crop_pct
+        side = profile.resize_size or size
+        offset = int(round((side - size) / 2.0))
+        squashed = resize(image, side, side)[offset:offset + size, offset:offset + size]
+        return np.ascontiguousarray(squashed), Geometry(side / source_w, side / source_h, -offset, -offset,
+                                                        source_w, source_h)
     if profile.geometry == "letterbox":
         scale = size / max(height, width)
         new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))

@@ -38,7 +38,8 @@ class Profile:
     color_at: str = "decode"
     geometry: str = "shorter-crop"
     input_size: int = 224
-    resize_size: int | None = None  # shorter-crop: shorter side before the centre crop
+    resize_size: int | None = None  # shorter-crop, torchvision-crop: shorter side before the centre crop;
+    # squash: both sides before the centre crop (default: input_size, no crop)
     crop_convention: str = "legacy"  # topdown
     box_padding: float = 1.25       # topdown: the box's side is scaled by this before the crop
     mean: tuple[float, float, float] = IMAGENET_MEAN
@@ -74,6 +75,9 @@ class Profile:
                              f"{', '.join(CROP_CONVENTIONS)}")
         if self.input_size <= 0:
             raise UsageError(f"profile input_size must be positive, got {self.input_size}")
+        if self.geometry == "squash" and self.resize_size is not None and self.resize_size < self.input_size:
+            raise UsageError(f"profile resize_size {self.resize_size}: a squash geometry crops its input_size "
+                             f"({self.input_size}) from the squashed image, so it takes at least that")
 
     @property
     def crop_resize_size(self) -> int:

@@ -31,6 +31,26 @@ def test_torchvision_checkpoint_and_profile_toml(tmp_path):
     assert torch.equal(module.state_dict()["features.0.0.weight"], expected)
 
 
+def test_a_timm_classifier_through_compare_on_an_unlabelled_folder(tmp_path, harness_cli):
+    """timm:NAME exported and run: the random-weights note, its weights named in the report, and ORT within
+    float32 rounding of torch on a timm architecture (depthwise convs, hard-swish, squeeze-excite)."""
+    import shutil
+
+    from harness.data.benchmark import CLASSIFY_DIR
+
+    for image in sorted(CLASSIFY_DIR.rglob("*.jpg"))[::25][:8]:
+        shutil.copy(image, tmp_path / image.name)
+    result = harness_cli("compare", "timm:mobilenetv3_small_050", "--dataset", str(tmp_path), "--backends", "ort",
+                         "--json", "-")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "timm:mobilenetv3_small_050 has no --checkpoint: it runs random weights" in result.stderr
+    report = json.loads(result.stdout)
+    assert report["model"]["name"] == "timm:mobilenetv3_small_050" and report["dataset"]["samples"] == 8
+    assert report["model"]["weights"].startswith("random (torch seed 0)")
+    row = report["results"][0]
+    assert row["status"] == "ok" and 0 < row["outputs"]["max_abs"] < 1e-3, row
+
+
 def test_factory_and_onnx_file(tmp_path, harness_cli):
     spec = resolve_model("harness.models.resnet:TinyResNet")
     assert spec.has_torch and isinstance(spec.build(), torch.nn.Module)

@@ -65,6 +65,43 @@ def test_the_reference_tensor_is_torchvisions_own_bit_for_bit(arch):
     assert differing == [], f"{arch}: {len(differing)} images differ from weights.transforms(), e.g. {differing[:3]}"
 
 
+# one timm model per eval transform the harness reproduces: bicubic centre crop at crop_pct 0.95 (ResNet's
+# A1 recipe), bilinear at 0.875 with mean/std 0.5 (TF ports), a ViT (bicubic, 0.9, mean/std 0.5), and the
+# squash mode at crop_pct 0.9 (NFNet)
+TIMM_MODELS = ("resnet18", "tf_mobilenetv3_small_100", "vit_small_patch16_224", "dm_nfnet_f0")
+
+
+@pytest.mark.parametrize("arch", TIMM_MODELS)
+def test_the_reference_tensor_is_timms_own_bit_for_bit(arch):
+    from timm.data import create_transform, resolve_data_config
+
+    spec = resolve_model(f"timm:{arch}")
+    model = spec.load_torch()
+    config = resolve_data_config({}, model=model)  # what timm's own scripts (validate.py, inference.py) do
+    transform = create_transform(**config)
+    differing = []
+    for name, data in _photos():
+        expected = transform(Image.open(io.BytesIO(data)).convert("RGB")).numpy()
+        pixels, _ = to_pixels(data, spec.profile)
+        got = normalize(pixels[None], spec.profile)[0]
+        if got.shape != expected.shape or not np.array_equal(got, expected):
+            differing.append(name)
+    assert differing == [], f"{arch}: {len(differing)} images differ from timm's transform, e.g. {differing[:3]}"
+    assert model.pretrained_cfg["architecture"] == arch and model.num_classes == 1000
+    assert len(spec.labels) == 1000 and spec.labels[0] == "tench" and spec.random_seed == 0
+
+
+def test_timm_models_it_cannot_reproduce_are_refused_in_one_line():
+    from harness.errors import UnknownName, UsageError
+
+    with pytest.raises(UsageError, match=r"timm:deepseek_vit_412m: timm evaluates it at \d+x\d+ with crop_mode "
+                                         r"'border'; the harness reproduces square inputs"):
+        resolve_model("timm:deepseek_vit_412m")
+    with pytest.raises(UnknownName, match=r"unknown timm model 'resnet5O'; \d{4} are known, the closest: .*"
+                                          r"Did you mean 'resnet50'\?"):
+        resolve_model("timm:resnet5O")
+
+
 def test_a_model_without_checkpoint_is_built_from_one_seed_everywhere():
     spec = resolve_model("torchvision:resnet18")
     first, second = spec.load_torch().state_dict(), resolve_model("torchvision:resnet18").load_torch().state_dict()

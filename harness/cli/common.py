@@ -13,7 +13,7 @@ from rich.console import Console
 from harness.errors import HarnessError
 
 ModelArg = Annotated[Optional[str], typer.Argument(
-    help="Zoo name, torchvision:NAME (+ --checkpoint), package.module:factory, or a path to an .onnx file. "
+    help="Zoo name, torchvision:NAME or timm:NAME (+ --checkpoint), package.module:factory, or a path to an .onnx file. "
          "Default: the zoo's default classifier.", show_default=False)]
 CheckpointOpt = Annotated[Optional[Path], typer.Option("--checkpoint", help="state_dict for the model's weights.")]
 ProfileOpt = Annotated[Optional[Path], typer.Option(
