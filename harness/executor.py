@@ -49,6 +49,10 @@ from harness.errors import HarnessError, UsageError
 
 EXECUTORS = ("local", "ray")
 POLL_S = 0.2
+# a worker that said its last word ("done" or "error") is given this long to end by itself before it is
+# killed: killed during its interpreter's shutdown, it leaves the semaphores it registered with the driver's
+# resource tracker, which then prints a "leaked semaphore" warning under the command's one-line error
+LAST_WORD_GRACE_S = 10.0
 
 
 class WorkerError(HarnessError):
@@ -129,7 +133,9 @@ class LocalWorker:
             return f"signal {signal.Signals(-code).name}"
         return f"exit code {code}"
 
-    def kill(self) -> None:
+    def kill(self, grace: float = 0.0) -> None:
+        if grace:
+            self.process.join(grace)
         if self.process.is_alive():
             self.process.kill()
         self.process.join(5)
@@ -171,8 +177,8 @@ class RayWorker:
         except Exception as err:  # noqa: BLE001 - Ray's own words on why the task died
             return f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
 
-    def kill(self) -> None:
-        self.ray.cancel(self.ref, force=True)
+    def kill(self, grace: float = 0.0) -> None:
+        self.ray.cancel(self.ref, force=True)  # a Ray task that finished has nothing left to end
 
 
 def _ray_main(job, messages, quiet: bool) -> None:
@@ -266,7 +272,7 @@ class _Lane:
 
     def stop(self) -> None:
         if self.worker is not None:
-            self.worker.kill()
+            self.worker.kill(LAST_WORD_GRACE_S if self.watch.said_last_word else 0.0)
             self.node = self.watch.node
         self.worker = self.watch = None
 
@@ -318,6 +324,7 @@ class _Watch:
         self.worker, self.job, self.cell_timeout, self.store, self.on_message = \
             worker, job, cell_timeout, store, on_message
         self.current, self.spent, self.node = None, {}, None
+        self.said_last_word = False  # "done" or "error" came: the worker ends by itself
         self.reference_since = None  # the reference's work (no cell's) runs since then
 
     def step(self, timeout: float):
@@ -361,6 +368,7 @@ class _Watch:
 
     def _relay(self, message: tuple):
         kind = message[0]
+        self.said_last_word = kind in ("done", "error")
         if kind == "node":
             self.node = message[1]
             return None

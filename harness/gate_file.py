@@ -8,8 +8,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.errors import UsageError
-TOP_KEYS = {"model": str, "dataset": str, "limit": int, "batch_size": int, "threads": int, "profiles": list,
+from harness.model import ModelRequest
+TOP_KEYS = {"model": str, "checkpoint": str, "profile": str, "task": str, "labels": str, "input_shape": str,
+            "calibration": str, "dataset": str, "limit": int, "batch_size": int, "threads": int, "profiles": list,
             "thresholds": dict}
+# the model's own facts: the gate's top-level keys (as on the command line), never a [[profiles]] entry's
+MODEL_FACTS = ("labels", "task")
 THRESHOLDS = {
     "max_metric_drop": "largest allowed drop of the primary metric (top1 or mAP), as a fraction: 0.01 = 1 point",
     "min_top1_agreement": "smallest allowed share of samples whose prediction matches the reference",
@@ -41,6 +45,8 @@ class Gate:
     thresholds: dict
     text: str = field(repr=False, default="")
     allow_code: bool = False                   # --allow-code: the file's code names are honoured
+    request: ModelRequest = field(default_factory=ModelRequest)  # the model as its keys describe it
+    calibration: Path | None = None            # INT8 calibration images (training data)
 
 
 def _line_of(text: str, key: str) -> str:
@@ -112,9 +118,9 @@ def _check_profile(path, text, where: str, profile, allow_code: bool) -> dict:
             _check_type(path, text, f"{where}.name", value, str)
             checked[key] = value
             continue
-        if key not in FIELD_NAMES or key == "labels":
+        if key not in FIELD_NAMES or key in MODEL_FACTS:
             raise _fail(path, text, f"{where}.{key}", "unknown profile key; allowed: name, "
-                        + ", ".join(n for n in FIELD_NAMES if n != "labels"))
+                        + ", ".join(n for n in FIELD_NAMES if n not in MODEL_FACTS))
         if key == "backend":  # an alias (ort, ov, trt) names its backend
             try:
                 checked[key] = get_backend(str(value)).name if isinstance(value, str) else value
@@ -179,8 +185,31 @@ def load_gate(path: Path, allow_code: bool = False) -> Gate:
             raise _fail(path, text, "name", f"{where}: profile name {name!r} used twice")
         names.add(name)
         checked.append(entry)
+    request = _model_request(path, text, data, allow_code)
+    calibration = Path(data["calibration"]) if "calibration" in data else None
+    if calibration is not None and not calibration.is_dir():
+        raise _fail(path, text, "calibration", f"{calibration}: not a folder of calibration images")
     return Gate(path, data.get("model"), Path(data["dataset"]) if data.get("dataset") else None, data.get("limit"),
-                data.get("batch_size", 64), data.get("threads"), checked, thresholds, text, allow_code)
+                data.get("batch_size", 64), data.get("threads"), checked, thresholds, text, allow_code, request,
+                calibration)
+
+
+def _model_request(path: Path, text: str, data: dict, allow_code: bool) -> ModelRequest:
+    """The model keys as the command line's options; each file they name is read and checked now, its
+    problem placed at its key."""
+    from harness.errors import HarnessError
+
+    files = {key: Path(data[key]) if key in data else None for key in ("checkpoint", "profile", "labels")}
+    request = ModelRequest(data.get("model"), files["checkpoint"], files["profile"], allow_code,
+                           data.get("input_shape"), data.get("task"), files["labels"])
+    if files["checkpoint"] is not None and not files["checkpoint"].is_file():
+        raise _fail(path, text, "checkpoint", f"{files['checkpoint']}: checkpoint file not found")
+    for key, check in request.checks():
+        try:
+            check()
+        except HarnessError as err:
+            raise _fail(path, text, key, str(err)) from None
+    return request
 
 
 def starter_gate(model: str) -> str:
@@ -189,6 +218,10 @@ def starter_gate(model: str) -> str:
     return f'''# harness gate: `harness validate --config gate.toml` exits 0 when every threshold holds, 1 when one
 # fails, 2 when this file has a problem. Metric units are fractions: 0.01 = 1 point.
 model = "{model}"          # zoo name, torchvision:NAME, timm:NAME, package.module:factory or a path to an .onnx
+# checkpoint = "weights.pth"  # the model as the command line gives it: --checkpoint, --profile, --task,
+# profile = "profile.toml"    # --labels (class names in class-index order), --input-shape
+# labels = "labels.txt"
+# calibration = "path/to/train"  # training images that INT8 profiles calibrate on (zoo models: their own)
 # dataset = "path/to/val"     # ImageNet-style folder or COCO json; default: the embedded benchmark
 # limit = 200                 # use the first N samples
 batch_size = 64

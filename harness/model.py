@@ -108,117 +108,6 @@ def _zoo_spec(name: str) -> ModelSpec:
     return ZOO[name]()
 
 
-def _pil_resizes() -> dict:
-    """torchvision's interpolation modes -> the harness's resize names: Resize on a PIL image calls Pillow's
-    resize with that filter (antialias is Pillow's own), which these names run."""
-    from torchvision.transforms import InterpolationMode
-
-    return {InterpolationMode.BILINEAR: "pil-bilinear", InterpolationMode.BICUBIC: "pil-bicubic",
-            InterpolationMode.NEAREST: "pil-nearest", InterpolationMode.LANCZOS: "pil-lanczos",
-            InterpolationMode.BOX: "pil-box", InterpolationMode.HAMMING: "pil-hamming"}
-
-
-def _torchvision_spec(arch: str, checkpoint: Path | None) -> ModelSpec:
-    import torchvision
-
-    try:
-        builder = torchvision.models.get_model_builder(arch)
-    except ValueError:
-        raise UnknownName("torchvision model", arch, torchvision.models.list_models()) from None
-    profile = Profile(input_size=224, geometry="torchvision-crop")
-    labels: tuple[str, ...] = ()
-    try:  # the preprocessing of the default weights, read without downloading them
-        weights = torchvision.models.get_model_weights(arch).DEFAULT
-        transforms = weights.transforms()
-        interpolation = _pil_resizes()[transforms.interpolation]
-        profile = Profile(resize=interpolation, geometry="torchvision-crop", input_size=transforms.crop_size[0],
-                          resize_size=transforms.resize_size[0], mean=tuple(transforms.mean),
-                          std=tuple(transforms.std))
-        labels = tuple(weights.meta.get("categories") or ())
-    except (ValueError, AttributeError, KeyError, TypeError):
-        pass  # no published weights for this architecture: ImageNet defaults, overridable by --profile
-    task = CLASSIFY
-    seed = None if checkpoint is not None else RANDOM_WEIGHTS_SEED
-    return ModelSpec(name=f"torchvision:{arch}", task=task, profile=profile, labels=labels,
-                     build=lambda: _offline_build(builder, seed), weights=checkpoint,
-                     source=f"torchvision:{arch}", summary=f"torchvision {arch}", random_seed=seed)
-
-
-RANDOM_WEIGHTS_SEED = 0
-
-
-def _offline_build(builder, seed: int | None):
-    """A torchvision model built without any download (no weights, no backbone weights)."""
-    import inspect
-
-    options = {"weights": None}
-    if "weights_backbone" in inspect.signature(builder).parameters:
-        options["weights_backbone"] = None  # detection and segmentation builders fetch one by default
-    return _seeded(lambda: builder(**options), seed)
-
-
-def _seeded(build: Callable, seed: int | None):
-    """A library model built, without a checkpoint, from a fixed seed: the reference, the export and its
-    cache key all see the same weights; the caller's random state is left as it was."""
-    import torch
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed if seed is not None else RANDOM_WEIGHTS_SEED)
-        return build()
-
-
-def _timm_spec(arch: str, checkpoint: Path | None) -> ModelSpec:
-    """A timm classifier, built offline (`pretrained=False`); its reference pre-processing is what timm's
-    `resolve_data_config` + `create_transform` make for it, read from its pretrained config."""
-    try:
-        import timm
-        from timm.data import infer_imagenet_subset, resolve_data_config
-        from timm.models import get_pretrained_cfg
-    except ImportError as err:
-        raise UsageError(f"timm:{arch} needs timm ({err}): pip install timm") from None
-    if not timm.is_model(arch):
-        raise UnknownName("timm model", arch, timm.list_models())
-    pretrained = get_pretrained_cfg(arch)
-    config = resolve_data_config(pretrained_cfg=pretrained.to_dict() if pretrained else {})
-    seed = None if checkpoint is not None else RANDOM_WEIGHTS_SEED
-    return ModelSpec(name=f"timm:{arch}", task=CLASSIFY, profile=_timm_profile(arch, config),
-                     labels=_timm_labels(infer_imagenet_subset(pretrained.to_dict()) if pretrained else None),
-                     build=lambda: _seeded(lambda: timm.create_model(arch, pretrained=False), seed),
-                     weights=checkpoint, source=f"timm:{arch}", summary=f"timm {arch}", random_seed=seed)
-
-
-def _timm_profile(arch: str, config: dict) -> Profile:
-    """timm's eval transform (transforms_imagenet_eval) as a profile: crop_mode "center" is torchvision's
-    Resize(floor(size / crop_pct)) + CenterCrop, "squash" resizes both sides to that and centre-crops."""
-    import math
-
-    from timm.data.transforms import str_to_interp_mode
-
-    _, height, width = config["input_size"]
-    mode = config.get("crop_mode") or "center"
-    if height != width or mode not in ("center", "squash"):
-        raise UsageError(f"timm:{arch}: timm evaluates it at {height}x{width} with crop_mode {mode!r}; the harness "
-                         "reproduces square inputs with crop_mode center or squash, bit for bit, and no other")
-    resize_size = math.floor(height / (config.get("crop_pct") or 0.875))
-    return Profile(resize=_pil_resizes()[str_to_interp_mode(config["interpolation"])],
-                   geometry="torchvision-crop" if mode == "center" else "squash", input_size=height,
-                   resize_size=resize_size, mean=tuple(config["mean"]), std=tuple(config["std"]))
-
-
-def _timm_labels(subset: str | None) -> tuple[str, ...]:
-    """ImageNet-1k: torchvision's category names (the same classes, in the same order), so a folder per WordNet
-    id maps onto them; another ImageNet subset: timm's WordNet ids for it; anything else: none."""
-    if subset == "imagenet-1k":
-        from torchvision.models import ResNet18_Weights
-
-        return tuple(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
-    if subset:
-        from timm.data import ImageNetInfo
-
-        return tuple(ImageNetInfo(subset).label_names())
-    return ()
-
-
 def _factory_spec(target: str) -> ModelSpec:
     module_name, _, attr = target.partition(":")
     try:
@@ -276,10 +165,74 @@ def _onnx_spec(path: Path, input_size: int | None = None) -> tuple[ModelSpec, bo
                      source=str(path), summary=f"ONNX file {path.name}"), not (input_size or fixed)
 
 
+@dataclass(frozen=True)
+class ModelRequest:
+    """The model as the command line or a gate names it (MODEL and its options): picklable, checked on the
+    driver, resolved where the work runs."""
+
+    model: str | None = None
+    checkpoint: Path | None = None
+    profile: Path | None = None
+    allow_code: bool = False
+    input_shape: str | None = None
+    task: str | None = None
+    labels: Path | None = None
+
+    @property
+    def title(self) -> str:
+        return self.model or "the default model"
+
+    def check(self) -> None:
+        """The user's files and values checked before the model is built (which imports torch and may
+        export): a bad one is one line in a second, not after the work."""
+        for _, check in self.checks():
+            check()
+
+    def checks(self) -> list[tuple[str, Callable]]:
+        """(the option's name, its check) for each option given."""
+        given = [("input_shape", self.input_shape, lambda: parse_input_shape(self.input_shape)),
+                 ("profile", self.profile, lambda: load_profile(self.profile, Profile(), self.allow_code)),
+                 ("task", self.task, lambda: get_task(self.task)),
+                 ("labels", self.labels, lambda: read_labels(self.labels))]
+        return [(name, check) for name, value, check in given if value is not None]
+
+    def resolve(self) -> ModelSpec:
+        return resolve_model(self.model, self.checkpoint, self.profile, self.task, self.allow_code, self.input_shape,
+                             self.labels)
+
+
+def read_labels(path: Path) -> tuple[str, ...]:
+    """--labels FILE: the model's class names in class-index order, one per line (a `.json` file: a list of
+    strings). A dataset's class folders are matched against these names."""
+    import collections
+
+    from harness.files import read_json, read_text
+
+    path = Path(path)
+    if path.suffix.lower() == ".json":
+        labels = read_json(path, "labels file")
+        if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
+            raise InputError(f"{path}: expected a JSON list of class names (strings)")
+    else:
+        labels = read_text(path, "labels file").rstrip("\r\n").splitlines()
+    labels = [label.strip() for label in labels]
+    blank = [str(k + 1) for k, label in enumerate(labels) if not label]
+    if blank or not labels:
+        raise InputError(f"{path}: " + (f"no class name on line {', '.join(blank[:5])}" if blank else "no class names")
+                         + " (one class name per line, in class-index order)")
+    repeated = sorted(label for label, count in collections.Counter(labels).items() if count > 1)
+    if repeated:
+        raise InputError(f"{path}: class names repeated: {', '.join(repeated[:5])}; each index needs its own name")
+    return tuple(labels)
+
+
 def resolve_model(name: str | None, checkpoint: Path | None = None, profile_path: Path | None = None,
-                  task: str | None = None, allow_code: bool = False, input_shape: str | None = None) -> ModelSpec:
+                  task: str | None = None, allow_code: bool = False, input_shape: str | None = None,
+                  labels_path: Path | None = None) -> ModelSpec:
     """MODEL string (+ options) -> ModelSpec. None means the zoo's default classifier. `name` comes from the
-    command line (a factory there is the user's own choice); `allow_code` lets the profile file name code."""
+    command line (a factory there is the user's own choice); `allow_code` lets the profile file name code.
+    The task is `task`, else the profile file's, else the source's; the labels `labels_path`'s, else the
+    profile file's, else the source's."""
     from harness.models import DEFAULT_CLASSIFIER
 
     name = name or DEFAULT_CLASSIFIER
@@ -288,8 +241,10 @@ def resolve_model(name: str | None, checkpoint: Path | None = None, profile_path
     if name.endswith(".onnx"):
         spec, dynamic = _onnx_spec(Path(name), input_size)
     elif name.startswith(LIBRARY_SOURCES):
+        from harness.libraries import LIBRARIES
+
         library, _, arch = name.partition(":")
-        spec = {"torchvision": _torchvision_spec, "timm": _timm_spec}[library](arch, checkpoint)
+        spec = LIBRARIES[library](arch, checkpoint)
     elif ":" in name:
         spec = _factory_spec(name)
     else:
@@ -300,8 +255,11 @@ def resolve_model(name: str | None, checkpoint: Path | None = None, profile_path
         profile = load_profile(profile_path, spec.profile, allow_code)
         dynamic = dynamic and profile.input_size == spec.profile.input_size
         spec = replace(spec, profile=profile, labels=profile.labels or spec.labels)
+        task = task or profile.task
     if task is not None:
-        spec = replace(spec, task=task)
+        spec = replace(spec, task=get_task(task).name)
+    if labels_path is not None:
+        spec = replace(spec, labels=read_labels(labels_path))
     if input_size and spec.profile.input_size != input_size:
         spec = replace(spec, profile=spec.profile.replace(input_size=input_size))
     whole = spec.profile.geometry == "letterbox" or (spec.profile.geometry == "squash" and spec.profile.resize_size

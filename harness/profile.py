@@ -64,6 +64,7 @@ class Profile:
     # post-processing (keypoints): SimCC bins to coordinates (postprocess.KEYPOINT_DECODES)
     keypoint_decode: str = "simcc-argmax"
     labels: tuple[str, ...] = field(default=(), compare=False)
+    task: str | None = field(default=None, compare=False)  # a harness.tasks name: what the model is (a file's)
 
     def __post_init__(self) -> None:
         if self.geometry not in GEOMETRIES:
@@ -172,6 +173,12 @@ def checked_field(key: str, value, allow_code: bool = False):
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
             raise FieldError(key, f"must be a list of class names (strings), got {type(value).__name__} {value!r}")
         return tuple(value)
+    if key == "task":
+        from harness.tasks import registry
+
+        if value not in registry():
+            raise FieldError(key, f"{value!r} is not one of {', '.join(registry())}")
+        return value
     if key in ("input_size", "max_detections"):
         return _number(key, value, int, 1, MAX_INPUT_SIZE if key == "input_size" else 100000)
     if key == "resize_size":

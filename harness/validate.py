@@ -71,7 +71,6 @@ def run_gate(gate: Gate, progress: bool = True, on_work=None, isolated: dict | N
     from harness.compare.cells import REFERENCE_WORK
     from harness.data import embedded_benchmark, load_dataset
     from harness.export import export
-    from harness.model import resolve_model
     from harness.pipeline import Request, StagedPipeline
     from harness.noise.stats import significance_block
     from harness.noise.sweep import reference_of
@@ -79,7 +78,7 @@ def run_gate(gate: Gate, progress: bool = True, on_work=None, isolated: dict | N
     from harness.report.blocks import common_blocks, failure_records
     from harness.run import require_readable
 
-    spec = resolve_model(gate.model)
+    spec = gate.request.resolve()
     data = (load_dataset(gate.dataset) if gate.dataset else embedded_benchmark(spec.task)).limit(gate.limit)
     data = data.aligned_to(spec.labels)
     working = on_work or (lambda owner: None)
@@ -91,7 +90,7 @@ def run_gate(gate: Gate, progress: bool = True, on_work=None, isolated: dict | N
         "max_sysnoise_delta", {})
     # mAP intervals for each profile and each sysnoise axis's largest change only: a gate stays cheap
     pipeline = StagedPipeline(exported, data, gate.batch_size, gate.threads,
-                              calibration_set(spec) if needs_int8 else None, bootstrap_scope="largest")
+                              calibration_set(spec, gate.calibration) if needs_int8 else None, bootstrap_scope="largest")
     reference_identity, reference_config = reference_of(exported)
     task = get_task(spec.task)
     classes = data.classes or spec.labels
@@ -119,6 +118,7 @@ def run_gate(gate: Gate, progress: bool = True, on_work=None, isolated: dict | N
                         failure_records(pipeline.failures), {**reference_identity, "profile": spec.profile.to_json()},
                         gate.threads, {}, {row["settings"]["backend"] for row in rows if "settings" in row}),
         "gate": str(gate.path),
+        "calibration": pipeline.calibration.describe() if pipeline.calibration is not None else None,
         "significance": significance_block(task, pipeline.bootstrap_rounds),
         "passed": passed,
         "checks": [c.to_json() for c in checks],

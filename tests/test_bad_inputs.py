@@ -314,6 +314,26 @@ CASES = {
     "gate-profile-type": (_gate(GATE_HEAD + '[[profiles]]\nname = "x"\ninput_size = "64"\n[thresholds]\n'
                                             'max_metric_drop = 0.01\n'),
                           ["profiles[0].input_size", "expected an integer, got str '64'"]),
+    "gate-task": (_gate(GATE_HEAD + 'task = "clasify"\n[thresholds]\nmax_metric_drop = 0.01\n'),
+                  ["line 2 (task)", "unknown task 'clasify'", "Did you mean 'classify'?"]),
+    "gate-labels-missing": (_gate(GATE_HEAD + 'labels = "nowhere.txt"\n[thresholds]\nmax_metric_drop = 0.01\n'),
+                            ["line 2 (labels)", "nowhere.txt: labels file not found"]),
+    "gate-checkpoint-missing": (_gate(GATE_HEAD + 'checkpoint = "w.pth"\n[thresholds]\nmax_metric_drop = 0.01\n'),
+                                ["line 2 (checkpoint)", "w.pth: checkpoint file not found"]),
+    "gate-calibration-missing": (_gate(GATE_HEAD + 'calibration = "train"\n[thresholds]\nmax_metric_drop = 0.01\n'),
+                                 ["line 2 (calibration)", "train: not a folder of calibration images"]),
+    "gate-profile-task": (_gate(GATE_HEAD + '[[profiles]]\nname = "x"\ntask = "detect"\n[thresholds]\n'
+                                            'max_metric_drop = 0.01\n'), ["profiles[0].task", "unknown profile key"]),
+    # labels files and tasks on the command line
+    "labels-repeated": (_writing("labels.txt", "circle\nsquare\ncircle\n", "compare", "--labels", "{p}/labels.txt",
+                                 "--backends", "ort"), ["labels.txt", "class names repeated: circle"]),
+    "labels-blank-line": (_writing("labels.txt", "circle\n\nsquare\n", "compare", "--labels", "{p}/labels.txt",
+                                   "--backends", "ort"), ["labels.txt", "no class name on line 2"]),
+    "labels-json-not-list": (_writing("labels.json", '{"0": "circle"}', "compare", "--labels", "{p}/labels.json",
+                                      "--backends", "ort"), ["labels.json", "expected a JSON list of class names"]),
+    "task-unknown": (lambda p: ["compare", "--task", "detection", "--backends", "ort"],
+                     ["unknown task 'detection'", "known: classify, detect"]),
+    "profile-task": (_profile('task = "segmentation"\n'), ["p.toml: task", "'segmentation' is not one of classify"]),
     # profile files
     "profile-size-string": (_profile('input_size = "64"\n'), ["p.toml: input_size", "got str '64'"]),
     "profile-size-float": (_profile('input_size = 64.5\n'), ["p.toml: input_size", "got float 64.5"]),

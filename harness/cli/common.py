@@ -30,6 +30,12 @@ CalibrationOpt = Annotated[Optional[Path], typer.Option(
 AllowCodeOpt = Annotated[bool, typer.Option(
     "--allow-code", help="Trust the --profile file: let it name package.module:function variants (imported and "
                          "run). Without it a file that names code is refused.")]
+TaskOpt = Annotated[Optional[str], typer.Option(
+    "--task", help="What the model is: classify, detect, segment, instances or keypoints (default: its source's, "
+                   "or the --profile file's `task`; an .onnx file is a classifier unless told).")]
+LabelsOpt = Annotated[Optional[Path], typer.Option(
+    "--labels", help="The model's class names in class-index order, one per line (or a .json list); a dataset's "
+                     "class folders are matched against them.")]
 InputShapeOpt = Annotated[Optional[str], typer.Option(
     "--input-shape", help="The model input's size for an .onnx file with dynamic height/width: S, HxW or "
                           "NxCxHxW (square). Default: the file's fixed size, else the profile's (224).")]
@@ -168,25 +174,13 @@ def _write_text(path: Path, text: str) -> None:
     write_atomic(path, text)
 
 
-def checked_inputs(profile: Path | None, allow_code: bool, input_shape: str | None, dataset: Path | None):
-    """The user's input files checked before the model is built (which imports torch and may export): a
-    bad profile, shape or dataset is one line in a second, not after the work. Returns the dataset."""
+def checked_inputs(model, dataset: Path | None):
+    """The user's input files checked before the model is built (harness.model.ModelRequest.check): a bad
+    profile, shape, labels file or dataset is one line in a second, not after the work. Returns the dataset."""
     from harness.data import load_dataset
-    from harness.model import parse_input_shape
-    from harness.profile import Profile, load_profile
 
-    if input_shape:
-        parse_input_shape(input_shape)
-    if profile is not None:
-        load_profile(profile, Profile(), allow_code)
+    model.check()
     return load_dataset(dataset) if dataset else None
-
-
-def resolve(model, checkpoint, profile, allow_code: bool = False, input_shape: str | None = None):
-    from harness.model import resolve_model
-
-    return resolve_model(model, checkpoint=checkpoint, profile_path=profile, allow_code=allow_code,
-                         input_shape=input_shape)
 
 
 def _json_to_stdout(args: list[str]) -> bool:

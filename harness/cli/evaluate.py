@@ -10,9 +10,10 @@ import typer
 from harness.cli.app import app
 from harness.cli.common import (AllowCodeOpt, BatchSizeOpt, CalibrationOpt, CellTimeoutOpt, CheckpointOpt,
                                 DatasetOpt, ExecutorOpt, HtmlOpt, InputShapeOpt, JsonOpt, LimitOpt, MemoryBudgetOpt,
-                                ModelArg, ProfileOpt, ThreadsOpt, WorkersOpt, checked_inputs, console_for, parse_size,
+                                LabelsOpt, ModelArg, ProfileOpt, TaskOpt, ThreadsOpt, WorkersOpt, checked_inputs, console_for, parse_size,
                                 print_data_notes, run_with_progress, threads_per_worker, write_reports)
 from harness.errors import InputError, UsageError
+from harness.model import ModelRequest
 
 
 @app.command()
@@ -31,6 +32,8 @@ def compare(
     profile: ProfileOpt = None,
     allow_code: AllowCodeOpt = False,
     input_shape: InputShapeOpt = None,
+    task: TaskOpt = None,
+    labels: LabelsOpt = None,
     calibration: CalibrationOpt = None,
     candidate_outputs: Annotated[Optional[Path], typer.Option(
         "--candidate-outputs", help="Outputs recorded on a target from `harness export-inputs` (.npz with "
@@ -48,27 +51,25 @@ def compare(
     from harness.compare.cells import CompareJob
 
     console = console_for(json_path)
-    checked_inputs(profile, allow_code, input_shape, dataset)  # before the worker: fail fast
+    request = ModelRequest(model, checkpoint, profile, allow_code, input_shape, task, labels)
+    checked_inputs(request, dataset)  # before the worker: fail fast
     if candidate_outputs is not None and not candidate_outputs.is_file():
         raise InputError(f"{candidate_outputs}: recorded outputs file not found")
     targets = [] if candidate_outputs is not None and not backends else parse_targets(backends, precision)
     if artifact is not None:
         _check_artifact(artifact, targets, backends)
     threads = threads_per_worker(workers, threads, executor)
-    job = CompareJob(model=model, backends=backends, precision=precision, recorded=candidate_outputs,
-                     **_candidates_options(dataset, limit, batch_size, threads, checkpoint, profile, allow_code,
-                                           input_shape, calibration, artifact))
-    report = run_with_progress(job, f"compare {model or 'the default model'}", executor, cell_timeout, workers)
+    job = CompareJob(model=request, backends=backends, precision=precision, recorded=candidate_outputs,
+                     **_candidates_options(dataset, limit, batch_size, threads, calibration, artifact))
+    report = run_with_progress(job, f"compare {request.title}", executor, cell_timeout, workers)
     _show_compare(console, report, json_path, html)
     if any(row["status"] == "failed" for row in report["results"]):
         raise typer.Exit(1)
 
 
-def _candidates_options(dataset, limit, batch_size, threads, checkpoint, profile, allow_code, input_shape,
-                        calibration, artifact) -> dict:
+def _candidates_options(dataset, limit, batch_size, threads, calibration, artifact) -> dict:
     """The options compare and drift share, as their jobs (harness.compare.cells.CandidatesJob) name them."""
     return {"dataset": dataset, "limit": limit, "batch_size": batch_size, "threads": threads,
-            "checkpoint": checkpoint, "profile": profile, "allow_code": allow_code, "input_shape": input_shape,
             "calibration": calibration, "artifact": artifact}
 
 
@@ -126,6 +127,8 @@ def drift(
     profile: ProfileOpt = None,
     allow_code: AllowCodeOpt = False,
     input_shape: InputShapeOpt = None,
+    task: TaskOpt = None,
+    labels: LabelsOpt = None,
     calibration: CalibrationOpt = None,
     artifact: Annotated[Optional[Path], typer.Option(
         "--artifact", help="The deployed file the candidate runs (e.g. a QDQ .onnx made elsewhere).")] = None,
@@ -141,18 +144,18 @@ def drift(
     from harness.compare.drift import Thresholds
     from harness.report.drift import drift_summary, drift_table, introducers_table
 
-    checked_inputs(profile, allow_code, input_shape, dataset)  # before the worker: fail fast
+    request = ModelRequest(model, checkpoint, profile, allow_code, input_shape, task, labels)
+    checked_inputs(request, dataset)  # before the worker: fail fast
     console = console_for(json_path)
     parse_target(backend)
     if artifact is not None and not artifact.is_file():
         raise InputError(f"{artifact}: deployed artefact not found")
     threads = threads_per_worker(workers, threads, executor)
-    job = DriftJob(model=model, backend=backend, precision=precision, thresholds=Thresholds(snr_floor, atol, rtol),
+    job = DriftJob(model=request, backend=backend, precision=precision, thresholds=Thresholds(snr_floor, atol, rtol),
                    taps=taps, unit_samples=unit_samples, repro=repro,
                    memory_budget=parse_size("--memory-budget", memory_budget),
-                   **_candidates_options(dataset, limit, batch_size, threads, checkpoint, profile, allow_code,
-                                         input_shape, calibration, artifact))
-    report = run_with_progress(job, f"drift {model or 'the default model'} on {backend}", executor, cell_timeout,
+                   **_candidates_options(dataset, limit, batch_size, threads, calibration, artifact))
+    report = run_with_progress(job, f"drift {request.title} on {backend}", executor, cell_timeout,
                                 workers)
     try:
         console.print(drift_table(report))

@@ -9,7 +9,8 @@ from rich.console import Console
 
 from harness.cli.app import app
 from harness.cli.common import (AllowCodeOpt, CheckpointOpt, DatasetOpt, InputShapeOpt, JsonOpt, LimitOpt, ModelArg,
-                                ProfileOpt, checked_inputs, console_for, resolve)
+                                LabelsOpt, ProfileOpt, TaskOpt, checked_inputs, console_for)
+from harness.model import ModelRequest
 
 
 @app.command("export-inputs")
@@ -22,6 +23,8 @@ def export_inputs(
     profile: ProfileOpt = None,
     allow_code: AllowCodeOpt = False,
     input_shape: InputShapeOpt = None,
+    task: TaskOpt = None,
+    labels: LabelsOpt = None,
 ) -> None:
     """Write the exact pre-processed inputs (with sample ids) for a target that cannot host the harness."""
     from harness.data import embedded_benchmark
@@ -29,8 +32,9 @@ def export_inputs(
     from harness.recorded import write_inputs
     from harness.run import iter_batches, require_readable
 
-    user_data = checked_inputs(profile, allow_code, input_shape, dataset)  # before the model: fail fast
-    spec = resolve(model, checkpoint, profile, allow_code, input_shape)
+    request = ModelRequest(model, checkpoint, profile, allow_code, input_shape, task, labels)
+    user_data = checked_inputs(request, dataset)  # before the model: fail fast
+    spec = request.resolve()
     data = (user_data if user_data is not None else embedded_benchmark(spec.task)).limit(limit)
     require_readable(data, spec.profile)
     exported = export(spec)
@@ -62,12 +66,12 @@ def backends_cmd(json_path: JsonOpt = None, markdown: Annotated[bool, typer.Opti
 @app.command("export")
 def export_cmd(model: ModelArg = None, checkpoint: CheckpointOpt = None, profile: ProfileOpt = None,
                json_path: JsonOpt = None, allow_code: AllowCodeOpt = False,
-               input_shape: InputShapeOpt = None) -> None:
+               input_shape: InputShapeOpt = None, task: TaskOpt = None) -> None:
     """Export the model to ONNX once (cached by content hash) and print where it is."""
     from harness.export import export
     from harness.report import write_json
 
-    exported = export(resolve(model, checkpoint, profile, allow_code, input_shape))
+    exported = export(ModelRequest(model, checkpoint, profile, allow_code, input_shape, task).resolve())
     info = {"schema": "harness.export/1", "model": exported.spec.name, "onnx": str(exported.onnx_path),
             "onnx_sha256": exported.sha256, "exporter": exported.exporter, "opset": exported.opset,
             "cache_hit": exported.cache_hit, "mapped_tensors": len(exported.name_map.get("tensors", {}))}

@@ -11,8 +11,9 @@ from rich.markup import escape
 from harness.cli.app import app
 from harness.cli.common import (AllowCodeOpt, BatchSizeOpt, CalibrationOpt, CellTimeoutOpt, CheckpointOpt,
                                 DatasetOpt, ExecutorOpt, HtmlOpt, InputShapeOpt, JsonOpt, LimitOpt, ModelArg,
-                                ProfileOpt, ThreadsOpt, WorkersOpt, checked_inputs, console_for, print_data_notes,
-                                resolve, run_with_progress, threads_per_worker, write_reports)
+                                LabelsOpt, ProfileOpt, TaskOpt, ThreadsOpt, WorkersOpt, checked_inputs, console_for, print_data_notes,
+                                run_with_progress, threads_per_worker, write_reports)
+from harness.model import ModelRequest
 
 
 @app.command()
@@ -34,6 +35,8 @@ def sysnoise(
     profile: ProfileOpt = None,
     allow_code: AllowCodeOpt = False,
     input_shape: InputShapeOpt = None,
+    task: TaskOpt = None,
+    labels: LabelsOpt = None,
     calibration: CalibrationOpt = None,
     variant: Annotated[Optional[list[str]], typer.Option(
         "--variant", help="Your own variant: AXIS=package.module:function (decoder, resize, color or nms); "
@@ -67,13 +70,14 @@ def sysnoise(
     from harness.noise.cells import SweepJob
     from harness.noise.runner import SweepSettings
 
-    checked_inputs(profile, allow_code, input_shape, dataset)  # before the worker: fail fast
+    request = ModelRequest(model, checkpoint, profile, allow_code, input_shape, task, labels)
+    checked_inputs(request, dataset)  # before the worker: fail fast
     console = console_for(json_path)
     graph_backend = get_backend(backend).name
     for text in variant or []:
         add_user_variant(text)
     if list_axes:
-        _print_axes(console, resolve(model, checkpoint, profile, allow_code, input_shape), graph_backend)
+        _print_axes(console, request.resolve(), graph_backend)
         return
     rounds = _bootstrap_rounds(bootstrap_rounds, bootstrap_seconds)
     threads = threads_per_worker(workers, threads, executor)
@@ -82,8 +86,7 @@ def sysnoise(
                              bootstrap_scope=bootstrap_scope, **({"chunk_size": chunk_size} if chunk_size else {}),
                              workers=workers)
     get_axes(axes)  # a misspelt axis fails here, before a worker starts
-    job = SweepJob(model, checkpoint, profile, list(variant or []), settings, None, resume, allow_code=allow_code,
-                   input_shape=input_shape, executor=executor)
+    job = SweepJob(request, list(variant or []), settings, None, resume, executor=executor)
     report = _run_stored(job, executor, cell_timeout, store)
     _show(console, report, json_path, html, markdown)
     if any(v["status"] == "failed" for axis in report["axes"] for v in axis["variants"]):
@@ -122,7 +125,7 @@ def _run_stored(job, executor: str, cell_timeout: float | None, store: Path | No
     workers = job.settings.workers
     try:
         if workers > 1:  # the shards' pass as one bar (one worker draws its own, axis by axis)
-            report = run_with_progress(job, f"sysnoise {job.model or 'the default model'} (images, {workers} workers)",
+            report = run_with_progress(job, f"sysnoise {job.model.title} (images, {workers} workers)",
                                        executor, cell_timeout, workers, cells)
         else:
             report = run_cells(job, executor, cell_timeout, cells)

@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from harness.model import ModelRequest
+
 REFERENCE_WORK = "reference"
 
 
@@ -22,16 +24,12 @@ class CandidatesJob:
     """What a worker needs to run one model's candidates against its reference (names and paths: the worker
     resolves them again); compare's and drift's jobs add their own options."""
 
-    model: str | None
+    model: ModelRequest
     precision: str
     dataset: Path | None = None
     limit: int | None = None
     batch_size: int = 32
     threads: int | None = None
-    checkpoint: Path | None = None
-    profile: Path | None = None
-    allow_code: bool = False
-    input_shape: str | None = None
     calibration: Path | None = None
     artifact: Path | None = None
     isolated: dict = field(default_factory=dict)   # candidate label -> why its worker died or was killed
@@ -57,10 +55,8 @@ class CandidatesJob:
     def model_and_data(self):
         """(the model's spec, the data), resolved in the worker."""
         from harness.data import embedded_benchmark, load_dataset
-        from harness.model import resolve_model
 
-        spec = resolve_model(self.model, checkpoint=self.checkpoint, profile_path=self.profile,
-                             allow_code=self.allow_code, input_shape=self.input_shape)
+        spec = self.model.resolve()
         return spec, (load_dataset(self.dataset) if self.dataset else embedded_benchmark(spec.task)).limit(self.limit)
 
     def receive(self, message: tuple, store) -> None:

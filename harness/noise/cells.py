@@ -7,6 +7,7 @@ import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from harness.model import ModelRequest
 from harness.noise.runner import SweepSettings
 
 
@@ -15,15 +16,11 @@ class SweepJob:
     """What a worker needs to run one sweep: names and paths (picklable), resolved again in the worker; a job
     of harness.executor."""
 
-    model: str | None
-    checkpoint: Path | None
-    profile: Path | None
+    model: ModelRequest
     user_variants: list[str]
     settings: SweepSettings                    # what the sweep measures and how
     store_path: Path | None = None             # read by the worker: pieces of this run, and with --resume rows
     resume: bool = False                       # and pieces of earlier runs
-    allow_code: bool = False                   # --allow-code: the profile file may name code
-    input_shape: str | None = None             # --input-shape
     taken: dict = field(default_factory=dict)  # rows finished by earlier workers of this run, by cell key
     run: str = field(default_factory=lambda: uuid.uuid4().hex)  # names this run's pieces in the store
     piece_contexts: set = field(default_factory=set)  # the sweeps whose pieces the store got (driver side)
@@ -55,14 +52,12 @@ class SweepJob:
 
     def work(self, send) -> dict:
         """The worker's side: the sweep, its rows and pieces sent as they finish; returns the report."""
-        from harness.model import resolve_model
         from harness.noise import add_user_variant
         from harness.noise.runner import sysnoise_report
 
         for text in self.user_variants:
             add_user_variant(text)
-        spec = resolve_model(self.model, checkpoint=self.checkpoint, profile_path=self.profile,
-                             allow_code=self.allow_code, input_shape=self.input_shape)
+        spec = self.model.resolve()
         report = sysnoise_report(spec, self.settings, progress=True if self.shard is None else send, store=RelayStore(self, send),
                                  resume=True, shard=self.shard)
         if self.shard_results:

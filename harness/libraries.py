@@ -1,0 +1,125 @@
+"""Models from libraries, built offline: `torchvision:NAME` and `timm:NAME`. Each one's reference
+pre-processing is read from the library (torchvision's `weights.transforms()`, timm's `resolve_data_config`)
+and reproduces its transform bit for bit; without a checkpoint the weights come from one fixed seed."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from harness.errors import UnknownName, UsageError
+from harness.model import ModelSpec
+from harness.profile import Profile
+from harness.tasks import CLASSIFY
+
+def _pil_resizes() -> dict:
+    """torchvision's interpolation modes -> the harness's resize names: Resize on a PIL image calls Pillow's
+    resize with that filter (antialias is Pillow's own), which these names run."""
+    from torchvision.transforms import InterpolationMode
+
+    return {InterpolationMode.BILINEAR: "pil-bilinear", InterpolationMode.BICUBIC: "pil-bicubic",
+            InterpolationMode.NEAREST: "pil-nearest", InterpolationMode.LANCZOS: "pil-lanczos",
+            InterpolationMode.BOX: "pil-box", InterpolationMode.HAMMING: "pil-hamming"}
+
+
+def torchvision_spec(arch: str, checkpoint: Path | None) -> ModelSpec:
+    import torchvision
+
+    try:
+        builder = torchvision.models.get_model_builder(arch)
+    except ValueError:
+        raise UnknownName("torchvision model", arch, torchvision.models.list_models()) from None
+    profile = Profile(input_size=224, geometry="torchvision-crop")
+    labels: tuple[str, ...] = ()
+    try:  # the preprocessing of the default weights, read without downloading them
+        weights = torchvision.models.get_model_weights(arch).DEFAULT
+        transforms = weights.transforms()
+        interpolation = _pil_resizes()[transforms.interpolation]
+        profile = Profile(resize=interpolation, geometry="torchvision-crop", input_size=transforms.crop_size[0],
+                          resize_size=transforms.resize_size[0], mean=tuple(transforms.mean),
+                          std=tuple(transforms.std))
+        labels = tuple(weights.meta.get("categories") or ())
+    except (ValueError, AttributeError, KeyError, TypeError):
+        pass  # no published weights for this architecture: ImageNet defaults, overridable by --profile
+    task = CLASSIFY
+    seed = None if checkpoint is not None else RANDOM_WEIGHTS_SEED
+    return ModelSpec(name=f"torchvision:{arch}", task=task, profile=profile, labels=labels,
+                     build=lambda: _offline_build(builder, seed), weights=checkpoint,
+                     source=f"torchvision:{arch}", summary=f"torchvision {arch}", random_seed=seed)
+
+
+RANDOM_WEIGHTS_SEED = 0
+
+
+def _offline_build(builder, seed: int | None):
+    """A torchvision model built without any download (no weights, no backbone weights)."""
+    import inspect
+
+    options = {"weights": None}
+    if "weights_backbone" in inspect.signature(builder).parameters:
+        options["weights_backbone"] = None  # detection and segmentation builders fetch one by default
+    return _seeded(lambda: builder(**options), seed)
+
+
+def _seeded(build: Callable, seed: int | None):
+    """A library model built, without a checkpoint, from a fixed seed: the reference, the export and its
+    cache key all see the same weights; the caller's random state is left as it was."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed if seed is not None else RANDOM_WEIGHTS_SEED)
+        return build()
+
+
+def timm_spec(arch: str, checkpoint: Path | None) -> ModelSpec:
+    """A timm classifier, built offline (`pretrained=False`); its reference pre-processing is what timm's
+    `resolve_data_config` + `create_transform` make for it, read from its pretrained config."""
+    try:
+        import timm
+        from timm.data import infer_imagenet_subset, resolve_data_config
+        from timm.models import get_pretrained_cfg
+    except ImportError as err:
+        raise UsageError(f"timm:{arch} needs timm ({err}): pip install timm") from None
+    if not timm.is_model(arch):
+        raise UnknownName("timm model", arch, timm.list_models())
+    pretrained = get_pretrained_cfg(arch)
+    config = resolve_data_config(pretrained_cfg=pretrained.to_dict() if pretrained else {})
+    seed = None if checkpoint is not None else RANDOM_WEIGHTS_SEED
+    return ModelSpec(name=f"timm:{arch}", task=CLASSIFY, profile=_timm_profile(arch, config),
+                     labels=_timm_labels(infer_imagenet_subset(pretrained.to_dict()) if pretrained else None),
+                     build=lambda: _seeded(lambda: timm.create_model(arch, pretrained=False), seed),
+                     weights=checkpoint, source=f"timm:{arch}", summary=f"timm {arch}", random_seed=seed)
+
+
+def _timm_profile(arch: str, config: dict) -> Profile:
+    """timm's eval transform (transforms_imagenet_eval) as a profile: crop_mode "center" is torchvision's
+    Resize(floor(size / crop_pct)) + CenterCrop, "squash" resizes both sides to that and centre-crops."""
+    import math
+
+    from timm.data.transforms import str_to_interp_mode
+
+    _, height, width = config["input_size"]
+    mode = config.get("crop_mode") or "center"
+    if height != width or mode not in ("center", "squash"):
+        raise UsageError(f"timm:{arch}: timm evaluates it at {height}x{width} with crop_mode {mode!r}; the harness "
+                         "reproduces square inputs with crop_mode center or squash, bit for bit, and no other")
+    resize_size = math.floor(height / (config.get("crop_pct") or 0.875))
+    return Profile(resize=_pil_resizes()[str_to_interp_mode(config["interpolation"])],
+                   geometry="torchvision-crop" if mode == "center" else "squash", input_size=height,
+                   resize_size=resize_size, mean=tuple(config["mean"]), std=tuple(config["std"]))
+
+
+def _timm_labels(subset: str | None) -> tuple[str, ...]:
+    """ImageNet-1k: torchvision's category names (the same classes, in the same order), so a folder per WordNet
+    id maps onto them; another ImageNet subset: timm's WordNet ids for it; anything else: none."""
+    if subset == "imagenet-1k":
+        from torchvision.models import ResNet18_Weights
+
+        return tuple(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
+    if subset:
+        from timm.data import ImageNetInfo
+
+        return tuple(ImageNetInfo(subset).label_names())
+    return ()
+
+
+LIBRARIES = {"torchvision": torchvision_spec, "timm": timm_spec}
