@@ -46,6 +46,18 @@ def _photos() -> list[tuple[str, bytes]]:
     return out + [(path.name, path.read_bytes()) for path in benchmark]
 
 
+def _differing(spec, transform) -> list[str]:
+    """The photos whose reference tensor is not the library transform's output, bit for bit."""
+    differing = []
+    for name, data in _photos():
+        expected = transform(Image.open(io.BytesIO(data)).convert("RGB")).numpy()
+        pixels, _ = to_pixels(data, spec.profile)
+        got = normalize(pixels[None], spec.profile)[0]
+        if got.shape != expected.shape or not np.array_equal(got, expected):
+            differing.append(name)
+    return differing
+
+
 def test_torchvision_weights_use_the_interpolations_tested_here():
     assert set(WEIGHTS) >= {torchvision.transforms.InterpolationMode.BILINEAR,
                             torchvision.transforms.InterpolationMode.BICUBIC}
@@ -54,14 +66,7 @@ def test_torchvision_weights_use_the_interpolations_tested_here():
 @pytest.mark.parametrize("arch", sorted(set(WEIGHTS.values())))
 def test_the_reference_tensor_is_torchvisions_own_bit_for_bit(arch):
     spec = resolve_model(f"torchvision:{arch}")
-    transforms = torchvision.models.get_model_weights(arch).DEFAULT.transforms()
-    differing = []
-    for name, data in _photos():
-        expected = transforms(Image.open(io.BytesIO(data)).convert("RGB")).numpy()
-        pixels, _ = to_pixels(data, spec.profile)
-        got = normalize(pixels[None], spec.profile)[0]
-        if got.shape != expected.shape or not np.array_equal(got, expected):
-            differing.append(name)
+    differing = _differing(spec, torchvision.models.get_model_weights(arch).DEFAULT.transforms())
     assert differing == [], f"{arch}: {len(differing)} images differ from weights.transforms(), e.g. {differing[:3]}"
 
 
@@ -78,14 +83,7 @@ def test_the_reference_tensor_is_timms_own_bit_for_bit(arch):
     spec = resolve_model(f"timm:{arch}")
     model = spec.load_torch()
     config = resolve_data_config({}, model=model)  # what timm's own scripts (validate.py, inference.py) do
-    transform = create_transform(**config)
-    differing = []
-    for name, data in _photos():
-        expected = transform(Image.open(io.BytesIO(data)).convert("RGB")).numpy()
-        pixels, _ = to_pixels(data, spec.profile)
-        got = normalize(pixels[None], spec.profile)[0]
-        if got.shape != expected.shape or not np.array_equal(got, expected):
-            differing.append(name)
+    differing = _differing(spec, create_transform(**config))
     assert differing == [], f"{arch}: {len(differing)} images differ from timm's transform, e.g. {differing[:3]}"
     assert model.pretrained_cfg["architecture"] == arch and model.num_classes == 1000
     assert len(spec.labels) == 1000 and spec.labels[0] == "tench" and spec.random_seed == 0
