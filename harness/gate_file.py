@@ -13,7 +13,7 @@ TOP_KEYS = {"model": str, "checkpoint": str, "profile": str, "task": str, "label
             "calibration": str, "dataset": str, "limit": int, "batch_size": int, "threads": int, "profiles": list,
             "thresholds": dict}
 # the model's own facts: the gate's top-level keys (as on the command line), never a [[profiles]] entry's
-MODEL_FACTS = ("labels", "task")
+MODEL_FACTS = ("labels", "task", "head")
 THRESHOLDS = {
     "max_metric_drop": "largest allowed drop of the primary metric (top1 or mAP), as a fraction: 0.01 = 1 point",
     "min_top1_agreement": "smallest allowed share of samples whose prediction matches the reference",

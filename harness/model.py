@@ -16,7 +16,7 @@ from typing import Callable
 
 from harness.errors import InputError, UnknownName, UsageError
 from harness.profile import Profile, load_profile
-from harness.tasks import CLASSIFY, get_task
+from harness.tasks import CLASSIFY, DETECT, get_task
 
 
 @dataclass(frozen=True)
@@ -226,6 +226,16 @@ def read_labels(path: Path) -> tuple[str, ...]:
     return tuple(labels)
 
 
+def _head_of(head: dict, spec: ModelSpec, source: Path) -> dict:
+    """A profile file's [head]: the outputs it names must be the graph's (an .onnx file's are known now)."""
+    from harness.heads import checked_head
+
+    try:
+        return checked_head(head, spec.output_names if spec.onnx is not None else None)
+    except UsageError as err:
+        raise UsageError(f"{source}: {err}") from None
+
+
 def resolve_model(name: str | None, checkpoint: Path | None = None, profile_path: Path | None = None,
                   task: str | None = None, allow_code: bool = False, input_shape: str | None = None,
                   labels_path: Path | None = None) -> ModelSpec:
@@ -256,10 +266,16 @@ def resolve_model(name: str | None, checkpoint: Path | None = None, profile_path
         dynamic = dynamic and profile.input_size == spec.profile.input_size
         spec = replace(spec, profile=profile, labels=profile.labels or spec.labels)
         task = task or profile.task
+        if profile.head:
+            spec = replace(spec, head=_head_of(profile.head, spec, profile_path))
     if task is not None:
         spec = replace(spec, task=get_task(task).name)
     if labels_path is not None:
         spec = replace(spec, labels=read_labels(labels_path))
+    if spec.task == DETECT:
+        from harness.heads import head_layout
+
+        head_layout(spec.head)  # a detector without a declared layout: one line listing the layouts
     if input_size and spec.profile.input_size != input_size:
         spec = replace(spec, profile=spec.profile.replace(input_size=input_size))
     whole = spec.profile.geometry == "letterbox" or (spec.profile.geometry == "squash" and spec.profile.resize_size

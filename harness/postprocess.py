@@ -71,6 +71,20 @@ def nms_torchvision_batched(boxes: np.ndarray, scores: np.ndarray, labels: np.nd
     return indices[scores[indices].sort(descending=True)[1]].numpy()
 
 
+ULTRALYTICS_MAX_WH = 7680
+
+
+def nms_ultralytics_offset(boxes, scores, labels, iou: float) -> np.ndarray:
+    """Class-aware NMS as ultralytics' non_max_suppression runs it: each class's boxes moved by class x 7680
+    (max_wh) in float32, then one torchvision NMS. The large offsets round the boxes (float32 steps of
+    1/256 px at class 7), so an overlap near the threshold can fall the other way than under
+    torchvision-batched. Kept indices score-descending."""
+    import torch
+
+    offsets = torch.from_numpy(labels).to(torch.float32)[:, None] * ULTRALYTICS_MAX_WH
+    return _torchvision_nms()(torch.from_numpy(boxes) + offsets, torch.from_numpy(scores), iou).numpy()
+
+
 def nms_torchvision_agnostic(boxes, scores, labels, iou: float) -> np.ndarray:
     """Class-agnostic NMS (torchvision.ops.nms, its kernel): overlapping boxes of different classes suppress
     each other."""
@@ -146,7 +160,7 @@ def nms_onnx(boxes, scores, labels, iou: float) -> np.ndarray:
 
 
 NMS = {"torchvision-batched": nms_torchvision_batched, "torchvision-agnostic": nms_torchvision_agnostic,
-       "onnx": nms_onnx, "opencv": nms_opencv, "numpy": nms_numpy}
+       "ultralytics-offset": nms_ultralytics_offset, "onnx": nms_onnx, "opencv": nms_opencv, "numpy": nms_numpy}
 BOX_DECODES = ("clip", "no-clip", "legacy-plus-one", "fp16")
 
 
@@ -206,7 +220,12 @@ def decode_boxes(box_reg: np.ndarray, centres: np.ndarray, strides: np.ndarray, 
     dtype = np.float16 if profile.box_decode == "fp16" else np.float32
     distances = np.exp(box_reg.astype(dtype)) * strides[:, None].astype(dtype)
     centres = centres.astype(dtype)
-    boxes = np.concatenate([centres - distances[:, :2], centres + distances[:, 2:]], axis=1)
+    return box_convention(np.concatenate([centres - distances[:, :2], centres + distances[:, 2:]], axis=1), profile)
+
+
+def box_convention(boxes: np.ndarray, profile: Profile) -> np.ndarray:
+    """Decoded xyxy boxes -> float32 by the profile's `box_decode` conventions after the decode: the legacy
+    "+1" pixel (x2/y2 one pixel smaller), then clipping to the input unless "no-clip"."""
     if profile.box_decode == "legacy-plus-one":
         boxes[:, 2:] -= 1
     if profile.box_decode != "no-clip":

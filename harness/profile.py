@@ -65,6 +65,7 @@ class Profile:
     keypoint_decode: str = "simcc-argmax"
     labels: tuple[str, ...] = field(default=(), compare=False)
     task: str | None = field(default=None, compare=False)  # a harness.tasks name: what the model is (a file's)
+    head: dict = field(default_factory=dict, compare=False)  # a detector's head layout ([head]: harness.heads)
 
     def __post_init__(self) -> None:
         if self.geometry not in GEOMETRIES:
@@ -173,6 +174,13 @@ def checked_field(key: str, value, allow_code: bool = False):
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
             raise FieldError(key, f"must be a list of class names (strings), got {type(value).__name__} {value!r}")
         return tuple(value)
+    if key == "head":
+        from harness.heads import checked_head
+
+        try:
+            return checked_head(value)
+        except UsageError as err:
+            raise FieldError(key, str(err), names_key=True) from None
     if key == "task":
         from harness.tasks import registry
 

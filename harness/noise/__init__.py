@@ -246,7 +246,7 @@ def _post_processing(axis: str, build):
     def variants(spec, graph_backend):
         from harness.tasks import get_task
 
-        return build(spec, graph_backend) if axis in get_task(spec.task).post_axes else []
+        return build(spec, graph_backend) if axis in get_task(spec.task).post_axes_of(spec) else []
     return variants
 
 

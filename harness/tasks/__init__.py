@@ -41,6 +41,10 @@ class Task(ABC):
     significance_rule = ""
     post_axes: tuple[str, ...] = ()  # the post-processing noise axes that apply (nms, box_decode, points)
 
+    def post_axes_of(self, spec) -> tuple[str, ...]:
+        """The post-processing axes that act on this model (its head may have fewer stages)."""
+        return self.post_axes
+
     @abstractmethod
     def predictions(self, outputs: dict[str, np.ndarray], geometries: list, profile, head: dict) -> list:
         """A batch's raw outputs (by output name, batch first) -> one prediction per sample, in stored-image

@@ -1,17 +1,12 @@
-"""Object detection: FCOS-style raw head maps decoded by the harness (points, boxes, NMS: the
-post-processing noise axes); COCO AP through pycocotools; two predictions agree when their confident
+"""Object detection: raw head outputs decoded by the harness (harness.heads: FCOS maps, YOLO-style dense
+boxes; points, boxes, NMS: the post-processing noise axes), or a graph's own post-processed detections;
+COCO AP through pycocotools; two predictions agree when their confident
 detections pair up one-to-one by class and IoU."""
 from __future__ import annotations
 
 import numpy as np
 
-from harness.errors import HarnessError
 from harness.tasks import DETECT, Evaluation, Task
-
-HEAD_HELP = ("models must declare head={'type': 'fcos', 'levels': [{'stride': 8, 'cls_logits': OUTPUT, 'box_reg': "
-             "OUTPUT, 'centerness': OUTPUT}, ...]} (optional 'points': 'stride' or 'spread', "
-             "harness.postprocess.fcos_points)")
-
 
 class Detect(Task):
     name = DETECT
@@ -25,18 +20,24 @@ class Detect(Task):
 
         return MAP_RULE
 
-    def predictions(self, outputs, geometries, profile, head) -> list:
-        from harness.postprocess import Detections, decode_fcos, point_placement
+    def post_axes_of(self, spec) -> tuple[str, ...]:
+        """Detection's post-processing axes that act on the model's head layout (none on a graph that
+        post-processes itself), and a subclass's own."""
+        from harness.heads import head_layout
 
-        if head.get("type") != "fcos":
-            raise HarnessError(f"detection post-processing for head {head.get('type')!r} is not available; "
-                               + HEAD_HELP)
-        placement = point_placement(head, profile)
+        acting = head_layout(spec.head).post_axes
+        return tuple(axis for axis in self.post_axes if axis in acting or axis not in Detect.post_axes)
+
+    def predictions(self, outputs, geometries, profile, head) -> list:
+        from harness.heads import head_layout
+        from harness.postprocess import Detections
+
+        layout = head_layout(head)
+        layout.check(head, profile)
+        names = layout.outputs(head)
         predictions = []
         for k, geometry in enumerate(geometries):
-            levels = [(level["stride"], outputs[level["cls_logits"]][k], outputs[level["box_reg"]][k],
-                       outputs[level["centerness"]][k]) for level in head["levels"]]
-            dets = decode_fcos(levels, profile, placement)
+            dets = layout.decode({name: outputs[name][k] for name in names}, profile, head)
             predictions.append(Detections(geometry.to_image(dets.boxes), dets.scores, dets.labels))
         return predictions
 

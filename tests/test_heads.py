@@ -1,0 +1,177 @@
+"""Detection head layouts other than the zoo's FCOS maps: a YOLO-style dense output decoded by the harness
+(so its NMS and box-decoding axes apply), and a graph that post-processes itself (taken as it is; those
+axes do not apply). Their decoding against the family's own post-processing, and each through the
+commands as an .onnx file a user brings."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from harness.data.benchmark import DETECT_DIR
+from harness.profile import Profile
+
+PLUGINS = str(Path(__file__).parent / "plugins")
+sys.path.insert(0, PLUGINS)
+from harness_test_yolo import TinyYolo  # noqa: E402
+
+CLASSES = ("circle", "square", "triangle", "star", "ring", "cross", "hexagon", "diamond", "crescent", "arrow")
+# YOLOv5's NMS IoU and ultralytics' max_det; boxes unclipped, as ultralytics' NMS sees them (it clips after
+# scaling them to the image)
+PROFILE = Profile(geometry="letterbox", input_size=128, box_decode="no-clip", score_threshold=0.25,
+                  iou_threshold=0.45, max_detections=300, nms="ultralytics-offset")
+
+
+def _yolo_outputs(count: int = 6) -> np.ndarray:
+    """Real outputs of the random-init TinyYolo on benchmark images, [N, 4 + C, A]."""
+    from harness.preprocess import normalize, to_pixels
+
+    images = sorted((DETECT_DIR / "images").glob("*.jpg"))[:count]
+    batch = np.stack([normalize(to_pixels(path.read_bytes(), PROFILE)[0], PROFILE) for path in images])
+    torch.manual_seed(0)
+    with torch.no_grad():
+        return TinyYolo(len(CLASSES)).eval()(torch.from_numpy(batch)).numpy()
+
+
+def _ultralytics_nms(rows: torch.Tensor, objectness: bool, conf: float, iou: float, max_det: int):
+    """ultralytics.utils.ops.non_max_suppression for one image (multi_label off, no class filter), as its
+    source reads: rows [A, 4 + C] (or [A, 5 + C]) with xywh boxes."""
+    if objectness:  # YOLOv5: conf = obj_conf * cls_conf
+        rows = torch.cat([rows[:, :4], rows[:, 5:] * rows[:, 4:5]], 1)
+    candidates = rows[rows[:, 4:].amax(1) > conf]
+    box = torch.cat([candidates[:, :2] - candidates[:, 2:4] / 2, candidates[:, :2] + candidates[:, 2:4] / 2], 1)
+    score, label = candidates[:, 4:].max(1, keepdim=True)
+    x = torch.cat((box, score, label.float()), 1)[score.view(-1) > conf]
+    x = x[x[:, 4].argsort(descending=True)[:30000]]
+    offsets = x[:, 5:6] * 7680  # max_wh: one class's boxes never overlap another's
+    keep = torchvision.ops.nms(x[:, :4] + offsets, x[:, 4], iou)[:max_det]
+    return x[keep, :4].numpy(), x[keep, 4].numpy(), x[keep, 5].long().numpy()
+
+
+@pytest.mark.parametrize("layout,objectness", [("channels-first", False), ("anchors-first", False),
+                                               ("anchors-first", True)])
+def test_yolo_decoding_and_nms_equal_ultralytics_non_max_suppression(layout, objectness):
+    from harness.heads import head_layout
+
+    outputs = _yolo_outputs()
+    if objectness:  # a YOLOv5 row: box, objectness, class probabilities
+        rng = np.random.default_rng(0)
+        objectness_column = rng.uniform(0.2, 1.0, (outputs.shape[0], 1, outputs.shape[2])).astype(np.float32)
+        outputs = np.concatenate([outputs[:, :4], objectness_column, outputs[:, 4:]], axis=1)
+    graph_output = outputs if layout == "channels-first" else outputs.transpose(0, 2, 1).copy()
+    head = {"type": "yolo", "output": "output0", "layout": layout, "box": "xywh", "objectness": objectness}
+    compared = candidates = 0
+
+    def scores_of(rows):
+        rows = rows.T if layout == "channels-first" else rows
+        return (rows[:, 5:] * rows[:, 4:5] if objectness else rows[:, 4:]).max(axis=1)
+
+    for k in range(len(outputs)):
+        ours = head_layout(head).decode({"output0": graph_output[k]}, PROFILE, head)
+        boxes, scores, labels = _ultralytics_nms(torch.from_numpy(outputs[k].T.copy()), objectness,
+                                                 PROFILE.score_threshold, PROFILE.iou_threshold,
+                                                 PROFILE.max_detections)
+        # equal scores (saturated sigmoids) come out in either order: both sides in one canonical order
+        ours_order, their_order = (np.lexsort((b[:, 1], b[:, 0], -s)) for b, s in ((ours.boxes, ours.scores),
+                                                                                    (boxes, scores)))
+        assert np.array_equal(ours.labels[ours_order], labels[their_order])
+        assert np.array_equal(ours.scores[ours_order], scores[their_order])
+        np.testing.assert_allclose(ours.boxes[ours_order], boxes[their_order], rtol=0, atol=1e-5)
+        compared += len(labels)
+        candidates += int((scores_of(graph_output[k]) > PROFILE.score_threshold).sum())
+    assert 0.5 * candidates < compared < 0.95 * candidates  # NMS dropped real boxes, and kept most
+
+
+def _export(module: torch.nn.Module, path: Path, output_names: list[str]) -> Path:
+    torch.manual_seed(0)
+    torch.onnx.export(module.eval(), (torch.zeros(1, 3, 128, 128),), str(path), input_names=["images"],
+                      output_names=output_names, dynamic_axes={"images": {0: "batch"}}, dynamo=False,
+                      opset_version=17)
+    return path
+
+
+def _profile(path: Path, head: str) -> Path:
+    labels = ", ".join(f'"{name}"' for name in CLASSES)
+    path.write_text(f'task = "detect"\nlabels = [{labels}]\n[pre]\ninput_size = 128\ngeometry = "letterbox"\n'
+                    f'[post]\nbox_decode = "no-clip"\nscore_threshold = 0.25\n[head]\n{head}')
+    return path
+
+
+def test_a_yolo_onnx_file_through_compare_and_sysnoise(tmp_path, harness_cli):
+    torch.manual_seed(0)
+    model = _export(TinyYolo(len(CLASSES)), tmp_path / "yolo.onnx", ["output0"])
+    profile = _profile(tmp_path / "yolo.toml", 'type = "yolo"\noutput = "output0"\n')
+    compared = harness_cli("compare", str(model), "--profile", str(profile), "--backends", "ort,openvino",
+                           "--limit", "12", "--json", "-")
+    assert compared.returncode == 0, compared.stderr[-2000:]
+    report = json.loads(compared.stdout)
+    assert report["model"]["task"] == "detect" and report["dataset"]["samples"] == 12
+    for row in report["results"]:
+        assert row["status"] == "ok" and row["outputs"]["max_abs"] < 1e-3, row
+    swept = harness_cli("sysnoise", str(model), "--profile", str(profile), "--axes", "nms,box_decode", "--limit", "12",
+                        "--bootstrap-rounds", "0", "--json", "-")
+    assert swept.returncode == 0, swept.stderr[-2000:]
+    axes = {axis["axis"]: [v["name"] for v in axis["variants"]] for axis in json.loads(swept.stdout)["axes"]}
+    assert "torchvision-agnostic" in axes["nms"] and "legacy-plus-one" in axes["box_decode"], axes
+
+
+class _Postprocessed(torch.nn.Module):
+    """A detector whose graph ends in its own selection: the 20 best anchors' boxes (xyxy), scores and labels."""
+
+    def __init__(self):
+        super().__init__()
+        self.yolo = TinyYolo(len(CLASSES))
+
+    def forward(self, x):
+        rows = self.yolo(x).transpose(1, 2)                        # [N, A, 4 + C]
+        scores, labels = rows[..., 4:].max(-1)
+        top = scores.topk(20, dim=1).indices
+        picked = torch.gather(rows[..., :4], 1, top[..., None].expand(-1, -1, 4))
+        boxes = torch.cat([picked[..., :2] - picked[..., 2:] / 2, picked[..., :2] + picked[..., 2:] / 2], -1)
+        return boxes, torch.gather(scores, 1, top), torch.gather(labels, 1, top)
+
+
+def test_a_postprocessed_graph_is_taken_as_it_is_and_the_nms_axes_do_not_apply(tmp_path, harness_cli):
+    model = _export(_Postprocessed(), tmp_path / "nms-inside.onnx", ["boxes", "scores", "labels"])
+    profile = _profile(tmp_path / "p.toml", 'type = "postprocessed"\nboxes = "boxes"\nscores = "scores"\n'
+                                            'labels = "labels"\n')
+    listed = harness_cli("sysnoise", str(model), "--profile", str(profile), "--list-axes")
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    nms_line = listed.stdout.split("nms (post)")[1].splitlines()[1]
+    assert nms_line.strip() == "", listed.stdout  # no variant: the graph's own NMS already ran
+    compared = harness_cli("compare", str(model), "--profile", str(profile), "--backends", "ort", "--limit", "8",
+                           "--json", "-")
+    assert compared.returncode == 0, compared.stderr[-2000:]
+    row = json.loads(compared.stdout)["results"][0]
+    assert row["status"] == "ok" and row["outputs"]["max_abs"] < 1e-3 and row["outputs"]["top1_agreement"] == 1.0, row
+
+
+@pytest.mark.parametrize("head,fragment", [
+    ('type = "retina"\n', "detection head 'retina': declare one of fcos, yolo, postprocessed"),
+    ('type = "yolo"\n', "a yolo head needs output"),
+    ('type = "yolo"\noutput = "output0"\nlayout = "rows"\n', "head layout = 'rows': expected channels-first, "
+                                                             "anchors-first"),
+    ('type = "yolo"\noutput = "output0"\nstrides = [8]\n', "head key 'strides' is not one of a yolo head's"),
+    ('type = "yolo"\noutput = "out"\n', "head names 'out', not outputs of the model (its outputs: output0)"),
+])
+def test_a_bad_head_table_is_one_line(tmp_path, harness_cli, head, fragment):
+    model = _export(TinyYolo(len(CLASSES)), tmp_path / "yolo.onnx", ["output0"])
+    result = harness_cli("compare", str(model), "--profile", str(_profile(tmp_path / "p.toml", head)),
+                         "--backends", "ort", "--limit", "2")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and fragment in lines[0], result.stderr[-2000:]
+
+
+def test_a_detect_onnx_without_a_head_says_which_layouts_there_are(tmp_path, harness_cli):
+    model = _export(TinyYolo(len(CLASSES)), tmp_path / "yolo.onnx", ["output0"])
+    result = harness_cli("compare", str(model), "--task", "detect", "--backends", "ort", "--limit", "2",
+                         env={"PYTHONPATH": PLUGINS + os.pathsep + os.environ.get("PYTHONPATH", "")})
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and "detection head None: declare one of fcos, yolo" in lines[0], \
+        result.stderr[-2000:]
