@@ -15,6 +15,8 @@ A model declares its layout as `head` (a ModelSpec's, or a profile file's `[head
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import numpy as np
 
 from harness.errors import UsageError
@@ -24,7 +26,7 @@ from harness.postprocess import Detections
 YOLO_PRE_NMS_TOP_K = 30000
 
 
-class HeadLayout:
+class HeadLayout(ABC):
     name = ""
     post_axes: tuple[str, ...] = ()       # the post-processing noise axes that act on this layout
     fields: dict[str, tuple] = {}          # key -> (allowed values, or a type; required)
@@ -36,8 +38,9 @@ class HeadLayout:
     def check(self, head: dict, profile) -> None:
         """What would fail on every image fails once, before a batch is decoded (even an empty one)."""
 
+    @abstractmethod
     def decode(self, outputs: dict, profile, head: dict) -> Detections:
-        raise NotImplementedError
+        """One image's outputs (the layout's, batch dimension removed) -> Detections in model-input pixels."""
 
 
 class FcosHead(HeadLayout):
