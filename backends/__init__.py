@@ -37,6 +37,7 @@ class Session(ABC):
 
     uses_sample_ids = False
     tap_methods: tuple[str, ...] = ()
+    fixed_batch: int | None = None  # the graph's fixed batch (Backend.load sets it from the model)
 
     def __init__(self, backend: str, device: str, precision: str, input_names, output_names,
                  precision_effective: str | None = None, graph=None, load_precision: str | None = None):
@@ -108,6 +109,8 @@ class Session(ABC):
             if array.dtype != np.float32:
                 raise InputError(f"{self.backend}: input {name!r} is {array.dtype}, expected float32")
         checked = {name: feeds[name] for name in self.input_names}
+        if self.fixed_batch and any(len(array) != self.fixed_batch for array in checked.values()):
+            return self._run_in_fixed_batches(checked, taps, tap_method)
         if taps:
             method = self._tap_method(tap_method)
             observable, _ = self.tappable(list(taps), method)
@@ -118,6 +121,22 @@ class Session(ABC):
             return {name: np.asarray(outputs[name]) for name in (*self.output_names, *observable) if name in outputs}
         outputs = self._run(checked)
         return {name: np.asarray(outputs[name]) for name in self.output_names}
+
+    def _run_in_fixed_batches(self, feeds: dict[str, np.ndarray], taps, tap_method) -> dict[str, np.ndarray]:
+        """A graph compiled for a fixed batch (an export at batch 1) run on any number of samples: that many
+        at a time, the last batch filled up with copies of its last sample, whose outputs are dropped."""
+        size = self.fixed_batch
+        count = len(next(iter(feeds.values())))
+        parts: dict[str, list] = {}
+        for start in range(0, count, size):
+            chunk = {}
+            for name, array in feeds.items():
+                piece = array[start:start + size]
+                chunk[name] = np.concatenate([piece, np.repeat(piece[-1:], size - len(piece), axis=0)]) \
+                    if len(piece) < size else piece
+            for name, value in self.run(chunk, taps, tap_method).items():
+                parts.setdefault(name, []).append(value)
+        return {name: np.concatenate(values)[:count] for name, values in parts.items()}
 
     @abstractmethod
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -214,8 +233,10 @@ class Backend(ABC):
         if refused:  # e.g. --artifact on torch: running the exported model instead would report a lie
             raise UsageError(f"{self.name}: does not take {', '.join(refused)} (it takes "
                              f"{', '.join(self.load_options) or 'no option'})")
-        return self._load(model, device, precision, threads,
-                          **{k: v for k, v in options.items() if k in self.load_options})
+        session = self._load(model, device, precision, threads,
+                             **{k: v for k, v in options.items() if k in self.load_options})
+        session.fixed_batch = getattr(getattr(model, "spec", None), "fixed_batch", None)
+        return session
 
     @abstractmethod
     def _load(self, model, device, precision, threads, **options) -> Session:

@@ -40,8 +40,14 @@ def convert_fp16(onnx_path: Path, out: Path) -> None:
     from harness.files import output_captured_in
 
     log = out.with_name("conversion.log")
+    proto = onnx.load(str(onnx_path))
+    for k, node in enumerate(proto.graph.node):
+        # the converter names the Casts it inserts after the node they serve: two unnamed nodes (legal in
+        # ONNX, common in hand-made or edited graphs) would give two Casts one name, an invalid graph
+        node.name = node.name or f"harness_unnamed_{k}_{node.op_type}"
     with output_captured_in(log):
-        converted = float16.convert_float_to_float16(onnx.load(str(onnx_path)), keep_io_types=True)
+        converted = float16.convert_float_to_float16(proto, keep_io_types=True)
+    _cast_to_what_the_converter_marked(converted)
     onnx.save(converted, str(out))
     warned = sum("warn" in line.lower() for line in log.read_text(errors="replace").splitlines())
     if warned:
@@ -49,7 +55,23 @@ def convert_fp16(onnx_path: Path, out: Path) -> None:
               "to float16's range (all in conversion.log beside the FP16 graph in the harness cache)", file=sys.stderr)
 
 
+def _cast_to_what_the_converter_marked(proto) -> None:
+    """onnxconverter-common 1.15+ marks a graph's own Cast-to-float32 output float16 without changing the Cast
+    (microsoft/onnxconverter-common#320, fix open in #326): runtimes refuse the graph ("Type (tensor(float16))
+    of output arg ... does not match"). Its 1.14 did what this does: such a Cast casts to float16."""
+    from onnx import TensorProto
+
+    marked = {v.name: v.type.tensor_type.elem_type for v in proto.graph.value_info}
+    for node in proto.graph.node:
+        if node.op_type != "Cast" or marked.get(node.output[0]) != TensorProto.FLOAT16:
+            continue
+        for attribute in node.attribute:
+            if attribute.name == "to" and attribute.i == TensorProto.FLOAT:
+                attribute.i = TensorProto.FLOAT16
+
+
 def fp16_onnx(model) -> Path:
     """The graph with float16 weights and activations (onnxconverter-common; inputs/outputs stay float32)."""
-    return derived_file(model, "fp16-onnxconverter", "model.onnx", {"keep_io_types": True},
+    return derived_file(model, "fp16-onnxconverter", "model.onnx",
+                        {"keep_io_types": True, "unnamed_nodes": "named", "casts": "as-marked"},
                         lambda out: convert_fp16(model.onnx_path, out), ("onnxconverter-common", "onnx"))

@@ -148,10 +148,14 @@ def export(spec: ModelSpec, opset: int = DEFAULT_OPSET, cache_dir: Path | None =
     import onnx
 
     if spec.onnx is not None:
-        proto = onnx.load(str(spec.onnx), load_external_data=False)
+        from harness.onnx_inputs import bound_graph
+
+        path = bound_graph(Path(spec.onnx), spec.input_name, spec.bound_inputs, cache_dir) if spec.bound_inputs \
+            else Path(spec.onnx)
+        proto = onnx.load(str(path), load_external_data=False)
         opset_used = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
-        return ExportedModel(spec, Path(spec.onnx), "user-onnx", opset_used, file_sha256(spec.onnx),
-                             cache_hit=True, name_map={"tensors": {}, "nodes": {}})
+        return ExportedModel(spec, path, "user-onnx", opset_used, file_sha256(path), cache_hit=True,
+                             name_map={"tensors": {}, "nodes": {}})
     import torch
 
     module = spec.load_torch()

@@ -9,11 +9,11 @@ from pathlib import Path
 
 from harness.errors import UsageError
 from harness.model import ModelRequest
+from harness.profile import MODEL_FACT_FIELDS  # the model's own facts: top-level keys, never a [[profiles]] entry's
 TOP_KEYS = {"model": str, "checkpoint": str, "profile": str, "task": str, "labels": str, "input_shape": str,
+            "inputs": dict,
             "calibration": str, "dataset": str, "limit": int, "batch_size": int, "threads": int, "profiles": list,
             "thresholds": dict}
-# the model's own facts: the gate's top-level keys (as on the command line), never a [[profiles]] entry's
-MODEL_FACTS = ("labels", "task", "head")
 THRESHOLDS = {
     "max_metric_drop": "largest allowed drop of the primary metric (top1 or mAP), as a fraction: 0.01 = 1 point",
     "min_top1_agreement": "smallest allowed share of samples whose prediction matches the reference",
@@ -118,9 +118,9 @@ def _check_profile(path, text, where: str, profile, allow_code: bool) -> dict:
             _check_type(path, text, f"{where}.name", value, str)
             checked[key] = value
             continue
-        if key not in FIELD_NAMES or key in MODEL_FACTS:
+        if key not in FIELD_NAMES or key in MODEL_FACT_FIELDS:
             raise _fail(path, text, f"{where}.{key}", "unknown profile key; allowed: name, "
-                        + ", ".join(n for n in FIELD_NAMES if n not in MODEL_FACTS))
+                        + ", ".join(n for n in FIELD_NAMES if n not in MODEL_FACT_FIELDS))
         if key == "backend":  # an alias (ort, ov, trt) names its backend
             try:
                 checked[key] = get_backend(str(value)).name if isinstance(value, str) else value
@@ -200,8 +200,12 @@ def _model_request(path: Path, text: str, data: dict, allow_code: bool) -> Model
     from harness.errors import HarnessError
 
     files = {key: Path(data[key]) if key in data else None for key in ("checkpoint", "profile", "labels")}
+    import json
+
+    inputs = tuple(f"{name}={value if isinstance(value, str) else json.dumps(value)}"
+                   for name, value in data.get("inputs", {}).items())  # as --input NAME=VALUE
     request = ModelRequest(data.get("model"), files["checkpoint"], files["profile"], allow_code,
-                           data.get("input_shape"), data.get("task"), files["labels"])
+                           data.get("input_shape"), data.get("task"), files["labels"], inputs)
     if files["checkpoint"] is not None and not files["checkpoint"].is_file():
         raise _fail(path, text, "checkpoint", f"{files['checkpoint']}: checkpoint file not found")
     for key, check in request.checks():
@@ -219,8 +223,9 @@ def starter_gate(model: str) -> str:
 # fails, 2 when this file has a problem. Metric units are fractions: 0.01 = 1 point.
 model = "{model}"          # zoo name, torchvision:NAME, timm:NAME, package.module:factory or a path to an .onnx
 # checkpoint = "weights.pth"  # the model as the command line gives it: --checkpoint, --profile, --task,
-# profile = "profile.toml"    # --labels (class names in class-index order), --input-shape
+# profile = "profile.toml"    # --labels (class names in class-index order), --input-shape, --input
 # labels = "labels.txt"
+# inputs = {{ images = "1x3x640x640", scale_factor = [1.0, 1.0] }}   # an .onnx file's inputs, by name
 # calibration = "path/to/train"  # training images that INT8 profiles calibrate on (zoo models: their own)
 # dataset = "path/to/val"     # ImageNet-style folder or COCO json; default: the embedded benchmark
 # limit = 200                 # use the first N samples

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from harness.errors import InputError, UnknownName, UsageError
+from harness.onnx_inputs import parse_input_options
 from harness.profile import Profile, load_profile
 from harness.tasks import CLASSIFY, DETECT, get_task
 
@@ -35,6 +36,8 @@ class ModelSpec:
     summary: str = ""
     stated: dict = field(default_factory=dict)  # metric on the embedded benchmark, as in models/README.md
     random_seed: int | None = None              # a library model without a checkpoint: built from this seed
+    bound_inputs: tuple = ()                    # an .onnx file's non-image inputs and their constants
+    fixed_batch: int | None = None              # an .onnx file's fixed image batch (run that many at a time)
 
     @property
     def weights_source(self) -> str:
@@ -136,9 +139,12 @@ def parse_input_shape(text: str) -> int:
     return height
 
 
-def _onnx_spec(path: Path, input_size: int | None = None) -> tuple[ModelSpec, bool]:
-    """The spec of an .onnx file, and whether its input size is dynamic (and was not given)."""
+def _onnx_spec(path: Path, input_size: int | None, declared: dict) -> tuple[ModelSpec, tuple[str, ...]]:
+    """The spec of an .onnx file (its inputs resolved against the declarations: harness.onnx_inputs), and the
+    image's dynamic height/width dimensions that were not given."""
     import onnx
+
+    from harness.onnx_inputs import resolve_graph_inputs
 
     if not path.is_file():
         raise InputError(f"{path}: ONNX file not found")
@@ -148,21 +154,12 @@ def _onnx_spec(path: Path, input_size: int | None = None) -> tuple[ModelSpec, bo
     except Exception as err:  # onnx raises DecodeError, ValidationError, OSError...
         raise InputError(f"{path}: not a valid ONNX model ({type(err).__name__}: {str(err).splitlines()[0]})") \
             from None
-    initializers = {i.name for i in proto.graph.initializer}
-    inputs = [i.name for i in proto.graph.input if i.name not in initializers]
-    if len(inputs) != 1:
-        raise InputError(f"{path}: expected one image input, found {len(inputs)}: {', '.join(inputs)}")
-    image_input = next(i for i in proto.graph.input if i.name == inputs[0])
-    dims = image_input.type.tensor_type.shape.dim
-    if len(dims) != 4:
-        raise InputError(f"{path}: input {inputs[0]!r} has {len(dims)} dimensions; an image model takes N x 3 x H x W")
-    fixed = dims[-1].dim_value if dims[-1].dim_value and dims[-2].dim_value else None
-    if fixed and input_size and input_size != fixed:
-        raise UsageError(f"--input-shape {input_size}: {path} has a fixed input of {dims[-2].dim_value}x{fixed}")
-    size = input_size or fixed or Profile().input_size
+    inputs = resolve_graph_inputs(path, proto, declared, input_size)
+    size = inputs.input_size or Profile().input_size
     return ModelSpec(name=path.stem, task=CLASSIFY, profile=Profile(input_size=size), onnx=path.resolve(),
-                     input_name=inputs[0], output_names=tuple(o.name for o in proto.graph.output),
-                     source=str(path), summary=f"ONNX file {path.name}"), not (input_size or fixed)
+                     input_name=inputs.image, output_names=tuple(o.name for o in proto.graph.output),
+                     source=str(path), summary=f"ONNX file {path.name}", bound_inputs=inputs.bound,
+                     fixed_batch=inputs.fixed_batch), inputs.dynamic
 
 
 @dataclass(frozen=True)
@@ -177,6 +174,7 @@ class ModelRequest:
     input_shape: str | None = None
     task: str | None = None
     labels: Path | None = None
+    inputs: tuple[str, ...] = ()                # --input NAME=VALUE, each (harness.onnx_inputs)
 
     @property
     def title(self) -> str:
@@ -193,12 +191,21 @@ class ModelRequest:
         given = [("input_shape", self.input_shape, lambda: parse_input_shape(self.input_shape)),
                  ("profile", self.profile, lambda: load_profile(self.profile, Profile(), self.allow_code)),
                  ("task", self.task, lambda: get_task(self.task)),
-                 ("labels", self.labels, lambda: read_labels(self.labels))]
+                 ("labels", self.labels, lambda: read_labels(self.labels)),
+                 ("inputs", self.inputs or None, self._check_inputs)]
         return [(name, check) for name, value, check in given if value is not None]
+
+    def _check_inputs(self) -> None:
+        """The declarations parsed and, for an .onnx file, held against its graph (a cheap read)."""
+        declared = parse_input_options(self.inputs)
+        if self.model and self.model.endswith(".onnx") and Path(self.model).is_file():
+            from_profile = load_profile(self.profile, Profile(), self.allow_code).inputs if self.profile else {}
+            size = parse_input_shape(self.input_shape) if self.input_shape else None
+            _onnx_spec(Path(self.model), size, {**from_profile, **declared})
 
     def resolve(self) -> ModelSpec:
         return resolve_model(self.model, self.checkpoint, self.profile, self.task, self.allow_code, self.input_shape,
-                             self.labels)
+                             self.labels, self.inputs)
 
 
 def read_labels(path: Path) -> tuple[str, ...]:
@@ -238,7 +245,7 @@ def _head_of(head: dict, spec: ModelSpec, source: Path) -> dict:
 
 def resolve_model(name: str | None, checkpoint: Path | None = None, profile_path: Path | None = None,
                   task: str | None = None, allow_code: bool = False, input_shape: str | None = None,
-                  labels_path: Path | None = None) -> ModelSpec:
+                  labels_path: Path | None = None, inputs: tuple[str, ...] = ()) -> ModelSpec:
     """MODEL string (+ options) -> ModelSpec. None means the zoo's default classifier. `name` comes from the
     command line (a factory there is the user's own choice); `allow_code` lets the profile file name code.
     The task is `task`, else the profile file's, else the source's; the labels `labels_path`'s, else the
@@ -247,9 +254,13 @@ def resolve_model(name: str | None, checkpoint: Path | None = None, profile_path
 
     name = name or DEFAULT_CLASSIFIER
     input_size = parse_input_shape(input_shape) if input_shape else None
-    dynamic = False
+    dynamic: tuple[str, ...] = ()
     if name.endswith(".onnx"):
-        spec, dynamic = _onnx_spec(Path(name), input_size)
+        declared = load_profile(profile_path, Profile(), allow_code).inputs if profile_path is not None else {}
+        spec, dynamic = _onnx_spec(Path(name), input_size, {**declared, **parse_input_options(inputs)})
+    elif inputs:
+        raise UsageError(f"--input {inputs[0]}: inputs are declared for an .onnx file; {name} is built in torch "
+                         "and takes the image alone")
     elif name.startswith(LIBRARY_SOURCES):
         from harness.libraries import LIBRARIES
 
@@ -263,7 +274,7 @@ def resolve_model(name: str | None, checkpoint: Path | None = None, profile_path
         spec = replace(spec, weights=checkpoint)
     if profile_path is not None:
         profile = load_profile(profile_path, spec.profile, allow_code)
-        dynamic = dynamic and profile.input_size == spec.profile.input_size
+        dynamic = dynamic if profile.input_size == spec.profile.input_size else ()
         spec = replace(spec, profile=profile, labels=profile.labels or spec.labels)
         task = task or profile.task
         if profile.head:
@@ -289,8 +300,11 @@ def resolve_model(name: str | None, checkpoint: Path | None = None, profile_path
               "accuracy means nothing; agreement between backends still does")
     if dynamic:
         size = spec.profile.input_size
-        _note(f"{name}: the input's height and width are dynamic; evaluating at {size}x{size} px (set the size "
-              "with --input-shape or a profile's input_size)")
+        _note(f"{name}: the image input's {' and '.join(dynamic)} are dynamic; evaluating at {size}x{size} px (set "
+              f"the size with --input-shape, --input {spec.input_name}=1x3xSxS or a profile's input_size)")
+    if spec.fixed_batch:
+        _note(f"{name}: the image input's batch is fixed at {spec.fixed_batch}: evaluated {spec.fixed_batch} "
+              "sample(s) at a time")
     return spec
 
 

@@ -66,6 +66,7 @@ class Profile:
     labels: tuple[str, ...] = field(default=(), compare=False)
     task: str | None = field(default=None, compare=False)  # a harness.tasks name: what the model is (a file's)
     head: dict = field(default_factory=dict, compare=False)  # a detector's head layout ([head]: harness.heads)
+    inputs: dict = field(default_factory=dict, compare=False)  # an .onnx file's [inputs] (harness.onnx_inputs)
 
     def __post_init__(self) -> None:
         if self.geometry not in GEOMETRIES:
@@ -170,23 +171,8 @@ def checked_field(key: str, value, allow_code: bool = False):
             raise FieldError(key, f"must be three numbers, got {value!r}")
         low = 0.0 if key == "std" else None  # a zero std divides by zero
         return tuple(float(_number(key, v, float, low, low_open=True)) for v in value)
-    if key == "labels":
-        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-            raise FieldError(key, f"must be a list of class names (strings), got {type(value).__name__} {value!r}")
-        return tuple(value)
-    if key == "head":
-        from harness.heads import checked_head
-
-        try:
-            return checked_head(value)
-        except UsageError as err:
-            raise FieldError(key, str(err), names_key=True) from None
-    if key == "task":
-        from harness.tasks import registry
-
-        if value not in registry():
-            raise FieldError(key, f"{value!r} is not one of {', '.join(registry())}")
-        return value
+    if key in MODEL_FACT_FIELDS:
+        return _model_fact(key, value)
     if key in ("input_size", "max_detections"):
         return _number(key, value, int, 1, MAX_INPUT_SIZE if key == "input_size" else 100000)
     if key == "resize_size":
@@ -236,6 +222,37 @@ def checked_field(key: str, value, allow_code: bool = False):
         if value not in allowed:
             raise FieldError(key, f"{value!r} is not one of {', '.join(allowed)}")
     return value
+
+
+MODEL_FACT_FIELDS = ("labels", "head", "inputs", "task")  # what the model is, not how one side processes it
+
+
+def _model_fact(key: str, value):
+    """labels, head, inputs, task: checked by the module that owns each."""
+    if key == "labels":
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise FieldError(key, f"must be a list of class names (strings), got {type(value).__name__} {value!r}")
+        return tuple(value)
+    if key == "head":
+        from harness.heads import checked_head
+
+        try:
+            return checked_head(value)
+        except UsageError as err:
+            raise FieldError(key, str(err), names_key=True) from None
+    if key == "inputs":
+        from harness.onnx_inputs import checked_inputs_table
+
+        try:
+            return checked_inputs_table(value)
+        except UsageError as err:
+            raise FieldError(key, str(err)) from None
+    if key == "task":
+        from harness.tasks import registry
+
+        if value not in registry():
+            raise FieldError(key, f"{value!r} is not one of {', '.join(registry())}")
+        return value
 
 
 def flatten_profile(data: dict) -> dict:

@@ -36,6 +36,26 @@ def harness_cli():
     return run_harness
 
 
+def copy_class_folders(root: Path, names_by_label: dict, per_class: int, skip: int = 0) -> Path:
+    """The embedded benchmark's first `per_class` images of each class (after `skip`), under the folder name
+    `names_by_label` gives each of the model's labels."""
+    import shutil
+
+    from harness.data.benchmark import CLASSIFY_DIR
+
+    for label, name in names_by_label.items():
+        (root / name).mkdir(parents=True)
+        for image in sorted((CLASSIFY_DIR / label).glob("*.jpg"))[skip:skip + per_class]:
+            shutil.copy(image, root / name / image.name)
+    return root
+
+
+@pytest.fixture(scope="session")
+def class_folders():
+    """copy_class_folders: a dataset (or calibration) folder cut from the embedded benchmark."""
+    return copy_class_folders
+
+
 @pytest.fixture(scope="session")
 def cache_dir() -> Path:
     return Path(_CACHE)

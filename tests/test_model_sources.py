@@ -127,27 +127,13 @@ def test_an_onnx_classifier_ending_in_a_1x1_conv_is_scored_and_a_map_output_is_r
     assert re.search(r"output 'logits' is \d+x10x4x4: not a classifier's logits", result.stderr), result.stderr
 
 
-def _class_folders(root, names_by_label: dict, per_class: int, skip: int = 0):
-    """The embedded benchmark's first `per_class` images of each class (after `skip`), under the folder name
-    `names_by_label` gives each of the model's labels."""
-    import shutil
-
-    from harness.data.benchmark import CLASSIFY_DIR
-
-    for label, name in names_by_label.items():
-        (root / name).mkdir(parents=True)
-        for image in sorted((CLASSIFY_DIR / label).glob("*.jpg"))[skip:skip + per_class]:
-            shutil.copy(image, root / name / image.name)
-    return root
-
-
-def test_a_labels_file_maps_class_folders_named_otherwise(tmp_path, harness_cli):
+def test_a_labels_file_maps_class_folders_named_otherwise(tmp_path, harness_cli, class_folders):
     """Class folders named the user's way (shape-00 ... shape-09): `--labels FILE` lists them in the model's
     class-index order, and the run scores exactly as on folders named as the model's labels; the same file
     in reverse order scores as a wrong mapping would."""
     labels = resolve_model("resnet_tiny").labels
-    named = _class_folders(tmp_path / "named", {label: label for label in labels}, 4)
-    renamed = _class_folders(tmp_path / "renamed", {label: f"shape-{k:02d}" for k, label in enumerate(labels)}, 4)
+    named = class_folders(tmp_path / "named", {label: label for label in labels}, 4)
+    renamed = class_folders(tmp_path / "renamed", {label: f"shape-{k:02d}" for k, label in enumerate(labels)}, 4)
     (tmp_path / "labels.txt").write_text("".join(f"shape-{k:02d}\n" for k in range(len(labels))))
     (tmp_path / "reversed.json").write_text(json.dumps([f"shape-{k:02d}" for k in reversed(range(len(labels)))]))
     top1 = {}
@@ -163,7 +149,7 @@ def test_a_labels_file_maps_class_folders_named_otherwise(tmp_path, harness_cli)
     assert unmapped.returncode == 2 and "10 of its 10 class folders are not in the model's label map" in unmapped.stderr
 
 
-def test_a_gate_describes_a_user_model_as_the_command_line_does(tmp_path, harness_cli):
+def test_a_gate_describes_a_user_model_as_the_command_line_does(tmp_path, harness_cli, class_folders):
     """An .onnx file with its profile, task, labels file and INT8 calibration folder, all from the gate:
     validate gates its INT8 deployment (it used to fail every INT8 profile asking for --calibration, an
     option validate lacks)."""
@@ -173,8 +159,8 @@ def test_a_gate_describes_a_user_model_as_the_command_line_does(tmp_path, harnes
     model.write_bytes(export(resolve_model("resnet_tiny")).onnx_path.read_bytes())
     labels = resolve_model("resnet_tiny").labels
     renamed = {label: f"shape-{k:02d}" for k, label in enumerate(labels)}
-    _class_folders(tmp_path / "val", renamed, 4)
-    _class_folders(tmp_path / "train", renamed, 6, skip=50)  # not the images evaluated
+    class_folders(tmp_path / "val", renamed, 4)
+    class_folders(tmp_path / "train", renamed, 6, skip=50)  # not the images evaluated
     (tmp_path / "labels.txt").write_text("".join(f"{name}\n" for name in renamed.values()))
     (tmp_path / "profile.toml").write_text("[pre]\ninput_size = 64\nresize_size = 72\n")
     (tmp_path / "gate.toml").write_text(

@@ -39,6 +39,10 @@ LabelsOpt = Annotated[Optional[Path], typer.Option(
 InputShapeOpt = Annotated[Optional[str], typer.Option(
     "--input-shape", help="The model input's size for an .onnx file with dynamic height/width: S, HxW or "
                           "NxCxHxW (square). Default: the file's fixed size, else the profile's (224).")]
+InputOpt = Annotated[Optional[list[str]], typer.Option(
+    "--input", help="An .onnx file's input, by name (repeat for each): NAME=1x3x640x640 says NAME is the image "
+                    "input and its shape; NAME=[640,640] or NAME=0.5 feeds a non-image input that constant with "
+                    "every sample (a profile's [inputs] table says the same).")]
 HtmlOpt = Annotated[Optional[Path], typer.Option(
     "--html", help="Write a self-contained HTML report (plots embedded, opens offline) here.")]
 ExecutorOpt = Annotated[str, typer.Option(

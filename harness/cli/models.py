@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 
 from harness.cli.app import app
-from harness.cli.common import (AllowCodeOpt, CheckpointOpt, DatasetOpt, InputShapeOpt, JsonOpt, LimitOpt, ModelArg,
+from harness.cli.common import (AllowCodeOpt, CheckpointOpt, DatasetOpt, InputOpt, InputShapeOpt, JsonOpt, LimitOpt, ModelArg,
                                 LabelsOpt, ProfileOpt, TaskOpt, checked_inputs, console_for)
 from harness.model import ModelRequest
 
@@ -23,6 +23,7 @@ def export_inputs(
     profile: ProfileOpt = None,
     allow_code: AllowCodeOpt = False,
     input_shape: InputShapeOpt = None,
+    inputs: InputOpt = None,
     task: TaskOpt = None,
     labels: LabelsOpt = None,
 ) -> None:
@@ -32,7 +33,7 @@ def export_inputs(
     from harness.recorded import write_inputs
     from harness.run import iter_batches, require_readable
 
-    request = ModelRequest(model, checkpoint, profile, allow_code, input_shape, task, labels)
+    request = ModelRequest(model, checkpoint, profile, allow_code, input_shape, task, labels, tuple(inputs or ()))
     user_data = checked_inputs(request, dataset)  # before the model: fail fast
     spec = request.resolve()
     data = (user_data if user_data is not None else embedded_benchmark(spec.task)).limit(limit)
@@ -66,12 +67,13 @@ def backends_cmd(json_path: JsonOpt = None, markdown: Annotated[bool, typer.Opti
 @app.command("export")
 def export_cmd(model: ModelArg = None, checkpoint: CheckpointOpt = None, profile: ProfileOpt = None,
                json_path: JsonOpt = None, allow_code: AllowCodeOpt = False,
-               input_shape: InputShapeOpt = None, task: TaskOpt = None) -> None:
+               input_shape: InputShapeOpt = None, task: TaskOpt = None, inputs: InputOpt = None) -> None:
     """Export the model to ONNX once (cached by content hash) and print where it is."""
     from harness.export import export
     from harness.report import write_json
 
-    exported = export(ModelRequest(model, checkpoint, profile, allow_code, input_shape, task).resolve())
+    request = ModelRequest(model, checkpoint, profile, allow_code, input_shape, task, inputs=tuple(inputs or ()))
+    exported = export(request.resolve())
     info = {"schema": "harness.export/1", "model": exported.spec.name, "onnx": str(exported.onnx_path),
             "onnx_sha256": exported.sha256, "exporter": exported.exporter, "opset": exported.opset,
             "cache_hit": exported.cache_hit, "mapped_tensors": len(exported.name_map.get("tensors", {}))}

@@ -21,8 +21,10 @@ def common_blocks(schema: str, exported, data, fingerprint: str, samples: int, f
 def model_block(spec, exported, **more) -> dict:
     """What model a report is about: its name and task, the exported graph's hash, where its weights came
     from; `more`: what one kind of report adds (the ONNX path and exporter for compare)."""
+    inputs = {"bound_inputs": [b.to_json() for b in spec.bound_inputs]} if spec.bound_inputs else {}
+    batch = {"fixed_batch": spec.fixed_batch} if spec.fixed_batch else {}
     return {"name": spec.name, "task": spec.task, "onnx_sha256": exported.sha256, "weights": spec.weights_source,
-            **more}
+            **inputs, **batch, **more}
 
 
 def dataset_block(data, samples: int, failed: list[dict], **more) -> dict:
