@@ -47,11 +47,28 @@ class HeadLayout(ABC):
         """What would fail on every image fails once, before a batch is decoded (even an empty one)."""
 
     @abstractmethod
+    def predictions(self, outputs: dict, geometries: list, profile, head: dict) -> list[Detections]:
+        """A batch's outputs (the layout's, batch first) -> each image's Detections in stored-image pixels."""
+
+
+class PerImageLayout(HeadLayout):
+    """A layout the harness decodes image by image in model-input pixels, then maps to the stored image."""
+
+    def predictions(self, outputs, geometries, profile, head):
+        self.check(head, profile)
+        names = self.outputs(head)
+        found = []
+        for k, geometry in enumerate(geometries):
+            dets = self.decode({name: outputs[name][k] for name in names}, profile, head)
+            found.append(Detections(geometry.to_image(dets.boxes), dets.scores, dets.labels))
+        return found
+
+    @abstractmethod
     def decode(self, outputs: dict, profile, head: dict) -> Detections:
         """One image's outputs (the layout's, batch dimension removed) -> Detections in model-input pixels."""
 
 
-class FcosHead(HeadLayout):
+class FcosHead(PerImageLayout):
     name = "fcos"
     post_axes = ("nms", "box_decode", "points")
     fields = {"levels": (list, True), "points": (("stride", "spread"), False)}
@@ -72,7 +89,7 @@ class FcosHead(HeadLayout):
         return decode_fcos(levels, profile, point_placement(head, profile))
 
 
-class YoloHead(HeadLayout):
+class YoloHead(PerImageLayout):
     name = "yolo"
     post_axes = ("nms", "box_decode")
     fields = {"output": (str, True), "layout": (("channels-first", "anchors-first"), False),
@@ -110,7 +127,7 @@ def _xyxy(boxes: np.ndarray, form: str, profile) -> np.ndarray:
     return np.concatenate([centre - half, centre + half], axis=1)
 
 
-class AnchorsHead(HeadLayout):
+class AnchorsHead(PerImageLayout):
     name = "anchors"
     post_axes = ("nms", "box_decode")
     fields = {"cls_logits": (str, True), "bbox_regression": (str, True), "strides": (list, True),
@@ -201,7 +218,7 @@ def _anchor_levels(head_json: str, input_size: int):
     return list(anchors.split(counts)), BoxCoder(weights=tuple(float(w) for w in weights))
 
 
-class PostprocessedHead(HeadLayout):
+class PostprocessedHead(PerImageLayout):
     name = "postprocessed"
     fields = {"boxes": (str, True), "scores": (str, True), "labels": (str, True), "count": (str, False)}
 
@@ -217,7 +234,68 @@ class PostprocessedHead(HeadLayout):
         return Detections(boxes[valid], scores[valid], labels[valid])
 
 
-LAYOUTS = {layout.name: layout for layout in (FcosHead(), YoloHead(), AnchorsHead(), PostprocessedHead())}
+# the user's own post-processing functions, imported only when named on the command line (--postprocess)
+USER_POSTPROCESSING: dict = {}
+
+
+class UserHead(HeadLayout):
+    """`--postprocess package.module:function`: the user's own post-processing, called once per batch as
+    function(outputs, geometries, profile) with every graph output ({name: array[N, ...]}), each image's
+    harness.preprocess.Geometry (model-input pixels -> stored-image pixels: stored = (input - offset) /
+    scale) and the side's Profile; it returns one (boxes float[K, 4] xyxy in stored-image pixels, scores
+    float[K], labels int[K]) per image. The harness's NMS and box-decoding axes do not act on it."""
+
+    name = "user"
+    fields = {"function": (str, True), "outputs": (list, True)}
+
+    def outputs(self, head):
+        return list(head["outputs"])
+
+    def predictions(self, outputs, geometries, profile, head):
+        from harness.plugins import lookup
+
+        function = lookup(USER_POSTPROCESSING, "post-processing", head["function"])
+        made = function({name: outputs[name] for name in head["outputs"]}, list(geometries), profile)
+        return _user_detections(made, len(geometries), head["function"])
+
+
+def _user_detections(made, count: int, function: str) -> list[Detections]:
+    """What a user's function returned, checked: one line naming the function and what is wrong."""
+    from harness.errors import InputError
+
+    if not isinstance(made, (list, tuple)) or len(made) != count:
+        raise InputError(f"--postprocess {function}: returned {type(made).__name__}"
+                         f"{f' of {len(made)}' if isinstance(made, (list, tuple)) else ''}; expected one "
+                         f"(boxes, scores, labels) per image of the batch ({count})")
+    found = []
+    for k, item in enumerate(made):
+        try:
+            boxes, scores, labels = (np.asarray(part) for part in item)
+            boxes, scores = boxes.astype(np.float32).reshape(-1, 4), scores.astype(np.float32).reshape(-1)
+            labels = labels.reshape(-1)
+        except (TypeError, ValueError) as err:
+            raise InputError(f"--postprocess {function}: image {k}: expected (boxes [K, 4], scores [K], labels "
+                             f"[K]) ({err})") from None
+        if not (len(boxes) == len(scores) == len(labels)) or not np.isfinite(boxes).all() \
+                or not np.isfinite(scores).all() or (labels.size and labels.dtype.kind not in "iu"):
+            raise InputError(f"--postprocess {function}: image {k}: {len(boxes)} boxes, {len(scores)} scores, "
+                             f"{len(labels)} labels ({labels.dtype}); expected as many of each, finite, integer "
+                             "labels")
+        found.append(Detections(boxes, scores, labels.astype(np.int64)))
+    return found
+
+
+def user_head(function: str, output_names) -> dict:
+    """The head of a model whose post-processing is the user's `function` (imported now: the user named it
+    on the command line)."""
+    from harness.plugins import load_user_function
+
+    load_user_function(USER_POSTPROCESSING, "post-processing", function)
+    return {"type": UserHead.name, "function": function, "outputs": list(output_names)}
+
+
+LAYOUTS = {layout.name: layout for layout in (FcosHead(), YoloHead(), AnchorsHead(), PostprocessedHead(),
+                                              UserHead())}
 
 
 def head_layout(head: dict) -> HeadLayout:
@@ -235,6 +313,9 @@ def checked_head(head, output_names=None) -> dict:
     if not isinstance(head, dict):
         raise UsageError(f"head must be a table, got {type(head).__name__}")
     layout = head_layout(head)
+    if layout.name == UserHead.name:
+        raise UsageError("a head of type 'user' names code; name your post-processing on the command line: "
+                         "--postprocess package.module:function")
     for key, value in head.items():
         if key == "type":
             continue

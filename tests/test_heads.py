@@ -215,6 +215,41 @@ def test_an_anchors_onnx_file_through_compare_and_sysnoise(tmp_path, harness_cli
     assert result.returncode == 2 and "the declared levels make 816 anchors at 128 px" in result.stderr, result.stderr
 
 
+def test_a_users_own_postprocessing_named_on_the_command_line(tmp_path, harness_cli):
+    """--postprocess package.module:function replaces the harness's decoding: a function doing what
+    ultralytics does scores exactly as the built-in yolo layout set up as ultralytics; the harness's NMS and
+    box-decoding axes then do not apply; a function returning the wrong count is one line, exit 2; a profile
+    file cannot name such a function."""
+    torch.manual_seed(0)
+    model = _export(TinyYolo(len(CLASSES)), tmp_path / "yolo.onnx", ["output0"])
+    as_ultralytics = 'nms = "ultralytics-offset"\n[head]\ntype = "yolo"\noutput = "output0"\n'
+    builtin = _profile(tmp_path / "builtin.toml", "").read_text().replace("[head]\n", as_ultralytics)
+    (tmp_path / "builtin.toml").write_text(builtin)
+    (tmp_path / "user.toml").write_text(builtin.split("nms =")[0])
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [PLUGINS, os.environ.get("PYTHONPATH")]))}
+    reports = {}
+    for name, options in (("builtin", ()), ("user", ("--postprocess", "harness_test_postprocess:ultralytics_style"))):
+        result = harness_cli("compare", str(model), "--profile", str(tmp_path / f"{name}.toml"), "--backends", "ort",
+                             "--limit", "12", "--json", "-", *options, env=env)
+        assert result.returncode == 0, result.stderr[-2000:]
+        reports[name] = json.loads(result.stdout)
+    assert reports["user"]["model"]["task"] == "detect"
+    assert reports["user"]["reference"]["metric"] == reports["builtin"]["reference"]["metric"]
+    assert reports["builtin"]["reference"]["metric"]["ap50"] > 0, reports["builtin"]["reference"]
+    listed = harness_cli("sysnoise", str(model), "--profile", str(tmp_path / "user.toml"), "--postprocess",
+                         "harness_test_postprocess:ultralytics_style", "--list-axes", env=env)
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    for axis in ("nms", "box_decode"):  # no variant: the user's function does its own
+        assert listed.stdout.split(f"{axis} (post)")[1].splitlines()[1].strip() == "", listed.stdout
+    broken = harness_cli("compare", str(model), "--profile", str(tmp_path / "user.toml"), "--postprocess",
+                         "harness_test_postprocess:one_short", "--backends", "ort", "--limit", "4", env=env)
+    assert broken.returncode == 2 and broken.stderr.strip().count("\n") == 0, broken.stderr[-2000:]
+    assert "--postprocess harness_test_postprocess:one_short: returned list of 3; expected one" in broken.stderr
+    (tmp_path / "file.toml").write_text(builtin.split("nms =")[0] + '[head]\ntype = "user"\nfunction = "os:system"\n')
+    refused = harness_cli("compare", str(model), "--profile", str(tmp_path / "file.toml"), "--backends", "ort")
+    assert refused.returncode == 2 and "name your post-processing on the command line" in refused.stderr
+
+
 class _Postprocessed(torch.nn.Module):
     """A detector whose graph ends in its own selection: the 20 best anchors' boxes (xyxy), scores and labels."""
 
