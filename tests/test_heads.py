@@ -250,6 +250,20 @@ def test_a_users_own_postprocessing_named_on_the_command_line(tmp_path, harness_
     assert refused.returncode == 2 and "name your post-processing on the command line" in refused.stderr
 
 
+def test_a_factory_declares_task_head_and_profile_through_its_model_spec(harness_cli):
+    """MODEL as package.module:factory returning a ModelSpec (the README's example): a torch detector with
+    its yolo head and letterbox profile, compared against its own export on two backends."""
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [PLUGINS, os.environ.get("PYTHONPATH")]))}
+    result = harness_cli("compare", "harness_test_yolo:tiny_yolo_spec", "--backends", "ort,openvino", "--limit",
+                         "8", "--json", "-", env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    assert report["model"]["task"] == "detect" and report["reference"]["backend"] == "torch"
+    assert report["reference"]["profile"]["geometry"] == "letterbox" and report["reference"]["metric"]["ap50"] > 0
+    for row in report["results"]:
+        assert row["status"] == "ok" and row["outputs"]["max_abs"] < 1e-3, row
+
+
 class _Postprocessed(torch.nn.Module):
     """A detector whose graph ends in its own selection: the 20 best anchors' boxes (xyxy), scores and labels."""
 
