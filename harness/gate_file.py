@@ -11,7 +11,7 @@ from harness.errors import UsageError
 from harness.model import ModelRequest
 from harness.profile import MODEL_FACT_FIELDS  # the model's own facts: top-level keys, never a [[profiles]] entry's
 TOP_KEYS = {"model": str, "checkpoint": str, "profile": str, "task": str, "labels": str, "input_shape": str,
-            "inputs": dict,
+            "inputs": dict, "postprocess": str,
             "calibration": str, "dataset": str, "limit": int, "batch_size": int, "threads": int, "profiles": list,
             "thresholds": dict}
 THRESHOLDS = {
@@ -160,6 +160,9 @@ def load_gate(path: Path, allow_code: bool = False) -> Gate:
     if names_code(data.get("model")) and not allow_code:
         raise _fail(path, text, "model", f"{data['model']!r} names a factory to import and call; a gate file runs "
                     "no code unless you pass --allow-code (README, Trust)")
+    if "postprocess" in data and not allow_code:
+        raise _fail(path, text, "postprocess", f"{data['postprocess']!r} names post-processing code to import and "
+                    "run; a gate file runs no code unless you pass --allow-code (README, Trust)")
     thresholds = data.get("thresholds", {})
     for key, value in thresholds.items():
         if key not in THRESHOLDS:
@@ -205,7 +208,7 @@ def _model_request(path: Path, text: str, data: dict, allow_code: bool) -> Model
     inputs = tuple(f"{name}={value if isinstance(value, str) else json.dumps(value)}"
                    for name, value in data.get("inputs", {}).items())  # as --input NAME=VALUE
     request = ModelRequest(data.get("model"), files["checkpoint"], files["profile"], allow_code,
-                           data.get("input_shape"), data.get("task"), files["labels"], inputs)
+                           data.get("input_shape"), data.get("task"), files["labels"], inputs, data.get("postprocess"))
     if files["checkpoint"] is not None and not files["checkpoint"].is_file():
         raise _fail(path, text, "checkpoint", f"{files['checkpoint']}: checkpoint file not found")
     for key, check in request.checks():

@@ -9,6 +9,13 @@ A model declares its layout as `head` (a ModelSpec's, or a profile file's `[head
   ultralytics v8 and later) or `[N, A, 4+C]` / `[N, A, 5+C]` with objectness ("anchors-first", YOLOv5);
   boxes "xywh" (centre, size) or "xyxy" in input pixels, class scores already probabilities
   `{type = "yolo", output = OUT, layout = "channels-first", box = "xywh", objectness = false}`
+- anchors: per-anchor class logits and box deltas as torchvision's RetinaNet head returns them, every level
+  concatenated: `cls_logits` [N, sum(H*W*A), C] and `bbox_regression` [N, sum(H*W*A), 4]; the anchors are
+  torchvision's AnchorGenerator's for the declared `strides`, `sizes` (per level) and `aspect_ratios`, the
+  deltas decoded by its BoxCoder with `box_coder_weights`; scored and cut as RetinaNet.postprocess_detections
+  (sigmoid, score threshold, the best 1000 per level, batched NMS, max_detections)
+  `{type = "anchors", cls_logits = OUT, bbox_regression = OUT, strides = [8, 16, 32, 64, 128],
+    sizes = [[32, 40, 50], ...], aspect_ratios = [0.5, 1.0, 2.0], box_coder_weights = [1.0, 1.0, 1.0, 1.0]}`
 - postprocessed: the graph ran its own NMS: `{type = "postprocessed", boxes = OUT, scores = OUT, labels = OUT}`
   (boxes [N, K, 4] xyxy input pixels, scores [N, K], labels [N, K]; optional `count = OUT` [N] valid
   detections per image, else rows scoring below the profile's score_threshold are padding)
@@ -16,6 +23,7 @@ A model declares its layout as `head` (a ModelSpec's, or a profile file's `[head
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from functools import lru_cache
 
 import numpy as np
 
@@ -39,11 +47,28 @@ class HeadLayout(ABC):
         """What would fail on every image fails once, before a batch is decoded (even an empty one)."""
 
     @abstractmethod
+    def predictions(self, outputs: dict, geometries: list, profile, head: dict) -> list[Detections]:
+        """A batch's outputs (the layout's, batch first) -> each image's Detections in stored-image pixels."""
+
+
+class PerImageLayout(HeadLayout):
+    """A layout the harness decodes image by image in model-input pixels, then maps to the stored image."""
+
+    def predictions(self, outputs, geometries, profile, head):
+        self.check(head, profile)
+        names = self.outputs(head)
+        found = []
+        for k, geometry in enumerate(geometries):
+            dets = self.decode({name: outputs[name][k] for name in names}, profile, head)
+            found.append(Detections(geometry.to_image(dets.boxes), dets.scores, dets.labels))
+        return found
+
+    @abstractmethod
     def decode(self, outputs: dict, profile, head: dict) -> Detections:
         """One image's outputs (the layout's, batch dimension removed) -> Detections in model-input pixels."""
 
 
-class FcosHead(HeadLayout):
+class FcosHead(PerImageLayout):
     name = "fcos"
     post_axes = ("nms", "box_decode", "points")
     fields = {"levels": (list, True), "points": (("stride", "spread"), False)}
@@ -64,7 +89,7 @@ class FcosHead(HeadLayout):
         return decode_fcos(levels, profile, point_placement(head, profile))
 
 
-class YoloHead(HeadLayout):
+class YoloHead(PerImageLayout):
     name = "yolo"
     post_axes = ("nms", "box_decode")
     fields = {"output": (str, True), "layout": (("channels-first", "anchors-first"), False),
@@ -102,7 +127,98 @@ def _xyxy(boxes: np.ndarray, form: str, profile) -> np.ndarray:
     return np.concatenate([centre - half, centre + half], axis=1)
 
 
-class PostprocessedHead(HeadLayout):
+class AnchorsHead(PerImageLayout):
+    name = "anchors"
+    post_axes = ("nms", "box_decode")
+    fields = {"cls_logits": (str, True), "bbox_regression": (str, True), "strides": (list, True),
+              "sizes": (list, True), "aspect_ratios": (list, False), "box_coder_weights": (list, False)}
+
+    def outputs(self, head):
+        return [head["cls_logits"], head["bbox_regression"]]
+
+    def check(self, head, profile):
+        anchor_levels(head, profile.input_size)  # bad sizes or ratios: one line, before any batch
+
+    def decode(self, outputs, profile, head):
+        """As torchvision's RetinaNet.postprocess_detections, level by level: sigmoid scores above the
+        threshold, the best PRE_NMS_TOP_K of each level, deltas decoded on their anchors by torchvision's
+        BoxCoder, then the profile's box conventions and NMS, the first max_detections."""
+        import torch
+
+        from harness.postprocess import NMS, PRE_NMS_TOP_K, box_convention
+        from harness.plugins import lookup
+
+        levels, coder = anchor_levels(head, profile.input_size)
+        logits, deltas = outputs[head["cls_logits"]], outputs[head["bbox_regression"]]
+        total = sum(len(anchors) for anchors in levels)
+        if len(logits) != total or len(deltas) != total:
+            raise UsageError(f"anchors head: {len(logits)} rows of {head['cls_logits']!r}, {len(deltas)} of "
+                             f"{head['bbox_regression']!r}; the declared levels make {total} anchors at "
+                             f"{profile.input_size} px")
+        classes = logits.shape[-1]
+        found = ([], [], [])
+        start = 0
+        for anchors in levels:
+            rows = slice(start, start + len(anchors))
+            start += len(anchors)
+            scores = torch.sigmoid(torch.from_numpy(np.ascontiguousarray(logits[rows], np.float32))).flatten()
+            candidates = torch.where(scores > profile.score_threshold)[0]
+            best, order = scores[candidates].topk(min(PRE_NMS_TOP_K, len(candidates)))
+            candidates = candidates[order]
+            anchor = torch.div(candidates, classes, rounding_mode="floor")
+            dtype = torch.float16 if profile.box_decode == "fp16" else torch.float32
+            boxes = coder.decode_single(torch.from_numpy(np.asarray(deltas[rows], np.float32))[anchor].to(dtype),
+                                        anchors[anchor].to(dtype))
+            for kept, value in zip(found, (boxes.float().numpy(), best.numpy(), (candidates % classes).numpy())):
+                kept.append(value)
+        boxes, scores, labels = (np.concatenate(values) for values in found)
+        boxes = box_convention(boxes, profile)
+        keep = lookup(NMS, "nms", profile.nms)(boxes, scores.astype(np.float32), labels.astype(np.int64),
+                                               profile.iou_threshold)[: profile.max_detections]
+        return Detections(boxes[keep], scores[keep].astype(np.float32), labels[keep].astype(np.int64))
+
+
+def anchor_levels(head: dict, input_size: int) -> tuple[list, object]:
+    """(each level's anchors float32[H*W*A, 4] in model-input pixels, the BoxCoder): torchvision's own
+    AnchorGenerator run on feature maps of the declared strides (a level's grid is ceil(S / stride), as
+    stride-2 convolutions with padding make it; the generator then takes S // grid as the step, as it
+    does on the real maps) and its BoxCoder, so the anchors are the library's, not a re-derivation."""
+    import json
+
+    return _anchor_levels(json.dumps(head, sort_keys=True), input_size)
+
+
+@lru_cache(maxsize=16)
+def _anchor_levels(head_json: str, input_size: int):
+    import json
+
+    import torch
+    from torchvision.models.detection._utils import BoxCoder
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.image_list import ImageList
+
+    head = json.loads(head_json)
+    strides, sizes = head["strides"], head["sizes"]
+    ratios = head.get("aspect_ratios", [0.5, 1.0, 2.0])
+    ratios = ratios if ratios and isinstance(ratios[0], list) else [ratios] * len(strides)
+    weights = head.get("box_coder_weights", [1.0, 1.0, 1.0, 1.0])
+    numbers = [v for level in [*sizes, *ratios] for v in (level if isinstance(level, list) else [None])]
+    if len(sizes) != len(strides) or len(ratios) != len(strides) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in numbers):
+        raise UsageError(f"anchors head: {len(strides)} strides need as many `sizes` lists (and `aspect_ratios` "
+                         "lists, or one list for every level) of positive numbers")
+    if len(weights) != 4 or not all(isinstance(w, (int, float)) and w > 0 for w in weights):
+        raise UsageError(f"anchors head: box_coder_weights = {weights!r}: expected four positive numbers")
+    generator = AnchorGenerator(tuple(tuple(level) for level in sizes), tuple(tuple(level) for level in ratios))
+    grids = [-(-input_size // stride) for stride in strides]
+    maps = [torch.empty(1, 1, grid, grid) for grid in grids]
+    image = ImageList(torch.empty(1, 3, input_size, input_size), [(input_size, input_size)])
+    anchors = generator(image, maps)[0]
+    counts = [grid * grid * generator.num_anchors_per_location()[k] for k, grid in enumerate(grids)]
+    return list(anchors.split(counts)), BoxCoder(weights=tuple(float(w) for w in weights))
+
+
+class PostprocessedHead(PerImageLayout):
     name = "postprocessed"
     fields = {"boxes": (str, True), "scores": (str, True), "labels": (str, True), "count": (str, False)}
 
@@ -118,7 +234,68 @@ class PostprocessedHead(HeadLayout):
         return Detections(boxes[valid], scores[valid], labels[valid])
 
 
-LAYOUTS = {layout.name: layout for layout in (FcosHead(), YoloHead(), PostprocessedHead())}
+# the user's own post-processing functions, imported only when named on the command line (--postprocess)
+USER_POSTPROCESSING: dict = {}
+
+
+class UserHead(HeadLayout):
+    """`--postprocess package.module:function`: the user's own post-processing, called once per batch as
+    function(outputs, geometries, profile) with every graph output ({name: array[N, ...]}), each image's
+    harness.preprocess.Geometry (model-input pixels -> stored-image pixels: stored = (input - offset) /
+    scale) and the side's Profile; it returns one (boxes float[K, 4] xyxy in stored-image pixels, scores
+    float[K], labels int[K]) per image. The harness's NMS and box-decoding axes do not act on it."""
+
+    name = "user"
+    fields = {"function": (str, True), "outputs": (list, True)}
+
+    def outputs(self, head):
+        return list(head["outputs"])
+
+    def predictions(self, outputs, geometries, profile, head):
+        from harness.plugins import lookup
+
+        function = lookup(USER_POSTPROCESSING, "post-processing", head["function"])
+        made = function({name: outputs[name] for name in head["outputs"]}, list(geometries), profile)
+        return _user_detections(made, len(geometries), head["function"])
+
+
+def _user_detections(made, count: int, function: str) -> list[Detections]:
+    """What a user's function returned, checked: one line naming the function and what is wrong."""
+    from harness.errors import InputError
+
+    if not isinstance(made, (list, tuple)) or len(made) != count:
+        raise InputError(f"--postprocess {function}: returned {type(made).__name__}"
+                         f"{f' of {len(made)}' if isinstance(made, (list, tuple)) else ''}; expected one "
+                         f"(boxes, scores, labels) per image of the batch ({count})")
+    found = []
+    for k, item in enumerate(made):
+        try:
+            boxes, scores, labels = (np.asarray(part) for part in item)
+            boxes, scores = boxes.astype(np.float32).reshape(-1, 4), scores.astype(np.float32).reshape(-1)
+            labels = labels.reshape(-1)
+        except (TypeError, ValueError) as err:
+            raise InputError(f"--postprocess {function}: image {k}: expected (boxes [K, 4], scores [K], labels "
+                             f"[K]) ({err})") from None
+        if not (len(boxes) == len(scores) == len(labels)) or not np.isfinite(boxes).all() \
+                or not np.isfinite(scores).all() or (labels.size and labels.dtype.kind not in "iu"):
+            raise InputError(f"--postprocess {function}: image {k}: {len(boxes)} boxes, {len(scores)} scores, "
+                             f"{len(labels)} labels ({labels.dtype}); expected as many of each, finite, integer "
+                             "labels")
+        found.append(Detections(boxes, scores, labels.astype(np.int64)))
+    return found
+
+
+def user_head(function: str, output_names) -> dict:
+    """The head of a model whose post-processing is the user's `function` (imported now: the user named it
+    on the command line)."""
+    from harness.plugins import load_user_function
+
+    load_user_function(USER_POSTPROCESSING, "post-processing", function)
+    return {"type": UserHead.name, "function": function, "outputs": list(output_names)}
+
+
+LAYOUTS = {layout.name: layout for layout in (FcosHead(), YoloHead(), AnchorsHead(), PostprocessedHead(),
+                                              UserHead())}
 
 
 def head_layout(head: dict) -> HeadLayout:
@@ -136,6 +313,9 @@ def checked_head(head, output_names=None) -> dict:
     if not isinstance(head, dict):
         raise UsageError(f"head must be a table, got {type(head).__name__}")
     layout = head_layout(head)
+    if layout.name == UserHead.name:
+        raise UsageError("a head of type 'user' names code; name your post-processing on the command line: "
+                         "--postprocess package.module:function")
     for key, value in head.items():
         if key == "type":
             continue

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from harness.errors import InputError, UnknownName, UsageError
+from harness.heads import user_head
 from harness.onnx_inputs import parse_input_options
 from harness.profile import Profile, load_profile
 from harness.tasks import CLASSIFY, DETECT, get_task
@@ -175,6 +176,7 @@ class ModelRequest:
     task: str | None = None
     labels: Path | None = None
     inputs: tuple[str, ...] = ()                # --input NAME=VALUE, each (harness.onnx_inputs)
+    postprocess: str | None = None              # --postprocess package.module:function (harness.heads.UserHead)
 
     @property
     def title(self) -> str:
@@ -192,7 +194,8 @@ class ModelRequest:
                  ("profile", self.profile, lambda: load_profile(self.profile, Profile(), self.allow_code)),
                  ("task", self.task, lambda: get_task(self.task)),
                  ("labels", self.labels, lambda: read_labels(self.labels)),
-                 ("inputs", self.inputs or None, self._check_inputs)]
+                 ("inputs", self.inputs or None, self._check_inputs),
+                 ("postprocess", self.postprocess, lambda: user_head(self.postprocess, ()))]
         return [(name, check) for name, value, check in given if value is not None]
 
     def _check_inputs(self) -> None:
@@ -205,7 +208,18 @@ class ModelRequest:
 
     def resolve(self) -> ModelSpec:
         return resolve_model(self.model, self.checkpoint, self.profile, self.task, self.allow_code, self.input_shape,
-                             self.labels, self.inputs)
+                             self.labels, self.inputs, self.postprocess)
+
+
+def with_user_postprocessing(spec: ModelSpec, function: str, task: str | None) -> ModelSpec:
+    """The model with the user's post-processing as its head: a detector (an .onnx file says nothing of its
+    task, so --postprocess makes it one unless --task said otherwise)."""
+    if task is None and spec.onnx is not None:
+        spec = replace(spec, task=DETECT)
+    if spec.task != DETECT:
+        raise UsageError(f"--postprocess {function}: returns detections; {spec.name} is a {spec.task} model "
+                         "(pass --task detect if it is a detector)")
+    return replace(spec, head=user_head(function, spec.output_names))
 
 
 def read_labels(path: Path) -> tuple[str, ...]:
@@ -245,7 +259,8 @@ def _head_of(head: dict, spec: ModelSpec, source: Path) -> dict:
 
 def resolve_model(name: str | None, checkpoint: Path | None = None, profile_path: Path | None = None,
                   task: str | None = None, allow_code: bool = False, input_shape: str | None = None,
-                  labels_path: Path | None = None, inputs: tuple[str, ...] = ()) -> ModelSpec:
+                  labels_path: Path | None = None, inputs: tuple[str, ...] = (),
+                  postprocess: str | None = None) -> ModelSpec:
     """MODEL string (+ options) -> ModelSpec. None means the zoo's default classifier. `name` comes from the
     command line (a factory there is the user's own choice); `allow_code` lets the profile file name code.
     The task is `task`, else the profile file's, else the source's; the labels `labels_path`'s, else the
@@ -283,6 +298,8 @@ def resolve_model(name: str | None, checkpoint: Path | None = None, profile_path
         spec = replace(spec, task=get_task(task).name)
     if labels_path is not None:
         spec = replace(spec, labels=read_labels(labels_path))
+    if postprocess is not None:
+        spec = with_user_postprocessing(spec, postprocess, task)
     if spec.task == DETECT:
         from harness.heads import head_layout
 

@@ -88,6 +88,54 @@ def test_yolo_decoding_and_nms_equal_ultralytics_non_max_suppression(layout, obj
     assert 0.5 * candidates < compared < 0.95 * candidates  # NMS dropped real boxes, and kept most
 
 
+def _retinanet_raw_outputs(size: int, count: int):
+    """torchvision's RetinaNet (ResNet-50 FPN, random init from seed 0, its classification bias zeroed so
+    that scores spread around 0.5 instead of all sitting at the 0.01 prior, below any threshold) run in
+    eager mode on benchmark images: (the model, its raw head outputs as torchvision's forward computes
+    them, its own post-processing's detections of them)."""
+    from harness.preprocess import normalize, to_pixels
+    from torchvision.models.detection import retinanet_resnet50_fpn
+    from torchvision.models.detection.image_list import ImageList
+
+    profile = Profile(geometry="squash", input_size=size)
+    images = sorted((DETECT_DIR / "images").glob("*.jpg"))[:count]
+    batch = torch.from_numpy(np.stack([normalize(to_pixels(p.read_bytes(), profile)[0], profile) for p in images]))
+    torch.manual_seed(0)
+    model = retinanet_resnet50_fpn(weights=None, weights_backbone=None).eval()
+    torch.nn.init.zeros_(model.head.classification_head.cls_logits.bias)
+    with torch.no_grad():  # RetinaNet.forward after its transform, step for step
+        features = list(model.backbone(batch).values())
+        outputs = model.head(features)
+        anchors = model.anchor_generator(ImageList(batch, [(size, size)] * count), features)
+        per_level = [f.size(2) * f.size(3) * model.anchor_generator.num_anchors_per_location()[0] for f in features]
+        detections = model.postprocess_detections({k: list(v.split(per_level, dim=1)) for k, v in outputs.items()},
+                                                  [list(a.split(per_level)) for a in anchors], [(size, size)] * count)
+    return model, {k: v.numpy() for k, v in outputs.items()}, detections
+
+
+def test_anchor_decoding_and_nms_equal_torchvision_retinanet_postprocess_detections():
+    """The anchors head, declared from the model's own generator and coder settings, keeps what RetinaNet's
+    postprocess_detections keeps on the same raw outputs: the same boxes (to 1e-5), scores and labels, in
+    the same order."""
+    from harness.heads import checked_head, head_layout
+
+    size = 320  # not a multiple of the coarsest stride (128): its grid is 3, its anchor step 320 // 3
+    model, outputs, expected = _retinanet_raw_outputs(size, 3)
+    head = checked_head({"type": "anchors", "cls_logits": "cls_logits", "bbox_regression": "bbox_regression",
+                         "strides": [8, 16, 32, 64, 128],
+                         "sizes": [list(level) for level in model.anchor_generator.sizes],
+                         "aspect_ratios": [list(level) for level in model.anchor_generator.aspect_ratios],
+                         "box_coder_weights": list(model.box_coder.weights)}, ["cls_logits", "bbox_regression"])
+    profile = Profile(geometry="squash", input_size=size, score_threshold=model.score_thresh,
+                      iou_threshold=model.nms_thresh, max_detections=model.detections_per_img)
+    for image, reference in enumerate(expected):
+        found = head_layout(head).decode({k: v[image] for k, v in outputs.items()}, profile, head)
+        assert len(reference["scores"]) > 50 and len(found.scores) == len(reference["scores"])
+        np.testing.assert_allclose(found.boxes, reference["boxes"].numpy(), atol=1e-5, rtol=0)
+        assert np.array_equal(found.scores, reference["scores"].numpy())
+        assert np.array_equal(found.labels, reference["labels"].numpy())
+
+
 def _export(module: torch.nn.Module, path: Path, output_names: list[str]) -> Path:
     torch.manual_seed(0)
     torch.onnx.export(module.eval(), (torch.zeros(1, 3, 128, 128),), str(path), input_names=["images"],
@@ -119,6 +167,101 @@ def test_a_yolo_onnx_file_through_compare_and_sysnoise(tmp_path, harness_cli):
     assert swept.returncode == 0, swept.stderr[-2000:]
     axes = {axis["axis"]: [v["name"] for v in axis["variants"]] for axis in json.loads(swept.stdout)["axes"]}
     assert "torchvision-agnostic" in axes["nms"] and "legacy-plus-one" in axes["box_decode"], axes
+
+
+class _TinyRetina(torch.nn.Module):
+    """torchvision's own RetinaNetHead (32 channels, 3 anchors per place) on two strided levels (8, 16): the
+    raw outputs a RetinaNet export ends in when its anchor decoding and NMS are left to the harness."""
+
+    def __init__(self):
+        from torchvision.models.detection.retinanet import RetinaNetHead
+
+        super().__init__()
+        self.stem = torch.nn.Sequential(*[torch.nn.Sequential(torch.nn.Conv2d(c, 32, 3, 2, 1), torch.nn.ReLU())
+                                          for c in (3, 32, 32)])
+        self.down = torch.nn.Sequential(torch.nn.Conv2d(32, 32, 3, 2, 1), torch.nn.ReLU())
+        self.head = RetinaNetHead(32, 3, len(CLASSES))
+        torch.nn.init.zeros_(self.head.classification_head.cls_logits.bias)  # scores around 0.5, not 0.01
+
+    def forward(self, x):
+        level8 = self.stem(x)
+        outputs = self.head([level8, self.down(level8)])
+        return outputs["cls_logits"], outputs["bbox_regression"]
+
+
+ANCHORS_HEAD = ('type = "anchors"\ncls_logits = "cls_logits"\nbbox_regression = "bbox_regression"\n'
+                'strides = [8, 16]\nsizes = [[16], [32]]\n')  # 3 aspect ratios: 3 anchors per place
+
+
+def test_an_anchors_onnx_file_through_compare_and_sysnoise(tmp_path, harness_cli):
+    torch.manual_seed(0)
+    model = _export(_TinyRetina(), tmp_path / "retina.onnx", ["cls_logits", "bbox_regression"])
+    profile = _profile(tmp_path / "retina.toml", ANCHORS_HEAD)
+    compared = harness_cli("compare", str(model), "--profile", str(profile), "--backends", "ort,openvino",
+                           "--limit", "8", "--json", "-")
+    assert compared.returncode == 0, compared.stderr[-2000:]
+    report = json.loads(compared.stdout)
+    assert report["model"]["task"] == "detect" and report["reference"]["metric"]["ap50"] > 0, report["reference"]
+    for row in report["results"]:
+        assert row["status"] == "ok" and row["outputs"]["max_abs"] < 1e-3, row
+    swept = harness_cli("sysnoise", str(model), "--profile", str(profile), "--axes", "nms,box_decode", "--limit", "8",
+                        "--bootstrap-rounds", "0", "--json", "-")
+    assert swept.returncode == 0, swept.stderr[-2000:]
+    axes = {axis["axis"]: {v["name"]: v["status"] for v in axis["variants"]}
+            for axis in json.loads(swept.stdout)["axes"]}
+    assert axes["nms"]["torchvision-agnostic"] == "ok" and axes["box_decode"]["fp16"] == "ok", axes
+    wrong = _profile(tmp_path / "wrong.toml", ANCHORS_HEAD.replace("strides = [8, 16]", "strides = [8, 32]"))
+    result = harness_cli("compare", str(model), "--profile", str(wrong), "--backends", "ort", "--limit", "2")
+    assert result.returncode == 2 and "the declared levels make 816 anchors at 128 px" in result.stderr, result.stderr
+
+
+def test_a_users_own_postprocessing_named_on_the_command_line(tmp_path, harness_cli):
+    """--postprocess package.module:function replaces the harness's decoding: a function doing what
+    ultralytics does scores exactly as the built-in yolo layout set up as ultralytics; the harness's NMS and
+    box-decoding axes then do not apply; a function returning the wrong count is one line, exit 2; a profile
+    file cannot name such a function."""
+    torch.manual_seed(0)
+    model = _export(TinyYolo(len(CLASSES)), tmp_path / "yolo.onnx", ["output0"])
+    as_ultralytics = 'nms = "ultralytics-offset"\n[head]\ntype = "yolo"\noutput = "output0"\n'
+    builtin = _profile(tmp_path / "builtin.toml", "").read_text().replace("[head]\n", as_ultralytics)
+    (tmp_path / "builtin.toml").write_text(builtin)
+    (tmp_path / "user.toml").write_text(builtin.split("nms =")[0])
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [PLUGINS, os.environ.get("PYTHONPATH")]))}
+    reports = {}
+    for name, options in (("builtin", ()), ("user", ("--postprocess", "harness_test_postprocess:ultralytics_style"))):
+        result = harness_cli("compare", str(model), "--profile", str(tmp_path / f"{name}.toml"), "--backends", "ort",
+                             "--limit", "12", "--json", "-", *options, env=env)
+        assert result.returncode == 0, result.stderr[-2000:]
+        reports[name] = json.loads(result.stdout)
+    assert reports["user"]["model"]["task"] == "detect"
+    assert reports["user"]["reference"]["metric"] == reports["builtin"]["reference"]["metric"]
+    assert reports["builtin"]["reference"]["metric"]["ap50"] > 0, reports["builtin"]["reference"]
+    listed = harness_cli("sysnoise", str(model), "--profile", str(tmp_path / "user.toml"), "--postprocess",
+                         "harness_test_postprocess:ultralytics_style", "--list-axes", env=env)
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    for axis in ("nms", "box_decode"):  # no variant: the user's function does its own
+        assert listed.stdout.split(f"{axis} (post)")[1].splitlines()[1].strip() == "", listed.stdout
+    broken = harness_cli("compare", str(model), "--profile", str(tmp_path / "user.toml"), "--postprocess",
+                         "harness_test_postprocess:one_short", "--backends", "ort", "--limit", "4", env=env)
+    assert broken.returncode == 2 and broken.stderr.strip().count("\n") == 0, broken.stderr[-2000:]
+    assert "--postprocess harness_test_postprocess:one_short: returned list of 3; expected one" in broken.stderr
+    (tmp_path / "file.toml").write_text(builtin.split("nms =")[0] + '[head]\ntype = "user"\nfunction = "os:system"\n')
+    refused = harness_cli("compare", str(model), "--profile", str(tmp_path / "file.toml"), "--backends", "ort")
+    assert refused.returncode == 2 and "name your post-processing on the command line" in refused.stderr
+
+
+def test_a_factory_declares_task_head_and_profile_through_its_model_spec(harness_cli):
+    """MODEL as package.module:factory returning a ModelSpec (the README's example): a torch detector with
+    its yolo head and letterbox profile, compared against its own export on two backends."""
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [PLUGINS, os.environ.get("PYTHONPATH")]))}
+    result = harness_cli("compare", "harness_test_yolo:tiny_yolo_spec", "--backends", "ort,openvino", "--limit",
+                         "8", "--json", "-", env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    assert report["model"]["task"] == "detect" and report["reference"]["backend"] == "torch"
+    assert report["reference"]["profile"]["geometry"] == "letterbox" and report["reference"]["metric"]["ap50"] > 0
+    for row in report["results"]:
+        assert row["status"] == "ok" and row["outputs"]["max_abs"] < 1e-3, row
 
 
 class _Postprocessed(torch.nn.Module):
@@ -153,7 +296,7 @@ def test_a_postprocessed_graph_is_taken_as_it_is_and_the_nms_axes_do_not_apply(t
 
 
 @pytest.mark.parametrize("head,fragment", [
-    ('type = "retina"\n', "detection head 'retina': declare one of fcos, yolo, postprocessed"),
+    ('type = "retina"\n', "detection head 'retina': declare one of fcos, yolo, anchors, postprocessed"),
     ('type = "yolo"\n', "a yolo head needs output"),
     ('type = "yolo"\noutput = "output0"\nlayout = "rows"\n', "head layout = 'rows': expected channels-first, "
                                                              "anchors-first"),

@@ -55,7 +55,7 @@ def test_starter_gate_passes_as_shipped_and_fails_on_a_bgr_camera(tmp_path, harn
 
 @pytest.mark.parametrize("body,expected", [
     ('model = "resnet_tiny"\nlimt = 3\n[thresholds]\nmax_metric_drop = 0.01\n',
-     ["line 2", "limt", "unknown key", "allowed: model, checkpoint, profile, task, labels, input_shape, inputs, "
+     ["line 2", "limt", "unknown key", "allowed: model, checkpoint, profile, task, labels, input_shape, inputs, postprocess, "
                                        "calibration, dataset, limit"]),
     ('model = "resnet_tiny"\n[thresholds]\nmax_metric_drop = "big"\n',
      ["line 3", "thresholds.max_metric_drop", "expected float, got str"]),

@@ -43,6 +43,10 @@ InputOpt = Annotated[Optional[list[str]], typer.Option(
     "--input", help="An .onnx file's input, by name (repeat for each): NAME=1x3x640x640 says NAME is the image "
                     "input and its shape; NAME=[640,640] or NAME=0.5 feeds a non-image input that constant with "
                     "every sample (a profile's [inputs] table says the same).")]
+PostprocessOpt = Annotated[Optional[str], typer.Option(
+    "--postprocess", help="Your own detection post-processing, package.module:function (imported and run: you "
+                          "named it): called per batch with the raw outputs, each image's geometry and the "
+                          "profile; returns (boxes xyxy in image pixels, scores, labels) per image.")]
 HtmlOpt = Annotated[Optional[Path], typer.Option(
     "--html", help="Write a self-contained HTML report (plots embedded, opens offline) here.")]
 ExecutorOpt = Annotated[str, typer.Option(

@@ -9,7 +9,7 @@ import typer
 
 from harness.cli.app import app
 from harness.cli.common import (AllowCodeOpt, BatchSizeOpt, CalibrationOpt, CellTimeoutOpt, CheckpointOpt,
-                                DatasetOpt, ExecutorOpt, HtmlOpt, InputOpt, InputShapeOpt, JsonOpt, LimitOpt, MemoryBudgetOpt,
+                                DatasetOpt, ExecutorOpt, HtmlOpt, InputOpt, InputShapeOpt, PostprocessOpt, JsonOpt, LimitOpt, MemoryBudgetOpt,
                                 LabelsOpt, ModelArg, ProfileOpt, TaskOpt, ThreadsOpt, WorkersOpt, checked_inputs, console_for, parse_size,
                                 print_data_notes, run_with_progress, threads_per_worker, write_reports)
 from harness.errors import InputError, UsageError
@@ -33,6 +33,7 @@ def compare(
     allow_code: AllowCodeOpt = False,
     input_shape: InputShapeOpt = None,
     inputs: InputOpt = None,
+    postprocess: PostprocessOpt = None,
     task: TaskOpt = None,
     labels: LabelsOpt = None,
     calibration: CalibrationOpt = None,
@@ -52,7 +53,8 @@ def compare(
     from harness.compare.cells import CompareJob
 
     console = console_for(json_path)
-    request = ModelRequest(model, checkpoint, profile, allow_code, input_shape, task, labels, tuple(inputs or ()))
+    request = ModelRequest(model, checkpoint, profile, allow_code, input_shape, task, labels, tuple(inputs or ()),
+                           postprocess)
     checked_inputs(request, dataset)  # before the worker: fail fast
     if candidate_outputs is not None and not candidate_outputs.is_file():
         raise InputError(f"{candidate_outputs}: recorded outputs file not found")
@@ -129,6 +131,7 @@ def drift(
     allow_code: AllowCodeOpt = False,
     input_shape: InputShapeOpt = None,
     inputs: InputOpt = None,
+    postprocess: PostprocessOpt = None,
     task: TaskOpt = None,
     labels: LabelsOpt = None,
     calibration: CalibrationOpt = None,
@@ -146,7 +149,8 @@ def drift(
     from harness.compare.drift import Thresholds
     from harness.report.drift import drift_summary, drift_table, introducers_table
 
-    request = ModelRequest(model, checkpoint, profile, allow_code, input_shape, task, labels, tuple(inputs or ()))
+    request = ModelRequest(model, checkpoint, profile, allow_code, input_shape, task, labels, tuple(inputs or ()),
+                           postprocess)
     checked_inputs(request, dataset)  # before the worker: fail fast
     console = console_for(json_path)
     parse_target(backend)

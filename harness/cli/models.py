@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 
 from harness.cli.app import app
-from harness.cli.common import (AllowCodeOpt, CheckpointOpt, DatasetOpt, InputOpt, InputShapeOpt, JsonOpt, LimitOpt, ModelArg,
+from harness.cli.common import (AllowCodeOpt, CheckpointOpt, DatasetOpt, InputOpt, InputShapeOpt, PostprocessOpt, JsonOpt, LimitOpt, ModelArg,
                                 LabelsOpt, ProfileOpt, TaskOpt, checked_inputs, console_for)
 from harness.model import ModelRequest
 
@@ -24,6 +24,7 @@ def export_inputs(
     allow_code: AllowCodeOpt = False,
     input_shape: InputShapeOpt = None,
     inputs: InputOpt = None,
+    postprocess: PostprocessOpt = None,
     task: TaskOpt = None,
     labels: LabelsOpt = None,
 ) -> None:
@@ -33,7 +34,8 @@ def export_inputs(
     from harness.recorded import write_inputs
     from harness.run import iter_batches, require_readable
 
-    request = ModelRequest(model, checkpoint, profile, allow_code, input_shape, task, labels, tuple(inputs or ()))
+    request = ModelRequest(model, checkpoint, profile, allow_code, input_shape, task, labels, tuple(inputs or ()),
+                           postprocess)
     user_data = checked_inputs(request, dataset)  # before the model: fail fast
     spec = request.resolve()
     data = (user_data if user_data is not None else embedded_benchmark(spec.task)).limit(limit)

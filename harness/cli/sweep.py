@@ -10,7 +10,7 @@ from rich.markup import escape
 
 from harness.cli.app import app
 from harness.cli.common import (AllowCodeOpt, BatchSizeOpt, CalibrationOpt, CellTimeoutOpt, CheckpointOpt,
-                                DatasetOpt, ExecutorOpt, HtmlOpt, InputOpt, InputShapeOpt, JsonOpt, LimitOpt, ModelArg,
+                                DatasetOpt, ExecutorOpt, HtmlOpt, InputOpt, InputShapeOpt, PostprocessOpt, JsonOpt, LimitOpt, ModelArg,
                                 LabelsOpt, ProfileOpt, TaskOpt, ThreadsOpt, WorkersOpt, checked_inputs, console_for, print_data_notes,
                                 run_with_progress, threads_per_worker, write_reports)
 from harness.model import ModelRequest
@@ -36,6 +36,7 @@ def sysnoise(
     allow_code: AllowCodeOpt = False,
     input_shape: InputShapeOpt = None,
     inputs: InputOpt = None,
+    postprocess: PostprocessOpt = None,
     task: TaskOpt = None,
     labels: LabelsOpt = None,
     calibration: CalibrationOpt = None,
@@ -71,7 +72,8 @@ def sysnoise(
     from harness.noise.cells import SweepJob
     from harness.noise.runner import SweepSettings
 
-    request = ModelRequest(model, checkpoint, profile, allow_code, input_shape, task, labels, tuple(inputs or ()))
+    request = ModelRequest(model, checkpoint, profile, allow_code, input_shape, task, labels, tuple(inputs or ()),
+                           postprocess)
     checked_inputs(request, dataset)  # before the worker: fail fast
     console = console_for(json_path)
     graph_backend = get_backend(backend).name

@@ -30,16 +30,8 @@ class Detect(Task):
 
     def predictions(self, outputs, geometries, profile, head) -> list:
         from harness.heads import head_layout
-        from harness.postprocess import Detections
 
-        layout = head_layout(head)
-        layout.check(head, profile)
-        names = layout.outputs(head)
-        predictions = []
-        for k, geometry in enumerate(geometries):
-            dets = layout.decode({name: outputs[name][k] for name in names}, profile, head)
-            predictions.append(Detections(geometry.to_image(dets.boxes), dets.scores, dets.labels))
-        return predictions
+        return head_layout(head).predictions(outputs, geometries, profile, head)
 
     def encode_predictions(self, predictions) -> dict:
         return {"counts": np.array([len(p.scores) for p in predictions], np.int64),

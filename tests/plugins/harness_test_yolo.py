@@ -38,3 +38,22 @@ class TinyYolo(nn.Module):
             xywh = torch.cat([(top_left + bottom_right) / 2, bottom_right - top_left], 1)
             levels.append(torch.cat([xywh, raw[:, 4:].sigmoid()], 1).flatten(2))
         return torch.cat(levels, 2)
+
+
+def tiny_yolo_spec():
+    """`harness compare harness_test_yolo:tiny_yolo_spec`: a factory returning a ModelSpec that declares
+    what an nn.Module cannot say itself: the task, the head layout, the training profile and the labels."""
+    from harness.model import ModelSpec
+    from harness.profile import Profile
+
+    def build():  # the same weights on every call: the reference and the export build it separately
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return TinyYolo(10)
+
+    return ModelSpec(name="tiny_yolo", task="detect", build=build, random_seed=0,
+                     profile=Profile(input_size=128, geometry="letterbox", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
+                                     nms="ultralytics-offset", box_decode="no-clip", score_threshold=0.25),
+                     labels=("circle", "square", "triangle", "star", "ring", "cross", "hexagon", "diamond",
+                             "crescent", "arrow"),
+                     input_name="images", output_names=("output0",), head={"type": "yolo", "output": "output0"})
