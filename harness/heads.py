@@ -13,7 +13,9 @@ A model declares its layout as `head` (a ModelSpec's, or a profile file's `[head
   concatenated: `cls_logits` [N, sum(H*W*A), C] and `bbox_regression` [N, sum(H*W*A), 4]; the anchors are
   torchvision's AnchorGenerator's for the declared `strides`, `sizes` (per level) and `aspect_ratios`, the
   deltas decoded by its BoxCoder with `box_coder_weights`; scored and cut as RetinaNet.postprocess_detections
-  (sigmoid, score threshold, the best 1000 per level, batched NMS, max_detections)
+  (sigmoid, score threshold, the best `top_k` per level, batched NMS, max_detections). SSD's:
+  `generator = "default-boxes"` (DefaultBoxGenerator: per-level `aspect_ratios`, `min_ratio`/`max_ratio` or
+  `scales`, `steps`, `clip`) and `scores = "softmax"` (class 0 the background; the best `top_k` per class)
   `{type = "anchors", cls_logits = OUT, bbox_regression = OUT, strides = [8, 16, 32, 64, 128],
     sizes = [[32, 40, 50], ...], aspect_ratios = [0.5, 1.0, 2.0], box_coder_weights = [1.0, 1.0, 1.0, 1.0]}`
 - postprocessed: the graph ran its own NMS: `{type = "postprocessed", boxes = OUT, scores = OUT, labels = OUT}`
@@ -28,7 +30,7 @@ from functools import lru_cache
 import numpy as np
 
 from harness.errors import UsageError
-from harness.postprocess import Detections
+from harness.postprocess import PRE_NMS_TOP_K, Detections
 
 # ultralytics' non_max_suppression keeps at most this many candidates (by score) before NMS (max_nms)
 YOLO_PRE_NMS_TOP_K = 30000
@@ -131,7 +133,10 @@ class AnchorsHead(PerImageLayout):
     name = "anchors"
     post_axes = ("nms", "box_decode")
     fields = {"cls_logits": (str, True), "bbox_regression": (str, True), "strides": (list, True),
-              "sizes": (list, True), "aspect_ratios": (list, False), "box_coder_weights": (list, False)}
+              "generator": (("anchors", "default-boxes"), False), "sizes": (list, False),
+              "aspect_ratios": (list, False), "min_ratio": (float, False), "max_ratio": (float, False),
+              "scales": (list, False), "steps": (list, False), "clip": (bool, False),
+              "box_coder_weights": (list, False), "scores": (("sigmoid", "softmax"), False), "top_k": (int, False)}
 
     def outputs(self, head):
         return [head["cls_logits"], head["bbox_regression"]]
@@ -140,14 +145,10 @@ class AnchorsHead(PerImageLayout):
         anchor_levels(head, profile.input_size)  # bad sizes or ratios: one line, before any batch
 
     def decode(self, outputs, profile, head):
-        """As torchvision's RetinaNet.postprocess_detections, level by level: sigmoid scores above the
-        threshold, the best PRE_NMS_TOP_K of each level, deltas decoded on their anchors by torchvision's
-        BoxCoder, then the profile's box conventions and NMS, the first max_detections."""
-        import torch
-
-        from harness.postprocess import NMS, PRE_NMS_TOP_K, box_convention
-        from harness.plugins import lookup
-
+        """As torchvision's RetinaNet.postprocess_detections (scores "sigmoid": per level, the best top_k
+        above the threshold) or SSD.postprocess_detections (scores "softmax", class 0 the background: per
+        class, the best top_k above the threshold); deltas decoded on their anchors by torchvision's
+        BoxCoder; then the profile's box conventions and NMS, the first max_detections."""
         levels, coder = anchor_levels(head, profile.input_size)
         logits, deltas = outputs[head["cls_logits"]], outputs[head["bbox_regression"]]
         total = sum(len(anchors) for anchors in levels)
@@ -155,34 +156,63 @@ class AnchorsHead(PerImageLayout):
             raise UsageError(f"anchors head: {len(logits)} rows of {head['cls_logits']!r}, {len(deltas)} of "
                              f"{head['bbox_regression']!r}; the declared levels make {total} anchors at "
                              f"{profile.input_size} px")
-        classes = logits.shape[-1]
-        found = ([], [], [])
-        start = 0
-        for anchors in levels:
-            rows = slice(start, start + len(anchors))
-            start += len(anchors)
-            scores = torch.sigmoid(torch.from_numpy(np.ascontiguousarray(logits[rows], np.float32))).flatten()
-            candidates = torch.where(scores > profile.score_threshold)[0]
-            best, order = scores[candidates].topk(min(PRE_NMS_TOP_K, len(candidates)))
-            candidates = candidates[order]
-            anchor = torch.div(candidates, classes, rounding_mode="floor")
-            dtype = torch.float16 if profile.box_decode == "fp16" else torch.float32
-            boxes = coder.decode_single(torch.from_numpy(np.asarray(deltas[rows], np.float32))[anchor].to(dtype),
-                                        anchors[anchor].to(dtype))
-            for kept, value in zip(found, (boxes.float().numpy(), best.numpy(), (candidates % classes).numpy())):
-                kept.append(value)
-        boxes, scores, labels = (np.concatenate(values) for values in found)
-        boxes = box_convention(boxes, profile)
-        keep = lookup(NMS, "nms", profile.nms)(boxes, scores.astype(np.float32), labels.astype(np.int64),
-                                               profile.iou_threshold)[: profile.max_detections]
-        return Detections(boxes[keep], scores[keep].astype(np.float32), labels[keep].astype(np.int64))
+        select = _per_class_softmax if head.get("scores", "sigmoid") == "softmax" else _per_level_sigmoid
+        candidates = select(np.asarray(logits, np.float32), levels, profile.score_threshold,
+                            head.get("top_k", PRE_NMS_TOP_K))
+        return _decoded(candidates, np.asarray(deltas, np.float32), levels, coder, profile)
+
+
+def _per_level_sigmoid(logits, levels, threshold: float, top_k: int) -> list:
+    """RetinaNet's selection: (anchor rows, scores, labels) of each level's best top_k sigmoid scores."""
+    import torch
+
+    found, start = [], 0
+    classes = logits.shape[-1]
+    for anchors in levels:
+        scores = torch.sigmoid(torch.from_numpy(logits[start:start + len(anchors)])).flatten()
+        index = torch.where(scores > threshold)[0]
+        best, order = scores[index].topk(min(top_k, len(index)))
+        index = index[order]
+        found.append((start + torch.div(index, classes, rounding_mode="floor"), best, index % classes))
+        start += len(anchors)
+    return found
+
+
+def _per_class_softmax(logits, levels, threshold: float, top_k: int) -> list:
+    """SSD's selection: for each class but the background (0), the best top_k softmax scores."""
+    import torch
+
+    scores = torch.softmax(torch.from_numpy(logits), dim=-1)
+    found = []
+    for label in range(1, scores.shape[-1]):
+        index = torch.where(scores[:, label] > threshold)[0]
+        best, order = scores[index, label].topk(min(top_k, len(index)))
+        found.append((index[order], best, torch.full_like(best, label, dtype=torch.int64)))
+    return found
+
+
+def _decoded(candidates: list, deltas, levels, coder, profile) -> Detections:
+    import torch
+
+    from harness.plugins import lookup
+    from harness.postprocess import NMS, box_convention
+
+    anchors = torch.cat(levels)
+    rows = torch.cat([row for row, _, _ in candidates])
+    dtype = torch.float16 if profile.box_decode == "fp16" else torch.float32
+    boxes = coder.decode_single(torch.from_numpy(deltas)[rows].to(dtype), anchors[rows].to(dtype))
+    boxes = box_convention(boxes.float().numpy(), profile)
+    scores = torch.cat([score for _, score, _ in candidates]).numpy().astype(np.float32)
+    labels = torch.cat([label for _, _, label in candidates]).numpy().astype(np.int64)
+    keep = lookup(NMS, "nms", profile.nms)(boxes, scores, labels, profile.iou_threshold)[: profile.max_detections]
+    return Detections(boxes[keep], scores[keep], labels[keep])
 
 
 def anchor_levels(head: dict, input_size: int) -> tuple[list, object]:
     """(each level's anchors float32[H*W*A, 4] in model-input pixels, the BoxCoder): torchvision's own
-    AnchorGenerator run on feature maps of the declared strides (a level's grid is ceil(S / stride), as
-    stride-2 convolutions with padding make it; the generator then takes S // grid as the step, as it
-    does on the real maps) and its BoxCoder, so the anchors are the library's, not a re-derivation."""
+    AnchorGenerator (generator "anchors": RetinaNet's) or DefaultBoxGenerator ("default-boxes": SSD's) run
+    on feature maps of the declared strides (a level's grid is ceil(S / stride), as stride-2 convolutions
+    with padding make it) and its BoxCoder, so the anchors are the library's, not a re-derivation."""
     import json
 
     return _anchor_levels(json.dumps(head, sort_keys=True), input_size)
@@ -194,28 +224,47 @@ def _anchor_levels(head_json: str, input_size: int):
 
     import torch
     from torchvision.models.detection._utils import BoxCoder
-    from torchvision.models.detection.anchor_utils import AnchorGenerator
     from torchvision.models.detection.image_list import ImageList
 
     head = json.loads(head_json)
-    strides, sizes = head["strides"], head["sizes"]
-    ratios = head.get("aspect_ratios", [0.5, 1.0, 2.0])
-    ratios = ratios if ratios and isinstance(ratios[0], list) else [ratios] * len(strides)
+    strides = head["strides"]
     weights = head.get("box_coder_weights", [1.0, 1.0, 1.0, 1.0])
-    numbers = [v for level in [*sizes, *ratios] for v in (level if isinstance(level, list) else [None])]
-    if len(sizes) != len(strides) or len(ratios) != len(strides) or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in numbers):
-        raise UsageError(f"anchors head: {len(strides)} strides need as many `sizes` lists (and `aspect_ratios` "
-                         "lists, or one list for every level) of positive numbers")
-    if len(weights) != 4 or not all(isinstance(w, (int, float)) and w > 0 for w in weights):
+    if len(weights) != 4 or not all(_positive(w) for w in weights):
         raise UsageError(f"anchors head: box_coder_weights = {weights!r}: expected four positive numbers")
-    generator = AnchorGenerator(tuple(tuple(level) for level in sizes), tuple(tuple(level) for level in ratios))
+    generator = _generator(head, len(strides))
     grids = [-(-input_size // stride) for stride in strides]
     maps = [torch.empty(1, 1, grid, grid) for grid in grids]
-    image = ImageList(torch.empty(1, 3, input_size, input_size), [(input_size, input_size)])
-    anchors = generator(image, maps)[0]
+    anchors = generator(ImageList(torch.empty(1, 3, input_size, input_size), [(input_size, input_size)]), maps)[0]
     counts = [grid * grid * generator.num_anchors_per_location()[k] for k, grid in enumerate(grids)]
     return list(anchors.split(counts)), BoxCoder(weights=tuple(float(w) for w in weights))
+
+
+def _positive(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+
+
+def _generator(head: dict, levels: int):
+    """torchvision's anchor generator the head declares, its parameters checked (one line otherwise)."""
+    from torchvision.models.detection.anchor_utils import AnchorGenerator, DefaultBoxGenerator
+
+    ratios = head.get("aspect_ratios", [0.5, 1.0, 2.0] if head.get("generator") != "default-boxes" else None)
+    if ratios is None or not ratios:
+        raise UsageError("anchors head: a default-boxes generator needs aspect_ratios (one list per level)")
+    ratios = ratios if isinstance(ratios[0], list) else [ratios] * levels
+    if head.get("generator", "anchors") == "anchors":
+        sizes = head.get("sizes", [])
+        if len(sizes) != levels or len(ratios) != levels or not all(
+                isinstance(level, list) and level and all(_positive(v) for v in level) for level in sizes + ratios):
+            raise UsageError(f"anchors head: {levels} strides need as many `sizes` lists (and `aspect_ratios` "
+                             "lists, or one list for every level) of positive numbers")
+        return AnchorGenerator(tuple(tuple(level) for level in sizes), tuple(tuple(level) for level in ratios))
+    if len(ratios) != levels or not all(all(_positive(v) for v in level) for level in ratios):
+        raise UsageError(f"anchors head: {levels} strides need as many aspect_ratios lists of positive numbers")
+    try:
+        return DefaultBoxGenerator(ratios, min_ratio=head.get("min_ratio", 0.15), max_ratio=head.get("max_ratio", 0.9),
+                                   scales=head.get("scales"), steps=head.get("steps"), clip=head.get("clip", True))
+    except (ValueError, TypeError) as err:
+        raise UsageError(f"anchors head: default boxes: {err}") from None
 
 
 class PostprocessedHead(PerImageLayout):

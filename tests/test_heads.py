@@ -88,44 +88,41 @@ def test_yolo_decoding_and_nms_equal_ultralytics_non_max_suppression(layout, obj
     assert 0.5 * candidates < compared < 0.95 * candidates  # NMS dropped real boxes, and kept most
 
 
-def _retinanet_raw_outputs(size: int, count: int):
-    """torchvision's RetinaNet (ResNet-50 FPN, random init from seed 0, its classification bias zeroed so
-    that scores spread around 0.5 instead of all sitting at the 0.01 prior, below any threshold) run in
-    eager mode on benchmark images: (the model, its raw head outputs as torchvision's forward computes
-    them, its own post-processing's detections of them)."""
+def _torchvision_detector_outputs(builder, size: int, count: int):
+    """A torchvision detector (random init from seed 0) run in eager mode on benchmark images, as its
+    forward runs after its transform: (the model, its raw head outputs, its own post-processing's detections
+    of them). Its classification bias is zeroed: RetinaNet's 0.01 prior would leave every score below any
+    threshold."""
     from harness.preprocess import normalize, to_pixels
-    from torchvision.models.detection import retinanet_resnet50_fpn
     from torchvision.models.detection.image_list import ImageList
 
     profile = Profile(geometry="squash", input_size=size)
     images = sorted((DETECT_DIR / "images").glob("*.jpg"))[:count]
     batch = torch.from_numpy(np.stack([normalize(to_pixels(p.read_bytes(), profile)[0], profile) for p in images]))
     torch.manual_seed(0)
-    model = retinanet_resnet50_fpn(weights=None, weights_backbone=None).eval()
-    torch.nn.init.zeros_(model.head.classification_head.cls_logits.bias)
-    with torch.no_grad():  # RetinaNet.forward after its transform, step for step
+    model = builder(weights=None, weights_backbone=None).eval()
+    classification = getattr(model.head.classification_head, "cls_logits", None)
+    if isinstance(classification, torch.nn.Conv2d):
+        torch.nn.init.zeros_(classification.bias)
+    with torch.no_grad():
         features = list(model.backbone(batch).values())
         outputs = model.head(features)
         anchors = model.anchor_generator(ImageList(batch, [(size, size)] * count), features)
-        per_level = [f.size(2) * f.size(3) * model.anchor_generator.num_anchors_per_location()[0] for f in features]
-        detections = model.postprocess_detections({k: list(v.split(per_level, dim=1)) for k, v in outputs.items()},
-                                                  [list(a.split(per_level)) for a in anchors], [(size, size)] * count)
+        if hasattr(model.anchor_generator, "sizes"):  # RetinaNet selects level by level
+            per_level = [f.size(2) * f.size(3) * model.anchor_generator.num_anchors_per_location()[0] for f in features]
+            detections = model.postprocess_detections({k: list(v.split(per_level, dim=1)) for k, v in outputs.items()},
+                                                      [list(a.split(per_level)) for a in anchors], [(size, size)] * count)
+        else:
+            detections = model.postprocess_detections(outputs, anchors, [(size, size)] * count)
     return model, {k: v.numpy() for k, v in outputs.items()}, detections
 
 
-def test_anchor_decoding_and_nms_equal_torchvision_retinanet_postprocess_detections():
-    """The anchors head, declared from the model's own generator and coder settings, keeps what RetinaNet's
-    postprocess_detections keeps on the same raw outputs: the same boxes (to 1e-5), scores and labels, in
-    the same order."""
+def _decodes_as_torchvision(head: dict, model, outputs, expected, size: int) -> None:
     from harness.heads import checked_head, head_layout
 
-    size = 320  # not a multiple of the coarsest stride (128): its grid is 3, its anchor step 320 // 3
-    model, outputs, expected = _retinanet_raw_outputs(size, 3)
     head = checked_head({"type": "anchors", "cls_logits": "cls_logits", "bbox_regression": "bbox_regression",
-                         "strides": [8, 16, 32, 64, 128],
-                         "sizes": [list(level) for level in model.anchor_generator.sizes],
-                         "aspect_ratios": [list(level) for level in model.anchor_generator.aspect_ratios],
-                         "box_coder_weights": list(model.box_coder.weights)}, ["cls_logits", "bbox_regression"])
+                         "box_coder_weights": list(model.box_coder.weights), "top_k": model.topk_candidates, **head},
+                        ["cls_logits", "bbox_regression"])
     profile = Profile(geometry="squash", input_size=size, score_threshold=model.score_thresh,
                       iou_threshold=model.nms_thresh, max_detections=model.detections_per_img)
     for image, reference in enumerate(expected):
@@ -134,6 +131,34 @@ def test_anchor_decoding_and_nms_equal_torchvision_retinanet_postprocess_detecti
         np.testing.assert_allclose(found.boxes, reference["boxes"].numpy(), atol=1e-5, rtol=0)
         assert np.array_equal(found.scores, reference["scores"].numpy())
         assert np.array_equal(found.labels, reference["labels"].numpy())
+
+
+def test_anchor_decoding_and_nms_equal_torchvision_retinanet_postprocess_detections():
+    """The anchors head, declared from the model's own generator and coder settings, keeps what RetinaNet's
+    postprocess_detections keeps on the same raw outputs: the same boxes (to 1e-5), scores and labels, in
+    the same order."""
+    from torchvision.models.detection import retinanet_resnet50_fpn
+
+    size = 320  # not a multiple of the coarsest stride (128): its grid is 3, its anchor step 320 // 3
+    model, outputs, expected = _torchvision_detector_outputs(retinanet_resnet50_fpn, size, 3)
+    generator = model.anchor_generator
+    _decodes_as_torchvision({"strides": [8, 16, 32, 64, 128], "sizes": [list(level) for level in generator.sizes],
+                             "aspect_ratios": [list(level) for level in generator.aspect_ratios]},
+                            model, outputs, expected, size)
+
+
+def test_default_box_decoding_and_nms_equal_torchvision_ssd_postprocess_detections():
+    """generator "default-boxes" with softmax scores keeps what SSDlite's postprocess_detections keeps
+    (per class, background excluded), on a random-init ssdlite320_mobilenet_v3_large's outputs."""
+    from torchvision.models.detection import ssdlite320_mobilenet_v3_large
+
+    size = 320
+    model, outputs, expected = _torchvision_detector_outputs(ssdlite320_mobilenet_v3_large, size, 2)
+    generator = model.anchor_generator
+    _decodes_as_torchvision({"generator": "default-boxes", "scores": "softmax",
+                             "strides": [16, 32, 64, 128, 256, 512], "aspect_ratios": generator.aspect_ratios,
+                             "min_ratio": 0.2, "max_ratio": 0.95},  # ssdlite320_mobilenet_v3_large's
+                            model, outputs, expected, size)
 
 
 def _export(module: torch.nn.Module, path: Path, output_names: list[str]) -> Path:
