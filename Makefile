@@ -2,7 +2,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-gpu gpu-wheels bench lint install clean readme
+.PHONY: demo test test-gpu gpu-wheels bench lint install clean readme matrix
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -34,6 +34,10 @@ bench: $(STAMP)
 
 readme: $(STAMP)
 	$(VENV)/bin/harness zoo sysnoise-table --readme README.md
+
+# the README's acceptance matrix: every row (hours on 2 cores); its JSON beside the benchmarks' results
+matrix: $(STAMP)
+	$(VENV)/bin/harness matrix --json benchmarks/results/matrix.json --readme README.md
 
 lint: $(STAMP)
 	$(PY) -m compileall -q harness backends models tests benchmarks

@@ -28,6 +28,7 @@ def torchvision_spec(arch: str, checkpoint: Path | None) -> ModelSpec:
         builder = torchvision.models.get_model_builder(arch)
     except ValueError:
         raise UnknownName("torchvision model", arch, torchvision.models.list_models()) from None
+    _refuse_what_is_not_a_classifier(arch, builder.__module__)
     profile = Profile(input_size=224, geometry="torchvision-crop")
     labels: tuple[str, ...] = ()
     try:  # the preprocessing of the default weights, read without downloading them
@@ -48,6 +49,22 @@ def torchvision_spec(arch: str, checkpoint: Path | None) -> ModelSpec:
 
 
 RANDOM_WEIGHTS_SEED = 0
+# torchvision.models.<family>.<module>: every family but the classifiers (torchvision.models.<module>)
+_FAMILIES = {"detection": "a detector", "segmentation": "a segmenter", "video": "a video classifier",
+             "optical_flow": "an optical-flow model", "quantization": "a quantised (QAT) classifier"}
+
+
+def _refuse_what_is_not_a_classifier(arch: str, module: str) -> None:
+    """Only torchvision's image classifiers are taken so far: its detection and segmentation presets resize
+    inside the model (GeneralizedRCNNTransform interpolates the normalised float tensor; SemanticSegmentation
+    keeps the aspect, so no two images share a shape), which the harness's fixed-shape uint8 pre-processing
+    does not reproduce bit for bit, and the others take video or image pairs. Treating one as a classifier
+    would export a graph the harness then scores as logits."""
+    family = module.split(".")[2] if module.count(".") >= 3 else ""
+    if family in _FAMILIES:
+        raise UsageError(f"torchvision:{arch} is {_FAMILIES[family]}; the harness takes torchvision's image "
+                         "classifiers only so far (export it to ONNX yourself and pass the .onnx file with "
+                         "--task and a [head] profile)")
 
 
 def _offline_build(builder, seed: int | None):

@@ -109,3 +109,43 @@ def test_readme_bench_figures_are_rendered_from_the_committed_results():
                        "throughput"], results
     block = text[text.index(START):text.index(END) + len(END)]
     assert block == readme_block(), "README.md's bench figures are stale: `python benchmarks/figures.py --readme README.md`"
+
+
+def _matrix_cells(table: str) -> dict[tuple[str, str], list[str]]:
+    """(model cell, backend) -> the precision cells; a model's later rows leave its cell empty."""
+    cells, model = {}, ""
+    for line in table.splitlines():
+        if not line.startswith("| ") or line.startswith("| model |"):
+            continue
+        row = [c.strip() for c in line.strip().strip("|").split("|")]
+        model = row[0] or model
+        cells[model, row[1]] = row[2:]
+    return cells
+
+
+def _same_matrix_cell(shipped: str, measured: str) -> bool:
+    """Exactly, but for an ok cell's numbers: agreement within one image and the error within a factor of 10
+    (FP16 and INT8 kernels follow the CPU's instruction set, as the sysnoise table's precision column)."""
+    pattern = r"ok ([0-9.e+-]+) · ([0-9]+)/([0-9]+)(.*)"
+    old, new = re.fullmatch(pattern, shipped), re.fullmatch(pattern, measured)
+    if not (old and new):
+        return shipped == measured
+    old_error, new_error = float(old.group(1)), float(new.group(1))
+    return (old.group(3, 4) == new.group(3, 4) and abs(int(old.group(2)) - int(new.group(2))) <= 1
+            and (max(old_error, new_error) <= 1e-6 or 0.1 <= new_error / max(old_error, 1e-30) <= 10))
+
+
+def test_readme_matrix_is_current_for_the_ci_rows(tmp_path):
+    """`make matrix` writes the table (hours); the rows marked CI are run again here, as the table says they
+    were (the default settings), and every one of their cells is checked against the shipped one."""
+    from harness.matrix import MATRIX_MARKERS, MatrixSettings, matrix_markdown, run_matrix, select_models
+
+    text = README.read_text()
+    assert all(marker in text for marker in MATRIX_MARKERS)
+    shipped = _matrix_cells(text.split(MATRIX_MARKERS[0], 1)[1].split(MATRIX_MARKERS[1], 1)[0])
+    measured = _matrix_cells(matrix_markdown(run_matrix(select_models("ci"), MatrixSettings(), tmp_path)))
+    stale = "README.md's matrix is stale; regenerate it with `make matrix`"
+    assert measured and all(key in shipped for key in measured), f"{stale}: {sorted(set(measured) - set(shipped))}"
+    for key, cells in measured.items():
+        for old, new in zip(shipped[key], cells):
+            assert _same_matrix_cell(old, new), f"{stale}: {key}: {old!r} shipped, {new!r} measured"

@@ -111,10 +111,19 @@ def test_a_model_without_checkpoint_is_built_from_one_seed_everywhere():
     assert spec.random_seed == 0 and spec.weights_source.startswith("random (torch seed 0)")
 
 
-def test_a_detection_builder_is_built_offline():
-    """torchvision's detectors fetch backbone weights by default, even with weights=None."""
-    spec = resolve_model("torchvision:ssdlite320_mobilenet_v3_large")
-    assert sum(p.numel() for p in spec.load_torch().parameters()) > 1_000_000
+def test_a_detection_builder_is_built_offline_and_not_taken_for_a_classifier():
+    """torchvision's detectors fetch backbone weights by default, even with weights=None; and one used to be
+    exported and scored as a classifier."""
+    from harness.errors import UsageError
+    from harness.libraries import _offline_build
+
+    model = _offline_build(torchvision.models.get_model_builder("ssdlite320_mobilenet_v3_large"), seed=0)
+    assert sum(p.numel() for p in model.parameters()) > 1_000_000
+    for name, family in (("ssdlite320_mobilenet_v3_large", "a detector"), ("lraspp_mobilenet_v3_large", "a segmenter"),
+                         ("r3d_18", "a video classifier")):
+        with pytest.raises(UsageError, match=f"^torchvision:{name} is {family}; the harness takes torchvision's "
+                                             "image classifiers only so far"):
+            resolve_model(f"torchvision:{name}")
 
 
 def test_a_backend_refuses_an_option_it_would_ignore(tmp_path, harness_cli):

@@ -46,6 +46,10 @@ def compare(
     executor: ExecutorOpt = "local",
     cell_timeout: CellTimeoutOpt = None,
     workers: WorkersOpt = 1,
+    timed_runs: Annotated[Optional[int], typer.Option(
+        "--timed-runs", min=0, help="Runs of each configuration alone after the accuracy pass, timed (default: as "
+                                    "many as the pass had batches, 3 to 10). 0: none, no warm-up either; the "
+                                    "pass's own times are reported (a correctness run on a slow backend).")] = None,
 ) -> None:
     """Reference (training profile on the training system) vs candidate backends: metric, output and timing.
     Runs on a worker: a backend that crashes or hangs is one failed row."""
@@ -63,6 +67,7 @@ def compare(
         _check_artifact(artifact, targets, backends)
     threads = threads_per_worker(workers, threads, executor)
     job = CompareJob(model=request, backends=backends, precision=precision, recorded=candidate_outputs,
+                     timed_runs=timed_runs,
                      **_candidates_options(dataset, limit, batch_size, threads, calibration, artifact))
     report = run_with_progress(job, f"compare {request.title}", executor, cell_timeout, workers)
     _show_compare(console, report, json_path, html)

@@ -1,15 +1,17 @@
-"""`harness export`, `export-inputs` and `backends`: what a model and the installed runtimes are."""
+"""`harness export`, `export-inputs`, `backends` and `matrix`: what a model and the installed runtimes are, and
+which library models each runtime takes."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
 
 from harness.cli.app import app
-from harness.cli.common import (AllowCodeOpt, CheckpointOpt, DatasetOpt, InputOpt, InputShapeOpt, PostprocessOpt, JsonOpt, LimitOpt, ModelArg,
+from harness.cli.common import (AllowCodeOpt, CellTimeoutOpt, CheckpointOpt, DatasetOpt, InputOpt, InputShapeOpt, PostprocessOpt, JsonOpt, LimitOpt, ModelArg,
                                 LabelsOpt, ProfileOpt, TaskOpt, checked_inputs, console_for)
+from harness.errors import InputError
 from harness.model import ModelRequest
 
 
@@ -85,3 +87,54 @@ def export_cmd(model: ModelArg = None, checkpoint: CheckpointOpt = None, profile
                   f"{info['mapped_tensors']} tensors mapped to torch modules)", markup=False, highlight=False)
     if json_path:
         write_json(info, json_path)
+
+
+@app.command("matrix")
+def matrix_cmd(
+    rows: Annotated[Optional[str], typer.Option(
+        "--rows", help="all (default), ci (the rows `make test` re-runs), or a comma list of the matrix's models.")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="Evaluated images per cell.")] = 8,
+    cell_timeout: CellTimeoutOpt = 1800,
+    work: Annotated[Optional[Path], typer.Option(
+        "--work", help="Folder for the images, checkpoints and compare reports (default: a temporary one).")] = None,
+    json_path: JsonOpt = None,
+    readme: Annotated[Optional[Path], typer.Option(
+        "--readme", help="Rewrite the table between this file's matrix markers.")] = None,
+    from_json: Annotated[Optional[Path], typer.Option(
+        "--from-json", help="Render the table of an earlier run's --json report instead of running anything.")] = None,
+) -> None:
+    """The acceptance matrix: library models x onnxruntime, openvino, tvm x fp32, fp16, int8, each cell ok with
+    its output error and agreement or the reason it cannot run (the README's table; `make matrix`)."""
+    import tempfile
+
+    from rich.console import Console
+
+    from harness.matrix import (MATRIX_MARKERS, MatrixSettings, matrix_markdown, read_matrix, run_matrix,
+                                select_models)
+    from harness.report import write_json
+    from harness.report.markdown import replace_between_markers
+
+    def partial_saver(partial: dict) -> None:
+        if json_path not in (None, "-"):
+            write_json(partial, json_path)
+
+    if from_json is not None:
+        report = read_matrix(from_json)
+    else:
+        settings = MatrixSettings(limit=limit, cell_timeout=cell_timeout)
+        with tempfile.TemporaryDirectory(prefix="harness-matrix-") as scratch:
+            report = run_matrix(select_models(rows), settings, work or Path(scratch),
+                                progress=Console(stderr=True).print, save=partial_saver)
+    if json_path:
+        write_json(report, json_path)
+    body = matrix_markdown(report)
+    if readme is None:
+        if json_path != "-":
+            print(body)
+        return
+    from harness.files import read_text, write_atomic
+
+    text = read_text(readme, "README")
+    if not all(marker in text for marker in MATRIX_MARKERS):
+        raise InputError(f"{readme}: no matrix markers ({MATRIX_MARKERS[0]} ... {MATRIX_MARKERS[1]})")
+    write_atomic(readme, replace_between_markers(text, body, MATRIX_MARKERS))

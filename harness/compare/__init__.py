@@ -144,7 +144,8 @@ def _delta(metric: dict, reference: dict) -> dict:
 def compare(exported: ExportedModel, dataset: Dataset, targets: list[Target], batch_size: int = 32,
             threads: int | None = None, progress: Callable | None = None, calibration=None,
             artifact=None, recorded=None, on_work: Callable | None = None, isolated: dict | None = None,
-            shards: int = 1, shard: int | None = None, parts: list | None = None) -> dict:
+            shards: int = 1, shard: int | None = None, parts: list | None = None,
+            timed_runs: int | None = None) -> dict:
     """Runs the reference and every target in one pass over the data (the staged pipeline, with the same
     input tensors for all); returns the report's core blocks.
 
@@ -155,8 +156,8 @@ def compare(exported: ExportedModel, dataset: Dataset, targets: list[Target], ba
     so an executor can blame a crash on it; isolated: target label -> why it killed an earlier worker (its
     row fails with that reason; it is not run again). Data-parallel workers (harness.shards): with `shard`
     (of `shards`), only that shard's part of the pass is made and returned (a PassPart); with `parts`, the
-    shards' parts are merged and the report made from them, nothing run again.
-    """
+    shards' parts are merged and the report made from them, nothing run again. timed_runs: see TIMING_METHOD
+    (0: no warm-up or run alone, PASS_TIMING_METHOD)."""
     from harness.compare.cells import REFERENCE_WORK
     from harness.pipeline import ModelConfig, Request, StagedPipeline
 
@@ -174,7 +175,7 @@ def compare(exported: ExportedModel, dataset: Dataset, targets: list[Target], ba
     # profile gains nothing from a longer chunk, so compare streams batch by batch
     pipeline = StagedPipeline(exported, dataset, batch_size, threads, calibration, bootstrap_rounds=0,
                               chunk_size=batch_size, shards=shards, shard=shard)
-    pipeline.models.warmup = True
+    pipeline.models.warmup = timed_runs != 0  # no timing asked: no run beyond the pass's own
     pipeline.on_work = working
     isolated = isolated or {}
     ref_target, ref_options, ref_note = reference_target(exported)
@@ -184,7 +185,7 @@ def compare(exported: ExportedModel, dataset: Dataset, targets: list[Target], ba
     facts = None  # what the sessions said they executed: asked when rows are made, unless shards said it
     if parts is None:
         reference, entries, labels = _run_pass(pipeline, ref_target, ref_options, ref_request, targets, calibration,
-                                               artifact, recorded, isolated, progress, working)
+                                               artifact, recorded, isolated, progress, working, timed_runs)
         if shard is not None:
             return _shard_result(pipeline, shard, reference, entries)
     else:
@@ -215,7 +216,7 @@ def compare(exported: ExportedModel, dataset: Dataset, targets: list[Target], ba
                       "metric": ref_metric, "timing": _timing(pipeline, reference)},
         "results": results,
         "task": task,
-        "timing_method": TIMING_METHOD,
+        "timing_method": PASS_TIMING_METHOD if timed_runs == 0 else TIMING_METHOD,
         "processed": len(processed),
         "failed": [f.to_json() for f in failures],
         "calibration": calibration.describe() if calibration is not None else None,
@@ -232,7 +233,8 @@ def _shard_result(pipeline: StagedPipeline, shard: int, reference: Loaded, entri
 
 
 def _run_pass(pipeline: StagedPipeline, ref_target: Target, ref_options: dict, ref_request, targets: list[Target],
-              calibration, artifact, recorded, isolated: dict, progress, working: Callable):
+              calibration, artifact, recorded, isolated: dict, progress, working: Callable,
+              timed_runs: int | None = None):
     """Loads the reference and the candidates, and runs the pass (the pipeline's shard of it, if it has one):
     (the reference's Loaded, the candidates' (identity, Loaded), their labels)."""
     from harness.compare.cells import REFERENCE_WORK
@@ -252,11 +254,11 @@ def _run_pass(pipeline: StagedPipeline, ref_target: Target, ref_options: dict, r
     pipeline.prepare([ref_request], owners, output_pairs=[(request, ref_request) for request in requests],
                      progress=progress, first=(ref_request.key,))
     for request in [ref_request, *requests]:  # each alone, after the pass: its own speed (TIMING_METHOD)
-        if request.key not in pipeline.broken:
+        if request.key not in pipeline.broken:  # without a warm-up (timed_runs 0) it keeps the pass's times
             working(owners[request.key])
             times = pipeline.models.batch_ms.get(request.config, [])
             pipeline.models.batch_ms[request.config] = pipeline.models.time_alone(
-                request.config, min(TIMED_RUNS, max(3, len(times))))
+                request.config, timed_runs or min(TIMED_RUNS, max(3, len(times))))
     working(None)
     return reference, entries, labels
 
@@ -305,6 +307,11 @@ TIMING_METHOD = (f"each configuration alone after the accuracy pass (where they 
                  f"first batch, one warm-up run, then as many timed runs as the pass had batches, at least 3 and "
                  f"at most {TIMED_RUNS}; batch_ms is their median. Sessions run without busy-waiting threads, as "
                  "in the pass; with --workers N, the workers' timing runs overlap and share the cores")
+
+
+PASS_TIMING_METHOD = ("the accuracy pass's own batch times, where configurations take turns batch by batch "
+                      "(--timed-runs 0: no configuration was run alone or warmed up), so each is slowed by the others and "
+                      "the first batch holds lazy initialisation")
 
 
 def _timing(pipeline: StagedPipeline, loaded: Loaded) -> dict | None:

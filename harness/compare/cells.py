@@ -72,6 +72,7 @@ class CandidatesJob:
 class CompareJob(CandidatesJob):
     backends: str | None
     recorded: Path | None = None                   # --candidate-outputs
+    timed_runs: int | None = None                  # --timed-runs
 
     def devices_named(self) -> list[str]:
         return (self.backends or "").split(",")
@@ -108,7 +109,8 @@ class CompareJob(CandidatesJob):
         core = compare(exported, data, targets, batch_size=self.batch_size, threads=self.threads,
                        progress=lambda n: send(("progress", n)), calibration=calibration_data,
                        artifact=self.artifact, recorded=self.recorded, on_work=work_messages(send),
-                       isolated=self.isolated, shards=self.workers, shard=self.shard, parts=self.parts)
+                       isolated=self.isolated, shards=self.workers, shard=self.shard, parts=self.parts,
+                       timed_runs=self.timed_runs)
         if self.shard is not None:
             return core  # this shard's part of the pass, for the worker that merges them
         return {

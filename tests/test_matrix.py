@@ -1,0 +1,103 @@
+"""The acceptance matrix (harness.matrix): its BatchNorm re-estimation, its cells, and --timed-runs, which
+lets its slow cells (TVM FP16 on CPU) run only the accuracy pass. The README's table is checked in
+test_readme.py."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from harness.matrix import (MODELS, MatrixSettings, cell_text, estimated_checkpoint, matrix_data, matrix_markdown,
+                            select_models, _reference_batch)
+from harness.model import resolve_model
+
+
+def test_batchnorm_statistics_are_the_calibration_images_and_make_the_classes_spread(tmp_path):
+    """The first BatchNorm's input does not depend on any BatchNorm, so its re-estimated running mean and
+    variance must be that input's mean and unbiased variance over the calibration images, per channel."""
+    evaluate, calibrate = matrix_data(tmp_path, MatrixSettings(limit=8, calibration=16))
+    assert len(list(evaluate.iterdir())) == 8 and len(list(calibrate.iterdir())) == 16
+    assert not {p.name for p in evaluate.iterdir()} & {p.name for p in calibrate.iterdir()}
+    spec = resolve_model("torchvision:mobilenet_v3_small")
+    untouched = spec.load_torch()
+    with torch.no_grad():
+        assert untouched(_reference_batch(spec, evaluate)).abs().max() < 1e-8  # a class is rounding noise
+    facts = estimated_checkpoint(spec, calibrate, evaluate, tmp_path / "weights.pt")
+    assert facts["batchnorm_layers"] > 30 and facts["evaluated"] == 8 and facts["reference_classes"] >= 3
+    state = torch.load(tmp_path / "weights.pt", weights_only=True)
+    estimated = resolve_model("torchvision:mobilenet_v3_small", checkpoint=tmp_path / "weights.pt").load_torch()
+    with torch.no_grad():
+        assert estimated(_reference_batch(spec, evaluate)).std(0).mean() > 1e-3  # images now differ
+    first_conv = untouched.features[0][0]
+    with torch.no_grad():
+        features = first_conv(_reference_batch(spec, calibrate))
+    np.testing.assert_allclose(state["features.0.1.running_mean"], features.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(state["features.0.1.running_var"], features.var((0, 2, 3), unbiased=True), rtol=1e-4)
+    assert torch.equal(state["features.0.0.weight"], first_conv.weight)  # the random weights themselves kept
+
+
+def test_cells_say_what_ran_and_why_not():
+    assert cell_text({"status": "ok", "samples": 8, "max_abs": 2.04e-7, "agree": 7}) == "ok 2.0e-07 · 7/8"
+    assert cell_text({"status": "ok", "samples": 8, "max_abs": 3.6e-4, "agree": 8, "ran": "fp32"}) == \
+        "ok 3.6e-04 · 8/8 (ran fp32)"
+    long = "tvm: " + "x" * 200 + " | y"
+    text = cell_text({"status": "failed", "reason": long})
+    assert text.startswith("failed: tvm: xxx") and text.endswith("...") and "|" not in text and len(text) < 130
+    report = {"settings": MatrixSettings().to_json(), "rows": [
+        {"model": "torchvision:a", "in_ci": True, "refused": "torchvision:a is a detector"},
+        {"model": "timm:b", "in_ci": False, "batchnorm_layers": 0, "reference_classes": 4, "evaluated": 8,
+         "cells": {"onnxruntime/fp32": {"status": "ok", "samples": 8, "max_abs": 1e-6, "agree": 8}}}]}
+    lines = matrix_markdown(report).splitlines()
+    assert "| torchvision:a (CI) | every backend | refused: torchvision:a is a detector | | |" in lines
+    assert "| timm:b<br>reference: 4 classes on 8 images, no BatchNorm | onnxruntime | ok 1.0e-06 · 8/8 | not run | " \
+           "not run |" in lines
+    assert sum(line.startswith("| timm:b") or line.startswith("|  | ") for line in lines) == 3  # a row per backend
+
+
+def test_rows_are_chosen_by_name_and_an_unknown_one_is_named():
+    from harness.errors import UnknownName
+
+    assert [m.source for m in select_models("ci")] == [m.source for m in MODELS if m.in_ci]
+    assert [m.source for m in select_models("timm:resnet50,torchvision:resnet50")] == ["timm:resnet50",
+                                                                                      "torchvision:resnet50"]
+    with pytest.raises(UnknownName, match="timm:resnet05"):
+        select_models("timm:resnet05")
+
+
+def test_timed_runs_zero_runs_only_the_pass(tmp_path, harness_cli):
+    """A correctness run on a slow backend: no warm-up and no run alone, the pass's own batch times."""
+    reports = {}
+    for name, extra in (("default", ()), ("untimed", ("--timed-runs", "0"))):
+        out = tmp_path / f"{name}.json"
+        result = harness_cli("compare", "--backends", "ort", "--limit", "64", "--batch-size", "32", "--json",
+                             str(out), *extra)
+        assert result.returncode == 0, result.stderr
+        reports[name] = json.loads(out.read_text())
+    timed, untimed = reports["default"], reports["untimed"]
+    assert timed["results"][0]["timing"]["batches"] == 3 and untimed["results"][0]["timing"]["batches"] == 2
+    assert untimed["reference"]["timing"]["batches"] == 2
+    assert "--timed-runs 0" in untimed["timing_method"] and "--timed-runs" not in timed["timing_method"]
+    assert untimed["results"][0]["outputs"] == timed["results"][0]["outputs"]
+
+
+def test_matrix_command_writes_its_json_and_renders_it_into_a_readme(tmp_path, harness_cli):
+    detector = "torchvision:fasterrcnn_mobilenet_v3_large_320_fpn"
+    result = harness_cli("matrix", "--rows", detector, "--json", str(tmp_path / "m.json"), "--work", str(tmp_path / "w"))
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "m.json").read_text())
+    assert report["schema"] == "harness.matrix/1" and [row["model"] for row in report["rows"]] == [detector]
+    assert report["rows"][0]["refused"].startswith(f"{detector} is a detector; the harness takes torchvision's image")
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n<!-- matrix:start (generated by `harness matrix --readme README.md`) -->\nold\n"
+                      "<!-- matrix:end -->\ntail\n")
+    result = harness_cli("matrix", "--from-json", str(tmp_path / "m.json"), "--readme", str(readme))
+    assert result.returncode == 0, result.stderr
+    text = readme.read_text()
+    assert "old" not in text and text.endswith("<!-- matrix:end -->\ntail\n")
+    assert f"| {detector} (CI) | every backend | refused: {detector} is a detector;" in text
+    (tmp_path / "bad.json").write_text('{"schema": "harness.compare/1"}')
+    result = harness_cli("matrix", "--from-json", str(tmp_path / "bad.json"))
+    assert result.returncode == 2 and result.stderr.strip() == \
+        f"harness: error: {tmp_path / 'bad.json'}: not a matrix report (schema harness.matrix/1)"
