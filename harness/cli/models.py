@@ -11,7 +11,6 @@ from rich.console import Console
 from harness.cli.app import app
 from harness.cli.common import (AllowCodeOpt, CellTimeoutOpt, CheckpointOpt, DatasetOpt, InputOpt, InputShapeOpt, PostprocessOpt, JsonOpt, LimitOpt, ModelArg,
                                 LabelsOpt, ProfileOpt, TaskOpt, checked_inputs, console_for)
-from harness.errors import InputError
 from harness.model import ModelRequest
 
 
@@ -112,7 +111,7 @@ def matrix_cmd(
     from harness.matrix import (MATRIX_MARKERS, MatrixSettings, matrix_markdown, read_matrix, run_matrix,
                                 select_models)
     from harness.report import write_json
-    from harness.report.markdown import replace_between_markers
+    from harness.report.markdown import rewrite_between_markers
 
     def partial_saver(partial: dict) -> None:
         if json_path not in (None, "-"):
@@ -132,9 +131,4 @@ def matrix_cmd(
         if json_path != "-":
             print(body)
         return
-    from harness.files import read_text, write_atomic
-
-    text = read_text(readme, "README")
-    if not all(marker in text for marker in MATRIX_MARKERS):
-        raise InputError(f"{readme}: no matrix markers ({MATRIX_MARKERS[0]} ... {MATRIX_MARKERS[1]})")
-    write_atomic(readme, replace_between_markers(text, body, MATRIX_MARKERS))
+    rewrite_between_markers(readme, body, MATRIX_MARKERS, "matrix")

@@ -8,7 +8,6 @@ import typer
 from rich.console import Console
 
 from harness.cli.common import JsonOpt, console_for
-from harness.errors import InputError
 
 zoo_app = typer.Typer(add_completion=False, no_args_is_help=True, help="The model zoo: list and train.")
 
@@ -55,15 +54,10 @@ def zoo_train(name: Annotated[str, typer.Argument(help="Zoo model to train by it
 def zoo_sysnoise_table(readme: Annotated[Optional[Path], typer.Option(
         "--readme", help="Rewrite the table between this file's sysnoise-table markers.")] = None) -> None:
     """The SysNoise summary of every zoo model on the embedded benchmark (the README's table)."""
-    from harness.report.markdown import SYSNOISE_MARKERS, replace_between_markers, zoo_sysnoise_markdown
+    from harness.report.markdown import SYSNOISE_MARKERS, rewrite_between_markers, zoo_sysnoise_markdown
 
     body = zoo_sysnoise_markdown(progress=True)
     if readme is None:
         print(body)
         return
-    from harness.files import read_text, write_atomic
-
-    text = read_text(readme, "README")
-    if not all(marker in text for marker in SYSNOISE_MARKERS):
-        raise InputError(f"{readme}: no sysnoise-table markers ({SYSNOISE_MARKERS[0]} ... {SYSNOISE_MARKERS[1]})")
-    write_atomic(readme, replace_between_markers(text, body, SYSNOISE_MARKERS))
+    rewrite_between_markers(readme, body, SYSNOISE_MARKERS, "sysnoise-table")
