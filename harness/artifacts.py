@@ -63,15 +63,36 @@ def _cast_to_what_the_converter_marked(proto) -> None:
 
     marked = {v.name: v.type.tensor_type.elem_type for v in proto.graph.value_info}
     for node in proto.graph.node:
-        if node.op_type != "Cast" or marked.get(node.output[0]) != TensorProto.FLOAT16:
+        if marked.get(node.output[0]) != TensorProto.FLOAT16:
             continue
-        for attribute in node.attribute:
-            if attribute.name == "to" and attribute.i == TensorProto.FLOAT:
-                attribute.i = TensorProto.FLOAT16
+        if node.op_type == "Cast":
+            for attribute in node.attribute:
+                if attribute.name == "to" and attribute.i == TensorProto.FLOAT:
+                    attribute.i = TensorProto.FLOAT16
+        elif node.op_type == "ConstantOfShape":
+            _fill_in_float16(node)
+
+
+def _fill_in_float16(node) -> None:
+    """The same for a ConstantOfShape the converter marks float16: its fill value stays float32, or absent (a
+    float32 zero by the ONNX default; torchvision's swin_t exports three), and runtimes refuse the graph (ORT:
+    "Type (tensor(float16)) of output arg ... does not match"; TVM: ScatterND's data float32, updates
+    float16). The fill becomes that value in float16."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    values = [a for a in node.attribute if a.name == "value"]
+    if values and values[0].t.data_type != TensorProto.FLOAT:
+        return
+    fill = numpy_helper.to_array(values[0].t).astype(np.float16) if values else np.zeros(1, np.float16)
+    for attribute in values:
+        node.attribute.remove(attribute)
+    node.attribute.append(helper.make_attribute("value", numpy_helper.from_array(fill)))
 
 
 def fp16_onnx(model) -> Path:
     """The graph with float16 weights and activations (onnxconverter-common; inputs/outputs stay float32)."""
     return derived_file(model, "fp16-onnxconverter", "model.onnx",
-                        {"keep_io_types": True, "unnamed_nodes": "named", "casts": "as-marked"},
+                        {"keep_io_types": True, "unnamed_nodes": "named", "casts": "as-marked",
+                         "constant_of_shape": "as-marked"},
                         lambda out: convert_fp16(model.onnx_path, out), ("onnxconverter-common", "onnx"))

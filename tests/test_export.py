@@ -1,7 +1,9 @@
 """Export once: cached by content hash, checked, with a name map to torch module paths."""
 import json
 
+import numpy as np
 import onnx
+import pytest
 import torch
 
 from harness.export import export
@@ -47,3 +49,26 @@ def test_name_map_points_at_torch_modules(tmp_path):
     # BN is folded into the conv: the fused output is the BN module's output
     mapped = {exported.module_of(n.output[0]) for n in convs}
     assert "layer1.bn1" in mapped and "fc" in set(exported.name_map["tensors"].values())
+
+
+@pytest.mark.parametrize("fill", [None, 0.5])
+def test_fp16_conversion_of_constant_of_shape_gives_a_graph_runtimes_load(tmp_path, fill):
+    """onnxconverter-common marks a ConstantOfShape's output float16 but leaves its fill float32, or absent (a
+    float32 zero): ONNX Runtime refused torchvision's swin_t at FP16 and TVM's ScatterND mixed the types."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from harness.artifacts import convert_fp16
+
+    value = [] if fill is None else [numpy_helper.from_array(np.array([fill], np.float32))]
+    nodes = [helper.make_node("Shape", ["x"], ["shape"]),
+             helper.make_node("ConstantOfShape", ["shape"], ["c"], **({"value": value[0]} if value else {})),
+             helper.make_node("Add", ["x", "c"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "m.onnx"))
+    convert_fp16(tmp_path / "m.onnx", tmp_path / "fp16.onnx")
+    x = np.array([[1.0, 2.0, -3.0], [0.25, 4.0, 8.0]], np.float32)
+    session = ort.InferenceSession(str(tmp_path / "fp16.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_array_equal(session.run(None, {"x": x})[0], x + (fill or 0.0))
