@@ -54,6 +54,23 @@ def test_cells_say_what_ran_and_why_not():
     assert "| timm:b<br>reference: 4 classes on 8 images, no BatchNorm | onnxruntime | ok 1.0e-06 · 8/8 | not run | " \
            "not run |" in lines
     assert sum(line.startswith("| timm:b") or line.startswith("|  | ") for line in lines) == 3  # a row per backend
+    not_run = [line for line in lines if "| every backend | not run: not in the last `harness matrix` run" in line]
+    assert len(not_run) == len(MODELS)  # no row of the matrix is left out of the table, run or not
+
+
+def test_a_stopped_run_resumes_from_the_reports_in_its_work_folder(tmp_path):
+    from harness.matrix import _compare
+    from harness.models import WEIGHTS_DIR
+
+    folders = matrix_data(tmp_path, MatrixSettings(limit=4, calibration=4))
+    settings, checkpoint, out = MatrixSettings(), WEIGHTS_DIR / "resnet_tiny.pt", tmp_path / "r.json"
+    first, _ = _compare("resnet_tiny", checkpoint, folders, "onnxruntime", "fp32", 4, out, settings)
+    assert [(r["backend"], r["status"]) for r in first["results"]] == [("onnxruntime", "ok")]
+    out.write_text(out.read_text().replace('"status": "ok"', '"status": "resumed"'))
+    again, _ = _compare("resnet_tiny", checkpoint, folders, "onnxruntime", "fp32", 4, out, settings)
+    assert again["results"][0]["status"] == "resumed"  # taken from the folder, not run
+    other, _ = _compare("resnet_tiny", checkpoint, folders, "onnxruntime", "fp32", 3, out, settings)
+    assert other["results"][0]["status"] == "ok" and other["dataset"]["samples"] == 3  # other images: run again
 
 
 def test_rows_are_chosen_by_name_and_an_unknown_one_is_named():
