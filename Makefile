@@ -35,9 +35,9 @@ bench: $(STAMP)
 readme: $(STAMP)
 	$(VENV)/bin/harness zoo sysnoise-table --readme README.md
 
-# the README's acceptance matrix: every row (hours on 2 cores); its JSON beside the benchmarks' results
+# the README's acceptance matrix: every row (hours on 2 cores); its JSON in benchmarks/
 matrix: $(STAMP)
-	$(VENV)/bin/harness matrix --json benchmarks/results/matrix.json --readme README.md
+	$(VENV)/bin/harness matrix --json benchmarks/matrix.json --readme README.md
 
 lint: $(STAMP)
 	$(PY) -m compileall -q harness backends models tests benchmarks
