@@ -1,43 +1,75 @@
 #!/usr/bin/env bash
 # The GPU check, for a maintainer with an NVIDIA GPU: `bash benchmarks/gpu_check.sh [OUT]` (default
-# gpu-check/). Beside the machine's own CUDA torch (a venv with --system-site-packages; the harness
-# installed --no-deps, so its torch pin does not replace it), it installs what else the harness needs,
-# from WHEELS=DIR when set (an offline machine: fill it with `make gpu-wheels`), else from PyPI. Then it
-# runs the GPU tests (`make test-gpu`'s mark), a GPU sweep of two zoo models with the GPU axes, and
-# benchmarks/gpu_check.py (nvJPEG vs Pillow pixels, torch CUDA throughput), each under a time limit so the
-# whole stays under 8 minutes on one GPU. Everything it prints goes to OUT too.
+# gpu-check/). Beside the machine's own CUDA torch, it installs the harness (editable, --no-deps, so its torch
+# pin does not replace that torch) and what else the harness needs and the machine lacks, from WHEELS=DIR when
+# set (an offline machine: fill it with `make gpu-wheels`), else from PyPI. Then, most telling first, each
+# step under a time limit and all of it within DEADLINE seconds (default 480, so a 15-minute device budget
+# leaves room for a rerun): benchmarks/gpu_check.py (nvJPEG vs Pillow pixels, torch CUDA throughput), the GPU
+# tests (`make test-gpu`'s mark), and GPU sweeps of the zoo over the GPU axes. Everything it prints goes to
+# OUT too; a step cut by the deadline says so and the others' results stay.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-gpu-check}
 mkdir -p "$out"
 exec > >(tee "$out/gpu_check.log") 2>&1
 started=$(date +%s)
+deadline=${DEADLINE:-480}
 python=${PYTHON:-}
 if [ -z "$python" ]; then
-    python3 -m venv --system-site-packages .gpu-venv || exit 2
-    python=.gpu-venv/bin/python
-    source_args=()
-    if [ -n "${WHEELS:-}" ]; then source_args=(--no-index --find-links "$WHEELS"); fi
-    "$python" -m pip install -q --no-deps -e . || exit 2
-    # what the machine's image may lack; torch, torchvision, onnx, onnxruntime, opencv, numpy stay its own
-    "$python" -m pip install -q "${source_args[@]}" onnxscript pycocotools "faster-coco-eval>=1.8,<1.9" simplejpeg \
-        onnxconverter-common typer rich scipy matplotlib pillow pytest pytest-xdist || exit 2
+    machine=${MACHINE_PYTHON:-python3}
+    venv=.gpu-venv
+    rm -rf "$venv"
+    "$machine" -m venv --without-pip --system-site-packages "$venv" || exit 2
+    python=$venv/bin/python
+    # a venv made from a venv (as GPU images ship torch) sees the base interpreter's packages, not the
+    # machine's torch: a .pth puts the machine interpreter's own site folders after the venv's
+    site=$("$python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+    "$machine" -c 'import site; print("\n".join(site.getsitepackages()))' > "$site/_machine_site.pth"
+    # the machine's pip installs into the venv (pip --python): no pip or network needed inside it; a package
+    # the machine already has counts as satisfied and stays the machine's
+    install=("$machine" -m pip --python "$python" install -q --no-deps)
+    if [ -n "${WHEELS:-}" ]; then install+=(--no-index --find-links "$WHEELS"); fi
+    "${install[@]}" --no-build-isolation -e . > "$out/install.log" 2>&1 \
+        && "${install[@]}" onnxscript onnx-ir ml-dtypes pycocotools "faster-coco-eval>=1.8,<1.9" simplejpeg \
+            onnxconverter-common typer rich scipy matplotlib pillow pytest pluggy iniconfig pytest-xdist execnet \
+            >> "$out/install.log" 2>&1 \
+        || { tail -30 "$out/install.log"; exit 2; }
 fi
 "$python" - <<'PY'
-import torch
-print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available(),
-      torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")
+import torch, torchvision
+from harness.backends import nvidia_gpu_present
+from harness.noise import cuda_missing
+print("torch", torch.__version__, "cuda", torch.version.cuda, "torchvision", torchvision.__version__,
+      "| GPU:", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
+      "| nvidia_gpu_present", nvidia_gpu_present(), "| cuda_missing", cuda_missing())
 PY
 harness="$(dirname "$python")/harness"
 status=0
-# the test files that hold GPU tests: collecting the whole suite would need every test-only package
-timeout 240 "$python" -m pytest -q -rs -p no:cacheprovider -m needs_device tests/test_gpu_axes.py \
-    tests/test_backends.py tests/test_noise_variants.py tests/test_drift.py tests/backends/test_caches.py \
-    | tee "$out/test-gpu.txt" || status=1
-for model in mobilenetv2_tiny resnet_tiny; do
-    timeout 120 "$harness" sysnoise "$model" --axes tf32,cudnn,compile,precision,decoder \
-        --json "$out/sweep-$model.json" --markdown "$out/sweep-$model.md" || status=1
+
+left() { echo $(( deadline - ($(date +%s) - started) )); }
+# step LIMIT NAME COMMAND...: runs COMMAND under min(LIMIT, the time left); says when it was cut or skipped
+step() {
+    local limit=$1 name=$2; shift 2
+    local budget; budget=$(left)
+    if [ "$budget" -lt 20 ]; then echo "gpu_check: $name skipped: the ${deadline} s deadline is reached"; status=1; return; fi
+    if [ "$budget" -lt "$limit" ]; then limit=$budget; fi
+    local began; began=$(date +%s)
+    echo "gpu_check: $name (limit ${limit} s)"
+    timeout "$limit" "$@"
+    local rc=$?
+    echo "gpu_check: $name: exit $rc after $(( $(date +%s) - began )) s$([ $rc -eq 124 ] && echo ', cut by its time limit')"
+    [ $rc -eq 0 ] || status=1
+}
+
+step 120 measurements "$python" benchmarks/gpu_check.py "$out"
+# the files that hold GPU tests: collecting the whole suite would need every test-only package
+export GPU_CHECK_OUT="$out"  # the GPU sweep test keeps its report there
+step 300 tests "$python" -m pytest -q -rs -v -p no:cacheprovider --durations=10 \
+    -m needs_device tests/test_gpu_axes.py tests/test_backends.py tests/test_noise_variants.py \
+    tests/test_drift.py tests/backends/test_caches.py tests/backends/test_contract.py
+for model in resnet_tiny fcos_tiny; do
+    step 150 "sweep $model" "$harness" sysnoise "$model" --axes tf32,cudnn,compile,precision,decoder \
+        --json "$out/sweep-$model.json"  # its table is in the log: the device returns 8 files at most
 done
-timeout 90 "$python" benchmarks/gpu_check.py "$out" || status=1
 echo "gpu_check: $(( $(date +%s) - started )) s, exit $status; results in $out/"
 exit $status

@@ -3,6 +3,9 @@ without a GPU says of them, and, where torch sees a CUDA GPU (`make test-gpu`), 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -44,6 +47,8 @@ def test_gpu_axes_sweep_measures_tf32_cudnn_compile_autocast_and_nvjpeg(harness_
     harness_cli("sysnoise", "mobilenetv2_tiny", "--axes", "tf32,cudnn,compile,precision,decoder",
                 "--json", str(out))
     report = json.loads(out.read_text())
+    if os.environ.get("GPU_CHECK_OUT"):  # benchmarks/gpu_check.sh keeps the measured sweep with its results
+        shutil.copy(out, Path(os.environ["GPU_CHECK_OUT"]) / "sweep-mobilenetv2_tiny.json")
     rows = {(axis["axis"], row["name"]): row for axis in report["axes"] for row in axis["variants"]}
     for key in [("tf32", "on"), ("cudnn", "benchmark"), ("compile", "default"), ("compile", "max-autotune"),
                 ("precision", "torch-cuda-fp16"), ("precision", "torch-cuda-bf16"), ("decoder", "nvjpeg")]:
