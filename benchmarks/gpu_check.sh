@@ -61,15 +61,24 @@ step() {
     [ $rc -eq 0 ] || status=1
 }
 
-step 120 measurements "$python" benchmarks/gpu_check.py "$out"
+# STEPS, TESTS_K, SWEEP_MODELS and SWEEP_AXES narrow a rerun to what a first run left undone
+steps=${STEPS:-measurements tests sweeps}
+[[ " $steps " == *" measurements "* ]] && step 120 measurements "$python" benchmarks/gpu_check.py "$out"
 # the files that hold GPU tests: collecting the whole suite would need every test-only package
 export GPU_CHECK_OUT="$out"  # the GPU sweep test keeps its report there
-step 300 tests "$python" -m pytest -q -rs -v -p no:cacheprovider --durations=10 \
+[[ " $steps " == *" tests "* ]] && step 300 tests "$python" -m pytest -q -rs -v -p no:cacheprovider --durations=10 \
+    ${TESTS_K:+-k "$TESTS_K"} \
     -m needs_device tests/test_gpu_axes.py tests/test_backends.py tests/test_noise_variants.py \
     tests/test_drift.py tests/backends/test_caches.py tests/backends/test_contract.py
-for model in resnet_tiny fcos_tiny; do
-    step 150 "sweep $model" "$harness" sysnoise "$model" --axes tf32,cudnn,compile,precision,decoder \
-        --json "$out/sweep-$model.json"  # its table is in the log: the device returns 8 files at most
-done
+# the zoo's other two models over the GPU axes (mobilenetv2_tiny's sweeps are the tests'); compile on 64 images:
+# max-autotune benchmarks Triton kernels for every convolution shape (~1 minute for resnet_tiny on an H200)
+if [[ " $steps " == *" sweeps "* ]]; then
+    for model in ${SWEEP_MODELS:-resnet_tiny fcos_tiny}; do
+        step 150 "sweep $model" "$harness" sysnoise "$model" --axes "${SWEEP_AXES:-tf32,cudnn,precision,decoder}" \
+            --json "$out/sweep-$model.json"  # its table is in the log: the device returns 8 files at most
+    done
+    step 150 "compile sweep resnet_tiny" "$harness" sysnoise resnet_tiny --axes compile --limit 64 \
+        --json "$out/sweep-compile-resnet_tiny.json"
+fi
 echo "gpu_check: $(( $(date +%s) - started )) s, exit $status; results in $out/"
 exit $status

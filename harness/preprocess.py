@@ -127,6 +127,9 @@ DECODERS = {"pil": decode_pil, "opencv": decode_opencv, "torchvision": decode_to
             "ffmpeg": decode_ffmpeg, "simplejpeg-fast": decode_simplejpeg_fast, "pil-draft-2": decode_pil_draft,
             "nvjpeg": decode_nvjpeg}
 CUDA_DECODERS = ("nvjpeg",)  # offered as sweep variants only where CUDA is (harness.noise.cuda_missing)
+# decoders whose package an install may lack (a GPU image's own torch beside a --no-deps harness): a sweep
+# lists them as unavailable, naming the package, instead of failing every sample
+DECODER_PACKAGES = {"ffmpeg": "av", "simplejpeg-fast": "simplejpeg"}
 
 
 def _pil_resizer(method: int):

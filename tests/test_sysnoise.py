@@ -614,3 +614,35 @@ def test_bootstrap_scope_largest_gives_only_the_largest_change_an_interval(tmp_p
     store.close()
     assert all(v.get("resumed") for v in resumed)
     assert next(v for v in resumed if v["name"] == largest)["ci95"] == by_name[largest]["ci95"]
+
+
+def test_a_variant_that_every_sample_fails_in_is_one_failed_row_that_says_why(harness_cli):
+    """No shared sample is no measurement: the row fails with the first failure, never a numpy error
+    (an AxisError on classifiers) or an "ok" row with a NaN mAP (detectors), as a GPU image without PyAV
+    showed for the ffmpeg decoder."""
+    nothing = "harness_test_variants:decoder_that_reads_nothing"
+    for model in ("resnet_tiny", "fcos_tiny"):
+        result = harness_cli("sysnoise", model, "--axes", "decoder", "--limit", "8", "--variant",
+                             f"decoder={nothing}", "--bootstrap-rounds", "0", "--json", "-", env=_plugin_env())
+        assert result.returncode == 1, result.stderr  # a failed row makes the exit code 1
+        row = {v["name"]: v for v in json.loads(result.stdout)["axes"][0]["variants"]}[nothing]
+        assert row["status"] == "failed" and row["metric"] is None, (model, row)
+        assert row["reason"] == ("SampleError: no sample was evaluated by both the variant and its baseline: the "
+                                 f"variant read 0 of 8 (first failure: {nothing}: {nothing} cannot decode it "
+                                 "(ValueError: not a format this decoder reads))"), (model, row["reason"])
+
+
+def test_a_decoder_whose_package_is_missing_is_listed_unavailable_not_run(harness_cli, tmp_path):
+    """PyAV (ffmpeg) and simplejpeg absent, as in a GPU image beside a --no-deps install: --list-axes names
+    each with its package, and a sweep runs the other decoders."""
+    (tmp_path / "sitecustomize.py").write_text(
+        "import sys\nfor name in ('av', 'simplejpeg'):\n    sys.modules[name] = None  # not installed\n")
+    env = {"PYTHONPATH": str(tmp_path)}
+    listed = harness_cli("sysnoise", "resnet_tiny", "--list-axes", env=env).stdout.splitlines()
+    decoder = listed[next(k for k, line in enumerate(listed) if line.startswith("decoder (pre)")) + 1]
+    assert "ffmpeg: the av package is not installed; simplejpeg-fast: the simplejpeg package is not installed" \
+        in decoder
+    result = harness_cli("sysnoise", "resnet_tiny", "--axes", "decoder", "--limit", "8", "--json", "-", env=env)
+    assert result.returncode == 0, result.stderr
+    names = [v["name"] for v in json.loads(result.stdout)["axes"][0]["variants"]]
+    assert names == ["opencv", "torchvision", "pil-draft-2"] + (["nvjpeg"] if "nvjpeg:" not in decoder else [])

@@ -51,13 +51,27 @@ def cuda_missing() -> str | None:
     return None if torch.cuda.is_available() else f"torch {torch.__version__} cannot use the GPU (no CUDA build)"
 
 
+def decoders_missing() -> dict[str, str]:
+    """Decoder -> why this machine cannot run it (no GPU for nvJPEG, a package not installed)."""
+    import importlib.util
+
+    from harness.preprocess import CUDA_DECODERS, DECODER_PACKAGES
+
+    missing = dict.fromkeys(CUDA_DECODERS, cuda_missing()) if cuda_missing() else {}
+    for decoder, package in DECODER_PACKAGES.items():
+        if importlib.util.find_spec(package) is None:
+            missing[decoder] = f"the {package} package is not installed"
+    return missing
+
+
 def _profile_axis(field_name: str, registry_name: str):
     def build(spec, graph_backend):
         from harness import preprocess
 
         registry = getattr(preprocess, registry_name)
-        if field_name == "decoder" and cuda_missing():
-            registry = {name: f for name, f in registry.items() if name not in preprocess.CUDA_DECODERS}
+        if field_name == "decoder":
+            missing = decoders_missing()
+            registry = {name: f for name, f in registry.items() if name not in missing}
         if field_name == "resize" and spec.profile.geometry == "topdown":  # a crop is warped, not resized
             from harness.topdown import WARPS as registry
         reference = getattr(spec.profile, field_name)
@@ -128,13 +142,11 @@ def _cuda_numerics(axis: str):
 
 def unavailable(axis: str, spec) -> str | None:
     """Why an axis offers no (or not every) variant on this machine, for --list-axes; None: it offers all."""
-    from harness.preprocess import CUDA_DECODERS
-
     missing = cuda_missing()
     if axis in CUDA_NUMERICS:
         return missing or (None if spec.has_torch else f"{spec.name} is an ONNX file: there is no torch model")
-    if axis == "decoder" and missing:
-        return f"{', '.join(CUDA_DECODERS)}: {missing}"
+    if axis == "decoder" and decoders_missing():
+        return "; ".join(f"{decoder}: {why}" for decoder, why in decoders_missing().items())
     if axis == "precision" and missing:
         return f"GPU precisions (torch CUDA autocast fp16/bf16, other backends' CUDA precisions): {missing}"
     return None

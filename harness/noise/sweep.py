@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from harness.errors import BackendUnavailable
+from harness.errors import BackendUnavailable, SampleError
 from harness.noise import Axis, Variant
 from harness.noise.journal import ChunkJournal
 from harness.inference import GRAPH_BASELINE
@@ -118,6 +118,11 @@ def compare_variant(pipeline: StagedPipeline, task: str, classes, profile: Profi
     """One candidate (profile, model configuration) against its baseline on the samples both evaluated."""
     kind = get_task(task)
     candidate, baseline, shared = _paired(pipeline, profile, config, base_profile, base_config)
+    if not shared:  # a metric of no samples is no measurement: one failed row that says why
+        side, evaluated = ("baseline", baseline) if candidate.ids else ("variant", candidate)
+        first = next(iter(pipeline.failures.values()), "no failure recorded")
+        raise SampleError(f"no sample was evaluated by both the variant and its baseline: the {side} read "
+                          f"{len(evaluated.ids)} of {len(pipeline.dataset.samples)} (first failure: {first})")
     cand_index = {i: k for k, i in enumerate(candidate.ids)}
     base_index = {i: k for k, i in enumerate(baseline.ids)}
     cand = [candidate.predictions[cand_index[i]] for i in shared]

@@ -26,3 +26,8 @@ def stage_that_hangs(pixels_or_bytes):
     import time
 
     time.sleep(3600)
+
+
+def decoder_that_reads_nothing(data: bytes):
+    """A decoder every sample fails in (a deployment's decoder that rejects the dataset's format)."""
+    raise ValueError("not a format this decoder reads")
