@@ -14,6 +14,7 @@ reference predicts on the evaluated images, which is what makes its agreement in
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import subprocess
@@ -103,40 +104,43 @@ def _reference_batch(spec, folder: Path):
 
 
 def estimated_checkpoint(spec, calibrate: Path, evaluate: Path, path: Path) -> dict:
-    """Saves the model's random weights with BatchNorm statistics re-estimated on `calibrate` (a cumulative
-    average over its images, momentum None) as a checkpoint at `path`; returns what the row says of it."""
+    """Saves the model's random weights with BatchNorm statistics re-estimated on `calibrate` (torch's own
+    `update_bn`: a cumulative average over its images) as a checkpoint at `path`; returns what the row says
+    of it."""
     import torch
 
-    model = spec.load_torch()
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    model = spec.load_torch().eval()
+    torch.optim.swa_utils.update_bn([_reference_batch(spec, calibrate)], model)  # leaves the model in eval
     with torch.no_grad():
-        if norms:
-            for norm in norms:
-                norm.reset_running_stats()
-                norm.momentum = None
-                norm.train()
-            model(_reference_batch(spec, calibrate))
-            model.eval()
         logits = model(_reference_batch(spec, evaluate))
     torch.save(model.state_dict(), path)
+    norms = sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
     classes = len(set(logits.argmax(1).tolist()))
-    return {"batchnorm_layers": len(norms), "reference_classes": classes, "evaluated": len(logits)}
+    return {"batchnorm_layers": norms, "reference_classes": classes, "evaluated": len(logits)}
 
 
 def _compare(source: str, checkpoint: Path, folders: tuple[Path, Path], backends: str, precisions: str,
              limit: int, out: Path, settings: MatrixSettings, extra: tuple[str, ...] = ()) -> tuple[dict, dict]:
     """One `harness compare` run, as a user types it: (its JSON report, {}) or ({}, the cell every target
     gets: refused with the error line for a usage or input error (exit 2), else failed). A report already at
-    `out` for the same model, targets and images is taken as it is: a stopped `--work` run resumes."""
-    earlier = _earlier_report(out, source, backends, precisions, limit)
+    `out` from the same command on the same checkpoint bytes, harness files and package versions is taken as
+    it is: a stopped `--work` run resumes, and a changed checkpoint or harness runs again."""
+    from harness.files import write_atomic
+    from harness.report.markdown import sweep_fingerprint
+
+    arguments = ["compare", source, "--checkpoint", str(checkpoint), "--dataset", str(folders[0]),
+                 "--calibration", str(folders[1]), "--backends", backends, "--precision", precisions,
+                 "--limit", str(limit), "--json", str(out), "--cell-timeout", str(settings.cell_timeout), *extra]
+    key = {"arguments": arguments, "checkpoint_sha256": hashlib.sha256(checkpoint.read_bytes()).hexdigest(),
+           "code_and_packages": sweep_fingerprint()}
+    key_file = out.with_name(out.name + ".key")
+    earlier = _earlier_report(out, key_file, key)
     if earlier:
         return earlier, {}
-    command = [sys.executable, "-c", "from harness.cli import main; main()", "compare", source, "--checkpoint", str(checkpoint),
-               "--dataset", str(folders[0]), "--calibration", str(folders[1]), "--backends", backends,
-               "--precision", precisions, "--limit", str(limit), "--json", str(out),
-               "--cell-timeout", str(settings.cell_timeout), *extra]
-    done = subprocess.run(command, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", "from harness.cli import main; main()", *arguments],
+                          capture_output=True, text=True)
     if out.is_file() and done.returncode in (0, 1):
+        write_atomic(key_file, json.dumps(key))
         return json.loads(out.read_text()), {}
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     error = next((line for line in reversed(lines) if line.startswith("harness: error:")), lines[-1] if lines else "")
@@ -144,15 +148,13 @@ def _compare(source: str, checkpoint: Path, folders: tuple[Path, Path], backends
                 "reason": error.removeprefix("harness: error: ").strip() or f"exit {done.returncode}"}
 
 
-def _earlier_report(out: Path, source: str, backends: str, precisions: str, limit: int) -> dict:
+def _earlier_report(out: Path, key_file: Path, key: dict) -> dict:
     try:
-        report = json.loads(out.read_text())
-        targets = {(row["backend"], row["precision"]) for row in report["results"]}
-        same = (report["model"]["name"] == source and report["dataset"]["samples"] == limit
-                and targets == {(b, p) for b in backends.split(",") for p in precisions.split(",")})
-    except (OSError, ValueError, KeyError, TypeError):
-        return {}
-    return report if same else {}
+        if json.loads(key_file.read_text()) == key:
+            return json.loads(out.read_text())
+    except (OSError, ValueError):
+        pass
+    return {}
 
 
 def _cell(row: dict, samples: int) -> dict:

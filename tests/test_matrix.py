@@ -71,6 +71,13 @@ def test_a_stopped_run_resumes_from_the_reports_in_its_work_folder(tmp_path):
     assert again["results"][0]["status"] == "resumed"  # taken from the folder, not run
     other, _ = _compare("resnet_tiny", checkpoint, folders, "onnxruntime", "fp32", 3, out, settings)
     assert other["results"][0]["status"] == "ok" and other["dataset"]["samples"] == 3  # other images: run again
+    out.write_text(out.read_text().replace('"status": "ok"', '"status": "resumed"'))
+    changed = tmp_path / "changed.pt"
+    changed.write_bytes(checkpoint.read_bytes() + b"\0")  # other bytes: the same command is run again
+    moved = tmp_path / "r.json.key"
+    moved.write_text(moved.read_text().replace(str(checkpoint), str(changed)))
+    fresh, _ = _compare("resnet_tiny", changed, folders, "onnxruntime", "fp32", 3, out, settings)
+    assert fresh["results"][0]["status"] == "ok"
 
 
 def test_rows_are_chosen_by_name_and_an_unknown_one_is_named():
