@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from harness.compare.outputs import OutputStats
+from harness.errors import SampleError
 from harness.inference import ModelConfig, ModelStage
 from harness.noise.journal import ChunkJournal, Piece
 from harness.noise.stats import MAP_ROUNDS
@@ -51,6 +52,19 @@ class Evaluated:
     ids: list[str]
     predictions: list
     outputs_digest: str       # of the post-processed predictions: identity is judged where the metric looks
+
+
+def shared_samples(candidate: Evaluated, baseline: Evaluated, failures: dict[str, str], total: int) -> list[str]:
+    """The sample ids both evaluated, in the candidate's order. None is no measurement (a metric of no
+    samples): a SampleError that says which side read nothing and the first failure."""
+    in_baseline = set(baseline.ids)
+    shared = [i for i in candidate.ids if i in in_baseline]
+    if not shared:
+        side, evaluated = ("baseline", baseline) if candidate.ids else ("variant", candidate)
+        first = next(iter(failures.values()), "no failure recorded")
+        raise SampleError(f"no sample was evaluated by both the variant and its baseline: the {side} read "
+                          f"{len(evaluated.ids)} of {total} (first failure: {first})")
+    return shared
 
 
 def predictions_digest(task, predictions: list) -> str:

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from harness.errors import BackendUnavailable, SampleError
+from harness.errors import BackendUnavailable
 from harness.noise import Axis, Variant
 from harness.noise.journal import ChunkJournal
 from harness.inference import GRAPH_BASELINE
-from harness.pipeline import Evaluated, ModelConfig, Request, StagedPipeline
+from harness.pipeline import Evaluated, ModelConfig, Request, StagedPipeline, shared_samples
 from harness.profile import Profile
 from harness.result import SIGNIFICANCE_KEYS, ResultRow
 from harness.tasks import get_task
@@ -56,8 +56,7 @@ def _paired(pipeline: StagedPipeline, profile: Profile, config: ModelConfig, bas
     """(candidate, baseline, the sample ids both evaluated, in the candidate's order)."""
     candidate = pipeline.evaluate(profile, config)
     baseline = pipeline.evaluate(base_profile, base_config)
-    in_baseline = set(baseline.ids)
-    return candidate, baseline, [i for i in candidate.ids if i in in_baseline]
+    return candidate, baseline, shared_samples(candidate, baseline, pipeline.failures, len(pipeline.dataset.samples))
 
 
 def _evaluation_pair(pipeline: StagedPipeline, candidate: Evaluated, baseline: Evaluated, shared: list[str],
@@ -118,11 +117,6 @@ def compare_variant(pipeline: StagedPipeline, task: str, classes, profile: Profi
     """One candidate (profile, model configuration) against its baseline on the samples both evaluated."""
     kind = get_task(task)
     candidate, baseline, shared = _paired(pipeline, profile, config, base_profile, base_config)
-    if not shared:  # a metric of no samples is no measurement: one failed row that says why
-        side, evaluated = ("baseline", baseline) if candidate.ids else ("variant", candidate)
-        first = next(iter(pipeline.failures.values()), "no failure recorded")
-        raise SampleError(f"no sample was evaluated by both the variant and its baseline: the {side} read "
-                          f"{len(evaluated.ids)} of {len(pipeline.dataset.samples)} (first failure: {first})")
     cand_index = {i: k for k, i in enumerate(candidate.ids)}
     base_index = {i: k for k, i in enumerate(baseline.ids)}
     cand = [candidate.predictions[cand_index[i]] for i in shared]
