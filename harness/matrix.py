@@ -37,6 +37,9 @@ SLOW_CELLS = {("tvm", "fp16")}
 class MatrixModel:
     source: str
     in_ci: bool = False  # cheap enough that `make test` re-runs it to check the README's row
+    # evaluated on the embedded benchmark of the model's own task (a detector's images with its boxes), not
+    # on the classification folders; the calibration folder is the same for every row
+    own_task_data: bool = False
 
 
 MODELS = (
@@ -49,6 +52,9 @@ MODELS = (
     MatrixModel("timm:mobilenetv4_conv_small"),
     MatrixModel("timm:efficientnet_b0"),
     MatrixModel("timm:resnet50"),
+    # the YOLO-style detector written in the tests (tests/plugins: `make matrix` puts it on PYTHONPATH): the
+    # layout ultralytics exports, decoded and NMS'd by the harness
+    MatrixModel("harness_test_yolo:tiny_yolo_spec", own_task_data=True),
     MatrixModel("torchvision:fasterrcnn_mobilenet_v3_large_320_fpn", in_ci=True),
     MatrixModel("torchvision:retinanet_resnet50_fpn"),
     MatrixModel("torchvision:ssdlite320_mobilenet_v3_large"),
@@ -115,11 +121,13 @@ def estimated_checkpoint(spec, calibrate: Path, evaluate: Path, path: Path) -> d
         logits = model(_reference_batch(spec, evaluate))
     torch.save(model.state_dict(), path)
     norms = sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
-    classes = len(set(logits.argmax(1).tolist()))
+    # logits [N, classes]: how many top-1 classes the evaluated images get (one for all would make agreement
+    # trivial); any other output (a detector's) is judged by its task's own agreement
+    classes = len(set(logits.argmax(1).tolist())) if isinstance(logits, torch.Tensor) and logits.dim() == 2 else None
     return {"batchnorm_layers": norms, "reference_classes": classes, "evaluated": len(logits)}
 
 
-def _compare(source: str, checkpoint: Path, folders: tuple[Path, Path], backends: str, precisions: str,
+def _compare(source: str, checkpoint: Path, folders: tuple[Path | None, Path], backends: str, precisions: str,
              limit: int, out: Path, settings: MatrixSettings, extra: tuple[str, ...] = ()) -> tuple[dict, dict]:
     """One `harness compare` run, as a user types it: (its JSON report, {}) or ({}, the cell every target
     gets: refused with the error line for a usage or input error (exit 2), else failed). A report already at
@@ -128,8 +136,8 @@ def _compare(source: str, checkpoint: Path, folders: tuple[Path, Path], backends
     from harness.files import write_atomic
     from harness.report.markdown import sweep_fingerprint
 
-    arguments = ["compare", source, "--checkpoint", str(checkpoint), "--dataset", str(folders[0]),
-                 "--calibration", str(folders[1]), "--backends", backends, "--precision", precisions,
+    dataset = ("--dataset", str(folders[0])) if folders[0] else ()  # none: the task's embedded benchmark
+    arguments = ["compare", source, "--checkpoint", str(checkpoint), *dataset, "--calibration", str(folders[1]), "--backends", backends, "--precision", precisions,
                  "--limit", str(limit), "--json", str(out), "--cell-timeout", str(settings.cell_timeout), *extra]
     key = {"arguments": arguments, "checkpoint_sha256": hashlib.sha256(checkpoint.read_bytes()).hexdigest(),
            "code_and_packages": sweep_fingerprint()}
@@ -188,7 +196,8 @@ def run_row(model: MatrixModel, folders: tuple[Path, Path], settings: MatrixSett
             *[(backend, precision, settings.slow_limit, ("--batch-size", "1", "--timed-runs", "0"))
               for backend, precision in sorted(SLOW_CELLS)]]
     for k, (backends, precisions, limit, extra) in enumerate(runs):
-        report, whole = _compare(model.source, checkpoint, folders, backends, precisions, limit,
+        data = (None, folders[1]) if model.own_task_data else folders
+        report, whole = _compare(model.source, checkpoint, data, backends, precisions, limit,
                                  work / f"{slug}-{k}.json", settings, extra)
         for backend in backends.split(","):
             for precision in precisions.split(","):
@@ -270,7 +279,8 @@ def matrix_markdown(report: dict) -> str:
              "image, emulated on CPU), random weights with BatchNorm statistics re-estimated on "
              f"{settings['calibration']} other images (also the INT8 calibration set). `ok E · k/N`: largest "
              "absolute output difference from the PyTorch reference, and k of N images with the reference's "
-             "top-1 class; `(ran X)`: what the backend executed instead of the precision asked. Accuracy is "
+             "top-1 class (a detector, on the detection benchmark: whose detections pair up one-to-one with the "
+             "reference's by class and IoU); `(ran X)`: what the backend executed instead of the precision asked. Accuracy is "
              "meaningless with random weights, so none is shown. Regenerate: `make matrix` (all rows, hours "
              "on 2 cores); `make test` re-runs the rows marked CI and checks their cells.", "",
              "| model | backend | fp32 | fp16 | int8 |", "|---|---|---|---|---|"]
@@ -284,8 +294,9 @@ def matrix_markdown(report: dict) -> str:
         if "refused" in row:
             lines.append(f"| {name} | every backend | refused: {_short(row['refused'], 240)} | | |")
             continue
-        note = (f"<br>reference: {row['reference_classes']} classes on {row['evaluated']} images"
-                f"{'' if row['batchnorm_layers'] else ', no BatchNorm'}")
+        predicts = (f"{row['reference_classes']} classes on {row['evaluated']} images"
+                    if row.get("reference_classes") is not None else "not a classifier, k/N by its task's agreement")
+        note = f"<br>reference: {predicts}{'' if row['batchnorm_layers'] else ', no BatchNorm'}"
         for k, backend in enumerate(BACKENDS):
             cells = [cell_text(row["cells"].get(f"{backend}/{precision}")) for precision in PRECISIONS]
             lines.append(f"| {name + note if k == 0 else ''} | {backend} | {' | '.join(cells)} |")

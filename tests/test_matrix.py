@@ -125,3 +125,34 @@ def test_matrix_command_writes_its_json_and_renders_it_into_a_readme(tmp_path, h
     result = harness_cli("matrix", "--from-json", str(tmp_path / "bad.json"))
     assert result.returncode == 2 and result.stderr.strip() == \
         f"harness: error: {tmp_path / 'bad.json'}: not a matrix report (schema harness.matrix/1)"
+
+
+def test_a_detector_row_runs_on_its_own_tasks_data(tmp_path, monkeypatch):
+    """The YOLO-style detector from the tests: BatchNorm re-estimated like a classifier's, but no top-1 class
+    count (its output is boxes and class scores), and its compare runs on the embedded detection benchmark
+    (boxes to score against), calibrated on the shared calibration folder."""
+    import os
+    from pathlib import Path
+
+    from harness.matrix import _compare
+
+    plugins = str(Path(__file__).parent / "plugins")
+    monkeypatch.syspath_prepend(plugins)  # the matrix process resolves the factory; its compares inherit:
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [plugins, os.environ.get("PYTHONPATH")])))
+    row = next(m for m in MODELS if m.source == "harness_test_yolo:tiny_yolo_spec")
+    assert row.own_task_data
+    evaluate, calibrate = matrix_data(tmp_path, MatrixSettings(limit=4, calibration=8))
+    spec = resolve_model(row.source)
+    facts = estimated_checkpoint(spec, calibrate, evaluate, tmp_path / "yolo.pt")
+    assert facts == {"batchnorm_layers": 5, "reference_classes": None, "evaluated": 4}
+    report, whole = _compare(row.source, tmp_path / "yolo.pt", (None, calibrate), "onnxruntime", "fp32", 4,
+                             tmp_path / "yolo.json", MatrixSettings())
+    assert whole == {} and report["dataset"]["samples"] == 4, whole
+    assert report["model"]["task"] == "detect" and report["dataset"]["name"] == "embedded-detect"
+    result = report["results"][0]
+    assert result["status"] == "ok" and result["outputs"]["max_abs"] < 1e-3
+    assert report["reference"]["metric"]["map"] >= 0  # scored against the benchmark's boxes
+    lines = matrix_markdown({"settings": MatrixSettings().to_json(), "rows": [
+        {"model": row.source, "in_ci": False, **facts, "cells": {}}]}).splitlines()
+    assert any(line.startswith(f"| {row.source}<br>reference: not a classifier, k/N by its task's agreement |")
+               for line in lines)
