@@ -116,6 +116,7 @@ def estimated_checkpoint(spec, calibrate: Path, evaluate: Path, path: Path) -> d
     import torch
 
     model = spec.load_torch().eval()
+    redrawn = _redraw_zero_layers(model)
     torch.optim.swa_utils.update_bn([_reference_batch(spec, calibrate)], model)  # leaves the model in eval
     with torch.no_grad():
         logits = model(_reference_batch(spec, evaluate))
@@ -124,7 +125,26 @@ def estimated_checkpoint(spec, calibrate: Path, evaluate: Path, path: Path) -> d
     # logits [N, classes]: how many top-1 classes the evaluated images get (one for all would make agreement
     # trivial); any other output (a detector's) is judged by its task's own agreement
     classes = len(set(logits.argmax(1).tolist())) if isinstance(logits, torch.Tensor) and logits.dim() == 2 else None
-    return {"batchnorm_layers": norms, "reference_classes": classes, "evaluated": len(logits)}
+    return {"batchnorm_layers": norms, "reference_classes": classes, "evaluated": len(logits),
+            "redrawn_zero_layers": redrawn}
+
+
+def _redraw_zero_layers(model) -> list[str]:
+    """Layers a library initialises to zero (torchvision's ViT head: its random-init logits are all 0, so
+    every backend "agrees" exactly) drawn as timm initialises a head instead (`trunc_normal_(std=0.02)`, whose
+    cut at +-2 never bites: a normal), from the fixed seed; their names, for the row to say."""
+    import torch
+
+    from harness.libraries import RANDOM_WEIGHTS_SEED
+
+    redrawn = []
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(RANDOM_WEIGHTS_SEED)
+        for name, module in model.named_modules():
+            if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)) and not module.weight.any():
+                torch.nn.init.trunc_normal_(module.weight, std=0.02)
+                redrawn.append(name)
+    return redrawn
 
 
 def _compare(source: str, checkpoint: Path, folders: tuple[Path | None, Path], backends: str, precisions: str,
@@ -296,7 +316,9 @@ def matrix_markdown(report: dict) -> str:
             continue
         predicts = (f"{row['reference_classes']} classes on {row['evaluated']} images"
                     if row.get("reference_classes") is not None else "not a classifier, k/N by its task's agreement")
-        note = f"<br>reference: {predicts}{'' if row['batchnorm_layers'] else ', no BatchNorm'}"
+        redrawn = ", ".join(row.get("redrawn_zero_layers") or ())
+        note = (f"<br>reference: {predicts}{'' if row['batchnorm_layers'] else ', no BatchNorm'}"
+                f"{f'; zero-initialised {redrawn} drawn N(0, 0.02)' if redrawn else ''}")
         for k, backend in enumerate(BACKENDS):
             cells = [cell_text(row["cells"].get(f"{backend}/{precision}")) for precision in PRECISIONS]
             lines.append(f"| {name + note if k == 0 else ''} | {backend} | {' | '.join(cells)} |")

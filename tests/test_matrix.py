@@ -144,7 +144,7 @@ def test_a_detector_row_runs_on_its_own_tasks_data(tmp_path, monkeypatch):
     evaluate, calibrate = matrix_data(tmp_path, MatrixSettings(limit=4, calibration=8))
     spec = resolve_model(row.source)
     facts = estimated_checkpoint(spec, calibrate, evaluate, tmp_path / "yolo.pt")
-    assert facts == {"batchnorm_layers": 5, "reference_classes": None, "evaluated": 4}
+    assert facts == {"batchnorm_layers": 5, "reference_classes": None, "evaluated": 4, "redrawn_zero_layers": []}
     report, whole = _compare(row.source, tmp_path / "yolo.pt", (None, calibrate), "onnxruntime", "fp32", 4,
                              tmp_path / "yolo.json", MatrixSettings())
     assert whole == {} and report["dataset"]["samples"] == 4, whole
@@ -156,3 +156,31 @@ def test_a_detector_row_runs_on_its_own_tasks_data(tmp_path, monkeypatch):
         {"model": row.source, "in_ci": False, **facts, "cells": {}}]}).splitlines()
     assert any(line.startswith(f"| {row.source}<br>reference: not a classifier, k/N by its task's agreement |")
                for line in lines)
+
+
+def test_a_zero_initialised_head_is_redrawn_and_named(tmp_path):
+    """torchvision initialises ViT's head to zeros: random-init logits all 0 agree on every backend and say
+    nothing. The matrix draws such a layer (std 0.02, seeded) and names it in the row."""
+    from harness.model import ModelSpec
+    from harness.profile import Profile
+
+    def build():
+        torch.manual_seed(1)
+        head = torch.nn.Linear(8, 10)
+        torch.nn.init.zeros_(head.weight)
+        torch.nn.init.zeros_(head.bias)
+        return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.AdaptiveAvgPool2d(1),
+                                   torch.nn.Flatten(), head)
+
+    spec = ModelSpec(name="zero_head", task="classify", build=build, random_seed=1,
+                     profile=Profile(input_size=32), labels=tuple(f"c{k}" for k in range(10)))
+    evaluate, calibrate = matrix_data(tmp_path, MatrixSettings(limit=8, calibration=8))
+    facts = estimated_checkpoint(spec, calibrate, evaluate, tmp_path / "w.pt")
+    assert facts["redrawn_zero_layers"] == ["4"] and facts["reference_classes"] >= 2
+    weight = torch.load(tmp_path / "w.pt", weights_only=True)["4.weight"]
+    assert 0.015 < float(weight.std()) < 0.025 and abs(float(weight.mean())) < 0.01
+    again = estimated_checkpoint(spec, calibrate, evaluate, tmp_path / "again.pt")
+    assert torch.equal(torch.load(tmp_path / "again.pt", weights_only=True)["4.weight"], weight)  # seeded
+    row = {"model": "zero_head", "in_ci": False, **facts, "cells": {}}
+    assert "zero-initialised 4 drawn N(0, 0.02)" in matrix_markdown({"settings": MatrixSettings().to_json(),
+                                                                     "rows": [row]})
