@@ -260,6 +260,17 @@ def read_matrix(path: Path) -> dict:
     return report
 
 
+def keep_rows(report: dict, earlier: dict) -> dict:
+    """`report` with the rows of an `earlier` report it did not run added, every row in the matrix's order
+    (rows no longer in MODELS dropped); a kept row from other settings carries its own."""
+    ran = {row["model"] for row in report["rows"]}
+    kept = [row if earlier["settings"] == report["settings"] else {"settings": earlier["settings"], **row}
+            for row in earlier["rows"] if row["model"] not in ran]
+    order = {model.source: k for k, model in enumerate(MODELS)}
+    rows = sorted((row for row in report["rows"] + kept if row["model"] in order), key=lambda row: order[row["model"]])
+    return {**report, "rows": rows}
+
+
 def select_models(names: str | None) -> list[MatrixModel]:
     """`--rows`: all (default), ci (those `make test` checks), or a comma list of sources from MODELS."""
     from harness.errors import UnknownName

@@ -121,6 +121,14 @@ def test_matrix_command_writes_its_json_and_renders_it_into_a_readme(tmp_path, h
     text = readme.read_text()
     assert "old" not in text and text.endswith("<!-- matrix:end -->\ntail\n")
     assert f"| {detector} (CI) | every backend | refused: {detector} is a detector;" in text
+    retina = "torchvision:retinanet_resnet50_fpn"  # re-run one row (on other settings), keep the rest
+    result = harness_cli("matrix", "--rows", retina, "--limit", "4", "--keep-rows-from", str(tmp_path / "m.json"),
+                         "--json", str(tmp_path / "merged.json"), "--work", str(tmp_path / "w"))
+    assert result.returncode == 0, result.stderr
+    merged = json.loads((tmp_path / "merged.json").read_text())
+    assert [row["model"] for row in merged["rows"]] == [detector, retina]  # the matrix's order
+    assert merged["settings"]["limit"] == 4 and merged["rows"][0]["settings"]["limit"] == 8
+    assert "settings" not in merged["rows"][1]
     (tmp_path / "bad.json").write_text('{"schema": "harness.compare/1"}')
     result = harness_cli("matrix", "--from-json", str(tmp_path / "bad.json"))
     assert result.returncode == 2 and result.stderr.strip() == \

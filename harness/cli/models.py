@@ -101,6 +101,9 @@ def matrix_cmd(
         "--readme", help="Rewrite the table between this file's matrix markers.")] = None,
     from_json: Annotated[Optional[Path], typer.Option(
         "--from-json", help="Render the table of an earlier run's --json report instead of running anything.")] = None,
+    keep_rows_from: Annotated[Optional[Path], typer.Option(
+        "--keep-rows-from", help="An earlier run's --json report: its rows this run does not redo are kept "
+                                 "(re-run some rows, keep the rest).")] = None,
 ) -> None:
     """The acceptance matrix: library models x onnxruntime, openvino, tvm x fp32, fp16, int8, each cell ok with
     its output error and agreement or the reason it cannot run (the README's table; `make matrix`)."""
@@ -108,14 +111,16 @@ def matrix_cmd(
 
     from rich.console import Console
 
-    from harness.matrix import (MATRIX_MARKERS, MatrixSettings, matrix_markdown, read_matrix, run_matrix,
-                                select_models)
+    from harness.matrix import (MATRIX_MARKERS, MatrixSettings, keep_rows, matrix_markdown, read_matrix,
+                                run_matrix, select_models)
     from harness.report import write_json
     from harness.report.markdown import rewrite_between_markers
 
+    earlier = read_matrix(keep_rows_from) if keep_rows_from is not None else None
+
     def partial_saver(partial: dict) -> None:
         if json_path not in (None, "-"):
-            write_json(partial, json_path)
+            write_json(keep_rows(partial, earlier) if earlier else partial, json_path)
 
     if from_json is not None:
         report = read_matrix(from_json)
@@ -124,6 +129,8 @@ def matrix_cmd(
         with tempfile.TemporaryDirectory(prefix="harness-matrix-") as scratch:
             report = run_matrix(select_models(rows), settings, work or Path(scratch),
                                 progress=Console(stderr=True).print, save=partial_saver)
+    if earlier:
+        report = keep_rows(report, earlier)
     if json_path:
         write_json(report, json_path)
     body = matrix_markdown(report)
