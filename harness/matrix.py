@@ -157,8 +157,9 @@ def _compare(source: str, checkpoint: Path, folders: tuple[Path | None, Path], b
     from harness.report.markdown import sweep_fingerprint
 
     dataset = ("--dataset", str(folders[0])) if folders[0] else ()  # none: the task's embedded benchmark
-    arguments = ["compare", source, "--checkpoint", str(checkpoint), *dataset, "--calibration", str(folders[1]), "--backends", backends, "--precision", precisions,
-                 "--limit", str(limit), "--json", str(out), "--cell-timeout", str(settings.cell_timeout), *extra]
+    arguments = ["compare", source, "--checkpoint", str(checkpoint), *dataset, "--calibration", str(folders[1]),
+                 "--backends", backends, "--precision", precisions, "--limit", str(limit), "--json", str(out),
+                 "--cell-timeout", str(settings.cell_timeout), *extra]
     key = {"arguments": arguments, "checkpoint_sha256": hashlib.sha256(checkpoint.read_bytes()).hexdigest(),
            "code_and_packages": sweep_fingerprint()}
     key_file = out.with_name(out.name + ".key")
@@ -311,9 +312,9 @@ def matrix_markdown(report: dict) -> str:
              f"{settings['calibration']} other images (also the INT8 calibration set). `ok E · k/N`: largest "
              "absolute output difference from the PyTorch reference, and k of N images with the reference's "
              "top-1 class (a detector, on the detection benchmark: whose detections pair up one-to-one with the "
-             "reference's by class and IoU); `(ran X)`: what the backend executed instead of the precision asked. Accuracy is "
-             "meaningless with random weights, so none is shown. Regenerate: `make matrix` (all rows, hours "
-             "on 2 cores); `make test` re-runs the rows marked CI and checks their cells.", "",
+             "reference's by class and IoU); `(ran X)`: what the backend executed instead of the precision "
+             "asked. Accuracy is meaningless with random weights, so none is shown. Regenerate: `make matrix` "
+             "(all rows, hours on 2 cores); `make test` re-runs the rows marked CI and checks their cells.", "",
              "| model | backend | fp32 | fp16 | int8 |", "|---|---|---|---|---|"]
     done = {row["model"] for row in report["rows"]}
     left = [{"model": m.source, "in_ci": m.in_ci, "not_run": True} for m in MODELS if m.source not in done]

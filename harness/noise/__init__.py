@@ -57,7 +57,8 @@ def decoders_missing() -> dict[str, str]:
 
     from harness.preprocess import CUDA_DECODERS, DECODER_PACKAGES
 
-    missing = dict.fromkeys(CUDA_DECODERS, cuda_missing()) if cuda_missing() else {}
+    no_cuda = cuda_missing()
+    missing = dict.fromkeys(CUDA_DECODERS, no_cuda) if no_cuda else {}
     for decoder, package in DECODER_PACKAGES.items():
         if importlib.util.find_spec(package) is None:
             missing[decoder] = f"the {package} package is not installed"
@@ -145,8 +146,8 @@ def unavailable(axis: str, spec) -> str | None:
     missing = cuda_missing()
     if axis in CUDA_NUMERICS:
         return missing or (None if spec.has_torch else f"{spec.name} is an ONNX file: there is no torch model")
-    if axis == "decoder" and decoders_missing():
-        return "; ".join(f"{decoder}: {why}" for decoder, why in decoders_missing().items())
+    if axis == "decoder" and (decoders := decoders_missing()):
+        return "; ".join(f"{decoder}: {why}" for decoder, why in decoders.items())
     if axis == "precision" and missing:
         return f"GPU precisions (torch CUDA autocast fp16/bf16, other backends' CUDA precisions): {missing}"
     return None
