@@ -109,3 +109,31 @@ def test_a_variants_load_options_are_its_own_and_not_its_baselines():
     config, baseline = variant_configs(variant, None)
     assert config.options == (("tf32", True),) and baseline.options == ()
     assert config.placement == baseline.placement == Placement("torch", "cuda", "fp32")
+
+
+def test_the_gpu_check_script_runs_its_steps_under_one_deadline(tmp_path):
+    """benchmarks/gpu_check.sh, as a maintainer runs it on a GPU (device time is scarce: a broken script
+    wastes a run): with the harness's own python it runs the GPU tests (here they skip with their reasons)
+    and says what each step did; a deadline already spent skips every step and says so."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.sh"
+
+    def check(out, **env):
+        return subprocess.run(["bash", str(script), str(out)], capture_output=True,
+                              text=True, timeout=300, env={**os.environ, "PYTHON": sys.executable, **env})
+
+    done = check(tmp_path / "run", STEPS="measurements tests", DEADLINE="240")
+    log = (tmp_path / "run" / "gpu_check.log").read_text()
+    assert log == done.stdout  # everything it prints is kept in OUT
+    assert "gpu_check: tests: exit 0 after" in log, log[-3000:]
+    if cuda_missing():
+        assert f"gpu_check: {cuda_missing()}: nothing to measure" in log and done.returncode == 1
+        assert "SKIPPED" in log and "torch:cuda" in log
+    spent = check(tmp_path / "late", DEADLINE="10")
+    lines = [line for line in spent.stdout.splitlines() if line.startswith("gpu_check:")]
+    assert lines[:-1] == [f"gpu_check: {step} skipped: the 10 s deadline is reached" for step in
+                          ("measurements", "tests", "sweep resnet_tiny", "sweep fcos_tiny",
+                           "compile sweep resnet_tiny")], lines
+    assert spent.returncode == 1 and lines[-1].endswith("exit 1; results in " + str(tmp_path / "late") + "/")
