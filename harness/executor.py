@@ -178,7 +178,11 @@ class RayWorker:
             return f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
 
     def kill(self, grace: float = 0.0) -> None:
-        self.ray.cancel(self.ref, force=True)  # a Ray task that finished has nothing left to end
+        # A task that said its last word is left to return: a forced cancel racing the task's reply in flight
+        # crashes the driver inside Ray 2.60 ("Tried to complete task that was not pending", seen in CI)
+        ready, _ = self.ray.wait([self.ref], timeout=grace)
+        if not ready:
+            self.ray.cancel(self.ref, force=True)
 
 
 def _ray_main(job, messages, quiet: bool) -> None:
