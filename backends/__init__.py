@@ -98,7 +98,7 @@ class Session(ABC):
         raise BackendUnavailable(f"{self.backend}: this session cannot show intermediate tensors")
 
     def run(self, feeds: dict[str, np.ndarray], taps=None, tap_method: str | None = None) -> dict[str, np.ndarray]:
-        """feeds: {input name: float32[N, ...]} -> {output name: array[N, ...]} (plus each tap it can show);
+        """feeds: {input name: float32[N, ...] or int64[N, L]} -> {output name: array[N, ...]} (plus each tap it can show);
         checks once for all backends."""
         missing = set(self.input_names) - set(feeds)
         if missing:
@@ -106,8 +106,9 @@ class Session(ABC):
                              f"the model takes {', '.join(self.input_names)}")
         for name in self.input_names:
             array = feeds[name]
-            if array.dtype != np.float32:
-                raise InputError(f"{self.backend}: input {name!r} is {array.dtype}, expected float32")
+            if array.dtype not in (np.float32, np.int64):
+                raise InputError(f"{self.backend}: input {name!r} is {array.dtype}, expected float32 (an image) "
+                                 "or int64 (token ids, an attention mask)")
         checked = {name: feeds[name] for name in self.input_names}
         if self.fixed_batch and any(len(array) != self.fixed_batch for array in checked.values()):
             return self._run_in_fixed_batches(checked, taps, tap_method)

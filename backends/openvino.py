@@ -142,6 +142,16 @@ def nncf_quantize_onnx(onnx_path: Path, calibration, out: Path) -> None:
     onnx.save(quantized, str(out))
 
 
+def nncf_compress_weights(onnx_path: Path, out: Path) -> None:
+    """NNCF weight compression (INT8 asymmetric weights of every MatMul and embedding, activations in the
+    float hint): OpenVINO's recipe for transformers; saved as OpenVINO IR (out: model.xml, beside its .bin)."""
+    import nncf
+    import openvino as ov
+
+    compressed = nncf.compress_weights(ov.Core().read_model(str(onnx_path)), mode=nncf.CompressWeightsMode.INT8_ASYM)
+    ov.save_model(compressed, str(out), compress_to_fp16=False)
+
+
 class OpenVinoBackend(Backend):
     name = "openvino"
     aliases = ("ov",)
@@ -167,10 +177,13 @@ class OpenVinoBackend(Backend):
               **options) -> Session:
         import openvino as ov
 
-        from harness.artifacts import quantized_onnx
+        from harness.artifacts import quantized_onnx, weight_quantized
 
         source = Path(artifact) if artifact else model.onnx_path
-        if precision == "int8" and artifact is None:
+        if precision == "int8" and artifact is None and model.spec.text_inputs:
+            source = weight_quantized(model, "nncf-weights", "model.xml", nncf_compress_weights,
+                                      ("nncf", "openvino"))
+        elif precision == "int8" and artifact is None:
             source = quantized_onnx(model, calibration, "nncf", nncf_quantize_onnx, ("nncf", "openvino", "onnx"))
         config = {"INFERENCE_PRECISION_HINT": HINTS[precision]}
         if threads:

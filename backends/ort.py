@@ -138,7 +138,8 @@ class OrtSession(Session):
             options.enable_profiling = True
             options.profile_file_prefix = str(Path(folder) / "profile")
             session = ort.InferenceSession(str(self.graph), options, providers=self.providers)
-            feeds = {i.name: np.zeros([d if isinstance(d, int) and d > 0 else 1 for d in i.shape], np.float32)
+            feeds = {i.name: np.zeros([d if isinstance(d, int) and d > 0 else 1 for d in i.shape],
+                                      np.int64 if i.type == "tensor(int64)" else np.float32)
                      for i in session.get_inputs()}
             session.run(None, feeds)
             events = json.loads(Path(session.end_profiling()).read_text())
@@ -222,6 +223,14 @@ def quantize_qdq(onnx_path: Path, calibration, out: Path, symmetric: bool = Fals
     prepared.unlink()
 
 
+def quantize_dynamic_int8(onnx_path: Path, out: Path) -> None:
+    """onnxruntime.quantization's dynamic quantization: INT8 weights, activations quantized per batch at run
+    time (no calibration): ORT's recipe for transformers."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(Path(onnx_path).resolve()), str(Path(out).resolve()), weight_type=QuantType.QInt8)
+
+
 class OrtBackend(Backend):
     name = "onnxruntime"
     aliases = ("ort",)
@@ -239,11 +248,13 @@ class OrtBackend(Backend):
               artifact: Path | None = None, spinning: bool = True, arena: bool = True, **options) -> Session:
         import onnxruntime as ort
 
-        from harness.artifacts import fp16_onnx, quantized_onnx
+        from harness.artifacts import fp16_onnx, quantized_onnx, weight_quantized
 
         source = Path(artifact) if artifact else model.onnx_path
         if artifact is None and precision == "fp16":
             source = fp16_onnx(model)
+        elif artifact is None and precision == "int8" and model.spec.text_inputs:
+            source = weight_quantized(model, "ort-dynamic", "model.onnx", quantize_dynamic_int8, ("onnxruntime", "onnx"))
         elif artifact is None and precision == "int8":
             source = quantized_onnx(model, calibration, "ort-qdq", quantize_qdq, ("onnxruntime", "onnx"))
 

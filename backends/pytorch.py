@@ -112,14 +112,31 @@ class TorchSession(Session):
     def _run(self, feeds):
         import torch
 
-        (array,) = feeds.values()
         autocast = AUTOCAST.get(self.precision)
+        tensors = [torch.from_numpy(feeds[name]).to(self.device) for name in self.input_names]
         with torch.inference_mode(), self._cuda_numerics(), \
                 torch.autocast(self.device, dtype=getattr(torch, autocast or "float32"), enabled=autocast is not None):
-            result = self.module(torch.from_numpy(array).to(self.device))
+            result = self.module(*tensors)  # in the order the export named them (ModelSpec.input_names)
         if not isinstance(result, (tuple, list)):
             result = (result,)
         return {name: t.float().cpu().numpy() for name, t in zip(self.output_names, result)}
+
+
+ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")  # transformers': torch's fused kernel, or the explicit softmax
+
+
+def _set_attention(module, implementation: str) -> None:
+    """A transformers model's attention implementation (the `attention` axis): every pretrained model inside
+    `module` switched to `implementation`."""
+    from harness.errors import UsageError
+
+    if implementation not in ATTENTION_IMPLEMENTATIONS:
+        raise UsageError(f"torch: attention is one of {', '.join(ATTENTION_IMPLEMENTATIONS)}, got {implementation!r}")
+    models = [m for m in module.modules() if hasattr(m, "set_attn_implementation")]
+    if not models:
+        raise UsageError("torch: attention: the model holds no transformers model whose attention can be chosen")
+    for found in models:
+        found.set_attn_implementation(implementation)
 
 
 class TorchBackend(Backend):
@@ -127,7 +144,7 @@ class TorchBackend(Backend):
     aliases = ("pytorch",)
     package = "torch"
     declared = {"cpu": ("fp32",), "cuda": ("fp32", "fp16", "bf16")}
-    load_options = ("tf32", "cudnn", "compile")
+    load_options = ("tf32", "cudnn", "compile", "attention")
 
     def devices(self) -> list[str]:
         from harness.backends import nvidia_gpu_present
@@ -139,7 +156,7 @@ class TorchBackend(Backend):
         return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
     def _load(self, model, device, precision, threads, tf32: bool = False, cudnn: str = CUDNN_MODES[0],
-              compile: str | None = None, **options) -> Session:
+              compile: str | None = None, attention: str | None = None, **options) -> Session:
         import torch
 
         from harness.errors import BackendUnavailable, UsageError
@@ -154,7 +171,9 @@ class TorchBackend(Backend):
         if threads:
             torch.set_num_threads(threads)
         module = model.spec.load_torch().to(device)
+        if attention is not None:
+            _set_attention(module, attention)
         if compile:
             module = torch.compile(module, mode=compile)
-        return TorchSession(module, device, precision, [model.input_name], model.output_names, model,
+        return TorchSession(module, device, precision, model.input_names, model.output_names, model,
                             tf32=bool(tf32), cudnn=cudnn)

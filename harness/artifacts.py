@@ -29,6 +29,14 @@ def quantized_onnx(model, calibration, quantizer: str, quantize: Callable[[Path,
                         lambda out: quantize(model.onnx_path, calibration, out), tools)
 
 
+def weight_quantized(model, quantizer: str, filename: str, quantize: Callable[[Path, Path], None],
+                     tools: tuple[str, ...]) -> Path:
+    """The model with INT8 weights and no calibration (ORT dynamic quantization, NNCF weight compression):
+    how runtimes quantize a transformer, whose activations (attention scores, LayerNorm inputs) have
+    outliers that per-tensor static INT8 clips. Cached by (model, quantizer, the tools' versions)."""
+    return derived_file(model, f"int8-{quantizer}", filename, {}, lambda out: quantize(model.onnx_path, out), tools)
+
+
 def convert_fp16(onnx_path: Path, out: Path) -> None:
     """onnxconverter-common's conversion; its warnings (one per value outside float16's range, dozens per
     model) go to `conversion.log` beside the graph, and one line says how many there were."""

@@ -39,6 +39,7 @@ results hold an `account` the report's `executor.shards` lists) and `merging(the
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 import time
@@ -67,8 +68,6 @@ def run_in_worker(job, send, quiet: bool) -> None:
     """The worker's side: the job's messages, then ("done", result) or ("error", exit_code, message).
     quiet: what resolving the model says was already said by an earlier worker. The driver does not resolve
     the model: torch's import (3 s) is paid once, in the worker."""
-    import os
-
     if quiet:
         os.environ["HARNESS_WORKER"] = "1"
     try:
@@ -89,7 +88,6 @@ def _die_with_parent() -> None:
     hard stop), where no `finally` of the driver runs. Elsewhere, an orphaned worker ends at its next message
     (a broken pipe) unless it hangs."""
     import ctypes
-    import os
     import sys
 
     if not sys.platform.startswith("linux"):
@@ -145,8 +143,6 @@ class RayWorker:
     def __init__(self, job, quiet: bool, spread: bool = False):
         """`spread`: one of several shards running at once, sent to the least used node (Ray's SPREAD) so
         that shards share a cluster's nodes rather than queue behind each other on the driver's."""
-        import os
-
         import ray
         from ray.util.queue import Queue
 
@@ -180,8 +176,7 @@ class RayWorker:
     def kill(self, grace: float = 0.0) -> None:
         # A task that said its last word is left to return: a forced cancel racing the task's reply in flight
         # crashes the driver inside Ray 2.60 ("Tried to complete task that was not pending", seen in CI)
-        ready, _ = self.ray.wait([self.ref], timeout=grace)
-        if not ready:
+        if not self.ray.wait([self.ref], timeout=grace)[0]:
             self.ray.cancel(self.ref, force=True)
 
 
@@ -398,6 +393,4 @@ class _Watch:
 
 
 def _debugging() -> bool:
-    import os
-
     return os.environ.get("HARNESS_DEBUG", "") not in ("", "0")

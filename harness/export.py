@@ -24,6 +24,7 @@ from harness.tasks import CLASSIFY
 DEFAULT_OPSET = 18
 EXPORT_FORMAT = 2  # bump when the export procedure changes, so stale cached files are not re-used
 MAX_BATCH = 4096
+MAX_SEQUENCE = 4096  # tokens: a text model's own limit (its position table) is the exporter's to find
 
 
 class ExportError(HarnessError):
@@ -43,6 +44,10 @@ class ExportedModel:
     @property
     def input_name(self) -> str:
         return self.spec.input_name
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return self.spec.input_names
 
     @property
     def output_names(self) -> tuple[str, ...]:
@@ -88,7 +93,8 @@ def export_key(spec: ModelSpec, module, opset: int) -> str:
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     architecture = f"{type(module).__module__}.{type(module).__qualname__}\n{module!r}"
-    io_spec = (spec.input_name, spec.profile.input_size, spec.output_names)
+    io_spec = (spec.input_name, spec.profile.input_size, spec.output_names) + \
+        ((spec.text_inputs,) if spec.text_inputs else ())
     tools = tool_versions("torch", "onnx", "onnxscript")  # the exporters and the proto they write
     digest.update(json.dumps([architecture, opset, io_spec, torch.__version__, EXPORT_FORMAT, tools]).encode())
     return digest.hexdigest()
@@ -122,25 +128,43 @@ def build_name_map(proto, exporter: str) -> dict:
     return {"tensors": tensors, "nodes": nodes}
 
 
+def _example(spec: ModelSpec):
+    """Example inputs for the exporters, with each input's dynamic axes: an image batch, or a text model's
+    token ids with dynamic batch and sequence (real token ids: a zero tensor is a batch of [PAD]s)."""
+    import torch
+
+    if not spec.text_inputs:
+        return (torch.zeros(2, 3, spec.profile.input_size, spec.profile.input_size),), ({0: "batch"},)
+    from harness.tokenization import encode
+
+    feeds = encode(["an example to export", "a second, longer example to export with"], spec.tokenizer, spec.profile)
+    return tuple(torch.from_numpy(feeds[name]) for name in spec.text_inputs), \
+        tuple({0: "batch", 1: "sequence"} for _ in spec.text_inputs)
+
+
 def _export_dynamo(module, example, path: Path, spec: ModelSpec, opset: int) -> None:
     import torch
 
-    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
-    torch.onnx.export(module, (example,), str(path), dynamo=True, opset_version=opset,
-                      input_names=[spec.input_name], output_names=list(spec.output_names),
-                      dynamic_shapes=({0: batch},), optimize=True, verbose=False,
+    tensors, axes = example
+    dims = {"batch": torch.export.Dim("batch", min=1, max=MAX_BATCH),
+            "sequence": torch.export.Dim("sequence", min=2, max=MAX_SEQUENCE)}
+    torch.onnx.export(module, tensors, str(path), dynamo=True, opset_version=opset,
+                      input_names=list(spec.input_names), output_names=list(spec.output_names),
+                      dynamic_shapes=tuple({axis: dims[name] for axis, name in dynamic.items()} for dynamic in axes),
+                      optimize=True, verbose=False,
                       external_data=False)  # one self-contained file: hashable, copyable into a repro
 
 
 def _export_legacy(module, example, path: Path, spec: ModelSpec, opset: int) -> None:
     import torch
 
-    axes = {name: {0: "batch"} for name in (spec.input_name, *spec.output_names)}
+    tensors, axes = example
+    dynamic = {**dict(zip(spec.input_names, axes)), **{name: {0: "batch"} for name in spec.output_names}}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=min(opset, 17),
-                          input_names=[spec.input_name], output_names=list(spec.output_names),
-                          dynamic_axes=axes)
+        torch.onnx.export(module, tensors, str(path), dynamo=False, opset_version=min(opset, 17),
+                          input_names=list(spec.input_names), output_names=list(spec.output_names),
+                          dynamic_axes=dynamic)
 
 
 def export(spec: ModelSpec, opset: int = DEFAULT_OPSET, cache_dir: Path | None = None) -> ExportedModel:
@@ -162,7 +186,7 @@ def export(spec: ModelSpec, opset: int = DEFAULT_OPSET, cache_dir: Path | None =
     key = export_key(spec, module, opset)
 
     def build(staging: Path) -> None:
-        example = torch.zeros(2, 3, spec.profile.input_size, spec.profile.input_size)
+        example = _example(spec)
         staged = staging / "model.onnx"
         errors = []
         log = cache_root() / "logs" / f"export-{key[:16]}.log"

@@ -13,7 +13,7 @@ from harness.profile import MODEL_FACT_FIELDS  # the model's own facts: top-leve
 TOP_KEYS = {"model": str, "checkpoint": str, "profile": str, "task": str, "labels": str, "input_shape": str,
             "inputs": dict, "postprocess": str,
             "calibration": str, "dataset": str, "limit": int, "batch_size": int, "threads": int, "profiles": list,
-            "thresholds": dict}
+            "thresholds": dict, "tokenizer": str}
 THRESHOLDS = {
     "max_metric_drop": "largest allowed drop of the primary metric (top1 or mAP), as a fraction: 0.01 = 1 point",
     "min_top1_agreement": "smallest allowed share of samples whose prediction matches the reference",
@@ -202,13 +202,14 @@ def _model_request(path: Path, text: str, data: dict, allow_code: bool) -> Model
     problem placed at its key."""
     from harness.errors import HarnessError
 
-    files = {key: Path(data[key]) if key in data else None for key in ("checkpoint", "profile", "labels")}
+    files = {key: Path(data[key]) if key in data else None for key in ("checkpoint", "profile", "labels", "tokenizer")}
     import json
 
     inputs = tuple(f"{name}={value if isinstance(value, str) else json.dumps(value)}"
                    for name, value in data.get("inputs", {}).items())  # as --input NAME=VALUE
     request = ModelRequest(data.get("model"), files["checkpoint"], files["profile"], allow_code,
-                           data.get("input_shape"), data.get("task"), files["labels"], inputs, data.get("postprocess"))
+                           data.get("input_shape"), data.get("task"), files["labels"], inputs, data.get("postprocess"),
+                           files["tokenizer"])
     if files["checkpoint"] is not None and not files["checkpoint"].is_file():
         raise _fail(path, text, "checkpoint", f"{files['checkpoint']}: checkpoint file not found")
     for key, check in request.checks():

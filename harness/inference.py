@@ -8,7 +8,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from harness.placement import Placement
-from harness.preprocess import normalize
 from harness.profile import Profile
 
 GRAPH_BASELINE = (("baseline", True),)  # the model-stage baseline: unrewritten graph, same path as rewrites
@@ -46,7 +45,7 @@ class ModelStage:
         self.sessions: dict = {}
         self.warmup = False
         self.batch_ms: dict[ModelConfig, list[float]] = {}
-        self.first_batches: dict[ModelConfig, np.ndarray] = {}   # with `warmup`: what time_alone runs
+        self.first_batches: dict[ModelConfig, dict] = {}   # with `warmup`: what time_alone runs
         self.drop()
 
     def drop(self) -> None:
@@ -83,21 +82,21 @@ class ModelStage:
             session = self.session(config)
             times = self.batch_ms.setdefault(config, [])
             parts: dict[str, list] = {}
-            for start in range(0, len(inputs.ids), self.batch_size):
-                tensor = normalize(inputs.pixels[start:start + self.batch_size], profile)
-                ids = inputs.ids[start:start + self.batch_size]
-                infer = (lambda: session.run_ids(ids)) if session.uses_sample_ids else \
-                    (lambda: session.run({session.input_names[0]: tensor}))
+            step = min(self.batch_size, inputs.batch_limit or self.batch_size)
+            for start in range(0, len(inputs.ids), step):
+                feeds = inputs.feeds(start, start + step, profile, session.input_names)
+                ids = inputs.ids[start:start + step]
+                infer = (lambda: session.run_ids(ids)) if session.uses_sample_ids else (lambda: session.run(feeds))
                 if self.warmup and not times:
                     infer()
                     if not session.uses_sample_ids:
-                        self.first_batches.setdefault(config, tensor)
+                        self.first_batches.setdefault(config, feeds)
                 started = time.perf_counter()
                 outputs = infer()
                 times.append((time.perf_counter() - started) * 1000)
                 for name, value in outputs.items():
                     parts.setdefault(name, []).append(value)
-                self.counters["inferences"] += len(tensor)
+                self.counters["inferences"] += len(ids)
             self.outputs[key] = {name: np.concatenate(values) for name, values in parts.items()}
             self.shapes[key] = {name: list(value.shape[1:]) for name, value in self.outputs[key].items()}
             self.evict(keep=key)
@@ -107,11 +106,10 @@ class ModelStage:
         """ms per batch of `config` run alone: its first batch of the pass, one warm-up run, then `runs`
         timed runs. In the pass, configurations take turns batch by batch, each evicting the others' caches
         and warm threads, which slowed each by its own factor (1.6x to 2.3x measured on ResNet-50)."""
-        tensor = self.first_batches.get(config)
-        if tensor is None:
+        feeds = self.first_batches.get(config)
+        if feeds is None:
             return self.batch_ms.get(config, [])
         session = self.session(config)
-        feeds = {session.input_names[0]: tensor}
         session.run(feeds)
         times = []
         for _ in range(runs):

@@ -139,4 +139,64 @@ def _timm_labels(subset: str | None) -> tuple[str, ...]:
     return ()
 
 
-LIBRARIES = {"torchvision": torchvision_spec, "timm": timm_spec}
+def transformers_spec(location: str, checkpoint: Path | None) -> ModelSpec:
+    """A Hugging Face sequence classifier from a local folder in save_pretrained's layout (config.json, and
+    model.safetensors for trained weights; no weights: built from the config with the fixed seed), with the
+    tokeniser saved beside it (or --tokenizer). Its reference truncation is the tokeniser's model_max_length,
+    capped by the position table. Weights are read from safetensors only (a pytorch_model.bin is a pickle)."""
+    import json
+    import os
+
+    from harness.errors import InputError
+    from harness.tasks import TEXT_CLASSIFY
+
+    folder = Path(location).resolve()
+    if not (folder / "config.json").is_file():
+        raise InputError(f"{location}: not a transformers model folder (save_pretrained's layout: config.json, "
+                         "with model.safetensors for trained weights)")
+    if (folder / "pytorch_model.bin").is_file() and not (folder / "model.safetensors").is_file():
+        raise InputError(f"{location}: weights only in pytorch_model.bin, a pickle the harness never loads; save "
+                         "them with save_pretrained(safe_serialization=True)")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import inspect
+
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
+    try:
+        model_class = AutoModelForSequenceClassification._model_mapping[type(config)]
+    except KeyError:
+        raise UsageError(f"{location}: a {config.model_type} model has no sequence-classification class in "
+                         "transformers; the harness takes text classifiers so far") from None
+    from harness.models.text import TEXT_INPUTS, logits_module
+
+    names = TEXT_INPUTS if "token_type_ids" in inspect.signature(model_class.forward).parameters else TEXT_INPUTS[:2]
+    trained = (folder / "model.safetensors").is_file() or checkpoint is not None
+    seed = None if trained else RANDOM_WEIGHTS_SEED
+
+    def build():
+        if (folder / "model.safetensors").is_file():
+            model = model_class.from_pretrained(str(folder), local_files_only=True, use_safetensors=True)
+        else:
+            model = _seeded(lambda: model_class(config), seed)
+        if checkpoint is not None:  # the transformers model's own state_dict (its keys, not the wrapper's)
+            import torch
+
+            state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+            model.load_state_dict(state.get("state_dict", state))
+        return logits_module(model, names)
+
+    settings = folder / "tokenizer_config.json"
+    limit = json.loads(settings.read_text()).get("model_max_length") if settings.is_file() else None
+    positions = getattr(config, "max_position_embeddings", None) or 512
+    labels = tuple(config.id2label[k] for k in sorted(config.id2label)) if config.id2label and not \
+        all(str(name).startswith("LABEL_") for name in config.id2label.values()) else ()
+    return ModelSpec(name=f"transformers:{folder.name}", task=TEXT_CLASSIFY,
+                     profile=Profile(labels=labels, max_length=min(int(limit or positions), positions)),
+                     labels=labels, build=build,
+                     source=f"transformers:{location}" + (f" with checkpoint {checkpoint}" if checkpoint else ""),
+                     summary=f"transformers {model_class.__name__}", random_seed=seed, text_inputs=names,
+                     tokenizer=folder if settings.is_file() else None)
+
+
+LIBRARIES = {"torchvision": torchvision_spec, "timm": timm_spec, "transformers": transformers_spec}

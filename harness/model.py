@@ -18,7 +18,7 @@ from harness.errors import InputError, UnknownName, UsageError
 from harness.heads import user_head
 from harness.onnx_inputs import parse_input_options
 from harness.profile import Profile, load_profile
-from harness.tasks import CLASSIFY, DETECT, get_task
+from harness.tasks import CLASSIFY, DETECT, TEXT_CLASSIFY, get_task
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,12 @@ class ModelSpec:
     random_seed: int | None = None              # a library model without a checkpoint: built from this seed
     bound_inputs: tuple = ()                    # an .onnx file's non-image inputs and their constants
     fixed_batch: int | None = None              # an .onnx file's fixed image batch (run that many at a time)
+    text_inputs: tuple[str, ...] = ()           # a text model's int64 [batch, sequence] inputs, in call order
+    tokenizer: Path | None = None               # a text model's tokeniser folder (save_pretrained's layout)
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return self.text_inputs or (self.input_name,)
 
     @property
     def weights_source(self) -> str:
@@ -101,7 +107,7 @@ def names_code(model: str | None) -> bool:
     return bool(model) and ":" in model and not model.startswith(LIBRARY_SOURCES) and not model.endswith(".onnx")
 
 
-LIBRARY_SOURCES = ("torchvision:", "timm:")  # MODEL prefixes naming a library's model, never user code
+LIBRARY_SOURCES = ("torchvision:", "timm:", "transformers:")  # MODEL prefixes naming a library's model, never user code
 
 
 def _zoo_spec(name: str) -> ModelSpec:
@@ -145,7 +151,7 @@ def _onnx_spec(path: Path, input_size: int | None, declared: dict) -> tuple[Mode
     image's dynamic height/width dimensions that were not given."""
     import onnx
 
-    from harness.onnx_inputs import resolve_graph_inputs
+    from harness.onnx_inputs import resolve_graph_inputs, text_graph_inputs
 
     if not path.is_file():
         raise InputError(f"{path}: ONNX file not found")
@@ -155,6 +161,11 @@ def _onnx_spec(path: Path, input_size: int | None, declared: dict) -> tuple[Mode
     except Exception as err:  # onnx raises DecodeError, ValidationError, OSError...
         raise InputError(f"{path}: not a valid ONNX model ({type(err).__name__}: {str(err).splitlines()[0]})") \
             from None
+    text = text_graph_inputs(path, proto)
+    if text:
+        return ModelSpec(name=path.stem, task=TEXT_CLASSIFY, profile=Profile(), onnx=path.resolve(),
+                         input_name=text[0], output_names=tuple(o.name for o in proto.graph.output),
+                         source=str(path), summary=f"ONNX text model {path.name}", text_inputs=text), ()
     inputs = resolve_graph_inputs(path, proto, declared, input_size)
     size = inputs.input_size or Profile().input_size
     return ModelSpec(name=path.stem, task=CLASSIFY, profile=Profile(input_size=size), onnx=path.resolve(),
@@ -177,6 +188,7 @@ class ModelRequest:
     labels: Path | None = None
     inputs: tuple[str, ...] = ()                # --input NAME=VALUE, each (harness.onnx_inputs)
     postprocess: str | None = None              # --postprocess package.module:function (harness.heads.UserHead)
+    tokenizer: Path | None = None               # --tokenizer FOLDER: a text model's tokeniser
 
     @property
     def title(self) -> str:
@@ -195,7 +207,8 @@ class ModelRequest:
                  ("task", self.task, lambda: get_task(self.task)),
                  ("labels", self.labels, lambda: read_labels(self.labels)),
                  ("inputs", self.inputs or None, self._check_inputs),
-                 ("postprocess", self.postprocess, lambda: user_head(self.postprocess, ()))]
+                 ("postprocess", self.postprocess, lambda: user_head(self.postprocess, ())),
+                 ("tokenizer", self.tokenizer, self._check_tokenizer)]
         return [(name, check) for name, value, check in given if value is not None]
 
     def _check_inputs(self) -> None:
@@ -206,9 +219,14 @@ class ModelRequest:
             size = parse_input_shape(self.input_shape) if self.input_shape else None
             _onnx_spec(Path(self.model), size, {**from_profile, **declared})
 
+    def _check_tokenizer(self) -> None:
+        from harness.tokenization import load_tokenizer
+
+        load_tokenizer(str(self.tokenizer), "fast", None, None)
+
     def resolve(self) -> ModelSpec:
         return resolve_model(self.model, self.checkpoint, self.profile, self.task, self.allow_code, self.input_shape,
-                             self.labels, self.inputs, self.postprocess)
+                             self.labels, self.inputs, self.postprocess, self.tokenizer)
 
 
 def with_user_postprocessing(spec: ModelSpec, function: str, task: str | None) -> ModelSpec:
@@ -260,7 +278,7 @@ def _head_of(head: dict, spec: ModelSpec, source: Path) -> dict:
 def resolve_model(name: str | None, checkpoint: Path | None = None, profile_path: Path | None = None,
                   task: str | None = None, allow_code: bool = False, input_shape: str | None = None,
                   labels_path: Path | None = None, inputs: tuple[str, ...] = (),
-                  postprocess: str | None = None) -> ModelSpec:
+                  postprocess: str | None = None, tokenizer: Path | None = None) -> ModelSpec:
     """MODEL string (+ options) -> ModelSpec. None means the zoo's default classifier. `name` comes from the
     command line (a factory there is the user's own choice); `allow_code` lets the profile file name code.
     The task is `task`, else the profile file's, else the source's; the labels `labels_path`'s, else the
@@ -298,6 +316,11 @@ def resolve_model(name: str | None, checkpoint: Path | None = None, profile_path
         spec = replace(spec, task=get_task(task).name)
     if labels_path is not None:
         spec = replace(spec, labels=read_labels(labels_path))
+    if tokenizer is not None:
+        spec = replace(spec, tokenizer=Path(tokenizer).resolve())
+    if spec.text_inputs and spec.tokenizer is None:
+        raise UsageError(f"{name}: a text model (inputs {', '.join(spec.text_inputs)}) needs its tokeniser: "
+                         "--tokenizer FOLDER (save_pretrained's layout)")
     if postprocess is not None:
         spec = with_user_postprocessing(spec, postprocess, task)
     if spec.task == DETECT:

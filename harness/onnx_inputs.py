@@ -121,6 +121,32 @@ def _show(dims: list) -> str:
     return "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
 
 
+# a transformer's inputs as Hugging Face names them; position_ids, when the graph takes them, are fed 0..L-1
+# per row (what transformers computes when it is given none)
+TEXT_INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
+
+
+def text_graph_inputs(path: Path, proto) -> tuple[str, ...]:
+    """The inputs of a text model's graph, in graph order (input_ids and its companions, integer typed), or
+    () for a graph without input_ids; one line naming any input a tokeniser cannot feed."""
+    from onnx import TensorProto
+
+    initializers = {i.name for i in proto.graph.initializer}
+    inputs = [i for i in proto.graph.input if i.name not in initializers]
+    if "input_ids" not in {i.name for i in inputs}:
+        return ()
+    for info in inputs:
+        if info.name not in TEXT_INPUT_NAMES:
+            raise InputError(f"{path}: input {info.name!r} is none of a text model's "
+                             f"({', '.join(TEXT_INPUT_NAMES)}), which a tokeniser feeds")
+        if info.type.tensor_type.elem_type not in (TensorProto.INT64, TensorProto.INT32):
+            raise InputError(f"{path}: text input {info.name!r} is not an integer tensor")
+        if info.type.tensor_type.elem_type == TensorProto.INT32:
+            raise InputError(f"{path}: text input {info.name!r} is int32; the harness feeds int64 token ids "
+                             "(re-export with int64 inputs, as transformers' exporters do)")
+    return tuple(i.name for i in inputs)
+
+
 def resolve_graph_inputs(path: Path, proto, declared: dict, input_size: int | None) -> GraphInputs:
     """The graph's inputs against the declarations: one line naming the input and dimension otherwise."""
     from onnx import helper

@@ -23,7 +23,7 @@ from harness.inference import ModelConfig, ModelStage
 from harness.noise.journal import ChunkJournal, Piece
 from harness.noise.stats import MAP_ROUNDS
 from harness.profile import Profile
-from harness.stages import Preprocessor, resize_key
+from harness.stages import resize_key
 from harness.tasks import Evaluation, get_task
 
 
@@ -151,7 +151,7 @@ class StagedPipeline:
         self.bootstrap_scope = bootstrap_scope
         self.by_id = {s.id: s for s in dataset.samples}
         self.counters = {"decodes": 0, "resizes": 0, "inferences": 0, "distinct_inputs": 0}
-        self.stages = Preprocessor(dataset, self.counters)
+        self.stages = self.task.preprocessor(dataset, self.counters, exported.spec)
         self.models = ModelStage(exported, batch_size, threads, calibration, self.counters)
         self.evaluated: dict[tuple, Evaluated] = {}
         self.broken: dict[tuple, Exception] = {}

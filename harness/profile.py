@@ -44,6 +44,16 @@ class Profile:
     box_padding: float = 1.25       # topdown: the box's side is scaled by this before the crop
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    # pre-processing (text: harness.tokenization): the tokeniser implementation, a Unicode normal form applied
+    # first, its own case and accent folding (None: the tokeniser folder's config), truncation and padding
+    tokenizer: str = "fast"
+    unicode: str = "none"
+    lowercase: bool | None = None
+    strip_accents: bool | None = None
+    max_length: int = 64
+    truncation_side: str = "right"
+    padding_side: str = "right"
+    padding: str = "longest"
     # model inference
     backend: str = "torch"
     device: str = "cpu"
@@ -108,7 +118,8 @@ class Profile:
 
 STAGE_FIELDS = {
     "pre": ("decoder", "resize", "color", "color_at", "geometry", "input_size", "resize_size", "crop_convention",
-            "box_padding", "mean", "std"),
+            "box_padding", "mean", "std", "tokenizer", "unicode", "lowercase", "strip_accents", "max_length",
+            "truncation_side", "padding_side", "padding"),
     "model": ("backend", "device", "precision"),
     "post": ("nms", "box_decode", "score_threshold", "iou_threshold", "max_detections", "points", "mask_resize",
              "mask_paste", "mask_threshold", "keypoint_decode"),
@@ -132,6 +143,9 @@ class FieldError(UsageError):
 REGISTRY_FIELDS = {"decoder": ("preprocess", "DECODERS"), "resize": ("preprocess", "RESIZERS"),
                    "color": ("preprocess", "COLORS"), "nms": ("postprocess", "NMS")}
 MAX_INPUT_SIZE = 8192
+# the text fields naming one of a fixed set (harness.tokenization's tuple of that name)
+TEXT_CHOICES = {"tokenizer": "IMPLEMENTATIONS", "unicode": "UNICODE_FORMS", "truncation_side": "SIDES",
+                "padding_side": "SIDES", "padding": "PADDINGS"}
 
 
 def _registry(key: str) -> dict:
@@ -175,6 +189,12 @@ def checked_field(key: str, value, allow_code: bool = False):
         return _model_fact(key, value)
     if key in ("input_size", "max_detections"):
         return _number(key, value, int, 1, MAX_INPUT_SIZE if key == "input_size" else 100000)
+    if key in ("lowercase", "strip_accents"):
+        if value is not None and not isinstance(value, bool):
+            raise FieldError(key, f"expected true or false, got {type(value).__name__} {value!r}")
+        return value
+    if key == "max_length":
+        return _number(key, value, int, 2, MAX_INPUT_SIZE)
     if key == "resize_size":
         return None if value is None else _number(key, value, int, 1, MAX_INPUT_SIZE)
     if key in ("score_threshold", "iou_threshold", "mask_threshold"):
@@ -204,6 +224,12 @@ def checked_field(key: str, value, allow_code: bool = False):
 
         if value not in PRECISIONS:
             raise FieldError(key, f"{value!r} is not one of {', '.join(PRECISIONS)}")
+    elif key in TEXT_CHOICES:
+        from harness import tokenization
+
+        allowed = getattr(tokenization, TEXT_CHOICES[key])
+        if value not in allowed:
+            raise FieldError(key, f"{value!r} is not one of {', '.join(allowed)}")
     elif key == "box_decode":
         from harness.postprocess import BOX_DECODES
 

@@ -8,7 +8,7 @@ Failures stay local: a sample that cannot be read is counted and skipped.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator
 
 import numpy as np
@@ -23,9 +23,18 @@ from harness.stages import Preprocessor, read_failure
 @dataclass
 class Batch:
     samples: list[Sample]
-    tensor: np.ndarray                 # float32[N, 3, S, S]
+    tensor: np.ndarray                 # float32[N, 3, S, S] (a text batch: its input_ids)
     geometries: list[Geometry]
     positions: list[int]               # of the samples in the dataset
+    feeds: dict = field(default_factory=dict)  # a text batch's named inputs (token ids, mask), padded
+
+    def named(self, input_names) -> dict[str, np.ndarray]:
+        """The model's inputs by name: a text batch's feeds, or the image tensor as the first input."""
+        return self.feeds or {input_names[0]: self.tensor}
+
+    def sliced(self, start: int, stop: int) -> "Batch":
+        return Batch(self.samples[start:stop], self.tensor[start:stop], self.geometries[start:stop],
+                     self.positions[start:stop], {name: value[start:stop] for name, value in self.feeds.items()})
 
 
 @dataclass
@@ -46,6 +55,8 @@ def require_readable(dataset: Dataset, profile: Profile) -> None:
 
     if not dataset.samples:
         raise InputError(f"{dataset.root}: the dataset holds no samples")
+    if dataset.samples[0].text is not None:  # a text set: its loader has read every sample
+        return
     first = None
     for sample in dataset.samples:
         try:
@@ -58,14 +69,18 @@ def require_readable(dataset: Dataset, profile: Profile) -> None:
 
 
 def iter_batches(dataset: Dataset, profile: Profile, batch_size: int, failures: list[FailedSample],
-                 positions: range | None = None) -> Iterator[Batch]:
+                 positions: range | None = None, spec=None) -> Iterator[Batch]:
     """Pre-processed batches through the pre-processing stages every run uses (harness.stages): one per run
     of `batch_size` dataset positions (of `positions`, which starts at a multiple of `batch_size`; default:
     all), holding its readable samples. Unreadable samples go to `failures` and are left out, so their
     batch is short: batch k holds positions k*b to (k+1)*b - 1 whatever came before, as in the staged
-    pipeline's chunks, and a data-parallel shard of whole batches meets the batches one pass meets."""
-    stages = Preprocessor(dataset)
+    pipeline's chunks, and a data-parallel shard of whole batches meets the batches one pass meets.
+    `spec`: a text model's (its tokeniser and inputs); its batches carry their padded feeds."""
     positions = range(len(dataset.samples)) if positions is None else positions
+    if spec is not None and spec.text_inputs:
+        yield from _text_batches(dataset, profile, spec, batch_size, failures, positions)
+        return
+    stages = Preprocessor(dataset)
     for start in range(positions.start, positions.stop, batch_size):
         pending = []
         for position in range(start, min(start + batch_size, positions.stop)):
@@ -79,6 +94,26 @@ def iter_batches(dataset: Dataset, profile: Profile, batch_size: int, failures: 
                 pending.append((sample, *found, position))
         if pending:
             yield _collate(pending, profile)
+
+
+def _text_batches(dataset: Dataset, profile: Profile, spec, batch_size: int, failures: list[FailedSample],
+                  positions: range) -> Iterator[Batch]:
+    from harness.stages import TextPreprocessor
+
+    stages = TextPreprocessor(dataset, None, spec.tokenizer)
+    for start in range(positions.start, positions.stop, batch_size):
+        window = list(range(start, min(start + batch_size, positions.stop)))
+        inputs = stages.stack([dataset.samples[p] for p in window], profile)
+        for sample_id, (_, err) in stages.failures.items():
+            failures.append(FailedSample(sample_id, sample_id, read_failure(err)))
+        stages.failures.clear()
+        if inputs is None:
+            continue
+        kept = set(inputs.ids)
+        loaded = [p for p in window if dataset.samples[p].id in kept]
+        feeds = inputs.feeds(0, len(loaded), profile, spec.input_names)
+        yield Batch([dataset.samples[p] for p in loaded], feeds[spec.input_names[0]], [None] * len(loaded), loaded,
+                    feeds)
 
 
 def _collate(items, profile: Profile) -> Batch:

@@ -10,7 +10,7 @@ memory is bounded by the samples a caller holds at once; `drop()` empties them b
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -29,6 +29,34 @@ class Inputs:
     pixels: np.ndarray
     geometries: list[Geometry]
     digest: str
+    batch_limit: int | None = None  # at most this many samples a model run (None: the caller's batch size)
+
+    def feeds(self, start: int, stop: int, profile: Profile, input_names) -> dict[str, np.ndarray]:
+        """The model's named inputs for samples [start, stop): the pixels normalised as `profile` says."""
+        from harness.preprocess import normalize
+
+        return {input_names[0]: normalize(self.pixels[start:stop], profile)}
+
+
+@dataclass
+class TextInputs(Inputs):
+    """A tokeniser profile applied to a run of texts: each sample's token ids, unpadded (`pixels` holds
+    nothing); a model run pads its batch as the profile says."""
+
+    rows: list = field(default_factory=list)
+    tokenizer: object = None  # the model's tokeniser folder
+
+    def feeds(self, start, stop, profile, input_names):
+        from harness.tokenization import padded
+
+        batch = padded(self.rows[start:stop], self.tokenizer, profile)
+        if "position_ids" in input_names:  # transformers' own default when a model is given none
+            batch["position_ids"] = np.broadcast_to(np.arange(batch["input_ids"].shape[1]),
+                                                    batch["input_ids"].shape).copy()
+        missing = [name for name in input_names if name not in batch]
+        if missing:
+            raise SampleError(f"the tokeniser makes {', '.join(batch)}; the model also takes {', '.join(missing)}")
+        return {name: batch[name] for name in input_names}
 
 
 def resize_key(profile: Profile) -> tuple:
@@ -119,4 +147,41 @@ class Preprocessor:
             stacked = np.stack([found[0] for _, found in loaded])
             digest = hashlib.sha256(stacked.tobytes() + "|".join(ids).encode()).hexdigest()
             self._inputs = key, Inputs(ids, stacked, [found[1] for _, found in loaded], digest)
+        return self._inputs[1]
+
+
+class TextPreprocessor:
+    """The pre-processing stage of a text dataset: the model's tokeniser under a profile's text fields
+    (harness.tokenization). The same interface as Preprocessor: `stack`, `failures`, `drop`."""
+
+    def __init__(self, dataset, counters: dict | None, tokenizer):
+        self.dataset, self.tokenizer = dataset, tokenizer
+        self.failures: dict[str, tuple[str, BaseException]] = {}
+        self.counters = counters if counters is not None else {}
+        self.counters.update(tokenizations=0)
+        self.drop()
+
+    def drop(self) -> None:
+        self._inputs: tuple | None = None
+
+    def stack(self, samples, profile: Profile) -> Inputs | None:
+        from harness.tokenization import tokenized
+
+        key = (profile.stage_key("pre"), tuple(s.id for s in samples))
+        if self._inputs is None or self._inputs[0] != key:
+            texts = [s for s in samples if s.text is not None]
+            for sample in samples:
+                if sample.text is None:
+                    self.failures.setdefault(sample.id, (profile.tokenizer, SampleError("no text")))
+            if not texts:
+                return None
+            rows = tokenized([s.text for s in texts], self.tokenizer, profile)
+            self.counters["tokenizations"] += len(rows)
+            ids = [s.id for s in texts]
+            # the rows are unpadded: how a batch pads them is part of what the model sees
+            padding = (profile.padding, profile.padding_side, profile.max_length)
+            digest = hashlib.sha256(repr((ids, padding, [sorted(row.items()) for row in rows])).encode()).hexdigest()
+            self._inputs = key, TextInputs(ids, np.zeros((len(ids), 0), np.uint8), [None] * len(ids), digest,
+                                           batch_limit=1 if profile.padding == "single" else None, rows=rows,
+                                           tokenizer=self.tokenizer)
         return self._inputs[1]

@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Callable
 
 from harness.data.synthetic import CLASSES, FLIP_PAIRS, KEYPOINTS as JOINTS
+from harness.data.text import SENTIMENT_CLASSES
 from harness.profile import Profile
-from harness.tasks import CLASSIFY, DETECT, INSTANCES, KEYPOINTS, SEGMENT
+from harness.tasks import CLASSIFY, DETECT, INSTANCES, KEYPOINTS, SEGMENT, TEXT_CLASSIFY
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 ZOO: dict[str, Callable] = {}
@@ -107,3 +108,19 @@ def yolact_tiny():
                  "bilinear) and per-point mask coefficients, raw maps out, 128x128 input",
                  stated={"mask_map": 0.3149, "mask_ap50": 0.5621, "mask_ap75": 0.2998},
                  outputs=OUTPUT_NAMES, head=HEAD)
+
+
+# The text classifier's training system: its own WordPiece folder through transformers' fast tokeniser, BERT's
+# lower-casing and accent stripping, right truncation at 64 tokens, right padding to the batch's longest
+TEXT_PROFILE = Profile(labels=SENTIMENT_CLASSES, max_length=64)
+
+
+@register_model
+def bert_tiny():
+    from harness.models.text import TEXT_INPUTS, bert_classifier
+
+    folder = WEIGHTS_DIR / "bert_tiny"
+    return _spec("bert_tiny", TEXT_CLASSIFY, lambda: bert_classifier(folder, len(SENTIMENT_CLASSES)), TEXT_PROFILE,
+                 "BERT (transformers BertForSequenceClassification): 2 post-LayerNorm encoder layers 64 wide, 2 heads, "
+                 "WordPiece vocabulary of its own, learned absolute positions, 64 tokens",
+                 text_inputs=TEXT_INPUTS, tokenizer=folder, stated={"top1": 0.974})

@@ -328,7 +328,11 @@ def reproduce(name: str, out: Path | None = None, log=print) -> Path:
     """Trains zoo model `name` by its recipe and writes its weights (default: the shipped file)."""
     from harness.model import resolve_model
 
+    from harness.models.train_text import TEXT_RECIPES, reproduce_text
+
     spec = resolve_model(name)
+    if name in TEXT_RECIPES:
+        return reproduce_text(spec, out, log)
     model = train(spec, RECIPES[name], log=log)
     path = out or spec.weights
     save(model, path)

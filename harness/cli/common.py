@@ -19,8 +19,8 @@ CheckpointOpt = Annotated[Optional[Path], typer.Option("--checkpoint", help="sta
 ProfileOpt = Annotated[Optional[Path], typer.Option(
     "--profile", help="TOML with the model's training profile (decoder, resize, input_size, mean, std, ...).")]
 DatasetOpt = Annotated[Optional[Path], typer.Option(
-    "--dataset", help="Class folder, COCO json (or folder with instances.json), or a folder of unlabelled "
-                      "images. Default: the embedded benchmark.")]
+    "--dataset", help="Class folder, COCO json (or folder with instances.json), a folder of unlabelled "
+                      "images, or texts in JSON lines (.jsonl). Default: the embedded benchmark.")]
 JsonOpt = Annotated[Optional[str], typer.Option("--json", help="Write the JSON report here ('-' for stdout).")]
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", min=1, help="Threads per backend.")]
 LimitOpt = Annotated[Optional[int], typer.Option("--limit", min=1, help="Use the first N samples.")]
@@ -36,6 +36,9 @@ TaskOpt = Annotated[Optional[str], typer.Option(
 LabelsOpt = Annotated[Optional[Path], typer.Option(
     "--labels", help="The model's class names in class-index order, one per line (or a .json list); a dataset's "
                      "class folders are matched against them.")]
+TokenizerOpt = Annotated[Optional[Path], typer.Option(
+    "--tokenizer", help="A text model's tokeniser folder (save_pretrained's layout: tokenizer_config.json with "
+                        "vocab.txt or tokenizer.json): the reference pre-processing of an .onnx text model.")]
 InputShapeOpt = Annotated[Optional[str], typer.Option(
     "--input-shape", help="The model input's size for an .onnx file with dynamic height/width: S, HxW or "
                           "NxCxHxW (square). Default: the file's fixed size, else the profile's (224).")]

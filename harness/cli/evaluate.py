@@ -10,7 +10,7 @@ import typer
 from harness.cli.app import app
 from harness.cli.common import (AllowCodeOpt, BatchSizeOpt, CalibrationOpt, CellTimeoutOpt, CheckpointOpt,
                                 DatasetOpt, ExecutorOpt, HtmlOpt, InputOpt, InputShapeOpt, PostprocessOpt, JsonOpt, LimitOpt, MemoryBudgetOpt,
-                                LabelsOpt, ModelArg, ProfileOpt, TaskOpt, ThreadsOpt, WorkersOpt, checked_inputs, console_for, parse_size,
+                                LabelsOpt, TokenizerOpt, ModelArg, ProfileOpt, TaskOpt, ThreadsOpt, WorkersOpt, checked_inputs, console_for, parse_size,
                                 print_data_notes, run_with_progress, threads_per_worker, write_reports)
 from harness.errors import InputError, UsageError
 from harness.model import ModelRequest
@@ -36,6 +36,7 @@ def compare(
     postprocess: PostprocessOpt = None,
     task: TaskOpt = None,
     labels: LabelsOpt = None,
+    tokenizer: TokenizerOpt = None,
     calibration: CalibrationOpt = None,
     candidate_outputs: Annotated[Optional[Path], typer.Option(
         "--candidate-outputs", help="Outputs recorded on a target from `harness export-inputs` (.npz with "
@@ -58,7 +59,7 @@ def compare(
 
     console = console_for(json_path)
     request = ModelRequest(model, checkpoint, profile, allow_code, input_shape, task, labels, tuple(inputs or ()),
-                           postprocess)
+                           postprocess, tokenizer)
     checked_inputs(request, dataset)  # before the worker: fail fast
     if candidate_outputs is not None and not candidate_outputs.is_file():
         raise InputError(f"{candidate_outputs}: recorded outputs file not found")
@@ -139,6 +140,7 @@ def drift(
     postprocess: PostprocessOpt = None,
     task: TaskOpt = None,
     labels: LabelsOpt = None,
+    tokenizer: TokenizerOpt = None,
     calibration: CalibrationOpt = None,
     artifact: Annotated[Optional[Path], typer.Option(
         "--artifact", help="The deployed file the candidate runs (e.g. a QDQ .onnx made elsewhere).")] = None,
@@ -155,7 +157,7 @@ def drift(
     from harness.report.drift import drift_summary, drift_table, introducers_table
 
     request = ModelRequest(model, checkpoint, profile, allow_code, input_shape, task, labels, tuple(inputs or ()),
-                           postprocess)
+                           postprocess, tokenizer)
     checked_inputs(request, dataset)  # before the worker: fail fast
     console = console_for(json_path)
     parse_target(backend)

@@ -10,7 +10,7 @@ from rich.console import Console
 
 from harness.cli.app import app
 from harness.cli.common import (AllowCodeOpt, CellTimeoutOpt, CheckpointOpt, DatasetOpt, InputOpt, InputShapeOpt, PostprocessOpt, JsonOpt, LimitOpt, ModelArg,
-                                LabelsOpt, ProfileOpt, TaskOpt, checked_inputs, console_for)
+                                LabelsOpt, TokenizerOpt, ProfileOpt, TaskOpt, checked_inputs, console_for)
 from harness.model import ModelRequest
 
 
@@ -28,6 +28,7 @@ def export_inputs(
     postprocess: PostprocessOpt = None,
     task: TaskOpt = None,
     labels: LabelsOpt = None,
+    tokenizer: TokenizerOpt = None,
 ) -> None:
     """Write the exact pre-processed inputs (with sample ids) for a target that cannot host the harness."""
     from harness.data import embedded_benchmark
@@ -36,7 +37,7 @@ def export_inputs(
     from harness.run import iter_batches, require_readable
 
     request = ModelRequest(model, checkpoint, profile, allow_code, input_shape, task, labels, tuple(inputs or ()),
-                           postprocess)
+                           postprocess, tokenizer)
     user_data = checked_inputs(request, dataset)  # before the model: fail fast
     spec = request.resolve()
     data = (user_data if user_data is not None else embedded_benchmark(spec.task)).limit(limit)

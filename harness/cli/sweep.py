@@ -11,7 +11,7 @@ from rich.markup import escape
 from harness.cli.app import app
 from harness.cli.common import (AllowCodeOpt, BatchSizeOpt, CalibrationOpt, CellTimeoutOpt, CheckpointOpt,
                                 DatasetOpt, ExecutorOpt, HtmlOpt, InputOpt, InputShapeOpt, PostprocessOpt, JsonOpt, LimitOpt, ModelArg,
-                                LabelsOpt, ProfileOpt, TaskOpt, ThreadsOpt, WorkersOpt, checked_inputs, console_for, print_data_notes,
+                                LabelsOpt, TokenizerOpt, ProfileOpt, TaskOpt, ThreadsOpt, WorkersOpt, checked_inputs, console_for, print_data_notes,
                                 run_with_progress, threads_per_worker, write_reports)
 from harness.model import ModelRequest
 
@@ -39,6 +39,7 @@ def sysnoise(
     postprocess: PostprocessOpt = None,
     task: TaskOpt = None,
     labels: LabelsOpt = None,
+    tokenizer: TokenizerOpt = None,
     calibration: CalibrationOpt = None,
     variant: Annotated[Optional[list[str]], typer.Option(
         "--variant", help="Your own variant: AXIS=package.module:function (decoder, resize, color or nms); "
@@ -73,7 +74,7 @@ def sysnoise(
     from harness.noise.runner import SweepSettings
 
     request = ModelRequest(model, checkpoint, profile, allow_code, input_shape, task, labels, tuple(inputs or ()),
-                           postprocess)
+                           postprocess, tokenizer)
     checked_inputs(request, dataset)  # before the worker: fail fast
     console = console_for(json_path)
     graph_backend = get_backend(backend).name
@@ -103,7 +104,9 @@ def _print_axes(console, spec, graph_backend: str) -> None:
         names = ", ".join(v.name for v in axis.variants(spec, graph_backend))
         missing = unavailable(axis.name, spec)
         names += f"{'; ' if names else ''}unavailable here: {missing}" if missing else ""
-        console.print(f"[bold]{axis.name}[/] ({axis.stage}): {axis.description}\n  {escape(names)}", highlight=False)
+        tasks = ", ".join(axis.applies_to()) or "none"
+        console.print(f"[bold]{axis.name}[/] ({axis.stage}): {axis.description}\n  {escape(names)}\n  acts on: {tasks}",
+                      highlight=False)
 
 
 def _bootstrap_rounds(rounds: int | None, seconds: float | None) -> int | None:

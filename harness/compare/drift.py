@@ -158,17 +158,18 @@ def run_drift(exported, backend, candidate, batches, thresholds: Thresholds, tap
         for row in rows:
             row.unit_reason = f"{candidate.backend} runs no ONNX graph: ops cannot be run alone on it"
     taps = _TapCheck(candidate, names, deployed, tap_method, thresholds)
-    input_name = exported.input_name
+    input_names = exported.input_names
     working(REFERENCE_WORK)
-    batches, tapped_run = _within_budget(batches, first_batch, reference, names, input_name, memory_budget)
+    batches, tapped_run = _within_budget(batches, first_batch, reference, names, input_names, memory_budget)
     if first_batch is not None:
-        ref = reference.run({input_name: first_batch.tensor[:tapped_run["samples"]]}, taps=names)
+        first = first_batch.sliced(0, tapped_run["samples"] or len(first_batch.positions)).named(input_names)
+        ref = reference.run(first, taps=names)
         working(label)
-        taps.check({input_name: first_batch.tensor[:tapped_run["samples"]]}, ref)
+        taps.check(first, ref)
     seen, unit_seen, probe = 0, 0, {}
     torch_stats = OutputStats() if torch_session is not None else None
     for batch in batches:
-        feeds = {input_name: batch.tensor}
+        feeds = batch.named(input_names)
         working(REFERENCE_WORK)
         ref = reference.run(feeds, taps=names)
         working(label)
@@ -176,7 +177,7 @@ def run_drift(exported, backend, candidate, batches, thresholds: Thresholds, tap
         if taps.perturb is None:  # the data's first batch: does tapping change what the candidate computes?
             cand = taps.check(feeds, ref)  # its tapped run is the check's own
             # copies: views would keep this whole run's tensors alive to the end
-            probe = {name: np.array(value[:probe_samples]) for name, value in [(input_name, batch.tensor),
+            probe = {name: np.array(value[:probe_samples]) for name, value in [*feeds.items(),
                                                                                  *((n, ref[n]) for n in names)]}
         if cand is None:
             cand = candidate.run(feeds, taps=[deployed[n] for n in taps.observable], tap_method=taps.method)
@@ -187,34 +188,49 @@ def run_drift(exported, backend, candidate, batches, thresholds: Thresholds, tap
         cand = None  # dropped before the ops run alone: a run holds the reference's taps and one other set
         take = len(batch.positions) if unit_samples is None else sum(p < unit_samples for p in batch.positions)
         if units_session is not None and take:
-            _run_units(units_session, units, {input_name: batch.tensor, **ref}, take, deployed)
+            _run_units(units_session, units, {**feeds, **ref}, take, len(batch.positions), deployed)
             unit_seen += take
         if torch_stats is not None:
             working(REFERENCE_WORK)
             torch_stats.update({n: ref[n] for n in torch_session.output_names},
                                torch_session.run(feeds))
         ref = None  # before the next run, not after it
-        seen += len(batch.tensor)
+        seen += len(batch.positions)
         if progress:
-            progress(len(batch.tensor))
+            progress(len(batch.positions))
     for name, reason in taps.why.items():
         by_name[name].unobservable = reason
     return DriftRun(rows, taps.method if taps.perturb else None, taps.perturb or {"max_abs": None, "ok": None},
                     taps.fallback, probe, seen, unit_seen, deployed, torch_stats, tapped_run)
 
 
-def _run_units(units_session, units: list[TensorRow], reference: dict, take: int, deployed: dict) -> None:
-    """The ops alone on the first `take` samples, fed the reference's values; each op's introduced error."""
-    feeds = {name: np.ascontiguousarray(np.asarray(reference[name.removeprefix("ref/")][:take], np.float32))
+def _run_units(units_session, units: list[TensorRow], reference: dict, take: int, batch: int,
+               deployed: dict) -> None:
+    """The ops alone on the first `take` of the batch's `batch` samples, fed the reference's values; each op's
+    introduced error."""
+    # every unit input is float32, cast in the unit to the deployed type (onnx_graph.subgraph_model): token ids
+    # too, exactly below 2**24
+    feeds = {name: np.ascontiguousarray(np.asarray(_first(reference[name.removeprefix("ref/")], take, batch),
+                                                   np.float32))
              for name in units_session.input_names}
     outputs = units_session.run(feeds)
     for k, row in enumerate(units):
         row.introduced = row.introduced or OutputStats()
-        row.introduced.update({row.tensor: np.asarray(reference[row.tensor])[:take]},
+        row.introduced.update({row.tensor: _first(np.asarray(reference[row.tensor]), take, batch)},
                               {row.tensor: outputs[f"u{k}/{deployed[row.tensor]}"]})
 
 
-def _within_budget(batches, first_batch, reference, names, input_name, budget: int | None):
+def _first(value, take: int, batch: int):
+    """The first `take` samples' part of a tensor of a `batch`-sample run. A transformer's attention works on
+    [batch x heads, ...] tensors (batch-major: the leading axis is a multiple of the batch), so the part is
+    take x heads rows; a tensor without a batch axis (a shared mask, a position table) is fed whole."""
+    rows = len(value) if np.ndim(value) else 0
+    if take == batch or not rows or rows % batch:
+        return value
+    return value[:take * (rows // batch)]
+
+
+def _within_budget(batches, first_batch, reference, names, input_names, budget: int | None):
     """(the batches, split into runs of at most as many samples as the budget holds; {"samples", "bytes per
     sample", "budget"}). A sample's tapped bytes are measured on one sample of the data's first batch, so
     every data-parallel shard splits alike (and checks taps on the same samples)."""
@@ -227,7 +243,7 @@ def _within_budget(batches, first_batch, reference, names, input_name, budget: i
         batches = itertools.chain([head] if head is not None else [], batches)
     if budget is None or head is None:
         return batches, {"samples": None, "bytes_per_sample": None, "budget_bytes": budget}
-    one = reference.run({input_name: head.tensor[:1]}, taps=names)
+    one = reference.run(head.sliced(0, 1).named(input_names), taps=names)
     per_sample = TAPPED_COPIES * sum(np.asarray(value).nbytes for value in one.values())
     size = max(1, budget // per_sample)
 
@@ -235,8 +251,7 @@ def _within_budget(batches, first_batch, reference, names, input_name, budget: i
         for batch in batches:
             for start in range(0, len(batch.positions), size):
                 stop = start + size
-                yield type(batch)(batch.samples[start:stop], batch.tensor[start:stop], batch.geometries[start:stop],
-                                  batch.positions[start:stop])
+                yield batch.sliced(start, stop)
     return split(), {"samples": int(size), "bytes_per_sample": int(per_sample), "budget_bytes": int(budget)}
 
 

@@ -185,7 +185,7 @@ def _drift_pass(exported, backend, candidate, spec, data, batch_size, threads, t
         positions = range(mine.start * batch_size, min(mine.stop * batch_size, count))
         if positions.start > 0:  # the taps are checked on the data's first batch, as one pass checks them
             working(REFERENCE_WORK)
-            found = next(iter_batches(data, spec.profile, batch_size, []))
+            found = next(iter_batches(data, spec.profile, batch_size, [], spec=spec))
             first_batch = found if found.positions[0] < positions.start else None
     working(REFERENCE_WORK)
     torch_session = get_backend("torch").load(exported, "cpu", "fp32", threads) if spec.has_torch else None
@@ -196,7 +196,8 @@ def _drift_pass(exported, backend, candidate, spec, data, batch_size, threads, t
         if progress is True:
             task = bar.add_task(f"{backend.name}:{candidate.device} {candidate.precision}", total=len(positions))
             progress = lambda n: bar.advance(task, n)  # noqa: E731
-        run = run_drift(exported, backend, candidate, iter_batches(data, spec.profile, batch_size, failures, positions),
+        run = run_drift(exported, backend, candidate, iter_batches(data, spec.profile, batch_size, failures, positions,
+                                                                   spec=spec),
                         thresholds, tap_method, unit_samples, threads, progress=progress or None,
                         torch_session=torch_session, on_work=on_work, first_batch=first_batch,
                         memory_budget=memory_budget)

@@ -162,13 +162,17 @@ class OutputStats:
         error = np.subtract(cand, ref, out=_scratch(ref.dtype, 2, ref.size))
         # the squared norms first: when they are finite, so is every value, and the pass that masks
         # non-finite values is skipped (these reductions are memory-bound: each pass saved counts)
-        products = (float(ref @ ref), float(cand @ cand), float(error @ error))
+        with np.errstate(over="ignore"):
+            products = (float(ref @ ref), float(cand @ cand), float(error @ error))
         if not all(math.isfinite(v) for v in products):
             finite = np.isfinite(cand)
             self.nonfinite += int((~finite).sum())
             cand = np.where(finite, cand, 0.0)
             error = cand - ref
-            products = (float(ref @ ref), float(cand @ cand), float(error @ error))
+            # finite values whose squares overflow float32 (a transformer's additive attention mask holds
+            # float32's lowest value): the sums in float64
+            wide = [np.asarray(v, np.float64) for v in (ref, cand, error)]
+            products = tuple(float(v @ v) for v in wide)
         magnitude = np.abs(error, out=error)
         sums = self.sums
         sums["sum_abs"].add(float(magnitude.sum()))  # numpy's pairwise sum: float32 loses < 1e-6 here

@@ -19,6 +19,7 @@ import numpy as np
 
 from harness.errors import InputError
 from harness.tasks import CLASSIFY, DETECT, INSTANCES, KEYPOINTS, SEGMENT
+from harness.data.text import load_text
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 UNLABELED = "unlabeled"  # a folder of images without labels: metrics become agreement with the reference
@@ -47,6 +48,7 @@ class Sample:
     crowd_boxes: np.ndarray | None = None    # detect, instances: float32[C, 4] xyxy of COCO crowd regions (iscrowd=1),
     crowd_labels: np.ndarray | None = None   # int64[C]: evaluation ignores the detections they match
     crowd_masks: tuple | None = None         # instances: per crowd region, its mask as a COCO RLE dict
+    text: str | None = None                  # text tasks: the sample itself (its path is the file it came from)
 
 
 @dataclass
@@ -62,7 +64,7 @@ class Dataset:
         return len(self.samples)
 
     def read(self, sample: Sample) -> bytes:
-        return sample.path.read_bytes()
+        return sample.path.read_bytes() if sample.text is None else sample.text.encode("utf-8")
 
     def limit(self, count: int | None) -> "Dataset":
         if count is None:
@@ -102,7 +104,7 @@ class Dataset:
         for sample in self.samples:
             digest.update(sample.id.encode())
             try:
-                digest.update(hashlib.sha256(sample.path.read_bytes()).digest())
+                digest.update(hashlib.sha256(self.read(sample)).digest())
             except OSError:
                 digest.update(b"<unreadable>")
         return digest.hexdigest()
@@ -368,13 +370,13 @@ def load_unlabeled(root: Path, name: str | None = None) -> Dataset:
 
 
 def load_dataset(path: Path) -> Dataset:
-    """Recognises the layout: a COCO json (or a folder holding instances.json), a class folder, or a flat
-    folder of unlabelled images."""
+    """Recognises the layout: a COCO json (or a folder holding instances.json), a class folder, a flat
+    folder of unlabelled images, or texts in JSON lines (.jsonl)."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: dataset not found")
-    if path.is_file() and path.suffix == ".json":
-        return load_coco(path)
+    if path.is_file() and path.suffix in (".json", ".jsonl"):  # COCO, or text in JSON lines (harness.data.text)
+        return load_coco(path) if path.suffix == ".json" else load_text(path)
     if not path.is_dir():
         raise InputError(f"{path}: a dataset is a folder or a COCO .json file")
     for candidate in ("instances.json", "annotations.json", "keypoints.json"):

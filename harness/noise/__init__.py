@@ -15,7 +15,8 @@ from harness.errors import UnknownName, UsageError
 from harness.placement import Placement
 
 # --combine adds axes cumulatively in the paper's order
-PAPER_ORDER = ("decoder", "resize", "crop", "color", "precision", "ceil_mode", "upsample", "nms", "box_decode",
+GRAPH_REWRITE_AXES = ("ceil_mode", "upsample")  # rewrites of image ops: Task.graph_axes says which apply
+PAPER_ORDER = ("tokenizer", "unicode", "case", "truncation", "padding", "decoder", "resize", "crop", "color", "precision", "ceil_mode", "upsample", "nms", "box_decode",
                "points", "mask_resize", "mask_paste", "keypoint_decode")
 
 
@@ -35,8 +36,32 @@ class Axis:
     name: str
     stage: str                                      # pre | model | post
     description: str
+    tasks: tuple[str, ...] | None = None            # the tasks it acts on, when not every task's (Task attributes)
+
+    def applies_to(self) -> list[str]:
+        """The task families whose models this axis varies (`--list-axes` says so)."""
+        from harness.tasks import registry
+
+        def acts(task) -> bool:
+            if self.tasks is not None:
+                return task.name in self.tasks
+            if self.stage == "pre":
+                return self.name in task.pre_axes
+            if self.stage == "post":
+                return self.name in task.post_axes
+            return self.name not in GRAPH_REWRITE_AXES or self.name in task.graph_axes
+        return [task.name for task in registry().values() if acts(task)]
 
     def variants(self, spec, graph_backend: str) -> list[Variant]:
+        """Its variants for this model; none where the model's task has no such stage (a text model has no
+        JPEG decoder, an image model no tokeniser, a transformer no pooling to ceil)."""
+        from harness.tasks import get_task
+
+        task = get_task(spec.task)
+        if (self.stage == "pre" and self.name not in task.pre_axes) or \
+                (self.name in GRAPH_REWRITE_AXES and self.name not in task.graph_axes) or \
+                (self.tasks is not None and task.name not in self.tasks):
+            return []
         return VARIANT_BUILDERS[self.name](spec, graph_backend) + USER_VARIANTS.get(self.name, [])
 
 
@@ -333,3 +358,6 @@ AXES["keypoint_decode"] = Axis("keypoint_decode", "post", "SimCC bins to coordin
                                                         "toward the larger neighbour, DARK sub-bin refinement; "
                                                         "flip test (in the graph) on")
 AXES["crop"] = Axis("crop", "pre", "top-down crop of an instance's box: UDP vs legacy pixel convention, box padding")
+
+
+from harness.noise import text_axes  # noqa: E402,F401 - registers the text pre-processing axes

@@ -15,7 +15,8 @@ README_SWEEP = {"graph_backend": "onnxruntime", "bootstrap_rounds": 200, "bootst
 
 # the packages whose arithmetic the sweep's numbers follow (a distribution missing here hashes as absent)
 SWEEP_PACKAGES = ("torch", "torchvision", "onnx", "onnxruntime", "openvino", "nncf", "apache-tvm", "numpy", "pillow",
-                  "opencv-python-headless", "opencv-python", "pycocotools", "faster-coco-eval", "scipy")
+                  "opencv-python-headless", "opencv-python", "pycocotools", "faster-coco-eval", "scipy", "transformers",
+                  "tokenizers")
 FINGERPRINT_NOTE = "Sweep inputs (code, weights, data, package versions, CPU): sha256 "
 
 

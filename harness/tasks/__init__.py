@@ -20,6 +20,7 @@ import numpy as np
 from harness.errors import UnknownName
 
 CLASSIFY, DETECT, SEGMENT, KEYPOINTS, INSTANCES = "classify", "detect", "segment", "keypoints", "instances"
+TEXT_CLASSIFY = "text-classify"
 
 
 @dataclass
@@ -40,6 +41,9 @@ class Task(ABC):
     primary_metric = ""
     significance_rule = ""
     post_axes: tuple[str, ...] = ()  # the post-processing noise axes that apply (nms, box_decode, points)
+    # the pre-processing axes that apply: an image's decode, resize, crop and colour, or a text's tokeniser
+    pre_axes: tuple[str, ...] = ("decoder", "resize", "crop", "color")
+    graph_axes: tuple[str, ...] = ("ceil_mode", "upsample")  # graph rewrites of ops this family has
 
     def post_axes_of(self, spec) -> tuple[str, ...]:
         """The post-processing axes that act on this model (its head may have fewer stages)."""
@@ -104,6 +108,13 @@ class Task(ABC):
         segmentation set, whose boxes it reads)"""
         return dataset_task == self.name
 
+    def preprocessor(self, dataset, counters: dict, spec):
+        """The pre-processing stages of this task's inputs, with their caches (harness.stages.Preprocessor:
+        decode, resize, colour; a text task's tokeniser)."""
+        from harness.stages import Preprocessor
+
+        return Preprocessor(dataset, counters)
+
     def scene(self):
         """The synthetic scene maker (harness.data.synthetic) whose images calibrate and train this task."""
         raise NotImplementedError(f"task {self.name}: no synthetic scenes")
@@ -119,8 +130,9 @@ def registry() -> dict[str, Task]:
     from harness.tasks.instances import Instances
     from harness.tasks.keypoints import Keypoints
     from harness.tasks.segment import Segment
+    from harness.tasks.text_classify import TextClassify
 
-    return {task.name: task for task in (Classify(), Detect(), Segment(), Keypoints(), Instances())}
+    return {task.name: task for task in (Classify(), Detect(), Segment(), Keypoints(), Instances(), TextClassify())}
 
 
 def get_task(name: str) -> Task:
