@@ -3,6 +3,8 @@ before any work starts, each problem one line naming the file, the line, the key
 the commented starter file `--init` writes."""
 from __future__ import annotations
 
+import json
+
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -203,8 +205,6 @@ def _model_request(path: Path, text: str, data: dict, allow_code: bool) -> Model
     from harness.errors import HarnessError
 
     files = {key: Path(data[key]) if key in data else None for key in ("checkpoint", "profile", "labels", "tokenizer")}
-    import json
-
     inputs = tuple(f"{name}={value if isinstance(value, str) else json.dumps(value)}"
                    for name, value in data.get("inputs", {}).items())  # as --input NAME=VALUE
     request = ModelRequest(data.get("model"), files["checkpoint"], files["profile"], allow_code,
@@ -220,9 +220,13 @@ def _model_request(path: Path, text: str, data: dict, allow_code: bool) -> Model
     return request
 
 
-def starter_gate(model: str) -> str:
+def starter_gate(model: str, task=None) -> str:
     """A commented gate.toml that passes on `model` as shipped; the block at the end, uncommented, is a
-    known-bad deployment that fails it."""
+    known-bad deployment of its task (harness.tasks.Task.known_bad) that fails it."""
+    from harness.tasks import CLASSIFY, get_task
+
+    why, name, changes = (task or get_task(CLASSIFY)).known_bad
+    bad = "".join(f"# {key} = {json.dumps(value)}\n" for key, value in changes.items())
     return f'''# harness gate: `harness validate --config gate.toml` exits 0 when every threshold holds, 1 when one
 # fails, 2 when this file has a problem. Metric units are fractions: 0.01 = 1 point.
 model = "{model}"          # zoo name, torchvision:NAME, timm:NAME, package.module:factory or a path to an .onnx
@@ -252,9 +256,8 @@ max_output_error = 0.001      # max abs difference of the raw outputs
 # require_requested_execution = true   # (default) fail a profile whose backend ran another precision or device
 # min_int8_share = 0.9        # int8 profiles: at least 90 % of compute ops really ran int8
 
-# A known-bad deployment: the camera delivers BGR. Uncomment to watch the gate fail.
+# A known-bad deployment: {why}. Uncomment to watch the gate fail.
 # [[profiles]]
-# name = "camera-bgr"
+# name = "{name}"
 # backend = "onnxruntime"
-# color = "bgr"
-'''
+{bad}'''

@@ -338,3 +338,24 @@ def test_the_zoo_recipe_retrains_the_vocabulary_up_to_the_trainers_tie_breaking_
     assert len(set(trained) & set(committed)) / len(set(trained) | set(committed)) > 0.9
     state = torch.load(tmp_path / "bert.pt", weights_only=True)
     assert set(state) == set(model.state_dict()) == set(torch.load(TOKENIZER.with_suffix(".pt"), weights_only=True))
+
+
+def test_the_starter_gate_of_the_text_classifier_passes_and_fails_on_left_padding(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    harness = str(Path(sys.executable).with_name("harness"))
+    init = subprocess.run([harness, "validate", "--init", "--model", "bert_tiny"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    assert init.returncode == 0, init.stderr
+    gate = tmp_path / "gate.toml"
+    text = gate.read_text()
+    assert 'color = "bgr"' not in text and '# padding_side = "left"' in text
+    assert _harness("validate", "--config", str(gate))["passed"] is True
+    for line in ("[[profiles]]", 'name = "left-padding"', 'backend = "onnxruntime"', 'padding_side = "left"'):
+        text = text.replace(f"# {line}\n", f"{line}\n")
+    gate.write_text(text)
+    report = _harness("validate", "--config", str(gate), exit_code=1)
+    failed = {(c["profile"], c["threshold"]) for c in report["checks"] if not c["passed"]}
+    assert ("left-padding", "max_metric_drop") in failed and not any(p == "onnxruntime-fp32" for p, _ in failed)

@@ -40,13 +40,14 @@ def validate(
 
     if init:
         from harness.model import resolve_model
+        from harness.tasks import get_task
         from harness.models import DEFAULT_CLASSIFIER
 
         target = Path.cwd() / "gate.toml"
         if target.exists():
             raise UsageError(f"{target}: already exists; remove it or edit it")
-        resolve_model(model or DEFAULT_CLASSIFIER)  # an unknown model fails here, with the known ones
-        target.write_text(starter_gate(model or DEFAULT_CLASSIFIER))
+        spec = resolve_model(model or DEFAULT_CLASSIFIER)  # an unknown model fails here, with the known ones
+        target.write_text(starter_gate(model or DEFAULT_CLASSIFIER, get_task(spec.task)))
         print(target)
         return
     if config is None:

@@ -44,6 +44,9 @@ class Task(ABC):
     # the pre-processing axes that apply: an image's decode, resize, crop and colour, or a text's tokeniser
     pre_axes: tuple[str, ...] = ("decoder", "resize", "crop", "color")
     graph_axes: tuple[str, ...] = ("ceil_mode", "upsample")  # graph rewrites of ops this family has
+    # a deployment mistake of this family that `validate --init`'s starter gate offers to watch fail: (what it
+    # is, the profile's name, the profile fields it changes)
+    known_bad: tuple[str, str, dict] = ("the camera delivers BGR", "camera-bgr", {"color": "bgr"})
 
     def post_axes_of(self, spec) -> tuple[str, ...]:
         """The post-processing axes that act on this model (its head may have fewer stages)."""

@@ -13,6 +13,7 @@ class TextClassify(Classify):
     primary_metric = "top1"
     pre_axes = ("tokenizer", "unicode", "case", "truncation", "padding")
     graph_axes = ()
+    known_bad = ("the server pads its batches on the left", "left-padding", {"padding_side": "left"})
 
     def preprocessor(self, dataset, counters, spec):
         from harness.errors import UsageError
