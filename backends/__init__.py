@@ -17,7 +17,8 @@ import numpy as np
 from harness.errors import BackendUnavailable, InputError, UnknownName, UsageError
 
 GROUP = "harness.backends"
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int4")
+QUANTIZED = ("int8", "int4")  # a build that quantizes some ops and leaves others in float
 # options any backend may be handed and leave alone: scheduling and memory hints (idle threads not spinning;
 # no memory pool for outputs the caller keeps), and the calibration data that only an INT8 build consumes
 IGNORABLE_OPTIONS = ("spinning", "calibration", "arena")
@@ -148,17 +149,17 @@ def execution_record(requested: str, by_precision: dict[str, int], placement: di
                      expected_placement: str | None, source: str) -> dict:
     """A session's execution judged against the request: `matches_request` is False when a fp32/fp16/bf16
     request ran any compute op in another precision (OpenVINO's f16 hint run as bf16; ONNX Runtime's CPU
-    provider running an FP16 graph's convolutions in fp32), when an int8 request ran no compute op in
-    int8, or when any node ran on another device or execution provider than the one asked for. An int8
+    provider running an FP16 graph's convolutions in fp32), when an int8 (int4) request ran no compute op in
+    int8 (int4), or when any node ran on another device or execution provider than the one asked for. An int8
     build that leaves some ops in float matches, and says how much ran int8 (`int8_share`); a gate can
     require a minimum share (min_int8_share)."""
     total = sum(by_precision.values())
     int8 = by_precision.get("int8", 0)
     ran = ", ".join(f"{count} {precision}" for precision, count in by_precision.items())
     problems = []
-    if requested == "int8" and total and not int8:
-        problems.append(f"asked int8, no compute op ran int8 ({ran})")
-    elif requested != "int8" and total and by_precision.get(requested, 0) != total:
+    if requested in QUANTIZED and total and not by_precision.get(requested, 0):
+        problems.append(f"asked {requested}, no compute op ran {requested} ({ran})")
+    elif requested not in QUANTIZED and total and by_precision.get(requested, 0) != total:
         problems.append(f"asked {requested}, compute ops ran {ran}")
     elsewhere = {where: count for where, count in (placement or {}).items() if where != expected_placement}
     if elsewhere:

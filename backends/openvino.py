@@ -13,8 +13,10 @@ from harness.backends import Backend, Session
 
 # the runtime model's compute kernels and the precisions it names (u8/i8 activations: an int8 kernel)
 COMPUTE_LAYERS = ("Convolution", "GroupConvolution", "Deconvolution", "FullyConnected", "MatMul", "Gemm")
-RUNTIME_PRECISIONS = {"f32": "fp32", "f16": "fp16", "bf16": "bf16", "u8": "int8", "i8": "int8"}
-HINTS = {"fp32": "f32", "fp16": "f16", "bf16": "bf16", "int8": "f32"}  # int8: the rest of the graph in f32
+RUNTIME_PRECISIONS = {"f32": "fp32", "f16": "fp16", "bf16": "bf16", "u8": "int8", "i8": "int8", "u4": "int4",
+                      "i4": "int4"}
+# int8, int4: the rest of the graph in f32
+HINTS = {"fp32": "f32", "fp16": "f16", "bf16": "bf16", "int8": "f32", "int4": "f32"}
 EFFECTIVE = {"f32": "fp32", "f16": "fp16", "bf16": "bf16"}
 
 
@@ -152,11 +154,22 @@ def nncf_compress_weights(onnx_path: Path, out: Path) -> None:
     ov.save_model(compressed, str(out), compress_to_fp16=False)
 
 
+def nncf_compress_int4(onnx_path: Path, out: Path) -> None:
+    """NNCF 4-bit weight compression (symmetric, groups of 32 input channels), NNCF's default split: every
+    MatMul that sets the ratio in int4, the embeddings and the last layer kept in int8; saved as OpenVINO IR."""
+    import nncf
+    import openvino as ov
+
+    compressed = nncf.compress_weights(ov.Core().read_model(str(onnx_path)), mode=nncf.CompressWeightsMode.INT4_SYM,
+                                       group_size=32, ratio=1.0)
+    ov.save_model(compressed, str(out), compress_to_fp16=False)
+
+
 class OpenVinoBackend(Backend):
     name = "openvino"
     aliases = ("ov",)
     package = "openvino"
-    declared = {"cpu": ("fp32", "fp16", "bf16", "int8"), "gpu": ("fp32", "fp16", "int8")}
+    declared = {"cpu": ("fp32", "fp16", "bf16", "int8", "int4"), "gpu": ("fp32", "fp16", "int8")}
     load_options = ("calibration", "artifact")
 
     def devices(self) -> list[str]:
@@ -170,7 +183,7 @@ class OpenVinoBackend(Backend):
         import openvino as ov
 
         capabilities = set(ov.Core().get_property(device.upper(), "OPTIMIZATION_CAPABILITIES"))
-        needs = {"fp32": set(), "fp16": {"FP16", "BF16"}, "bf16": {"BF16"}, "int8": {"INT8"}}
+        needs = {"fp32": set(), "fp16": {"FP16", "BF16"}, "bf16": {"BF16"}, "int8": {"INT8"}, "int4": set()}
         return [p for p in self.declared.get(device, ()) if not needs[p] or needs[p] & capabilities]
 
     def _load(self, model, device, precision, threads, calibration=None, artifact: Path | None = None,
@@ -180,7 +193,14 @@ class OpenVinoBackend(Backend):
         from harness.artifacts import quantized_onnx, weight_quantized
 
         source = Path(artifact) if artifact else model.onnx_path
-        if precision == "int8" and artifact is None and model.spec.text_inputs:
+        if precision == "int4" and artifact is None:
+            if not model.spec.text_inputs:
+                from harness.errors import BackendUnavailable
+
+                raise BackendUnavailable("openvino int4: NNCF's 4-bit weight compression is a transformer's (its "
+                                         "MatMul weights); this model is not a text model")
+            source = weight_quantized(model, "nncf-int4", "model.xml", nncf_compress_int4, ("nncf", "openvino"))
+        elif precision == "int8" and artifact is None and model.spec.text_inputs:
             source = weight_quantized(model, "nncf-weights", "model.xml", nncf_compress_weights,
                                       ("nncf", "openvino"))
         elif precision == "int8" and artifact is None:
@@ -192,10 +212,10 @@ class OpenVinoBackend(Backend):
         compiled = core.compile_model(core.read_model(str(source)), device.upper(), config)
         hint = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
         effective = EFFECTIVE.get(hint, hint)
-        if precision == "int8":  # quantized ops in int8, the rest at the f32 hint
-            effective = "int8" if effective == "fp32" else f"int8+{effective}"
+        if precision in ("int8", "int4"):  # quantized ops in int8 (int4), the rest at the f32 hint
+            effective = precision if effective == "fp32" else f"{precision}+{effective}"
         inputs = [port.get_any_name() for port in compiled.inputs]
         outputs = [name for name in model.output_names if name in {p.get_any_name() for p in compiled.outputs}]
         # a cut of the NNCF graph loads at fp32 (the int8 hint is f32); otherwise the hint is the precision
         return OvSession(compiled, device, precision, inputs, outputs or [p.get_any_name() for p in compiled.outputs],
-                         effective, Path(source), config, "fp32" if precision == "int8" else precision)
+                         effective, Path(source), config, "fp32" if precision in ("int8", "int4") else precision)

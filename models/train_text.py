@@ -3,6 +3,10 @@
 Training goes through the reference text profile (harness.models.TEXT_PROFILE: the fast
 WordPiece tokeniser, BERT's lower-casing and accent stripping, right truncation at 64 tokens, right padding
 to the batch's longest), as the image zoo trains through its reference decode and resize.
+
+The vocabulary is the one part that is not bit-reproducible: the `tokenizers` WordPiece trainer breaks count
+ties in hash-map order, which changes from process to process (huggingface/tokenizers#1794); a retrained
+vocabulary shares 95-96 % of its tokens with the committed one, and the model trained on it differs.
 """
 from __future__ import annotations
 

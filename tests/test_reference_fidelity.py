@@ -134,7 +134,7 @@ def test_a_backend_refuses_an_option_it_would_ignore(tmp_path, harness_cli):
     from harness.export import export
 
     exported = export(resolve_model("resnet_tiny"))
-    with pytest.raises(UsageError, match=r"torch: does not take artifact \(it takes tf32, cudnn, compile\)"):
+    with pytest.raises(UsageError, match=r"torch: does not take artifact \(it takes tf32, cudnn, compile, attention\)"):
         get_backend("torch").load(exported, artifact=exported.onnx_path)
     get_backend("torch").load(exported, calibration=None, spinning=False)  # hints any backend may leave alone
     (tmp_path / "deployed.onnx").write_bytes(exported.onnx_path.read_bytes())

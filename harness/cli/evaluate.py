@@ -21,7 +21,7 @@ def compare(
     model: ModelArg = None,
     backends: Annotated[Optional[str], typer.Option(
         "--backends", help="Comma list of backend[:device], e.g. ort,torch or ort:cuda. Default: every installed.")] = None,
-    precision: Annotated[str, typer.Option("--precision", help="Comma list: fp32, fp16, bf16, int8.")] = "fp32",
+    precision: Annotated[str, typer.Option("--precision", help="Comma list: fp32, fp16, bf16, int8, int4 (OpenVINO, text).")] = "fp32",
     dataset: DatasetOpt = None,
     batch_size: BatchSizeOpt = 32,
     threads: ThreadsOpt = None,
@@ -112,7 +112,7 @@ def drift(
     model: ModelArg = None,
     backend: Annotated[str, typer.Option("--backend", help="Candidate backend[:device], e.g. openvino or ort:cuda.")]
     = "onnxruntime",
-    precision: Annotated[str, typer.Option("--precision", help="fp32, fp16, bf16 or int8.")] = "fp32",
+    precision: Annotated[str, typer.Option("--precision", help="fp32, fp16, bf16, int8 or int4 (OpenVINO, a text model).")] = "fp32",
     dataset: DatasetOpt = None,
     limit: LimitOpt = None,
     batch_size: BatchSizeOpt = 32,

@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from harness.cli.app import app
+from harness.errors import UsageError
 from harness.cli.common import (AllowCodeOpt, CellTimeoutOpt, CheckpointOpt, DatasetOpt, InputOpt, InputShapeOpt, PostprocessOpt, JsonOpt, LimitOpt, ModelArg,
                                 LabelsOpt, TokenizerOpt, ProfileOpt, TaskOpt, checked_inputs, console_for)
 from harness.model import ModelRequest
@@ -40,6 +41,9 @@ def export_inputs(
                            postprocess, tokenizer)
     user_data = checked_inputs(request, dataset)  # before the model: fail fast
     spec = request.resolve()
+    if spec.text_inputs:
+        raise UsageError(f"export-inputs: {spec.name} is a text model, whose inputs are padded batch by batch to "
+                         "different lengths; exporting them for a target is not supported yet")
     data = (user_data if user_data is not None else embedded_benchmark(spec.task)).limit(limit)
     require_readable(data, spec.profile)
     exported = export(spec)

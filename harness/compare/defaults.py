@@ -5,8 +5,6 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-import numpy as np
-
 from harness.compare import Target
 from harness.data import Dataset
 from harness.export import ExportedModel
@@ -36,11 +34,12 @@ def affordable_defaults(targets: list[Target], exported: ExportedModel, dataset:
             continue
         key = (backend.name, target.device, target.precision)
         if key not in estimates:
-            first = first if first is not None else next(iter_batches(dataset, exported.spec.profile, 1, []), None)
+            first = first if first is not None else next(iter_batches(dataset, exported.spec.profile, 1, [],
+                                                                      spec=exported.spec), None)
             if first is None:  # nothing readable: the compare says so in its one line
                 return targets, []
             working(target.label)
-            estimates[key] = _one_sample_seconds(target, exported, first.tensor, threads)
+            estimates[key] = _one_sample_seconds(target, exported, first, threads)
             working(None)
         if estimates[key] is None or estimates[key] * samples <= budget:
             kept.append(target)
@@ -58,15 +57,14 @@ def _duration(seconds: float) -> str:
         else f"~{seconds / 3600:.1f} h"
 
 
-def _one_sample_seconds(target: Target, exported: ExportedModel, sample: np.ndarray,
-                        threads: int | None) -> float | None:
+def _one_sample_seconds(target: Target, exported: ExportedModel, sample, threads: int | None) -> float | None:
     """Seconds one sample takes on the target (after a warm-up sample); None when it cannot load here (its
     row says why, from the real load)."""
     try:
         session = target.backend.load(exported, target.device, target.precision, threads)
     except Exception:  # noqa: BLE001 - the compare's own load of it reports the reason
         return None
-    feeds = {session.input_names[0]: sample}
+    feeds = sample.named(session.input_names)  # a batch of one (harness.run.Batch)
     session.run(feeds)
     started = time.perf_counter()
     session.run(feeds)

@@ -143,6 +143,9 @@ def _precision_variants(spec, graph_backend):
             if device not in devices or (backend.name == "torch" and not spec.has_torch):
                 continue
             for precision in backend.precisions(device):
+                # int4 is weight-only compression of a transformer's MatMuls: no variant of an image model
+                if precision == "int4" and not spec.text_inputs:
+                    continue
                 if precision != "fp32" and not (backend.name == "tvm" and precision == "fp16"):
                     name = f"{backend.name}-{precision}" if device == "cpu" else f"{backend.name}-{device}-{precision}"
                     variants.append(Variant(name, target=Placement(backend.name, device, precision),
@@ -210,7 +213,8 @@ AXES = {
                                   "at decode (full resolution, as a camera or video decoder) and, NAME@model-input, "
                                   "after the resize"),
     "precision": Axis("precision", "model", "FP16/BF16/INT8 on each backend (CPU, and GPU where there is one; "
-                                          "torch CUDA by autocast), against that backend at FP32"),
+                                          "torch CUDA by autocast; INT4 weights of a text model on OpenVINO), "
+                                          "against that backend at FP32"),
     "backend": Axis("backend", "model", "every installed backend at FP32, against the reference"),
     "ceil_mode": Axis("ceil_mode", "model", "pooling ceil mode flipped in the exported graph"),
     "upsample": Axis("upsample", "model", "Resize mode and coordinate transformation rewritten in the graph"),

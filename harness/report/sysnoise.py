@@ -4,6 +4,7 @@ from __future__ import annotations
 from rich.table import Table
 
 from harness.noise.sweep import distinct_findings
+from harness.report.table import quantized_ops
 
 
 def _points(value) -> str:
@@ -38,9 +39,9 @@ def variant_notes(variant: dict) -> list[str]:
     execution = variant.get("execution") or {}
     if execution.get("mismatch"):
         notes.append(execution["mismatch"])
-    elif execution.get("int8_share") and execution["int8_share"] < 1:
-        notes.append(f"int8 on {round(execution['int8_share'] * execution['compute_ops'])}/"
-                     f"{execution['compute_ops']} compute ops")
+    elif shares := quantized_ops(execution):
+        notes.append(", ".join(f"{precision} on {count}/{execution['compute_ops']}" for precision, count in shares.items())
+                     + " compute ops")
     return notes
 
 

@@ -68,13 +68,23 @@ def compare_table(report: dict) -> Table:
     return table
 
 
+def quantized_ops(execution: dict) -> dict[str, int]:
+    """{int4/int8: compute ops that ran it} when a quantized build left some ops in another precision (an
+    INT8 graph's float ops; NNCF's INT4 keeping embeddings in int8), else {}."""
+    ran = execution.get("by_precision") or {}
+    found = {precision: ran[precision] for precision in ("int4", "int8") if ran.get(precision)}
+    partial = found and (sum(found.values()) < (execution.get("compute_ops") or 0) or len(found) > 1)
+    return found if partial else {}
+
+
 def execution_mark(execution: dict | None) -> str:
-    """A precision cell's suffix: how much of an int8 request ran int8, `!` when the backend ran other than
-    asked (status_notes says what)."""
+    """A precision cell's suffix: how much of a quantized request ran quantized, `!` when the backend ran
+    other than asked (status_notes says what)."""
     if not execution or not execution.get("recorded"):
         return ""
-    share = execution.get("int8_share")
-    mark = f" ({share:.0%} int8)" if share and share < 1 else ""
+    shares = quantized_ops(execution)
+    total = execution.get("compute_ops") or 1
+    mark = f" ({', '.join(f'{count / total:.0%} {p}' for p, count in shares.items())})" if shares else ""
     return mark + (" !" if execution.get("matches_request") is False else "")
 
 
