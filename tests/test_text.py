@@ -384,3 +384,29 @@ def test_openvino_int4_compresses_the_text_classifiers_linear_layers_and_is_no_i
     names = [v.name for v in AXES["precision"].variants(resolve_model("resnet_tiny"), "onnxruntime")]
     assert "openvino-int4" not in names and "openvino-int8" in names
     assert "openvino-int4" in [v.name for v in AXES["precision"].variants(resolve_model("bert_tiny"), "onnxruntime")]
+
+
+def test_a_compare_report_with_flipped_reviews_renders_them_as_text(tmp_path):
+    """A flipped text sample's `path` is the dataset's .jsonl: the HTML report quotes the review (escaped)
+    instead of opening that file as a picture (which raised PIL's UnidentifiedImageError)."""
+    import json
+    import html as html_lib
+
+    from harness.compare import flipped_samples
+    from harness.data import embedded_benchmark
+    from harness.report.html import flipped_thumbnails, write_html
+    from harness.tasks import TEXT_CLASSIFY, get_task
+
+    report = _harness("compare", "bert_tiny", "--backends", "onnxruntime", "--limit", "8")
+    samples = embedded_benchmark(TEXT_CLASSIFY).samples[:8]
+    reference = [np.array([2.0, -1.0], np.float32)] * 8
+    candidate = [np.array([-1.0, 2.0], np.float32) if k in (1, 5) else reference[k] for k in range(8)]
+    agree = np.array([k not in (1, 5) for k in range(8)])
+    report["results"][0]["flipped"] = flipped_samples(get_task(TEXT_CLASSIFY), samples, reference, candidate, agree,
+                                                      ("negative", "positive"))
+    assert flipped_thumbnails(json.loads(json.dumps(report))) == {}
+    write_html(report, tmp_path / "r.html")
+    page = (tmp_path / "r.html").read_text()
+    for k in (1, 5):
+        assert html_lib.escape(samples[k].text, quote=True) in page
+    assert page.count("<figure class='text'>") == 2 and "negative → positive" in page

@@ -19,7 +19,7 @@ CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; form-action
 THUMBNAIL = 96
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse;margin:1em 0}
 td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}td:first-child,th:first-child{text-align:left}
-.fail{color:#b00;font-weight:bold}.ok{color:#070}.gallery figure{display:inline-block;margin:6px;font-size:12px}
+.fail{color:#b00;font-weight:bold}.ok{color:#070}.gallery figure{display:inline-block;margin:6px;font-size:12px}.gallery figure.text{max-width:22em;vertical-align:top}
 .warn{background:#fff3cd;padding:6px}"""
 
 
@@ -38,7 +38,8 @@ def flipped_thumbnails(report: dict) -> dict[str, np.ndarray]:
                 key = f"{number}/{flip['sample']}"
                 thumbs[key], flip["overlay"] = flip["overlay"], key
             key = flip["sample"]
-            if key in thumbs or not flip.get("path") or not Path(flip["path"]).is_file():
+            # a text sample is its text (the gallery quotes it); its path is the dataset's .jsonl
+            if key in thumbs or "text" in flip or not flip.get("path") or not Path(flip["path"]).is_file():
                 continue
             with Image.open(flip["path"]) as image:
                 image = image.convert("RGB")
@@ -162,11 +163,13 @@ def _compare_body(report: dict, thumbs: dict) -> str:
     for r in report["results"]:
         for flip in r.get("flipped", []):
             key = flip.get("overlay") if flip.get("overlay") in thumbs else flip["sample"]
-            if key in thumbs:
+            caption = (f"<figcaption>{_e(r['backend'])} {_e(r['precision'])}: {_e(flip['reference_pred'])}"
+                       f" → {_e(flip['candidate_pred'])}<br>label {_e(flip['label'])}</figcaption></figure>")
+            if "text" in flip:  # a text sample is shown as itself
+                gallery.append(f"<figure class='text'><blockquote>{_e(flip['text'])}</blockquote>{caption}")
+            elif key in thumbs:
                 gallery.append(f"<figure><img alt='{_e(flip['sample'])}' "
-                               f"src='data:image/png;base64,{_thumbnail(thumbs[key])}'><figcaption>"
-                               f"{_e(r['backend'])} {_e(r['precision'])}: {_e(flip['reference_pred'])}"
-                               f" → {_e(flip['candidate_pred'])}<br>label {_e(flip['label'])}</figcaption></figure>")
+                               f"src='data:image/png;base64,{_thumbnail(thumbs[key])}'>{caption}")
     if gallery:
         parts.append("<h2>Flipped samples (reference → deployed)</h2><div class='gallery'>" + "".join(gallery)
                      + "</div>")
