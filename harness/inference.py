@@ -9,6 +9,7 @@ import numpy as np
 
 from harness.placement import Placement
 from harness.profile import Profile
+from harness.tasks import get_task
 
 GRAPH_BASELINE = (("baseline", True),)  # the model-stage baseline: unrewritten graph, same path as rewrites
 OUTPUTS_BUDGET = 512 * 2**20  # bytes of raw outputs a chunk keeps for re-use (ModelStage.evict)
@@ -40,6 +41,7 @@ class ModelStage:
 
     def __init__(self, exported, batch_size: int, threads: int | None, calibration, counters: dict):
         self.exported, self.batch_size, self.threads, self.calibration = exported, batch_size, threads, calibration
+        self.task = get_task(exported.spec.task)
         self.counters = counters
         self.counters.setdefault("inferences", 0)
         self.sessions: dict = {}
@@ -86,7 +88,8 @@ class ModelStage:
             for start in range(0, len(inputs.ids), step):
                 feeds = inputs.feeds(start, start + step, profile, session.input_names)
                 ids = inputs.ids[start:start + step]
-                infer = (lambda: session.run_ids(ids)) if session.uses_sample_ids else (lambda: session.run(feeds))
+                infer = (lambda: session.run_ids(ids)) if session.uses_sample_ids else \
+                    (lambda: self.task.run_batch(session, feeds, inputs, start, start + step, profile))
                 if self.warmup and not times:
                     infer()
                     if not session.uses_sample_ids:

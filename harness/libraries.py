@@ -140,15 +140,16 @@ def _timm_labels(subset: str | None) -> tuple[str, ...]:
 
 
 def transformers_spec(location: str, checkpoint: Path | None) -> ModelSpec:
-    """A Hugging Face sequence classifier from a local folder in save_pretrained's layout (config.json, and
-    model.safetensors for trained weights; no weights: built from the config with the fixed seed), with the
-    tokeniser saved beside it (or --tokenizer). Its reference truncation is the tokeniser's model_max_length,
-    capped by the position table. Weights are read from safetensors only (a pytorch_model.bin is a pickle)."""
+    """A Hugging Face sequence classifier or causal LM (config.json's `architectures` says which) from a local
+    folder in save_pretrained's layout (config.json, and model.safetensors for trained weights; no weights:
+    built from the config with the fixed seed), with the tokeniser saved beside it (or --tokenizer). Its
+    reference truncation is the tokeniser's model_max_length, capped by the position table. Weights are read
+    from safetensors only (a pytorch_model.bin is a pickle)."""
     import json
     import os
 
     from harness.errors import InputError
-    from harness.tasks import TEXT_CLASSIFY
+    from harness.tasks import CAUSAL_LM, TEXT_CLASSIFY
 
     folder = Path(location).resolve()
     if not (folder / "config.json").is_file():
@@ -160,17 +161,22 @@ def transformers_spec(location: str, checkpoint: Path | None) -> ModelSpec:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import inspect
 
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
     config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
+    # the task is the one config.json's `architectures` names (save_pretrained writes the model's class)
+    causal = any(name.endswith(("ForCausalLM", "LMHeadModel")) for name in config.architectures or ())
+    task, auto = (CAUSAL_LM, AutoModelForCausalLM) if causal else (TEXT_CLASSIFY, AutoModelForSequenceClassification)
     try:
-        model_class = AutoModelForSequenceClassification._model_mapping[type(config)]
+        model_class = auto._model_mapping[type(config)]
     except KeyError:
-        raise UsageError(f"{location}: a {config.model_type} model has no sequence-classification class in "
-                         "transformers; the harness takes text classifiers so far") from None
+        raise UsageError(f"{location}: a {config.model_type} model has no {task} class in transformers; the harness "
+                         "takes sequence classifiers and causal LMs") from None
     from harness.models.text import TEXT_INPUTS, logits_module
 
-    names = TEXT_INPUTS if "token_type_ids" in inspect.signature(model_class.forward).parameters else TEXT_INPUTS[:2]
+    # a causal LM is served with ids and mask only (GPT-2's forward also takes token types it never trained)
+    typed = not causal and "token_type_ids" in inspect.signature(model_class.forward).parameters
+    names = TEXT_INPUTS if typed else TEXT_INPUTS[:2]
     trained = (folder / "model.safetensors").is_file() or checkpoint is not None
     seed = None if trained else RANDOM_WEIGHTS_SEED
 
@@ -191,7 +197,7 @@ def transformers_spec(location: str, checkpoint: Path | None) -> ModelSpec:
     positions = getattr(config, "max_position_embeddings", None) or 512
     labels = tuple(config.id2label[k] for k in sorted(config.id2label)) if config.id2label and not \
         all(str(name).startswith("LABEL_") for name in config.id2label.values()) else ()
-    return ModelSpec(name=f"transformers:{folder.name}", task=TEXT_CLASSIFY,
+    return ModelSpec(name=f"transformers:{folder.name}", task=task,
                      profile=Profile(labels=labels, max_length=min(int(limit or positions), positions)),
                      labels=labels, build=build,
                      source=f"transformers:{location}" + (f" with checkpoint {checkpoint}" if checkpoint else ""),

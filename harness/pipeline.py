@@ -263,6 +263,8 @@ class StagedPipeline:
             (cand_digest, cand_ids), (base_digest, base_ids) = found
             cand = self.models.outputs[cand_digest, request.config]
             baseline = self.models.outputs[base_digest, base.config]
+            if self.task.compared_outputs is not None:
+                baseline = {name: baseline[name] for name in self.task.compared_outputs if name in baseline}
             base_at = {sample: k for k, sample in enumerate(base_ids)}
             cand_index = [k for k, sample in enumerate(cand_ids) if sample in base_at]
             base_index = [base_at[cand_ids[k]] for k in cand_index]

@@ -47,9 +47,13 @@ class TextInputs(Inputs):
     tokenizer: object = None  # the model's tokeniser folder
 
     def feeds(self, start, stop, profile, input_names):
+        return self.feeds_of(self.rows[start:stop], profile, input_names)
+
+    def feeds_of(self, rows: list[dict], profile: Profile, input_names) -> dict[str, np.ndarray]:
+        """The model's named inputs for tokenised rows (a generation step's, too), padded as `profile` says."""
         from harness.tokenization import padded
 
-        batch = padded(self.rows[start:stop], self.tokenizer, profile)
+        batch = padded(rows, self.tokenizer, profile)
         if "position_ids" in input_names:  # transformers' own default when a model is given none
             batch["position_ids"] = np.broadcast_to(np.arange(batch["input_ids"].shape[1]),
                                                     batch["input_ids"].shape).copy()

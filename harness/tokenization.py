@@ -117,3 +117,30 @@ def train_wordpiece(texts, folder: Path, vocab_size: int, lowercase: bool = True
     settings["tokenizer_class"] = "BertTokenizer"
     config.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
     return folder
+
+
+END_OF_TEXT = "<|endoftext|>"
+
+
+def train_byte_bpe(texts, folder: Path, vocab_size: int) -> Path:
+    """The zoo recipe's byte-level BPE vocabulary (GPT-2's pre-tokeniser and decoder: every byte a token, so
+    nothing is unknown), trained with the `tokenizers` library and saved in save_pretrained's layout with
+    GPT-2's one special token as end of text and padding."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, special_tokens=[END_OF_TEXT],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator(texts, trainer)
+    folder.mkdir(parents=True, exist_ok=True)
+    wrapped = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=END_OF_TEXT, eos_token=END_OF_TEXT,
+                                      unk_token=END_OF_TEXT, pad_token=END_OF_TEXT)
+    wrapped.save_pretrained(str(folder))
+    config = folder / "tokenizer_config.json"
+    settings = json.loads(config.read_text())
+    settings["tokenizer_class"] = "GPT2Tokenizer"
+    config.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
+    return folder

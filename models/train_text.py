@@ -18,10 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness.data.text import SEED, SENTIMENT_CLASSES, read_jsonl, reviews
-from harness.models import TEXT_PROFILE
-from harness.profile import Profile
-from harness.tokenization import encode, train_wordpiece
+from harness.data.text import SEED, SENTIMENT_CLASSES, reviews
+from harness.models import LM_PROFILE, TEXT_PROFILE
+from harness.tokenization import encode, train_byte_bpe, train_wordpiece
 
 
 @dataclass(frozen=True)
@@ -36,6 +35,7 @@ class TextRecipe:
 
 
 BERT_TINY_RECIPE = TextRecipe()
+GPT_TINY_RECIPE = TextRecipe(epochs=8, lr=3e-3)
 
 
 def train_bert_tiny(weights: Path, tokenizer_folder: Path, recipe: TextRecipe = BERT_TINY_RECIPE, log=print,
@@ -43,11 +43,43 @@ def train_bert_tiny(weights: Path, tokenizer_folder: Path, recipe: TextRecipe = 
     """Trains the vocabulary into `tokenizer_folder` and the classifier; writes its state_dict to `weights`."""
     from harness.models.text import bert_classifier
 
-    started = time.monotonic()
     train = reviews(SEED, "train", recipe.train_count)
     train_wordpiece([r.text for r in train], tokenizer_folder, recipe.vocab_size)
     torch.manual_seed(recipe.seed)
     model = bert_classifier(tokenizer_folder, len(SENTIMENT_CLASSES))
+
+    def loss_of(batch):
+        feeds = {k: torch.from_numpy(v) for k, v in encode([r.text for r in batch], tokenizer_folder,
+                                                             TEXT_PROFILE).items()}
+        return torch.nn.functional.cross_entropy(model(**feeds), torch.tensor([r.label for r in batch]))
+
+    return _train(model, loss_of, train, weights, recipe, log, steps)
+
+
+def train_gpt_tiny(weights: Path, tokenizer_folder: Path, recipe: TextRecipe = GPT_TINY_RECIPE, log=print,
+                   steps: int | None = None) -> torch.nn.Module:
+    """Trains the byte-level BPE vocabulary into `tokenizer_folder` and the causal LM (next-token cross-entropy
+    over the real tokens, padding left out); writes its state_dict to `weights`."""
+    from harness.models.text import gpt_lm
+
+    train = reviews(SEED, "train", recipe.train_count)
+    train_byte_bpe([r.text for r in train], tokenizer_folder, recipe.vocab_size)
+    torch.manual_seed(recipe.seed)
+    model = gpt_lm(tokenizer_folder)
+
+    def loss_of(batch):
+        encoded = encode([r.text for r in batch], tokenizer_folder, LM_PROFILE)
+        feeds = {k: torch.from_numpy(encoded[k]) for k in ("input_ids", "attention_mask")}
+        logits = model(**feeds)[:, :-1]
+        targets = feeds["input_ids"][:, 1:].masked_fill(feeds["attention_mask"][:, 1:] == 0, -100)
+        return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+    return _train(model, loss_of, train, weights, recipe, log, steps)
+
+
+def _train(model, loss_of, train: list, weights: Path, recipe: TextRecipe, log, steps: int | None):
+    """AdamW with a one-cycle schedule over shuffled epochs of `train`; the state_dict saved to `weights`."""
+    started = time.monotonic()
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     per_epoch = math.ceil(len(train) / recipe.batch_size)
     total = steps or per_epoch * recipe.epochs
@@ -60,10 +92,7 @@ def train_bert_tiny(weights: Path, tokenizer_folder: Path, recipe: TextRecipe = 
         for start in range(0, len(epoch), recipe.batch_size):
             if step == total:
                 break
-            batch = epoch[start:start + recipe.batch_size]
-            feeds = {k: torch.from_numpy(v) for k, v in encode([r.text for r in batch], tokenizer_folder,
-                                                                 TEXT_PROFILE).items()}
-            loss = torch.nn.functional.cross_entropy(model(**feeds), torch.tensor([r.label for r in batch]))
+            loss = loss_of(epoch[start:start + recipe.batch_size])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -77,29 +106,29 @@ def train_bert_tiny(weights: Path, tokenizer_folder: Path, recipe: TextRecipe = 
     return model
 
 
-def accuracy(model: torch.nn.Module, path: Path, tokenizer_folder: Path, profile: Profile = TEXT_PROFILE,
-             batch_size: int = 64) -> float:
-    rows = read_jsonl(path)
-    correct = 0
-    with torch.inference_mode():
-        for start in range(0, len(rows), batch_size):
-            batch = rows[start:start + batch_size]
-            feeds = {k: torch.from_numpy(v) for k, v in encode([r.text for r in batch], tokenizer_folder,
-                                                                 profile).items()}
-            correct += int((model(**feeds).argmax(1).numpy() == np.array([r.label for r in batch])).sum())
-    return correct / len(rows)
-
-
-TEXT_RECIPES = {"bert_tiny": BERT_TINY_RECIPE}
+TEXT_RECIPES = {"bert_tiny": (train_bert_tiny, BERT_TINY_RECIPE), "gpt_tiny": (train_gpt_tiny, GPT_TINY_RECIPE)}
 
 
 def reproduce_text(spec, out: Path | None, log=print) -> Path:
-    """`harness zoo train bert_tiny`: its vocabulary and weights (default: the shipped ones; with --out, the
-    vocabulary goes to the folder named like the weights file without its suffix)."""
+    """`harness zoo train bert_tiny|gpt_tiny`: its vocabulary and weights (default: the shipped ones; with --out,
+    the vocabulary goes to the folder named like the weights file without its suffix), then its metric on the
+    embedded benchmark through the harness's reference run."""
+    import dataclasses
+
+    from harness.data import embedded_benchmark
+    from harness.export import export
+    from harness.inference import ModelConfig
+    from harness.pipeline import StagedPipeline
+
     weights = out or spec.weights
     folder = spec.tokenizer if out is None else weights.with_suffix("")
-    model = train_bert_tiny(weights, folder, TEXT_RECIPES[spec.name], log=log)
-    from harness.data.text import SENTIMENT_FILE
-
-    log(f"wrote {weights} and {folder}; top1 on the embedded benchmark {accuracy(model, SENTIMENT_FILE, folder):.3f}")
+    train, recipe = TEXT_RECIPES[spec.name]
+    train(weights, folder, recipe, log=log)
+    trained = dataclasses.replace(spec, weights=weights, tokenizer=folder)
+    pipeline = StagedPipeline(export(trained), embedded_benchmark(spec.task), batch_size=64)
+    evaluated = pipeline.evaluate(trained.profile, ModelConfig("torch", "cpu", "fp32"))
+    metrics = pipeline.task.metric([pipeline.by_id[i] for i in evaluated.ids], evaluated.predictions,
+                                   len(spec.labels))
+    log(f"wrote {weights} and {folder}; on the embedded benchmark: "
+        + ", ".join(f"{name} {value:.4f}" for name, value in metrics.items()))
     return weights

@@ -30,6 +30,24 @@ def run_harness(*args: str, cwd: Path | None = None, env: dict | None = None,
                           env={**os.environ, **(env or {})})
 
 
+def harness_json_report(*args: str, exit_code: int = 0) -> dict:
+    """A command's JSON report (`--json -`), run as a user would with the test plugins importable
+    (tests/plugins: model factories), after checking its exit code."""
+    import json
+
+    plugins = str(Path(__file__).parent / "plugins")
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [plugins, os.environ.get("PYTHONPATH")]))}
+    done = run_harness(*args, "--json", "-", env=env, timeout=900)
+    assert done.returncode == exit_code, done.stderr[-3000:]
+    return json.loads(done.stdout)
+
+
+@pytest.fixture(scope="session")
+def harness_json():
+    """harness_json_report: harness_json("compare", "bert_tiny", "--limit", "8") -> the report."""
+    return harness_json_report
+
+
 @pytest.fixture(scope="session")
 def harness_cli():
     """The `harness` console script as a subprocess: harness_cli("compare", "--json", "-")."""

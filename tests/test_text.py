@@ -95,21 +95,6 @@ def test_bad_text_profile_fields_name_the_file_key_and_value():
 
 # --- the text task through the commands -------------------------------------------------------------------
 
-def _harness(*args: str, exit_code: int = 0) -> dict:
-    import json
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    plugins = str(Path(__file__).parent / "plugins")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [plugins, os.environ.get("PYTHONPATH")]))}
-    done = subprocess.run([str(Path(sys.executable).with_name("harness")), *args, "--json", "-"], capture_output=True,
-                          text=True, timeout=900, env=env)
-    assert done.returncode == exit_code, done.stderr[-3000:]
-    return json.loads(done.stdout)
-
-
 def _direct_bert_predictions(count: int, padding_side: str = "right") -> np.ndarray:
     """bert_tiny run by transformers and torch alone: its tokeniser class on the folder, the model class on
     the state_dict (the harness's zoo wrapper prefixes the names with `model.`), batches of 32."""
@@ -135,8 +120,8 @@ def _direct_bert_predictions(count: int, padding_side: str = "right") -> np.ndar
     return np.concatenate(logits)
 
 
-def test_compare_on_the_text_classifier_matches_transformers_called_directly():
-    report = _harness("compare", "bert_tiny", "--backends", "torch,onnxruntime,openvino,tvm", "--limit", "200",
+def test_compare_on_the_text_classifier_matches_transformers_called_directly(harness_json):
+    report = harness_json("compare", "bert_tiny", "--backends", "torch,onnxruntime,openvino,tvm", "--limit", "200",
                       "--batch-size", "32")
     rows = {(row["backend"], row["precision"]): row for row in report["results"]}
     labels = np.array([r.label for r in read_jsonl(SENTIMENT_FILE)[:200]])
@@ -155,11 +140,11 @@ def test_compare_on_the_text_classifier_matches_transformers_called_directly():
     assert tvm["status"] == "unavailable" and "Relax's ONNX importer cannot take this graph" in tvm["reason"]
 
 
-def test_padding_side_moves_a_model_with_absolute_positions_and_not_one_with_positions_from_the_mask():
+def test_padding_side_moves_a_model_with_absolute_positions_and_not_one_with_positions_from_the_mask(harness_json):
     """BERT's position ids count from the first column whatever the mask says: padded on the left, a short
     review's words sit at other positions than in training. Positions taken from the mask make it exact."""
-    absolute = _harness("sysnoise", "bert_tiny", "--axes", "padding", "--limit", "160")
-    from_mask = _harness("sysnoise", "harness_test_text:bert_positions_from_mask", "--axes", "padding", "--limit",
+    absolute = harness_json("sysnoise", "bert_tiny", "--axes", "padding", "--limit", "160")
+    from_mask = harness_json("sysnoise", "harness_test_text:bert_positions_from_mask", "--axes", "padding", "--limit",
                          "160")
 
     def rows(report):
@@ -174,7 +159,7 @@ def test_padding_side_moves_a_model_with_absolute_positions_and_not_one_with_pos
         assert row["flip_rate"] == 0 and (row["status"] == "identical" or row["kl"] < 1e-9), (variant, row)
 
 
-def test_drift_on_the_text_classifier_int8_names_torch_modules_and_the_embedding_error_is_its_quantization():
+def test_drift_on_the_text_classifier_int8_names_torch_modules_and_the_embedding_error_is_its_quantization(harness_json):
     """ORT's dynamic INT8 graph of bert_tiny: every tensor observed, torch module names from the export, and
     the word-embedding lookup's introduced error equal to its table's quantization error computed here from
     the INT8 graph's own initializers and the token ids transformers makes."""
@@ -182,7 +167,7 @@ def test_drift_on_the_text_classifier_int8_names_torch_modules_and_the_embedding
     from onnx import numpy_helper
     from transformers import BertTokenizer
 
-    report = _harness("drift", "bert_tiny", "--backend", "onnxruntime", "--precision", "int8", "--limit", "32",
+    report = harness_json("drift", "bert_tiny", "--backend", "onnxruntime", "--precision", "int8", "--limit", "32",
                       "--batch-size", "32")
     assert report["observed_tensors"] == report["graph_tensors"] > 50
     ops = {op["tensor"]: op for op in report["ops"]}
@@ -208,12 +193,12 @@ def test_drift_on_the_text_classifier_int8_names_torch_modules_and_the_embedding
     assert all(op["introduced"] is not None for op in ops.values() if op["op_type"] == "MatMul")
 
 
-def test_attention_axis_runs_transformers_eager_attention_against_the_fused_kernel():
+def test_attention_axis_runs_transformers_eager_attention_against_the_fused_kernel(harness_json):
     """The eager path computes the same function in another order: not bit-identical, no prediction moved,
     as transformers itself gives on the same batches."""
     import torch
 
-    report = _harness("sysnoise", "bert_tiny", "--axes", "attention", "--limit", "96")
+    report = harness_json("sysnoise", "bert_tiny", "--axes", "attention", "--limit", "96")
     (axis,) = report["axes"]
     (eager,) = axis["variants"]
     assert eager["name"] == "eager" and eager["status"] == "ok" and not eager["identical_to_reference"]
@@ -260,32 +245,32 @@ class _IdsAndMask:
                           output_names=["scores"], dynamic_shapes=({0: batch, 1: sequence},) * 2, external_data=False)
 
 
-def test_an_onnx_text_model_with_two_named_inputs_through_compare_sysnoise_drift_and_validate(tmp_path):
+def test_an_onnx_text_model_with_two_named_inputs_through_compare_sysnoise_drift_and_validate(tmp_path, harness_json):
     model = tmp_path / "reviews.onnx"
     _IdsAndMask.export(model)
     common = (str(model), "--tokenizer", str(TOKENIZER), "--limit", "64")
-    compared = _harness("compare", *common, "--backends", "onnxruntime,openvino")
+    compared = harness_json("compare", *common, "--backends", "onnxruntime,openvino")
     rows = {row["backend"]: row for row in compared["results"]}
     assert compared["model"]["task"] == "text-classify"
     assert rows["openvino"]["status"] == "ok" and rows["openvino"]["outputs"]["top1_agreement"] == 1.0
     labels = np.array([r.label for r in read_jsonl(SENTIMENT_FILE)[:64]])
     expected = float((_direct_bert_predictions(64).argmax(1) == labels).mean())  # token types were zeros there too
     assert compared["reference"]["metric"]["top1"] == pytest.approx(expected, abs=1e-12)
-    swept = _harness("sysnoise", *common, "--axes", "truncation,precision")
+    swept = harness_json("sysnoise", *common, "--axes", "truncation,precision")
     variants = {v["name"]: v for axis in swept["axes"] for v in axis["variants"]}
     assert variants["onnxruntime-int8"]["status"] == "ok" and variants["max-32"]["status"] == "ok"
-    drifted = _harness("drift", *common, "--backend", "onnxruntime", "--precision", "fp16")
+    drifted = harness_json("drift", *common, "--backend", "onnxruntime", "--precision", "fp16")
     assert drifted["status"] == "ok" and 2 * drifted["observed_tensors"] >= drifted["graph_tensors"] > 50
     assert all(op["introduced"] is not None for op in drifted["ops"] if op["op_type"] == "MatMul" and op["observable"])
     gate = tmp_path / "gate.toml"
     gate.write_text(f'model = "{model}"\ntokenizer = "{TOKENIZER}"\nlimit = 64\n[[profiles]]\nname = "ov"\n'
                     'backend = "openvino"\ndevice = "cpu"\nprecision = "fp32"\n[thresholds]\nmax_metric_drop = 0.01\n'
                     'min_top1_agreement = 0.98\n')
-    validated = _harness("validate", "--config", str(gate))
+    validated = harness_json("validate", "--config", str(gate))
     assert validated["passed"] is True
 
 
-def test_a_transformers_folder_is_a_model_source_with_its_saved_weights_labels_and_tokeniser(tmp_path):
+def test_a_transformers_folder_is_a_model_source_with_its_saved_weights_labels_and_tokeniser(tmp_path, harness_json):
     """save_pretrained's folder of a DistilBERT classifier (two inputs: no token types) with the zoo's
     tokeniser saved beside it: built offline from its config and safetensors, labels from id2label, the
     reference equal to transformers running the same folder."""
@@ -300,7 +285,7 @@ def test_a_transformers_folder_is_a_model_source_with_its_saved_weights_labels_a
                               label2id={"negative": 0, "positive": 1})
     AutoModelForSequenceClassification.from_config(config).save_pretrained(tmp_path, safe_serialization=True)
     BertTokenizer.from_pretrained(str(TOKENIZER), local_files_only=True, model_max_length=48).save_pretrained(tmp_path)
-    report = _harness("compare", f"transformers:{tmp_path}", "--backends", "onnxruntime,openvino", "--limit", "48",
+    report = harness_json("compare", f"transformers:{tmp_path}", "--backends", "onnxruntime,openvino", "--limit", "48",
                       "--batch-size", "16")
     (reference,) = [r for r in [report["reference"]]]
     assert reference["profile"]["max_length"] == 48 and reference["profile"]["labels"] == ["negative", "positive"]
@@ -344,7 +329,7 @@ def test_the_zoo_recipe_retrains_the_vocabulary_up_to_the_trainers_tie_breaking_
     assert set(state) == set(model.state_dict()) == set(torch.load(TOKENIZER.with_suffix(".pt"), weights_only=True))
 
 
-def test_the_starter_gate_of_the_text_classifier_passes_and_fails_on_left_padding(tmp_path):
+def test_the_starter_gate_of_the_text_classifier_passes_and_fails_on_left_padding(tmp_path, harness_json):
     import subprocess
     import sys
     from pathlib import Path
@@ -356,21 +341,21 @@ def test_the_starter_gate_of_the_text_classifier_passes_and_fails_on_left_paddin
     gate = tmp_path / "gate.toml"
     text = gate.read_text()
     assert 'color = "bgr"' not in text and '# padding_side = "left"' in text
-    assert _harness("validate", "--config", str(gate))["passed"] is True
+    assert harness_json("validate", "--config", str(gate))["passed"] is True
     for line in ("[[profiles]]", 'name = "left-padding"', 'backend = "onnxruntime"', 'padding_side = "left"'):
         text = text.replace(f"# {line}\n", f"{line}\n")
     gate.write_text(text)
-    report = _harness("validate", "--config", str(gate), exit_code=1)
+    report = harness_json("validate", "--config", str(gate), exit_code=1)
     failed = {(c["profile"], c["threshold"]) for c in report["checks"] if not c["passed"]}
     assert ("left-padding", "max_metric_drop") in failed and not any(p == "onnxruntime-fp32" for p, _ in failed)
 
 
-def test_openvino_int4_compresses_the_text_classifiers_linear_layers_and_is_no_image_models_precision():
+def test_openvino_int4_compresses_the_text_classifiers_linear_layers_and_is_no_image_models_precision(harness_json):
     """NNCF's INT4_SYM weight compression: every weight MatMul of the export in 4 bits but the last (NNCF keeps
     the layer before the logits, with the embeddings, in int8 by default); an image model gets no int4 row."""
     import onnx
 
-    report = _harness("compare", "bert_tiny", "--backends", "openvino", "--precision", "int4", "--limit", "100")
+    report = harness_json("compare", "bert_tiny", "--backends", "openvino", "--precision", "int4", "--limit", "100")
     (row,) = report["results"]
     assert row["status"] == "ok" and row["precision_effective"] == "int4"
     assert row["execution"]["matches_request"] is True and row["outputs"]["top1_agreement"] >= 0.98
@@ -386,7 +371,7 @@ def test_openvino_int4_compresses_the_text_classifiers_linear_layers_and_is_no_i
     assert "openvino-int4" in [v.name for v in AXES["precision"].variants(resolve_model("bert_tiny"), "onnxruntime")]
 
 
-def test_a_compare_report_with_flipped_reviews_renders_them_as_text(tmp_path):
+def test_a_compare_report_with_flipped_reviews_renders_them_as_text(tmp_path, harness_json):
     """A flipped text sample's `path` is the dataset's .jsonl: the HTML report quotes the review (escaped)
     instead of opening that file as a picture (which raised PIL's UnidentifiedImageError)."""
     import json
@@ -397,7 +382,7 @@ def test_a_compare_report_with_flipped_reviews_renders_them_as_text(tmp_path):
     from harness.report.html import flipped_thumbnails, write_html
     from harness.tasks import TEXT_CLASSIFY, get_task
 
-    report = _harness("compare", "bert_tiny", "--backends", "onnxruntime", "--limit", "8")
+    report = harness_json("compare", "bert_tiny", "--backends", "onnxruntime", "--limit", "8")
     samples = embedded_benchmark(TEXT_CLASSIFY).samples[:8]
     reference = [np.array([2.0, -1.0], np.float32)] * 8
     candidate = [np.array([-1.0, 2.0], np.float32) if k in (1, 5) else reference[k] for k in range(8)]

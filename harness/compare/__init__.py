@@ -338,6 +338,7 @@ def _result_row(pipeline: StagedPipeline, identity: dict, loaded: Loaded, ref_re
     metric = task_metric(task, processed, predictions, reference, len(classes))
     outputs = pipeline.output_stats.get((request.key, ref_request.key), OutputStats()).to_json()
     outputs.update({"top1_agreement": float(agree.mean()) if len(agree) else None, "flips": int((~agree).sum())})
+    outputs.update(model_task.agreement_metrics(reference, predictions))
     divergence = model_task.divergence(reference, predictions)
     if divergence is not None:
         outputs["kl"] = divergence

@@ -130,7 +130,8 @@ def compare_variant(pipeline: StagedPipeline, task: str, classes, profile: Profi
                 "identical_to_reference": identical, "outputs_sha256": candidate.outputs_digest,
                 "samples": len(shared), "kl": kind.divergence(base, cand),
                 "output_shapes_changed": output_shape_changes(pipeline, profile, config, base_profile, base_config),
-                "first_reshaped_tensor": first_reshaped(pipeline, config, base_config)}
+                "first_reshaped_tensor": first_reshaped(pipeline, config, base_config),
+                **kind.agreement_metrics(base, cand)}
     significance = dict.fromkeys(SIGNIFICANCE_KEYS)
     # a whole-set evaluation's interval costs seconds: none for identical predictions, and with
     # bootstrap_scope "largest" only for the axis's largest change (_interval_of_largest)

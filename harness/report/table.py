@@ -17,18 +17,23 @@ def _points(value) -> str:
     return "-" if value is None else f"{value * 100:+.2f}"
 
 
-def _metric_cell(metric: dict | None, delta: dict | None, name: str) -> str:
+def _metric_cell(metric: dict | None, delta: dict | None, name: str, in_points: bool = True) -> str:
     if not metric or metric.get(name) is None:
         return "-"
     if delta is None:
         return _fmt(metric[name])
-    return f"{_fmt(metric[name])} ({_points(delta.get(name))})"
+    change = _points(delta.get(name)) if in_points else ("-" if delta.get(name) is None else f"{delta[name]:+.4f}")
+    return f"{_fmt(metric[name])} ({change})"
 
 
 def compare_table(report: dict) -> Table:
-    """One row per candidate; metric cells read 'value (Δ in points)'."""
+    """One row per candidate; metric cells read 'value (Δ in points)', or 'value (Δ)' for a metric that is not a
+    fraction (a causal LM's perplexity)."""
+    from harness.tasks import get_task
+
     ref = report["reference"]
     metric_names = list(ref["metric"])
+    fractions = {name: get_task(report["model"]["task"]).is_fraction(name) for name in metric_names}
     title = escape(f"{report['model']['name']} on {report['dataset']['name']} "
                    f"({report['dataset']['samples']} samples, {report['dataset']['failed_samples']} failed); "
                    f"reference {ref['backend']}:{ref['device']}:{ref['precision']}")
@@ -37,7 +42,7 @@ def compare_table(report: dict) -> Table:
     table.add_column("precision")
     table.add_column("status")
     for name in metric_names:
-        table.add_column(f"{name} (Δpts)", justify="right")
+        table.add_column(f"{name} ({'Δpts' if fractions[name] else 'Δ'})", justify="right")
     for column in ("max abs", "cosine", "agree", "flips", "ms/batch p50/p90", "load s"):
         table.add_column(column, justify="right")
 
@@ -62,7 +67,7 @@ def compare_table(report: dict) -> Table:
             precision = f"{precision}→{row['precision_effective']}"
         precision += execution_mark(row.get("execution"))
         table.add_row(candidate, escape(str(precision)), "[green]ok[/]",
-                      *[_metric_cell(row["metric"], row["delta"], m) for m in metric_names],
+                      *[_metric_cell(row["metric"], row["delta"], m, fractions[m]) for m in metric_names],
                       _fmt(out["max_abs"]), _fmt(out["cosine"], 6), _fmt(out["top1_agreement"]), str(out["flips"]),
                       *timing(row["timing"]))
     return table

@@ -20,7 +20,7 @@ import numpy as np
 from harness.errors import UnknownName
 
 CLASSIFY, DETECT, SEGMENT, KEYPOINTS, INSTANCES = "classify", "detect", "segment", "keypoints", "instances"
-TEXT_CLASSIFY = "text-classify"
+TEXT_CLASSIFY, CAUSAL_LM = "text-classify", "causal-lm"
 
 
 @dataclass
@@ -47,6 +47,10 @@ class Task(ABC):
     # a deployment mistake of this family that `validate --init`'s starter gate offers to watch fail: (what it
     # is, the profile's name, the profile fields it changes)
     known_bad: tuple[str, str, dict] = ("the camera delivers BGR", "camera-bgr", {"color": "bgr"})
+
+    def is_fraction(self, metric: str) -> bool:
+        """Is `metric` a fraction (its changes read in points)? Every metric is, except those a task names."""
+        return True
 
     def post_axes_of(self, spec) -> tuple[str, ...]:
         """The post-processing axes that act on this model (its head may have fewer stages)."""
@@ -94,6 +98,9 @@ class Task(ABC):
         while the predictions exist; None: the gallery shows the image alone."""
         return None
 
+    # the raw outputs whose differences a comparison reports (None: all); a task whose run reduces the model's
+    # outputs to token ids (a causal LM) names its float ones
+    compared_outputs: tuple[str, ...] | None = None
     # the metric comes from one evaluation of the whole set per side (COCO AP), not a mean over samples:
     # its interval is a bootstrap over images of those evaluations, seconds each (`change` with rounds),
     # so a sweep may give intervals to the largest changes only
@@ -101,6 +108,17 @@ class Task(ABC):
     # its predictions cover the whole stored image (label maps, instance masks), which a geometry that crops
     # the image (shorter-crop, topdown) cannot give back
     needs_whole_image = False
+
+    def run_batch(self, session, feeds: dict, inputs, start: int, stop: int, profile) -> dict[str, np.ndarray]:
+        """The raw outputs of one batch (`feeds`: samples [start, stop) of `inputs`, harness.stages.Inputs): one
+        model run. A task that runs a model several times a sample (a causal LM's greedy continuation) or
+        reduces outputs too large to keep overrides it."""
+        return session.run(feeds)
+
+    def agreement_metrics(self, reference: list, candidate: list) -> dict:
+        """Measures of agreement with the reference beyond `agreement` (a causal LM's next-token agreement),
+        added to a compare row's outputs and a sweep row's measures."""
+        return {}
 
     def divergence(self, reference: list, candidate: list) -> float | None:
         """A distribution distance between two prediction sets (KL of the class distributions), if any."""
@@ -128,6 +146,7 @@ class Task(ABC):
 
 
 def registry() -> dict[str, Task]:
+    from harness.tasks.causal_lm import CausalLM
     from harness.tasks.classify import Classify
     from harness.tasks.detect import Detect
     from harness.tasks.instances import Instances
@@ -135,7 +154,8 @@ def registry() -> dict[str, Task]:
     from harness.tasks.segment import Segment
     from harness.tasks.text_classify import TextClassify
 
-    return {task.name: task for task in (Classify(), Detect(), Segment(), Keypoints(), Instances(), TextClassify())}
+    return {task.name: task for task in (Classify(), Detect(), Segment(), Keypoints(), Instances(), TextClassify(),
+                                        CausalLM())}
 
 
 def get_task(name: str) -> Task:

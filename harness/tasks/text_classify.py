@@ -16,12 +16,7 @@ class TextClassify(Classify):
     known_bad = ("the server pads its batches on the left", "left-padding", {"padding_side": "left"})
 
     def preprocessor(self, dataset, counters, spec):
-        from harness.errors import UsageError
-        from harness.stages import TextPreprocessor
-
-        if spec.tokenizer is None:
-            raise UsageError(f"{spec.name}: a text model needs its tokeniser folder (--tokenizer FOLDER)")
-        return TextPreprocessor(dataset, counters, spec.tokenizer)
+        return text_preprocessor(dataset, counters, spec)
 
     def flip_record(self, sample, reference, candidate, classes) -> dict:
         return {**super().flip_record(sample, reference, candidate, classes), "text": sample.text}
@@ -34,3 +29,13 @@ class TextClassify(Classify):
     def scene(self):
         raise NotImplementedError("text-classify: a text task has no synthetic scenes; its training split is "
                                   "harness.data.text's generated reviews")
+
+
+def text_preprocessor(dataset, counters: dict, spec):
+    """A text model's pre-processing stage: its tokeniser under the profile's text fields."""
+    from harness.errors import UsageError
+    from harness.stages import TextPreprocessor
+
+    if spec.tokenizer is None:
+        raise UsageError(f"{spec.name}: a text model needs its tokeniser folder (--tokenizer FOLDER)")
+    return TextPreprocessor(dataset, counters, spec.tokenizer)
