@@ -74,7 +74,7 @@ def test_perplexity_next_token_accuracy_and_greedy_continuations_are_transformer
     assert sum(a == b for a, b in zip(ours, direct["continuations"])) >= 47
 
 
-def test_compare_reports_the_lm_metrics_and_int8_int4_move_perplexity(harness_json):
+def test_compare_reports_the_lm_metrics_and_int8_int4_move_perplexity(tmp_path, harness_json):
     report = harness_json("compare", "gpt_tiny", "--backends", "onnxruntime,openvino", "--precision", "fp32,int8,int4",
                       "--limit", "64", "--batch-size", "32")
     assert report["model"]["task"] == "causal-lm"
@@ -93,6 +93,24 @@ def test_compare_reports_the_lm_metrics_and_int8_int4_move_perplexity(harness_js
         assert row["status"] == "ok" and 0 < abs(row["delta"]["perplexity"]) < 0.1, key
         assert 0.9 < row["outputs"]["next_token_agreement"] < 1.0 and row["outputs"]["max_abs"] > 1e-3, key
         assert row["execution"]["by_precision"].get(key[1]), key
+    # a changed continuation is reported as text: the prompt and both continuations, decoded by the tokeniser
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(TOKENIZER), local_files_only=True)
+    flips = rows["openvino", "int4"]["flipped"]
+    assert flips and all(flip["reference_pred"] != flip["candidate_pred"] for flip in flips)
+    for flip in flips:
+        assert flip["candidate_text"] == tokenizer.decode(flip["candidate_pred"])
+        assert flip["text"].startswith(tokenizer.decode(flip["prompt_tokens"])) and flip["prompt"] in flip["text"]
+    import html
+
+    from harness.report.html import write_html
+
+    write_html(report, tmp_path / "r.html")
+    page = (tmp_path / "r.html").read_text()
+    flipped = sum(len(row.get("flipped", [])) for row in report["results"])
+    assert page.count("<figure class='text'>") == flipped
+    assert f"“{html.escape(flips[0]['reference_text'], quote=True)}” → “" in page
 
 
 def test_left_padding_shifts_gpt2_positions_and_a_model_with_positions_from_the_mask_is_indifferent():
@@ -165,6 +183,10 @@ def test_sysnoise_on_the_causal_lm_runs_its_axes_and_a_gate_fails_left_padding(t
     # NFD splits accented letters into two code points: different bytes for a byte-level BPE
     assert variants["unicode", "NFD"]["status"] == "ok" and variants["unicode", "NFD"]["flip_rate"] > 0
     assert {name for axis, name in variants if axis == "precision"} >= {"onnxruntime-int8", "openvino-int4"}
+    int4 = variants["precision", "openvino-int4"]
+    moved = int4["metric"]["perplexity"] - int4["baseline_metric"]["perplexity"]
+    low, high = int4["perplexity_ci95"]
+    assert moved != 0 and low <= moved <= high and high - low < 0.5
     assert not {axis for axis, _ in variants} & {"tokenizer", "case", "decoder", "resize"}
 
 

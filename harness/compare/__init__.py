@@ -350,5 +350,6 @@ def _result_row(pipeline: StagedPipeline, identity: dict, loaded: Loaded, ref_re
     return ResultRow(identity, "ok", "", metric, _delta(metric, ref_metric),
                      precision_effective=precision_effective, execution=execution,
                      measures={"outputs": outputs, "timing": _timing(pipeline, loaded),
-                               "flipped": flipped_samples(model_task, processed, reference, predictions, agree,
-                                                          classes)}).to_json()
+                               "flipped": model_task.readable_flips(flipped_samples(
+                                   model_task, processed, reference, predictions, agree, classes),
+                                   pipeline.exported.spec)}).to_json()

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness.noise import AXES, VARIANT_BUILDERS, Axis, Variant
-from harness.tasks import TEXT_CLASSIFY
+from harness.tasks import CAUSAL_LM, TEXT_CLASSIFY
 
 
 def _tokenizer_variants(spec, graph_backend):
@@ -70,6 +70,6 @@ AXES.update(
     case=Axis("case", "pre", "text: the tokeniser's lower-casing or accent stripping turned off"),
     truncation=Axis("truncation", "pre", "text: truncation from the other side, at half and twice the length"),
     attention=Axis("attention", "model", "text: torch running transformers' eager attention (explicit softmax) "
-                                         "instead of the fused scaled-dot-product kernel", tasks=(TEXT_CLASSIFY,)),
+                                         "instead of the fused scaled-dot-product kernel", tasks=(TEXT_CLASSIFY, CAUSAL_LM)),
     padding=Axis("padding", "pre", "text: padding on the other side, to max_length, or none (one sample a batch)"),
 )

@@ -165,7 +165,11 @@ def _compare_body(report: dict, thumbs: dict) -> str:
             key = flip.get("overlay") if flip.get("overlay") in thumbs else flip["sample"]
             caption = (f"<figcaption>{_e(r['backend'])} {_e(r['precision'])}: {_e(flip['reference_pred'])}"
                        f" → {_e(flip['candidate_pred'])}<br>label {_e(flip['label'])}</figcaption></figure>")
-            if "text" in flip:  # a text sample is shown as itself
+            if "reference_text" in flip:  # a continuation that changed: the prompt, then both continuations
+                caption = (f"<figcaption>{_e(r['backend'])} {_e(r['precision'])}: “{_e(flip['reference_text'])}” →"
+                           f" “{_e(flip['candidate_text'])}”</figcaption></figure>")
+                gallery.append(f"<figure class='text'><blockquote>{_e(flip['prompt'])} …</blockquote>{caption}")
+            elif "text" in flip:  # a text sample is shown as itself
                 gallery.append(f"<figure class='text'><blockquote>{_e(flip['text'])}</blockquote>{caption}")
             elif key in thumbs:
                 gallery.append(f"<figure><img alt='{_e(flip['sample'])}' "

@@ -93,6 +93,11 @@ class Task(ABC):
         """What a report's gallery shows of a sample whose prediction flipped (label, both predictions,
         the candidate's confidence)."""
 
+    def readable_flips(self, rows: list[dict], spec) -> list[dict]:
+        """flip_record's rows made readable with what the model's spec knows (a causal LM's token ids decoded
+        by its tokeniser)."""
+        return rows
+
     def flip_overlay(self, sample, reference, candidate) -> np.ndarray | None:
         """uint8 RGB picture of a flipped sample with both predictions drawn on it (a report's gallery), made
         while the predictions exist; None: the gallery shows the image alone."""

@@ -132,21 +132,27 @@ class CausalLM(Task):
         metrics = {"next_token_top1": float(hits.sum() / tokens) if tokens else float("nan"),
                    "perplexity": float(math.exp(nll.sum() / tokens)) if tokens else float("nan"),
                    "nll_per_token": float(nll.sum() / tokens) if tokens else float("nan")}
-        return Evaluation(metrics, np.stack([hits, counts]) if len(predictions) else np.zeros((2, 0), np.int64),
-                          len(samples))
+        return Evaluation(metrics, (hits, counts, nll), len(samples))
 
     def change(self, baseline, candidate, rounds) -> dict:
+        """The primary metric's interval, and `perplexity_ci95`: Δ perplexity's on the same resampled texts."""
         from harness.noise.stats import SEED, significant
 
-        (base_hits, base_counts), (cand_hits, cand_counts) = baseline.records, candidate.records
+        (base_hits, base_counts, base_nll), (cand_hits, cand_counts, cand_nll) = baseline.records, candidate.records
         if not len(base_hits) or not base_counts.sum() or not cand_counts.sum():
             return {}
         index = np.random.default_rng(SEED).integers(0, len(base_hits), size=(BOOTSTRAP_ROUNDS, len(base_hits)))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            deltas = cand_hits[index].sum(1) / cand_counts[index].sum(1) - base_hits[index].sum(1) / base_counts[index].sum(1)
-        interval = tuple(float(v) for v in np.nanpercentile(deltas, [2.5, 97.5]))
-        return {"ci95": list(interval), "significant": significant(interval), "significance_test": "bootstrap",
-                "bootstrap_rounds": BOOTSTRAP_ROUNDS}
+
+        def interval(candidate_ratio, baseline_ratio) -> tuple[float, float]:
+            with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+                deltas = candidate_ratio - baseline_ratio
+            return tuple(float(v) for v in np.nanpercentile(deltas, [2.5, 97.5]))
+
+        cand_tokens, base_tokens = cand_counts[index].sum(1), base_counts[index].sum(1)
+        top1 = interval(cand_hits[index].sum(1) / cand_tokens, base_hits[index].sum(1) / base_tokens)
+        perplexity = interval(np.exp(cand_nll[index].sum(1) / cand_tokens), np.exp(base_nll[index].sum(1) / base_tokens))
+        return {"ci95": list(top1), "significant": significant(top1), "significance_test": "bootstrap",
+                "bootstrap_rounds": BOOTSTRAP_ROUNDS, "perplexity_ci95": list(perplexity)}
 
     def agreement(self, reference, candidate) -> np.ndarray:
         return np.array([np.array_equal(r.continuation, c.continuation) for r, c in zip(reference, candidate)],
@@ -163,10 +169,20 @@ class CausalLM(Task):
                 "continuation_match": float(agree.mean()) if len(agree) else None}
 
     def flip_record(self, sample, reference, candidate, classes) -> dict:
-        prompt = prompt_length(len(candidate.tokens))
-        return {"label": None, "text": sample.text, "prompt_tokens": prompt,
-                "reference_pred": reference.continuation.tolist(), "candidate_pred": candidate.continuation.tolist(),
-                "confidence": None}
+        return {"label": None, "text": sample.text, "prompt_tokens": candidate.tokens[:prompt_length(len(
+                    candidate.tokens))].tolist(), "reference_pred": reference.continuation.tolist(),
+                "candidate_pred": candidate.continuation.tolist(), "confidence": None}
+
+    def readable_flips(self, rows, spec) -> list[dict]:
+        """The prompt and both continuations as text (the model's tokeniser decoding them), the ids kept."""
+        from harness.tokenization import load_tokenizer
+
+        if spec.tokenizer is None:
+            return rows
+        tokenizer = load_tokenizer(str(spec.tokenizer), "fast", None, None)
+        return [{**row, "prompt": tokenizer.decode(row["prompt_tokens"]),
+                 "reference_text": tokenizer.decode(row["reference_pred"]),
+                 "candidate_text": tokenizer.decode(row["candidate_pred"])} for row in rows]
 
     def benchmark(self):
         from harness.data.text import SENTIMENT_FILE, load_text
