@@ -314,6 +314,10 @@ def resolve_model(name: str | None, checkpoint: Path | None = None, profile_path
             spec = replace(spec, head=_head_of(profile.head, spec, profile_path))
     if task is not None:
         spec = replace(spec, task=get_task(task).name)
+        if get_task(task).reads_text != bool(spec.text_inputs):
+            kind = "a text" if spec.text_inputs else "an image"
+            raise UsageError(f"{name} is {kind} model: task {spec.task} takes "
+                             f"{'text (input_ids)' if get_task(task).reads_text else 'images'}")
     if labels_path is not None:
         spec = replace(spec, labels=read_labels(labels_path))
     if tokenizer is not None:

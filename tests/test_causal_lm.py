@@ -246,3 +246,14 @@ def test_the_stated_perplexity_and_next_token_accuracy_on_the_whole_split():
     metrics = pipeline.task.metric([pipeline.by_id[i] for i in evaluated.ids], evaluated.predictions, 0)
     for key, stated in ZOO["gpt_tiny"]().stated.items():
         assert metrics[key] == pytest.approx(stated, abs=0.0001), key
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("resnet_tiny", "--task", "causal-lm"), "resnet_tiny is an image model: task causal-lm takes text (input_ids)"),
+    (("gpt_tiny", "--task", "classify"), "gpt_tiny is a text model: task classify takes images"),
+    (("bert_tiny", "--task", "causal-lm", "--backends", "onnxruntime"),
+     "output 'logits' is 4x2: not a causal LM's next-token logits (N x sequence x vocabulary)"),
+])
+def test_a_task_the_model_cannot_be_is_one_line_exit_2(args, message, harness_cli):
+    done = harness_cli("compare", *args, "--limit", "4")
+    assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr

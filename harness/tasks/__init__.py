@@ -103,6 +103,7 @@ class Task(ABC):
         while the predictions exist; None: the gallery shows the image alone."""
         return None
 
+    reads_text = False  # its models read token ids (a tokeniser is its pre-processing), not images
     # the raw outputs whose differences a comparison reports (None: all); a task whose run reduces the model's
     # outputs to token ids (a causal LM) names its float ones
     compared_outputs: tuple[str, ...] | None = None

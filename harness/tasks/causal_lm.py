@@ -49,6 +49,7 @@ def prompt_length(length: int) -> int:
 
 class CausalLM(Task):
     name = CAUSAL_LM
+    reads_text = True
     primary_metric = "next_token_top1"
     significance_rule = (f"paired bootstrap over texts ({BOOTSTRAP_ROUNDS} seeded rounds, each text with all its "
                          "tokens): the 95 % interval of Δ next-token top-1 excludes 0")

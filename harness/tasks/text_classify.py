@@ -10,6 +10,7 @@ from harness.tasks.classify import Classify
 
 class TextClassify(Classify):
     name = TEXT_CLASSIFY
+    reads_text = True
     primary_metric = "top1"
     pre_axes = ("tokenizer", "unicode", "case", "truncation", "padding")
     graph_axes = ()
