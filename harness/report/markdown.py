@@ -63,6 +63,7 @@ def zoo_sysnoise_markdown(progress: bool = False) -> str:
     from harness.models import ZOO
     from harness.noise.runner import SweepSettings, sysnoise_report
     from harness.report.sysnoise import summary_markdown
+    from harness.tasks.causal_lm import BOOTSTRAP_ROUNDS as LM_ROUNDS
     from harness.tasks.segment import MIOU_ROUNDS
 
     fingerprint = sweep_fingerprint()  # of what this run reads, before it runs
@@ -75,7 +76,8 @@ def zoo_sysnoise_markdown(progress: bool = False) -> str:
             f"the paired bootstrap interval, for scale); mAP by a paired bootstrap over images whose 95 % interval "
             f"excludes 0 ({README_SWEEP['bootstrap_rounds']} seeded rounds, for each axis's largest |Δ| only); mIoU by "
             f"a paired bootstrap over images of the summed confusion matrices ({MIOU_ROUNDS} seeded rounds, every "
-            f"variant); k/n = "
+            f"variant); next-token top-1 by a paired bootstrap over texts, each with all its tokens ({LM_ROUNDS} "
+            f"seeded rounds, every variant); k/n = "
             f"significant variants. Samples: {samples}. Settings: {settings}.\n\n{FINGERPRINT_NOTE}{fingerprint}.")
 
 
