@@ -6,10 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+import torch
+
 from harness.errors import UnknownName, UsageError
 from harness.model import ModelSpec
 from harness.profile import Profile
-from harness.tasks import CLASSIFY
+from harness.tasks import CLASSIFY, SEGMENT
 
 def _pil_resizes() -> dict:
     """torchvision's interpolation modes -> the harness's resize names: Resize on a PIL image calls Pillow's
@@ -28,24 +30,49 @@ def torchvision_spec(arch: str, checkpoint: Path | None) -> ModelSpec:
         builder = torchvision.models.get_model_builder(arch)
     except ValueError:
         raise UnknownName("torchvision model", arch, torchvision.models.list_models()) from None
-    _refuse_what_is_not_a_classifier(arch, builder.__module__)
-    profile = Profile(input_size=224, geometry="torchvision-crop")
+    family = _family(builder.__module__)
+    _refuse_what_is_not_taken(arch, family)
+    segmenter = family == "segmentation"
+    geometry = "torchvision-resize" if segmenter else "torchvision-crop"
+    profile = Profile(input_size=224, geometry=geometry)
     labels: tuple[str, ...] = ()
     try:  # the preprocessing of the default weights, read without downloading them
         weights = torchvision.models.get_model_weights(arch).DEFAULT
         transforms = weights.transforms()
         interpolation = _pil_resizes()[transforms.interpolation]
-        profile = Profile(resize=interpolation, geometry="torchvision-crop", input_size=transforms.crop_size[0],
-                          resize_size=transforms.resize_size[0], mean=tuple(transforms.mean),
-                          std=tuple(transforms.std))
+        # a segmenter's preset resizes the shorter side and crops nothing: its input is that side, square
+        # images only (harness.preprocess's torchvision-resize)
+        size = transforms.resize_size[0] if segmenter else transforms.crop_size[0]
+        profile = Profile(resize=interpolation, geometry=geometry, input_size=size,
+                          resize_size=transforms.resize_size[0], mean=tuple(transforms.mean), std=tuple(transforms.std))
         labels = tuple(weights.meta.get("categories") or ())
     except (ValueError, AttributeError, KeyError, TypeError):
         pass  # no published weights for this architecture: ImageNet defaults, overridable by --profile
-    task = CLASSIFY
     seed = None if checkpoint is not None else RANDOM_WEIGHTS_SEED
-    return ModelSpec(name=f"torchvision:{arch}", task=task, profile=profile, labels=labels,
-                     build=lambda: _offline_build(builder, seed), weights=checkpoint,
-                     source=f"torchvision:{arch}", summary=f"torchvision {arch}", random_seed=seed)
+    build = (lambda: SegmentationLogits(_offline_build(builder, seed))) if segmenter else \
+        (lambda: _offline_build(builder, seed))
+    return ModelSpec(name=f"torchvision:{arch}", task=SEGMENT if segmenter else CLASSIFY, profile=profile,
+                     labels=labels, build=build, weights=checkpoint, source=f"torchvision:{arch}",
+                     summary=f"torchvision {arch}", random_seed=seed)
+
+
+class SegmentationLogits(torch.nn.Module):
+    """A torchvision segmenter as the harness runs it: its `out` logits (N x classes x H x W at the input's
+    size: the model upsamples them itself) as the graph's one output, not the dict it returns. Its state_dict
+    is the torchvision model's own, so a checkpoint saved from torchvision loads as it is."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images):
+        return self.model(images)["out"]
+
+    def state_dict(self, *args, **kwargs):
+        return self.model.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state, strict: bool = True, assign: bool = False):
+        return self.model.load_state_dict(state, strict=strict, assign=assign)
 
 
 RANDOM_WEIGHTS_SEED = 0
@@ -54,17 +81,20 @@ _FAMILIES = {"detection": "a detector", "segmentation": "a segmenter", "video": 
              "optical_flow": "an optical-flow model", "quantization": "a quantised (QAT) classifier"}
 
 
-def _refuse_what_is_not_a_classifier(arch: str, module: str) -> None:
-    """Only torchvision's image classifiers are taken so far: its detection and segmentation presets resize
-    inside the model (GeneralizedRCNNTransform interpolates the normalised float tensor; SemanticSegmentation
-    keeps the aspect, so no two images share a shape), which the harness's fixed-shape uint8 pre-processing
-    does not reproduce bit for bit, and the others take video or image pairs. Treating one as a classifier
-    would export a graph the harness then scores as logits."""
-    family = module.split(".")[2] if module.count(".") >= 3 else ""
-    if family in _FAMILIES:
+def _family(module: str) -> str:
+    return module.split(".")[2] if module.count(".") >= 3 else ""
+
+
+def _refuse_what_is_not_taken(arch: str, family: str) -> None:
+    """torchvision's image classifiers and segmenters are taken. Its detectors are not yet: their preset
+    resizes inside the model (GeneralizedRCNNTransform interpolates the normalised float tensor to a size
+    that follows each image's aspect), which the harness's uint8 pre-processing to one input size does not
+    reproduce bit for bit; the others take video or image pairs. Treating one as a classifier would export a
+    graph the harness then scores as logits."""
+    if family in _FAMILIES and family != "segmentation":
         raise UsageError(f"torchvision:{arch} is {_FAMILIES[family]}; the harness takes torchvision's image "
-                         "classifiers only so far (export it to ONNX yourself and pass the .onnx file with "
-                         "--task and a [head] profile)")
+                         "classifiers and segmenters so far (export it to ONNX yourself and pass the .onnx file "
+                         "with --task and a [head] profile)")
 
 
 def _offline_build(builder, seed: int | None):

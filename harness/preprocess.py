@@ -322,6 +322,8 @@ def apply_geometry(image: np.ndarray, profile: Profile, source_size: tuple[int, 
         canvas[:new_h, :new_w] = resize(image, new_w, new_h)
         return canvas, Geometry(new_w / source_w, new_h / source_h, 0, 0, source_w, source_h)
     short = profile.crop_resize_size
+    if profile.geometry == "torchvision-resize":
+        return _torchvision_resize(image, resize, short, size, source_w, source_h)
     if profile.geometry == "torchvision-crop":
         # torchvision.transforms.functional.resize (_compute_resized_output_size) truncates the long side,
         # and center_crop rounds its offset: the conventions every torchvision model was trained with
@@ -345,6 +347,21 @@ def apply_geometry(image: np.ndarray, profile: Profile, source_size: tuple[int, 
     cropped = resized[top:top + size, left:left + size]
     return np.ascontiguousarray(cropped), Geometry(new_w / source_w, new_h / source_h, -left, -top, source_w,
                                                    source_h)
+
+
+def _torchvision_resize(image: np.ndarray, resize, short: int, size: int, source_w: int, source_h: int):
+    """torchvision's SemanticSegmentation preset: the shorter side to `short`, the long one truncated as
+    _compute_resized_output_size does, aspect kept, nothing cropped. The harness runs one square input size a
+    profile, so an image that is not square (whose input would be short x long) is refused, one sample."""
+    height, width = image.shape[:2]
+    long = int(short * max(height, width) / min(height, width))
+    new_w, new_h = (short, long) if width <= height else (long, short)
+    if (new_w, new_h) != (size, size):
+        raise SampleError(f"{width}x{height} is not square: torchvision's resize keeps the aspect, so its input "
+                          f"would be {new_w}x{new_h}, and the harness runs one {size}x{size} input a profile "
+                          "(a square dataset, or geometry letterbox/squash in --profile, measured as a deviation)")
+    resized = image if (width, height) == (new_w, new_h) else resize(image, new_w, new_h)
+    return np.ascontiguousarray(resized), Geometry(new_w / source_w, new_h / source_h, 0, 0, source_w, source_h)
 
 
 def label_map_to_input(mask: np.ndarray, profile: Profile) -> np.ndarray:

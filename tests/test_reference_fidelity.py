@@ -119,11 +119,45 @@ def test_a_detection_builder_is_built_offline_and_not_taken_for_a_classifier():
 
     model = _offline_build(torchvision.models.get_model_builder("ssdlite320_mobilenet_v3_large"), seed=0)
     assert sum(p.numel() for p in model.parameters()) > 1_000_000
-    for name, family in (("ssdlite320_mobilenet_v3_large", "a detector"), ("lraspp_mobilenet_v3_large", "a segmenter"),
-                         ("r3d_18", "a video classifier")):
+    for name, family in (("ssdlite320_mobilenet_v3_large", "a detector"), ("r3d_18", "a video classifier")):
         with pytest.raises(UsageError, match=f"^torchvision:{name} is {family}; the harness takes torchvision's "
-                                             "image classifiers only so far"):
+                                             "image classifiers and segmenters so far"):
             resolve_model(f"torchvision:{name}")
+
+
+SEGMENTERS = ("lraspp_mobilenet_v3_large", "deeplabv3_mobilenet_v3_large", "fcn_resnet50")
+
+
+@pytest.mark.parametrize("arch", SEGMENTERS)
+def test_a_torchvision_segmenters_reference_is_its_presets_own_on_square_images_and_refuses_others(arch):
+    """SemanticSegmentation resizes the shorter side to 520 and crops nothing: on square photos (smaller,
+    equal to and larger than 520, JPEG and PNG) the reference tensor is the preset's bit for bit; a photo that
+    is not square would need a 520 x long input, which the harness's one input size a profile cannot hold: one
+    sample's SampleError naming both sizes, never a silently squashed image."""
+    from harness.errors import SampleError
+
+    spec = resolve_model(f"torchvision:{arch}")
+    assert spec.task == "segment" and spec.labels[:2] == ("__background__", "aeroplane") and len(spec.labels) == 21
+    assert (spec.profile.geometry, spec.profile.input_size) == ("torchvision-resize", 520)
+    transform = torchvision.models.get_model_weights(arch).DEFAULT.transforms()
+    photo = Image.open(PHOTO).convert("RGB")
+    for side in (301, 520, 777):
+        for fmt in ("JPEG", "PNG"):
+            buffer = io.BytesIO()
+            photo.resize((side, side), Image.LANCZOS).save(buffer, fmt, quality=92)
+            expected = transform(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")).numpy()
+            pixels, geometry = to_pixels(buffer.getvalue(), spec.profile)
+            assert np.array_equal(normalize(pixels[None], spec.profile)[0], expected), (side, fmt)
+            assert geometry.scale_x == geometry.scale_y == 520 / side
+    buffer = io.BytesIO()
+    photo.resize((333, 257)).save(buffer, "PNG")
+    with pytest.raises(SampleError, match="333x257 is not square: torchvision's resize keeps the aspect, so its "
+                                          "input would be 673x520"):
+        to_pixels(buffer.getvalue(), spec.profile)
+    module = spec.load_torch()
+    with torch.inference_mode():
+        assert module(torch.zeros(1, 3, 520, 520)).shape == (1, 21, 520, 520)  # `out` alone, at the input's size
+    assert set(module.state_dict()) == set(module.model.state_dict())  # a torchvision checkpoint loads as it is
 
 
 def test_a_backend_refuses_an_option_it_would_ignore(tmp_path, harness_cli):

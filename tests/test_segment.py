@@ -164,3 +164,76 @@ def test_a_segmenter_with_a_cropping_geometry_is_refused_before_any_work():
             resolve_model("cropping_segmenter")
     finally:
         del zoo.ZOO["cropping_segmenter"]
+
+
+def _segment_subset(root, names, classes) -> "Path":
+    """The embedded segmentation split's first images and masks under `root`, classes.txt naming `classes`."""
+    import shutil
+
+    from harness.data.benchmark import SEGMENT_DIR
+
+    for sub in ("images", "masks"):
+        (root / sub).mkdir(parents=True)
+    for name in names:
+        shutil.copy(SEGMENT_DIR / "images" / f"{name}.jpg", root / "images")
+        shutil.copy(SEGMENT_DIR / "masks" / f"{name}.png", root / "masks")
+    (root / "classes.txt").write_text("\n".join(classes) + "\n")
+    return root
+
+
+def test_a_torchvision_segmenter_through_sysnoise_with_its_own_transform_as_reference(tmp_path, harness_json):
+    """torchvision's LR-ASPP on the square segmentation images: random weights with BatchNorm statistics
+    re-estimated on other images (untouched, every pixel gets one class and every variant is trivially
+    identical), its 21 outputs named by --labels (the split's 11 classes, then 10 unused). The reference mIoU
+    is torchvision's preset + the model + F.interpolate of the logits to the stored size, called directly; the
+    pre- and post-processing axes run and move the class maps."""
+    from harness.data.benchmark import SEGMENT_DIR
+    from harness.matrix import estimated_checkpoint
+    from harness.model import resolve_model
+
+    classes = [*(SEGMENT_DIR / "classes.txt").read_text().split(), *(f"unused-{k}" for k in range(11, 21))]
+    names = [f"{k:05d}" for k in range(4)]
+    data = _segment_subset(tmp_path / "data", names, classes)
+    calibrate = tmp_path / "calibrate"
+    calibrate.mkdir()
+    for k in range(140, 148):
+        (calibrate / f"{k:05d}.jpg").write_bytes((SEGMENT_DIR / "images" / f"{k:05d}.jpg").read_bytes())
+    spec = resolve_model("torchvision:lraspp_mobilenet_v3_large")
+    checkpoint = tmp_path / "lraspp.pt"
+    estimated_checkpoint(spec, calibrate, data / "images", checkpoint)
+    (tmp_path / "labels.txt").write_text("\n".join(classes) + "\n")
+    report = harness_json("sysnoise", "torchvision:lraspp_mobilenet_v3_large", "--checkpoint", str(checkpoint),
+                          "--labels", str(tmp_path / "labels.txt"), "--dataset", str(data), "--axes",
+                          "resize,mask_resize", "--batch-size", "4")
+
+    import torchvision
+
+    model = torchvision.models.segmentation.lraspp_mobilenet_v3_large(weights=None, weights_backbone=None)
+    model.load_state_dict(torch.load(checkpoint, weights_only=True))
+    transform = torchvision.models.segmentation.LRASPP_MobileNet_V3_Large_Weights.DEFAULT.transforms()
+    confusion = np.zeros((21, 21), np.int64)
+    with torch.inference_mode():
+        for name in names:
+            image = Image.open(data / "images" / f"{name}.jpg").convert("RGB")
+            logits = model.eval()(transform(image)[None])["out"]
+            predicted = F.interpolate(logits, size=image.size[::-1], mode="bilinear", align_corners=False)[0]
+            truth = np.array(Image.open(data / "masks" / f"{name}.png"))
+            confusion += confusion_matrix(truth, predicted.argmax(0).numpy().astype(np.uint8), 21)
+    reference = report["reference"]["metric"] if "reference" in report else report["reference_metric"]
+    assert reference["miou"] == pytest.approx(segmentation_metrics(confusion)["miou"], abs=1e-9)
+    rows = {(axis["axis"], v["name"]): v for axis in report["axes"] for v in axis["variants"]}
+    assert all(row["status"] in ("ok", "identical") for row in rows.values())
+    assert rows["resize", "pil-nearest"]["flip_rate"] > 0 and rows["mask_resize", "argmax-nearest"]["flip_rate"] > 0
+
+
+def test_an_unlabelled_folder_compares_a_segmenter_by_agreement(harness_json, tmp_path):
+    """A folder of images without masks: the rows are the agreement with the reference (a segmenter has no
+    class distribution, so no KL: the delta of a metric one side lacks is left out, where it used to raise)."""
+    from harness.data.benchmark import SEGMENT_DIR
+
+    for k in range(4):
+        (tmp_path / f"{k:05d}.jpg").write_bytes((SEGMENT_DIR / "images" / f"{k:05d}.jpg").read_bytes())
+    report = harness_json("compare", "deeplabv3_tiny", "--dataset", str(tmp_path), "--backends", "onnxruntime")
+    (row,) = report["results"]
+    assert row["status"] == "ok" and row["metric"]["top1_agreement"] == 1.0 and row["metric"]["kl"] is None
+    assert "kl" not in row["delta"] and row["delta"]["top1_agreement"] == 0

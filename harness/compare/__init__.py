@@ -138,7 +138,10 @@ def flipped_samples(task: Task, samples: list[Sample], reference: list, candidat
 
 
 def _delta(metric: dict, reference: dict) -> dict:
-    return {k: metric[k] - reference[k] for k in metric if k in reference}
+    """Each metric's change; none where a side has no value (an unlabelled segmenter's KL: it has no
+    class distribution)."""
+    return {k: metric[k] - reference[k] for k in metric if k in reference
+            and metric[k] is not None and reference[k] is not None}
 
 
 def compare(exported: ExportedModel, dataset: Dataset, targets: list[Target], batch_size: int = 32,

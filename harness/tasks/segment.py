@@ -64,7 +64,7 @@ class Segment(Task):
 
     def evaluate(self, samples, predictions, num_classes) -> Evaluation:
         from harness.data import read_label_map
-        from harness.errors import InputError
+        from harness.errors import InputError, UsageError
         from harness.metrics import confusion_matrix, segmentation_metrics
 
         records = np.zeros((len(samples), num_classes, num_classes), np.int64)
@@ -73,6 +73,10 @@ class Segment(Task):
             if truth.shape != predicted.shape:
                 raise InputError(f"{sample.mask}: label map is {truth.shape[1]}x{truth.shape[0]}, its image "
                                  f"{predicted.shape[1]}x{predicted.shape[0]}")
+            if predicted.size and int(predicted.max()) >= num_classes:
+                raise UsageError(f"the model predicts class {int(predicted.max())} in {sample.id}, but its labels "
+                                 f"name {num_classes} classes: its logits have more channels than the label list "
+                                 "(--labels with one name per output channel, in channel order)")
             records[k] = confusion_matrix(truth, predicted, num_classes)
         return Evaluation(segmentation_metrics(records.sum(axis=0)), records, len(samples))
 
