@@ -40,6 +40,9 @@ class MatrixModel:
     # evaluated on the embedded benchmark of the model's own task (a detector's images with its boxes), not
     # on the classification folders; the calibration folder is the same for every row
     own_task_data: bool = False
+    # evaluated and calibrated on the segmentation split's images, unlabelled (square: torchvision's segmentation
+    # preset keeps the aspect, and the harness runs one input size a profile), judged by agreement
+    square_images: bool = False
 
 
 MODELS = (
@@ -59,9 +62,9 @@ MODELS = (
     MatrixModel("torchvision:retinanet_resnet50_fpn"),
     MatrixModel("torchvision:ssdlite320_mobilenet_v3_large"),
     MatrixModel("torchvision:fcos_resnet50_fpn"),
-    MatrixModel("torchvision:deeplabv3_mobilenet_v3_large"),
-    MatrixModel("torchvision:lraspp_mobilenet_v3_large"),
-    MatrixModel("torchvision:fcn_resnet50"),
+    MatrixModel("torchvision:deeplabv3_mobilenet_v3_large", square_images=True),
+    MatrixModel("torchvision:lraspp_mobilenet_v3_large", square_images=True),
+    MatrixModel("torchvision:fcn_resnet50", square_images=True),
     MatrixModel("torchvision:keypointrcnn_resnet50_fpn"),
     # last: untuned TVM runs a ViT's matmuls for tens of minutes a cell, so a stopped run has every other row
     MatrixModel("timm:vit_small_patch16_224"),
@@ -81,15 +84,16 @@ class MatrixSettings:
                 "cell_timeout": self.cell_timeout}
 
 
-def matrix_data(work: Path, settings: MatrixSettings) -> tuple[Path, Path]:
+def matrix_data(work: Path, settings: MatrixSettings, square: bool = False) -> tuple[Path, Path]:
     """Two disjoint unlabelled folders from the embedded benchmark's classification images (the models'
-    labels are ImageNet's; their own transform resizes the images): the evaluated ones and the calibration
-    ones, interleaved across the classes so both see every shape."""
+    labels are ImageNet's; their own transform resizes the images), or with `square` its segmentation images:
+    the evaluated ones and the calibration ones, interleaved across the classes so both see every shape."""
     import shutil
 
-    from harness.data.benchmark import CLASSIFY_DIR
+    from harness.data.benchmark import CLASSIFY_DIR, SEGMENT_DIR
 
-    images = sorted(p for p in Path(CLASSIFY_DIR).glob("*/*") if p.is_file())
+    pattern = (SEGMENT_DIR, "images/*") if square else (CLASSIFY_DIR, "*/*")
+    images = sorted(p for p in Path(pattern[0]).glob(pattern[1]) if p.is_file())
     stride = max(1, len(images) // (settings.limit + settings.calibration))
     picked = images[::stride]
     folders = (work / "evaluate", work / "calibrate")
@@ -238,11 +242,12 @@ def run_matrix(models: list[MatrixModel], settings: MatrixSettings, work: Path,
     from harness.provenance import provenance
 
     folders = matrix_data(work, settings)
+    square = matrix_data(work / "square", settings, square=True) if any(m.square_images for m in models) else None
     report = {"schema": "harness.matrix/1", "settings": settings.to_json(), "rows": [],
               "provenance": provenance(None, {"weights": RANDOM_WEIGHTS_SEED}, backends=list(BACKENDS))}
     for model in models:
         progress(f"matrix: {model.source}")
-        report["rows"].append(run_row(model, folders, settings, work))
+        report["rows"].append(run_row(model, square if model.square_images else folders, settings, work))
         save(report)
     return report
 

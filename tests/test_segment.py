@@ -166,7 +166,7 @@ def test_a_segmenter_with_a_cropping_geometry_is_refused_before_any_work():
         del zoo.ZOO["cropping_segmenter"]
 
 
-def _segment_subset(root, names, classes) -> "Path":
+def _segment_subset(root, names, classes):
     """The embedded segmentation split's first images and masks under `root`, classes.txt naming `classes`."""
     import shutil
 
