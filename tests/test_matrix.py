@@ -192,3 +192,18 @@ def test_a_zero_initialised_head_is_redrawn_and_named(tmp_path):
     row = {"model": "zero_head", "in_ci": False, **facts, "cells": {}}
     assert "zero-initialised 4 drawn N(0, 0.02)" in matrix_markdown({"settings": MatrixSettings().to_json(),
                                                                      "rows": [row]})
+
+
+def test_segmenter_rows_evaluate_and_calibrate_on_disjoint_square_images(tmp_path):
+    """torchvision's segmentation preset keeps the aspect, and the harness runs one square input a profile: its
+    rows take the segmentation split's images (all square), the classifiers keep the classification ones."""
+    from PIL import Image
+
+    settings = MatrixSettings()
+    evaluate, calibrate = matrix_data(tmp_path, settings, square=True)
+    evaluated, calibrating = sorted(evaluate.iterdir()), sorted(calibrate.iterdir())
+    assert (len(evaluated), len(calibrating)) == (settings.limit, settings.calibration)
+    assert all(Image.open(path).size[0] == Image.open(path).size[1] for path in evaluated + calibrating)
+    assert not {p.name.split("-", 1)[1] for p in evaluated} & {p.name.split("-", 1)[1] for p in calibrating}
+    assert {m.source for m in MODELS if m.square_images} == {
+        "torchvision:deeplabv3_mobilenet_v3_large", "torchvision:lraspp_mobilenet_v3_large", "torchvision:fcn_resnet50"}

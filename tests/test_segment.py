@@ -233,7 +233,12 @@ def test_an_unlabelled_folder_compares_a_segmenter_by_agreement(harness_json, tm
 
     for k in range(4):
         (tmp_path / f"{k:05d}.jpg").write_bytes((SEGMENT_DIR / "images" / f"{k:05d}.jpg").read_bytes())
-    report = harness_json("compare", "deeplabv3_tiny", "--dataset", str(tmp_path), "--backends", "onnxruntime")
-    (row,) = report["results"]
+    report = harness_json("compare", "deeplabv3_tiny", "--dataset", str(tmp_path), "--backends", "onnxruntime,openvino",
+                          "--precision", "fp32,int8")
+    rows = {(row["backend"], row["precision"]): row for row in report["results"]}
+    row = rows["onnxruntime", "fp32"]
     assert row["status"] == "ok" and row["metric"]["top1_agreement"] == 1.0 and row["metric"]["kl"] is None
     assert "kl" not in row["delta"] and row["delta"]["top1_agreement"] == 0
+    # a changed class map of an unlabelled image is shown without a label (there is no mask to read)
+    flips = [flip for row in report["results"] for flip in row["flipped"]]
+    assert flips and all(flip["label"] is None and flip["changed_fraction"] > 0.01 for flip in flips)

@@ -102,7 +102,8 @@ class Segment(Task):
 
         # the classes in the label map and in each prediction (background left out), and the fraction of
         # pixels that changed class; no confidence: a class map has none
-        return {"label": present(read_label_map(sample, len(classes))), "reference_pred": present(reference),
+        label = present(read_label_map(sample, len(classes))) if sample.mask is not None else None  # unlabelled
+        return {"label": label, "reference_pred": present(reference),
                 "candidate_pred": present(candidate), "confidence": None,
                 "changed_fraction": round(float(np.mean(reference != candidate)), 6)}
 
