@@ -181,7 +181,14 @@ class TextPreprocessor:
                 return None
             rows = tokenized([s.text for s in texts], self.tokenizer, profile)
             self.counters["tokenizations"] += len(rows)
-            ids = [s.id for s in texts]
+            for sample, row in zip(texts, rows):  # an empty text, to a tokeniser that adds no special tokens
+                if not row["input_ids"]:
+                    self.failures.setdefault(sample.id, (profile.tokenizer, SampleError("the tokeniser makes no "
+                                                                                        "tokens of this text")))
+            kept = [(sample, row) for sample, row in zip(texts, rows) if row["input_ids"]]
+            if not kept:
+                return None
+            ids, rows = [sample.id for sample, _ in kept], [row for _, row in kept]
             # the rows are unpadded: how a batch pads them is part of what the model sees
             padding = (profile.padding, profile.padding_side, profile.max_length)
             digest = hashlib.sha256(repr((ids, padding, [sorted(row.items()) for row in rows])).encode()).hexdigest()

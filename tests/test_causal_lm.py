@@ -257,3 +257,18 @@ def test_the_stated_perplexity_and_next_token_accuracy_on_the_whole_split():
 def test_a_task_the_model_cannot_be_is_one_line_exit_2(args, message, harness_cli):
     done = harness_cli("compare", *args, "--limit", "4")
     assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_an_empty_text_is_one_counted_failure_and_the_others_are_measured(tmp_path, harness_json):
+    """GPT-2's tokeniser adds no special tokens: an empty text has no token to run (BERT's always has [CLS])."""
+    import json
+
+    texts = [r.text for r in read_jsonl(SENTIMENT_FILE)[:3]]
+    data = tmp_path / "texts.jsonl"
+    data.write_text("".join(json.dumps({"text": text, "id": f"t{k}"}) + "\n"
+                            for k, text in enumerate([texts[0], "", *texts[1:]])))
+    report = harness_json("compare", "gpt_tiny", "--dataset", str(data), "--backends", "onnxruntime")
+    assert report["dataset"]["failed_samples"] == 1 and report["dataset"]["samples"] == 3
+    assert report["dataset"]["failed"] == [{"sample": "t1", "path": str(data),
+                                            "reason": "the tokeniser makes no tokens of this text"}]
+    assert report["results"][0]["status"] == "ok"
