@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from harness.data.text import SENTIMENT_FILE, read_jsonl
 from harness.models import WEIGHTS_DIR
 from harness.tasks.causal_lm import CONTINUATION, prompt_length
@@ -17,7 +18,6 @@ def _direct_lm(count: int) -> dict:
     """gpt_tiny run by transformers and torch alone, one text at a time (no padding at all): the class on the
     state_dict, the tokeniser class on the folder, the summed cross-entropy and arg-max hits of every text,
     and `generate`'s greedy continuation of its first half (never stopping at end of text)."""
-    import torch
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
     from harness.models.text import GPT_TINY, vocabulary_size
@@ -116,7 +116,6 @@ def test_compare_reports_the_lm_metrics_and_int8_int4_move_perplexity(tmp_path, 
 def test_left_padding_shifts_gpt2_positions_and_a_model_with_positions_from_the_mask_is_indifferent():
     """GPT-2 numbers its positions 0..L-1 whatever the mask says: in a batch padded on the left a shorter text's
     tokens sit at later positions. transformers run directly on a left-padded batch shows the same change."""
-    import torch
 
     from harness.inference import ModelConfig
 
@@ -154,22 +153,16 @@ def test_left_padding_shifts_gpt2_positions_and_a_model_with_positions_from_the_
         assert np.array_equal(a.continuation, b.continuation)
 
 
-class _PositionsFromMask:
+class _PositionsFromMask(torch.nn.Module):
     """gpt_tiny as a correct batched server runs it: position ids counted over the attention mask."""
 
-    def __new__(cls, wrapped):
-        import torch
+    def __init__(self, wrapped: torch.nn.Module):
+        super().__init__()
+        self.model = wrapped.model  # the zoo wrapper's parameter names: its weights load
 
-        class PositionsFromMask(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.model = wrapped.model  # the zoo wrapper's parameter names: its weights load
-
-            def forward(self, input_ids, attention_mask):
-                positions = (attention_mask.cumsum(1) - 1).clamp(min=0)
-                return self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions).logits
-
-        return PositionsFromMask()
+    def forward(self, input_ids, attention_mask):
+        positions = (attention_mask.cumsum(1) - 1).clamp(min=0)
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions).logits
 
 
 def test_sysnoise_on_the_causal_lm_runs_its_axes_and_a_gate_fails_left_padding(tmp_path, harness_json):
@@ -195,7 +188,6 @@ def test_an_onnx_causal_lm_and_a_transformers_folder_are_model_sources(tmp_path,
     saved by save_pretrained (its `architectures` makes it a causal LM; two inputs, no token types)."""
     import shutil
 
-    import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from harness.export import export
@@ -225,7 +217,6 @@ def test_an_onnx_causal_lm_and_a_transformers_folder_are_model_sources(tmp_path,
 def test_the_zoo_recipe_retrains_the_committed_bpe_vocabulary_bit_for_bit_and_trains(tmp_path):
     """Unlike the WordPiece trainer (tokenizers#1794), the BPE trainer breaks its ties deterministically: the
     recipe's vocabulary is the committed tokenizer.json byte for byte. Then a few training steps."""
-    import torch
 
     from harness.models.train_text import GPT_TINY_RECIPE, train_gpt_tiny
 
