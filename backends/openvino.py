@@ -215,7 +215,8 @@ class OpenVinoBackend(Backend):
         if precision in ("int8", "int4"):  # quantized ops in int8 (int4), the rest at the f32 hint
             effective = precision if effective == "fp32" else f"{precision}+{effective}"
         inputs = [port.get_any_name() for port in compiled.inputs]
-        outputs = [name for name in model.output_names if name in {p.get_any_name() for p in compiled.outputs}]
+        # a port may carry several tensor names (the graph output's and the node's it is an alias of)
+        outputs = [name for name in model.output_names if any(name in p.get_names() for p in compiled.outputs)]
         # a cut of the NNCF graph loads at fp32 (the int8 hint is f32); otherwise the hint is the precision
         return OvSession(compiled, device, precision, inputs, outputs or [p.get_any_name() for p in compiled.outputs],
                          effective, Path(source), config, "fp32" if precision in ("int8", "int4") else precision)

@@ -133,8 +133,9 @@ def _example(spec: ModelSpec):
     token ids with dynamic batch and sequence (real token ids: a zero tensor is a batch of [PAD]s)."""
     import torch
 
-    if not spec.text_inputs:
-        return (torch.zeros(2, 3, spec.profile.input_size, spec.profile.input_size),), ({0: "batch"},)
+    if not spec.text_inputs:  # a model that runs one image at a time (a two-stage detector) keeps its batch fixed
+        size = spec.profile.input_size
+        return (torch.zeros(spec.fixed_batch or 2, 3, size, size),), ({} if spec.fixed_batch else {0: "batch"},)
     from harness.tokenization import encode
 
     feeds = encode(["an example to export", "a second, longer example to export with"], spec.tokenizer, spec.profile)
@@ -159,7 +160,8 @@ def _export_legacy(module, example, path: Path, spec: ModelSpec, opset: int) -> 
     import torch
 
     tensors, axes = example
-    dynamic = {**dict(zip(spec.input_names, axes)), **{name: {0: "batch"} for name in spec.output_names}}
+    dynamic = {**dict(zip(spec.input_names, axes)),
+               **{name: {0: "batch"} for name in spec.output_names if not spec.fixed_batch}}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(module, tensors, str(path), dynamo=False, opset_version=min(opset, 17),

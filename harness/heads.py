@@ -16,6 +16,8 @@ A model declares its layout as `head` (a ModelSpec's, or a profile file's `[head
   (sigmoid, score threshold, the best `top_k` per level, batched NMS, max_detections). SSD's:
   `generator = "default-boxes"` (DefaultBoxGenerator: per-level `aspect_ratios`, `min_ratio`/`max_ratio` or
   `scales`, `steps`, `clip`) and `scores = "softmax"` (class 0 the background; the best `top_k` per class)
+  torchvision's FCOS: `centerness = OUT` (its bbox_ctrness [N, sum(H*W), 1]: scores sqrt(sigmoid(cls) *
+  sigmoid(centerness))) and `box_coder = "linear"` (BoxLinearCoder: distances to the sides, times the anchor's size)
   `{type = "anchors", cls_logits = OUT, bbox_regression = OUT, strides = [8, 16, 32, 64, 128],
     sizes = [[32, 40, 50], ...], aspect_ratios = [0.5, 1.0, 2.0], box_coder_weights = [1.0, 1.0, 1.0, 1.0]}`
 - postprocessed: the graph ran its own NMS: `{type = "postprocessed", boxes = OUT, scores = OUT, labels = OUT}`
@@ -136,10 +138,11 @@ class AnchorsHead(PerImageLayout):
               "generator": (("anchors", "default-boxes"), False), "sizes": (list, False),
               "aspect_ratios": (list, False), "min_ratio": (float, False), "max_ratio": (float, False),
               "scales": (list, False), "steps": (list, False), "clip": (bool, False),
-              "box_coder_weights": (list, False), "scores": (("sigmoid", "softmax"), False), "top_k": (int, False)}
+              "box_coder_weights": (list, False), "scores": (("sigmoid", "softmax"), False), "top_k": (int, False),
+              "centerness": (str, False), "box_coder": (("deltas", "linear"), False)}
 
     def outputs(self, head):
-        return [head["cls_logits"], head["bbox_regression"]]
+        return [head["cls_logits"], head["bbox_regression"]] + ([head["centerness"]] if "centerness" in head else [])
 
     def check(self, head, profile):
         anchor_levels(head, profile.input_size)  # bad sizes or ratios: one line, before any batch
@@ -156,20 +159,26 @@ class AnchorsHead(PerImageLayout):
             raise UsageError(f"anchors head: {len(logits)} rows of {head['cls_logits']!r}, {len(deltas)} of "
                              f"{head['bbox_regression']!r}; the declared levels make {total} anchors at "
                              f"{profile.input_size} px")
-        select = _per_class_softmax if head.get("scores", "sigmoid") == "softmax" else _per_level_sigmoid
-        candidates = select(np.asarray(logits, np.float32), levels, profile.score_threshold,
-                            head.get("top_k", PRE_NMS_TOP_K))
+        scores, top_k = np.asarray(logits, np.float32), head.get("top_k", PRE_NMS_TOP_K)
+        candidates = _per_class_softmax(scores, levels, profile.score_threshold, top_k) \
+            if head.get("scores", "sigmoid") == "softmax" else _per_level_sigmoid(
+                scores, levels, profile.score_threshold, top_k,
+                np.asarray(outputs[head["centerness"]], np.float32) if "centerness" in head else None)
         return _decoded(candidates, np.asarray(deltas, np.float32), levels, coder, profile)
 
 
-def _per_level_sigmoid(logits, levels, threshold: float, top_k: int) -> list:
-    """RetinaNet's selection: (anchor rows, scores, labels) of each level's best top_k sigmoid scores."""
+def _per_level_sigmoid(logits, levels, threshold: float, top_k: int, centerness=None) -> list:
+    """RetinaNet's selection: (anchor rows, scores, labels) of each level's best top_k sigmoid scores; with
+    `centerness` FCOS's, whose score is sqrt(sigmoid(class) * sigmoid(centerness))."""
     import torch
 
     found, start = [], 0
     classes = logits.shape[-1]
     for anchors in levels:
-        scores = torch.sigmoid(torch.from_numpy(logits[start:start + len(anchors)])).flatten()
+        scores = torch.sigmoid(torch.from_numpy(logits[start:start + len(anchors)]))
+        if centerness is not None:
+            scores = torch.sqrt(scores * torch.sigmoid(torch.from_numpy(centerness[start:start + len(anchors)])))
+        scores = scores.flatten()
         index = torch.where(scores > threshold)[0]
         best, order = scores[index].topk(min(top_k, len(index)))
         index = index[order]
@@ -193,6 +202,7 @@ def _per_class_softmax(logits, levels, threshold: float, top_k: int) -> list:
 
 def _decoded(candidates: list, deltas, levels, coder, profile) -> Detections:
     import torch
+    from torchvision.models.detection._utils import BoxLinearCoder
 
     from harness.plugins import lookup
     from harness.postprocess import NMS, box_convention
@@ -200,7 +210,8 @@ def _decoded(candidates: list, deltas, levels, coder, profile) -> Detections:
     anchors = torch.cat(levels)
     rows = torch.cat([row for row, _, _ in candidates])
     dtype = torch.float16 if profile.box_decode == "fp16" else torch.float32
-    boxes = coder.decode_single(torch.from_numpy(deltas)[rows].to(dtype), anchors[rows].to(dtype))
+    decode = coder.decode if isinstance(coder, BoxLinearCoder) else coder.decode_single
+    boxes = decode(torch.from_numpy(deltas)[rows].to(dtype), anchors[rows].to(dtype))
     boxes = box_convention(boxes.float().numpy(), profile)
     scores = torch.cat([score for _, score, _ in candidates]).numpy().astype(np.float32)
     labels = torch.cat([label for _, _, label in candidates]).numpy().astype(np.int64)
@@ -209,7 +220,7 @@ def _decoded(candidates: list, deltas, levels, coder, profile) -> Detections:
 
 
 def anchor_levels(head: dict, input_size: int) -> tuple[list, object]:
-    """(each level's anchors float32[H*W*A, 4] in model-input pixels, the BoxCoder): torchvision's own
+    """(each level's anchors float32[H*W*A, 4] in model-input pixels, the box coder): torchvision's own
     AnchorGenerator (generator "anchors": RetinaNet's) or DefaultBoxGenerator ("default-boxes": SSD's) run
     on feature maps of the declared strides (a level's grid is ceil(S / stride), as stride-2 convolutions
     with padding make it) and its BoxCoder, so the anchors are the library's, not a re-derivation."""
@@ -223,7 +234,7 @@ def _anchor_levels(head_json: str, input_size: int):
     import json
 
     import torch
-    from torchvision.models.detection._utils import BoxCoder
+    from torchvision.models.detection._utils import BoxCoder, BoxLinearCoder
     from torchvision.models.detection.image_list import ImageList
 
     head = json.loads(head_json)
@@ -236,7 +247,9 @@ def _anchor_levels(head_json: str, input_size: int):
     maps = [torch.empty(1, 1, grid, grid) for grid in grids]
     anchors = generator(ImageList(torch.empty(1, 3, input_size, input_size), [(input_size, input_size)]), maps)[0]
     counts = [grid * grid * generator.num_anchors_per_location()[k] for k, grid in enumerate(grids)]
-    return list(anchors.split(counts)), BoxCoder(weights=tuple(float(w) for w in weights))
+    coder = BoxLinearCoder(normalize_by_size=True) if head.get("box_coder", "deltas") == "linear" else \
+        BoxCoder(weights=tuple(float(w) for w in weights))
+    return list(anchors.split(counts)), coder
 
 
 def _positive(value) -> bool:

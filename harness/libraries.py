@@ -32,6 +32,12 @@ def torchvision_spec(arch: str, checkpoint: Path | None) -> ModelSpec:
         raise UnknownName("torchvision model", arch, torchvision.models.list_models()) from None
     family = _family(builder.__module__)
     _refuse_what_is_not_taken(arch, family)
+    seed = None if checkpoint is not None else RANDOM_WEIGHTS_SEED
+    if family == "detection":
+        from harness.torchvision_detection import detector_spec
+
+        return detector_spec(arch, builder, checkpoint, _published_labels(arch), seed,
+                             lambda: _offline_build(builder, seed))
     segmenter = family == "segmentation"
     geometry = "torchvision-resize" if segmenter else "torchvision-crop"
     profile = Profile(input_size=224, geometry=geometry)
@@ -48,7 +54,6 @@ def torchvision_spec(arch: str, checkpoint: Path | None) -> ModelSpec:
         labels = tuple(weights.meta.get("categories") or ())
     except (ValueError, AttributeError, KeyError, TypeError):
         pass  # no published weights for this architecture: ImageNet defaults, overridable by --profile
-    seed = None if checkpoint is not None else RANDOM_WEIGHTS_SEED
     build = (lambda: SegmentationLogits(_offline_build(builder, seed))) if segmenter else \
         (lambda: _offline_build(builder, seed))
     return ModelSpec(name=f"torchvision:{arch}", task=SEGMENT if segmenter else CLASSIFY, profile=profile,
@@ -85,16 +90,24 @@ def _family(module: str) -> str:
     return module.split(".")[2] if module.count(".") >= 3 else ""
 
 
+def _published_labels(arch: str) -> tuple[str, ...]:
+    """The class names of the architecture's default weights (read from the enum, nothing downloaded)."""
+    import torchvision
+
+    try:
+        return tuple(torchvision.models.get_model_weights(arch).DEFAULT.meta.get("categories") or ())
+    except (ValueError, AttributeError, KeyError):
+        return ()
+
+
 def _refuse_what_is_not_taken(arch: str, family: str) -> None:
-    """torchvision's image classifiers and segmenters are taken. Its detectors are not yet: their preset
-    resizes inside the model (GeneralizedRCNNTransform interpolates the normalised float tensor to a size
-    that follows each image's aspect), which the harness's uint8 pre-processing to one input size does not
-    reproduce bit for bit; the others take video or image pairs. Treating one as a classifier would export a
-    graph the harness then scores as logits."""
-    if family in _FAMILIES and family != "segmentation":
+    """torchvision's image classifiers, segmenters and detectors are taken (harness.torchvision_detection says
+    which detectors); the others take video or image pairs, or are quantised for another runtime. Treating one
+    as a classifier would export a graph the harness then scores as logits."""
+    if family in _FAMILIES and family not in ("segmentation", "detection"):
         raise UsageError(f"torchvision:{arch} is {_FAMILIES[family]}; the harness takes torchvision's image "
-                         "classifiers and segmenters so far (export it to ONNX yourself and pass the .onnx file "
-                         "with --task and a [head] profile)")
+                         "classifiers, segmenters and detectors (export it to ONNX yourself and pass the .onnx "
+                         "file with --task and a [head] profile)")
 
 
 def _offline_build(builder, seed: int | None):

@@ -191,6 +191,10 @@ LETTERBOX_FILL = 114  # the grey YOLO-style letterboxing pads with
 IGNORE_LABEL = 255  # a label-map value no metric counts: VOC's boundary value, and letterbox padding of labels
 
 
+# geometries whose pixels come out normalised (float32): torchvision's detectors resize the normalised tensor
+NORMALISING_GEOMETRIES = ("torchvision-detect",)
+
+
 def color_before_geometry(profile: Profile) -> bool:
     """Whether the profile's colour conversion runs on the decoded image, before the resize."""
     return profile.color_at == "decode" and profile.color not in CHANNEL_ORDERS
@@ -321,6 +325,10 @@ def apply_geometry(image: np.ndarray, profile: Profile, source_size: tuple[int, 
         canvas = np.full((size, size, 3), fill, np.uint8)
         canvas[:new_h, :new_w] = resize(image, new_w, new_h)
         return canvas, Geometry(new_w / source_w, new_h / source_h, 0, 0, source_w, source_h)
+    if profile.geometry == "torchvision-detect":
+        from harness.detector_transform import torchvision_detect
+
+        return torchvision_detect(image, profile, resize, source_w, source_h)
     short = profile.crop_resize_size
     if profile.geometry == "torchvision-resize":
         return _torchvision_resize(image, resize, short, size, source_w, source_h)
@@ -384,7 +392,10 @@ def to_pixels(data: bytes, profile: Profile, box=None) -> tuple[np.ndarray, Geom
 
 
 def normalize(pixels: np.ndarray, profile: Profile) -> np.ndarray:
-    """uint8[..., H, W, 3] -> float32[..., 3, H, W], (x / 255 - mean) / std."""
+    """uint8[..., H, W, 3] -> float32[..., 3, H, W], (x / 255 - mean) / std. A geometry that normalises before
+    it resizes (torchvision-detect) hands over float32 pixels already normalised: only the axes move."""
+    if profile.geometry in NORMALISING_GEOMETRIES:
+        return np.ascontiguousarray(np.moveaxis(pixels.astype(np.float32, copy=False), -1, -3))
     mean = np.asarray(profile.mean, np.float32)
     std = np.asarray(profile.std, np.float32)
     scaled = (pixels.astype(np.float32) / 255.0 - mean) / std

@@ -18,7 +18,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # CenterCrop exactly (the long side truncated, the crop offset rounded), the reference of its models
 # topdown: the affine crop of one instance's box (keypoint models: the box padded by box_padding, made
 # square, warped to the input by crop_convention)
-GEOMETRIES = ("shorter-crop", "torchvision-crop", "torchvision-resize", "letterbox", "squash", "topdown")
+# torchvision-detect: torchvision's detectors' GeneralizedRCNNTransform (normalise, resize the float tensor, pad)
+GEOMETRIES = ("shorter-crop", "torchvision-crop", "torchvision-resize", "torchvision-detect", "letterbox", "squash",
+              "topdown")
 # topdown crops: "legacy" maps the padded box's edges onto the input's (scale S / box, as mmpose's
 # TopdownAffine and RTMPose); "udp" maps them onto the first and last pixel centres (scale (S - 1) / box, the
 # unbiased data processing of Huang et al.)

@@ -68,7 +68,7 @@ def resize_key(profile: Profile) -> tuple:
     resizes every colour shares first)."""
     color = profile.color if color_before_geometry(profile) else ""
     return (profile.decoder, color, profile.resize, profile.geometry, profile.input_size, profile.resize_size,
-            profile.crop_convention, profile.box_padding)
+            profile.crop_convention, profile.box_padding, profile.mean, profile.std)  # a geometry may normalise
 
 
 def read_failure(err: BaseException) -> str:

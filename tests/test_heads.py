@@ -120,9 +120,9 @@ def _torchvision_detector_outputs(builder, size: int, count: int):
 def _decodes_as_torchvision(head: dict, model, outputs, expected, size: int) -> None:
     from harness.heads import checked_head, head_layout
 
+    weights = {"box_coder_weights": list(model.box_coder.weights)} if hasattr(model.box_coder, "weights") else {}
     head = checked_head({"type": "anchors", "cls_logits": "cls_logits", "bbox_regression": "bbox_regression",
-                         "box_coder_weights": list(model.box_coder.weights), "top_k": model.topk_candidates, **head},
-                        ["cls_logits", "bbox_regression"])
+                         "top_k": model.topk_candidates, **weights, **head}, list(outputs))
     profile = Profile(geometry="squash", input_size=size, score_threshold=model.score_thresh,
                       iou_threshold=model.nms_thresh, max_detections=model.detections_per_img)
     for image, reference in enumerate(expected):
@@ -145,6 +145,19 @@ def test_anchor_decoding_and_nms_equal_torchvision_retinanet_postprocess_detecti
     _decodes_as_torchvision({"strides": [8, 16, 32, 64, 128], "sizes": [list(level) for level in generator.sizes],
                              "aspect_ratios": [list(level) for level in generator.aspect_ratios]},
                             model, outputs, expected, size)
+
+
+def test_centerness_scores_and_linear_boxes_equal_torchvision_fcos_postprocess_detections():
+    """FCOS as an anchors head: one anchor per place (sizes 8..128), scores sqrt(sigmoid(class) *
+    sigmoid(centerness)), boxes by BoxLinearCoder; the same detections as FCOS.postprocess_detections."""
+    from torchvision.models.detection import fcos_resnet50_fpn
+
+    size = 320
+    model, outputs, expected = _torchvision_detector_outputs(fcos_resnet50_fpn, size, 2)
+    generator = model.anchor_generator
+    _decodes_as_torchvision({"strides": [8, 16, 32, 64, 128], "sizes": [list(level) for level in generator.sizes],
+                             "aspect_ratios": [list(level) for level in generator.aspect_ratios],
+                             "centerness": "bbox_ctrness", "box_coder": "linear"}, model, outputs, expected, size)
 
 
 def test_default_box_decoding_and_nms_equal_torchvision_ssd_postprocess_detections():

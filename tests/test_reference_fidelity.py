@@ -113,16 +113,21 @@ def test_a_model_without_checkpoint_is_built_from_one_seed_everywhere():
 
 def test_a_detection_builder_is_built_offline_and_not_taken_for_a_classifier():
     """torchvision's detectors fetch backbone weights by default, even with weights=None; and one used to be
-    exported and scored as a classifier."""
+    exported and scored as a classifier. A detector is a detector now; what the harness cannot decode yet (Mask
+    and Keypoint R-CNN's second-stage masks and keypoints) and what is no image model is refused in one line."""
     from harness.errors import UsageError
     from harness.libraries import _offline_build
 
     model = _offline_build(torchvision.models.get_model_builder("ssdlite320_mobilenet_v3_large"), seed=0)
     assert sum(p.numel() for p in model.parameters()) > 1_000_000
-    for name, family in (("ssdlite320_mobilenet_v3_large", "a detector"), ("r3d_18", "a video classifier")):
-        with pytest.raises(UsageError, match=f"^torchvision:{name} is {family}; the harness takes torchvision's "
-                                             "image classifiers and segmenters so far"):
-            resolve_model(f"torchvision:{name}")
+    spec = resolve_model("torchvision:ssdlite320_mobilenet_v3_large")
+    assert spec.task == "detect" and spec.head["type"] == "anchors" and spec.labels[1] == "person"
+    with pytest.raises(UsageError, match="^torchvision:r3d_18 is a video classifier; the harness takes torchvision's "
+                                         "image classifiers, segmenters and detectors"):
+        resolve_model("torchvision:r3d_18")
+    with pytest.raises(UsageError, match="^torchvision:keypointrcnn_resnet50_fpn is a KeypointRCNN: the harness "
+                                         "takes torchvision's RetinaNet, FCOS, SSD and Faster R-CNN detectors"):
+        resolve_model("torchvision:keypointrcnn_resnet50_fpn")
 
 
 SEGMENTERS = ("lraspp_mobilenet_v3_large", "deeplabv3_mobilenet_v3_large", "fcn_resnet50")
