@@ -48,13 +48,27 @@ def convert_fp16(onnx_path: Path, out: Path) -> None:
     from harness.files import output_captured_in
 
     log = out.with_name("conversion.log")
-    proto = onnx.load(str(onnx_path))
-    for k, node in enumerate(proto.graph.node):
-        # the converter names the Casts it inserts after the node they serve: two unnamed nodes (legal in
-        # ONNX, common in hand-made or edited graphs) would give two Casts one name, an invalid graph
-        node.name = node.name or f"harness_unnamed_{k}_{node.op_type}"
+
+    def loaded():
+        proto = onnx.load(str(onnx_path))
+        for k, node in enumerate(proto.graph.node):
+            # the converter names the Casts it inserts after the node they serve: two unnamed nodes (legal in
+            # ONNX, common in hand-made or edited graphs) would give two Casts one name, an invalid graph
+            node.name = node.name or f"harness_unnamed_{k}_{node.op_type}"
+        return proto
+
     with output_captured_in(log):
-        converted = float16.convert_float_to_float16(proto, keep_io_types=True)
+        try:
+            converted = float16.convert_float_to_float16(loaded(), keep_io_types=True)
+        except AttributeError:
+            # its last step, removing Cast(fp16) -> Cast(fp32) pairs, crashes when a Cast feeds several nodes
+            # ("'list' object has no attribute 'input'": torchvision's Faster R-CNN; open-edge-platform/geti#5439):
+            # convert without that step, leaving those pairs, which cost time and change no value
+            cleanup, float16.remove_unnecessary_cast_node = float16.remove_unnecessary_cast_node, lambda graph: None
+            try:
+                converted = float16.convert_float_to_float16(loaded(), keep_io_types=True)
+            finally:
+                float16.remove_unnecessary_cast_node = cleanup
     _cast_to_what_the_converter_marked(converted)
     onnx.save(converted, str(out))
     warned = sum("warn" in line.lower() for line in log.read_text(errors="replace").splitlines())
@@ -69,8 +83,23 @@ def _cast_to_what_the_converter_marked(proto) -> None:
     of output arg ... does not match"). Its 1.14 did what this does: such a Cast casts to float16."""
     from onnx import TensorProto
 
-    marked = {v.name: v.type.tensor_type.elem_type for v in proto.graph.value_info}
-    for node in proto.graph.node:
+    for graph in _graphs(proto.graph):  # an If's branches too (torchvision's Faster R-CNN)
+        marked = {v.name: v.type.tensor_type.elem_type for v in [*graph.value_info, *graph.output]}
+        _cast_as_marked(graph, marked, TensorProto)
+
+
+def _graphs(graph) -> list:
+    """The graph and every subgraph in it (If branches, Loop and Scan bodies), depth first."""
+    found = [graph]
+    for node in graph.node:
+        for attribute in node.attribute:
+            for sub in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
+                found += _graphs(sub)
+    return found
+
+
+def _cast_as_marked(graph, marked: dict, TensorProto) -> None:
+    for node in graph.node:
         if marked.get(node.output[0]) != TensorProto.FLOAT16:
             continue
         if node.op_type == "Cast":
@@ -101,6 +130,6 @@ def _fill_in_float16(node) -> None:
 def fp16_onnx(model) -> Path:
     """The graph with float16 weights and activations (onnxconverter-common; inputs/outputs stay float32)."""
     return derived_file(model, "fp16-onnxconverter", "model.onnx",
-                        {"keep_io_types": True, "unnamed_nodes": "named", "casts": "as-marked",
+                        {"keep_io_types": True, "unnamed_nodes": "named", "casts": "as-marked-in-subgraphs",
                          "constant_of_shape": "as-marked"},
                         lambda out: convert_fp16(model.onnx_path, out), ("onnxconverter-common", "onnx"))

@@ -40,9 +40,11 @@ class MatrixModel:
     # evaluated on the embedded benchmark of the model's own task (a detector's images with its boxes), not
     # on the classification folders; the calibration folder is the same for every row
     own_task_data: bool = False
-    # evaluated and calibrated on the segmentation split's images, unlabelled (square: torchvision's segmentation
-    # preset keeps the aspect, and the harness runs one input size a profile), judged by agreement
-    square_images: bool = False
+    # the embedded benchmark's split whose images it is evaluated and calibrated on, unlabelled (the models'
+    # labels are ImageNet's, VOC's or COCO's), judged by agreement: "classify"; "segment" or "detect" (square
+    # images: torchvision's segmentation preset and its RetinaNet/FCOS/Faster R-CNN transform keep the aspect,
+    # and the harness runs one input size a profile)
+    images: str = "classify"
 
 
 MODELS = (
@@ -58,13 +60,13 @@ MODELS = (
     # the YOLO-style detector written in the tests (tests/plugins: `make matrix` puts it on PYTHONPATH): the
     # layout ultralytics exports, decoded and NMS'd by the harness
     MatrixModel("harness_test_yolo:tiny_yolo_spec", own_task_data=True),
-    MatrixModel("torchvision:fasterrcnn_mobilenet_v3_large_320_fpn", in_ci=True),
-    MatrixModel("torchvision:retinanet_resnet50_fpn"),
-    MatrixModel("torchvision:ssdlite320_mobilenet_v3_large"),
-    MatrixModel("torchvision:fcos_resnet50_fpn"),
-    MatrixModel("torchvision:deeplabv3_mobilenet_v3_large", square_images=True),
-    MatrixModel("torchvision:lraspp_mobilenet_v3_large", square_images=True),
-    MatrixModel("torchvision:fcn_resnet50", square_images=True),
+    MatrixModel("torchvision:fasterrcnn_mobilenet_v3_large_320_fpn", in_ci=True, images="detect"),
+    MatrixModel("torchvision:retinanet_resnet50_fpn", images="detect"),
+    MatrixModel("torchvision:ssdlite320_mobilenet_v3_large", images="detect"),
+    MatrixModel("torchvision:fcos_resnet50_fpn", images="detect"),
+    MatrixModel("torchvision:deeplabv3_mobilenet_v3_large", images="segment"),
+    MatrixModel("torchvision:lraspp_mobilenet_v3_large", images="segment"),
+    MatrixModel("torchvision:fcn_resnet50", images="segment"),
     MatrixModel("torchvision:keypointrcnn_resnet50_fpn"),
     # last: untuned TVM runs a ViT's matmuls for tens of minutes a cell, so a stopped run has every other row
     MatrixModel("timm:vit_small_patch16_224"),
@@ -84,15 +86,15 @@ class MatrixSettings:
                 "cell_timeout": self.cell_timeout}
 
 
-def matrix_data(work: Path, settings: MatrixSettings, square: bool = False) -> tuple[Path, Path]:
-    """Two disjoint unlabelled folders from the embedded benchmark's classification images (the models'
-    labels are ImageNet's; their own transform resizes the images), or with `square` its segmentation images:
-    the evaluated ones and the calibration ones, interleaved across the classes so both see every shape."""
+def matrix_data(work: Path, settings: MatrixSettings, split: str = "classify") -> tuple[Path, Path]:
+    """Two disjoint unlabelled folders of the embedded benchmark's `split` images (their own transform resizes
+    them): the evaluated ones and the calibration ones, interleaved across the split so both see every kind."""
     import shutil
 
-    from harness.data.benchmark import CLASSIFY_DIR, SEGMENT_DIR
+    from harness.data.benchmark import CLASSIFY_DIR, DETECT_DIR, SEGMENT_DIR
 
-    pattern = (SEGMENT_DIR, "images/*") if square else (CLASSIFY_DIR, "*/*")
+    pattern = {"classify": (CLASSIFY_DIR, "*/*"), "segment": (SEGMENT_DIR, "images/*"),
+               "detect": (DETECT_DIR, "images/*")}[split]
     images = sorted(p for p in Path(pattern[0]).glob(pattern[1]) if p.is_file())
     stride = max(1, len(images) // (settings.limit + settings.calibration))
     picked = images[::stride]
@@ -241,13 +243,13 @@ def run_matrix(models: list[MatrixModel], settings: MatrixSettings, work: Path,
     from harness.libraries import RANDOM_WEIGHTS_SEED
     from harness.provenance import provenance
 
-    folders = matrix_data(work, settings)
-    square = matrix_data(work / "square", settings, square=True) if any(m.square_images for m in models) else None
+    folders = {split: matrix_data(work if split == "classify" else work / split, settings, split)
+               for split in sorted({model.images for model in models})}
     report = {"schema": "harness.matrix/1", "settings": settings.to_json(), "rows": [],
               "provenance": provenance(None, {"weights": RANDOM_WEIGHTS_SEED}, backends=list(BACKENDS))}
     for model in models:
         progress(f"matrix: {model.source}")
-        report["rows"].append(run_row(model, square if model.square_images else folders, settings, work))
+        report["rows"].append(run_row(model, folders[model.images], settings, work))
         save(report)
     return report
 

@@ -194,16 +194,21 @@ def test_a_zero_initialised_head_is_redrawn_and_named(tmp_path):
                                                                      "rows": [row]})
 
 
-def test_segmenter_rows_evaluate_and_calibrate_on_disjoint_square_images(tmp_path):
-    """torchvision's segmentation preset keeps the aspect, and the harness runs one square input a profile: its
-    rows take the segmentation split's images (all square), the classifiers keep the classification ones."""
+@pytest.mark.parametrize("split", ["segment", "detect"])
+def test_segmenter_and_detector_rows_evaluate_and_calibrate_on_disjoint_square_images(tmp_path, split):
+    """torchvision's segmentation preset and its detectors' transform keep the aspect, and the harness runs one
+    square input a profile: their rows take their split's images (all square), the classifiers keep the
+    classification ones."""
     from PIL import Image
 
     settings = MatrixSettings()
-    evaluate, calibrate = matrix_data(tmp_path, settings, square=True)
+    evaluate, calibrate = matrix_data(tmp_path, settings, split)
     evaluated, calibrating = sorted(evaluate.iterdir()), sorted(calibrate.iterdir())
     assert (len(evaluated), len(calibrating)) == (settings.limit, settings.calibration)
     assert all(Image.open(path).size[0] == Image.open(path).size[1] for path in evaluated + calibrating)
     assert not {p.name.split("-", 1)[1] for p in evaluated} & {p.name.split("-", 1)[1] for p in calibrating}
-    assert {m.source for m in MODELS if m.square_images} == {
-        "torchvision:deeplabv3_mobilenet_v3_large", "torchvision:lraspp_mobilenet_v3_large", "torchvision:fcn_resnet50"}
+    chosen = {m.source for m in MODELS if m.images == split}
+    assert chosen == {f"torchvision:{name}" for name in (
+        ("deeplabv3_mobilenet_v3_large", "lraspp_mobilenet_v3_large", "fcn_resnet50") if split == "segment" else
+        ("fasterrcnn_mobilenet_v3_large_320_fpn", "retinanet_resnet50_fpn", "ssdlite320_mobilenet_v3_large",
+         "fcos_resnet50_fpn"))}
