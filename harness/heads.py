@@ -1,6 +1,5 @@
-"""Detection head layouts: how one image's raw outputs become Detections in model-input pixels. The
-decoding and NMS are the harness's (harness.postprocess), so the post-processing noise axes apply, except
-to a graph that post-processes itself.
+"""Detection head layouts: one image's raw outputs -> Detections. The decoding and NMS are the harness's
+(harness.postprocess), so the post-processing noise axes apply, except to a graph that post-processes itself.
 
 A model declares its layout as `head` (a ModelSpec's, or a profile file's `[head]` table):
 - fcos: per-level class, box-distance and centerness maps (the zoo's detectors)
@@ -27,7 +26,6 @@ A model declares its layout as `head` (a ModelSpec's, or a profile file's `[head
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from functools import lru_cache
 
 import numpy as np
 
@@ -145,6 +143,8 @@ class AnchorsHead(PerImageLayout):
         return [head["cls_logits"], head["bbox_regression"]] + ([head["centerness"]] if "centerness" in head else [])
 
     def check(self, head, profile):
+        from harness.anchors import anchor_levels
+
         anchor_levels(head, profile.input_size)  # bad sizes or ratios: one line, before any batch
 
     def decode(self, outputs, profile, head):
@@ -152,6 +152,8 @@ class AnchorsHead(PerImageLayout):
         above the threshold) or SSD.postprocess_detections (scores "softmax", class 0 the background: per
         class, the best top_k above the threshold); deltas decoded on their anchors by torchvision's
         BoxCoder; then the profile's box conventions and NMS, the first max_detections."""
+        from harness.anchors import anchor_levels
+
         levels, coder = anchor_levels(head, profile.input_size)
         logits, deltas = outputs[head["cls_logits"]], outputs[head["bbox_regression"]]
         total = sum(len(anchors) for anchors in levels)
@@ -219,81 +221,27 @@ def _decoded(candidates: list, deltas, levels, coder, profile) -> Detections:
     return Detections(boxes[keep], scores[keep], labels[keep])
 
 
-def anchor_levels(head: dict, input_size: int) -> tuple[list, object]:
-    """(each level's anchors float32[H*W*A, 4] in model-input pixels, the box coder): torchvision's own
-    AnchorGenerator (generator "anchors": RetinaNet's) or DefaultBoxGenerator ("default-boxes": SSD's) run
-    on feature maps of the declared strides (a level's grid is ceil(S / stride), as stride-2 convolutions
-    with padding make it) and its BoxCoder, so the anchors are the library's, not a re-derivation."""
-    import json
-
-    return _anchor_levels(json.dumps(head, sort_keys=True), input_size)
-
-
-@lru_cache(maxsize=16)
-def _anchor_levels(head_json: str, input_size: int):
-    import json
-
-    import torch
-    from torchvision.models.detection._utils import BoxCoder, BoxLinearCoder
-    from torchvision.models.detection.image_list import ImageList
-
-    head = json.loads(head_json)
-    strides = head["strides"]
-    weights = head.get("box_coder_weights", [1.0, 1.0, 1.0, 1.0])
-    if len(weights) != 4 or not all(_positive(w) for w in weights):
-        raise UsageError(f"anchors head: box_coder_weights = {weights!r}: expected four positive numbers")
-    generator = _generator(head, len(strides))
-    grids = [-(-input_size // stride) for stride in strides]
-    maps = [torch.empty(1, 1, grid, grid) for grid in grids]
-    anchors = generator(ImageList(torch.empty(1, 3, input_size, input_size), [(input_size, input_size)]), maps)[0]
-    counts = [grid * grid * generator.num_anchors_per_location()[k] for k, grid in enumerate(grids)]
-    coder = BoxLinearCoder(normalize_by_size=True) if head.get("box_coder", "deltas") == "linear" else \
-        BoxCoder(weights=tuple(float(w) for w in weights))
-    return list(anchors.split(counts)), coder
-
-
-def _positive(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
-
-
-def _generator(head: dict, levels: int):
-    """torchvision's anchor generator the head declares, its parameters checked (one line otherwise)."""
-    from torchvision.models.detection.anchor_utils import AnchorGenerator, DefaultBoxGenerator
-
-    ratios = head.get("aspect_ratios", [0.5, 1.0, 2.0] if head.get("generator") != "default-boxes" else None)
-    if ratios is None or not ratios:
-        raise UsageError("anchors head: a default-boxes generator needs aspect_ratios (one list per level)")
-    ratios = ratios if isinstance(ratios[0], list) else [ratios] * levels
-    if head.get("generator", "anchors") == "anchors":
-        sizes = head.get("sizes", [])
-        if len(sizes) != levels or len(ratios) != levels or not all(
-                isinstance(level, list) and level and all(_positive(v) for v in level) for level in sizes + ratios):
-            raise UsageError(f"anchors head: {levels} strides need as many `sizes` lists (and `aspect_ratios` "
-                             "lists, or one list for every level) of positive numbers")
-        return AnchorGenerator(tuple(tuple(level) for level in sizes), tuple(tuple(level) for level in ratios))
-    if len(ratios) != levels or not all(all(_positive(v) for v in level) for level in ratios):
-        raise UsageError(f"anchors head: {levels} strides need as many aspect_ratios lists of positive numbers")
-    try:
-        return DefaultBoxGenerator(ratios, min_ratio=head.get("min_ratio", 0.15), max_ratio=head.get("max_ratio", 0.9),
-                                   scales=head.get("scales"), steps=head.get("steps"), clip=head.get("clip", True))
-    except (ValueError, TypeError) as err:
-        raise UsageError(f"anchors head: default boxes: {err}") from None
-
-
 class PostprocessedHead(PerImageLayout):
     name = "postprocessed"
-    fields = {"boxes": (str, True), "scores": (str, True), "labels": (str, True), "count": (str, False)}
+    # masks: an instance segmenter's mask probabilities per detection row [N, K, 1, M, M] (harness.tasks.instances)
+    fields = {"boxes": (str, True), "scores": (str, True), "labels": (str, True), "count": (str, False),
+              "masks": (str, False)}
 
     def outputs(self, head):
-        return [head[key] for key in ("boxes", "scores", "labels", "count") if key in head]
+        return [head[key] for key in ("boxes", "scores", "labels", "count", "masks") if key in head]
 
     def decode(self, outputs, profile, head):
-        boxes = np.asarray(outputs[head["boxes"]], np.float32).reshape(-1, 4)
         scores = np.asarray(outputs[head["scores"]], np.float32).reshape(-1)
+        valid = self.detection_rows(outputs, scores, profile, head)
         labels = np.asarray(outputs[head["labels"]]).reshape(-1).astype(np.int64)
-        valid = np.arange(len(scores)) < int(np.asarray(outputs[head["count"]]).reshape(-1)[0]) \
+        return Detections(np.asarray(outputs[head["boxes"]], np.float32).reshape(-1, 4)[valid], scores[valid],
+                          labels[valid])
+
+    @staticmethod
+    def detection_rows(outputs, scores, profile, head) -> np.ndarray:
+        """bool per row: the first `count`, or without one those scoring at least the profile's threshold."""
+        return np.arange(len(scores)) < int(np.asarray(outputs[head["count"]]).reshape(-1)[0]) \
             if "count" in head else scores >= profile.score_threshold
-        return Detections(boxes[valid], scores[valid], labels[valid])
 
 
 # the user's own post-processing functions, imported only when named on the command line (--postprocess)

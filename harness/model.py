@@ -333,7 +333,7 @@ def resolve_model(name: str | None, checkpoint: Path | None = None, profile_path
         head_layout(spec.head)  # a detector without a declared layout: one line listing the layouts
     if input_size and spec.profile.input_size != input_size:
         spec = replace(spec, profile=spec.profile.replace(input_size=input_size))
-    whole = spec.profile.geometry in ("letterbox", "torchvision-resize") or (
+    whole = spec.profile.geometry in ("letterbox", "torchvision-resize", "torchvision-detect") or (
         spec.profile.geometry == "squash" and spec.profile.resize_size in (None, spec.profile.input_size))
     if get_task(spec.task).needs_whole_image and not whole:
         raise UsageError(f"{spec.name}: a {spec.task} model is evaluated on whole-image maps, and geometry "

@@ -5,9 +5,11 @@ Their input transform (GeneralizedRCNNTransform) is the harness's pre-processing
 - single-stage detectors (RetinaNet, FCOS, SSD, SSDlite) end where their head does, and the harness decodes the
   raw outputs with the `anchors` head layout declared from the model's own anchor generator, box coder and
   thresholds (so the NMS and box-decoding axes apply; the decoding equals torchvision's postprocess_detections);
-- two-stage ones (Faster R-CNN) cannot end before an NMS (the RPN's proposals feed the second stage), so the
-  graph runs to their own post-processed detections, padded to detections_per_img with a count (the
-  `postprocessed` head: compared as they are, the post-processing axes do not apply), one image a run.
+- two-stage ones (Faster and Mask R-CNN) cannot end before an NMS (the RPN's proposals feed the second stage),
+  so the graph runs to their own post-processed detections (and mask probabilities), padded to
+  detections_per_img with a count (the `postprocessed` head: compared as they are, the post-processing axes do
+  not apply), one image a run; Mask R-CNN's masks are pasted onto the stored image by torchvision's own
+  paste_masks_in_image (harness.tasks.instances).
 """
 from __future__ import annotations
 
@@ -18,10 +20,10 @@ import torch
 from harness.errors import UsageError
 from harness.model import ModelSpec
 from harness.profile import Profile
-from harness.tasks import DETECT
+from harness.tasks import DETECT, INSTANCES
 
 SINGLE_STAGE = ("RetinaNet", "FCOS", "SSD")
-TWO_STAGE = ("FasterRCNN",)
+TWO_STAGE = ("FasterRCNN", "MaskRCNN")
 
 
 class _Wrapped(torch.nn.Module):
@@ -53,8 +55,9 @@ class HeadOutputs(_Wrapped):
 
 
 class PaddedDetections(_Wrapped):
-    """A two-stage detector on transformed images: each image's post-processed detections in input pixels,
-    padded to detections_per_img rows, and how many rows are real. Exported at batch 1; in torch (the reference,
+    """A two-stage detector on transformed images: each image's post-processed detections in input pixels
+    (Mask R-CNN's with each one's mask probabilities, 28 x 28 over its box), padded to detections_per_img rows,
+    and how many rows are real. Exported at batch 1; in torch (the reference,
     BatchNorm re-estimation) a batch runs image by image, as the exported graph does."""
 
     def train(self, mode: bool = True):
@@ -77,12 +80,10 @@ class PaddedDetections(_Wrapped):
         proposals, _ = self.model.rpn(image_list, features)
         found = self.model.roi_heads(features, proposals, image_list.image_sizes)[0][0]
         rows = self.model.roi_heads.detections_per_img
-        boxes, scores, labels = found["boxes"], found["scores"], found["labels"]
         # cat-then-slice keeps the row count traced (the exporter folds a Python int to a constant)
-        count = torch.ones_like(scores).sum().to(torch.int64).reshape(1)
-        return (torch.cat([boxes, boxes.new_zeros(rows, 4)])[:rows][None],
-                torch.cat([scores, scores.new_zeros(rows)])[:rows][None],
-                torch.cat([labels, labels.new_zeros(rows)])[:rows][None], count)
+        padded = [torch.cat([found[name], found[name].new_zeros(rows, *found[name].shape[1:])])[:rows][None]
+                  for name in ("boxes", "scores", "labels", "masks") if name in found]
+        return (*padded[:3], torch.ones_like(found["scores"]).sum().to(torch.int64).reshape(1), *padded[3:])
 
 
 def detector_spec(arch: str, builder, checkpoint, labels: tuple[str, ...], seed: int | None, build) -> ModelSpec:
@@ -92,9 +93,9 @@ def detector_spec(arch: str, builder, checkpoint, labels: tuple[str, ...], seed:
         meta = builder(weights=None, weights_backbone=None).eval()
     kind = type(meta).__name__
     if kind not in SINGLE_STAGE + TWO_STAGE:
-        raise UsageError(f"torchvision:{arch} is a {kind}: the harness takes torchvision's RetinaNet, FCOS, SSD and "
-                         "Faster R-CNN detectors so far (Mask and Keypoint R-CNN's masks and keypoints come out of "
-                         "their second stage, which the harness does not decode yet)")
+        raise UsageError(f"torchvision:{arch} is a {kind}: the harness takes torchvision's RetinaNet, FCOS, SSD, "
+                         "Faster and Mask R-CNN so far (Keypoint R-CNN's keypoints are of whole images, many people "
+                         "each, and the harness's keypoint task is top-down: one person a crop)")
     transform = meta.transform
     if transform.fixed_size:
         input_size, resize_size = transform.fixed_size[0], None
@@ -109,8 +110,9 @@ def detector_spec(arch: str, builder, checkpoint, labels: tuple[str, ...], seed:
     common = dict(name=f"torchvision:{arch}", task=DETECT, profile=profile, labels=labels, weights=checkpoint,
                   source=f"torchvision:{arch}", summary=f"torchvision {arch} ({kind})", random_seed=seed)
     if kind in TWO_STAGE:
-        names = ("boxes", "scores", "labels", "count")
-        return ModelSpec(**common, build=lambda: PaddedDetections(build()), output_names=names, fixed_batch=1,
+        names = ("boxes", "scores", "labels", "count") + (("masks",) if kind == "MaskRCNN" else ())
+        return ModelSpec(**{**common, "task": INSTANCES if kind == "MaskRCNN" else DETECT}, output_names=names,
+                         build=lambda: PaddedDetections(build()), fixed_batch=1,
                          head={"type": "postprocessed", **{name: name for name in names}})
     names = ("cls_logits", "bbox_regression") + (("bbox_ctrness",) if kind == "FCOS" else ())
     return ModelSpec(**common, build=lambda: HeadOutputs(build(), names), output_names=names,

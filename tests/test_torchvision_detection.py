@@ -1,11 +1,11 @@
 """torchvision's detectors through the harness: the reference input is their own GeneralizedRCNNTransform's output
 bit for bit; what the harness detects (its decoding of a single-stage head's raw outputs, or a two-stage graph's
 own post-processed detections) is what the torchvision model returns end to end in eager mode, on the stored
-image; and a two-stage detector, one image a run, goes through compare on ONNX Runtime and OpenVINO."""
+image. (Faster R-CNN through compare on every backend, one image a run, is the acceptance matrix's CI row:
+tests/test_readme.py.)"""
 from __future__ import annotations
 
 import io
-import json
 import shutil
 from pathlib import Path
 
@@ -68,21 +68,21 @@ def test_a_detector_that_keeps_the_aspect_refuses_a_photo_that_is_not_square_in_
         to_pixels(_photo(333, 257), spec.profile)
 
 
-def _checkpoint(arch: str, folder: Path) -> Path:
+def _checkpoint(arch: str, folder: Path, spec=None, images: int = 16) -> Path:
     """Random weights with BatchNorm re-estimated on benchmark images (else every output is ~1e-20 and every
-    score ties); Faster R-CNN's class scores lifted for a few classes, as a trained model's are peaked, so
+    score ties); an R-CNN's class scores lifted for a few classes, as a trained model's are peaked, so
     detections pass its 0.05 threshold."""
     from harness.matrix import estimated_checkpoint
 
-    images = sorted((DETECT_DIR / "images").glob("*.jpg"))
+    paths = sorted((DETECT_DIR / "images").glob("*.jpg"))
     calibrate, evaluate = folder / "calibrate", folder / "evaluate"
-    for target, chosen in ((calibrate, images[10:26]), (evaluate, images[:2])):
+    for target, chosen in ((calibrate, paths[10:10 + images]), (evaluate, paths[:2])):
         target.mkdir(parents=True)
         for path in chosen:
             shutil.copyfile(path, target / path.name)
     path = folder / f"{arch}.pt"
-    estimated_checkpoint(resolve_model(f"torchvision:{arch}"), calibrate, evaluate, path)
-    if arch.startswith("fasterrcnn"):
+    estimated_checkpoint(spec or resolve_model(f"torchvision:{arch}"), calibrate, evaluate, path)
+    if "rcnn" in arch:
         state = torch.load(path, weights_only=True)
         state["roi_heads.box_predictor.cls_score.bias"][1:4] += 4.0
         torch.save(state, path)
@@ -117,21 +117,52 @@ def test_the_harness_detects_what_the_torchvision_model_returns_end_to_end(arch,
     assert found >= 10, found
 
 
-def test_a_two_stage_detector_runs_one_image_at_a_time_through_compare(tmp_path, harness_cli):
-    """Faster R-CNN's graph ends in its own NMS: exported at batch 1 with its detections padded and counted,
-    compared as they are (its post-processing axes do not apply)."""
-    folder = tmp_path / "images"
-    folder.mkdir()
-    for path in sorted((DETECT_DIR / "images").glob("*.jpg"))[:4]:
-        shutil.copyfile(path, folder / path.name)
-    checkpoint = _checkpoint("fasterrcnn_mobilenet_v3_large_320_fpn", tmp_path / "weights")
-    result = harness_cli("compare", "torchvision:fasterrcnn_mobilenet_v3_large_320_fpn", "--checkpoint",
-                         str(checkpoint), "--dataset", str(folder), "--backends", "ort,openvino", "--json", "-")
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "batch is fixed at 1" in result.stderr
-    report = json.loads(result.stdout)
-    assert report["model"]["task"] == "detect" and report["dataset"]["samples"] == 4
-    for row in report["results"]:
-        outputs = row["outputs"]
-        assert row["status"] == "ok" and outputs["max_abs_per_output"]["count"] == 0, row
-        assert outputs["max_abs_per_output"]["boxes"] < 0.05 and outputs["top1_agreement"] == 1.0, row
+def test_a_resize_variant_resizes_the_decoded_image_before_normalising_as_a_deployment_does():
+    """The resize axis on a torchvision detector: an OpenCV resize takes the decoded uint8 image to the size the
+    transform would make (799 for a 97 px square under min_size 800), then it is normalised and padded with 0."""
+    import cv2
+
+    spec = resolve_model("torchvision:retinanet_resnet50_fpn")
+    profile = spec.profile.replace(resize="cv2-linear")
+    data = _photo(97, 97)
+    decoded = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    resized = cv2.resize(decoded, (799, 799), interpolation=cv2.INTER_LINEAR).astype(np.float32) / 255
+    expected = np.zeros((800, 800, 3), np.float32)
+    expected[:799, :799] = (resized - np.float32(spec.profile.mean)) / np.float32(spec.profile.std)
+    pixels, geometry = to_pixels(data, profile)
+    assert np.allclose(pixels, expected, rtol=0, atol=1e-6) and not np.array_equal(
+        pixels, to_pixels(data, spec.profile)[0])
+    assert geometry.scale_x == 799 / 97
+
+
+def test_mask_rcnn_masks_are_torchvisions_own_pasted_on_the_stored_image(tmp_path):
+    """Mask R-CNN is an instance segmenter: its graph's detections and 28 x 28 mask probabilities, pasted by
+    torchvision's paste_masks_in_image at the boxes mapped to the stored image and kept above 0.5, are what the
+    model returns in eager mode (run at min_size 320 on both sides, to be quick)."""
+    from dataclasses import replace
+
+    from pycocotools import mask as coco_mask
+
+    from harness.tasks import get_task
+
+    spec = resolve_model("torchvision:maskrcnn_resnet50_fpn")
+    assert spec.task == "instances" and "mask_paste" not in get_task("instances").post_axes_of(spec)
+    spec = replace(spec, profile=spec.profile.replace(resize_size=320, input_size=320))
+    spec = replace(spec, weights=_checkpoint("maskrcnn_resnet50_fpn", tmp_path, spec, images=6))
+    module = spec.load_torch()
+    module.model.transform.min_size = (320,)
+    preset = torchvision.models.get_model_weights("maskrcnn_resnet50_fpn").DEFAULT.transforms()
+    found = 0
+    for data in [path.read_bytes() for path in sorted((DETECT_DIR / "images").glob("*.jpg"))[:2]]:
+        pixels, geometry = to_pixels(data, spec.profile)
+        with torch.inference_mode():
+            outputs = module(torch.from_numpy(normalize(pixels[None], spec.profile)))
+            expected = module.model([preset(Image.open(io.BytesIO(data)).convert("RGB"))])[0]
+        raw = {name: value.numpy() for name, value in zip(spec.output_names, outputs)}
+        got = get_task("instances").predictions(raw, [geometry], spec.profile, spec.head)[0]
+        assert np.array_equal(got.labels, expected["labels"].numpy()), "same detections, same order"
+        np.testing.assert_allclose(got.boxes, expected["boxes"].numpy(), rtol=1e-6, atol=1e-4)
+        masks = coco_mask.decode(list(got.masks)).transpose(2, 0, 1).astype(bool)
+        assert np.array_equal(masks, expected["masks"][:, 0].numpy() > 0.5)
+        found += int(masks.any(axis=(1, 2)).sum())
+    assert found >= 10, found

@@ -22,10 +22,18 @@ class Instances(Detect):
     post_axes = (*Detect.post_axes, "mask_paste")
     needs_whole_image = True
 
+    def post_axes_of(self, spec) -> tuple[str, ...]:
+        """A graph's own masks (Mask R-CNN) are pasted by torchvision's paste: the mask_paste axis is the
+        prototype pipeline's and does not apply to them."""
+        axes = super().post_axes_of(spec)
+        return tuple(axis for axis in axes if axis != "mask_paste") if "masks" in spec.head else axes
+
     def predictions(self, outputs, geometries, profile, head) -> list:
         from harness.masks import InstanceDetections, paste_masks
         from harness.postprocess import decode_fcos_points, point_placement
 
+        if head.get("type") == "postprocessed" and "masks" in head:
+            return _pasted_box_masks(outputs, geometries, profile, head)
         if head.get("type") != "fcos" or "prototypes" not in head or \
                 not all("mask_coeff" in level for level in head.get("levels", ())):
             raise HarnessError(f"instance segmentation needs a head with prototypes and mask coefficients; {HEAD_HELP}")
@@ -110,6 +118,30 @@ class Instances(Detect):
         from harness.data.benchmark import DETECT_DIR
 
         return load_coco(DETECT_DIR / "instances.json", name="embedded-instances")
+
+
+def _pasted_box_masks(outputs, geometries, profile, head) -> list:
+    """A graph's own detections with a mask each (Mask R-CNN's [N, K, 1, M, M] probabilities over each box),
+    pasted onto the stored image as torchvision's transform.postprocess does (paste_masks_in_image, at the boxes
+    mapped to the stored image), kept above mask_threshold as its evaluation keeps them (> 0.5)."""
+    import torch
+    from pycocotools import mask as coco_mask
+    from torchvision.models.detection.roi_heads import paste_masks_in_image
+
+    from harness.heads import PostprocessedHead, head_layout
+    from harness.masks import InstanceDetections
+
+    found = []
+    for k, (detections, geometry) in enumerate(zip(head_layout(head).predictions(outputs, geometries, profile, head),
+                                                   geometries)):
+        rows = PostprocessedHead.detection_rows({name: outputs[name][k] for name in outputs},
+                                                np.asarray(outputs[head["scores"]][k]).reshape(-1), profile, head)
+        probabilities = torch.from_numpy(np.asarray(outputs[head["masks"]][k], np.float32)[rows])
+        pasted = paste_masks_in_image(probabilities, torch.from_numpy(detections.boxes),
+                                      (geometry.height, geometry.width))[:, 0].numpy() > profile.mask_threshold
+        rles = coco_mask.encode(np.asfortranarray(pasted.transpose(1, 2, 0).astype(np.uint8))) if rows.any() else []
+        found.append(InstanceDetections(detections.boxes, detections.scores, detections.labels, tuple(rles)))
+    return found
 
 
 def _stored_rgb(sample) -> np.ndarray | None:
