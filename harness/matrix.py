@@ -41,10 +41,10 @@ class MatrixModel:
     # on the classification folders; the calibration folder is the same for every row
     own_task_data: bool = False
     # the embedded benchmark's split whose images it is evaluated and calibrated on, unlabelled (the models'
-    # labels are ImageNet's, VOC's or COCO's), judged by agreement: "classify"; "segment" or "detect" (square
-    # images: torchvision's segmentation preset and its RetinaNet/FCOS/Faster R-CNN transform keep the aspect,
-    # and the harness runs one input size a profile)
-    images: str = "classify"
+    # labels are ImageNet's, VOC's or COCO's), judged by agreement: "classification"; "segmentation" or
+    # "detection" (square images: torchvision's segmentation preset and its RetinaNet/FCOS/Faster R-CNN transform
+    # keep the aspect, and the harness runs one input size a profile)
+    images: str = "classification"
 
 
 MODELS = (
@@ -60,13 +60,13 @@ MODELS = (
     # the YOLO-style detector written in the tests (tests/plugins: `make matrix` puts it on PYTHONPATH): the
     # layout ultralytics exports, decoded and NMS'd by the harness
     MatrixModel("harness_test_yolo:tiny_yolo_spec", own_task_data=True),
-    MatrixModel("torchvision:fasterrcnn_mobilenet_v3_large_320_fpn", in_ci=True, images="detect"),
-    MatrixModel("torchvision:retinanet_resnet50_fpn", images="detect"),
-    MatrixModel("torchvision:ssdlite320_mobilenet_v3_large", images="detect"),
-    MatrixModel("torchvision:fcos_resnet50_fpn", images="detect"),
-    MatrixModel("torchvision:deeplabv3_mobilenet_v3_large", images="segment"),
-    MatrixModel("torchvision:lraspp_mobilenet_v3_large", images="segment"),
-    MatrixModel("torchvision:fcn_resnet50", images="segment"),
+    MatrixModel("torchvision:fasterrcnn_mobilenet_v3_large_320_fpn", in_ci=True, images="detection"),
+    MatrixModel("torchvision:retinanet_resnet50_fpn", images="detection"),
+    MatrixModel("torchvision:ssdlite320_mobilenet_v3_large", images="detection"),
+    MatrixModel("torchvision:fcos_resnet50_fpn", images="detection"),
+    MatrixModel("torchvision:deeplabv3_mobilenet_v3_large", images="segmentation"),
+    MatrixModel("torchvision:lraspp_mobilenet_v3_large", images="segmentation"),
+    MatrixModel("torchvision:fcn_resnet50", images="segmentation"),
     MatrixModel("torchvision:keypointrcnn_resnet50_fpn"),
     # last: untuned TVM runs a ViT's matmuls for tens of minutes a cell, so a stopped run has every other row
     MatrixModel("timm:vit_small_patch16_224"),
@@ -86,15 +86,15 @@ class MatrixSettings:
                 "cell_timeout": self.cell_timeout}
 
 
-def matrix_data(work: Path, settings: MatrixSettings, split: str = "classify") -> tuple[Path, Path]:
+def matrix_data(work: Path, settings: MatrixSettings, split: str = "classification") -> tuple[Path, Path]:
     """Two disjoint unlabelled folders of the embedded benchmark's `split` images (their own transform resizes
     them): the evaluated ones and the calibration ones, interleaved across the split so both see every kind."""
     import shutil
 
     from harness.data.benchmark import CLASSIFY_DIR, DETECT_DIR, SEGMENT_DIR
 
-    pattern = {"classify": (CLASSIFY_DIR, "*/*"), "segment": (SEGMENT_DIR, "images/*"),
-               "detect": (DETECT_DIR, "images/*")}[split]
+    pattern = {"classification": (CLASSIFY_DIR, "*/*"), "segmentation": (SEGMENT_DIR, "images/*"),
+               "detection": (DETECT_DIR, "images/*")}[split]
     images = sorted(p for p in Path(pattern[0]).glob(pattern[1]) if p.is_file())
     stride = max(1, len(images) // (settings.limit + settings.calibration))
     picked = images[::stride]
@@ -243,7 +243,7 @@ def run_matrix(models: list[MatrixModel], settings: MatrixSettings, work: Path,
     from harness.libraries import RANDOM_WEIGHTS_SEED
     from harness.provenance import provenance
 
-    folders = {split: matrix_data(work if split == "classify" else work / split, settings, split)
+    folders = {split: matrix_data(work if split == "classification" else work / split, settings, split)
                for split in sorted({model.images for model in models})}
     report = {"schema": "harness.matrix/1", "settings": settings.to_json(), "rows": [],
               "provenance": provenance(None, {"weights": RANDOM_WEIGHTS_SEED}, backends=list(BACKENDS))}

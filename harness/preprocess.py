@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from harness.errors import SampleError
-from harness.profile import Profile
+from harness.profile import NORMALISING_GEOMETRIES, Profile
 from harness.plugins import lookup
 from harness.yuv import YUV_MATRICES, yuv420_roundtrip
 
@@ -189,10 +189,6 @@ for _matrix in YUV_MATRICES:
 CHANNEL_ORDERS = ("rgb", "bgr")
 LETTERBOX_FILL = 114  # the grey YOLO-style letterboxing pads with
 IGNORE_LABEL = 255  # a label-map value no metric counts: VOC's boundary value, and letterbox padding of labels
-
-
-# geometries whose pixels come out normalised (float32): torchvision's detectors resize the normalised tensor
-NORMALISING_GEOMETRIES = ("torchvision-detect",)
 
 
 def color_before_geometry(profile: Profile) -> bool:

@@ -21,6 +21,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # torchvision-detect: torchvision's detectors' GeneralizedRCNNTransform (normalise, resize the float tensor, pad)
 GEOMETRIES = ("shorter-crop", "torchvision-crop", "torchvision-resize", "torchvision-detect", "letterbox", "squash",
               "topdown")
+NORMALISING_GEOMETRIES = ("torchvision-detect",)  # their pixels come out normalised (float32)
 # topdown crops: "legacy" maps the padded box's edges onto the input's (scale S / box, as mmpose's
 # TopdownAffine and RTMPose); "udp" maps them onto the first and last pixel centres (scale (S - 1) / box, the
 # unbiased data processing of Huang et al.)
