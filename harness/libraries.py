@@ -33,11 +33,15 @@ def torchvision_spec(arch: str, checkpoint: Path | None) -> ModelSpec:
     family = _family(builder.__module__)
     _refuse_what_is_not_taken(arch, family)
     seed = None if checkpoint is not None else RANDOM_WEIGHTS_SEED
+    published = _published_labels(arch)
+    classes = _trained_classes(lambda: builder(**_offline_options(builder)), checkpoint, len(published))
+    options = {} if classes is None else {"num_classes": classes}
     if family == "detection":
         from harness.torchvision_detection import detector_spec
 
-        return detector_spec(arch, builder, checkpoint, _published_labels(arch), seed,
-                             lambda: _offline_build(builder, seed))
+        return detector_spec(arch, lambda **more: builder(**more, **options), checkpoint,
+                             published if classes is None else (), seed,
+                             lambda: _offline_build(builder, seed, **options))
     segmenter = family == "segmentation"
     geometry = "torchvision-resize" if segmenter else "torchvision-crop"
     profile = Profile(input_size=224, geometry=geometry)
@@ -51,11 +55,11 @@ def torchvision_spec(arch: str, checkpoint: Path | None) -> ModelSpec:
         size = transforms.resize_size[0] if segmenter else transforms.crop_size[0]
         profile = Profile(resize=interpolation, geometry=geometry, input_size=size,
                           resize_size=transforms.resize_size[0], mean=tuple(transforms.mean), std=tuple(transforms.std))
-        labels = tuple(weights.meta.get("categories") or ())
+        labels = published if classes is None else ()
     except (ValueError, AttributeError, KeyError, TypeError):
         pass  # no published weights for this architecture: ImageNet defaults, overridable by --profile
-    build = (lambda: SegmentationLogits(_offline_build(builder, seed))) if segmenter else \
-        (lambda: _offline_build(builder, seed))
+    build = (lambda: SegmentationLogits(_offline_build(builder, seed, **options))) if segmenter else \
+        (lambda: _offline_build(builder, seed, **options))
     return ModelSpec(name=f"torchvision:{arch}", task=SEGMENT if segmenter else CLASSIFY, profile=profile,
                      labels=labels, build=build, weights=checkpoint, source=f"torchvision:{arch}",
                      summary=f"torchvision {arch}", random_seed=seed)
@@ -110,14 +114,44 @@ def _refuse_what_is_not_taken(arch: str, family: str) -> None:
                          "file with --task and a [head] profile)")
 
 
-def _offline_build(builder, seed: int | None):
-    """A torchvision model built without any download (no weights, no backbone weights)."""
+def _offline_options(builder) -> dict:
+    """The builder's options that download nothing (no weights, no backbone weights)."""
     import inspect
 
     options = {"weights": None}
     if "weights_backbone" in inspect.signature(builder).parameters:
         options["weights_backbone"] = None  # detection and segmentation builders fetch one by default
-    return _seeded(lambda: builder(**options), seed)
+    return options
+
+
+def _offline_build(builder, seed: int | None, **options):
+    """A torchvision model built without any download; `options`: the builder's others (num_classes)."""
+    return _seeded(lambda: builder(**_offline_options(builder), **options), seed)
+
+
+def _trained_classes(build: Callable, checkpoint: Path | None, default: int) -> int | None:
+    """The class count a checkpoint was trained for when it is not the library's `default` (a model fine-tuned
+    on the user's classes): every output layer whose first dimension differs from the default-built model's
+    scales with the class count (a classifier's fc, RetinaNet's anchors x classes, Faster R-CNN's classes and
+    4 x classes), so each says it. None when every shape fits, or when the differing ones disagree (loading
+    then names them, as for any checkpoint of another architecture)."""
+    if checkpoint is None or not default:
+        return None
+    from harness.model import read_state_dict
+
+    state = read_state_dict(checkpoint)
+    with torch.device("meta"):
+        expected = build().state_dict()
+    counts = set()
+    for key, tensor in expected.items():
+        theirs = state.get(key)
+        if not isinstance(theirs, torch.Tensor) or theirs.shape == tensor.shape:
+            continue
+        if theirs.dim() != tensor.dim() or theirs.shape[1:] != tensor.shape[1:] or not tensor.shape[0]:
+            return None
+        counts.add(theirs.shape[0] * default / tensor.shape[0])
+    count = counts.pop() if len(counts) == 1 else None
+    return int(count) if count is not None and count == int(count) and count > 0 else None
 
 
 def _seeded(build: Callable, seed: int | None):
@@ -144,9 +178,13 @@ def timm_spec(arch: str, checkpoint: Path | None) -> ModelSpec:
     pretrained = get_pretrained_cfg(arch)
     config = resolve_data_config(pretrained_cfg=pretrained.to_dict() if pretrained else {})
     seed = None if checkpoint is not None else RANDOM_WEIGHTS_SEED
+    classes = _trained_classes(lambda: timm.create_model(arch, pretrained=False), checkpoint,
+                               getattr(pretrained, "num_classes", 0) or 0)
+    options = {} if classes is None else {"num_classes": classes}
     return ModelSpec(name=f"timm:{arch}", task=CLASSIFY, profile=_timm_profile(arch, config),
-                     labels=_timm_labels(infer_imagenet_subset(pretrained.to_dict()) if pretrained else None),
-                     build=lambda: _seeded(lambda: timm.create_model(arch, pretrained=False), seed),
+                     labels=_timm_labels(infer_imagenet_subset(pretrained.to_dict()) if pretrained and
+                                         classes is None else None),
+                     build=lambda: _seeded(lambda: timm.create_model(arch, pretrained=False, **options), seed),
                      weights=checkpoint, source=f"timm:{arch}", summary=f"timm {arch}", random_seed=seed)
 
 

@@ -63,25 +63,31 @@ class ModelSpec:
 
     def load_torch(self):
         """The eval-mode nn.Module with its weights loaded."""
-        import torch
-
         if self.build is None:
             raise UsageError(f"model {self.name!r} is an ONNX file: there is no torch model to load")
         module = self.build()
         if self.weights is not None:
-            if not Path(self.weights).is_file():
-                raise InputError(f"{self.weights}: weights file not found")
-            try:
-                state = torch.load(self.weights, map_location="cpu", weights_only=True)
-            except Exception as err:  # torch raises several unrelated types for a bad file
-                raise InputError(f"{self.weights}: not a loadable checkpoint ({type(err).__name__}: {err})") from None
-            state = state.get("state_dict", state) if isinstance(state, dict) else state
-            if not isinstance(state, dict):
-                raise InputError(f"{self.weights}: not a state_dict (a mapping of parameter names to tensors), "
-                                 f"got {type(state).__name__}")
+            state = read_state_dict(self.weights)
             _check_fits(module, state, self.weights, self.name)
             module.load_state_dict(state)
         return module.eval()
+
+
+def read_state_dict(path: Path) -> dict:
+    """A checkpoint's state_dict (tensors only: torch.load with weights_only, never an unpickled object)."""
+    import torch
+
+    if not Path(path).is_file():
+        raise InputError(f"{path}: weights file not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several unrelated types for a bad file
+        raise InputError(f"{path}: not a loadable checkpoint ({type(err).__name__}: {err})") from None
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict):
+        raise InputError(f"{path}: not a state_dict (a mapping of parameter names to tensors), got "
+                         f"{type(state).__name__}")
+    return state
 
 
 def _check_fits(module, state: dict, path: Path, name: str) -> None:

@@ -90,7 +90,7 @@ def detector_spec(arch: str, builder, checkpoint, labels: tuple[str, ...], seed:
     """The spec of a torchvision detector: profile, head and outputs read from the model itself (built on the
     meta device: shapes without weights); `build` makes the real model."""
     with torch.device("meta"):
-        meta = builder(weights=None, weights_backbone=None).eval()
+        meta = builder(weights=None, weights_backbone=None).eval()  # `builder` holds a checkpoint's num_classes
     kind = type(meta).__name__
     if kind not in SINGLE_STAGE + TWO_STAGE:
         raise UsageError(f"torchvision:{arch} is a {kind}: the harness takes torchvision's RetinaNet, FCOS, SSD, "

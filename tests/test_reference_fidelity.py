@@ -205,3 +205,33 @@ def test_one_onnx_model_has_one_reference_in_every_command(tmp_path, harness_cli
         blocks[name] = {key: reference[key] for key in ("backend", "device", "precision", "graph_optimizations")}
     assert all(block == {"backend": "onnxruntime", "device": "cpu", "precision": "fp32", "graph_optimizations": False}
                for block in blocks.values()), blocks
+
+
+@pytest.mark.parametrize("source,classes,task", [("torchvision:mobilenet_v3_small", 5, "classify"),
+                                                 ("torchvision:lraspp_mobilenet_v3_large", 3, "segment"),
+                                                 ("torchvision:ssdlite320_mobilenet_v3_large", 7, "detect"),
+                                                 ("timm:mobilenetv4_conv_small", 4, "classify")])
+def test_a_checkpoint_fine_tuned_on_other_classes_builds_the_model_it_fits(source, classes, task, tmp_path):
+    """A user's checkpoint trained on their own classes: the class count is read from its output layers' shapes
+    (every one that differs from the default build says the same count), the model is built with it, and the
+    library's label names are dropped (the user's come with --labels). A checkpoint of another architecture still
+    names what does not fit."""
+    import timm
+
+    from harness.errors import InputError
+
+    library, _, arch = source.partition(":")
+    if library == "timm":
+        model = timm.create_model(arch, pretrained=False, num_classes=classes)
+    else:
+        builder = torchvision.models.get_model_builder(arch)
+        extra = {"weights_backbone": None} if task != "classify" else {}
+        model = builder(weights=None, num_classes=classes, **extra)
+    torch.save(model.state_dict(), tmp_path / "tuned.pt")
+    spec = resolve_model(source, checkpoint=tmp_path / "tuned.pt")
+    assert spec.task == task and spec.labels == ()
+    loaded = spec.load_torch()
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "other.pt")
+    with pytest.raises(InputError, match="does not fit"):
+        resolve_model(source, checkpoint=tmp_path / "other.pt").load_torch()
