@@ -89,26 +89,31 @@ def _checkpoint(arch: str, folder: Path, spec=None, images: int = 16) -> Path:
     return path
 
 
+def _harness_and_eager(spec, module, preset, data: bytes):
+    """One image through the harness (its pre-processing, the exported part of the model in torch, the task's
+    post-processing on the stored image) and through the torchvision model itself in eager mode."""
+    from harness.tasks import get_task
+
+    pixels, geometry = to_pixels(data, spec.profile)
+    with torch.inference_mode():
+        outputs = module(torch.from_numpy(normalize(pixels[None], spec.profile)))
+        expected = module.model([preset(Image.open(io.BytesIO(data)).convert("RGB"))])[0]
+    raw = {name: value.numpy() for name, value in zip(spec.output_names, outputs)}
+    return get_task(spec.task).predictions(raw, [geometry], spec.profile, spec.head)[0], expected
+
+
 @pytest.mark.parametrize("arch", ["ssdlite320_mobilenet_v3_large", "fasterrcnn_mobilenet_v3_large_320_fpn"])
 def test_the_harness_detects_what_the_torchvision_model_returns_end_to_end(arch, tmp_path):
     """The harness's run (its pre-processing, the exported part of the model in torch, its decoding or the
     graph's own detections, boxes mapped back to the stored image) against `model([image])` in eager mode:
-    the same detections in the same order, boxes to 1e-4 px. Breaking the anchors (a wrong stride) or the
-    box mapping fails it."""
-    from harness.tasks import get_task
-
+    the same detections in the same order, boxes to 1e-4 px (a bicubic resize in the transform fails it)."""
     spec = resolve_model(f"torchvision:{arch}", checkpoint=_checkpoint(arch, tmp_path))
     module = spec.load_torch()
     preset = torchvision.models.get_model_weights(arch).DEFAULT.transforms()
     photos = [path.read_bytes() for path in sorted((DETECT_DIR / "images").glob("*.jpg"))[:2]] + [_photo(301, 301)]
     found = 0
     for data in photos:
-        pixels, geometry = to_pixels(data, spec.profile)
-        with torch.inference_mode():
-            outputs = module(torch.from_numpy(normalize(pixels[None], spec.profile)))
-            expected = module.model([preset(Image.open(io.BytesIO(data)).convert("RGB"))])[0]
-        raw = {name: value.numpy() for name, value in zip(spec.output_names, outputs)}
-        got = get_task("detect").predictions(raw, [geometry], spec.profile, spec.head)[0]
+        got, expected = _harness_and_eager(spec, module, preset, data)
         assert len(got.scores) == len(expected["scores"]), arch
         np.testing.assert_allclose(got.boxes, expected["boxes"].numpy(), rtol=1e-6, atol=1e-4)
         assert np.array_equal(got.scores, expected["scores"].numpy())
@@ -154,12 +159,7 @@ def test_mask_rcnn_masks_are_torchvisions_own_pasted_on_the_stored_image(tmp_pat
     preset = torchvision.models.get_model_weights("maskrcnn_resnet50_fpn").DEFAULT.transforms()
     found = 0
     for data in [path.read_bytes() for path in sorted((DETECT_DIR / "images").glob("*.jpg"))[:2]]:
-        pixels, geometry = to_pixels(data, spec.profile)
-        with torch.inference_mode():
-            outputs = module(torch.from_numpy(normalize(pixels[None], spec.profile)))
-            expected = module.model([preset(Image.open(io.BytesIO(data)).convert("RGB"))])[0]
-        raw = {name: value.numpy() for name, value in zip(spec.output_names, outputs)}
-        got = get_task("instances").predictions(raw, [geometry], spec.profile, spec.head)[0]
+        got, expected = _harness_and_eager(spec, module, preset, data)
         assert np.array_equal(got.labels, expected["labels"].numpy()), "same detections, same order"
         np.testing.assert_allclose(got.boxes, expected["boxes"].numpy(), rtol=1e-6, atol=1e-4)
         masks = coco_mask.decode(list(got.masks)).transpose(2, 0, 1).astype(bool)
