@@ -89,6 +89,9 @@ class Profile:
         if self.crop_convention not in CROP_CONVENTIONS:
             raise UsageError(f"profile crop_convention {self.crop_convention!r} is not one of "
                              f"{', '.join(CROP_CONVENTIONS)}")
+        if self.geometry in NORMALISING_GEOMETRIES and self.color_at == "model-input":
+            raise UsageError(f"profile color_at \"model-input\": geometry {self.geometry!r} hands the model normalised "
+                             "floats, not an image a colour conversion could act on; convert at decode")
         if self.input_size <= 0:
             raise UsageError(f"profile input_size must be positive, got {self.input_size}")
         if self.geometry == "squash" and self.resize_size is not None and self.resize_size < self.input_size:

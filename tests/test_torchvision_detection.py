@@ -166,3 +166,17 @@ def test_mask_rcnn_masks_are_torchvisions_own_pasted_on_the_stored_image(tmp_pat
         assert np.array_equal(masks, expected["masks"][:, 0].numpy() > 0.5)
         found += int(masks.any(axis=(1, 2)).sum())
     assert found >= 10, found
+
+
+def test_no_colour_conversion_is_offered_or_taken_at_a_normalised_model_input():
+    """The detectors' transform hands the model normalised floats: a YUV round trip "at the model input" would
+    act on them as if they were pixels (measured: every detection flipped, silently), so the colour axis
+    offers its conversions at decode only, and a profile asking for the other placement is refused."""
+    from harness.errors import UsageError
+    from harness.noise import VARIANT_BUILDERS
+
+    spec = resolve_model("torchvision:ssdlite320_mobilenet_v3_large")
+    names = [variant.name for variant in VARIANT_BUILDERS["color"](spec, "onnxruntime")]
+    assert "yuv420-bt601-full-i420" in names and not any("@" in name for name in names), names
+    with pytest.raises(UsageError, match="hands the model normalised floats"):
+        spec.profile.replace(color="yuv420-bt601-full-i420", color_at="model-input")

@@ -112,11 +112,13 @@ def _color_variants(spec, graph_backend):
     not a pure channel order once more at the other placement, named NAME@PLACE (an NPU converting its
     model input after the resize)."""
     from harness.preprocess import CHANNEL_ORDERS
-    from harness.profile import COLOR_PLACEMENTS
+    from harness.profile import COLOR_PLACEMENTS, NORMALISING_GEOMETRIES
 
     here = spec.profile.color_at
     variants = [Variant(v.name, {**v.profile, "color_at": here})
                 for v in _profile_axis("color", "COLORS")(spec, graph_backend)]
+    if spec.profile.geometry in NORMALISING_GEOMETRIES:  # its model input is normalised floats, never an image
+        return variants
     other = next(place for place in COLOR_PLACEMENTS if place != here)
     return variants + [Variant(f"{v.name}@{other}", {"color": v.name, "color_at": other})
                        for v in variants if v.name not in CHANNEL_ORDERS]
