@@ -60,7 +60,7 @@ MODELS = (
     # the YOLO-style detector written in the tests (tests/plugins: `make matrix` puts it on PYTHONPATH): the
     # layout ultralytics exports, decoded and NMS'd by the harness
     MatrixModel("harness_test_yolo:tiny_yolo_spec", own_task_data=True),
-    MatrixModel("torchvision:fasterrcnn_mobilenet_v3_large_320_fpn", in_ci=True, images="detection"),
+    MatrixModel("torchvision:fasterrcnn_mobilenet_v3_large_320_fpn", images="detection"),
     MatrixModel("torchvision:retinanet_resnet50_fpn", images="detection"),
     MatrixModel("torchvision:ssdlite320_mobilenet_v3_large", images="detection"),
     MatrixModel("torchvision:fcos_resnet50_fpn", images="detection"),

@@ -1,11 +1,11 @@
 """torchvision's detectors through the harness: the reference input is their own GeneralizedRCNNTransform's output
 bit for bit; what the harness detects (its decoding of a single-stage head's raw outputs, or a two-stage graph's
 own post-processed detections) is what the torchvision model returns end to end in eager mode, on the stored
-image. (Faster R-CNN through compare on every backend, one image a run, is the acceptance matrix's CI row:
-tests/test_readme.py.)"""
+image; and a two-stage detector, one image a run, goes through compare on ONNX Runtime and OpenVINO."""
 from __future__ import annotations
 
 import io
+import json
 import shutil
 from pathlib import Path
 
@@ -120,6 +120,26 @@ def test_the_harness_detects_what_the_torchvision_model_returns_end_to_end(arch,
         assert np.array_equal(got.labels, expected["labels"].numpy())
         found += len(got.scores)
     assert found >= 10, found
+
+
+def test_a_two_stage_detector_runs_one_image_at_a_time_through_compare(tmp_path, harness_cli):
+    """Faster R-CNN's graph ends in its own NMS: exported at batch 1 with its detections padded and counted,
+    compared as they are (its post-processing axes do not apply)."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for path in sorted((DETECT_DIR / "images").glob("*.jpg"))[:3]:
+        shutil.copyfile(path, folder / path.name)
+    checkpoint = _checkpoint("fasterrcnn_mobilenet_v3_large_320_fpn", tmp_path / "weights", images=8)
+    result = harness_cli("compare", "torchvision:fasterrcnn_mobilenet_v3_large_320_fpn", "--checkpoint",
+                         str(checkpoint), "--dataset", str(folder), "--backends", "ort,openvino", "--json", "-")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "batch is fixed at 1" in result.stderr
+    report = json.loads(result.stdout)
+    assert report["model"]["task"] == "detect" and report["dataset"]["samples"] == 3
+    for row in report["results"]:
+        outputs = row["outputs"]
+        assert row["status"] == "ok" and outputs["max_abs_per_output"]["count"] == 0, row
+        assert outputs["top1_agreement"] == 1.0, row
 
 
 def test_a_resize_variant_resizes_the_decoded_image_before_normalising_as_a_deployment_does():
