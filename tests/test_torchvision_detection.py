@@ -1,7 +1,7 @@
 """torchvision's detectors through the harness: the reference input is their own GeneralizedRCNNTransform's output
 bit for bit; what the harness detects (its decoding of a single-stage head's raw outputs, or a two-stage graph's
 own post-processed detections) is what the torchvision model returns end to end in eager mode, on the stored
-image; and a two-stage detector, one image a run, goes through compare on ONNX Runtime and OpenVINO."""
+image; and a two-stage detector, one image a run, goes through compare (OpenVINO's cells: the matrix)."""
 from __future__ import annotations
 
 import io
@@ -110,7 +110,7 @@ def test_the_harness_detects_what_the_torchvision_model_returns_end_to_end(arch,
     spec = resolve_model(f"torchvision:{arch}", checkpoint=_checkpoint(arch, tmp_path))
     module = spec.load_torch()
     preset = torchvision.models.get_model_weights(arch).DEFAULT.transforms()
-    photos = [path.read_bytes() for path in sorted((DETECT_DIR / "images").glob("*.jpg"))[:2]] + [_photo(301, 301)]
+    photos = [sorted((DETECT_DIR / "images").glob("*.jpg"))[0].read_bytes(), _photo(301, 301)]
     found = 0
     for data in photos:
         got, expected = _harness_and_eager(spec, module, preset, data)
@@ -129,9 +129,9 @@ def test_a_two_stage_detector_runs_one_image_at_a_time_through_compare(tmp_path,
     folder.mkdir()
     for path in sorted((DETECT_DIR / "images").glob("*.jpg"))[:3]:
         shutil.copyfile(path, folder / path.name)
-    checkpoint = _checkpoint("fasterrcnn_mobilenet_v3_large_320_fpn", tmp_path / "weights", images=8)
+    checkpoint = _checkpoint("fasterrcnn_mobilenet_v3_large_320_fpn", tmp_path / "weights", images=4)
     result = harness_cli("compare", "torchvision:fasterrcnn_mobilenet_v3_large_320_fpn", "--checkpoint",
-                         str(checkpoint), "--dataset", str(folder), "--backends", "ort,openvino", "--json", "-")
+                         str(checkpoint), "--dataset", str(folder), "--backends", "ort", "--json", "-")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "batch is fixed at 1" in result.stderr
     report = json.loads(result.stdout)
@@ -173,12 +173,12 @@ def test_mask_rcnn_masks_are_torchvisions_own_pasted_on_the_stored_image(tmp_pat
     spec = resolve_model("torchvision:maskrcnn_resnet50_fpn")
     assert spec.task == "instances" and "mask_paste" not in get_task("instances").post_axes_of(spec)
     spec = replace(spec, profile=spec.profile.replace(resize_size=320, input_size=320))
-    spec = replace(spec, weights=_checkpoint("maskrcnn_resnet50_fpn", tmp_path, spec, images=6))
+    spec = replace(spec, weights=_checkpoint("maskrcnn_resnet50_fpn", tmp_path, spec, images=4))
     module = spec.load_torch()
     module.model.transform.min_size = (320,)
     preset = torchvision.models.get_model_weights("maskrcnn_resnet50_fpn").DEFAULT.transforms()
     found = 0
-    for data in [path.read_bytes() for path in sorted((DETECT_DIR / "images").glob("*.jpg"))[:2]]:
+    for data in [sorted((DETECT_DIR / "images").glob("*.jpg"))[0].read_bytes()]:
         got, expected = _harness_and_eager(spec, module, preset, data)
         assert np.array_equal(got.labels, expected["labels"].numpy()), "same detections, same order"
         np.testing.assert_allclose(got.boxes, expected["boxes"].numpy(), rtol=1e-6, atol=1e-4)
