@@ -3,7 +3,8 @@
 The cache key is a hash of (weights, architecture, opset, input spec, output names, torch version), so a
 second run of any command re-uses the file. The dynamo exporter is used first (its node metadata gives
 the module path of every node without parsing names); the legacy TorchScript exporter is the fallback
-(torchvision detectors need it). Which one ran is recorded, since it changes the graph.
+(torchvision detectors need it; a spec whose model the dynamo exporter cannot take names the legacy one
+alone: `ModelSpec.exporters`). Which one ran is recorded, since it changes the graph.
 """
 from __future__ import annotations
 
@@ -192,7 +193,8 @@ def export(spec: ModelSpec, opset: int = DEFAULT_OPSET, cache_dir: Path | None =
         staged = staging / "model.onnx"
         errors = []
         log = cache_root() / "logs" / f"export-{key[:16]}.log"
-        for exporter, fn in (("dynamo", _export_dynamo), ("legacy", _export_legacy)):
+        exporters = {"dynamo": _export_dynamo, "legacy": _export_legacy}
+        for exporter, fn in ((name, exporters[name]) for name in spec.exporters):
             try:
                 with output_captured_in(log):  # a failing exporter prints thousands of lines
                     fn(module, example, staged, spec, opset)

@@ -223,12 +223,13 @@ def _decoded(candidates: list, deltas, levels, coder, profile) -> Detections:
 
 class PostprocessedHead(PerImageLayout):
     name = "postprocessed"
-    # masks: an instance segmenter's mask probabilities per detection row [N, K, 1, M, M] (harness.tasks.instances)
+    # per detection row beside the boxes: an instance segmenter's mask probabilities [N, K, 1, M, M]
+    # (harness.tasks.instances), a keypoint detector's keypoints [N, K, J, 3] (harness.tasks.keypoint_detect)
     fields = {"boxes": (str, True), "scores": (str, True), "labels": (str, True), "count": (str, False),
-              "masks": (str, False)}
+              "masks": (str, False), "keypoints": (str, False)}
 
     def outputs(self, head):
-        return [head[key] for key in ("boxes", "scores", "labels", "count", "masks") if key in head]
+        return [head[key] for key in ("boxes", "scores", "labels", "count", "masks", "keypoints") if key in head]
 
     def decode(self, outputs, profile, head):
         scores = np.asarray(outputs[head["scores"]], np.float32).reshape(-1)
@@ -236,6 +237,14 @@ class PostprocessedHead(PerImageLayout):
         labels = np.asarray(outputs[head["labels"]]).reshape(-1).astype(np.int64)
         return Detections(np.asarray(outputs[head["boxes"]], np.float32).reshape(-1, 4)[valid], scores[valid],
                           labels[valid])
+
+    @classmethod
+    def per_detection(cls, outputs, key: str, image: int, profile, head) -> np.ndarray:
+        """The rows of image `image`'s output `head[key]` (masks, keypoints) that belong to its detections, in
+        decode's order."""
+        scores = np.asarray(outputs[head["scores"]][image], np.float32).reshape(-1)
+        rows = cls.detection_rows({name: outputs[name][image] for name in outputs}, scores, profile, head)
+        return np.asarray(outputs[head[key]][image])[rows]
 
     @staticmethod
     def detection_rows(outputs, scores, profile, head) -> np.ndarray:

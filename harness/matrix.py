@@ -67,7 +67,7 @@ MODELS = (
     MatrixModel("torchvision:deeplabv3_mobilenet_v3_large", images="segmentation"),
     MatrixModel("torchvision:lraspp_mobilenet_v3_large", images="segmentation"),
     MatrixModel("torchvision:fcn_resnet50", images="segmentation"),
-    MatrixModel("torchvision:keypointrcnn_resnet50_fpn"),
+    MatrixModel("torchvision:keypointrcnn_resnet50_fpn", images="detection"),
     # last: untuned TVM runs a ViT's matmuls for tens of minutes a cell, so a stopped run has every other row
     MatrixModel("timm:vit_small_patch16_224"),
     MatrixModel("torchvision:vit_b_16"),

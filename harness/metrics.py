@@ -302,7 +302,6 @@ def coco_keypoint_evaluation(instances: list[tuple], predictions: list[np.ndarra
     sample float[J, 3] x, y, score in stored-image pixels, scored as an instance by the mean of its keypoint
     scores above KEYPOINT_SCORE_FLOOR (mmpose's bbox_keypoint rescoring with ground-truth boxes). Returns
     ({"ap", "ap50", "ap75"}, the accumulated COCOeval: what a bootstrap over images resamples)."""
-    COCO, COCOeval = _coco_api(library)
     image_ids = sorted({image for image, *_ in instances})
     annotations, results = [], []
     for (image, (x0, y0, x1, y1), keypoints, area), predicted in zip(instances, predictions):
@@ -314,8 +313,41 @@ def coco_keypoint_evaluation(instances: list[tuple], predictions: list[np.ndarra
         confident = scores[scores > KEYPOINT_SCORE_FLOOR]
         results.append({"image_id": image, "category_id": 1, "keypoints": np.asarray(predicted, float).ravel().tolist(),
                         "score": float(confident.mean()) if len(confident) else 0.0})
-    if not annotations:
+    return _keypoint_cocoeval(image_ids, annotations, results, sigmas, library)
+
+
+def coco_person_keypoint_evaluation(images: list, predictions: list, library: str | None = None) -> tuple[dict, object]:
+    """COCO keypoint AP of a model that finds the people itself (Keypoint R-CNN), as COCO's keypoint challenge
+    scores it. images: whole-image samples (harness.data.keypoints' `whole_images`: every person's box,
+    keypoints and area, crowd regions); predictions: per image, its detections with keypoints float[K, J, 3] in
+    stored-image pixels, each scored by its detection score (torchvision's COCO evaluation does the same).
+    People without a labelled keypoint and crowd regions are COCO's ignored regions."""
+    annotations, results = [], []
+    for sample, predicted in zip(images, predictions):
+        for (x0, y0, x1, y1), keypoints, area in zip(sample.boxes.tolist(), sample.keypoints, sample.areas.tolist()):
+            annotations.append({"id": len(annotations) + 1, "image_id": sample.image_id, "category_id": 1,
+                                "iscrowd": 0, "bbox": [x0, y0, x1 - x0, y1 - y0], "area": area,
+                                "keypoints": np.asarray(keypoints, float).ravel().tolist(),
+                                "num_keypoints": int((keypoints[:, 2] > 0).sum())})
+        for x0, y0, x1, y1 in sample.crowd_boxes.tolist():
+            annotations.append({"id": len(annotations) + 1, "image_id": sample.image_id, "category_id": 1,
+                                "iscrowd": 1, "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0),
+                                "keypoints": [0.0] * sample.keypoints.shape[1] * 3, "num_keypoints": 0})
+        for keypoints, score in zip(predicted.keypoints, predicted.scores.tolist()):
+            results.append({"image_id": sample.image_id, "category_id": 1,
+                            "keypoints": np.asarray(keypoints, float).ravel().tolist(), "score": score})
+    return _keypoint_cocoeval([s.image_id for s in images], annotations, results,
+                              images[0].sigmas if images else (), library)
+
+
+def _keypoint_cocoeval(image_ids: list, annotations: list, results: list, sigmas, library: str | None
+                       ) -> tuple[dict, object]:
+    """pycocotools' keypoint evaluation (OKS with `sigmas`) of COCO-format ground truth and results."""
+    COCO, COCOeval = _coco_api(library)
+    if not any(not a["iscrowd"] for a in annotations):
         return {"ap": float("nan"), "ap50": float("nan"), "ap75": float("nan")}, None
+    if not results:  # nothing found where people are: AP 0 (as metrics_of says of a detector finding nothing)
+        return {"ap": 0.0, "ap50": 0.0, "ap75": 0.0}, None
     with contextlib.redirect_stdout(io.StringIO()):
         truth = COCO()
         truth.dataset = {"images": [{"id": i} for i in image_ids], "annotations": annotations,

@@ -41,6 +41,7 @@ class ModelSpec:
     fixed_batch: int | None = None              # an .onnx file's fixed image batch (run that many at a time)
     text_inputs: tuple[str, ...] = ()           # a text model's int64 [batch, sequence] inputs, in call order
     tokenizer: Path | None = None               # a text model's tokeniser folder (save_pretrained's layout)
+    exporters: tuple[str, ...] = ("dynamo", "legacy")  # the torch exporters tried, in order (harness.export)
 
     @property
     def input_names(self) -> tuple[str, ...]:

@@ -1,15 +1,18 @@
-"""torchvision's detectors (`torchvision:retinanet_*|fcos_*|ssd*|fasterrcnn_*`) as the harness runs them.
+"""torchvision's detectors (`torchvision:retinanet_*|fcos_*|ssd*|fasterrcnn_*|maskrcnn_*|keypointrcnn_*`) as the
+harness runs them.
 
 Their input transform (GeneralizedRCNNTransform) is the harness's pre-processing (geometry
 `torchvision-detect`, read from the model's own transform), so the exported graph starts at the backbone:
 - single-stage detectors (RetinaNet, FCOS, SSD, SSDlite) end where their head does, and the harness decodes the
   raw outputs with the `anchors` head layout declared from the model's own anchor generator, box coder and
   thresholds (so the NMS and box-decoding axes apply; the decoding equals torchvision's postprocess_detections);
-- two-stage ones (Faster and Mask R-CNN) cannot end before an NMS (the RPN's proposals feed the second stage),
-  so the graph runs to their own post-processed detections (and mask probabilities), padded to
-  detections_per_img with a count (the `postprocessed` head: compared as they are, the post-processing axes do
-  not apply), one image a run; Mask R-CNN's masks are pasted onto the stored image by torchvision's own
-  paste_masks_in_image (harness.tasks.instances).
+- two-stage ones (Faster, Mask and Keypoint R-CNN) cannot end before an NMS (the RPN's proposals feed the second
+  stage), so the graph runs to their own post-processed detections (and mask probabilities, or keypoints),
+  padded to detections_per_img with a count (the `postprocessed` head: compared as they are, the
+  post-processing axes do not apply), one image a run; Mask R-CNN's masks are pasted onto the stored image by
+  torchvision's own paste_masks_in_image (harness.tasks.instances); Keypoint R-CNN's keypoints (decoded from
+  its heatmaps in the graph) are mapped back to it as torchvision's resize_keypoints does
+  (harness.tasks.keypoint_detect).
 """
 from __future__ import annotations
 
@@ -20,10 +23,12 @@ import torch
 from harness.errors import UsageError
 from harness.model import ModelSpec
 from harness.profile import Profile
-from harness.tasks import DETECT, INSTANCES
+from harness.tasks import DETECT, INSTANCES, KEYPOINT_DETECT
 
 SINGLE_STAGE = ("RetinaNet", "FCOS", "SSD")
-TWO_STAGE = ("FasterRCNN", "MaskRCNN")
+# each two-stage kind: its task and the per-detection output its roi_heads add beside boxes, scores and labels
+TWO_STAGE = {"FasterRCNN": (DETECT, ()), "MaskRCNN": (INSTANCES, ("masks",)),
+             "KeypointRCNN": (KEYPOINT_DETECT, ("keypoints",))}
 
 
 class _Wrapped(torch.nn.Module):
@@ -56,7 +61,8 @@ class HeadOutputs(_Wrapped):
 
 class PaddedDetections(_Wrapped):
     """A two-stage detector on transformed images: each image's post-processed detections in input pixels
-    (Mask R-CNN's with each one's mask probabilities, 28 x 28 over its box), padded to detections_per_img rows,
+    (Mask R-CNN's with each one's mask probabilities, 28 x 28 over its box; Keypoint R-CNN's with each one's
+    keypoints, x, y, 1 in input pixels), padded to detections_per_img rows,
     and how many rows are real. Exported at batch 1; in torch (the reference,
     BatchNorm re-estimation) a batch runs image by image, as the exported graph does."""
 
@@ -82,7 +88,7 @@ class PaddedDetections(_Wrapped):
         rows = self.model.roi_heads.detections_per_img
         # cat-then-slice keeps the row count traced (the exporter folds a Python int to a constant)
         padded = [torch.cat([found[name], found[name].new_zeros(rows, *found[name].shape[1:])])[:rows][None]
-                  for name in ("boxes", "scores", "labels", "masks") if name in found]
+                  for name in ("boxes", "scores", "labels", "masks", "keypoints") if name in found]
         return (*padded[:3], torch.ones_like(found["scores"]).sum().to(torch.int64).reshape(1), *padded[3:])
 
 
@@ -92,10 +98,9 @@ def detector_spec(arch: str, builder, checkpoint, labels: tuple[str, ...], seed:
     with torch.device("meta"):
         meta = builder(weights=None, weights_backbone=None).eval()  # `builder` holds a checkpoint's num_classes
     kind = type(meta).__name__
-    if kind not in SINGLE_STAGE + TWO_STAGE:
+    if kind not in (*SINGLE_STAGE, *TWO_STAGE):
         raise UsageError(f"torchvision:{arch} is a {kind}: the harness takes torchvision's RetinaNet, FCOS, SSD, "
-                         "Faster and Mask R-CNN so far (Keypoint R-CNN's keypoints are of whole images, many people "
-                         "each, and the harness's keypoint task is top-down: one person a crop)")
+                         "Faster, Mask and Keypoint R-CNN")
     transform = meta.transform
     if transform.fixed_size:
         input_size, resize_size = transform.fixed_size[0], None
@@ -110,13 +115,27 @@ def detector_spec(arch: str, builder, checkpoint, labels: tuple[str, ...], seed:
     common = dict(name=f"torchvision:{arch}", task=DETECT, profile=profile, labels=labels, weights=checkpoint,
                   source=f"torchvision:{arch}", summary=f"torchvision {arch} ({kind})", random_seed=seed)
     if kind in TWO_STAGE:
-        names = ("boxes", "scores", "labels", "count") + (("masks",) if kind == "MaskRCNN" else ())
-        return ModelSpec(**{**common, "task": INSTANCES if kind == "MaskRCNN" else DETECT}, output_names=names,
-                         build=lambda: PaddedDetections(build()), fixed_batch=1,
+        task, extra = TWO_STAGE[kind]
+        names = ("boxes", "scores", "labels", "count", *extra)
+        if kind == "KeypointRCNN":  # its samples' classes are keypoint names (a keypoints file's), in order
+            common["labels"] = _keypoint_names(arch, meta)
+        # the dynamo exporter cannot take their data-dependent shapes (it fails after ~5 s on each)
+        return ModelSpec(**{**common, "task": task}, output_names=names, build=lambda: PaddedDetections(build()),
+                         fixed_batch=1, exporters=("legacy",),
                          head={"type": "postprocessed", **{name: name for name in names}})
     names = ("cls_logits", "bbox_regression") + (("bbox_ctrness",) if kind == "FCOS" else ())
     return ModelSpec(**common, build=lambda: HeadOutputs(build(), names), output_names=names,
                      head=_anchors_head(meta, kind, input_size))
+
+
+def _keypoint_names(arch: str, meta) -> tuple[str, ...]:
+    """The keypoint names of a Keypoint R-CNN: its weights' (COCO's 17), or numbered for a checkpoint with
+    another count."""
+    import torchvision
+
+    count = meta.roi_heads.keypoint_predictor.kps_score_lowres.out_channels
+    names = tuple(torchvision.models.get_model_weights(arch).DEFAULT.meta.get("keypoint_names") or ())
+    return names if len(names) == count else tuple(f"keypoint_{k}" for k in range(count))
 
 
 def _anchors_head(meta, kind: str, input_size: int) -> dict:

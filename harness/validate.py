@@ -69,7 +69,7 @@ def run_gate(gate: Gate, progress: bool = True, on_work=None, isolated: dict | N
     fail with that reason; it is not run again)."""
     from harness.calibration import calibration_set
     from harness.compare.cells import REFERENCE_WORK
-    from harness.data import embedded_benchmark, load_dataset
+    from harness.data import evaluation_data, load_dataset
     from harness.export import export
     from harness.pipeline import Request, StagedPipeline
     from harness.noise.stats import significance_block
@@ -79,7 +79,7 @@ def run_gate(gate: Gate, progress: bool = True, on_work=None, isolated: dict | N
     from harness.run import require_readable
 
     spec = gate.request.resolve()
-    data = (load_dataset(gate.dataset) if gate.dataset else embedded_benchmark(spec.task)).limit(gate.limit)
+    data = evaluation_data(spec.task, load_dataset(gate.dataset) if gate.dataset else None, gate.limit)
     data = data.aligned_to(spec.labels)
     working = on_work or (lambda owner: None)
     working(REFERENCE_WORK)  # the reference's decoder reads the first sample: bounded by --cell-timeout too

@@ -200,3 +200,62 @@ def ray_alone():
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+# the embedded figures' joints (harness/data/benchmark/keypoints) that are COCO person keypoints, by COCO index:
+# head -> nose, elbows, hands -> wrists, knees, feet -> ankles (its neck and pelvis are not COCO keypoints)
+_FIGURE_TO_COCO = {"head": 0, "left_elbow": 7, "right_elbow": 8, "left_hand": 9, "right_hand": 10, "left_knee": 13,
+                   "right_knee": 14, "left_foot": 15, "right_foot": 16}
+
+
+def write_person_keypoints(root: Path, images: int) -> Path:
+    """A COCO person-keypoints file (17 keypoints, COCO's names) of the embedded keypoint benchmark's first
+    `images` images, its figures' joints moved to the COCO keypoints they are (the others unlabelled), with
+    what a real file holds besides: a crowd region, a person without a labelled keypoint and an image
+    without people. Returns the json's path (images beside it in images/)."""
+    import json
+    import shutil
+
+    from harness.data.benchmark import KEYPOINTS_DIR
+    from harness.data.keypoints import COCO_PERSON_SIGMAS
+
+    source = json.loads((KEYPOINTS_DIR / "keypoints.json").read_text())
+    joints = source["categories"][0]["keypoints"]
+    import torchvision
+
+    names = torchvision.models.get_model_weights("keypointrcnn_resnet50_fpn").DEFAULT.meta["keypoint_names"]
+    assert len(names) == len(COCO_PERSON_SIGMAS)
+    kept = source["images"][:images]
+    (root / "images").mkdir(parents=True)
+    for image in kept:
+        shutil.copyfile(KEYPOINTS_DIR / "images" / image["file_name"], root / "images" / image["file_name"])
+    annotations = []
+    for ann in source["annotations"]:
+        if ann["image_id"] not in {image["id"] for image in kept}:
+            continue
+        keypoints = [0.0] * 3 * len(names)
+        for joint, (x, y, v) in zip(joints, zip(*[iter(ann["keypoints"])] * 3)):
+            if joint in _FIGURE_TO_COCO:
+                keypoints[3 * _FIGURE_TO_COCO[joint]:3 * _FIGURE_TO_COCO[joint] + 3] = [x, y, v]
+        annotations.append({**ann, "keypoints": keypoints, "num_keypoints": sum(v > 0 for v in keypoints[2::3])})
+    first = annotations[0]
+    x, y, w, h = first["bbox"]
+    annotations.append({"id": 10_000, "image_id": first["image_id"], "category_id": 1, "iscrowd": 1,
+                        "bbox": [x + w / 2, y, w / 2, h / 2], "area": w * h / 4, "keypoints": [0] * 51,
+                        "num_keypoints": 0})
+    annotations.append({"id": 10_001, "image_id": kept[1]["id"], "category_id": 1, "iscrowd": 0,
+                        "bbox": [1.0, 1.0, 20.0, 30.0], "area": 600.0, "keypoints": [0] * 51, "num_keypoints": 0})
+    from PIL import Image
+
+    empty = dict(kept[-1], id=10_000, file_name="empty.jpg")
+    Image.new("RGB", (empty["width"], empty["height"]), (118, 121, 125)).save(root / "images" / "empty.jpg")
+    path = root / "person_keypoints.json"
+    path.write_text(json.dumps({"images": [*kept, empty], "annotations": annotations, "categories": [
+        {"id": 1, "name": "person", "keypoints": list(names), "skeleton": []}]}))
+    return path
+
+
+@pytest.fixture(scope="session")
+def person_keypoints():
+    """write_person_keypoints: a COCO person-keypoints file cut from the embedded keypoint benchmark."""
+    return write_person_keypoints

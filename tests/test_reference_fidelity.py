@@ -113,8 +113,8 @@ def test_a_model_without_checkpoint_is_built_from_one_seed_everywhere():
 
 def test_a_detection_builder_is_built_offline_and_not_taken_for_a_classifier():
     """torchvision's detectors fetch backbone weights by default, even with weights=None; and one used to be
-    exported and scored as a classifier. A detector is a detector now; what the harness cannot decode yet (Keypoint
-    R-CNN's multi-person keypoints) and what is no image model is refused in one line."""
+    exported and scored as a classifier. A detector is a detector now (Keypoint R-CNN a keypoint detector); what is no
+    image model is refused in one line."""
     from harness.errors import UsageError
     from harness.libraries import _offline_build
 
@@ -125,9 +125,8 @@ def test_a_detection_builder_is_built_offline_and_not_taken_for_a_classifier():
     with pytest.raises(UsageError, match="^torchvision:r3d_18 is a video classifier; the harness takes torchvision's "
                                          "image classifiers, segmenters and detectors"):
         resolve_model("torchvision:r3d_18")
-    with pytest.raises(UsageError, match="^torchvision:keypointrcnn_resnet50_fpn is a KeypointRCNN: the harness "
-                                         "takes torchvision's RetinaNet, FCOS, SSD, Faster and Mask R-CNN"):
-        resolve_model("torchvision:keypointrcnn_resnet50_fpn")
+    spec = resolve_model("torchvision:keypointrcnn_resnet50_fpn")
+    assert spec.task == "keypoint-detect" and spec.head["keypoints"] == "keypoints" and len(spec.labels) == 17
 
 
 SEGMENTERS = ("lraspp_mobilenet_v3_large", "deeplabv3_mobilenet_v3_large", "fcn_resnet50")

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from harness.data import load_dataset, load_segmentation, read_label_map
+from harness.data import load_dataset
+from harness.data.segmentation import load_segmentation, read_label_map
 from harness.errors import HarnessError, InputError
 from harness.metrics import bootstrap_miou_delta, confusion_matrix, segmentation_metrics
 from harness.postprocess import MASK_RESIZES, label_map

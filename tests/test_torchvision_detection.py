@@ -200,3 +200,64 @@ def test_no_colour_conversion_is_offered_or_taken_at_a_normalised_model_input():
     assert "yuv420-bt601-full-i420" in names and not any("@" in name for name in names), names
     with pytest.raises(UsageError, match="hands the model normalised floats"):
         spec.profile.replace(color="yuv420-bt601-full-i420", color_at="model-input")
+
+
+def _keypoint_rcnn_at_320(tmp_path):
+    """Keypoint R-CNN with BatchNorm re-estimated at min_size 320 (to be quick: the graph starts after the
+    transform, so a profile's sizes are all that change), its person score lowered so that a few dozen people
+    pass the 0.05 threshold, not 100 an image (its keypoint head runs 8 convolutions of 512 channels on each:
+    seconds an image)."""
+    from dataclasses import replace
+
+    spec = resolve_model("torchvision:keypointrcnn_resnet50_fpn")
+    spec = replace(spec, profile=spec.profile.replace(resize_size=320, input_size=320))
+    state = spec.load_torch().state_dict()
+    state["roi_heads.box_predictor.cls_score.bias"][1] -= 6.5  # _checkpoint lifts it by 4 again
+    (tmp_path / "seeded").mkdir(parents=True)
+    torch.save(state, tmp_path / "seeded" / "lowered.pt")
+    spec = replace(spec, weights=tmp_path / "seeded" / "lowered.pt", random_seed=None)
+    path = _checkpoint("keypointrcnn_resnet50_fpn", tmp_path, spec, images=4)
+    return replace(spec, weights=path)
+
+
+def test_keypoint_rcnn_keypoints_are_torchvisions_own_on_the_stored_image(tmp_path):
+    """Keypoint R-CNN is a keypoint detector: its graph's people and keypoints, mapped back to the stored image,
+    are what the model returns in eager mode (keypoints through torchvision's resize_keypoints), 1e-4 px."""
+    from harness.tasks import get_task
+
+    spec = _keypoint_rcnn_at_320(tmp_path)
+    assert spec.task == "keypoint-detect" and spec.labels[:3] == ("nose", "left_eye", "right_eye")
+    assert get_task(spec.task).post_axes_of(spec) == ()
+    module = spec.load_torch()
+    module.model.transform.min_size = (320,)
+    preset = torchvision.models.get_model_weights("keypointrcnn_resnet50_fpn").DEFAULT.transforms()
+    found = 0
+    for path in sorted((DETECT_DIR / "images").glob("*.jpg"))[1:3]:
+        got, expected = _harness_and_eager(spec, module, preset, path.read_bytes())
+        assert np.array_equal(got.labels, expected["labels"].numpy()), "same people, same order"
+        assert np.array_equal(got.scores, expected["scores"].numpy())
+        np.testing.assert_allclose(got.boxes, expected["boxes"].numpy(), rtol=1e-6, atol=1e-4)
+        np.testing.assert_allclose(got.keypoints, expected["keypoints"].numpy(), rtol=1e-6, atol=1e-4)
+        found += len(got.scores)
+    assert found >= 10, found
+
+
+def test_keypoint_rcnn_goes_through_sysnoise_on_a_person_keypoints_file(tmp_path, harness_cli, person_keypoints):
+    """A sweep of Keypoint R-CNN's pre-processing on a COCO person-keypoints file: whole images, COCO keypoint AP
+    (and person box AP) and agreement per variant (random weights: the AP itself is ~0)."""
+    spec = _keypoint_rcnn_at_320(tmp_path / "weights")
+    data = person_keypoints(tmp_path / "people", images=3)
+    profile = tmp_path / "320.toml"
+    profile.write_text("[pre]\ninput_size = 320\nresize_size = 320\n")
+    common = ("torchvision:keypointrcnn_resnet50_fpn", "--checkpoint", str(spec.weights), "--profile", str(profile))
+    swept = harness_cli("sysnoise", *common, "--dataset", str(data), "--axes", "decoder", "--limit", "3",
+                        "--json", "-")
+    assert swept.returncode == 0, swept.stderr[-2000:]
+    report = json.loads(swept.stdout)
+    assert report["model"]["task"] == "keypoint-detect" and report["dataset"]["samples"] == 3
+    assert report["dataset"]["failed_samples"] == 0
+    variants = report["axes"][0]["variants"]
+    assert len(variants) >= 4 and all(v["status"] == "ok" and v["samples"] == 3 and 0 <= v["flip_rate"] <= 1
+                                      for v in variants), variants
+    reference = report["reference"]["metric"]
+    assert set(reference) == {"ap", "ap50", "ap75", "box_map"} and 0 <= reference["ap"] <= 1, reference

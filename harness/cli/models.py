@@ -32,7 +32,7 @@ def export_inputs(
     tokenizer: TokenizerOpt = None,
 ) -> None:
     """Write the exact pre-processed inputs (with sample ids) for a target that cannot host the harness."""
-    from harness.data import embedded_benchmark
+    from harness.data import evaluation_data
     from harness.export import export
     from harness.recorded import write_inputs
     from harness.run import iter_batches, require_readable
@@ -44,7 +44,7 @@ def export_inputs(
     if spec.text_inputs:
         raise UsageError(f"export-inputs: {spec.name} is a text model, whose inputs are padded batch by batch to "
                          "different lengths; exporting them for a target is not supported yet")
-    data = (user_data if user_data is not None else embedded_benchmark(spec.task)).limit(limit)
+    data = evaluation_data(spec.task, user_data, limit)
     require_readable(data, spec.profile)
     exported = export(spec)
     failures = []

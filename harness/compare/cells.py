@@ -54,10 +54,10 @@ class CandidatesJob:
 
     def model_and_data(self):
         """(the model's spec, the data), resolved in the worker."""
-        from harness.data import embedded_benchmark, load_dataset
+        from harness.data import evaluation_data, load_dataset
 
         spec = self.model.resolve()
-        return spec, (load_dataset(self.dataset) if self.dataset else embedded_benchmark(spec.task)).limit(self.limit)
+        return spec, evaluation_data(spec.task, load_dataset(self.dataset) if self.dataset else None, self.limit)
 
     def receive(self, message: tuple, store) -> None:
         """Nothing to keep: the rows are computed from the whole pass, at its end."""

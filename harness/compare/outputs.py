@@ -276,16 +276,17 @@ def prediction_label(prediction) -> object:
 
 
 def predictions_task(predictions: list):
-    """The task whose predictions these are (on unlabelled data only the predictions say which): detections,
-    class maps (2-D unsigned integers), keypoints (float J x 3) or logits rows."""
-    from harness.tasks import CLASSIFY, DETECT, KEYPOINTS, SEGMENT, get_task
-
+    """The task whose predictions these are (on unlabelled data only the predictions say which): detections
+    (with masks or keypoints), class maps (2-D unsigned integers), keypoints (float J x 3) or logits rows."""
     from harness.masks import InstanceDetections
-    from harness.tasks import INSTANCES
+    from harness.tasks import CLASSIFY, DETECT, INSTANCES, KEYPOINT_DETECT, KEYPOINTS, SEGMENT, get_task
+    from harness.tasks.keypoint_detect import KeypointDetections
 
     first = predictions[0] if predictions else None
     if isinstance(first, InstanceDetections):
         return get_task(INSTANCES)
+    if isinstance(first, KeypointDetections):
+        return get_task(KEYPOINT_DETECT)
     if isinstance(first, Detections):
         return get_task(DETECT)
     if isinstance(first, np.ndarray) and first.ndim == 2:

@@ -44,6 +44,8 @@ class Sample:
     image_id: int | None = None              # keypoints: the image this instance is in (COCO's image id)
     sigmas: tuple | None = None              # keypoints: the dataset's per-keypoint OKS sigmas
     area: float | None = None                # keypoints: the instance's area (COCO's "area": the OKS scale)
+    # keypoint-detect (a whole image, every person in it): keypoints float32[P, J, 3] and each person's area
+    areas: np.ndarray | None = None
     instance_masks: tuple | None = None      # instances: per box, its mask as a COCO RLE dict (harness.data.instances)
     crowd_boxes: np.ndarray | None = None    # detect, instances: float32[C, 4] xyxy of COCO crowd regions (iscrowd=1),
     crowd_labels: np.ndarray | None = None   # int64[C]: evaluation ignores the detections they match
@@ -59,6 +61,9 @@ class Dataset:
     classes: tuple[str, ...]
     samples: list[Sample] = field(default_factory=list)
     skipped: list[dict] = field(default_factory=list)  # files seen and not used: {"path", "reason"}
+    # a keypoints file's other view: one sample per image with every person in it (what a model that finds the
+    # people itself, Keypoint R-CNN, is evaluated on; harness.tasks.keypoint_detect)
+    whole_images: list[Sample] | None = None
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -286,15 +291,14 @@ def load_coco(annotation_file: Path, image_root: Path | None = None, name: str |
             raise InputError(f"{annotation_file}: {where}: category_id {category_id} is not in 'categories'")
         box = _coco_box(ann, by_id[image_id], annotation_file, where)
         crowd = bool(ann.get("iscrowd", 0))
-        if crowd and joints:  # top-down keypoints run on each person's box; a crowd region has none to score
-            continue
-        keypoints = coco_keypoints(ann, joints, annotation_file, where) if joints else None
+        # a crowd region of a keypoints file has no keypoints to score (COCO's are all zero): its box is ignored
+        keypoints = coco_keypoints(ann, joints, annotation_file, where) if joints and not crowd else None
         mask = coco_segmentation(ann, by_id[image_id], annotation_file, where) if segmented else None
         (crowds if crowd else per_image)[image_id].append((box, category_index[category_id],
                                                            keypoints if joints else mask, ann))
     if joints:
         return keypoint_dataset(name or annotation_file.parent.name, annotation_file, image_root, images, per_image,
-                                categories[0])
+                                crowds, categories[0])
     samples = [_coco_sample(image, image_root, per_image[image["id"]], crowds[image["id"]], segmented)
                for image in images]
     return Dataset(name or annotation_file.parent.name, INSTANCES if segmented else DETECT, annotation_file.parent,
@@ -310,54 +314,6 @@ def _coco_sample(image: dict, image_root: Path, objects: list, crowds: list, seg
                   crowd_boxes=np.array([a[0] for a in crowds], np.float32).reshape(-1, 4),
                   crowd_labels=np.array([a[1] for a in crowds], np.int64),
                   crowd_masks=tuple(a[2] for a in crowds) if segmented else None)
-
-
-SEGMENTATION_LAYOUT = "root/images/NAME.jpg, root/masks/NAME.png (one class index per pixel), root/classes.txt"
-
-
-def load_segmentation(root: Path, name: str | None = None) -> Dataset:
-    """A semantic segmentation set: images/ with a PNG label map of the same name in masks/ (VOC, ADE20K,
-    Cityscapes label ids: mode L or P, value = class index, 255 ignored) and classes.txt, one name a line,
-    in index order. An image without its label map is listed in `skipped`."""
-    from harness.files import read_text
-
-    classes = tuple(line.strip() for line in read_text(root / "classes.txt", "class list").splitlines()
-                    if line.strip())
-    if not classes:
-        raise InputError(f"{root / 'classes.txt'}: no class names (one a line, in label-map index order)")
-    skipped: list[dict] = []
-    samples = []
-    for path in _images_in(root / "images", skipped):
-        mask = root / "masks" / f"{path.stem}.png"
-        if not mask.is_file():
-            skipped.append({"path": printable(path), "reason": f"no label map {printable(mask.name)} in masks/"})
-            continue
-        samples.append(Sample(printable(path.relative_to(root)), path, mask=mask))
-    if not samples:
-        raise InputError(f"{root}: no image with its label map (expected {SEGMENTATION_LAYOUT})")
-    return Dataset(name or root.name, SEGMENT, root, classes, samples, skipped)
-
-
-def read_label_map(sample: Sample, num_classes: int) -> np.ndarray:
-    """The sample's label map as uint8/uint16[H, W]; InputError naming the file when it is not one (an
-    RGB colour-coded map, a value that is no class)."""
-    from PIL import Image
-
-    from harness.preprocess import IGNORE_LABEL
-
-    try:
-        with Image.open(sample.mask) as image:
-            if image.mode not in ("L", "P", "I;16", "I"):
-                raise InputError(f"{sample.mask}: label map in mode {image.mode}; expected one class index per "
-                                 "pixel (mode L or P, as VOC and ADE20K store them), not colours")
-            labels = np.asarray(image)
-    except OSError as err:
-        raise InputError(f"{sample.mask}: not a readable label map ({err})") from None
-    wrong = labels[(labels >= num_classes) & (labels != IGNORE_LABEL)]
-    if wrong.size:
-        raise InputError(f"{sample.mask}: value {int(wrong[0])} is no class (classes 0-{num_classes - 1}, "
-                         f"{IGNORE_LABEL} ignored)")
-    return labels
 
 
 def load_unlabeled(root: Path, name: str | None = None) -> Dataset:
@@ -382,6 +338,8 @@ def load_dataset(path: Path) -> Dataset:
     for candidate in ("instances.json", "annotations.json", "keypoints.json"):
         if (path / candidate).is_file():
             return load_coco(path / candidate)
+    from harness.data.segmentation import SEGMENTATION_LAYOUT, load_segmentation
+
     if (path / "masks").is_dir() and (path / "images").is_dir():
         return load_segmentation(path)
     if any(p.is_dir() and not p.name.startswith(".") for p in path.iterdir()):
@@ -397,3 +355,11 @@ def embedded_benchmark(task: str) -> Dataset:
     from harness.tasks import get_task
 
     return get_task(task).benchmark()
+
+
+def evaluation_data(task: str, loaded: Dataset | None, limit: int | None) -> Dataset:
+    """What a model of `task` is evaluated on: the user's dataset (`loaded`), else the task's embedded benchmark,
+    as the task sees its samples (a keypoints file's persons, or its whole images), its first `limit`."""
+    from harness.tasks import get_task
+
+    return get_task(task).view(loaded if loaded is not None else embedded_benchmark(task)).limit(limit)

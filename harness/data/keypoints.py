@@ -44,19 +44,32 @@ def coco_keypoints(ann: dict, joints: tuple, path: Path, where: str) -> np.ndarr
     return keypoints
 
 
-def keypoint_dataset(name: str, path: Path, image_root: Path, images: list, per_image: dict, category: dict):
+def keypoint_dataset(name: str, path: Path, image_root: Path, images: list, per_image: dict, crowds: dict,
+                     category: dict):
     """One sample per labelled instance (a top-down model sees one box at a time): the image's bytes, the
-    instance's box and keypoints; its id is `file_name#annotation id`."""
+    instance's box and keypoints; its id is `file_name#annotation id`. The dataset's `whole_images` are the other
+    view: one sample per image with all its persons (those without a labelled keypoint too: COCO's evaluation
+    ignores what matches them) and its crowd regions."""
     sigmas = tuple(float(v) for v in category.get("sigmas", COCO_PERSON_SIGMAS))
-    samples = []
+    samples, whole_images = [], []
     for image in images:
-        for box, _, keypoints, ann in per_image[image["id"]]:
+        people = per_image[image["id"]]
+        areas = [float(ann.get("area") or (box[2] - box[0]) * (box[3] - box[1])) for box, _, _, ann in people]
+        for (box, _, keypoints, ann), area in zip(people, areas):
             if not (keypoints[:, 2] > 0).any():  # nothing labelled: COCO's evaluation ignores it
                 continue
             samples.append(Sample(f"{printable(image['file_name'])}#{ann['id']}", image_root / image["file_name"],
                                   boxes=np.array([box], np.float32), box_labels=np.zeros(1, np.int64),
-                                  keypoints=keypoints, image_id=image["id"], sigmas=sigmas,
-                                  area=float(ann.get("area") or (box[2] - box[0]) * (box[3] - box[1]))))
+                                  keypoints=keypoints, image_id=image["id"], sigmas=sigmas, area=area))
+        regions = crowds[image["id"]]
+        whole_images.append(Sample(
+            printable(image["file_name"]), image_root / image["file_name"],
+            boxes=np.array([p[0] for p in people], np.float32).reshape(-1, 4),
+            box_labels=np.zeros(len(people), np.int64),
+            keypoints=np.array([p[2] for p in people], np.float32).reshape(len(people), len(sigmas), 3),
+            areas=np.array(areas, np.float32), image_id=image["id"], sigmas=sigmas,
+            crowd_boxes=np.array([r[0] for r in regions], np.float32).reshape(-1, 4),
+            crowd_labels=np.zeros(len(regions), np.int64)))
     if not samples:
         raise InputError(f"{path}: no annotation with a labelled keypoint")
-    return Dataset(name, KEYPOINTS, path.parent, tuple(category["keypoints"]), samples)
+    return Dataset(name, KEYPOINTS, path.parent, tuple(category["keypoints"]), samples, whole_images=whole_images)

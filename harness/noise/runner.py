@@ -45,7 +45,7 @@ def sysnoise_report(spec, settings: SweepSettings = SweepSettings(), progress=Tr
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from harness.calibration import calibration_set
-    from harness.data import embedded_benchmark, load_dataset
+    from harness.data import evaluation_data, load_dataset
     from harness.export import export
     from harness.noise import get_axes
     from harness.pipeline import StagedPipeline
@@ -57,7 +57,7 @@ def sysnoise_report(spec, settings: SweepSettings = SweepSettings(), progress=Tr
 
     chosen = get_axes(settings.axes)
     dataset = settings.dataset
-    data = (load_dataset(dataset) if dataset else embedded_benchmark(spec.task)).limit(settings.limit)
+    data = evaluation_data(spec.task, load_dataset(dataset) if dataset else None, settings.limit)
     task = spec.task
     if not get_task(task).accepts(data.task):
         raise UsageError(f"{data.root}: sysnoise needs a labelled {task} dataset, this one is {data.task}")

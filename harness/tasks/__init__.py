@@ -21,6 +21,7 @@ from harness.errors import UnknownName
 
 CLASSIFY, DETECT, SEGMENT, KEYPOINTS, INSTANCES = "classify", "detect", "segment", "keypoints", "instances"
 TEXT_CLASSIFY, CAUSAL_LM = "text-classify", "causal-lm"
+KEYPOINT_DETECT = "keypoint-detect"
 
 
 @dataclass
@@ -135,6 +136,11 @@ class Task(ABC):
         segmentation set, whose boxes it reads)"""
         return dataset_task == self.name
 
+    def view(self, dataset):
+        """The samples this task evaluates of a loaded dataset (harness.data.Dataset): the dataset itself, or
+        another view the loader made of the same file (a keypoints file's whole images)."""
+        return dataset
+
     def preprocessor(self, dataset, counters: dict, spec):
         """The pre-processing stages of this task's inputs, with their caches (harness.stages.Preprocessor:
         decode, resize, colour; a text task's tokeniser)."""
@@ -156,12 +162,13 @@ def registry() -> dict[str, Task]:
     from harness.tasks.classify import Classify
     from harness.tasks.detect import Detect
     from harness.tasks.instances import Instances
+    from harness.tasks.keypoint_detect import KeypointDetect
     from harness.tasks.keypoints import Keypoints
     from harness.tasks.segment import Segment
     from harness.tasks.text_classify import TextClassify
 
-    return {task.name: task for task in (Classify(), Detect(), Segment(), Keypoints(), Instances(), TextClassify(),
-                                        CausalLM())}
+    return {task.name: task for task in (Classify(), Detect(), Segment(), Keypoints(), Instances(), KeypointDetect(),
+                                        TextClassify(), CausalLM())}
 
 
 def get_task(name: str) -> Task:

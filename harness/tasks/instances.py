@@ -134,12 +134,11 @@ def _pasted_box_masks(outputs, geometries, profile, head) -> list:
     found = []
     for k, (detections, geometry) in enumerate(zip(head_layout(head).predictions(outputs, geometries, profile, head),
                                                    geometries)):
-        rows = PostprocessedHead.detection_rows({name: outputs[name][k] for name in outputs},
-                                                np.asarray(outputs[head["scores"]][k]).reshape(-1), profile, head)
-        probabilities = torch.from_numpy(np.asarray(outputs[head["masks"]][k], np.float32)[rows])
-        pasted = paste_masks_in_image(probabilities, torch.from_numpy(detections.boxes),
+        probabilities = PostprocessedHead.per_detection(outputs, "masks", k, profile, head).astype(np.float32)
+        pasted = paste_masks_in_image(torch.from_numpy(probabilities), torch.from_numpy(detections.boxes),
                                       (geometry.height, geometry.width))[:, 0].numpy() > profile.mask_threshold
-        rles = coco_mask.encode(np.asfortranarray(pasted.transpose(1, 2, 0).astype(np.uint8))) if rows.any() else []
+        rles = coco_mask.encode(np.asfortranarray(pasted.transpose(1, 2, 0).astype(np.uint8))) \
+            if len(probabilities) else []
         found.append(InstanceDetections(detections.boxes, detections.scores, detections.labels, tuple(rles)))
     return found
 

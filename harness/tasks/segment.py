@@ -63,7 +63,7 @@ class Segment(Task):
                 zip(sizes.tolist(), ends.tolist(), shapes.tolist())]
 
     def evaluate(self, samples, predictions, num_classes) -> Evaluation:
-        from harness.data import read_label_map
+        from harness.data.segmentation import read_label_map
         from harness.errors import InputError, UsageError
         from harness.metrics import confusion_matrix, segmentation_metrics
 
@@ -93,7 +93,7 @@ class Segment(Task):
                          for r, c in zip(reference, candidate)], dtype=bool)
 
     def flip_record(self, sample, reference, candidate, classes) -> dict:
-        from harness.data import read_label_map
+        from harness.data.segmentation import read_label_map
         from harness.preprocess import IGNORE_LABEL
 
         def present(label_map) -> list:
@@ -124,7 +124,7 @@ class Segment(Task):
         return side_by_side(panels)
 
     def benchmark(self):
-        from harness.data import load_segmentation
+        from harness.data.segmentation import load_segmentation
         from harness.data.benchmark import SEGMENT_DIR
 
         return load_segmentation(SEGMENT_DIR, name="embedded-segment")
