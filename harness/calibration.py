@@ -59,12 +59,12 @@ def _from_generator(spec: ModelSpec, count: int, seed: int) -> CalibrationSet:
 
 
 def _from_dataset(spec: ModelSpec, path: Path, count: int, seed: int) -> CalibrationSet:
-    from harness.data import load_dataset
+    from harness.data import evaluation_data, load_dataset
     from harness.errors import InputError
 
     if not path.exists():
         raise InputError(f"{path}: calibration folder not found (--calibration names the model's training images)")
-    dataset = load_dataset(path)
+    dataset = evaluation_data(spec.task, load_dataset(path), None)  # as the model sees them (whole images or crops)
     order = np.random.default_rng(seed).permutation(len(dataset.samples))[:count]
     subset = type(dataset)(dataset.name, dataset.task, dataset.root, dataset.classes,
                            [dataset.samples[k] for k in sorted(order)])

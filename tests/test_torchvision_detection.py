@@ -261,3 +261,36 @@ def test_keypoint_rcnn_goes_through_sysnoise_on_a_person_keypoints_file(tmp_path
                                       for v in variants), variants
     reference = report["reference"]["metric"]
     assert set(reference) == {"ap", "ap50", "ap75", "box_map"} and 0 <= reference["ap"] <= 1, reference
+
+
+def test_sysnoise_sweeps_a_torchvision_detectors_pre_and_post_processing(tmp_path, harness_cli):
+    """SSDlite fine-tuned on the embedded detection split's ten shapes (random weights of its 11-class build, its
+    BatchNorm re-estimated), labelled by --labels: the decoder (pre) and NMS (post) axes run on it and are scored
+    by COCO mAP against the split's boxes."""
+    from harness.data.benchmark import DETECT_DIR as split
+    from harness.tasks import get_task
+
+    arch = "ssdlite320_mobilenet_v3_large"
+    classes = get_task("detect").benchmark().classes
+    torch.manual_seed(0)
+    with torch.device("cpu"):
+        model = torchvision.models.get_model_builder(arch)(weights=None, weights_backbone=None,
+                                                           num_classes=len(classes) + 1)
+    (tmp_path / "seed").mkdir()
+    torch.save(model.state_dict(), tmp_path / "seed" / "shapes.pt")
+    spec = resolve_model(f"torchvision:{arch}", checkpoint=tmp_path / "seed" / "shapes.pt")
+    assert spec.labels == () and spec.head["type"] == "anchors"
+    checkpoint = _checkpoint(arch, tmp_path / "weights", spec, images=8)
+    labels = tmp_path / "labels.txt"
+    labels.write_text("\n".join(("__background__", *classes)) + "\n")
+    swept = harness_cli("sysnoise", f"torchvision:{arch}", "--checkpoint", str(checkpoint), "--labels", str(labels),
+                        "--dataset", str(split / "instances.json"), "--axes", "decoder,nms", "--limit", "4",
+                        "--json", "-")
+    assert swept.returncode == 0, swept.stderr[-2000:]
+    report = json.loads(swept.stdout)
+    assert report["model"]["task"] == "detect" and report["dataset"]["samples"] == 4
+    axes = {axis["axis"]: axis["variants"] for axis in report["axes"]}
+    assert set(axes) == {"decoder", "nms"} and all(len(variants) >= 3 for variants in axes.values()), axes
+    assert all(v["status"] == "ok" and set(v["metric"]) >= {"map", "ap50"} for vs in axes.values() for v in vs)
+    # NMS variants act on the harness's decoding: a class-agnostic or another threshold changes the detections
+    assert any(not v["identical_to_reference"] for v in axes["nms"]), axes["nms"]
