@@ -42,7 +42,7 @@ class MatrixModel:
     own_task_data: bool = False
     # the embedded benchmark's split whose images it is evaluated and calibrated on, unlabelled (the models'
     # labels are ImageNet's, VOC's or COCO's), judged by agreement: "classification"; "segmentation" or
-    # "detection" (square images: torchvision's segmentation preset and its RetinaNet/FCOS/Faster R-CNN transform
+    # "detection" (square images: torchvision's segmentation preset and its RetinaNet/FCOS/R-CNN transform
     # keep the aspect, and the harness runs one input size a profile)
     images: str = "classification"
 

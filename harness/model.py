@@ -334,10 +334,7 @@ def resolve_model(name: str | None, checkpoint: Path | None = None, profile_path
                          "--tokenizer FOLDER (save_pretrained's layout)")
     if postprocess is not None:
         spec = with_user_postprocessing(spec, postprocess, task)
-    if spec.task == DETECT:
-        from harness.heads import head_layout
-
-        head_layout(spec.head)  # a detector without a declared layout: one line listing the layouts
+    get_task(spec.task).require_head(spec)  # a detector without a declared layout: one line, before any work
     if input_size and spec.profile.input_size != input_size:
         spec = replace(spec, profile=spec.profile.replace(input_size=input_size))
     whole = spec.profile.geometry in ("letterbox", "torchvision-resize", "torchvision-detect") or (

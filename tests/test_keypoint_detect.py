@@ -116,3 +116,23 @@ def test_stored_keypoint_predictions_come_back_as_they_were(person_file):
     back = task.decode_predictions(np.load(io.BytesIO(buffer.getvalue()), allow_pickle=False), len(predictions))
     for a, b in zip(predictions, back):
         assert np.array_equal(a.keypoints, b.keypoints) and np.array_equal(a.boxes, b.boxes)
+
+
+def test_a_keypoint_detector_without_its_keypoints_output_is_refused_before_any_work():
+    """An .onnx file run as `--task keypoint-detect` must declare the postprocessed head with its keypoints output:
+    without it, one line naming the model and the head it needs (not a failed reference after the export)."""
+    from dataclasses import replace
+
+    from harness.errors import UsageError
+    from harness.model import ModelSpec
+    from harness.profile import Profile
+
+    spec = ModelSpec(name="people.onnx", task="keypoint-detect", profile=Profile(),
+                     output_names=("boxes", "scores", "labels", "count", "keypoints"))
+    with pytest.raises(UsageError, match=r"^people.onnx: keypoint detection takes no head None with outputs boxes, "
+                                         r"scores, labels, count, keypoints; keypoint detectors must declare head="):
+        get_task("keypoint-detect").require_head(spec)
+    head = {"type": "postprocessed", **{name: name for name in spec.output_names}}
+    get_task("keypoint-detect").require_head(replace(spec, head=head))
+    with pytest.raises(UsageError, match="takes no head 'postprocessed'"):
+        get_task("keypoint-detect").require_head(replace(spec, head={**head, "keypoints": "heatmaps"}))

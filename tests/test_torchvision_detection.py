@@ -1,7 +1,9 @@
 """torchvision's detectors through the harness: the reference input is their own GeneralizedRCNNTransform's output
 bit for bit; what the harness detects (its decoding of a single-stage head's raw outputs, or a two-stage graph's
 own post-processed detections) is what the torchvision model returns end to end in eager mode, on the stored
-image; and a two-stage detector, one image a run, goes through compare (OpenVINO's cells: the matrix)."""
+image (Mask R-CNN's masks and Keypoint R-CNN's keypoints too); a two-stage detector, one image a run, goes through
+compare (Keypoint R-CNN on a person-keypoints file; OpenVINO's cells: the matrix); a single-stage one through
+sysnoise's pre- and post-processing axes."""
 from __future__ import annotations
 
 import io
@@ -122,26 +124,6 @@ def test_the_harness_detects_what_the_torchvision_model_returns_end_to_end(arch,
     assert found >= 10, found
 
 
-def test_a_two_stage_detector_runs_one_image_at_a_time_through_compare(tmp_path, harness_cli):
-    """Faster R-CNN's graph ends in its own NMS: exported at batch 1 with its detections padded and counted,
-    compared as they are (its post-processing axes do not apply)."""
-    folder = tmp_path / "images"
-    folder.mkdir()
-    for path in sorted((DETECT_DIR / "images").glob("*.jpg"))[:3]:
-        shutil.copyfile(path, folder / path.name)
-    checkpoint = _checkpoint("fasterrcnn_mobilenet_v3_large_320_fpn", tmp_path / "weights", images=4)
-    result = harness_cli("compare", "torchvision:fasterrcnn_mobilenet_v3_large_320_fpn", "--checkpoint",
-                         str(checkpoint), "--dataset", str(folder), "--backends", "ort", "--json", "-")
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "batch is fixed at 1" in result.stderr
-    report = json.loads(result.stdout)
-    assert report["model"]["task"] == "detect" and report["dataset"]["samples"] == 3
-    for row in report["results"]:
-        outputs = row["outputs"]
-        assert row["status"] == "ok" and outputs["max_abs_per_output"]["count"] == 0, row
-        assert outputs["top1_agreement"] == 1.0, row
-
-
 def test_a_resize_variant_resizes_the_decoded_image_before_normalising_as_a_deployment_does():
     """The resize axis on a torchvision detector: an OpenCV resize takes the decoded uint8 image to the size the
     transform would make (799 for a 97 px square under min_size 800), then it is normalised and padded with 0."""
@@ -242,25 +224,26 @@ def test_keypoint_rcnn_keypoints_are_torchvisions_own_on_the_stored_image(tmp_pa
     assert found >= 10, found
 
 
-def test_keypoint_rcnn_goes_through_sysnoise_on_a_person_keypoints_file(tmp_path, harness_cli, person_keypoints):
-    """A sweep of Keypoint R-CNN's pre-processing on a COCO person-keypoints file: whole images, COCO keypoint AP
-    (and person box AP) and agreement per variant (random weights: the AP itself is ~0)."""
+def test_keypoint_rcnn_goes_through_compare_one_image_at_a_time_on_a_person_keypoints_file(tmp_path, harness_cli,
+                                                                                        person_keypoints):
+    """A two-stage detector's graph ends in its own NMS: exported at batch 1 with its detections padded and counted,
+    run one image at a time, compared as they are; Keypoint R-CNN's on a COCO person-keypoints file's whole
+    images, with COCO keypoint AP and person box AP on both sides (random weights: the AP itself is ~0)."""
     spec = _keypoint_rcnn_at_320(tmp_path / "weights")
     data = person_keypoints(tmp_path / "people", images=3)
     profile = tmp_path / "320.toml"
     profile.write_text("[pre]\ninput_size = 320\nresize_size = 320\n")
-    common = ("torchvision:keypointrcnn_resnet50_fpn", "--checkpoint", str(spec.weights), "--profile", str(profile))
-    swept = harness_cli("sysnoise", *common, "--dataset", str(data), "--axes", "decoder", "--limit", "3",
-                        "--json", "-")
-    assert swept.returncode == 0, swept.stderr[-2000:]
-    report = json.loads(swept.stdout)
-    assert report["model"]["task"] == "keypoint-detect" and report["dataset"]["samples"] == 3
-    assert report["dataset"]["failed_samples"] == 0
-    variants = report["axes"][0]["variants"]
-    assert len(variants) >= 4 and all(v["status"] == "ok" and v["samples"] == 3 and 0 <= v["flip_rate"] <= 1
-                                      for v in variants), variants
-    reference = report["reference"]["metric"]
-    assert set(reference) == {"ap", "ap50", "ap75", "box_map"} and 0 <= reference["ap"] <= 1, reference
+    result = harness_cli("compare", "torchvision:keypointrcnn_resnet50_fpn", "--checkpoint", str(spec.weights),
+                         "--profile", str(profile), "--dataset", str(data), "--backends", "ort", "--timed-runs", "0",
+                         "--json", "-")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "batch is fixed at 1" in result.stderr
+    report = json.loads(result.stdout)
+    assert report["model"]["task"] == "keypoint-detect" and report["dataset"]["samples"] == 4
+    assert set(report["reference"]["metric"]) == {"ap", "ap50", "ap75", "box_map"}, report["reference"]
+    [row] = report["results"]
+    assert row["status"] == "ok" and row["metric"].keys() == report["reference"]["metric"].keys(), row
+    assert row["outputs"]["top1_agreement"] == 1.0 and row["outputs"]["max_abs_per_output"]["count"] == 0, row
 
 
 def test_sysnoise_sweeps_a_torchvision_detectors_pre_and_post_processing(tmp_path, harness_cli):

@@ -136,6 +136,9 @@ class Task(ABC):
         segmentation set, whose boxes it reads)"""
         return dataset_task == self.name
 
+    def require_head(self, spec) -> None:
+        """Refuses in one line (UsageError), before any work, a model whose head this task cannot post-process."""
+
     def view(self, dataset):
         """The samples this task evaluates of a loaded dataset (harness.data.Dataset): the dataset itself, or
         another view the loader made of the same file (a keypoints file's whole images)."""

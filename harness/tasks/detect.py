@@ -28,6 +28,11 @@ class Detect(Task):
         acting = head_layout(spec.head).post_axes
         return tuple(axis for axis in self.post_axes if axis in acting or axis not in Detect.post_axes)
 
+    def require_head(self, spec) -> None:
+        from harness.heads import head_layout
+
+        head_layout(spec.head)
+
     def predictions(self, outputs, geometries, profile, head) -> list:
         from harness.heads import head_layout
 

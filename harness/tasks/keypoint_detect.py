@@ -51,12 +51,17 @@ class KeypointDetect(Detect):
     def accepts(self, dataset_task: str) -> bool:
         return dataset_task == KEYPOINTS
 
+    def require_head(self, spec) -> None:
+        from harness.errors import UsageError
+        from harness.heads import PostprocessedHead
+
+        if spec.head.get("type") != PostprocessedHead.name or spec.head.get("keypoints") not in spec.output_names:
+            raise UsageError(f"{spec.name}: keypoint detection takes no head {spec.head.get('type')!r} with outputs "
+                             f"{', '.join(spec.output_names)}; {HEAD_HELP}")
+
     def predictions(self, outputs, geometries, profile, head) -> list:
         from harness.heads import PostprocessedHead, head_layout
 
-        if head.get("type") != PostprocessedHead.name or head.get("keypoints") not in outputs:
-            raise HarnessError(f"keypoint detection for head {head.get('type')!r} with outputs "
-                               f"{', '.join(outputs)} is not available; {HEAD_HELP}")
         found = []
         detected = head_layout(head).predictions(outputs, geometries, profile, head)
         for image, (detections, geometry) in enumerate(zip(detected, geometries)):
