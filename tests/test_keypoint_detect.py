@@ -136,3 +136,19 @@ def test_a_keypoint_detector_without_its_keypoints_output_is_refused_before_any_
     get_task("keypoint-detect").require_head(replace(spec, head=head))
     with pytest.raises(UsageError, match="takes no head 'postprocessed'"):
         get_task("keypoint-detect").require_head(replace(spec, head={**head, "keypoints": "heatmaps"}))
+
+
+def test_a_graph_that_post_processes_itself_says_why_no_post_processing_axis_varies_it():
+    """Keypoint R-CNN's graph ends in its own NMS and box decoding: a sweep of those axes offers no variant and
+    says why (in --list-axes and in the report's axis block); a head the harness decodes is varied."""
+    from harness.model import resolve_model
+    from harness.noise import AXES, unavailable
+
+    people = resolve_model("torchvision:keypointrcnn_resnet50_fpn")
+    for axis in ("nms", "box_decode"):
+        assert AXES[axis].variants(people, "onnxruntime") == []
+        assert unavailable(axis, people) == ("does not apply to torchvision:keypointrcnn_resnet50_fpn: its graph does "
+                                             "this post-processing itself (head 'postprocessed'), and its own outputs "
+                                             "are compared as they are")
+    boxes = resolve_model("torchvision:ssdlite320_mobilenet_v3_large")
+    assert unavailable("nms", boxes) is None and AXES["nms"].variants(boxes, "onnxruntime")

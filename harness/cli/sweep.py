@@ -150,6 +150,9 @@ def _show(console, report: dict, json_path, html, markdown) -> None:
 
     try:
         console.print(variants_table(report))
+        for axis in report["axes"]:
+            if axis.get("unavailable"):
+                console.print(f"{axis['axis']}: no variant: {axis['unavailable']}", highlight=False, markup=False)
         console.print(summary_markdown(report), highlight=False, markup=False)
         print_data_notes(console, report)
     finally:

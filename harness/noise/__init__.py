@@ -172,7 +172,14 @@ def _cuda_numerics(axis: str):
 
 
 def unavailable(axis: str, spec) -> str | None:
-    """Why an axis offers no (or not every) variant on this machine, for --list-axes; None: it offers all."""
+    """Why an axis offers no (or not every) variant on this machine or this model, for --list-axes and a sweep's
+    report; None: it offers all."""
+    from harness.tasks import get_task
+
+    task = get_task(spec.task)
+    if axis in task.post_axes and axis not in task.post_axes_of(spec):
+        return (f"does not apply to {spec.name}: its graph does this post-processing itself (head "
+                f"{spec.head.get('type')!r}), and its own outputs are compared as they are")
     missing = cuda_missing()
     if axis in CUDA_NUMERICS:
         return missing or (None if spec.has_torch else f"{spec.name} is an ONNX file: there is no torch model")

@@ -99,7 +99,7 @@ def sysnoise_report(spec, settings: SweepSettings = SweepSettings(), progress=Tr
                         {**reference, "profile": spec.profile.to_json(), "metric": metric}, settings.threads,
                         {"bootstrap": 0}, []),
         "primary_metric": primary,
-        "axes": results,
+        "axes": [_said_why(block, spec) for block in results],
         "combined": curve,
         "combined_note": "each axis at the variant that was worst on its own axis, chosen on this evaluated data "
                          "(as the paper does), added in the paper's order" if settings.combine else None,
@@ -111,6 +111,15 @@ def sysnoise_report(spec, settings: SweepSettings = SweepSettings(), progress=Tr
         "counters": pipeline.counters,
         "chunk_size": pipeline.chunk_size,  # images whose intermediates were held at once
     }
+
+
+def _said_why(block: dict, spec) -> dict:
+    """An axis that offers this model no variant says why (`unavailable`: an R-CNN's graph post-processes its
+    detections itself, a GPU axis without a GPU)."""
+    from harness.noise import unavailable
+
+    why = None if block["variants"] else unavailable(block["axis"], spec)
+    return {**block, "unavailable": why} if why else block
 
 
 def _shard_pass(pipeline, chosen, profile, reference_config, task, primary, graph_backend, store, resume,
