@@ -124,14 +124,15 @@ def estimated_checkpoint(spec, calibrate: Path, evaluate: Path, path: Path) -> d
     model = spec.load_torch().eval()
     redrawn = _redraw_zero_layers(model)
     torch.optim.swa_utils.update_bn([_reference_batch(spec, calibrate)], model)  # leaves the model in eval
+    evaluated = _reference_batch(spec, evaluate)
     with torch.no_grad():
-        logits = model(_reference_batch(spec, evaluate))
+        logits = model(evaluated)
     torch.save(model.state_dict(), path)
     norms = sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
     # logits [N, classes]: how many top-1 classes the evaluated images get (one for all would make agreement
     # trivial); any other output (a detector's) is judged by its task's own agreement
     classes = len(set(logits.argmax(1).tolist())) if isinstance(logits, torch.Tensor) and logits.dim() == 2 else None
-    return {"batchnorm_layers": norms, "reference_classes": classes, "evaluated": len(logits),
+    return {"batchnorm_layers": norms, "reference_classes": classes, "evaluated": len(evaluated),
             "redrawn_zero_layers": redrawn}
 
 
