@@ -39,6 +39,8 @@ YOLO_PRE_NMS_TOP_K = 30000
 class HeadLayout(ABC):
     name = ""
     post_axes: tuple[str, ...] = ()       # the post-processing noise axes that act on this layout
+    # who does the post-processing steps the harness does not (the other post-processing axes), for a report
+    post_processed_by = "its graph"
     fields: dict[str, tuple] = {}          # key -> (allowed values, or a type; required)
 
     def outputs(self, head: dict) -> list[str]:
@@ -258,6 +260,8 @@ USER_POSTPROCESSING: dict = {}
 
 
 class UserHead(HeadLayout):
+    post_processed_by = "its --postprocess function"
+
     """`--postprocess package.module:function`: the user's own post-processing, called once per batch as
     function(outputs, geometries, profile) with every graph output ({name: array[N, ...]}), each image's
     harness.preprocess.Geometry (model-input pixels -> stored-image pixels: stored = (input - offset) /

@@ -147,8 +147,8 @@ def test_a_graph_that_post_processes_itself_says_why_no_post_processing_axis_var
     people = resolve_model("torchvision:keypointrcnn_resnet50_fpn")
     for axis in ("nms", "box_decode"):
         assert AXES[axis].variants(people, "onnxruntime") == []
-        assert unavailable(axis, people) == ("does not apply to torchvision:keypointrcnn_resnet50_fpn: its graph does "
-                                             "this post-processing itself (head 'postprocessed'), and its own outputs "
-                                             "are compared as they are")
+        assert unavailable(axis, people) == ("does not apply to torchvision:keypointrcnn_resnet50_fpn: its graph "
+                                             "(head 'postprocessed') does this step, and what it makes is compared as "
+                                             "it is")
     boxes = resolve_model("torchvision:ssdlite320_mobilenet_v3_large")
     assert unavailable("nms", boxes) is None and AXES["nms"].variants(boxes, "onnxruntime")

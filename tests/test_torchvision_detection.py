@@ -230,16 +230,16 @@ def test_keypoint_rcnn_goes_through_compare_one_image_at_a_time_on_a_person_keyp
     run one image at a time, compared as they are; Keypoint R-CNN's on a COCO person-keypoints file's whole
     images, with COCO keypoint AP and person box AP on both sides (random weights: the AP itself is ~0)."""
     spec = _keypoint_rcnn_at_320(tmp_path / "weights")
-    data = person_keypoints(tmp_path / "people", images=3)
+    data = person_keypoints(tmp_path / "people", images=2)
     profile = tmp_path / "320.toml"
     profile.write_text("[pre]\ninput_size = 320\nresize_size = 320\n")
     result = harness_cli("compare", "torchvision:keypointrcnn_resnet50_fpn", "--checkpoint", str(spec.weights),
-                         "--profile", str(profile), "--dataset", str(data), "--backends", "ort", "--timed-runs", "0",
-                         "--json", "-")
+                         "--profile", str(profile), "--dataset", str(data), "--limit", "2", "--backends", "ort",
+                         "--timed-runs", "0", "--json", "-")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "batch is fixed at 1" in result.stderr
     report = json.loads(result.stdout)
-    assert report["model"]["task"] == "keypoint-detect" and report["dataset"]["samples"] == 4
+    assert report["model"]["task"] == "keypoint-detect" and report["dataset"]["samples"] == 2
     assert set(report["reference"]["metric"]) == {"ap", "ap50", "ap75", "box_map"}, report["reference"]
     [row] = report["results"]
     assert row["status"] == "ok" and row["metric"].keys() == report["reference"]["metric"].keys(), row

@@ -178,8 +178,8 @@ def unavailable(axis: str, spec) -> str | None:
 
     task = get_task(spec.task)
     if axis in task.post_axes and axis not in task.post_axes_of(spec):
-        return (f"does not apply to {spec.name}: its graph does this post-processing itself (head "
-                f"{spec.head.get('type')!r}), and its own outputs are compared as they are")
+        return (f"does not apply to {spec.name}: {task.post_processed_by(spec, axis)} does this step, and what it "
+                "makes is compared as it is")
     missing = cuda_missing()
     if axis in CUDA_NUMERICS:
         return missing or (None if spec.has_torch else f"{spec.name} is an ONNX file: there is no torch model")

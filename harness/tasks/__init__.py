@@ -57,6 +57,10 @@ class Task(ABC):
         """The post-processing axes that act on this model (its head may have fewer stages)."""
         return self.post_axes
 
+    def post_processed_by(self, spec, axis: str) -> str:
+        """Who does the step of a post-processing axis that does not act on this model (post_axes_of)."""
+        return "the model"
+
     @abstractmethod
     def predictions(self, outputs: dict[str, np.ndarray], geometries: list, profile, head: dict) -> list:
         """A batch's raw outputs (by output name, batch first) -> one prediction per sample, in stored-image

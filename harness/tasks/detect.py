@@ -28,6 +28,11 @@ class Detect(Task):
         acting = head_layout(spec.head).post_axes
         return tuple(axis for axis in self.post_axes if axis in acting or axis not in Detect.post_axes)
 
+    def post_processed_by(self, spec, axis: str) -> str:
+        from harness.heads import head_layout
+
+        return f"{head_layout(spec.head).post_processed_by} (head {spec.head.get('type')!r})"
+
     def require_head(self, spec) -> None:
         from harness.heads import head_layout
 

@@ -28,6 +28,11 @@ class Instances(Detect):
         axes = super().post_axes_of(spec)
         return tuple(axis for axis in axes if axis != "mask_paste") if "masks" in spec.head else axes
 
+    def post_processed_by(self, spec, axis: str) -> str:
+        if axis == "mask_paste":
+            return "torchvision's own paste_masks_in_image (its graph's per-box masks)"
+        return super().post_processed_by(spec, axis)
+
     def predictions(self, outputs, geometries, profile, head) -> list:
         from harness.masks import InstanceDetections, paste_masks
         from harness.postprocess import decode_fcos_points, point_placement
